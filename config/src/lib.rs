@@ -1,0 +1,335 @@
+//! Typed configuration of a kenko hub: listeners, ingest tuning, the data directory and the
+//! device registry. Reading a file and validating it happen here; nothing else does I/O.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration of one hub.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the stores live (`personal.db`, `deadletter.db`, ...).
+    pub data_dir: Option<PathBuf>,
+    pub mqtt: MqttConfig,
+    pub ingest: IngestConfig,
+    /// The device registry: which device belongs to which citizen.
+    pub devices: Vec<DeviceConfig>,
+}
+
+/// The MQTT listener.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Address to listen on; `127.0.0.1` keeps the hub private to this machine.
+    pub listen: SocketAddr,
+    /// Largest MQTT packet accepted, in bytes; larger packets close the connection
+    /// (MQTT 5 clients get DISCONNECT 0x95 first).
+    pub max_packet_size: usize,
+    /// A connection that sends no CONNECT within this time is closed.
+    pub connect_timeout_ms: u64,
+    /// Concurrent connections accepted; further ones are refused with "server unavailable".
+    pub max_connections: usize,
+    /// Outgoing QoS 1/2 deliveries in flight per connection.
+    pub max_inflight: u16,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            max_packet_size: 256 * 1024,
+            connect_timeout_ms: 5_000,
+            max_connections: 10_000,
+            max_inflight: 100,
+        }
+    }
+}
+
+/// What the stream processor does with an implausible value.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Plausibility {
+    /// Store it with the `implausible` flag set.
+    #[default]
+    Flag,
+    /// Dead-letter the whole message.
+    Reject,
+}
+
+/// The stream processor between the broker and the stores.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Most messages written in one store transaction.
+    pub batch_max: usize,
+    /// How long a batch waits for more messages before it is written, in milliseconds.
+    pub batch_linger_ms: u64,
+    /// Messages queued between the broker and the store; when full, publishers are pushed back.
+    pub queue: usize,
+    /// Time zone for device timestamps that carry no offset (IANA name).
+    pub default_timezone: String,
+    pub plausibility: Plausibility,
+    /// Republish each stored observation on `citizens/{citizen}/observations/{metric}`.
+    /// Off by default: until consent-aware egress exists, anyone who can subscribe sees it.
+    pub live_republish: bool,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            batch_max: 2_048,
+            batch_linger_ms: 5,
+            queue: 8_192,
+            default_timezone: "Asia/Tokyo".to_owned(),
+            plausibility: Plausibility::Flag,
+            live_republish: false,
+        }
+    }
+}
+
+/// The kinds of device kenko knows.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    /// A bed sensor under the mattress: heart and breathing rate, movement, occupancy, sleep stage.
+    Bed,
+}
+
+impl DeviceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceKind::Bed => "bed",
+        }
+    }
+
+    /// The payload profile a device of this kind uses unless its entry names another.
+    pub fn default_profile(self) -> &'static str {
+        match self {
+            DeviceKind::Bed => "bed-json-v1",
+        }
+    }
+}
+
+impl fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One registered device.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// The device id; it is also its MQTT client id and the `{device_id}` of its topics.
+    pub id: String,
+    pub kind: DeviceKind,
+    /// The citizen who uses the device.
+    pub citizen: String,
+    /// Payload profile; the kind's default when absent.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Time zone of the device's clock when its timestamps carry no offset.
+    #[serde(default)]
+    pub timezone: Option<String>,
+}
+
+impl DeviceConfig {
+    pub fn profile(&self) -> &str {
+        self.profile
+            .as_deref()
+            .unwrap_or_else(|| self.kind.default_profile())
+    }
+}
+
+/// Payload profiles this build understands.
+pub const KNOWN_PROFILES: &[&str] = &["bed-json-v1"];
+
+impl Config {
+    /// Reads, parses and validates a TOML configuration file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Parses and validates TOML text; `path` is only used in error messages.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|span| line_column(text, span.start))
+                .unwrap_or((0, 0));
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().to_owned(),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: identifiers, references and ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.mqtt.max_packet_size < 64 {
+            return invalid("mqtt.max_packet_size must be at least 64 bytes".into());
+        }
+        if self.mqtt.max_connections == 0 {
+            return invalid("mqtt.max_connections must be at least 1".into());
+        }
+        if self.mqtt.max_inflight == 0 {
+            return invalid("mqtt.max_inflight must be at least 1".into());
+        }
+        if self.ingest.batch_max == 0 || self.ingest.queue == 0 {
+            return invalid("ingest.batch_max and ingest.queue must be at least 1".into());
+        }
+        let mut seen = HashSet::new();
+        for device in &self.devices {
+            if let Err(why) = check_identifier(&device.id) {
+                return invalid(format!("device id {:?} {why}", device.id));
+            }
+            if let Err(why) = check_identifier(&device.citizen) {
+                return invalid(format!(
+                    "citizen id {:?} of device {} {why}",
+                    device.citizen, device.id
+                ));
+            }
+            if !seen.insert(device.id.as_str()) {
+                return invalid(format!(
+                    "device {} is listed twice; each device id must be unique",
+                    device.id
+                ));
+            }
+            if !KNOWN_PROFILES.contains(&device.profile()) {
+                return invalid(format!(
+                    "device {} names unknown payload profile {:?}; known profiles: {}",
+                    device.id,
+                    device.profile(),
+                    KNOWN_PROFILES.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Device and citizen identifiers become MQTT topic levels and client ids, so they must not
+/// contain wildcards, separators or control characters.
+pub fn check_identifier(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("is empty".into());
+    }
+    if id.len() > 128 {
+        return Err("is longer than 128 bytes".into());
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| matches!(c, '+' | '#' | '/' | '$') || c.is_control() || c.is_whitespace())
+    {
+        return Err(format!(
+            "contains {c:?}; identifiers may not contain '+', '#', '/', '$', spaces or control characters"
+        ));
+    }
+    Ok(())
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("kenko.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config = parse("").expect("empty config is valid");
+        assert_eq!(config.mqtt.listen.to_string(), "127.0.0.1:1883");
+        assert_eq!(config.ingest.default_timezone, "Asia/Tokyo");
+        assert!(config.devices.is_empty());
+    }
+
+    #[test]
+    fn devices_parse_with_default_profile() {
+        let config = parse(
+            r#"
+            [[devices]]
+            id = "bed-001"
+            kind = "bed"
+            citizen = "c-1"
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(config.devices[0].profile(), "bed-json-v1");
+    }
+
+    #[test]
+    fn syntax_error_names_line_and_column() {
+        let err = parse("[mqtt]\nlisten = 12\n").expect_err("listen must be an address");
+        let text = err.to_string();
+        assert!(text.starts_with("kenko.toml:2:10:"), "{text}");
+    }
+
+    #[test]
+    fn unknown_option_is_refused() {
+        let err = parse("[mqtt]\nlisen = \"127.0.0.1:1\"\n").expect_err("typo");
+        assert!(err.to_string().contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn hostile_identifiers_are_refused() {
+        for id in ["bed/1", "bed+", "#", "$SYS", "", "a b", "nul\0"] {
+            let text = format!("[[devices]]\nid = {id:?}\nkind = \"bed\"\ncitizen = \"c\"\n");
+            let err = parse(&text).expect_err(id);
+            assert!(err.to_string().contains("device id"), "{err}");
+        }
+    }
+
+    #[test]
+    fn duplicate_device_is_refused() {
+        let one = "[[devices]]\nid = \"d\"\nkind = \"bed\"\ncitizen = \"c\"\n";
+        let err = parse(&format!("{one}{one}")).expect_err("duplicate");
+        assert!(err.to_string().contains("listed twice"), "{err}");
+    }
+
+    #[test]
+    fn unknown_profile_is_refused() {
+        let text = "[[devices]]\nid = \"d\"\nkind = \"bed\"\ncitizen = \"c\"\nprofile = \"x\"\n";
+        let err = parse(text).expect_err("profile");
+        assert!(err.to_string().contains("unknown payload profile"), "{err}");
+    }
+}
