@@ -312,8 +312,17 @@ mod tests {
 
     #[test]
     fn hostile_identifiers_are_refused() {
-        for id in ["bed/1", "bed+", "#", "$SYS", "", "a b", "nul\0"] {
-            let text = format!("[[devices]]\nid = {id:?}\nkind = \"bed\"\ncitizen = \"c\"\n");
+        // TOML spellings of the identifiers, so the NUL arrives as a real NUL.
+        for id in [
+            "\"bed/1\"",
+            "\"bed+\"",
+            "\"#\"",
+            "\"$SYS\"",
+            "\"\"",
+            "\"a b\"",
+            "\"nul\\u0000\"",
+        ] {
+            let text = format!("[[devices]]\nid = {id}\nkind = \"bed\"\ncitizen = \"c\"\n");
             let err = parse(&text).expect_err(id);
             assert!(err.to_string().contains("device id"), "{err}");
         }

@@ -1,1 +1,9 @@
-//! placeholder
+//! The device side of kenko: the catalogue of metrics and device kinds, the registry that maps
+//! a device to its citizen, the bed-sensor payload format, and simulators that speak MQTT.
+
+pub mod catalogue;
+pub mod registry;
+
+pub use catalogue::{Metric, SleepStage};
+pub use registry::{DeviceEntry, Registry};
+pub mod sim;

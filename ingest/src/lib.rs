@@ -1,1 +1,11 @@
-//! placeholder
+//! kenko's stream processor: decode vendor payloads, normalize them into canonical
+//! observations, write them to the stores in batches, and dead-letter what cannot be stored.
+
+pub mod deadletter;
+pub mod decode;
+pub mod observation;
+pub mod pipeline;
+pub mod query;
+pub mod store;
+
+pub use observation::{flags, Observation};
