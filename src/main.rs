@@ -1,1 +1,112 @@
-fn main() {}
+//! The `kenko` command line: run the hub (`demo`, `serve`), drive it (`simulate`) and read
+//! what it stored (`query`).
+
+mod demo;
+mod hub;
+mod query;
+mod simulate;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "kenko", version, about = "Ingestion hub for city health IoT")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a hub on embedded defaults with simulated bed sensors, for trying kenko
+    Demo(demo::DemoArgs),
+    /// Run the hub from a configuration file (production)
+    Serve(ServeArgs),
+    /// Publish simulated bed-sensor telemetry to a hub
+    Simulate(simulate::SimulateArgs),
+    /// Query stored observations
+    Query(query::QueryArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Configuration file (see config/kenko.example.toml)
+    #[arg(long)]
+    config: PathBuf,
+    /// Data directory; overrides `data_dir` of the config file [default: ./kenko-data]
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// MQTT listen address; overrides `mqtt.listen` of the config file
+    #[arg(long, value_name = "HOST:PORT")]
+    mqtt: Option<SocketAddr>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Progress and results go to stdout; logs go to stderr. Quiet by default where the
+    // command prints its own progress.
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let result = match cli.command {
+        Command::Query(args) => query::run(args),
+        command => runtime().and_then(|rt| rt.block_on(run_async(command))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kenko: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+async fn run_async(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Demo(args) => demo::run(args).await,
+        Command::Serve(args) => serve(args).await,
+        Command::Simulate(args) => simulate::run(args).await,
+        Command::Query(_) => unreachable!("query runs without a runtime"),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = kenko_config::Config::from_file(&args.config)?;
+    if let Some(addr) = args.mqtt {
+        config.mqtt.listen = addr;
+    }
+    let data_dir = args
+        .data_dir
+        .or_else(|| config.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("./kenko-data"));
+    if config.devices.is_empty() {
+        tracing::warn!("the config registers no devices; every telemetry message will be dead-lettered as unknown_device");
+    }
+    let shutdown = hub::shutdown_on_signals();
+    let hub = hub::Hub::start(config, &data_dir, shutdown).await?;
+    println!(
+        "kenko serve: MQTT on {}, data in {}",
+        hub.mqtt_addr,
+        data_dir.display()
+    );
+    println!("stop with Ctrl-C or SIGTERM");
+    hub.wait().await
+}

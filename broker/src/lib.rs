@@ -1,1 +1,147 @@
-//! placeholder
+//! kenko's MQTT front: its own listener and connection handling (MQTT 3.1.1 and 5, through
+//! rumqttd's codecs) in front of rumqttd's router. kenko owns the connection layer so that it
+//! decides what is acknowledged and when: telemetry is acknowledged only once stored.
+
+mod codec;
+mod connection;
+mod packet;
+mod router;
+mod session;
+mod sessions;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kenko_config::MqttConfig;
+use kenko_ingest::pipeline::{IngestHandle, Notice};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info};
+
+use crate::router::RouterHandle;
+use crate::sessions::Sessions;
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot listen for MQTT on {addr}: {source}; is another broker using the port? choose another with --mqtt HOST:PORT")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the hub's own router link: {0}")]
+    Hub(String),
+}
+
+/// Counters for progress output and metrics.
+#[derive(Debug, Default)]
+pub struct BrokerStats {
+    /// Clients connected now.
+    pub connected: AtomicU64,
+    /// Telemetry messages handed to the ingest pipeline.
+    pub telemetry_in: AtomicU64,
+    /// Publishes refused by the hub.
+    pub publishes_refused: AtomicU64,
+    /// Messages delivered to subscribers.
+    pub delivered: AtomicU64,
+}
+
+/// State every connection shares.
+pub(crate) struct Shared {
+    config: MqttConfig,
+    router: RouterHandle,
+    sessions: Arc<Sessions>,
+    ingest: IngestHandle,
+    shutdown: CancellationToken,
+    stats: Arc<BrokerStats>,
+}
+
+/// A bound, not yet running broker.
+pub struct Broker {
+    listener: TcpListener,
+    config: MqttConfig,
+    router: RouterHandle,
+    notices: flume::Sender<Notice>,
+    stats: Arc<BrokerStats>,
+}
+
+impl Broker {
+    /// Binds the listener and starts the router and the hub's publisher.
+    pub async fn bind(config: &MqttConfig) -> Result<Broker, BrokerError> {
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| BrokerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let router = RouterHandle::spawn(config.max_connections, config.max_inflight);
+        let (notices, notices_rx) = flume::bounded(16_384);
+        let hub_router = router.clone();
+        tokio::task::spawn_blocking(move || hub_router.spawn_hub(notices_rx))
+            .await
+            .map_err(|e| BrokerError::Hub(e.to_string()))?
+            .map_err(|e| BrokerError::Hub(e.to_string()))?;
+        Ok(Broker {
+            listener,
+            config: config.clone(),
+            router,
+            notices,
+            stats: Arc::default(),
+        })
+    }
+
+    /// The address the listener is bound to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// Where the hub's own messages (device errors, live observations) are queued.
+    pub fn notices(&self) -> flume::Sender<Notice> {
+        self.notices.clone()
+    }
+
+    pub fn stats(&self) -> Arc<BrokerStats> {
+        self.stats.clone()
+    }
+
+    /// Accepts connections until `shutdown` is cancelled, then lets every connection finish
+    /// its in-flight work (acknowledging what the pipeline stores) and returns.
+    pub async fn run(self, ingest: IngestHandle, shutdown: CancellationToken) {
+        let shared = Arc::new(Shared {
+            config: self.config,
+            router: self.router,
+            sessions: Arc::default(),
+            ingest,
+            shutdown: shutdown.clone(),
+            stats: self.stats,
+        });
+        let tracker = TaskTracker::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        tracker.spawn(connection::serve(stream, peer, shared.clone()));
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait instead of spinning.
+                        error!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        drop(self.listener);
+        info!(
+            connections = shared.sessions.len(),
+            "stopped accepting; finishing connections"
+        );
+        tracker.close();
+        tracker.wait().await;
+        info!("all connections closed");
+    }
+}

@@ -47,6 +47,10 @@ impl Registry {
         self.devices.get(device_id)
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &DeviceEntry> {
+        self.devices.values().map(|d| &**d)
+    }
+
     pub fn len(&self) -> usize {
         self.devices.len()
     }

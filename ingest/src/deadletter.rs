@@ -1,1 +1,190 @@
-//! placeholder
+//! The dead-letter store `deadletter.db`: every message kenko refused to store, with the
+//! reason, the payload and where it came from, so that nothing is lost silently.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection};
+
+use crate::store::{migrate, open_existing, sqlite, StoreError};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id          INTEGER PRIMARY KEY,
+    received_ms INTEGER NOT NULL,
+    client_id   TEXT    NOT NULL,
+    topic       TEXT    NOT NULL,
+    device      TEXT,
+    reason_code TEXT    NOT NULL,
+    reason      TEXT    NOT NULL,
+    payload     BLOB    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_by_reason ON dead_letters (reason_code);
+";
+
+/// One refused message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub received_ms: i64,
+    pub client_id: String,
+    pub topic: String,
+    pub device: Option<String>,
+    /// Stable code, e.g. `unknown_device`, `malformed_payload`.
+    pub reason_code: String,
+    /// What was wrong, for people.
+    pub reason: String,
+    pub payload: Vec<u8>,
+}
+
+pub struct DeadLetterStore {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl DeadLetterStore {
+    pub fn open(path: &Path) -> Result<DeadLetterStore, StoreError> {
+        let conn = Connection::open(path).map_err(sqlite(path))?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
+            .map_err(sqlite(path))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sqlite(path))?;
+        migrate(&conn, path, SCHEMA)?;
+        Ok(DeadLetterStore {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn open_read_only(path: &Path) -> Result<DeadLetterStore, StoreError> {
+        Ok(DeadLetterStore {
+            conn: open_existing(path)?,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Records letters in one transaction.
+    pub fn record(&mut self, letters: &[DeadLetter]) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(sqlite(&path))?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO dead_letters (received_ms, client_id, topic, device, reason_code, reason, payload)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(sqlite(&path))?;
+            for l in letters {
+                insert
+                    .execute(params![
+                        l.received_ms,
+                        l.client_id,
+                        l.topic,
+                        l.device,
+                        l.reason_code,
+                        l.reason,
+                        l.payload
+                    ])
+                    .map_err(sqlite(&path))?;
+            }
+        }
+        tx.commit().map_err(sqlite(&path))
+    }
+
+    /// The newest `limit` letters with their ids, newest first.
+    pub fn list(&self, limit: usize) -> Result<Vec<(i64, DeadLetter)>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, received_ms, client_id, topic, device, reason_code, reason, payload
+                 FROM dead_letters ORDER BY id DESC LIMIT ?1",
+            )
+            .map_err(sqlite(&self.path))?;
+        let rows = stmt
+            .query_map([limit], |r| {
+                Ok((
+                    r.get(0)?,
+                    DeadLetter {
+                        received_ms: r.get(1)?,
+                        client_id: r.get(2)?,
+                        topic: r.get(3)?,
+                        device: r.get(4)?,
+                        reason_code: r.get(5)?,
+                        reason: r.get(6)?,
+                        payload: r.get(7)?,
+                    },
+                ))
+            })
+            .map_err(sqlite(&self.path))?;
+        rows.collect::<Result<_, _>>().map_err(sqlite(&self.path))
+    }
+
+    pub fn count(&self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))
+            .map_err(sqlite(&self.path))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Letters per reason code, most frequent first.
+    pub fn count_by_reason(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT reason_code, count(*) AS n FROM dead_letters GROUP BY reason_code ORDER BY n DESC, reason_code")
+            .map_err(sqlite(&self.path))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                ))
+            })
+            .map_err(sqlite(&self.path))?;
+        rows.collect::<Result<_, _>>().map_err(sqlite(&self.path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter(code: &str, payload: &[u8]) -> DeadLetter {
+        DeadLetter {
+            received_ms: 1,
+            client_id: "bed-9".into(),
+            topic: "devices/bed-9/telemetry".into(),
+            device: Some("bed-9".into()),
+            reason_code: code.into(),
+            reason: format!("because {code}"),
+            payload: payload.to_vec(),
+        }
+    }
+
+    #[test]
+    fn records_lists_and_counts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("deadletter.db");
+        let mut store = DeadLetterStore::open(&path).expect("open");
+        store
+            .record(&[
+                letter("unknown_device", b"{}"),
+                letter("malformed_payload", b"\xff"),
+                letter("unknown_device", b"x"),
+            ])
+            .expect("record");
+        let reader = DeadLetterStore::open_read_only(&path).expect("read-only");
+        assert_eq!(reader.count().expect("count"), 3);
+        assert_eq!(
+            reader.count_by_reason().expect("by reason"),
+            vec![
+                ("unknown_device".to_owned(), 2),
+                ("malformed_payload".to_owned(), 1)
+            ]
+        );
+        let newest = reader.list(2).expect("list");
+        assert_eq!(newest.len(), 2);
+        assert_eq!(newest[0].1.payload, b"x");
+        assert_eq!(newest[1].1, letter("malformed_payload", b"\xff"));
+        assert!(DeadLetterStore::open_read_only(&dir.path().join("none.db")).is_err());
+    }
+}

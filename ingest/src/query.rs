@@ -1,1 +1,321 @@
-//! placeholder
+//! Queries over stored observations and how their results are printed.
+
+use std::io::Write;
+use std::str::FromStr;
+
+use kenko_devices::Metric;
+
+/// A query for one metric, optionally narrowed and bucketed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Query {
+    pub metric: Metric,
+    pub citizen: Option<String>,
+    pub device: Option<String>,
+    /// Inclusive start, epoch ms.
+    pub from_ms: Option<i64>,
+    /// Exclusive end, epoch ms.
+    pub to_ms: Option<i64>,
+    /// Bucket width; rows become aggregates per (citizen, device, bucket).
+    pub every_ms: Option<i64>,
+    pub agg: Agg,
+    pub limit: Option<usize>,
+}
+
+/// One result row: an observation, or a bucket's aggregate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub time_ms: i64,
+    pub citizen: String,
+    pub device: String,
+    pub metric: Metric,
+    pub value: f64,
+    pub unit: String,
+    pub aggregated: bool,
+}
+
+/// A query argument that cannot be understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    #[error("cannot read time {0:?}; use RFC 3339 (2026-11-25T09:00:00+09:00), `now`, or a relative time such as -15m, -2h, -7d")]
+    Time(String),
+    #[error("cannot read duration {0:?}; use a positive number with s, m, h or d, such as 30s, 1m, 1h, 1d")]
+    Duration(String),
+    #[error("unknown aggregate {0:?}; use mean, min, max or count")]
+    Agg(String),
+    #[error("unknown format {0:?}; use table, csv or json")]
+    Format(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Agg {
+    Mean,
+    Min,
+    Max,
+    Count,
+}
+
+impl FromStr for Agg {
+    type Err = QueryError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "mean" | "avg" => Ok(Agg::Mean),
+            "min" => Ok(Agg::Min),
+            "max" => Ok(Agg::Max),
+            "count" => Ok(Agg::Count),
+            other => Err(QueryError::Agg(other.to_owned())),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+impl FromStr for Format {
+    type Err = QueryError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "table" => Ok(Format::Table),
+            "csv" => Ok(Format::Csv),
+            "json" => Ok(Format::Json),
+            other => Err(QueryError::Format(other.to_owned())),
+        }
+    }
+}
+
+/// Parses an absolute or relative time into epoch ms.
+pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, QueryError> {
+    let s = s.trim();
+    if s == "now" {
+        return Ok(now_ms);
+    }
+    if let Some(rel) = s.strip_prefix('-') {
+        let span = parse_duration(rel).map_err(|_| QueryError::Time(s.to_owned()))?;
+        return Ok(now_ms.saturating_sub(span));
+    }
+    s.parse::<jiff::Timestamp>()
+        .map(|t| t.as_millisecond())
+        .map_err(|_| QueryError::Time(s.to_owned()))
+}
+
+/// Parses `30s`, `1m`, `15m`, `1h`, `1d` into milliseconds.
+pub fn parse_duration(s: &str) -> Result<i64, QueryError> {
+    let err = || QueryError::Duration(s.to_owned());
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
+    let (number, unit) = s.split_at(split);
+    let n: i64 = number.parse().map_err(|_| err())?;
+    let unit_ms = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(err()),
+    };
+    match n.checked_mul(unit_ms) {
+        Some(ms) if ms > 0 => Ok(ms),
+        _ => Err(err()),
+    }
+}
+
+/// RFC 3339 in UTC, with milliseconds only when there are any.
+pub fn format_time(ms: i64) -> String {
+    match jiff::Timestamp::from_millisecond(ms) {
+        Ok(t) if ms % 1000 == 0 => t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        Ok(t) => t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        Err(_) => ms.to_string(),
+    }
+}
+
+impl Row {
+    /// The value as a person reads it: sleep stages by name in raw rows.
+    fn value_text(&self) -> String {
+        if self.aggregated {
+            self.value.to_string()
+        } else {
+            self.metric.display_value(self.value)
+        }
+    }
+
+    fn value_json(&self) -> serde_json::Value {
+        if !self.aggregated && self.metric == Metric::SleepStage {
+            serde_json::Value::String(self.metric.display_value(self.value))
+        } else {
+            serde_json::json!(self.value)
+        }
+    }
+}
+
+/// Prints rows in the chosen format.
+pub fn render(rows: &[Row], format: Format, out: &mut impl Write) -> std::io::Result<()> {
+    match format {
+        Format::Csv => {
+            writeln!(out, "time,citizen,device,metric,value,unit")?;
+            for r in rows {
+                let fields = [
+                    format_time(r.time_ms),
+                    r.citizen.clone(),
+                    r.device.clone(),
+                    r.metric.name().to_owned(),
+                    r.value_text(),
+                    r.unit.clone(),
+                ];
+                let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+                writeln!(out, "{}", line.join(","))?;
+            }
+        }
+        Format::Json => {
+            let items: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "time": format_time(r.time_ms),
+                        "citizen": r.citizen,
+                        "device": r.device,
+                        "metric": r.metric.name(),
+                        "value": r.value_json(),
+                        "unit": r.unit,
+                    })
+                })
+                .collect();
+            serde_json::to_writer_pretty(&mut *out, &items)?;
+            writeln!(out)?;
+        }
+        Format::Table => {
+            let header = ["time", "citizen", "device", "metric", "value", "unit"].map(String::from);
+            let body: Vec<[String; 6]> = rows
+                .iter()
+                .map(|r| {
+                    [
+                        format_time(r.time_ms),
+                        r.citizen.clone(),
+                        r.device.clone(),
+                        r.metric.name().to_owned(),
+                        r.value_text(),
+                        r.unit.clone(),
+                    ]
+                })
+                .collect();
+            let mut widths = header.clone().map(|h| h.len());
+            for line in &body {
+                for (w, cell) in widths.iter_mut().zip(line) {
+                    *w = (*w).max(cell.chars().count());
+                }
+            }
+            for line in std::iter::once(&header).chain(&body) {
+                let cells: Vec<String> = line
+                    .iter()
+                    .zip(widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect();
+                writeln!(out, "{}", cells.join("  ").trim_end())?;
+            }
+            writeln!(out, "({} rows)", rows.len())?;
+        }
+    }
+    Ok(())
+}
+
+fn csv_field(field: &str) -> String {
+    if field.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", field.replace('"', "\"\""))
+    } else {
+        field.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_764_050_000_000;
+
+    fn row(metric: Metric, value: f64, time_ms: i64, aggregated: bool) -> Row {
+        Row {
+            time_ms,
+            citizen: "citizen-001".into(),
+            device: "bed-001".into(),
+            metric,
+            value,
+            unit: metric.unit().into(),
+            aggregated,
+        }
+    }
+
+    fn rendered(rows: &[Row], format: Format) -> String {
+        let mut out = Vec::new();
+        render(rows, format, &mut out).expect("render");
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn times_parse_absolute_relative_and_now() {
+        assert_eq!(parse_time("now", NOW), Ok(NOW));
+        assert_eq!(parse_time("-15m", NOW), Ok(NOW - 900_000));
+        assert_eq!(parse_time("-2h", NOW), Ok(NOW - 7_200_000));
+        assert_eq!(parse_time("-7d", NOW), Ok(NOW - 604_800_000));
+        assert_eq!(parse_time("2025-11-25T14:53:20+09:00", 0), Ok(NOW));
+        assert_eq!(parse_time("2025-11-25T05:53:20Z", 0), Ok(NOW));
+        assert!(matches!(
+            parse_time("yesterday", NOW),
+            Err(QueryError::Time(_))
+        ));
+        assert!(
+            parse_time("2025-11-25T05:53:20", NOW).is_err(),
+            "a time without offset is ambiguous"
+        );
+    }
+
+    #[test]
+    fn durations_parse_and_refuse_nonsense() {
+        assert_eq!(parse_duration("30s"), Ok(30_000));
+        assert_eq!(parse_duration("1m"), Ok(60_000));
+        assert_eq!(parse_duration("1h"), Ok(3_600_000));
+        assert_eq!(parse_duration("1d"), Ok(86_400_000));
+        for bad in ["0m", "m", "5", "5w", "-1m", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert!("median".parse::<Agg>().is_err());
+        assert!("xml".parse::<Format>().is_err());
+    }
+
+    #[test]
+    fn csv_has_the_documented_header_and_utc_times() {
+        let rows = [
+            row(Metric::HeartRate, 58.5, NOW, false),
+            row(Metric::SleepStage, 2.0, NOW + 123, false),
+        ];
+        assert_eq!(
+            rendered(&rows, Format::Csv),
+            "time,citizen,device,metric,value,unit\n\
+             2025-11-25T05:53:20Z,citizen-001,bed-001,heart_rate,58.5,/min\n\
+             2025-11-25T05:53:20.123Z,citizen-001,bed-001,sleep_stage,deep,{stage}\n"
+        );
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+
+    #[test]
+    fn json_and_table() {
+        let rows = [
+            row(Metric::SleepStage, 3.0, NOW, false),
+            row(Metric::SleepStage, 1.5, NOW, true),
+        ];
+        let json: serde_json::Value =
+            serde_json::from_str(&rendered(&rows, Format::Json)).expect("json");
+        assert_eq!(json[0]["value"], "rem");
+        assert_eq!(json[1]["value"], 1.5);
+        assert_eq!(json[0]["time"], "2025-11-25T05:53:20Z");
+        let table = rendered(&rows[..1], Format::Table);
+        assert_eq!(
+            table,
+            "time                  citizen      device   metric       value  unit\n\
+             2025-11-25T05:53:20Z  citizen-001  bed-001  sleep_stage  rem    {stage}\n\
+             (1 rows)\n"
+        );
+    }
+}

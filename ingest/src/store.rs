@@ -1,1 +1,527 @@
-//! placeholder
+//! The embedded time-series store `personal.db`: identified observations in SQLite.
+//!
+//! Laid out for time series: a small `series` dictionary (citizen, device, metric) and an
+//! `observations` table clustered by (series, time) — a `WITHOUT ROWID` table whose primary
+//! key is the range-scan order, so a query for one citizen's metric over a time range reads
+//! one contiguous run per series however many rows the store holds. The same key makes a
+//! repeat of (device, metric, time) land on an existing row: it is stored once.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kenko_devices::Metric;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use crate::observation::Observation;
+use crate::query::{Agg, Query, Row};
+
+/// Schema version kept in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS series (
+    id      INTEGER PRIMARY KEY,
+    citizen TEXT    NOT NULL,
+    device  TEXT    NOT NULL,
+    metric  INTEGER NOT NULL,
+    UNIQUE (citizen, metric, device)
+);
+CREATE INDEX IF NOT EXISTS series_by_metric ON series (metric, device);
+CREATE TABLE IF NOT EXISTS observations (
+    series      INTEGER NOT NULL,
+    time_ms     INTEGER NOT NULL,
+    value       REAL    NOT NULL,
+    received_ms INTEGER NOT NULL,
+    seq         INTEGER NOT NULL,
+    flags       INTEGER NOT NULL,
+    PRIMARY KEY (series, time_ms)
+) WITHOUT ROWID;
+";
+
+/// What went wrong with a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no store at {0}; run `kenko demo` or `kenko serve` with this --data-dir first")]
+    Missing(PathBuf),
+    #[error("store {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("store {path} has schema version {found}, newer than this kenko understands ({SCHEMA_VERSION}); upgrade kenko")]
+    NewerSchema { path: PathBuf, found: i64 },
+}
+
+/// What one batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    pub inserted: usize,
+    /// Observations whose (device, metric, time) was already stored.
+    pub duplicates: usize,
+}
+
+type SeriesKey = (Arc<str>, Arc<str>, u8);
+
+/// The identified observation store.
+pub struct PersonalStore {
+    conn: Connection,
+    path: PathBuf,
+    series: HashMap<SeriesKey, i64>,
+}
+
+impl PersonalStore {
+    /// Opens (creating if needed) the store for writing.
+    pub fn open(path: &Path) -> Result<PersonalStore, StoreError> {
+        let conn = Connection::open(path).map_err(sqlite(path))?;
+        let store = PersonalStore {
+            conn,
+            path: path.to_owned(),
+            series: HashMap::new(),
+        };
+        // FULL: a committed batch survives power loss, because the broker acknowledges a
+        // message as soon as its batch is committed.
+        store
+            .conn
+            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
+            .map_err(sqlite(path))?;
+        store
+            .conn
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sqlite(path))?;
+        migrate(&store.conn, path, SCHEMA)?;
+        Ok(store)
+    }
+
+    /// Opens an existing store for reading, alongside a hub that may be writing it.
+    pub fn open_read_only(path: &Path) -> Result<PersonalStore, StoreError> {
+        let conn = open_existing(path)?;
+        check_version(&conn, path)?;
+        Ok(PersonalStore {
+            conn,
+            path: path.to_owned(),
+            series: HashMap::new(),
+        })
+    }
+
+    /// Writes a batch in one transaction: all of it or, on error, none of it.
+    pub fn write_batch(&mut self, batch: &[Observation]) -> Result<WriteStats, StoreError> {
+        let path = self.path.clone();
+        let mut stats = WriteStats::default();
+        if batch.is_empty() {
+            return Ok(stats);
+        }
+        let tx = self.conn.transaction().map_err(sqlite(&path))?;
+        let mut created: Vec<SeriesKey> = Vec::new();
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO observations (series, time_ms, value, received_ms, seq, flags)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(sqlite(&path))?;
+            for obs in batch {
+                let key: SeriesKey = (obs.citizen.clone(), obs.device.clone(), obs.metric.id());
+                let series = match self.series.get(&key) {
+                    Some(&id) => id,
+                    None => {
+                        let id = series_id(&tx, &key).map_err(sqlite(&path))?;
+                        // Cached only after commit: a rolled-back batch may have created it.
+                        self.series.insert(key.clone(), id);
+                        created.push(key);
+                        id
+                    }
+                };
+                let seq = i64::try_from(obs.seq).unwrap_or(i64::MAX);
+                let changed = insert
+                    .execute(params![
+                        series,
+                        obs.time_ms,
+                        obs.value,
+                        obs.received_ms,
+                        seq,
+                        obs.flags
+                    ])
+                    .map_err(sqlite(&path));
+                match changed {
+                    Ok(1) => stats.inserted += 1,
+                    Ok(_) => stats.duplicates += 1,
+                    Err(e) => {
+                        for key in &created {
+                            self.series.remove(key);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        if let Err(e) = tx.commit() {
+            for key in &created {
+                self.series.remove(key);
+            }
+            return Err(StoreError::Sqlite { path, source: e });
+        }
+        Ok(stats)
+    }
+
+    /// Raw rows, or bucketed aggregates when `every_ms` is set.
+    pub fn query(&self, q: &Query) -> Result<Vec<Row>, StoreError> {
+        let from = q.from_ms.unwrap_or(i64::MIN);
+        let to = q.to_ms.unwrap_or(i64::MAX);
+        let limit = q.limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        let filter =
+            "s.metric = ?1 AND (?2 IS NULL OR s.citizen = ?2) AND (?3 IS NULL OR s.device = ?3)
+                      AND o.time_ms >= ?4 AND o.time_ms < ?5";
+        let (sql, every) = match q.every_ms {
+            None => (
+                format!(
+                    "SELECT o.time_ms, s.citizen, s.device, o.value FROM series s
+                     JOIN observations o ON o.series = s.id WHERE {filter}
+                     ORDER BY o.time_ms, s.citizen, s.device LIMIT ?6"
+                ),
+                1,
+            ),
+            Some(every) => {
+                let agg = match q.agg {
+                    Agg::Mean => "avg(o.value)",
+                    Agg::Min => "min(o.value)",
+                    Agg::Max => "max(o.value)",
+                    Agg::Count => "count(*)",
+                };
+                (
+                    format!(
+                        "SELECT (o.time_ms / ?7) * ?7 AS bucket, s.citizen, s.device, {agg} FROM series s
+                         JOIN observations o ON o.series = s.id WHERE {filter}
+                         GROUP BY s.id, bucket ORDER BY bucket, s.citizen, s.device LIMIT ?6"
+                    ),
+                    every,
+                )
+            }
+        };
+        let aggregated = q.every_ms.is_some();
+        let unit = match (aggregated, q.agg) {
+            (true, Agg::Count) => "{count}",
+            _ => q.metric.unit(),
+        };
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(sqlite(&self.path))?;
+        let metric = q.metric;
+        let map = |r: &rusqlite::Row<'_>| {
+            Ok(Row {
+                time_ms: r.get(0)?,
+                citizen: r.get(1)?,
+                device: r.get(2)?,
+                metric,
+                value: r.get(3)?,
+                unit: unit.to_owned(),
+                aggregated,
+            })
+        };
+        let rows = if aggregated {
+            stmt.query_map(
+                params![metric.id(), q.citizen, q.device, from, to, limit, every],
+                map,
+            )
+        } else {
+            stmt.query_map(
+                params![metric.id(), q.citizen, q.device, from, to, limit],
+                map,
+            )
+        }
+        .map_err(sqlite(&self.path))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(sqlite(&self.path))
+    }
+
+    /// Number of stored observations.
+    pub fn count(&self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM observations", [], |r| r.get(0))
+            .map_err(sqlite(&self.path))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Metrics that have at least one stored observation.
+    pub fn metrics(&self) -> Result<Vec<Metric>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT DISTINCT metric FROM series s WHERE EXISTS (SELECT 1 FROM observations o WHERE o.series = s.id)")
+            .map_err(sqlite(&self.path))?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, u8>(0))
+            .map_err(sqlite(&self.path))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sqlite(&self.path))?;
+        Ok(ids.into_iter().filter_map(Metric::from_id).collect())
+    }
+}
+
+fn series_id(tx: &rusqlite::Transaction<'_>, key: &SeriesKey) -> rusqlite::Result<i64> {
+    let (citizen, device, metric) = key;
+    let found = tx
+        .prepare_cached("SELECT id FROM series WHERE citizen = ?1 AND metric = ?2 AND device = ?3")?
+        .query_row(params![&**citizen, metric, &**device], |r| r.get(0))
+        .optional()?;
+    if let Some(id) = found {
+        return Ok(id);
+    }
+    tx.prepare_cached("INSERT INTO series (citizen, device, metric) VALUES (?1, ?2, ?3)")?
+        .execute(params![&**citizen, &**device, metric])?;
+    Ok(tx.last_insert_rowid())
+}
+
+pub(crate) fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |source| StoreError::Sqlite {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Opens an existing database read-only, with a clear error when it is not there.
+pub(crate) fn open_existing(path: &Path) -> Result<Connection, StoreError> {
+    if !path.exists() {
+        return Err(StoreError::Missing(path.to_owned()));
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sqlite(path))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(sqlite(path))?;
+    Ok(conn)
+}
+
+/// Creates the schema of a new database, and refuses one written by a newer kenko.
+pub(crate) fn migrate(conn: &Connection, path: &Path, schema: &str) -> Result<(), StoreError> {
+    let version = check_version(conn, path)?;
+    if version < SCHEMA_VERSION {
+        conn.execute_batch(schema).map_err(sqlite(path))?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(sqlite(path))?;
+    }
+    Ok(())
+}
+
+fn check_version(conn: &Connection, path: &Path) -> Result<i64, StoreError> {
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(sqlite(path))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            path: path.to_owned(),
+            found: version,
+        });
+    }
+    Ok(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flags;
+
+    fn obs(citizen: &str, device: &str, metric: Metric, value: f64, time_ms: i64) -> Observation {
+        Observation {
+            citizen: Arc::from(citizen),
+            device: Arc::from(device),
+            metric,
+            value,
+            time_ms,
+            received_ms: time_ms + 5,
+            seq: 1,
+            flags: 0,
+        }
+    }
+
+    fn query(metric: Metric) -> Query {
+        Query {
+            metric,
+            citizen: None,
+            device: None,
+            from_ms: None,
+            to_ms: None,
+            every_ms: None,
+            agg: Agg::Mean,
+            limit: None,
+        }
+    }
+
+    #[test]
+    fn round_trip_in_time_order_with_filters() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = PersonalStore::open(&dir.path().join("p.db")).expect("open");
+        let batch = vec![
+            obs("c2", "d2", Metric::HeartRate, 70.0, 2_000),
+            obs("c1", "d1", Metric::HeartRate, 60.0, 1_000),
+            obs("c1", "d1", Metric::HeartRate, 61.0, 3_000),
+            obs("c1", "d1", Metric::RespiratoryRate, 14.0, 1_000),
+        ];
+        assert_eq!(
+            store.write_batch(&batch).expect("write"),
+            WriteStats {
+                inserted: 4,
+                duplicates: 0
+            }
+        );
+        let rows = store.query(&query(Metric::HeartRate)).expect("query");
+        let times: Vec<i64> = rows.iter().map(|r| r.time_ms).collect();
+        assert_eq!(times, vec![1_000, 2_000, 3_000]);
+        assert_eq!(rows[0].unit, "/min");
+        let only_c1 = store
+            .query(&Query {
+                citizen: Some("c1".into()),
+                from_ms: Some(2_000),
+                ..query(Metric::HeartRate)
+            })
+            .expect("query");
+        assert_eq!(only_c1.len(), 1);
+        assert_eq!((only_c1[0].value, only_c1[0].device.as_str()), (61.0, "d1"));
+        let to_exclusive = store
+            .query(&Query {
+                to_ms: Some(2_000),
+                ..query(Metric::HeartRate)
+            })
+            .expect("query");
+        assert_eq!(to_exclusive.len(), 1);
+        let limited = store
+            .query(&Query {
+                limit: Some(2),
+                ..query(Metric::HeartRate)
+            })
+            .expect("query");
+        assert_eq!(limited.len(), 2);
+        assert_eq!(
+            store.metrics().expect("metrics"),
+            vec![Metric::HeartRate, Metric::RespiratoryRate]
+        );
+    }
+
+    #[test]
+    fn repeats_of_device_metric_time_are_stored_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = PersonalStore::open(&dir.path().join("p.db")).expect("open");
+        let one = obs("c1", "d1", Metric::HeartRate, 60.0, 1_000);
+        let mut flagged = obs("c1", "d1", Metric::HeartRate, 999.0, 1_000);
+        flagged.flags = flags::IMPLAUSIBLE;
+        assert_eq!(
+            store
+                .write_batch(&[one.clone(), one.clone()])
+                .expect("write"),
+            WriteStats {
+                inserted: 1,
+                duplicates: 1
+            }
+        );
+        assert_eq!(
+            store.write_batch(&[flagged]).expect("write"),
+            WriteStats {
+                inserted: 0,
+                duplicates: 1
+            }
+        );
+        let rows = store.query(&query(Metric::HeartRate)).expect("query");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].value, 60.0, "the first write wins");
+    }
+
+    #[test]
+    fn data_survives_reopen_and_reads_alongside_a_writer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.db");
+        let mut writer = PersonalStore::open(&path).expect("open");
+        writer
+            .write_batch(&[obs("c1", "d1", Metric::SleepStage, 2.0, 1_000)])
+            .expect("write");
+        let reader = PersonalStore::open_read_only(&path).expect("read-only");
+        assert_eq!(reader.count().expect("count"), 1);
+        drop(writer);
+        let mut again = PersonalStore::open(&path).expect("reopen");
+        again
+            .write_batch(&[obs("c1", "d1", Metric::SleepStage, 3.0, 2_000)])
+            .expect("write");
+        assert_eq!(again.count().expect("count"), 2);
+    }
+
+    #[test]
+    fn missing_store_says_what_to_do() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = PersonalStore::open_read_only(&dir.path().join("nope.db"))
+            .err()
+            .expect("missing");
+        assert!(
+            err.to_string()
+                .contains("run `kenko demo` or `kenko serve`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.db");
+        drop(PersonalStore::open(&path).expect("open"));
+        Connection::open(&path)
+            .expect("raw")
+            .pragma_update(None, "user_version", 99)
+            .expect("bump");
+        let err = PersonalStore::open(&path).err().expect("newer");
+        assert!(err.to_string().contains("upgrade kenko"), "{err}");
+    }
+
+    #[test]
+    fn aggregates_by_bucket_per_series() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = PersonalStore::open(&dir.path().join("p.db")).expect("open");
+        let batch: Vec<_> = (0..6)
+            .map(|i| {
+                obs(
+                    "c1",
+                    "d1",
+                    Metric::HeartRate,
+                    60.0 + i as f64,
+                    60_000 + i * 20_000,
+                )
+            })
+            .collect();
+        store.write_batch(&batch).expect("write");
+        // Minutes [60 s, 120 s) hold 60,61,62; [120 s, 180 s) hold 63,64,65.
+        let mean = store
+            .query(&Query {
+                every_ms: Some(60_000),
+                ..query(Metric::HeartRate)
+            })
+            .expect("query");
+        let got: Vec<(i64, f64)> = mean.iter().map(|r| (r.time_ms, r.value)).collect();
+        assert_eq!(got, vec![(60_000, 61.0), (120_000, 64.0)]);
+        assert!(mean.iter().all(|r| r.aggregated && r.unit == "/min"));
+        let count = store
+            .query(&Query {
+                every_ms: Some(60_000),
+                agg: Agg::Count,
+                ..query(Metric::HeartRate)
+            })
+            .expect("query");
+        assert_eq!(
+            count.iter().map(|r| r.value).collect::<Vec<_>>(),
+            vec![3.0, 3.0]
+        );
+        assert_eq!(count[0].unit, "{count}");
+        let max = store
+            .query(&Query {
+                every_ms: Some(60_000),
+                agg: Agg::Max,
+                ..query(Metric::HeartRate)
+            })
+            .expect("query");
+        assert_eq!(max[1].value, 65.0);
+        let min = store
+            .query(&Query {
+                every_ms: Some(60_000),
+                agg: Agg::Min,
+                ..query(Metric::HeartRate)
+            })
+            .expect("query");
+        assert_eq!(min[0].value, 60.0);
+    }
+}

@@ -1,0 +1,264 @@
+//! A new connection up to CONNACK: learn the protocol version from the CONNECT, check the
+//! client id and will, take over a live session with the same id, register with the router.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttd::protocol::{
+    ConnAck, ConnAckProperties, Connect, ConnectReturnCode, LastWill, LastWillProperties, Packet,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+use tracing::{debug, info, info_span, Instrument};
+
+use crate::codec::{sniff, Codec, Sniff, Version};
+use crate::packet::check_topic_name;
+use crate::router::HUB_CLIENT_ID;
+use crate::session::Session;
+use crate::Shared;
+
+/// How long a new connection waits for the one it takes over to let go.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+static ASSIGNED: AtomicU64 = AtomicU64::new(1);
+
+/// Serves one accepted TCP connection to its end.
+pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let span = info_span!("conn", %peer, client_id = tracing::field::Empty);
+    async move {
+        match handshake(stream, &shared).await {
+            Ok(Some(session)) => session.run().await,
+            Ok(None) => {}
+            Err(e) => debug!(error = %e, "connection ended before CONNACK"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Reads and answers CONNECT; `None` if the connection was refused or went away.
+async fn handshake(
+    mut stream: TcpStream,
+    shared: &Arc<Shared>,
+) -> std::io::Result<Option<Session>> {
+    let config = &shared.config;
+    let mut buf = BytesMut::with_capacity(1024);
+    let deadline = Instant::now() + Duration::from_millis(config.connect_timeout_ms);
+    let version = loop {
+        match sniff(&buf, config.max_packet_size) {
+            Sniff::NeedMore => {}
+            Sniff::Version(v) => break v,
+            Sniff::Unsupported(level) => {
+                info!(
+                    level,
+                    "CONNECT refused: kenko speaks MQTT 3.1.1 (level 4) and 5"
+                );
+                let ack = ConnAck {
+                    session_present: false,
+                    code: ConnectReturnCode::RefusedProtocolVersion,
+                };
+                let mut out = BytesMut::new();
+                Codec::new(Version::V311, 16)
+                    .write(Packet::ConnAck(ack, None), &mut out)
+                    .map_err(std::io::Error::other)?;
+                stream.write_all(&out).await?;
+                return Ok(None);
+            }
+            other => {
+                info!(
+                    ?other,
+                    "connection closed: first packet is not a valid CONNECT"
+                );
+                return Ok(None);
+            }
+        }
+        match timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            stream.read_buf(&mut buf),
+        )
+        .await
+        {
+            Ok(Ok(0)) => return Ok(None),
+            Err(_) => {
+                info!("connection closed: no CONNECT within the connect timeout");
+                return Ok(None);
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+        }
+    };
+    let codec = Codec::new(version, config.max_packet_size);
+    let (connect, will, will_props) = match codec.read(&mut buf) {
+        Ok(Some(Packet::Connect(connect, _props, will, will_props, _login))) => {
+            (connect, will, will_props)
+        }
+        other => {
+            info!(?other, "connection closed: malformed CONNECT");
+            return Ok(None);
+        }
+    };
+    let mut hs = Handshake { stream, codec };
+    let Some((client_id, assigned)) = hs.client_id(&connect).await? else {
+        return Ok(None);
+    };
+    tracing::Span::current().record("client_id", client_id.as_str());
+    if let Some(will) = &will {
+        if let Some(why) = will_problem(will) {
+            let code = match hs.codec.version() {
+                Version::V5 => ConnectReturnCode::TopicNameInvalid,
+                Version::V311 => ConnectReturnCode::UnspecifiedError,
+            };
+            return hs.refuse(code, &why).await;
+        }
+    }
+    if shared.sessions.len() >= config.max_connections {
+        let code = match hs.codec.version() {
+            Version::V5 => ConnectReturnCode::ServerBusy,
+            Version::V311 => ConnectReturnCode::ServiceUnavailable,
+        };
+        return hs
+            .refuse(
+                code,
+                "the hub has reached its connection limit; try again later",
+            )
+            .await;
+    }
+
+    let client_id: Arc<str> = Arc::from(client_id);
+    let registration = shared
+        .sessions
+        .register(client_id.clone(), TAKEOVER_WAIT)
+        .await;
+    let router = shared.router.clone();
+    let (id, clean) = (client_id.clone(), connect.clean_session);
+    // Registering blocks until the router thread answers.
+    let linked = tokio::task::spawn_blocking(move || router.link(&id, clean)).await;
+    let Ok(Ok((link_tx, link_rx, notification))) = linked else {
+        return hs
+            .refuse(
+                ConnectReturnCode::ServerUnavailable,
+                "the hub's router is not available",
+            )
+            .await;
+    };
+    let Some(Packet::ConnAck(ack, router_props)) = Option::<Packet>::from(notification) else {
+        return hs
+            .refuse(
+                ConnectReturnCode::ServerUnavailable,
+                "the hub's router refused the connection",
+            )
+            .await;
+    };
+    let props = (hs.codec.version() == Version::V5).then(|| ConnAckProperties {
+        assigned_client_identifier: assigned,
+        // Incoming topic aliases are not resolved by kenko's layer yet, so none are offered.
+        topic_alias_max: None,
+        max_packet_size: u32::try_from(config.max_packet_size).ok(),
+        ..router_props.unwrap_or_default()
+    });
+    hs.send(Packet::ConnAck(ack, props)).await?;
+    info!(version = ?hs.codec.version(), keep_alive = connect.keep_alive, clean = clean, "connected");
+    Ok(Some(Session::new(
+        hs.stream,
+        hs.codec,
+        buf,
+        shared.clone(),
+        client_id,
+        connect.keep_alive,
+        will.map(|w| (w, will_props)),
+        link_tx,
+        link_rx,
+        registration,
+    )))
+}
+
+/// Why a will cannot be accepted, if it cannot.
+fn will_problem(will: &LastWill) -> Option<String> {
+    match check_topic_name(&will.topic) {
+        Err(why) => Some(format!("will {why}")),
+        Ok(topic) if topic.starts_with('$') => {
+            Some("a will may not be published on a $ topic".into())
+        }
+        Ok(_) => None,
+    }
+}
+
+struct Handshake {
+    stream: TcpStream,
+    codec: Codec,
+}
+
+impl Handshake {
+    /// The client id to use and, if kenko chose it, the id to tell the client.
+    async fn client_id(
+        &mut self,
+        connect: &Connect,
+    ) -> std::io::Result<Option<(String, Option<String>)>> {
+        let invalid = ConnectReturnCode::ClientIdentifierNotValid;
+        if connect.client_id.is_empty() {
+            if !connect.clean_session {
+                self.refuse(invalid, "a persistent session needs a client id")
+                    .await?;
+                return Ok(None);
+            }
+            let id = format!("kenko-auto-{}", ASSIGNED.fetch_add(1, Ordering::Relaxed));
+            return Ok(Some((id.clone(), Some(id))));
+        }
+        if let Err(why) = kenko_config::check_identifier(&connect.client_id) {
+            self.refuse(invalid, &format!("client id {why}")).await?;
+            return Ok(None);
+        }
+        if connect.client_id.starts_with(HUB_CLIENT_ID) {
+            self.refuse(invalid, "client ids starting with kenko-hub are reserved")
+                .await?;
+            return Ok(None);
+        }
+        Ok(Some((connect.client_id.clone(), None)))
+    }
+
+    async fn refuse(
+        &mut self,
+        code: ConnectReturnCode,
+        why: &str,
+    ) -> std::io::Result<Option<Session>> {
+        info!(?code, why, "CONNECT refused");
+        let props = (self.codec.version() == Version::V5).then(|| ConnAckProperties {
+            reason_string: Some(why.to_owned()),
+            ..ConnAckProperties::default()
+        });
+        let ack = ConnAck {
+            session_present: false,
+            code,
+        };
+        self.send(Packet::ConnAck(ack, props)).await?;
+        Ok(None)
+    }
+
+    async fn send(&mut self, packet: Packet) -> std::io::Result<()> {
+        let mut out = BytesMut::new();
+        self.codec
+            .write(packet, &mut out)
+            .map_err(std::io::Error::other)?;
+        self.stream.write_all(&out).await
+    }
+}
+
+/// Will properties travel with the will's publish.
+pub(crate) fn will_publish_properties(
+    props: Option<LastWillProperties>,
+) -> Option<rumqttd::protocol::PublishProperties> {
+    props.map(|p| rumqttd::protocol::PublishProperties {
+        payload_format_indicator: p.payload_format_indicator,
+        message_expiry_interval: p.message_expiry_interval,
+        response_topic: p.response_topic,
+        correlation_data: p.correlation_data,
+        user_properties: p.user_properties,
+        content_type: p.content_type,
+        ..Default::default()
+    })
+}

@@ -1,0 +1,98 @@
+//! Small facts about packets that rumqttd's types keep to themselves.
+//!
+//! rumqttd's `Publish` keeps its QoS and packet id crate-private; its MQTT-independent
+//! serialization (`serialize` / `deserialize`) is public and carries both, so kenko reads and
+//! sets them through it, on a copy without topic or payload.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use rumqttd::protocol::{Publish, QoS};
+
+/// QoS and packet id of a publish.
+pub(crate) fn qos_and_pkid(publish: &Publish) -> (QoS, u16) {
+    let mut head = publish.clone();
+    head.topic = Bytes::new();
+    head.payload = Bytes::new();
+    let bytes = head.serialize();
+    let qos = match (bytes[0] >> 1) & 0b11 {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    };
+    (qos, u16::from_be_bytes([bytes[1], bytes[2]]))
+}
+
+/// A publish with the given QoS and packet id.
+pub(crate) fn publish(topic: Bytes, payload: Bytes, qos: QoS, pkid: u16, retain: bool) -> Publish {
+    let mut head = BytesMut::with_capacity(5);
+    head.put_u8(0b0011_0000 | (qos as u8) << 1 | u8::from(retain));
+    head.put_u16(pkid);
+    head.put_u16(0);
+    let mut publish = Publish::deserialize(head.freeze());
+    publish.topic = topic;
+    publish.payload = payload;
+    publish
+}
+
+/// Why a topic name in a PUBLISH is not acceptable, if it is not.
+pub(crate) fn check_topic_name(topic: &[u8]) -> Result<&str, &'static str> {
+    let topic = std::str::from_utf8(topic).map_err(|_| "topic is not valid UTF-8")?;
+    if topic.is_empty() {
+        return Err("topic is empty");
+    }
+    if topic.contains(['+', '#']) {
+        return Err("topic contains a wildcard; wildcards are for subscriptions only");
+    }
+    if topic.contains('\0') {
+        return Err("topic contains a NUL character");
+    }
+    Ok(topic)
+}
+
+/// The `{device_id}` of a telemetry topic `devices/{device_id}/telemetry`.
+pub(crate) fn telemetry_device(topic: &str) -> Option<&str> {
+    let rest = topic.strip_prefix("devices/")?;
+    let device = rest.strip_suffix("/telemetry")?;
+    (!device.is_empty() && !device.contains('/')).then_some(device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qos_and_pkid_round_trip() {
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            for pkid in [0u16, 1, 513, u16::MAX] {
+                let p = publish(
+                    Bytes::from_static(b"a/b"),
+                    Bytes::from_static(b"x"),
+                    qos,
+                    pkid,
+                    true,
+                );
+                assert_eq!(qos_and_pkid(&p), (qos, pkid));
+                assert!(p.retain);
+                assert_eq!(&p.topic[..], b"a/b");
+                assert_eq!(&p.payload[..], b"x");
+            }
+        }
+    }
+
+    #[test]
+    fn telemetry_topics() {
+        assert_eq!(telemetry_device("devices/bed-1/telemetry"), Some("bed-1"));
+        assert_eq!(telemetry_device("devices//telemetry"), None);
+        assert_eq!(telemetry_device("devices/a/b/telemetry"), None);
+        assert_eq!(telemetry_device("devices/a/errors"), None);
+    }
+
+    #[test]
+    fn topic_names() {
+        assert!(check_topic_name(b"a/b").is_ok());
+        assert!(check_topic_name(b"").is_err());
+        assert!(check_topic_name(b"a/+").is_err());
+        assert!(check_topic_name(b"a/#").is_err());
+        assert!(check_topic_name(b"a\0b").is_err());
+        assert!(check_topic_name(&[0xff, 0xfe]).is_err());
+    }
+}

@@ -1,0 +1,122 @@
+//! Which client ids are connected, so that a new CONNECT with the same id takes the session
+//! over: the old connection is told to stop and has finished with the router before the new
+//! one registers (the router reuses connection ids, so the two must never overlap).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// The live connection of each client id.
+#[derive(Default)]
+pub(crate) struct Sessions {
+    live: Mutex<HashMap<Arc<str>, Slot>>,
+    serial: AtomicU64,
+}
+
+struct Slot {
+    serial: u64,
+    takeover: CancellationToken,
+    done: watch::Receiver<bool>,
+}
+
+/// A connection's registration; dropping it marks the connection finished.
+pub(crate) struct Registration {
+    sessions: Arc<Sessions>,
+    client_id: Arc<str>,
+    serial: u64,
+    /// Cancelled when another connection takes this client id over.
+    pub(crate) takeover: CancellationToken,
+    done: watch::Sender<bool>,
+}
+
+impl Sessions {
+    /// Registers `client_id`, taking it over from a live connection if there is one, and
+    /// returns once that connection has let go (or after `wait`, if it hangs).
+    pub(crate) async fn register(
+        self: &Arc<Self>,
+        client_id: Arc<str>,
+        wait: Duration,
+    ) -> Registration {
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
+        let takeover = CancellationToken::new();
+        let (done_tx, done_rx) = watch::channel(false);
+        let previous = self.lock().insert(
+            client_id.clone(),
+            Slot {
+                serial,
+                takeover: takeover.clone(),
+                done: done_rx,
+            },
+        );
+        if let Some(mut old) = previous {
+            old.takeover.cancel();
+            let _ = tokio::time::timeout(wait, old.done.wait_for(|done| *done)).await;
+        }
+        Registration {
+            sessions: self.clone(),
+            client_id,
+            serial,
+            takeover,
+            done: done_tx,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Slot>> {
+        // A panic while holding this lock leaves the map itself consistent.
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut live = self.sessions.lock();
+        if live
+            .get(&self.client_id)
+            .is_some_and(|s| s.serial == self.serial)
+        {
+            live.remove(&self.client_id);
+        }
+        drop(live);
+        let _ = self.done.send(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn takeover_waits_for_the_old_connection() {
+        let sessions = Arc::new(Sessions::default());
+        let first = sessions
+            .register(Arc::from("c"), Duration::from_secs(5))
+            .await;
+        let takeover = first.takeover.clone();
+        let s2 = sessions.clone();
+        let second =
+            tokio::spawn(async move { s2.register(Arc::from("c"), Duration::from_secs(5)).await });
+        takeover.cancelled().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !second.is_finished(),
+            "new connection must wait for the old one"
+        );
+        drop(first);
+        let second = second.await.expect("registered");
+        assert_eq!(
+            sessions.len(),
+            1,
+            "the new registration stays after the old one is dropped"
+        );
+        drop(second);
+        assert_eq!(sessions.len(), 0);
+    }
+}

@@ -1,0 +1,85 @@
+//! `kenko query`: read stored observations, raw or aggregated, as a table, CSV or JSON.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use kenko_devices::Metric;
+use kenko_ingest::query::{parse_duration, parse_time, render, Agg, Format, Query};
+use kenko_ingest::store::PersonalStore;
+
+#[derive(clap::Args)]
+pub struct QueryArgs {
+    /// The hub's data directory
+    #[arg(long, default_value = "./kenko-data")]
+    data_dir: PathBuf,
+    /// Metric name: heart_rate, respiratory_rate, body_movement, bed_occupancy, sleep_stage
+    #[arg(long)]
+    metric: String,
+    /// Only this citizen
+    #[arg(long)]
+    citizen: Option<String>,
+    /// Only this device
+    #[arg(long)]
+    device: Option<String>,
+    /// Start (inclusive): RFC 3339 (2026-11-25T09:00:00+09:00), `now`, or relative (-15m, -2h, -7d)
+    #[arg(long, allow_hyphen_values = true)]
+    from: Option<String>,
+    /// End (exclusive), same forms as --from
+    #[arg(long, allow_hyphen_values = true)]
+    to: Option<String>,
+    /// Aggregate into buckets of this width (30s, 1m, 1h, 1d)
+    #[arg(long)]
+    every: Option<String>,
+    /// Aggregate function with --every: mean, min, max, count
+    #[arg(long, default_value = "mean")]
+    agg: String,
+    /// Output format: table, csv, json
+    #[arg(long, default_value = "csv")]
+    format: String,
+    /// At most this many rows
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+pub fn run(args: QueryArgs) -> anyhow::Result<()> {
+    let metric: Metric = args.metric.parse()?;
+    let now_ms = jiff::Timestamp::now().as_millisecond();
+    let from_ms = args
+        .from
+        .as_deref()
+        .map(|s| parse_time(s, now_ms))
+        .transpose()
+        .context("--from")?;
+    let to_ms = args
+        .to
+        .as_deref()
+        .map(|s| parse_time(s, now_ms))
+        .transpose()
+        .context("--to")?;
+    let every_ms = args
+        .every
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .context("--every")?;
+    let agg: Agg = args.agg.parse().context("--agg")?;
+    let format: Format = args.format.parse().context("--format")?;
+    let query = Query {
+        metric,
+        citizen: args.citizen,
+        device: args.device,
+        from_ms,
+        to_ms,
+        every_ms,
+        agg,
+        limit: args.limit,
+    };
+    let store = PersonalStore::open_read_only(&args.data_dir.join("personal.db"))?;
+    let rows = store.query(&query)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    render(&rows, format, &mut out)?;
+    out.flush()?;
+    Ok(())
+}

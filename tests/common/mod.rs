@@ -1,0 +1,189 @@
+//! Test harness: runs the real `kenko` binary on a free port in a temporary data directory and
+//! talks to it with real MQTT clients.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use rumqttc::{AsyncClient, EventLoop, MqttOptions};
+
+pub const KENKO: &str = env!("CARGO_BIN_EXE_kenko");
+
+/// A config registering bed-001 … bed-NNN for citizen-001 … citizen-NNN.
+pub fn config_with_devices(n: usize) -> String {
+    let mut text = String::from("[ingest]\nbatch_linger_ms = 2\n\n");
+    for i in 1..=n {
+        text.push_str(&format!(
+            "[[devices]]\nid = \"bed-{i:03}\"\nkind = \"bed\"\ncitizen = \"citizen-{i:03}\"\n\n"
+        ));
+    }
+    text
+}
+
+/// A `kenko serve` process.
+pub struct Hub {
+    child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub config: PathBuf,
+    _stdout: mpsc::Receiver<String>,
+}
+
+impl Hub {
+    /// Starts `kenko serve` with `config` in `dir` on a port the OS picks.
+    pub fn start(dir: &Path, config: &str) -> anyhow::Result<Hub> {
+        let config_path = dir.join("kenko.toml");
+        std::fs::write(&config_path, config)?;
+        Hub::start_with(dir, &config_path)
+    }
+
+    pub fn start_with(dir: &Path, config_path: &Path) -> anyhow::Result<Hub> {
+        let data_dir = dir.join("data");
+        let mut child = Command::new(KENKO)
+            .args(["serve", "--config"])
+            .arg(config_path)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--mqtt", "127.0.0.1:0"])
+            .env("RUST_LOG", "kenko=info,warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start kenko")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .map_err(|_| anyhow!("kenko serve printed no address within 20 s"))?;
+            if let Some(rest) = line.strip_prefix("kenko serve: MQTT on ") {
+                let addr = rest.split(',').next().context("address")?;
+                break addr.parse::<SocketAddr>()?;
+            }
+        };
+        Ok(Hub {
+            child,
+            addr,
+            data_dir,
+            config: config_path.to_owned(),
+            _stdout: rx,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Sends SIGTERM and waits for an orderly exit; fails if the exit is not clean.
+    pub fn terminate(mut self) -> anyhow::Result<()> {
+        signal(self.child.id(), "TERM")?;
+        let status = wait_timeout(&mut self.child, Duration::from_secs(30))?;
+        if !status.success() {
+            bail!("kenko exited with {status} after SIGTERM");
+        }
+        Ok(())
+    }
+
+    /// Rust-side client options for this hub.
+    pub fn options(&self, client_id: &str) -> MqttOptions {
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", self.port());
+        options.set_keep_alive(Duration::from_secs(10));
+        options
+    }
+
+    pub fn client(&self, client_id: &str) -> (AsyncClient, EventLoop) {
+        AsyncClient::new(self.options(client_id), 1000)
+    }
+
+    /// Runs `kenko query` on this hub's data and parses its JSON.
+    pub fn query(&self, args: &[&str]) -> anyhow::Result<Vec<serde_json::Value>> {
+        query(&self.data_dir, args)
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn query(data_dir: &Path, args: &[&str]) -> anyhow::Result<Vec<serde_json::Value>> {
+    let output = Command::new(KENKO)
+        .arg("query")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--format", "json"])
+        .args(args)
+        .output()?;
+    if !output.status.success() {
+        bail!(
+            "kenko query failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+pub fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -{name} {pid} failed");
+    Ok(())
+}
+
+pub fn wait_timeout(
+    child: &mut Child,
+    limit: Duration,
+) -> anyhow::Result<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `check` until it returns `Some` or `limit` passes.
+pub fn eventually<T>(
+    limit: Duration,
+    mut check: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check()? {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("condition not met within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Epoch milliseconds now.
+pub fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
