@@ -141,6 +141,16 @@ impl Row {
         }
     }
 
+    /// For people: aggregates to three decimals at most.
+    fn value_short(&self) -> String {
+        if self.aggregated {
+            let text = format!("{:.3}", self.value);
+            text.trim_end_matches('0').trim_end_matches('.').to_owned()
+        } else {
+            self.value_text()
+        }
+    }
+
     fn value_json(&self) -> serde_json::Value {
         if !self.aggregated && self.metric == Metric::SleepStage {
             serde_json::Value::String(self.metric.display_value(self.value))
@@ -195,7 +205,7 @@ pub fn render(rows: &[Row], format: Format, out: &mut impl Write) -> std::io::Re
                         r.citizen.clone(),
                         r.device.clone(),
                         r.metric.name().to_owned(),
-                        r.value_text(),
+                        r.value_short(),
                         r.unit.clone(),
                     ]
                 })
@@ -310,6 +320,10 @@ mod tests {
         assert_eq!(json[0]["value"], "rem");
         assert_eq!(json[1]["value"], 1.5);
         assert_eq!(json[0]["time"], "2025-11-25T05:53:20Z");
+        let mut mean = row(Metric::HeartRate, 59.814285714, NOW, true);
+        assert!(rendered(&[mean.clone()], Format::Table).contains("  59.814  "));
+        mean.value = 60.0;
+        assert!(rendered(&[mean], Format::Table).contains("  60  "));
         let table = rendered(&rows[..1], Format::Table);
         assert_eq!(
             table,

@@ -76,7 +76,7 @@ struct InBed {
 
 impl BedModel {
     pub fn new(seed: u64) -> BedModel {
-        let mut rng = SmallRng::seed_from_u64(mix(seed ^ 0x6b65_6e6b_6f));
+        let mut rng = SmallRng::seed_from_u64(mix(seed ^ 0x006b_656e_6b6f));
         BedModel {
             seed,
             chronotype: Chronotype::from_seed(seed),
@@ -318,16 +318,13 @@ mod tests {
             .map(BedModel::new)
             .filter(|m| m.chronotype() == Chronotype::Regular)
             .collect();
-        let at3 = models
-            .iter()
-            .cloned()
-            .filter(|m| m.clone().sample(jst(3 * 60)).occupied)
-            .count();
-        let at11 = models
-            .iter()
-            .cloned()
-            .filter(|m| m.clone().sample(jst(11 * 60)).occupied)
-            .count();
+        let in_bed_at = |minute: i64| {
+            models
+                .iter()
+                .filter(|m| (*m).clone().sample(jst(minute)).occupied)
+                .count()
+        };
+        let (at3, at11) = (in_bed_at(3 * 60), in_bed_at(11 * 60));
         assert!(
             at3 * 10 >= models.len() * 8,
             "{at3} of {} in bed at 03:00",
