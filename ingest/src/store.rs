@@ -83,7 +83,7 @@ impl PersonalStore {
         // message as soon as its batch is committed.
         store
             .conn
-            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
+            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 16384;")
             .map_err(sqlite(path))?;
         store
             .conn
