@@ -28,7 +28,10 @@ const BATCH: usize = 10_000;
 const START_MS: i64 = 1_764_000_000_000;
 
 fn main() {
-    let numbers: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.replace('_', "").parse().ok()).collect();
+    let numbers: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.replace('_', "").parse().ok())
+        .collect();
     let rows = numbers.first().copied().unwrap_or(10_000_000);
     let citizens_n = numbers.get(1).copied().unwrap_or(1_000).max(1);
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -36,7 +39,12 @@ fn main() {
     let mut store = PersonalStore::open(&path).expect("open store");
 
     let citizens: Vec<(Arc<str>, Arc<str>)> = (0..citizens_n)
-        .map(|i| (Arc::from(format!("citizen-{i:04}")), Arc::from(format!("bed-{i:04}"))))
+        .map(|i| {
+            (
+                Arc::from(format!("citizen-{i:04}")),
+                Arc::from(format!("bed-{i:04}")),
+            )
+        })
         .collect();
     let per_step = citizens_n * METRICS.len();
     let steps = rows.div_ceil(per_step);
@@ -70,19 +78,28 @@ fn main() {
         }
         if step % 200 == 0 && step > 0 {
             let secs = started.elapsed().as_secs_f64();
-            println!("  {written:>11} rows, {:>9.0} rows/s", written as f64 / secs);
+            println!(
+                "  {written:>11} rows, {:>9.0} rows/s",
+                written as f64 / secs
+            );
         }
     }
     written += store.write_batch(&batch).expect("write batch").inserted;
     batches += 1;
     let secs = started.elapsed().as_secs_f64();
     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
-        + std::fs::metadata(path.with_extension("db-wal")).map(|m| m.len()).unwrap_or(0);
+        + std::fs::metadata(path.with_extension("db-wal"))
+            .map(|m| m.len())
+            .unwrap_or(0);
     println!(
         "wrote {written} rows in {secs:.1} s: {:.0} rows/s, {batches} batches of up to {BATCH} (one fsync'd transaction each)",
         written as f64 / secs,
     );
-    println!("store size {:.1} MiB, {:.1} bytes/row", bytes as f64 / 1_048_576.0, bytes as f64 / written as f64);
+    println!(
+        "store size {:.1} MiB, {:.1} bytes/row",
+        bytes as f64 / 1_048_576.0,
+        bytes as f64 / written as f64
+    );
 
     let reader = PersonalStore::open_read_only(&path).expect("open read-only");
     let span_ms = steps as i64 * STEP_MS;
@@ -98,22 +115,37 @@ fn main() {
         limit: None,
     };
     let citizen = |i: usize| Some(format!("citizen-{:04}", (i * 7919) % citizens_n));
-    time("1 h raw, one citizen + metric", 200, |i| Query {
-        citizen: citizen(i),
-        from_ms: Some(mid),
-        to_ms: Some(mid + 3_600_000),
-        ..base.clone()
-    }, &reader);
-    time("whole span, --every 1m mean, one citizen + metric", 50, |i| Query {
-        citizen: citizen(i),
-        every_ms: Some(60_000),
-        ..base.clone()
-    }, &reader);
-    time("10 min raw, one metric, all citizens", 50, |_| Query {
-        from_ms: Some(mid),
-        to_ms: Some(mid + 600_000),
-        ..base.clone()
-    }, &reader);
+    time(
+        "1 h raw, one citizen + metric",
+        200,
+        |i| Query {
+            citizen: citizen(i),
+            from_ms: Some(mid),
+            to_ms: Some(mid + 3_600_000),
+            ..base.clone()
+        },
+        &reader,
+    );
+    time(
+        "whole span, --every 1m mean, one citizen + metric",
+        50,
+        |i| Query {
+            citizen: citizen(i),
+            every_ms: Some(60_000),
+            ..base.clone()
+        },
+        &reader,
+    );
+    time(
+        "10 min raw, one metric, all citizens",
+        50,
+        |_| Query {
+            from_ms: Some(mid),
+            to_ms: Some(mid + 600_000),
+            ..base.clone()
+        },
+        &reader,
+    );
 }
 
 fn time(label: &str, runs: usize, make: impl Fn(usize) -> Query, store: &PersonalStore) {
