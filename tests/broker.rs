@@ -294,3 +294,44 @@ fn a_first_packet_that_is_not_connect_closes_the_connection() -> anyhow::Result<
     assert_eq!(connack, [0x20, 2, 0, 1]);
     hub.terminate()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_keeps_subscriptions_and_queued_messages_across_reconnects(
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = Hub::start(dir.path(), NO_DEVICES)?;
+    let mut options = hub.options("care-app");
+    options.set_clean_session(false);
+    let (app, mut app_loop) = rumqttc::AsyncClient::new(options.clone(), 10);
+    app.subscribe("alerts/#", QoS::AtLeastOnce).await?;
+    until_suback(&mut app_loop).await?;
+    app.disconnect().await?;
+    while app_loop.poll().await.is_ok() {}
+
+    // Published while the app is away.
+    let (publisher, mut pub_loop) = hub.client("pub-p");
+    publisher
+        .publish("alerts/ward-3", QoS::AtLeastOnce, false, "check bed 7")
+        .await?;
+    loop {
+        if let Event::Incoming(Incoming::PubAck(_)) = pub_loop.poll().await? {
+            break;
+        }
+    }
+
+    let (_app, mut app_loop) = rumqttc::AsyncClient::new(options, 10);
+    let ack = until_connack(&mut app_loop).await?;
+    assert!(ack.session_present);
+    let got = next_publish(&mut app_loop, Duration::from_secs(5))
+        .await
+        .expect("queued message delivered");
+    assert_eq!(got.topic, "alerts/ward-3");
+    assert_eq!(&got.payload[..], b"check bed 7");
+
+    // A clean session starts empty.
+    let mut clean = hub.options("care-app");
+    clean.set_clean_session(true);
+    let (_fresh, mut fresh_loop) = rumqttc::AsyncClient::new(clean, 10);
+    assert!(!until_connack(&mut fresh_loop).await?.session_present);
+    hub.terminate()
+}

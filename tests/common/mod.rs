@@ -51,7 +51,7 @@ impl Hub {
             .arg("--data-dir")
             .arg(&data_dir)
             .args(["--mqtt", "127.0.0.1:0"])
-            .env("RUST_LOG", "kenko=info,warn")
+            .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
