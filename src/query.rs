@@ -66,7 +66,6 @@ pub fn run(args: QueryArgs) -> anyhow::Result<()> {
     let agg: Agg = args.agg.parse().context("--agg")?;
     let format: Format = args.format.parse().context("--format")?;
     let query = Query {
-        metric,
         citizen: args.citizen,
         device: args.device,
         from_ms,
@@ -74,6 +73,7 @@ pub fn run(args: QueryArgs) -> anyhow::Result<()> {
         every_ms,
         agg,
         limit: args.limit,
+        ..Query::new(metric)
     };
     let store = PersonalStore::open_read_only(&args.data_dir.join("personal.db"))?;
     let rows = store.query(&query)?;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kenko_devices::Metric;
-use kenko_ingest::query::{Agg, Query};
+use kenko_ingest::query::Query;
 use kenko_ingest::store::PersonalStore;
 use kenko_ingest::Observation;
 
@@ -104,16 +104,7 @@ fn main() {
     let reader = PersonalStore::open_read_only(&path).expect("open read-only");
     let span_ms = steps as i64 * STEP_MS;
     let mid = START_MS + span_ms / 2;
-    let base = Query {
-        metric: Metric::HeartRate,
-        citizen: None,
-        device: None,
-        from_ms: None,
-        to_ms: None,
-        every_ms: None,
-        agg: Agg::Mean,
-        limit: None,
-    };
+    let base = Query::new(Metric::HeartRate);
     let citizen = |i: usize| Some(format!("citizen-{:04}", (i * 7919) % citizens_n));
     time(
         "1 h raw, one citizen + metric",

@@ -21,6 +21,22 @@ pub struct Query {
     pub limit: Option<usize>,
 }
 
+impl Query {
+    /// Every stored observation of `metric`, raw.
+    pub fn new(metric: Metric) -> Query {
+        Query {
+            metric,
+            citizen: None,
+            device: None,
+            from_ms: None,
+            to_ms: None,
+            every_ms: None,
+            agg: Agg::Mean,
+            limit: None,
+        }
+    }
+}
+
 /// One result row: an observation, or a bucket's aggregate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {

@@ -335,16 +335,7 @@ mod tests {
     }
 
     fn query(metric: Metric) -> Query {
-        Query {
-            metric,
-            citizen: None,
-            device: None,
-            from_ms: None,
-            to_ms: None,
-            every_ms: None,
-            agg: Agg::Mean,
-            limit: None,
-        }
+        Query::new(metric)
     }
 
     #[test]
