@@ -22,7 +22,7 @@ use crate::session::Session;
 use crate::Shared;
 
 /// How long a new connection waits for the one it takes over to let go.
-const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
 
 static ASSIGNED: AtomicU64 = AtomicU64::new(1);
 
@@ -130,10 +130,22 @@ async fn handshake(
     }
 
     let client_id: Arc<str> = Arc::from(client_id);
-    let registration = shared
+    let Some(registration) = shared
         .sessions
         .register(client_id.clone(), TAKEOVER_WAIT)
-        .await;
+        .await
+    else {
+        let code = match hs.codec.version() {
+            Version::V5 => ConnectReturnCode::ServerBusy,
+            Version::V311 => ConnectReturnCode::ServiceUnavailable,
+        };
+        return hs
+            .refuse(
+                code,
+                "the previous connection with this client id is still closing; try again",
+            )
+            .await;
+    };
     let router = shared.router.clone();
     let (id, clean) = (client_id.clone(), connect.clean_session);
     // Registering blocks until the router thread answers.

@@ -37,6 +37,8 @@ use crate::Shared;
 
 /// How long a connection waits, at shutdown, for verdicts on messages it already handed over.
 const DRAIN_WAIT: Duration = Duration::from_secs(10);
+/// How long the hub tries to deliver its last packets to a client it is disconnecting.
+const LAST_WRITE: Duration = Duration::from_secs(2);
 /// A client that takes longer than this to accept what the hub writes is cut off, so that it
 /// cannot hold its session (or a shutdown) forever.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -282,11 +284,16 @@ impl Session {
             .stats
             .telemetry_in
             .fetch_add(1, Ordering::Relaxed);
-        // Waits while the pipeline's queue is full: that is the push-back on publishers.
-        if self.shared.ingest.submit(submission).await.is_err() {
-            return Err(End::Shutdown);
+        // Waits while the pipeline's queue is full: that is the push-back on publishers. A
+        // takeover must not wait behind it (the new connection waits for this one to end).
+        let takeover = self.registration.takeover.clone();
+        tokio::select! {
+            submitted = self.shared.ingest.submit(submission) => match submitted {
+                Ok(()) => Ok(()),
+                Err(_) => Err(End::Shutdown),
+            },
+            _ = takeover.cancelled() => Err(End::TakenOver),
         }
-        Ok(())
     }
 
     /// A publish kenko will not accept: MQTT 5 says why in the acknowledgement; MQTT 3.1.1 has
@@ -423,11 +430,20 @@ impl Session {
         }
     }
 
+    /// Writes what is buffered. Gives up if the session is taken over meanwhile, and cuts off
+    /// a client that does not read for `WRITE_TIMEOUT`.
     async fn flush(&mut self) -> Result<(), End> {
         if self.out.is_empty() {
             return Ok(());
         }
-        let result = tokio::time::timeout(WRITE_TIMEOUT, self.stream.write_all(&self.out)).await;
+        let takeover = self.registration.takeover.clone();
+        let result = tokio::select! {
+            written = tokio::time::timeout(WRITE_TIMEOUT, self.stream.write_all(&self.out)) => written,
+            _ = takeover.cancelled() => {
+                self.out.clear();
+                return Err(End::TakenOver);
+            }
+        };
         self.out.clear();
         match result {
             Ok(Ok(())) => Ok(()),
@@ -436,6 +452,14 @@ impl Session {
                 info!("closing connection: the client has not read what the hub sent for {WRITE_TIMEOUT:?}");
                 Err(End::Closed)
             }
+        }
+    }
+
+    /// The last words to the client (acknowledgements, DISCONNECT), briefly.
+    async fn flush_last(&mut self) {
+        if !self.out.is_empty() {
+            let _ = tokio::time::timeout(LAST_WRITE, self.stream.write_all(&self.out)).await;
+            self.out.clear();
         }
     }
 
@@ -455,7 +479,7 @@ impl Session {
         if let (true, Some(reason_code)) = (v5, tell) {
             self.write(Packet::Disconnect(Disconnect { reason_code }, None));
         }
-        let _ = self.flush().await;
+        self.flush_last().await;
         let _ = self.stream.shutdown().await;
 
         let publish_will = match end {

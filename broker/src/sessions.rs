@@ -35,12 +35,14 @@ pub(crate) struct Registration {
 
 impl Sessions {
     /// Registers `client_id`, taking it over from a live connection if there is one, and
-    /// returns once that connection has let go (or after `wait`, if it hangs).
+    /// returns once that connection has let go. `None` if it did not let go within `wait`:
+    /// the new connection must then be refused, because the two would share a router
+    /// connection id.
     pub(crate) async fn register(
         self: &Arc<Self>,
         client_id: Arc<str>,
         wait: Duration,
-    ) -> Registration {
+    ) -> Option<Registration> {
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
         let takeover = CancellationToken::new();
         let (done_tx, done_rx) = watch::channel(false);
@@ -52,17 +54,21 @@ impl Sessions {
                 done: done_rx,
             },
         );
-        if let Some(mut old) = previous {
-            old.takeover.cancel();
-            let _ = tokio::time::timeout(wait, old.done.wait_for(|done| *done)).await;
-        }
-        Registration {
+        let registration = Registration {
             sessions: self.clone(),
             client_id,
             serial,
             takeover,
             done: done_tx,
+        };
+        if let Some(mut old) = previous {
+            old.takeover.cancel();
+            let finished = tokio::time::timeout(wait, old.done.wait_for(|done| *done)).await;
+            if !matches!(finished, Ok(Ok(_))) {
+                return None;
+            }
         }
+        Some(registration)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -98,7 +104,8 @@ mod tests {
         let sessions = Arc::new(Sessions::default());
         let first = sessions
             .register(Arc::from("c"), Duration::from_secs(5))
-            .await;
+            .await
+            .expect("first");
         let takeover = first.takeover.clone();
         let s2 = sessions.clone();
         let second =
@@ -110,7 +117,7 @@ mod tests {
             "new connection must wait for the old one"
         );
         drop(first);
-        let second = second.await.expect("registered");
+        let second = second.await.expect("task").expect("registered");
         assert_eq!(
             sessions.len(),
             1,
@@ -118,5 +125,21 @@ mod tests {
         );
         drop(second);
         assert_eq!(sessions.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_does_not_let_go_makes_the_new_one_wait_then_fail() {
+        let sessions = Arc::new(Sessions::default());
+        let _stuck = sessions
+            .register(Arc::from("c"), Duration::from_secs(5))
+            .await
+            .expect("first");
+        let second = sessions
+            .register(Arc::from("c"), Duration::from_millis(50))
+            .await;
+        assert!(
+            second.is_none(),
+            "no second registration while the first holds on"
+        );
     }
 }

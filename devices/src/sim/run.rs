@@ -153,12 +153,13 @@ impl Device {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = tokio::time::sleep_until(next) => {
-                    // ±10 % jitter, as real device clocks have.
-                    next += self.period.mul_f64(self.rng.random_range(0.9..1.1));
-                    if !connected {
-                        continue;
-                    }
+                // Only while connected: rumqttc's poll must not be interrupted while it is
+                // connecting, or it starts over with a new connection.
+                _ = tokio::time::sleep_until(next), if connected => {
+                    // ±10 % jitter, as real device clocks have. A device that fell behind
+                    // skips readings rather than sending a burst with the same timestamp.
+                    let now = tokio::time::Instant::now();
+                    next = next.max(now) + self.period.mul_f64(self.rng.random_range(0.9..1.1));
                     let now = Timestamp::now();
                     let reading = self.model.sample(now);
                     seq += 1;
