@@ -344,4 +344,13 @@ mod tests {
         let err = parse(text).expect_err("profile");
         assert!(err.to_string().contains("unknown payload profile"), "{err}");
     }
+
+    #[test]
+    fn the_example_config_is_valid_and_spells_out_the_defaults() {
+        let example = include_str!("../kenko.example.toml");
+        let config = parse(example).expect("config/kenko.example.toml parses");
+        assert_eq!(config.mqtt, MqttConfig::default());
+        assert_eq!(config.ingest, IngestConfig::default());
+        assert_eq!(config.devices.len(), 2);
+    }
 }
