@@ -2,6 +2,7 @@
 //! rumqttd's codecs) in front of rumqttd's router. kenko owns the connection layer so that it
 //! decides what is acknowledged and when: telemetry is acknowledged only once stored.
 
+pub mod acl;
 mod codec;
 mod connection;
 mod packet;

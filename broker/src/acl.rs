@@ -1,0 +1,251 @@
+//! Evaluating the operators' ACL rules (parsed by `kenko_config::acl`): ordered rules, first
+//! match wins, default deny. Rules are indexed by principal id and role, so a decision looks
+//! only at the rules that can apply to the asking principal, in file order.
+//!
+//! A SUBSCRIBE filter is allowed by a rule only if the rule's pattern covers every topic the
+//! filter can match; each delivery is checked again as a subscribe on its concrete topic, so a
+//! wide allowed filter still never delivers a topic a later deny rule forbids.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use kenko_config::acl::{Action, Effect, Level, Rule};
+
+/// Who is asking, with what the registry binds to them.
+#[derive(Debug, Clone, Copy)]
+pub struct Principal<'a> {
+    pub id: &'a str,
+    pub client_id: &'a str,
+    pub username: Option<&'a str>,
+    pub roles: &'a [String],
+    pub device: Option<&'a str>,
+    pub citizen: Option<&'a str>,
+}
+
+/// What is asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request<'a> {
+    Publish {
+        topic: &'a str,
+        qos: u8,
+        retain: bool,
+    },
+    Subscribe {
+        filter: &'a str,
+        qos: u8,
+    },
+    /// An outgoing delivery of `topic` to a subscriber.
+    Deliver {
+        topic: &'a str,
+    },
+}
+
+/// Why a request was allowed or denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The rule's effect decided.
+    Rule,
+    /// The rule allows the topic but not this QoS.
+    QosAbove(u8),
+    /// The rule allows the topic but not retained publishes.
+    RetainNotAllowed,
+    /// No rule matched: default deny.
+    NoRule,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// Index of the deciding rule.
+    pub rule: Option<usize>,
+    pub reason: Reason,
+}
+
+/// A compiled rule set.
+#[derive(Debug, Default)]
+pub struct Acl {
+    rules: Vec<Rule>,
+    by_principal: HashMap<String, Vec<u32>>,
+    by_role: HashMap<String, Vec<u32>>,
+    everyone: Vec<u32>,
+}
+
+thread_local! {
+    static CANDIDATES: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Acl {
+    pub fn new(rules: Vec<Rule>) -> Acl {
+        let mut acl = Acl::default();
+        for (i, rule) in rules.iter().enumerate() {
+            let i = u32::try_from(i).unwrap_or(u32::MAX);
+            if rule.principals.is_empty() && rule.roles.is_empty() {
+                acl.everyone.push(i);
+            }
+            for p in &rule.principals {
+                acl.by_principal.entry(p.clone()).or_default().push(i);
+            }
+            for r in &rule.roles {
+                acl.by_role.entry(r.clone()).or_default().push(i);
+            }
+        }
+        acl.rules = rules;
+        acl
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Decides `request` for `principal`.
+    pub fn decide(&self, principal: &Principal<'_>, request: &Request<'_>) -> Decision {
+        CANDIDATES.with(|buffer| {
+            let mut candidates = buffer.borrow_mut();
+            candidates.clear();
+            if let Some(list) = self.by_principal.get(principal.id) {
+                candidates.extend_from_slice(list);
+            }
+            for role in principal.roles {
+                if let Some(list) = self.by_role.get(role.as_str()) {
+                    candidates.extend_from_slice(list);
+                }
+            }
+            candidates.extend_from_slice(&self.everyone);
+            candidates.sort_unstable();
+            candidates.dedup();
+            for &i in candidates.iter() {
+                let Some(rule) = self.rules.get(i as usize) else {
+                    continue;
+                };
+                if let Some(decision) = decide_rule(rule, i as usize, principal, request) {
+                    return decision;
+                }
+            }
+            Decision {
+                allowed: false,
+                rule: None,
+                reason: Reason::NoRule,
+            }
+        })
+    }
+}
+
+/// The decision of one rule, if it applies to the request.
+fn decide_rule(
+    rule: &Rule,
+    index: usize,
+    principal: &Principal<'_>,
+    request: &Request<'_>,
+) -> Option<Decision> {
+    let (is_publish, applies) = match *request {
+        Request::Publish { topic, .. } => (true, matches_topic(&rule.pattern, topic, principal)),
+        Request::Subscribe { filter, .. } => (
+            false,
+            covers(&rule.pattern, shared_filter(filter), principal),
+        ),
+        Request::Deliver { topic } => (false, matches_topic(&rule.pattern, topic, principal)),
+    };
+    let action_fits = match rule.action {
+        Action::All => true,
+        Action::Publish => is_publish,
+        Action::Subscribe => !is_publish,
+    };
+    if !action_fits || !applies {
+        return None;
+    }
+    let deny = |reason| {
+        Some(Decision {
+            allowed: false,
+            rule: Some(index),
+            reason,
+        })
+    };
+    if rule.effect == Effect::Deny {
+        return deny(Reason::Rule);
+    }
+    let qos = match *request {
+        Request::Publish { qos, .. } | Request::Subscribe { qos, .. } => qos,
+        Request::Deliver { .. } => 0,
+    };
+    if let Some(max) = rule.max_qos {
+        if qos > max {
+            return deny(Reason::QosAbove(max));
+        }
+    }
+    if let (Request::Publish { retain: true, .. }, Some(false)) = (request, rule.retain) {
+        return deny(Reason::RetainNotAllowed);
+    }
+    Some(Decision {
+        allowed: true,
+        rule: Some(index),
+        reason: Reason::Rule,
+    })
+}
+
+/// `$share/{group}/{filter}` is checked as `{filter}`.
+fn shared_filter(filter: &str) -> &str {
+    filter
+        .strip_prefix("$share/")
+        .and_then(|rest| rest.split_once('/'))
+        .map_or(filter, |(_, f)| f)
+}
+
+/// The principal's value for a placeholder level; `None` if the level is not a placeholder
+/// or the principal has no such value.
+fn bound<'a>(level: &'a Level, p: &Principal<'a>) -> Option<Option<&'a str>> {
+    match level {
+        Level::ClientId => Some(Some(p.client_id)),
+        Level::Username => Some(p.username),
+        Level::Device => Some(p.device),
+        Level::Citizen => Some(p.citizen),
+        _ => None,
+    }
+}
+
+/// Does the pattern match the concrete topic? Wildcards in the first level never match a
+/// topic starting with `$` (MQTT-4.7.2-1).
+fn matches_topic(pattern: &[Level], topic: &str, p: &Principal<'_>) -> bool {
+    let dollar = topic.starts_with('$');
+    let mut levels = topic.split('/');
+    for (i, level) in pattern.iter().enumerate() {
+        if *level == Level::Rest {
+            return !(i == 0 && dollar);
+        }
+        let Some(t) = levels.next() else { return false };
+        let ok = match level {
+            Level::Single => !(i == 0 && dollar),
+            Level::Literal(s) => s == t,
+            other => matches!(bound(other, p), Some(Some(v)) if v == t),
+        };
+        if !ok {
+            return false;
+        }
+    }
+    levels.next().is_none()
+}
+
+/// Does the pattern match every topic the filter can match?
+fn covers(pattern: &[Level], filter: &str, p: &Principal<'_>) -> bool {
+    let dollar = filter.starts_with('$');
+    let mut levels = filter.split('/');
+    for (i, level) in pattern.iter().enumerate() {
+        if *level == Level::Rest {
+            return !(i == 0 && dollar);
+        }
+        let Some(f) = levels.next() else { return false };
+        let ok = match (level, f) {
+            (_, "#") => false,
+            (Level::Single, _) => !(i == 0 && dollar),
+            (_, "+") => false,
+            (Level::Literal(s), f) => s == f,
+            (other, f) => matches!(bound(other, p), Some(Some(v)) if v == f),
+        };
+        if !ok {
+            return false;
+        }
+    }
+    levels.next().is_none()
+}
+
+#[cfg(test)]
+mod tests;
