@@ -136,8 +136,8 @@ fn main() {
     );
     if span_ms < DAY_MS {
         println!(
-            "note: the data spans {:.1} h, so the 1 day window holds all of it",
-            span_ms as f64 / HOUR_MS as f64
+            "note: the data spans {:.1} min, so the 1 day window holds all of it",
+            span_ms as f64 / 60_000.0
         );
     }
 }

@@ -187,4 +187,59 @@ mod tests {
         assert_eq!(newest[1].1, letter("malformed_payload", b"\xff"));
         assert!(DeadLetterStore::open_read_only(&dir.path().join("none.db")).is_err());
     }
+
+    #[test]
+    fn letters_survive_reopen_in_a_durable_wal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("deadletter.db");
+        let mut store = DeadLetterStore::open(&path).expect("open");
+        let (mode, sync): (String, i64) = (
+            store
+                .conn
+                .pragma_query_value(None, "journal_mode", |r| r.get(0))
+                .expect("journal_mode"),
+            store
+                .conn
+                .pragma_query_value(None, "synchronous", |r| r.get(0))
+                .expect("synchronous"),
+        );
+        assert_eq!(
+            (mode.as_str(), sync),
+            ("wal", 2),
+            "WAL with synchronous=FULL"
+        );
+        assert_eq!(store.count().expect("count"), 0);
+        assert!(store.list(10).expect("list").is_empty());
+        store.record(&[]).expect("nothing to record");
+        let mut anonymous = letter("malformed_payload", b"");
+        anonymous.device = None;
+        store.record(&[anonymous.clone()]).expect("record");
+        drop(store);
+        let mut again = DeadLetterStore::open(&path).expect("reopen");
+        again
+            .record(&[letter("unknown_device", b"y")])
+            .expect("record");
+        let listed = again.list(10).expect("list");
+        assert_eq!(listed.len(), 2);
+        assert!(listed[0].0 > listed[1].0, "newest first");
+        assert_eq!(listed[1].1, anonymous);
+    }
+
+    #[test]
+    fn read_only_open_explains_a_missing_or_newer_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = DeadLetterStore::open_read_only(&dir.path().join("none.db"))
+            .err()
+            .expect("missing");
+        assert!(matches!(missing, StoreError::Missing(_)), "{missing}");
+        assert!(missing.to_string().contains("--data-dir"), "{missing}");
+        let path = dir.path().join("deadletter.db");
+        drop(DeadLetterStore::open(&path).expect("open"));
+        Connection::open(&path)
+            .expect("raw")
+            .pragma_update(None, "user_version", 99)
+            .expect("bump");
+        let newer = DeadLetterStore::open_read_only(&path).err().expect("newer");
+        assert!(matches!(newer, StoreError::NewerSchema { .. }), "{newer}");
+    }
 }

@@ -195,17 +195,17 @@ pub fn render(rows: &[Row], format: Format, out: &mut impl Write) -> std::io::Re
             }
         }
         Format::Json => {
-            let items: Vec<serde_json::Value> = rows
+            // A struct rather than `json!`, whose map would sort the keys: objects keep the
+            // CSV's column order.
+            let items: Vec<JsonRow<'_>> = rows
                 .iter()
-                .map(|r| {
-                    serde_json::json!({
-                        "time": format_time(r.time_ms),
-                        "citizen": r.citizen,
-                        "device": r.device,
-                        "metric": r.metric.name(),
-                        "value": r.value_json(),
-                        "unit": r.unit,
-                    })
+                .map(|r| JsonRow {
+                    time: format_time(r.time_ms),
+                    citizen: &r.citizen,
+                    device: &r.device,
+                    metric: r.metric.name(),
+                    value: r.value_json(),
+                    unit: &r.unit,
                 })
                 .collect();
             serde_json::to_writer_pretty(&mut *out, &items)?;
@@ -246,6 +246,16 @@ pub fn render(rows: &[Row], format: Format, out: &mut impl Write) -> std::io::Re
     Ok(())
 }
 
+#[derive(serde::Serialize)]
+struct JsonRow<'a> {
+    time: String,
+    citizen: &'a str,
+    device: &'a str,
+    metric: &'static str,
+    value: serde_json::Value,
+    unit: &'a str,
+}
+
 fn csv_field(field: &str) -> String {
     if field.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", field.replace('"', "\"\""))
@@ -282,6 +292,7 @@ mod tests {
     fn times_parse_absolute_relative_and_now() {
         assert_eq!(parse_time("now", NOW), Ok(NOW));
         assert_eq!(parse_time("-15m", NOW), Ok(NOW - 900_000));
+        assert_eq!(parse_time("-90s", NOW), Ok(NOW - 90_000));
         assert_eq!(parse_time("-2h", NOW), Ok(NOW - 7_200_000));
         assert_eq!(parse_time("-7d", NOW), Ok(NOW - 604_800_000));
         assert_eq!(parse_time("2025-11-25T14:53:20+09:00", 0), Ok(NOW));
@@ -305,7 +316,14 @@ mod tests {
         for bad in ["0m", "m", "5", "5w", "-1m", "99999999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+        assert_eq!("15m".parse::<Agg>(), Err(QueryError::Agg("15m".into())));
+        let aggs: Vec<Agg> = ["mean", "min", "max", "count"]
+            .iter()
+            .map(|a| a.parse().expect("agg"))
+            .collect();
+        assert_eq!(aggs, vec![Agg::Mean, Agg::Min, Agg::Max, Agg::Count]);
         assert!("median".parse::<Agg>().is_err());
+        assert_eq!("json".parse::<Format>(), Ok(Format::Json));
         assert!("xml".parse::<Format>().is_err());
     }
 
@@ -323,6 +341,55 @@ mod tests {
         );
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+
+    #[test]
+    fn csv_prints_aggregates_as_numbers_and_quotes_what_needs_it() {
+        let mut count = row(Metric::SleepStage, 2.0, NOW, true);
+        count.unit = "{count}".into();
+        let mut odd = row(Metric::HeartRate, 59.5, NOW, true);
+        odd.citizen = "Sato, \"Hana\"".into();
+        assert_eq!(
+            rendered(&[count, odd], Format::Csv),
+            "time,citizen,device,metric,value,unit\n\
+             2025-11-25T05:53:20Z,citizen-001,bed-001,sleep_stage,2,{count}\n\
+             2025-11-25T05:53:20Z,\"Sato, \"\"Hana\"\"\",bed-001,heart_rate,59.5,/min\n"
+        );
+        assert_eq!(
+            rendered(&[], Format::Csv),
+            "time,citizen,device,metric,value,unit\n"
+        );
+    }
+
+    #[test]
+    fn json_is_an_array_in_column_order() {
+        let rows = [
+            row(Metric::SleepStage, 2.0, NOW + 5, false),
+            row(Metric::HeartRate, 61.25, NOW, true),
+        ];
+        assert_eq!(
+            rendered(&rows, Format::Json),
+            r#"[
+  {
+    "time": "2025-11-25T05:53:20.005Z",
+    "citizen": "citizen-001",
+    "device": "bed-001",
+    "metric": "sleep_stage",
+    "value": "deep",
+    "unit": "{stage}"
+  },
+  {
+    "time": "2025-11-25T05:53:20Z",
+    "citizen": "citizen-001",
+    "device": "bed-001",
+    "metric": "heart_rate",
+    "value": 61.25,
+    "unit": "/min"
+  }
+]
+"#
+        );
+        assert_eq!(rendered(&[], Format::Json), "[]\n");
     }
 
     #[test]

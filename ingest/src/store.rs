@@ -51,6 +51,8 @@ pub enum StoreError {
     },
     #[error("store {path} has schema version {found}, newer than this kenko understands ({SCHEMA_VERSION}); upgrade kenko")]
     NewerSchema { path: PathBuf, found: i64 },
+    #[error("bucket width {0} ms is not positive; pass a positive --every such as 1m")]
+    BadBucket(i64),
 }
 
 /// What one batch did.
@@ -96,7 +98,6 @@ impl PersonalStore {
     /// Opens an existing store for reading, alongside a hub that may be writing it.
     pub fn open_read_only(path: &Path) -> Result<PersonalStore, StoreError> {
         let conn = open_existing(path)?;
-        check_version(&conn, path)?;
         Ok(PersonalStore {
             conn,
             path: path.to_owned(),
@@ -181,6 +182,7 @@ impl PersonalStore {
                 ),
                 1,
             ),
+            Some(every) if every <= 0 => return Err(StoreError::BadBucket(every)),
             Some(every) => {
                 let agg = match q.agg {
                     Agg::Mean => "avg(o.value)",
@@ -190,7 +192,10 @@ impl PersonalStore {
                 };
                 (
                     format!(
-                        "SELECT (o.time_ms / ?7) * ?7 AS bucket, s.citizen, s.device, {agg} FROM series s
+                        // Floor, not SQLite's truncating division, so that buckets before
+                        // 1970 also start at a multiple of the width.
+                        "SELECT o.time_ms - (o.time_ms % ?7) - (CASE WHEN o.time_ms % ?7 < 0 THEN ?7 ELSE 0 END) AS bucket,
+                                s.citizen, s.device, {agg} FROM series s
                          JOIN observations o ON o.series = s.id WHERE {filter}
                          GROUP BY s.id, bucket ORDER BY bucket, s.citizen, s.device LIMIT ?6"
                     ),
@@ -277,7 +282,8 @@ pub(crate) fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_
     }
 }
 
-/// Opens an existing database read-only, with a clear error when it is not there.
+/// Opens an existing database read-only, with a clear error when it is not there or was
+/// written by a newer kenko.
 pub(crate) fn open_existing(path: &Path) -> Result<Connection, StoreError> {
     if !path.exists() {
         return Err(StoreError::Missing(path.to_owned()));
@@ -289,6 +295,7 @@ pub(crate) fn open_existing(path: &Path) -> Result<Connection, StoreError> {
     .map_err(sqlite(path))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(sqlite(path))?;
+    check_version(&conn, path)?;
     Ok(conn)
 }
 
@@ -432,6 +439,74 @@ mod tests {
             .write_batch(&[obs("c1", "d1", Metric::SleepStage, 3.0, 2_000)])
             .expect("write");
         assert_eq!(again.count().expect("count"), 2);
+        drop((again, reader));
+        // `kenko query` after the hub has stopped: no writer, WAL checkpointed away.
+        let reader = PersonalStore::open_read_only(&path).expect("read-only");
+        let values: Vec<f64> = reader
+            .query(&query(Metric::SleepStage))
+            .expect("query")
+            .iter()
+            .map(|r| r.value)
+            .collect();
+        assert_eq!(values, vec![2.0, 3.0]);
+    }
+
+    #[test]
+    fn writer_is_durable_wal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = PersonalStore::open(&dir.path().join("p.db")).expect("open");
+        let mode: String = store
+            .conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .expect("journal_mode");
+        let sync: i64 = store
+            .conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .expect("synchronous");
+        assert_eq!(
+            (mode.as_str(), sync),
+            ("wal", 2),
+            "WAL with synchronous=FULL"
+        );
+    }
+
+    #[test]
+    fn a_failing_batch_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = PersonalStore::open(&dir.path().join("p.db")).expect("open");
+        store
+            .write_batch(&[obs("c1", "d1", Metric::HeartRate, 60.0, 1_000)])
+            .expect("write");
+        // SQLite stores NaN as NULL, which the NOT NULL value column refuses: the third row
+        // fails after two rows, one of them in a series new to this batch, were inserted.
+        let batch = [
+            obs("c1", "d1", Metric::HeartRate, 61.0, 2_000),
+            obs("c2", "d2", Metric::HeartRate, 70.0, 2_000),
+            obs("c2", "d2", Metric::HeartRate, f64::NAN, 3_000),
+        ];
+        assert!(store.write_batch(&batch).is_err());
+        assert_eq!(store.count().expect("count"), 1);
+        let series: i64 = store
+            .conn
+            .query_row("SELECT count(*) FROM series", [], |r| r.get(0))
+            .expect("series");
+        assert_eq!(series, 1, "the rolled-back series is gone");
+        // The in-memory series cache must not keep the rolled-back series id.
+        assert_eq!(
+            store.write_batch(&batch[..2]).expect("retry"),
+            WriteStats {
+                inserted: 2,
+                duplicates: 0
+            }
+        );
+        let c2 = store
+            .query(&Query {
+                citizen: Some("c2".into()),
+                ..query(Metric::HeartRate)
+            })
+            .expect("query");
+        assert_eq!(c2.len(), 1);
+        assert_eq!((c2[0].device.as_str(), c2[0].value), ("d2", 70.0));
     }
 
     #[test]
@@ -514,5 +589,47 @@ mod tests {
             })
             .expect("query");
         assert_eq!(min[0].value, 60.0);
+    }
+
+    #[test]
+    fn buckets_are_per_citizen_and_device_and_aligned_to_the_epoch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = PersonalStore::open(&dir.path().join("p.db")).expect("open");
+        store
+            .write_batch(&[
+                obs("c2", "d2", Metric::HeartRate, 80.0, 3_600_000 + 59_999),
+                obs("c1", "d1", Metric::HeartRate, 60.0, 3_600_000 + 1),
+                obs("c1", "d9", Metric::HeartRate, 90.0, 3_600_000 + 2),
+                obs("c1", "d1", Metric::HeartRate, 62.0, 3_600_000 + 30_000),
+                obs("c1", "d1", Metric::HeartRate, 50.0, -1),
+            ])
+            .expect("write");
+        let rows = store
+            .query(&Query {
+                every_ms: Some(60_000),
+                ..query(Metric::HeartRate)
+            })
+            .expect("query");
+        let got: Vec<(i64, &str, &str, f64)> = rows
+            .iter()
+            .map(|r| (r.time_ms, r.citizen.as_str(), r.device.as_str(), r.value))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (-60_000, "c1", "d1", 50.0),
+                (3_600_000, "c1", "d1", 61.0),
+                (3_600_000, "c1", "d9", 90.0),
+                (3_600_000, "c2", "d2", 80.0),
+            ]
+        );
+        let err = store
+            .query(&Query {
+                every_ms: Some(0),
+                ..query(Metric::HeartRate)
+            })
+            .err()
+            .expect("zero width");
+        assert!(matches!(err, StoreError::BadBucket(0)), "{err}");
     }
 }
