@@ -53,6 +53,13 @@ pub enum StoreError {
     NewerSchema { path: PathBuf, found: i64 },
     #[error("bucket width {0} ms is not positive; pass a positive --every such as 1m")]
     BadBucket(i64),
+    #[error("{metric} from device {device} at {time_ms} ms has no finite value ({value}); reject or drop it before it reaches the store")]
+    NotFinite {
+        device: String,
+        metric: Metric,
+        time_ms: i64,
+        value: f64,
+    },
 }
 
 /// What one batch did.
@@ -107,27 +114,55 @@ impl PersonalStore {
 
     /// Writes a batch in one transaction: all of it or, on error, none of it.
     pub fn write_batch(&mut self, batch: &[Observation]) -> Result<WriteStats, StoreError> {
-        let path = self.path.clone();
-        let mut stats = WriteStats::default();
         if batch.is_empty() {
-            return Ok(stats);
+            return Ok(WriteStats::default());
         }
-        let tx = self.conn.transaction().map_err(sqlite(&path))?;
+        // SQLite would store NaN as NULL and refuse it mid-batch with a constraint error that
+        // names no observation; infinities are no reading either.
+        if let Some(obs) = batch.iter().find(|o| !o.value.is_finite()) {
+            return Err(StoreError::NotFinite {
+                device: obs.device.to_string(),
+                metric: obs.metric,
+                time_ms: obs.time_ms,
+                value: obs.value,
+            });
+        }
         let mut created: Vec<SeriesKey> = Vec::new();
+        let result = self.write_rows(batch, &mut created);
+        if result.is_err() {
+            // The series rows made by this batch were rolled back with it; their ids may be
+            // handed out again, so the cache must not keep them.
+            for key in &created {
+                self.series.remove(key);
+            }
+        }
+        result
+    }
+
+    fn write_rows(
+        &mut self,
+        batch: &[Observation],
+        created: &mut Vec<SeriesKey>,
+    ) -> Result<WriteStats, StoreError> {
+        let path = &self.path;
+        let mut stats = WriteStats::default();
+        let tx = self.conn.transaction().map_err(sqlite(path))?;
         {
+            // ON CONFLICT on the key only, not OR IGNORE: OR IGNORE would also skip a row that
+            // breaks another constraint and count it as a duplicate.
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO observations (series, time_ms, value, received_ms, seq, flags)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO observations (series, time_ms, value, received_ms, seq, flags)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (series, time_ms) DO NOTHING",
                 )
-                .map_err(sqlite(&path))?;
+                .map_err(sqlite(path))?;
             for obs in batch {
                 let key: SeriesKey = (obs.citizen.clone(), obs.device.clone(), obs.metric.id());
                 let series = match self.series.get(&key) {
                     Some(&id) => id,
                     None => {
-                        let id = series_id(&tx, &key).map_err(sqlite(&path))?;
-                        // Cached only after commit: a rolled-back batch may have created it.
+                        let id = series_id(&tx, &key).map_err(sqlite(path))?;
                         self.series.insert(key.clone(), id);
                         created.push(key);
                         id
@@ -143,25 +178,15 @@ impl PersonalStore {
                         seq,
                         obs.flags
                     ])
-                    .map_err(sqlite(&path));
-                match changed {
-                    Ok(1) => stats.inserted += 1,
-                    Ok(_) => stats.duplicates += 1,
-                    Err(e) => {
-                        for key in &created {
-                            self.series.remove(key);
-                        }
-                        return Err(e);
-                    }
+                    .map_err(sqlite(path))?;
+                if changed == 1 {
+                    stats.inserted += 1;
+                } else {
+                    stats.duplicates += 1;
                 }
             }
         }
-        if let Err(e) = tx.commit() {
-            for key in &created {
-                self.series.remove(key);
-            }
-            return Err(StoreError::Sqlite { path, source: e });
-        }
+        tx.commit().map_err(sqlite(path))?;
         Ok(stats)
     }
 
@@ -477,21 +502,29 @@ mod tests {
         store
             .write_batch(&[obs("c1", "d1", Metric::HeartRate, 60.0, 1_000)])
             .expect("write");
-        // SQLite stores NaN as NULL, which the NOT NULL value column refuses: the third row
-        // fails after two rows, one of them in a series new to this batch, were inserted.
+        // Makes SQLite fail on the third row, after two rows, one of them in a series new to
+        // this batch, are already in the transaction.
+        store
+            .conn
+            .execute_batch(
+                "CREATE TEMP TRIGGER unlucky BEFORE INSERT ON observations WHEN NEW.value = 13
+                 BEGIN SELECT RAISE(ABORT, 'unlucky value'); END;",
+            )
+            .expect("trigger");
         let batch = [
             obs("c1", "d1", Metric::HeartRate, 61.0, 2_000),
             obs("c2", "d2", Metric::HeartRate, 70.0, 2_000),
-            obs("c2", "d2", Metric::HeartRate, f64::NAN, 3_000),
+            obs("c2", "d2", Metric::HeartRate, 13.0, 3_000),
         ];
-        assert!(store.write_batch(&batch).is_err());
+        let err = store.write_batch(&batch).expect_err("trigger fires");
+        assert!(err.to_string().contains("unlucky value"), "{err}");
         assert_eq!(store.count().expect("count"), 1);
         let series: i64 = store
             .conn
             .query_row("SELECT count(*) FROM series", [], |r| r.get(0))
             .expect("series");
         assert_eq!(series, 1, "the rolled-back series is gone");
-        // The in-memory series cache must not keep the rolled-back series id.
+        // A series id cached from the rolled-back batch would orphan these rows.
         assert_eq!(
             store.write_batch(&batch[..2]).expect("retry"),
             WriteStats {
@@ -507,6 +540,51 @@ mod tests {
             .expect("query");
         assert_eq!(c2.len(), 1);
         assert_eq!((c2[0].device.as_str(), c2[0].value), ("d2", 70.0));
+
+        // The same when creating a series fails, after an earlier row made another series.
+        store
+            .conn
+            .execute_batch(
+                "CREATE TEMP TRIGGER no_c4 BEFORE INSERT ON series WHEN NEW.citizen = 'c4'
+                 BEGIN SELECT RAISE(ABORT, 'no c4'); END;",
+            )
+            .expect("trigger");
+        let batch = [
+            obs("c3", "d3", Metric::HeartRate, 65.0, 2_000),
+            obs("c4", "d4", Metric::HeartRate, 66.0, 2_000),
+        ];
+        store.write_batch(&batch).expect_err("trigger fires");
+        store.write_batch(&batch[..1]).expect("retry");
+        let c3 = store
+            .query(&Query {
+                citizen: Some("c3".into()),
+                ..query(Metric::HeartRate)
+            })
+            .expect("query");
+        assert_eq!(c3.len(), 1, "c3's row is joined to a series that exists");
+    }
+
+    #[test]
+    fn non_finite_values_are_refused_not_counted_as_duplicates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = PersonalStore::open(&dir.path().join("p.db")).expect("open");
+        for bad in [f64::NAN, f64::INFINITY] {
+            let err = store
+                .write_batch(&[
+                    obs("c1", "d1", Metric::HeartRate, 60.0, 1_000),
+                    obs("c1", "d1", Metric::HeartRate, bad, 2_000),
+                ])
+                .expect_err("non-finite");
+            assert!(
+                matches!(err, StoreError::NotFinite { time_ms: 2_000, .. }),
+                "{err}"
+            );
+            assert!(
+                err.to_string().contains("heart_rate from device d1"),
+                "{err}"
+            );
+        }
+        assert_eq!(store.count().expect("count"), 0);
     }
 
     #[test]
@@ -628,8 +706,7 @@ mod tests {
                 every_ms: Some(0),
                 ..query(Metric::HeartRate)
             })
-            .err()
-            .expect("zero width");
+            .expect_err("zero width");
         assert!(matches!(err, StoreError::BadBucket(0)), "{err}");
     }
 }
