@@ -189,6 +189,12 @@ fn bed_json_v1(
     let time_ms = event_time(ctx, &ts)?;
     let seq = msg.seq.unwrap_or(0);
     let mut push = |metric: Metric, value: f64| -> Result<(), Rejection> {
+        if !value.is_finite() {
+            return Err(Rejection::malformed(format!(
+                "{} is {value}; readings must be finite numbers",
+                metric.name()
+            )));
+        }
         let (low, high) = metric.plausible();
         let mut obs_flags = 0;
         if !(low..=high).contains(&value) {
