@@ -1,235 +1,148 @@
-//! A bed sensor under a person's mattress, through their days and nights in Japan Standard
-//! Time: going to bed, falling asleep, 90-minute cycles of light, deep and REM sleep, getting up
-//! at night, naps; heart and breathing rates and movement that follow the stage.
+//! A bed sensor under one person's mattress: sleep stages in 90-minute cycles (light, deep,
+//! light, REM; more deep sleep early in the night, more REM late), and heart rate, breathing
+//! rate and movement that follow the stage, around the person's own baselines, with slow drift
+//! and measurement noise.
 //!
-//! What happens at a given minute is derived from (seed, day, minute) by hashing, so the
-//! timeline does not depend on how often it is sampled; only measurement noise is drawn in
-//! sequence.
+//! The timeline (who is in bed, which stage) is hashed from (seed, minute), so it does not
+//! depend on how often the model is sampled; only measurement noise is drawn in sequence.
 
-use jiff::tz::TimeZone;
+use std::f64::consts::TAU;
+
 use jiff::Timestamp;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use super::hash::{mix, smooth, unit};
+use super::schedule::{local_minute, Chronotype, InBed, Kind, Schedule, DAY_MIN};
 use crate::catalogue::SleepStage;
 
-/// Japan Standard Time has no daylight saving time: UTC+9 all year.
-const JST_OFFSET_MIN: i64 = 9 * 60;
-const DAY_MIN: i64 = 24 * 60;
-
-/// When a person sleeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Chronotype {
-    /// To bed 22:00–00:30, up 06:00–08:30, sometimes an afternoon nap.
-    Regular,
-    /// Sleeps by day after a night shift (from 07:30–09:30 for 6–7 hours).
-    NightShift,
-    /// Sleeps in the evening before a late-night shift (from 16:00–17:00 to 22:30–23:30).
-    LateShift,
-    /// Early to bed (19:00–20:00), early up (04:30–05:30), rests in bed in the afternoon.
-    Elderly,
-}
-
-impl Chronotype {
-    /// Six in ten regular sleepers, two in ten night-shift, one late-shift, one elderly.
-    fn from_seed(seed: u64) -> Chronotype {
-        match seed % 10 {
-            0..=5 => Chronotype::Regular,
-            6 | 7 => Chronotype::NightShift,
-            8 => Chronotype::LateShift,
-            _ => Chronotype::Elderly,
-        }
-    }
-}
+/// Plausibility bounds the model never leaves.
+const HR_BOUNDS: (f64, f64) = (35.0, 140.0);
+const RR_BOUNDS: (f64, f64) = (6.0, 30.0);
 
 /// One reading; the vitals are `None` while the bed is empty.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BedReading {
     pub occupied: bool,
+    /// Beats per minute.
     pub heart_rate: Option<f64>,
+    /// Breaths per minute.
     pub respiratory_rate: Option<f64>,
+    /// Body movements per minute.
     pub movement: Option<u32>,
     pub stage: Option<SleepStage>,
 }
 
-/// A person and their bed sensor.
+impl BedReading {
+    const EMPTY: BedReading = BedReading {
+        occupied: false,
+        heart_rate: None,
+        respiratory_rate: None,
+        movement: None,
+        stage: None,
+    };
+}
+
+/// A person and their bed sensor. Deterministic from its seed: two models with the same seed
+/// sampled at the same times give the same readings.
 #[derive(Debug, Clone)]
 pub struct BedModel {
     seed: u64,
-    chronotype: Chronotype,
-    resting_hr: f64,
-    resting_rr: f64,
+    schedule: Schedule,
+    /// Heart rate lying awake in bed.
+    hr_awake: f64,
+    /// Breathing rate lying awake in bed.
+    rr_awake: f64,
+    /// Length of one sleep cycle, minutes.
     cycle_min: f64,
+    /// How much deep sleep this person gets, relative to a young adult.
+    deep_share: f64,
+    /// Chance that a five-minute slot of sleep is a brief awakening.
+    awakenings: f64,
     noise: SmallRng,
-}
-
-/// Where in an episode in bed a minute falls.
-#[derive(Debug, Clone, Copy)]
-struct InBed {
-    /// Minutes since getting into bed.
-    since: i64,
-    /// Minutes until getting out.
-    until: i64,
-    /// A long night's sleep (stages cycle) rather than a nap or rest.
-    night: bool,
 }
 
 impl BedModel {
     pub fn new(seed: u64) -> BedModel {
+        let schedule = Schedule::new(seed);
         let mut rng = SmallRng::seed_from_u64(mix(seed ^ 0x006b_656e_6b6f));
+        let (deep_share, awakenings) = match schedule.chronotype() {
+            Chronotype::Elderly | Chronotype::Bedridden => (0.6, 0.06),
+            _ => (1.0, 0.025),
+        };
         BedModel {
             seed,
-            chronotype: Chronotype::from_seed(seed),
-            resting_hr: rng.random_range(56.0..70.0),
-            resting_rr: rng.random_range(13.5..16.0),
-            cycle_min: rng.random_range(80.0..100.0),
+            hr_awake: rng.random_range(64.0..76.0),
+            rr_awake: rng.random_range(14.0..17.0),
+            cycle_min: rng.random_range(85.0..100.0),
+            deep_share,
+            awakenings,
+            schedule,
             noise: rng,
         }
     }
 
+    /// The model that [`run()`](super::run()) gives device number `n` (1-based) for `seed`.
+    /// Consecutive device numbers get consecutive model seeds, so any 20 devices include the
+    /// whole mix of [`Chronotype`]s.
+    pub fn for_device(seed: u64, n: usize) -> BedModel {
+        BedModel::new(mix(seed).wrapping_add(n as u64))
+    }
+
     pub fn chronotype(&self) -> Chronotype {
-        self.chronotype
+        self.schedule.chronotype()
     }
 
     /// The reading at `at`.
     pub fn sample(&mut self, at: Timestamp) -> BedReading {
         let minute = local_minute(at);
-        let Some(episode) = self.in_bed(minute) else {
-            return BedReading {
-                occupied: false,
-                heart_rate: None,
-                respiratory_rate: None,
-                movement: None,
-                stage: None,
-            };
+        let Some(bed) = self.schedule.in_bed(minute) else {
+            return BedReading::EMPTY;
         };
-        let stage = self.stage(minute, episode);
-        let (hr_delta, rr_delta, movement) = match stage {
-            SleepStage::Awake => (4.0, 1.0, self.noise.random_range(3..12)),
-            SleepStage::Light => (-6.0, -1.5, self.noise.random_range(0..4)),
-            SleepStage::Deep => (-11.0, -3.0, self.noise.random_range(0..2)),
-            SleepStage::Rem => (
-                -2.0 + self.noise.random_range(-4.0..4.0),
-                -0.5 + self.noise.random_range(-1.5..1.5),
-                self.noise.random_range(0..2),
-            ),
-        };
-        // Getting into and out of bed moves a lot.
-        let movement = if episode.since < 3 || episode.until < 3 {
-            movement + 10
-        } else {
-            movement
-        };
-        // A slow drift over the night: lowest in the small hours.
-        let drift =
-            2.0 * ((minute % DAY_MIN) as f64 / DAY_MIN as f64 * std::f64::consts::TAU).cos();
-        let hr = self.resting_hr + hr_delta + drift + self.noise.random_range(-1.5..1.5);
-        let rr = self.resting_rr + rr_delta + self.noise.random_range(-0.6..0.6);
+        let stage = self.stage(minute, &bed);
+        // Getting into or out of bed, or back from the bathroom, moves a lot and raises the pulse.
+        let stirring = (bed.entered && bed.since < 3)
+            || (bed.leaves && bed.until < 3)
+            || bed.since_back.is_some_and(|m| m < 3);
+        // Fractional local minutes, for drift that wanders smoothly between samples.
+        let t = at.as_millisecond() as f64 / 60_000.0;
+        let (hr, rr) = self.vitals(stage, stirring, minute, t);
         BedReading {
             occupied: true,
-            heart_rate: Some(hr.clamp(35.0, 140.0)),
-            respiratory_rate: Some(rr.clamp(6.0, 30.0)),
-            movement: Some(movement),
+            heart_rate: Some(hr),
+            respiratory_rate: Some(rr),
+            movement: Some(self.movement(stage, stirring, bed.kind)),
             stage: Some(stage),
         }
     }
 
-    /// The episode in bed covering `minute` (local minutes since the epoch), if any.
-    fn in_bed(&self, minute: i64) -> Option<InBed> {
-        let day = minute.div_euclid(DAY_MIN);
-        // Episodes may start the day before and run past midnight.
-        for d in [day - 1, day] {
-            for (start, end, night) in self.episodes(d) {
-                if (start..end).contains(&minute) {
-                    if night && self.bathroom_break(minute, start, end) {
-                        return None;
-                    }
-                    return Some(InBed {
-                        since: minute - start,
-                        until: end - minute,
-                        night,
-                    });
-                }
-            }
-        }
-        None
-    }
-
-    /// Episodes in bed that begin on local day `day`: (start, end, is the main sleep).
-    fn episodes(&self, day: i64) -> Vec<(i64, i64, bool)> {
-        let base = day * DAY_MIN;
-        let r = |k: u64| unit(self.seed, day, k);
-        let span = |lo: i64, hi: i64, k: u64| lo + ((hi - lo) as f64 * r(k)) as i64;
-        let mut out = Vec::with_capacity(2);
-        match self.chronotype {
-            Chronotype::Regular => {
-                let start = base + span(22 * 60, 24 * 60 + 30, 1);
-                let end = base + DAY_MIN + span(6 * 60, 8 * 60 + 30, 2);
-                out.push((start, end, true));
-                if r(3) < 0.3 {
-                    let nap = base + span(13 * 60, 15 * 60, 4);
-                    out.push((nap, nap + span(20, 60, 5), false));
-                }
-            }
-            Chronotype::NightShift => {
-                let start = base + span(7 * 60 + 30, 9 * 60 + 30, 1);
-                out.push((start, start + span(6 * 60, 7 * 60, 2), true));
-            }
-            Chronotype::LateShift => {
-                let start = base + span(16 * 60, 17 * 60, 1);
-                out.push((start, base + span(22 * 60 + 30, 23 * 60 + 30, 2), true));
-            }
-            Chronotype::Elderly => {
-                let rest = base + span(13 * 60, 13 * 60 + 30, 3);
-                out.push((rest, base + span(16 * 60 + 30, 17 * 60 + 30, 4), false));
-                let start = base + span(19 * 60, 20 * 60, 1);
-                out.push((
-                    start,
-                    base + DAY_MIN + span(4 * 60 + 30, 5 * 60 + 30, 2),
-                    true,
-                ));
-            }
-        }
-        out
-    }
-
-    /// Up to two short trips out of bed in the middle of a night (3–8 minutes each).
-    fn bathroom_break(&self, minute: i64, start: i64, end: i64) -> bool {
-        let length = end - start;
-        (0..2).any(|k| {
-            if unit(self.seed, start, 10 + k) > 0.5 {
-                return false;
-            }
-            let at = start + (length as f64 * (0.3 + 0.5 * unit(self.seed, start, 20 + k))) as i64;
-            let lasts = 3 + (5.0 * unit(self.seed, start, 30 + k)) as i64;
-            (at..at + lasts).contains(&minute)
-        })
-    }
-
-    fn stage(&self, minute: i64, episode: InBed) -> SleepStage {
-        // Falling asleep takes 10–25 minutes; the last minutes before getting up are awake.
-        let latency = 10 + (15.0 * unit(self.seed, minute - episode.since, 40)) as i64;
-        if episode.since < latency || episode.until <= 5 {
+    fn stage(&self, minute: i64, bed: &InBed) -> SleepStage {
+        // Awake for the last minutes before getting up, and for a while after coming back.
+        if bed.until <= 5 || bed.since_back.is_some_and(|m| m < 8) {
             return SleepStage::Awake;
         }
-        // Brief awakenings: about one five-minute slot in forty.
-        if unit(self.seed, minute / 5, 41) < 0.025 {
-            return SleepStage::Awake;
-        }
-        let asleep = (episode.since - latency) as f64;
-        if !episode.night {
-            // Naps and rests stay shallow.
-            return if asleep < 40.0 {
+        if bed.kind == Kind::Rest {
+            // Lying awake, dozing off in some ten-minute slots.
+            return if unit(self.seed, minute.div_euclid(10), 42) < 0.35 {
                 SleepStage::Light
             } else {
                 SleepStage::Awake
             };
         }
-        let cycle = (asleep / self.cycle_min).floor();
-        let phase = asleep / self.cycle_min - cycle;
-        // Deep sleep dominates early cycles, REM the late ones.
-        let deep = (0.4 - 0.1 * cycle).max(0.0);
-        let rem = (0.1 + 0.06 * cycle).min(0.35);
+        // Falling asleep takes 10–25 minutes.
+        let latency = 10 + (15.0 * unit(self.seed, bed.start, 40)) as i64;
+        if bed.since < latency || unit(self.seed, minute.div_euclid(5), 41) < self.awakenings {
+            return SleepStage::Awake;
+        }
+        if bed.kind == Kind::Nap {
+            return SleepStage::Light;
+        }
+        let asleep = (bed.since - latency) as f64 / self.cycle_min;
+        let cycle = asleep.floor();
+        let phase = asleep - cycle;
+        // Deep sleep dominates the early cycles, REM the late ones.
+        let deep = 0.42 * 0.6f64.powf(cycle) * self.deep_share;
+        let rem = (0.12 + 0.07 * cycle).min(0.4);
         let light_before = (1.0 - deep - rem) / 2.0;
         if phase < light_before {
             SleepStage::Light
@@ -241,186 +154,306 @@ impl BedModel {
             SleepStage::Rem
         }
     }
-}
 
-/// Minutes since the Unix epoch on JST's wall clock.
-fn local_minute(at: Timestamp) -> i64 {
-    at.as_second().div_euclid(60) + JST_OFFSET_MIN
-}
-
-/// A uniform number in [0, 1) from (seed, a, b).
-fn unit(seed: u64, a: i64, b: u64) -> f64 {
-    let h = mix(seed ^ mix(a as u64 ^ mix(b.wrapping_add(0x9e37_79b9))));
-    (h >> 11) as f64 / (1u64 << 53) as f64
-}
-
-/// splitmix64's finalizer: a good cheap 64-bit mix.
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
-/// The bed-json-v1 payload of one reading. With `local_time` the event time is sent as a JST
-/// wall-clock time with offset, as some vendors do; otherwise as epoch milliseconds.
-pub fn payload(reading: &BedReading, seq: u64, at: Timestamp, local_time: bool) -> Vec<u8> {
-    let ts = if local_time {
-        let zoned = at.to_zoned(TimeZone::fixed(jiff::tz::offset(9)));
-        serde_json::json!(zoned.strftime("%Y-%m-%dT%H:%M:%S%.3f%:z").to_string())
-    } else {
-        serde_json::json!(at.as_millisecond())
-    };
-    let mut body = serde_json::json!({ "ts": ts, "seq": seq, "occ": reading.occupied });
-    if let Some(hr) = reading.heart_rate {
-        body["hr"] = serde_json::json!(round1(hr));
+    /// Heart rate and breathing rate, per minute.
+    fn vitals(&mut self, stage: SleepStage, stirring: bool, minute: i64, t: f64) -> (f64, f64) {
+        let seed = self.seed;
+        // Stage offsets from lying awake; REM wanders quickly (irregular heart and breathing).
+        let (hr_stage, hr_noise, rr_stage, rr_noise) = match stage {
+            SleepStage::Awake if stirring => (6.0, 2.0, 1.5, 0.5),
+            SleepStage::Awake => (0.0, 1.5, 0.0, 0.4),
+            SleepStage::Light => (-11.0, 1.0, -2.5, 0.3),
+            SleepStage::Deep => (-17.0, 0.6, -3.3, 0.2),
+            SleepStage::Rem => (
+                -4.0 + 4.0 * smooth(seed, t, 3.0, 50),
+                2.0,
+                -1.8 + 1.2 * smooth(seed, t, 2.0, 51),
+                0.6,
+            ),
+        };
+        // Circadian rhythm: pulse lowest around 04:00, highest around 16:00.
+        let hour_angle = (minute.rem_euclid(DAY_MIN) - 16 * 60) as f64 / DAY_MIN as f64 * TAU;
+        let circadian = 1.5 * hour_angle.cos();
+        let hr = self.hr_awake
+            + hr_stage
+            + circadian
+            + 2.5 * smooth(seed, t, 45.0, 52)
+            + hr_noise * gaussian(&mut self.noise);
+        let rr = self.rr_awake
+            + rr_stage
+            + 0.6 * smooth(seed, t, 60.0, 53)
+            + rr_noise * gaussian(&mut self.noise);
+        (
+            hr.clamp(HR_BOUNDS.0, HR_BOUNDS.1),
+            rr.clamp(RR_BOUNDS.0, RR_BOUNDS.1),
+        )
     }
-    if let Some(rr) = reading.respiratory_rate {
-        body["rr"] = serde_json::json!(round1(rr));
+
+    /// Body movements per minute.
+    fn movement(&mut self, stage: SleepStage, stirring: bool, kind: Kind) -> u32 {
+        let rng = &mut self.noise;
+        match stage {
+            _ if stirring => rng.random_range(8..=20),
+            SleepStage::Awake if kind == Kind::Rest => rng.random_range(1..=6),
+            SleepStage::Awake => rng.random_range(2..=10),
+            // Mostly still, with the odd turn.
+            SleepStage::Light => rng.random_range(0..=3).min(rng.random_range(0..=3)),
+            SleepStage::Deep => u32::from(rng.random_bool(0.08)),
+            // Muscles are slack in REM; only twitches.
+            SleepStage::Rem => u32::from(rng.random_bool(0.25)),
+        }
     }
-    if let Some(mv) = reading.movement {
-        body["mv"] = serde_json::json!(mv);
-    }
-    if let Some(stage) = reading.stage {
-        body["stage"] = serde_json::json!(stage.name());
-    }
-    body.to_string().into_bytes()
 }
 
-fn round1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
+/// A standard normal number, near enough (Irwin–Hall with four terms), bounded by ±3.5.
+fn gaussian(rng: &mut SmallRng) -> f64 {
+    let sum: f64 = (0..4).map(|_| rng.random::<f64>()).sum();
+    (sum - 2.0) * 3f64.sqrt()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::schedule::tests::jst;
 
-    /// 2026-11-24T15:00:00Z is midnight of 2026-11-25 in JST.
-    fn jst(day_offset_min: i64) -> Timestamp {
-        Timestamp::from_second(
-            1_764_000_000 - 1_764_000_000 % 86_400 + 15 * 3600 + day_offset_min * 60,
-        )
-        .expect("ts")
+    /// Every minute of `days` days from local midnight.
+    fn minutes(days: i64) -> impl Iterator<Item = Timestamp> {
+        (0..days * DAY_MIN).map(jst)
     }
 
     #[test]
-    fn same_seed_same_night() {
+    fn same_seed_same_readings() {
         let (mut a, mut b) = (BedModel::new(7), BedModel::new(7));
-        for m in (0..DAY_MIN).step_by(7) {
-            let (ra, rb) = (a.sample(jst(m)), b.sample(jst(m)));
-            assert_eq!(ra, rb);
+        let mut c = BedModel::new(8);
+        let mut differs = false;
+        for at in minutes(1).step_by(7) {
+            let ra = a.sample(at);
+            assert_eq!(ra, b.sample(at));
+            differs |= ra != c.sample(at);
         }
+        assert!(differs, "another seed, another person");
     }
 
     #[test]
-    fn most_regular_sleepers_are_in_bed_at_3am_and_up_at_noon() {
-        let models: Vec<_> = (0..60)
-            .map(BedModel::new)
-            .filter(|m| m.chronotype() == Chronotype::Regular)
-            .collect();
-        let in_bed_at = |minute: i64| {
-            models
-                .iter()
-                .filter(|m| (*m).clone().sample(jst(minute)).occupied)
-                .count()
-        };
-        let (at3, at11) = (in_bed_at(3 * 60), in_bed_at(11 * 60));
-        assert!(
-            at3 * 10 >= models.len() * 8,
-            "{at3} of {} in bed at 03:00",
-            models.len()
-        );
-        assert_eq!(at11, 0, "regular sleepers are up at 11:00");
-    }
-
-    #[test]
-    fn someone_of_twenty_is_in_bed_at_every_hour() {
-        let models: Vec<_> = (1..=20).map(BedModel::new).collect();
-        for hour in 0..24 {
-            let in_bed = models
-                .iter()
-                .filter(|m| (*m).clone().sample(jst(hour * 60 + 30)).occupied)
-                .count();
-            assert!(in_bed >= 2, "only {in_bed} of 20 in bed at {hour}:30 JST");
-        }
-    }
-
-    #[test]
-    fn heart_and_breathing_slow_in_deep_sleep() {
-        let mut model = BedModel::new(3);
-        let (mut deep, mut awake) = (vec![], vec![]);
-        // Two nights, every minute.
-        for m in (22 * 60)..(2 * DAY_MIN + 9 * 60) {
-            let r = model.sample(jst(m));
-            match (r.stage, r.heart_rate, r.respiratory_rate) {
-                (Some(SleepStage::Deep), Some(hr), Some(rr)) => deep.push((hr, rr)),
-                (Some(SleepStage::Awake), Some(hr), Some(rr)) => awake.push((hr, rr)),
-                _ => {}
+    fn the_timeline_does_not_depend_on_the_sampling_rate() {
+        let (mut often, mut rarely) = (BedModel::new(3), BedModel::new(3));
+        for (i, at) in minutes(2).enumerate() {
+            let r = often.sample(at);
+            if i % 13 == 0 {
+                let s = rarely.sample(at);
+                assert_eq!((r.occupied, r.stage), (s.occupied, s.stage), "at {at}");
             }
         }
-        let mean = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| {
-            v.iter().map(f).sum::<f64>() / v.len() as f64
+    }
+
+    #[test]
+    fn at_least_a_fifth_of_twenty_devices_are_in_bed_at_every_hour() {
+        for seed in [1, 2, 42, 2026] {
+            let mut models: Vec<BedModel> =
+                (1..=20).map(|n| BedModel::for_device(seed, n)).collect();
+            // A week, every ten minutes.
+            for at in minutes(7).step_by(10) {
+                let in_bed = models
+                    .iter_mut()
+                    .filter_map(|m| m.sample(at).occupied.then_some(()))
+                    .count();
+                assert!(
+                    in_bed >= 4,
+                    "seed {seed}: only {in_bed} of 20 in bed at {at}"
+                );
+            }
+        }
+        // And BedModel::new over 20 consecutive seeds, on one day at every hour.
+        let mut models: Vec<BedModel> = (1..=20).map(BedModel::new).collect();
+        for hour in 0..24 {
+            let at = jst(hour * 60);
+            let in_bed = models
+                .iter_mut()
+                .filter_map(|m| m.sample(at).occupied.then_some(()))
+                .count();
+            assert!(in_bed >= 4, "only {in_bed} of 20 in bed at {hour}:00 JST");
+        }
+    }
+
+    /// Readings of `persons` models over `days` days, every minute, grouped by stage.
+    fn by_stage(persons: u64, days: i64) -> [Vec<BedReading>; 4] {
+        let mut out: [Vec<BedReading>; 4] = Default::default();
+        for seed in 0..persons {
+            let mut model = BedModel::new(seed);
+            for at in minutes(days) {
+                let r = model.sample(at);
+                if let Some(stage) = r.stage {
+                    out[stage.code() as usize].push(r);
+                }
+            }
+        }
+        out
+    }
+
+    fn mean(readings: &[BedReading], f: fn(&BedReading) -> Option<f64>) -> f64 {
+        let values: Vec<f64> = readings.iter().filter_map(f).collect();
+        values.iter().sum::<f64>() / values.len() as f64
+    }
+
+    #[test]
+    fn vitals_follow_the_stage() {
+        let [awake, light, deep, rem] = by_stage(20, 2);
+        let hr = |r: &[BedReading]| mean(r, |r| r.heart_rate);
+        let rr = |r: &[BedReading]| mean(r, |r| r.respiratory_rate);
+        let mv = |r: &[BedReading]| mean(r, |r| r.movement.map(f64::from));
+        let ranges = [
+            ("awake", &awake, 65.0..75.0, 14.0..17.0),
+            ("light", &light, 56.0..63.0, 12.0..14.0),
+            ("deep", &deep, 49.0..56.0, 11.5..13.5),
+            ("rem", &rem, 62.0..70.0, 12.0..14.5),
+        ];
+        for (name, readings, hr_range, rr_range) in ranges {
+            assert!(readings.len() > 500, "{name}: {} readings", readings.len());
+            assert!(
+                hr_range.contains(&hr(readings)),
+                "{name} hr {}",
+                hr(readings)
+            );
+            assert!(
+                rr_range.contains(&rr(readings)),
+                "{name} rr {}",
+                rr(readings)
+            );
+        }
+        assert!(
+            rr(&deep) < rr(&light) && rr(&deep) < rr(&rem),
+            "deep breathing is slowest"
+        );
+        assert!(
+            mv(&deep) < 0.2 && mv(&rem) < 0.5,
+            "still in deep and REM sleep"
+        );
+        assert!(mv(&awake) > 3.0 * mv(&light), "restless when awake");
+    }
+
+    #[test]
+    fn heart_rate_is_more_variable_in_rem_than_in_deep_sleep() {
+        let spread = |values: &[f64]| {
+            let m = values.iter().sum::<f64>() / values.len() as f64;
+            let var = values.iter().map(|v| (v - m).powi(2)).sum::<f64>() / values.len() as f64;
+            var.sqrt()
         };
-        assert!(!deep.is_empty() && !awake.is_empty());
-        assert!(
-            mean(&deep, |x| x.0) + 8.0 < mean(&awake, |x| x.0),
-            "heart rate falls in deep sleep"
-        );
-        assert!(
-            mean(&deep, |x| x.1) + 2.0 < mean(&awake, |x| x.1),
-            "breathing slows in deep sleep"
-        );
-        assert!(deep
-            .iter()
-            .all(|&(hr, rr)| (35.0..=140.0).contains(&hr) && (6.0..=30.0).contains(&rr)));
+        for seed in 0..10 {
+            let mut model = BedModel::new(seed);
+            let (mut rem, mut deep) = (vec![], vec![]);
+            for at in minutes(2) {
+                let r = model.sample(at);
+                match (r.stage, r.heart_rate) {
+                    (Some(SleepStage::Rem), Some(hr)) => rem.push(hr),
+                    (Some(SleepStage::Deep), Some(hr)) => deep.push(hr),
+                    _ => {}
+                }
+            }
+            assert!(
+                spread(&rem) > 1.5 * spread(&deep),
+                "seed {seed}: REM {} deep {}",
+                spread(&rem),
+                spread(&deep)
+            );
+        }
+    }
+
+    #[test]
+    fn heart_rate_falls_in_deep_sleep_for_each_person() {
+        for seed in 0..20 {
+            let mut model = BedModel::new(seed);
+            let (mut deep, mut awake) = (vec![], vec![]);
+            for at in minutes(2) {
+                let r = model.sample(at);
+                match r.stage {
+                    Some(SleepStage::Deep) => deep.push(r),
+                    Some(SleepStage::Awake) => awake.push(r),
+                    _ => {}
+                }
+            }
+            let (deep_hr, awake_hr) = (
+                mean(&deep, |r| r.heart_rate),
+                mean(&awake, |r| r.heart_rate),
+            );
+            assert!(
+                deep_hr + 10.0 < awake_hr,
+                "seed {seed}: deep {deep_hr}, awake {awake_hr}"
+            );
+        }
+    }
+
+    #[test]
+    fn values_stay_plausible_and_vitals_come_only_with_occupancy() {
+        for seed in 0..20 {
+            let mut model = BedModel::new(seed);
+            for at in minutes(3) {
+                let r = model.sample(at);
+                let vitals = [r.heart_rate.is_some(), r.respiratory_rate.is_some()];
+                let rest = [r.movement.is_some(), r.stage.is_some()];
+                assert!(
+                    vitals.iter().chain(&rest).all(|&v| v == r.occupied),
+                    "{r:?}"
+                );
+                if let (Some(hr), Some(rr)) = (r.heart_rate, r.respiratory_rate) {
+                    assert!(
+                        (35.0..=140.0).contains(&hr) && (6.0..=30.0).contains(&rr),
+                        "{r:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Local minutes at which the first night's sleep cycles of a person end: REM giving way to
+    /// light sleep (awakenings and trips out of bed in between do not count as a stage).
+    fn cycle_ends(model: &mut BedModel) -> Vec<i64> {
+        let mut ends: Vec<i64> = vec![];
+        let mut last = None;
+        for m in 18 * 60..DAY_MIN + 12 * 60 {
+            let stage = model.sample(jst(m)).stage;
+            if stage == Some(SleepStage::Light) && last == Some(SleepStage::Rem) {
+                ends.push(m);
+            }
+            if stage.is_some_and(|s| s != SleepStage::Awake) {
+                last = stage;
+            }
+        }
+        ends
     }
 
     #[test]
     fn stages_cycle_about_every_ninety_minutes() {
-        let mut model = BedModel::new(1);
-        // Count entries into REM during one night: about one per cycle.
-        let (mut rem_entries, mut last) = (0, None);
-        for m in (21 * 60)..(DAY_MIN + 9 * 60) {
-            let stage = model.sample(jst(m)).stage;
-            if stage == Some(SleepStage::Rem) && last != Some(SleepStage::Rem) {
-                rem_entries += 1;
-            }
-            last = stage;
+        let regular = (0..40).filter(|&s| Chronotype::from_seed(s) == Chronotype::Regular);
+        for seed in regular {
+            let mut model = BedModel::new(seed);
+            let ends = cycle_ends(&mut model);
+            assert!((3..=7).contains(&ends.len()), "seed {seed}: {ends:?}");
+            let gaps: Vec<i64> = ends.windows(2).map(|w| w[1] - w[0]).collect();
+            let mean_gap = gaps.iter().sum::<i64>() as f64 / gaps.len() as f64;
+            assert!(
+                (80.0..=105.0).contains(&mean_gap),
+                "seed {seed}: REM every {mean_gap} min"
+            );
         }
-        assert!(
-            (3..=7).contains(&rem_entries),
-            "{rem_entries} REM periods in a night"
-        );
     }
 
     #[test]
-    fn payloads_follow_bed_json_v1() {
-        let at = Timestamp::from_millisecond(1_764_050_000_123).expect("ts");
-        let reading = BedReading {
-            occupied: true,
-            heart_rate: Some(58.44),
-            respiratory_rate: Some(14.26),
-            movement: Some(3),
-            stage: Some(SleepStage::Deep),
-        };
-        let v: serde_json::Value =
-            serde_json::from_slice(&payload(&reading, 42, at, false)).expect("json");
-        assert_eq!(
-            v,
-            serde_json::json!({"ts": 1_764_050_000_123i64, "seq": 42, "occ": true, "hr": 58.4, "rr": 14.3, "mv": 3, "stage": "deep"})
-        );
-        let empty = BedReading {
-            occupied: false,
-            heart_rate: None,
-            respiratory_rate: None,
-            movement: None,
-            stage: None,
-        };
-        let v: serde_json::Value =
-            serde_json::from_slice(&payload(&empty, 1, at, true)).expect("json");
-        assert_eq!(
-            v,
-            serde_json::json!({"ts": "2025-11-25T14:53:20.123+09:00", "seq": 1, "occ": false})
-        );
+    fn deep_sleep_early_rem_late() {
+        for seed in (0..40).filter(|&s| Chronotype::from_seed(s) == Chronotype::Regular) {
+            let mut model = BedModel::new(seed);
+            let night: Vec<SleepStage> = (18 * 60..DAY_MIN + 12 * 60)
+                .filter_map(|m| model.sample(jst(m)).stage)
+                .collect();
+            let (early, late) = night.split_at(night.len() / 2);
+            let count = |half: &[SleepStage], s| half.iter().filter(|&&x| x == s).count();
+            assert!(
+                2 * count(early, SleepStage::Deep) > 3 * count(late, SleepStage::Deep),
+                "seed {seed}"
+            );
+            assert!(
+                count(late, SleepStage::Rem) > count(early, SleepStage::Rem),
+                "seed {seed}"
+            );
+        }
     }
 }

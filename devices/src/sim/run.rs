@@ -1,34 +1,36 @@
-//! Runs simulated bed sensors against a broker: one task per device, each with its own MQTT
-//! connection (rumqttc), publishing on a jittered interval until told to stop.
+//! Runs simulated bed sensors against a broker: checks the settings, starts one task per device
+//! (each with its own MQTT connection), stops them at the deadline or on cancellation, and
+//! reports the totals.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jiff::Timestamp;
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
-use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, Outgoing, QoS};
+use rumqttc::QoS;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{info, info_span, warn, Instrument};
 
-use super::bed::{payload, BedModel};
+use super::device::Device;
+use super::BedModel;
 use crate::registry::demo_device_id;
 
 /// What to simulate.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
-    /// The broker's `host:port`.
+    /// The broker's `host:port` (`[v6addr]:port` for IPv6; an `mqtt://` or `tcp://` prefix is
+    /// accepted).
     pub broker: String,
+    /// How many devices.
     pub devices: usize,
-    /// Number of the first device (`bed-001` is 1).
+    /// Number of the first device, 1-based: `bed-001` is 1.
     pub first_device: usize,
     /// How long to publish; until cancelled when `None`.
     pub duration: Option<Duration>,
     /// Messages per second per device.
     pub rate_hz: f64,
     pub qos: QoS,
+    /// Seed of the simulated persons; device `n` follows [`BedModel::for_device`]`(seed, n)`.
     pub seed: u64,
 }
 
@@ -46,12 +48,16 @@ impl Default for SimConfig {
     }
 }
 
-/// Live counters, readable while the simulation runs.
+/// Live counters, cheap to read from another task while the simulation runs.
 #[derive(Debug, Default)]
 pub struct SimStats {
+    /// Messages handed to the MQTT client.
     pub published: AtomicU64,
+    /// PUBACKs (PUBCOMPs at QoS 2) received.
     pub acked: AtomicU64,
+    /// Connection failures, and readings skipped because the client's queue was full.
     pub errors: AtomicU64,
+    /// Devices connected right now.
     pub connected: AtomicU64,
 }
 
@@ -64,66 +70,86 @@ pub struct SimReport {
     pub elapsed: Duration,
 }
 
+/// Settings that cannot work; nothing was started.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
-    #[error("broker address {0:?} is not HOST:PORT")]
+    #[error("broker address {0:?} is not HOST:PORT; give it like 127.0.0.1:1883 or [::1]:1883")]
     Address(String),
-    #[error("rate {0} is not a positive number of messages per second")]
+    #[error("rate {0} is not a usable number of messages per second per device; give a positive number such as 1 or 0.2")]
     Rate(f64),
+    #[error("cannot simulate {count} devices from number {first}; devices are numbered from 1 (bed-001) and at least one is needed")]
+    Devices { first: usize, count: usize },
 }
 
-/// How long a stopping device waits for acknowledgements of what it already sent.
-const ACK_WAIT: Duration = Duration::from_secs(5);
+/// How long a stopping device waits for the acknowledgements of what it already sent.
+pub(crate) const ACK_WAIT: Duration = Duration::from_secs(5);
 
+/// Runs `config.devices` simulated bed sensors until `config.duration` has passed or `cancel`
+/// fires, then waits (at most 5 s, and 1 s more to disconnect) for outstanding
+/// acknowledgements and disconnects them. `stats` is updated live. Connection failures are
+/// retried, counted and logged, never returned: the only errors are settings that cannot work.
 pub async fn run(
     config: SimConfig,
     stats: Arc<SimStats>,
     cancel: CancellationToken,
 ) -> Result<SimReport, SimError> {
-    let (host, port) = config
-        .broker
-        .rsplit_once(':')
-        .and_then(|(h, p)| {
-            Some((
-                h.trim_matches(['[', ']']).to_owned(),
-                p.parse::<u16>().ok()?,
-            ))
-        })
-        .ok_or_else(|| SimError::Address(config.broker.clone()))?;
-    if !(config.rate_hz > 0.0 && config.rate_hz.is_finite()) {
-        return Err(SimError::Rate(config.rate_hz));
-    }
+    let (host, port) = broker_address(&config.broker)?;
+    let period = Duration::try_from_secs_f64(1.0 / config.rate_hz)
+        .ok()
+        .filter(|p| config.rate_hz > 0.0 && !p.is_zero())
+        .ok_or(SimError::Rate(config.rate_hz))?;
+    let last_device = config
+        .first_device
+        .checked_add(config.devices)
+        .filter(|_| config.first_device > 0 && config.devices > 0)
+        .ok_or(SimError::Devices {
+            first: config.first_device,
+            count: config.devices,
+        })?;
+
     let started = Instant::now();
     let stop = cancel.child_token();
     if let Some(duration) = config.duration {
         let stop = stop.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(duration).await;
-            stop.cancel();
+            tokio::select! {
+                _ = tokio::time::sleep(duration) => stop.cancel(),
+                _ = stop.cancelled() => {}
+            }
         });
     }
-    let period = Duration::from_secs_f64(1.0 / config.rate_hz);
+    info!(
+        broker = %config.broker,
+        devices = config.devices,
+        rate_hz = config.rate_hz,
+        "starting simulated bed sensors"
+    );
     let mut devices = JoinSet::new();
-    for n in config.first_device..config.first_device + config.devices {
+    for n in config.first_device..last_device {
+        let id = demo_device_id(n);
+        let span = info_span!("sim_device", device = %id);
         let device = Device {
-            id: demo_device_id(n),
-            model: BedModel::new(config.seed.wrapping_add(n as u64)),
             // About a quarter of the devices send JST wall-clock times instead of epoch ms.
             local_time: n % 4 == 3,
-            rng: SmallRng::seed_from_u64(config.seed ^ (n as u64) << 20),
+            model: BedModel::for_device(config.seed, n),
+            rng_seed: config.seed ^ (n as u64).rotate_left(32),
             qos: config.qos,
             period,
             stats: stats.clone(),
+            id,
         };
-        let options = {
-            let mut o = MqttOptions::new(device.id.clone(), host.clone(), port);
-            o.set_keep_alive(Duration::from_secs(30));
-            o.set_clean_session(true);
-            o
-        };
-        devices.spawn(device.run(options, stop.clone()));
+        devices.spawn(
+            device
+                .run(host.clone(), port, stop.clone())
+                .instrument(span),
+        );
     }
-    while devices.join_next().await.is_some() {}
+    while let Some(result) = devices.join_next().await {
+        if let Err(e) = result {
+            warn!(error = %e, "a simulated device task failed");
+        }
+    }
+    stop.cancel();
     Ok(SimReport {
         published: stats.published.load(Ordering::Relaxed),
         acked: stats.acked.load(Ordering::Relaxed),
@@ -132,128 +158,92 @@ pub async fn run(
     })
 }
 
-struct Device {
-    id: String,
-    model: BedModel,
-    local_time: bool,
-    rng: SmallRng,
-    qos: QoS,
-    period: Duration,
-    stats: Arc<SimStats>,
-}
-
-impl Device {
-    async fn run(mut self, options: MqttOptions, stop: CancellationToken) {
-        let (client, mut eventloop) = AsyncClient::new(options, 64);
-        let topic = format!("devices/{}/telemetry", self.id);
-        // Devices start spread over one period, so that they do not publish in lock-step.
-        let offset = self.period.mul_f64(self.rng.random_range(0.0..1.0));
-        let mut next = tokio::time::Instant::now() + offset;
-        let (mut seq, mut outstanding, mut connected) = (0u64, 0u64, false);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                // Only while connected: rumqttc's poll must not be interrupted while it is
-                // connecting, or it starts over with a new connection.
-                _ = tokio::time::sleep_until(next), if connected => {
-                    // ±10 % jitter, as real device clocks have. A device that fell behind
-                    // skips readings rather than sending a burst with the same timestamp.
-                    let now = tokio::time::Instant::now();
-                    next = next.max(now) + self.period.mul_f64(self.rng.random_range(0.9..1.1));
-                    let now = Timestamp::now();
-                    let reading = self.model.sample(now);
-                    seq += 1;
-                    let body = payload(&reading, seq, now, self.local_time);
-                    match client.try_publish(&topic, self.qos, false, body) {
-                        Ok(()) => {
-                            self.stats.published.fetch_add(1, Ordering::Relaxed);
-                            if self.qos != QoS::AtMostOnce {
-                                outstanding += 1;
-                            }
-                        }
-                        Err(e) => {
-                            self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                            debug!(device = %self.id, error = %e, "publish queue full; reading skipped");
-                        }
-                    }
-                }
-                event = eventloop.poll() => {
-                    self.on_event(event, &mut connected, &mut outstanding).await;
-                }
-            }
-        }
-        // Wait (bounded) for the acknowledgements of what was already sent, then leave cleanly.
-        let deadline = tokio::time::Instant::now() + ACK_WAIT;
-        while outstanding > 0 && connected {
-            match tokio::time::timeout_at(deadline, eventloop.poll()).await {
-                Ok(event) => self.on_event(event, &mut connected, &mut outstanding).await,
-                Err(_) => break,
-            }
-        }
-        if connected {
-            let _ = client.disconnect().await;
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                while !matches!(
-                    eventloop.poll().await,
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_)
-                ) {}
-            })
-            .await;
-            self.stats.connected.fetch_sub(1, Ordering::Relaxed);
-        }
+/// Splits `host:port`, keeping the brackets of an IPv6 address (rumqttc joins host and port
+/// back together with a colon).
+fn broker_address(text: &str) -> Result<(String, u16), SimError> {
+    let bad = || SimError::Address(text.to_owned());
+    let bare = text
+        .strip_prefix("mqtt://")
+        .or_else(|| text.strip_prefix("tcp://"))
+        .unwrap_or(text)
+        .trim_end_matches('/');
+    let (host, port) = bare.rsplit_once(':').ok_or_else(bad)?;
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|&p| p != 0)
+        .ok_or_else(bad)?;
+    let bracketed = host.starts_with('[') && host.ends_with(']') && host.len() > 2;
+    let plain = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_');
+    if !(bracketed || plain) {
+        return Err(bad());
     }
-
-    async fn on_event(
-        &self,
-        event: Result<Event, rumqttc::ConnectionError>,
-        connected: &mut bool,
-        outstanding: &mut u64,
-    ) {
-        match event {
-            Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                *connected = true;
-                self.stats.connected.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(Event::Incoming(Incoming::PubAck(_) | Incoming::PubComp(_))) => {
-                *outstanding = outstanding.saturating_sub(1);
-                self.stats.acked.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(_) => {}
-            Err(e) => {
-                if *connected {
-                    self.stats.connected.fetch_sub(1, Ordering::Relaxed);
-                }
-                *connected = false;
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                warn!(device = %self.id, error = %e, "connection failed; reconnecting");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
+    Ok((host.to_owned(), port))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    #[test]
+    fn broker_addresses() {
+        let ok = |s: &str| broker_address(s).expect(s);
+        assert_eq!(ok("127.0.0.1:1883"), ("127.0.0.1".into(), 1883));
+        assert_eq!(
+            ok("hub.example-city.jp:8883"),
+            ("hub.example-city.jp".into(), 8883)
+        );
+        assert_eq!(ok("[::1]:1883"), ("[::1]".into(), 1883));
+        assert_eq!(ok("mqtt://localhost:1884/"), ("localhost".into(), 1884));
+        for bad in [
+            "localhost",
+            ":1883",
+            "host:",
+            "host:0",
+            "host:70000",
+            "::1:1883",
+            "a b:1",
+            "mqtts://h:1",
+        ] {
+            let err = broker_address(bad).expect_err(bad);
+            assert!(err.to_string().contains("HOST:PORT"), "{err}");
+        }
+    }
+
     #[tokio::test]
     async fn bad_settings_are_refused_before_connecting() {
         let stats = Arc::new(SimStats::default());
+        let refused = |config: SimConfig| {
+            let stats = stats.clone();
+            async move { run(config, stats, CancellationToken::new()).await }
+        };
         let bad_addr = SimConfig {
             broker: "localhost".into(),
             ..SimConfig::default()
         };
-        assert!(matches!(
-            run(bad_addr, stats.clone(), CancellationToken::new()).await,
-            Err(SimError::Address(_))
-        ));
-        let bad_rate = SimConfig {
-            rate_hz: 0.0,
-            ..SimConfig::default()
-        };
-        assert!(matches!(
-            run(bad_rate, stats, CancellationToken::new()).await,
-            Err(SimError::Rate(_))
-        ));
+        assert!(matches!(refused(bad_addr).await, Err(SimError::Address(_))));
+        for rate in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e-300] {
+            let config = SimConfig {
+                rate_hz: rate,
+                ..SimConfig::default()
+            };
+            assert!(
+                matches!(refused(config).await, Err(SimError::Rate(_))),
+                "rate {rate}"
+            );
+        }
+        for (first, count) in [(0, 5), (1, 0), (usize::MAX, 2)] {
+            let config = SimConfig {
+                first_device: first,
+                devices: count,
+                ..SimConfig::default()
+            };
+            let err = refused(config).await.expect_err("refused");
+            assert!(matches!(err, SimError::Devices { .. }), "{err}");
+        }
+        assert_eq!(stats.published.load(Ordering::Relaxed), 0);
     }
 }
