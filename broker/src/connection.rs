@@ -117,13 +117,9 @@ async fn handshake(
         }
     }
     if shared.sessions.len() >= config.max_connections {
-        let code = match hs.codec.version() {
-            Version::V5 => ConnectReturnCode::ServerBusy,
-            Version::V311 => ConnectReturnCode::ServiceUnavailable,
-        };
         return hs
             .refuse(
-                code,
+                busy(hs.codec.version()),
                 "the hub has reached its connection limit; try again later",
             )
             .await;
@@ -135,13 +131,9 @@ async fn handshake(
         .register(client_id.clone(), TAKEOVER_WAIT)
         .await
     else {
-        let code = match hs.codec.version() {
-            Version::V5 => ConnectReturnCode::ServerBusy,
-            Version::V311 => ConnectReturnCode::ServiceUnavailable,
-        };
         return hs
             .refuse(
-                code,
+                busy(hs.codec.version()),
                 "the previous connection with this client id is still closing; try again",
             )
             .await;
@@ -187,6 +179,14 @@ async fn handshake(
         link_rx,
         registration,
     )))
+}
+
+/// "Try again later": 0x89 server busy in MQTT 5, 0x03 server unavailable in 3.1.1.
+fn busy(version: Version) -> ConnectReturnCode {
+    match version {
+        Version::V5 => ConnectReturnCode::ServerBusy,
+        Version::V311 => ConnectReturnCode::ServiceUnavailable,
+    }
 }
 
 /// Why a will cannot be accepted, if it cannot.
