@@ -1,11 +1,14 @@
 //! `kenko demo`: a hub on embedded defaults with simulated bed sensors, for trying kenko.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+use kenko_broker::auth::{hash_password, new_token, Cost};
 use kenko_config::Config;
 use kenko_devices::registry::demo_devices;
 use kenko_devices::sim::{self, SimConfig, SimStats};
@@ -34,14 +37,28 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut config = Config::default();
     config.mqtt.listen = args.mqtt;
     config.devices = demo_devices(args.devices);
-    // Demo data is synthetic, so it can be watched live by anyone on this machine.
+    // Demo data is synthetic, so it can be watched live by anyone on this machine: anonymous
+    // clients may subscribe to observations and device errors (rules in the data directory).
     config.ingest.live_republish = true;
+    config.auth.anonymous = true;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    config.auth.acl = Some(demo_acl(&args.data_dir)?);
+    // Each simulated device gets a fresh random token for this run.
+    let mut passwords = HashMap::new();
+    for device in &mut config.devices {
+        let token = new_token();
+        device.password_hash = Some(hash_password(&token, Cost::Token));
+        passwords.insert(device.id.clone(), token);
+    }
+    let passwords_file = args.data_dir.join("demo-passwords.txt");
+    write_passwords(&passwords_file, &passwords)?;
 
     let shutdown = hub::shutdown_on_signals();
     let hub_shutdown = CancellationToken::new();
     let hub = Hub::start(config, &args.data_dir, hub_shutdown.clone()).await?;
     let addr = hub.mqtt_addr;
-    print_banner(&args, addr);
+    print_banner(&args, addr, passwords.get("bed-001").map(String::as_str));
 
     let sim_stats = Arc::new(SimStats::default());
     let sim_cancel = shutdown.child_token();
@@ -49,6 +66,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         broker: addr.to_string(),
         devices: args.devices,
         rate_hz: args.rate,
+        passwords: Some(Arc::new(passwords)),
         ..SimConfig::default()
     };
     let simulator = tokio::spawn(sim::run(sim_config, sim_stats.clone(), sim_cancel));
@@ -93,13 +111,48 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_banner(args: &DemoArgs, addr: SocketAddr) {
+/// Rules of the demo hub: kenko's built-in rules, and anyone may watch the synthetic data.
+/// Kept in the data directory so that it can be edited while the demo runs (it is reloaded).
+fn demo_acl(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let path = data_dir.join("acl.toml");
+    if !path.exists() {
+        let text = format!(
+            "{}\n# The demo's data is synthetic: anyone on this machine may watch it.\n\n[[rule]]\neffect = \"allow\"\nrole = \"anonymous\"\naction = \"subscribe\"\ntopic = \"citizens/+/observations/+\"\n\n[[rule]]\neffect = \"allow\"\nrole = \"anonymous\"\naction = \"subscribe\"\ntopic = \"devices/+/errors\"\n",
+            include_str!("../config/acl.default.toml")
+        );
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(path)
+}
+
+/// Writes `device password` lines, readable by the owner only.
+fn write_passwords(path: &Path, passwords: &HashMap<String, String>) -> anyhow::Result<()> {
+    let mut ids: Vec<&String> = passwords.keys().collect();
+    ids.sort();
+    let mut text = String::from("# device password (this demo run's tokens)\n");
+    for id in ids {
+        text.push_str(&format!("{id} {}\n", passwords[id]));
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::io::Write::write_all(&mut file, text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn print_banner(args: &DemoArgs, addr: SocketAddr, bed_001: Option<&str>) {
     let dir = args.data_dir.display();
     println!(
         "kenko demo: {} simulated bed sensors (bed-001 ...) for citizens citizen-001 ...",
         args.devices
     );
-    println!("  Demo devices are for trying kenko only: they have no credentials and their data is synthetic.");
+    println!("  Demo data is synthetic. Device passwords for this run: {dir}/demo-passwords.txt;");
+    println!("  ACL rules: {dir}/acl.toml (edit it while the demo runs: it is reloaded).");
     println!("  MQTT broker:  {addr} (MQTT 3.1.1 and 5)");
     println!(
         "  data:         {dir}/personal.db (observations), {dir}/deadletter.db (refused messages)"
@@ -116,8 +169,8 @@ fn print_banner(args: &DemoArgs, addr: SocketAddr) {
         addr.ip(),
         addr.port()
     );
-    println!("  mosquitto_pub -h {} -p {} -i bed-001 -q 1 -t devices/bed-001/telemetry -m '{{\"ts\":\"{}\",\"hr\":61,\"occ\":true}}'",
-        addr.ip(), addr.port(), jiff::Zoned::now().with_time_zone(jiff::tz::TimeZone::get("Asia/Tokyo").unwrap_or(jiff::tz::TimeZone::UTC)).strftime("%Y-%m-%dT%H:%M:%S%:z"));
+    println!("  mosquitto_pub -h {} -p {} -i bed-001 -u bed-001 -P {} -q 1 -t devices/bed-001/telemetry -m '{{\"ts\":\"{}\",\"hr\":61,\"occ\":true}}'",
+        addr.ip(), addr.port(), bed_001.unwrap_or("PASSWORD"), jiff::Zoned::now().with_time_zone(jiff::tz::TimeZone::get("Asia/Tokyo").unwrap_or(jiff::tz::TimeZone::UTC)).strftime("%Y-%m-%dT%H:%M:%S%:z"));
     println!(
         "  mosquitto_sub -h {} -p {} -t 'devices/+/errors' -v",
         addr.ip(),

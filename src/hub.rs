@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use kenko_broker::authz::Authorizer;
 use kenko_broker::{Broker, BrokerStats};
 use kenko_config::Config;
 use kenko_devices::Registry;
@@ -29,7 +30,8 @@ impl Hub {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Hub> {
         let registry = Registry::from_config(&config.devices);
-        let broker = Broker::bind(&config.mqtt).await?;
+        let broker = Broker::bind(&config).await?;
+        reload_on_sighup(broker.authorizer(), shutdown.clone());
         let (ingest, pipeline) =
             pipeline::start(&config.ingest, registry, data_dir, Some(broker.notices()))
                 .with_context(|| format!("cannot open the stores in {}", data_dir.display()))?;
@@ -60,6 +62,35 @@ impl Hub {
     pub async fn wait(self) -> anyhow::Result<()> {
         self.task.await.context("hub task failed")
     }
+}
+
+/// Reloads the ACL file on SIGHUP until `shutdown`; a broken file is refused (and logged with
+/// its file, line and column) and the rules in force stay.
+fn reload_on_sighup(authorizer: Arc<Authorizer>, shutdown: CancellationToken) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; the ACL file is still watched for changes");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = hup.recv() => {}
+            }
+            let authorizer = authorizer.clone();
+            match tokio::task::spawn_blocking(move || authorizer.reload()).await {
+                Ok(Ok(n)) => eprintln!("kenko: SIGHUP: {n} ACL rules in force"),
+                Ok(Err(e)) => {
+                    eprintln!("kenko: SIGHUP: ACL file refused, previous rules stay: {e}")
+                }
+                Err(_) => {}
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (authorizer, shutdown);
 }
 
 /// A token cancelled on SIGINT (Ctrl-C) or SIGTERM.

@@ -1,6 +1,7 @@
 //! The `kenko` command line: run the hub (`demo`, `serve`), drive it (`simulate`) and read
 //! what it stored (`query`).
 
+mod acl;
 mod demo;
 mod hub;
 mod query;
@@ -30,6 +31,10 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// Query stored observations
     Query(query::QueryArgs),
+    /// Explain and test ACL rules
+    Acl(acl::AclArgs),
+    /// Hash a password (read from stdin) for a principal's or device's `password_hash`
+    HashPassword(acl::HashPasswordArgs),
 }
 
 #[derive(clap::Args)]
@@ -61,11 +66,14 @@ fn main() -> ExitCode {
         .init();
 
     let result = match cli.command {
-        Command::Query(args) => query::run(args),
-        command => runtime().and_then(|rt| rt.block_on(run_async(command))),
+        Command::Query(args) => query::run(args).map(|()| true),
+        Command::Acl(args) => acl::run(args),
+        Command::HashPassword(args) => acl::hash(args).map(|()| true),
+        command => runtime().and_then(|rt| rt.block_on(run_async(command)).map(|()| true)),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("kenko: {e:#}");
             ExitCode::FAILURE
@@ -84,7 +92,9 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args).await,
         Command::Serve(args) => serve(args).await,
         Command::Simulate(args) => simulate::run(args).await,
-        Command::Query(_) => unreachable!("query runs without a runtime"),
+        Command::Query(_) | Command::Acl(_) | Command::HashPassword(_) => {
+            unreachable!("runs without a runtime")
+        }
     }
 }
 

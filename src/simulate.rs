@@ -1,9 +1,12 @@
 //! `kenko simulate`: simulated bed sensors publishing to a hub, with progress output.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use kenko_devices::sim::{self, SimConfig, SimStats};
 
 #[derive(clap::Args)]
@@ -26,6 +29,35 @@ pub struct SimulateArgs {
     /// Seed of the simulated physiology
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// File of "DEVICE-ID PASSWORD" lines (as `kenko demo` writes); devices connect without
+    /// credentials when absent
+    #[arg(long, value_name = "FILE")]
+    passwords: Option<PathBuf>,
+}
+
+/// Reads "DEVICE-ID PASSWORD" lines; blank lines and lines starting with '#' are skipped.
+fn read_passwords(path: &Path) -> anyhow::Result<HashMap<String, String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read password file {}", path.display()))?;
+    let mut passwords = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next(), words.next()) {
+            (Some(id), Some(password), None) => {
+                passwords.insert(id.to_owned(), password.to_owned());
+            }
+            _ => anyhow::bail!(
+                "{}:{}: expected \"DEVICE-ID PASSWORD\"",
+                path.display(),
+                n + 1
+            ),
+        }
+    }
+    Ok(passwords)
 }
 
 pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
@@ -43,6 +75,10 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
         duration: args.duration.map(Duration::from_secs),
         rate_hz: args.rate,
         seed: args.seed,
+        passwords: match &args.passwords {
+            Some(path) => Some(Arc::new(read_passwords(path)?)),
+            None => None,
+        },
         ..SimConfig::default()
     };
     println!(

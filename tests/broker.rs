@@ -9,8 +9,6 @@ use std::time::Duration;
 use common::Hub;
 use rumqttc::{Event, EventLoop, Incoming, LastWill, Packet, QoS};
 
-const NO_DEVICES: &str = "";
-
 /// Polls until a publish arrives on the event loop, or `limit` passes.
 async fn next_publish(eventloop: &mut EventLoop, limit: Duration) -> Option<rumqttc::Publish> {
     let deadline = tokio::time::Instant::now() + limit;
@@ -43,7 +41,7 @@ async fn until_connack(eventloop: &mut EventLoop) -> anyhow::Result<rumqttc::Con
 #[test]
 fn keep_alive_zero_is_accepted_and_the_connection_stays_up() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let hub = Hub::start(dir.path(), NO_DEVICES)?;
+    let hub = Hub::start_with(dir.path(), &common::interop_config())?;
     let mut socket = TcpStream::connect(hub.addr)?;
     socket.set_read_timeout(Some(Duration::from_secs(5)))?;
     // CONNECT, MQTT 3.1.1, clean session, keep-alive 0, client id "ka0".
@@ -65,7 +63,7 @@ fn keep_alive_zero_is_accepted_and_the_connection_stays_up() -> anyhow::Result<(
 #[test]
 fn keep_alive_is_enforced_at_one_and_a_half_times() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let hub = Hub::start(dir.path(), NO_DEVICES)?;
+    let hub = Hub::start_with(dir.path(), &common::interop_config())?;
     let mut socket = TcpStream::connect(hub.addr)?;
     socket.set_read_timeout(Some(Duration::from_secs(10)))?;
     // Keep-alive 1 s: the hub closes the silent connection after 1.5 s.
@@ -89,7 +87,7 @@ fn keep_alive_is_enforced_at_one_and_a_half_times() -> anyhow::Result<()> {
 async fn a_second_connection_with_the_same_client_id_takes_the_session_over() -> anyhow::Result<()>
 {
     let dir = tempfile::tempdir()?;
-    let hub = Hub::start(dir.path(), NO_DEVICES)?;
+    let hub = Hub::start_with(dir.path(), &common::interop_config())?;
     let mut first_options = hub.options("app-1");
     first_options.set_clean_session(false);
     let (first, mut first_loop) = rumqttc::AsyncClient::new(first_options.clone(), 10);
@@ -129,7 +127,7 @@ async fn a_second_connection_with_the_same_client_id_takes_the_session_over() ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retained_message_reaches_a_later_subscriber() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let hub = Hub::start(dir.path(), NO_DEVICES)?;
+    let hub = Hub::start_with(dir.path(), &common::interop_config())?;
     let (publisher, mut publisher_loop) = hub.client("pub-r");
     publisher
         .publish("status/ward-3", QoS::AtLeastOnce, true, "open")
@@ -153,7 +151,7 @@ async fn a_retained_message_reaches_a_later_subscriber() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_will_is_published_when_a_client_drops_and_not_after_disconnect() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let hub = Hub::start(dir.path(), NO_DEVICES)?;
+    let hub = Hub::start_with(dir.path(), &common::interop_config())?;
     let (watcher, mut watch_loop) = hub.client("watcher");
     watcher.subscribe("wills/#", QoS::AtLeastOnce).await?;
     until_suback(&mut watch_loop).await?;
@@ -200,7 +198,7 @@ async fn a_will_is_published_when_a_client_drops_and_not_after_disconnect() -> a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos_0_1_and_2_are_delivered_through_the_router() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let hub = Hub::start(dir.path(), NO_DEVICES)?;
+    let hub = Hub::start_with(dir.path(), &common::interop_config())?;
     let (subscriber, mut sub_loop) = hub.client("sub-q");
     let levels = [
         (QoS::AtMostOnce, "q/0"),
@@ -249,7 +247,7 @@ async fn qos_0_1_and_2_are_delivered_through_the_router() -> anyhow::Result<()> 
 async fn qos2_telemetry_is_stored_once() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let hub = Hub::start(dir.path(), &common::config_with_devices(1))?;
-    let (device, mut device_loop) = hub.client("bed-001");
+    let (device, mut device_loop) = hub.device("bed-001");
     let t = (common::now_ms() - 5_000) / 1000 * 1000;
     for _ in 0..2 {
         // The same reading twice: stored once.
@@ -276,7 +274,7 @@ async fn qos2_telemetry_is_stored_once() -> anyhow::Result<()> {
 #[test]
 fn a_first_packet_that_is_not_connect_closes_the_connection() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let hub = Hub::start(dir.path(), NO_DEVICES)?;
+    let hub = Hub::start_with(dir.path(), &common::interop_config())?;
     let mut socket = TcpStream::connect(hub.addr)?;
     socket.set_read_timeout(Some(Duration::from_secs(5)))?;
     socket.write_all(&[0xc0, 0])?; // PINGREQ before CONNECT
@@ -299,7 +297,7 @@ fn a_first_packet_that_is_not_connect_closes_the_connection() -> anyhow::Result<
 async fn a_persistent_session_keeps_subscriptions_and_queued_messages_across_reconnects(
 ) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let hub = Hub::start(dir.path(), NO_DEVICES)?;
+    let hub = Hub::start_with(dir.path(), &common::interop_config())?;
     let mut options = hub.options("care-app");
     options.set_clean_session(false);
     let (app, mut app_loop) = rumqttc::AsyncClient::new(options.clone(), 10);

@@ -48,8 +48,9 @@ fn demo_stores_simulated_telemetry_and_stops_on_ctrl_c() -> anyhow::Result<()> {
             .cloned())
     })?;
     assert!(
-        seen.iter().any(|l| l.contains("for trying kenko")),
-        "banner says demo devices are for trying: {seen:?}"
+        seen.iter()
+            .any(|l| l.contains("Demo data is synthetic") && l.contains("demo-passwords.txt")),
+        "banner says the data is synthetic and where the device passwords are: {seen:?}"
     );
     assert!(
         seen.iter().any(|l| l.contains("kenko query")),

@@ -41,7 +41,7 @@ fn time_of(row: &serde_json::Value) -> i64 {
 async fn thousand_qos1_messages_are_queryable_with_normalized_values() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let hub = Hub::start(dir.path(), &common::config_with_devices(2))?;
-    let (client, mut eventloop) = hub.client("bed-001");
+    let (client, mut eventloop) = hub.device("bed-001");
     let base = (now_ms() - 2 * 3600 * 1000) / 1000 * 1000;
     const N: i64 = 1000;
 
@@ -131,6 +131,10 @@ fn mosquitto_pub(port: u16, version: &str, client_id: &str, payload: &str) -> an
             version,
             "-i",
             client_id,
+            "-u",
+            client_id,
+            "-P",
+            &common::password(client_id),
             "-q",
             "1",
         ])
@@ -191,10 +195,22 @@ fn mosquitto_pub_messages_arrive_over_mqtt_311_and_5() -> anyhow::Result<()> {
 async fn unknown_device_and_malformed_payload_are_dead_lettered_while_others_continue(
 ) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let hub = Hub::start(dir.path(), &common::config_with_devices(3))?;
+    // A gateway relays for devices behind it; the operator's rules let it publish any
+    // device's telemetry, so an unregistered device id reaches the stream processor.
+    let acl = format!(
+        "{}\n[[rule]]\neffect = \"allow\"\nrole = \"gateway\"\naction = \"publish\"\ntopic = \"devices/+/telemetry\"\n",
+        include_str!("../config/acl.default.toml")
+    );
+    std::fs::write(dir.path().join("acl.toml"), acl)?;
+    let config = format!(
+        "{}{}[auth]\nacl = \"acl.toml\"\n",
+        common::config_with_devices(3),
+        common::principal("gateway-1", &["gateway"])
+    );
+    let hub = Hub::start(dir.path(), &config)?;
 
     // A watcher of error topics, as an operator or the device itself would be.
-    let (watcher, mut watch_loop) = hub.client("operator-1");
+    let (watcher, mut watch_loop) = hub.device("operator-1");
     watcher
         .subscribe("devices/+/errors", QoS::AtLeastOnce)
         .await?;
@@ -216,7 +232,7 @@ async fn unknown_device_and_malformed_payload_are_dead_lettered_while_others_con
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // bed-003 keeps publishing valid telemetry throughout.
-    let (good, mut good_loop) = hub.client("bed-003");
+    let (good, mut good_loop) = hub.device("bed-003");
     let base = (now_ms() - 600_000) / 1000 * 1000;
     let good_task = tokio::spawn(async move {
         let mut acked = 0;
@@ -228,8 +244,8 @@ async fn unknown_device_and_malformed_payload_are_dead_lettered_while_others_con
         anyhow::Ok(acked)
     });
 
-    let (unknown, mut unknown_loop) = hub.client("bed-999");
-    let (broken, mut broken_loop) = hub.client("bed-002");
+    let (unknown, mut unknown_loop) = hub.device("gateway-1");
+    let (broken, mut broken_loop) = hub.device("bed-002");
     tokio::spawn(async move { while unknown_loop.poll().await.is_ok() {} });
     tokio::spawn(async move { while broken_loop.poll().await.is_ok() {} });
     for i in 0..200 {
@@ -310,6 +326,7 @@ async fn publish_until_stopped(
 ) -> HashSet<i64> {
     let mut options = rumqttc::MqttOptions::new(device.clone(), "127.0.0.1", hub_port);
     options.set_keep_alive(Duration::from_secs(10));
+    options.set_credentials(device.clone(), common::password(&device));
     let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 100);
     let mut acked = HashSet::new();
     let mut sent: VecDeque<i64> = VecDeque::new();

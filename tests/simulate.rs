@@ -11,8 +11,11 @@ use common::Hub;
 fn simulate_publishes_for_every_device_and_reports_acknowledgements() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let hub = Hub::start(dir.path(), &common::config_with_devices(4))?;
+    let passwords = common::password_file(dir.path(), 4)?;
     let output = Command::new(common::KENKO)
         .args(["simulate", "--broker", &hub.addr.to_string()])
+        .arg("--passwords")
+        .arg(&passwords)
         .args(["--devices", "4", "--duration", "2", "--rate", "5"])
         .output()?;
     let stdout = String::from_utf8_lossy(&output.stdout);

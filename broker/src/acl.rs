@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use kenko_config::acl::{Action, Effect, Level, Rule};
 
@@ -68,6 +69,8 @@ pub struct Acl {
     by_principal: HashMap<String, Vec<u32>>,
     by_role: HashMap<String, Vec<u32>>,
     everyone: Vec<u32>,
+    /// Denials per rule; the last slot counts default denials (no rule matched).
+    denials: Vec<AtomicU64>,
 }
 
 thread_local! {
@@ -89,12 +92,70 @@ impl Acl {
                 acl.by_role.entry(r.clone()).or_default().push(i);
             }
         }
+        acl.denials = (0..=rules.len()).map(|_| AtomicU64::new(0)).collect();
         acl.rules = rules;
         acl
     }
 
+    /// Counts a denial against the rule that decided it (or the default).
+    pub fn count_denial(&self, decision: &Decision) {
+        let slot = decision.rule.unwrap_or(self.rules.len());
+        if let Some(counter) = self.denials.get(slot) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Denials so far: `(rule index or None for the default, count)`, only non-zero ones.
+    pub fn denials(&self) -> Vec<(Option<usize>, u64)> {
+        self.denials
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                (
+                    (i < self.rules.len()).then_some(i),
+                    c.load(Ordering::Relaxed),
+                )
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    /// The rule's pattern with the principal's placeholders filled in, as `explain` shows it;
+    /// a placeholder the principal has no value for stays as written, marked unbound.
+    pub fn expand(&self, rule: usize, principal: &Principal<'_>) -> Option<String> {
+        let rule = self.rules.get(rule)?;
+        let levels: Vec<String> = rule
+            .pattern
+            .iter()
+            .map(|level| match level {
+                Level::Literal(s) => s.clone(),
+                Level::Single => "+".into(),
+                Level::Rest => "#".into(),
+                other => match bound(other, principal) {
+                    Some(Some(v)) => v.to_owned(),
+                    _ => format!("<{} unbound>", placeholder_name(other)),
+                },
+            })
+            .collect();
+        Some(levels.join("/"))
+    }
+
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// Indices of the rules that select `principal` (by id, role or everyone), in file order.
+    pub fn rules_for(&self, principal: &Principal<'_>) -> Vec<usize> {
+        self.rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                (r.principals.is_empty() && r.roles.is_empty())
+                    || r.principals.iter().any(|p| p == principal.id)
+                    || r.roles.iter().any(|role| principal.roles.contains(role))
+            })
+            .map(|(i, _)| i)
+            .collect()
     }
 
     /// Decides `request` for `principal`.
@@ -199,6 +260,16 @@ fn bound<'a>(level: &'a Level, p: &Principal<'a>) -> Option<Option<&'a str>> {
         Level::Device => Some(p.device),
         Level::Citizen => Some(p.citizen),
         _ => None,
+    }
+}
+
+fn placeholder_name(level: &Level) -> &'static str {
+    match level {
+        Level::ClientId => "%c",
+        Level::Username => "%u",
+        Level::Device => "{device}",
+        Level::Citizen => "{citizen}",
+        _ => "?",
     }
 }
 

@@ -8,17 +8,22 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use rumqttd::protocol::{
-    ConnAck, ConnAckProperties, Connect, ConnectReturnCode, LastWill, LastWillProperties, Packet,
+    ConnAck, ConnAckProperties, Connect, ConnectReturnCode, LastWill, LastWillProperties, Login,
+    Packet,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tracing::{debug, info, info_span, Instrument};
 
+use crate::acl::Request;
+use crate::auth::{verify_password, Identity};
+use crate::authz::AclView;
 use crate::codec::{sniff, Codec, Sniff, Version};
 use crate::packet::check_topic_name;
 use crate::router::HUB_CLIENT_ID;
-use crate::session::Session;
+use crate::session::{Peer, Session};
+use crate::sessions::Refused;
 use crate::Shared;
 
 /// How long a new connection waits for the one it takes over to let go.
@@ -29,7 +34,12 @@ static ASSIGNED: AtomicU64 = AtomicU64::new(1);
 /// Serves one accepted TCP connection to its end.
 pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
-    let span = info_span!("conn", %peer, client_id = tracing::field::Empty);
+    let span = info_span!(
+        "conn",
+        %peer,
+        client_id = tracing::field::Empty,
+        principal = tracing::field::Empty
+    );
     async move {
         match handshake(stream, &shared).await {
             Ok(Some(session)) => session.run().await,
@@ -93,9 +103,9 @@ async fn handshake(
         }
     };
     let codec = Codec::new(version, config.max_packet_size);
-    let (connect, will, will_props) = match codec.read(&mut buf) {
-        Ok(Some(Packet::Connect(connect, _props, will, will_props, _login))) => {
-            (connect, will, will_props)
+    let (connect, will, will_props, login) = match codec.read(&mut buf) {
+        Ok(Some(Packet::Connect(connect, _props, will, will_props, login))) => {
+            (connect, will, will_props, login)
         }
         other => {
             info!(?other, "connection closed: malformed CONNECT");
@@ -103,10 +113,20 @@ async fn handshake(
         }
     };
     let mut hs = Handshake { stream, codec };
-    let Some((client_id, assigned)) = hs.client_id(&connect).await? else {
+    let Some(identity) = hs.authenticate(login.as_ref(), shared).await? else {
+        return Ok(None);
+    };
+    tracing::Span::current().record("principal", identity.id.as_str());
+    let Some((client_id, assigned)) = hs.client_id(&connect, &identity, shared).await? else {
         return Ok(None);
     };
     tracing::Span::current().record("client_id", client_id.as_str());
+    let peer = Peer {
+        identity,
+        client_id: Arc::from(client_id),
+        username: login.map(|l| l.username),
+    };
+    let mut acl = AclView::new(shared.authorizer.clone());
     if let Some(will) = &will {
         if let Some(why) = will_problem(will) {
             let code = match hs.codec.version() {
@@ -114,6 +134,17 @@ async fn handshake(
                 Version::V311 => ConnectReturnCode::UnspecifiedError,
             };
             return hs.refuse(code, &why).await;
+        }
+        // The will is checked now, so the client learns at once, and again when published.
+        let topic = String::from_utf8_lossy(&will.topic);
+        let request = Request::Publish {
+            topic: &topic,
+            qos: will.qos as u8,
+            retain: will.retain,
+        };
+        if !acl.decide(&peer.principal(), &request).allowed {
+            let why = format!("not authorized to publish the will on {topic}");
+            return hs.refuse(ConnectReturnCode::NotAuthorized, &why).await;
         }
     }
     if shared.sessions.len() >= config.max_connections {
@@ -125,21 +156,35 @@ async fn handshake(
             .await;
     }
 
-    let client_id: Arc<str> = Arc::from(client_id);
-    let Some(registration) = shared
+    let registration = match shared
         .sessions
-        .register(client_id.clone(), TAKEOVER_WAIT)
+        .register(
+            peer.client_id.clone(),
+            Arc::from(peer.identity.id.as_str()),
+            TAKEOVER_WAIT,
+        )
         .await
-    else {
-        return hs
-            .refuse(
-                busy(hs.codec.version()),
-                "the previous connection with this client id is still closing; try again",
-            )
-            .await;
+    {
+        Ok(registration) => registration,
+        Err(Refused::OtherPrincipal) => {
+            return hs
+                .refuse(
+                    ConnectReturnCode::NotAuthorized,
+                    "this client id is connected as another principal; only the same principal may take it over",
+                )
+                .await;
+        }
+        Err(Refused::StillClosing) => {
+            return hs
+                .refuse(
+                    busy(hs.codec.version()),
+                    "the previous connection with this client id is still closing; try again",
+                )
+                .await;
+        }
     };
     let router = shared.router.clone();
-    let (id, clean) = (client_id.clone(), connect.clean_session);
+    let (id, clean) = (peer.client_id.clone(), connect.clean_session);
     // Registering blocks until the router thread answers.
     let linked = tokio::task::spawn_blocking(move || router.link(&id, clean)).await;
     let Ok(Ok((link_tx, link_rx, notification))) = linked else {
@@ -172,11 +217,11 @@ async fn handshake(
         hs.codec,
         buf,
         shared.clone(),
-        client_id,
+        peer,
+        acl,
         connect.keep_alive,
         will.map(|w| (w, will_props)),
-        link_tx,
-        link_rx,
+        (link_tx, link_rx),
         registration,
     )))
 }
@@ -206,12 +251,81 @@ struct Handshake {
 }
 
 impl Handshake {
+    /// Who the client is: the principal its username and password (or client certificate)
+    /// prove, or the anonymous principal if the hub allows it. `None` if refused.
+    async fn authenticate(
+        &mut self,
+        login: Option<&Login>,
+        shared: &Shared,
+    ) -> std::io::Result<Option<Arc<Identity>>> {
+        let bad_login = ConnectReturnCode::BadUserNamePassword;
+        let Some(login) = login else {
+            if let Some(anonymous) = shared.directory.anonymous() {
+                return Ok(Some(anonymous.clone()));
+            }
+            self.refuse(
+                ConnectReturnCode::NotAuthorized,
+                "this hub needs a username and password",
+            )
+            .await?;
+            return Ok(None);
+        };
+        if let Err(why) = kenko_config::check_identifier(&login.username) {
+            // Wildcards, separators and NULs in identities are refused outright (the
+            // CVE-2017-7650 class: a username that expands into a topic wildcard).
+            self.refuse(bad_login, &format!("username {why}")).await?;
+            return Ok(None);
+        }
+        let Some(identity) = shared.directory.get(&login.username).cloned() else {
+            info!(username = %login.username, "unknown username");
+            self.refuse(bad_login, "bad username or password").await?;
+            return Ok(None);
+        };
+        // argon2 is slow on purpose: verify off the async workers, a few at a time, so that a
+        // storm of bad logins costs bounded CPU.
+        let verified = {
+            let _permit = shared.verify_slots.acquire().await;
+            let (identity, password) = (identity.clone(), login.password.clone());
+            tokio::task::spawn_blocking(move || verify_password(&identity, password.as_bytes()))
+                .await
+                .unwrap_or(false)
+        };
+        if !verified {
+            info!(username = %login.username, "wrong password");
+            self.refuse(bad_login, "bad username or password").await?;
+            return Ok(None);
+        }
+        Ok(Some(identity))
+    }
+
     /// The client id to use and, if kenko chose it, the id to tell the client.
     async fn client_id(
         &mut self,
         connect: &Connect,
+        identity: &Identity,
+        shared: &Shared,
     ) -> std::io::Result<Option<(String, Option<String>)>> {
         let invalid = ConnectReturnCode::ClientIdentifierNotValid;
+        if let Some(device) = &identity.device {
+            // A device's client id is its device id; an empty one is given it.
+            if connect.client_id.is_empty() && connect.clean_session {
+                return Ok(Some((device.clone(), Some(device.clone()))));
+            }
+            if connect.client_id != *device {
+                let why = format!("device {device} must connect with client id {device}");
+                self.refuse(invalid, &why).await?;
+                return Ok(None);
+            }
+            return Ok(Some((device.clone(), None)));
+        }
+        if shared.directory.is_device(&connect.client_id) {
+            self.refuse(
+                invalid,
+                "this client id belongs to a registered device; only that device may use it",
+            )
+            .await?;
+            return Ok(None);
+        }
         if connect.client_id.is_empty() {
             if !connect.clean_session {
                 self.refuse(invalid, "a persistent session needs a client id")

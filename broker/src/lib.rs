@@ -3,8 +3,11 @@
 //! decides what is acknowledged and when: telemetry is acknowledged only once stored.
 
 pub mod acl;
+pub mod auth;
+pub mod authz;
 mod codec;
 mod connection;
+mod egress;
 mod packet;
 mod router;
 mod session;
@@ -15,13 +18,15 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kenko_config::MqttConfig;
+use kenko_config::{AuthConfig, Config, ConfigError, MqttConfig};
 use kenko_ingest::pipeline::{IngestHandle, Notice};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
+use crate::auth::{BadHash, Directory};
+use crate::authz::Authorizer;
 use crate::router::RouterHandle;
 use crate::sessions::Sessions;
 
@@ -35,6 +40,10 @@ pub enum BrokerError {
     },
     #[error("cannot start the hub's own router link: {0}")]
     Hub(String),
+    #[error(transparent)]
+    Credentials(#[from] BadHash),
+    #[error("ACL rules: {0}")]
+    Acl(#[from] ConfigError),
 }
 
 /// Counters for progress output and metrics.
@@ -48,11 +57,18 @@ pub struct BrokerStats {
     pub publishes_refused: AtomicU64,
     /// Messages delivered to subscribers.
     pub delivered: AtomicU64,
+    /// Deliveries the ACL withheld from a subscriber.
+    pub withheld: AtomicU64,
 }
 
 /// State every connection shares.
 pub(crate) struct Shared {
     config: MqttConfig,
+    auth: AuthConfig,
+    directory: Directory,
+    authorizer: Arc<Authorizer>,
+    /// Password verifications running at once (argon2 is CPU-bound by design).
+    verify_slots: tokio::sync::Semaphore,
     router: RouterHandle,
     sessions: Arc<Sessions>,
     ingest: IngestHandle,
@@ -64,14 +80,21 @@ pub(crate) struct Shared {
 pub struct Broker {
     listener: TcpListener,
     config: MqttConfig,
+    auth: AuthConfig,
+    directory: Directory,
+    authorizer: Arc<Authorizer>,
     router: RouterHandle,
     notices: flume::Sender<Notice>,
     stats: Arc<BrokerStats>,
 }
 
 impl Broker {
-    /// Binds the listener and starts the router and the hub's publisher.
-    pub async fn bind(config: &MqttConfig) -> Result<Broker, BrokerError> {
+    /// Loads principals and ACL rules, binds the listener and starts the router and the hub's
+    /// publisher.
+    pub async fn bind(full: &Config) -> Result<Broker, BrokerError> {
+        let config = &full.mqtt;
+        let directory = Directory::from_config(full)?;
+        let authorizer = Arc::new(Authorizer::new(full.acl_rules()?, full.auth.acl.clone()));
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -89,6 +112,9 @@ impl Broker {
         Ok(Broker {
             listener,
             config: config.clone(),
+            auth: full.auth.clone(),
+            directory,
+            authorizer,
             router,
             notices,
             stats: Arc::default(),
@@ -109,11 +135,24 @@ impl Broker {
         self.stats.clone()
     }
 
+    /// The ACL in force; `reload()` it on SIGHUP.
+    pub fn authorizer(&self) -> Arc<Authorizer> {
+        self.authorizer.clone()
+    }
+
     /// Accepts connections until `shutdown` is cancelled, then lets every connection finish
     /// its in-flight work (acknowledging what the pipeline stores) and returns.
     pub async fn run(self, ingest: IngestHandle, shutdown: CancellationToken) {
+        tokio::spawn(self.authorizer.clone().watch(
+            Duration::from_millis(self.auth.acl_reload_ms),
+            shutdown.clone(),
+        ));
         let shared = Arc::new(Shared {
             config: self.config,
+            auth: self.auth,
+            directory: self.directory,
+            authorizer: self.authorizer,
+            verify_slots: tokio::sync::Semaphore::new(2),
             router: self.router,
             sessions: Arc::default(),
             ingest,

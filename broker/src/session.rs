@@ -20,7 +20,8 @@ use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
     self, Disconnect, DisconnectReasonCode, LastWill, LastWillProperties, Packet, PingResp, PubAck,
     PubAckProperties, PubAckReason, PubComp, PubCompReason, PubRec, PubRecProperties, PubRecReason,
-    Publish, PublishProperties, QoS,
+    Publish, PublishProperties, QoS, SubAck, SubAckProperties, Subscribe, SubscribeProperties,
+    SubscribeReasonCode,
 };
 use rumqttd::Notification;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,11 +30,16 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
 
+use crate::acl::{Principal, Request};
+use crate::auth::Identity;
+use crate::authz::AclView;
 use crate::codec::{Codec, Version};
 use crate::connection::will_publish_properties;
+use crate::egress::AckOrder;
 use crate::packet::{check_topic_name, publish, qos_and_pkid, telemetry_device};
 use crate::sessions::Registration;
 use crate::Shared;
+use kenko_config::DeniedPublish;
 
 /// How long a connection waits, at shutdown, for verdicts on messages it already handed over.
 const DRAIN_WAIT: Duration = Duration::from_secs(10);
@@ -54,10 +60,26 @@ enum End {
     Closed,
     KeepAliveTimeout,
     ProtocolError(DisconnectReasonCode),
+    /// A denied PUBLISH from a 3.1.1 client, with `v311_denied_publish = "disconnect"`.
+    NotAuthorized,
     TakenOver,
     Shutdown,
     /// The router dropped the link; nothing more can be sent to it.
     RouterGone,
+}
+
+/// Who is connected.
+pub(crate) struct Peer {
+    pub(crate) identity: Arc<Identity>,
+    pub(crate) client_id: Arc<str>,
+    pub(crate) username: Option<String>,
+}
+
+impl Peer {
+    pub(crate) fn principal(&self) -> Principal<'_> {
+        self.identity
+            .principal(&self.client_id, self.username.as_deref())
+    }
 }
 
 pub(crate) struct Session {
@@ -66,7 +88,8 @@ pub(crate) struct Session {
     read_buf: BytesMut,
     out: BytesMut,
     shared: Arc<Shared>,
-    client_id: Arc<str>,
+    peer: Peer,
+    acl: AclView,
     keep_alive: u16,
     will: Option<(LastWill, Option<LastWillProperties>)>,
     link_tx: LinkTx,
@@ -82,6 +105,11 @@ pub(crate) struct Session {
     in_pipeline: HashSet<u16>,
     /// Packets read in this round that go to the router together.
     to_router: Vec<Packet>,
+    /// Outgoing QoS 1/2 deliveries whose acknowledgements the router still needs.
+    acks: AckOrder,
+    /// SUBSCRIBEs with denied filters, by packet id: the failure code of each denied filter
+    /// in its place, `None` where the router's answer goes.
+    sub_failures: Vec<(u16, Vec<Option<SubscribeReasonCode>>)>,
 }
 
 impl Session {
@@ -91,11 +119,11 @@ impl Session {
         codec: Codec,
         read_buf: BytesMut,
         shared: Arc<Shared>,
-        client_id: Arc<str>,
+        peer: Peer,
+        acl: AclView,
         keep_alive: u16,
         will: Option<(LastWill, Option<LastWillProperties>)>,
-        link_tx: LinkTx,
-        link_rx: LinkRx,
+        (link_tx, link_rx): (LinkTx, LinkRx),
         registration: Registration,
     ) -> Session {
         let (outcomes_tx, outcomes_rx) = mpsc::unbounded_channel();
@@ -106,7 +134,8 @@ impl Session {
             read_buf,
             out: BytesMut::with_capacity(4096),
             shared,
-            client_id,
+            peer,
+            acl,
             keep_alive,
             will,
             link_tx,
@@ -118,6 +147,8 @@ impl Session {
             released: HashSet::new(),
             in_pipeline: HashSet::new(),
             to_router: Vec::new(),
+            acks: AckOrder::default(),
+            sub_failures: Vec::new(),
         }
     }
 
@@ -213,17 +244,18 @@ impl Session {
                     self.to_router.push(Packet::PubRel(rel, props));
                 }
             }
+            packet @ (Packet::PubAck(..) | Packet::PubRec(..)) => {
+                self.acks.client_ack(packet, &mut self.to_router)
+            }
+            packet @ Packet::PubComp(..) => self.acks.client_comp(packet, &mut self.to_router),
+            Packet::Subscribe(subscribe, props) => self.on_subscribe(subscribe, props),
             Packet::PingReq(_) => self.write(Packet::PingResp(PingResp)),
             Packet::Disconnect(disconnect, _) => {
                 let with_will =
                     disconnect.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
                 return Err(End::Disconnect { with_will });
             }
-            packet @ (Packet::PubAck(..)
-            | Packet::PubRec(..)
-            | Packet::PubComp(..)
-            | Packet::Subscribe(..)
-            | Packet::Unsubscribe(..)) => self.to_router.push(packet),
+            packet @ Packet::Unsubscribe(..) => self.to_router.push(packet),
             other => {
                 info!(packet = ?packet_name(&other), "closing connection: a client may not send this packet");
                 return Err(End::ProtocolError(DisconnectReasonCode::ProtocolError));
@@ -238,6 +270,16 @@ impl Session {
         props: Option<PublishProperties>,
     ) -> Result<(), End> {
         let (qos, pkid) = qos_and_pkid(&publish);
+        if let Some(alias) = props.as_ref().and_then(|p| p.topic_alias) {
+            // kenko's CONNACK offers no topic aliases (Topic Alias Maximum 0), so any alias is
+            // one the client may not use (MQTT-3.3.2-9); an alias must never stand for a topic
+            // the ACL did not see.
+            info!(
+                alias,
+                "closing connection: topic alias used, none were offered"
+            );
+            return Err(End::ProtocolError(DisconnectReasonCode::TopicAliasInvalid));
+        }
         let topic = match check_topic_name(&publish.topic) {
             Ok(topic) => topic,
             Err(why) => {
@@ -247,8 +289,20 @@ impl Session {
         };
         if topic.starts_with('$') {
             let why = format!("clients may not publish on {topic}; $ topics belong to the hub");
-            self.refuse_publish(qos, pkid, PubAckReason::NotAuthorized, why);
-            return Ok(());
+            return self.deny_publish(qos, pkid, why);
+        }
+        let request = Request::Publish {
+            topic,
+            qos: qos as u8,
+            retain: publish.retain,
+        };
+        let decision = self.acl.decide(&self.peer.principal(), &request);
+        if !decision.allowed {
+            let why = format!(
+                "not authorized to publish on {topic} ({:?})",
+                decision.reason
+            );
+            return self.deny_publish(qos, pkid, why);
         }
         let Some(device) = telemetry_device(topic) else {
             self.to_router.push(Packet::Publish(publish, props));
@@ -274,7 +328,7 @@ impl Session {
         });
         self.pending += usize::from(reply.is_some());
         let submission = Submission {
-            client_id: self.client_id.clone(),
+            client_id: self.peer.client_id.clone(),
             device: device.into(),
             payload: publish.payload,
             received_ms: now_ms(),
@@ -294,6 +348,97 @@ impl Session {
             },
             _ = takeover.cancelled() => Err(End::TakenOver),
         }
+    }
+
+    /// A publish the ACL does not allow. MQTT 5 is told 0x87 in the acknowledgement; 3.1.1 has
+    /// no negative acknowledgement, so the connection is closed or the publish acknowledged
+    /// and dropped, as `auth.v311_denied_publish` says (MQTT-3.3.5-2).
+    fn deny_publish(&mut self, qos: QoS, pkid: u16, why: String) -> Result<(), End> {
+        if self.codec.version() == Version::V311
+            && self.shared.auth.v311_denied_publish == DeniedPublish::Disconnect
+        {
+            warn!(why, "publish denied; closing the MQTT 3.1.1 connection");
+            self.shared
+                .stats
+                .publishes_refused
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(End::NotAuthorized);
+        }
+        self.refuse_publish(qos, pkid, PubAckReason::NotAuthorized, why);
+        Ok(())
+    }
+
+    /// Checks each filter against the ACL: the allowed ones go to the router, the denied ones
+    /// get their failure code in the SUBACK (3.1.1: 0x80, 5: 0x87 not authorized).
+    fn on_subscribe(&mut self, mut subscribe: Subscribe, props: Option<SubscribeProperties>) {
+        let failure = match self.codec.version() {
+            Version::V5 => SubscribeReasonCode::NotAuthorized,
+            Version::V311 => SubscribeReasonCode::Failure,
+        };
+        let principal = self.peer.principal();
+        let mut codes = Vec::with_capacity(subscribe.filters.len());
+        let mut denied = Vec::new();
+        subscribe.filters.retain(|filter| {
+            let request = Request::Subscribe {
+                filter: &filter.path,
+                qos: filter.qos as u8,
+            };
+            let allowed = self.acl.decide(&principal, &request).allowed;
+            if !allowed {
+                denied.push(filter.path.clone());
+            }
+            codes.push((!allowed).then_some(failure));
+            allowed
+        });
+        if denied.is_empty() {
+            self.to_router.push(Packet::Subscribe(subscribe, props));
+            return;
+        }
+        info!(filters = ?denied, "subscription denied");
+        if subscribe.filters.is_empty() {
+            let ack = SubAck {
+                pkid: subscribe.pkid,
+                return_codes: codes.into_iter().flatten().collect(),
+            };
+            let props = self.suback_reason(&denied);
+            self.write(Packet::SubAck(ack, props));
+            return;
+        }
+        self.sub_failures.push((subscribe.pkid, codes));
+        self.to_router.push(Packet::Subscribe(subscribe, props));
+    }
+
+    fn suback_reason(&self, denied: &[String]) -> Option<SubAckProperties> {
+        (self.codec.version() == Version::V5).then(|| SubAckProperties {
+            reason_string: Some(format!(
+                "not authorized to subscribe to {}",
+                denied.join(", ")
+            )),
+            user_properties: vec![],
+        })
+    }
+
+    /// The router's SUBACK for the allowed filters, with the denied ones put back in place.
+    fn merge_suback(&mut self, mut ack: SubAck, props: Option<SubAckProperties>) -> Packet {
+        let Some(at) = self.sub_failures.iter().position(|(p, _)| *p == ack.pkid) else {
+            return Packet::SubAck(ack, props);
+        };
+        let (_, codes) = self.sub_failures.swap_remove(at);
+        let mut from_router = std::mem::take(&mut ack.return_codes).into_iter();
+        ack.return_codes = codes
+            .into_iter()
+            .map(|code| {
+                code.or_else(|| from_router.next())
+                    .unwrap_or(SubscribeReasonCode::Unspecified)
+            })
+            .collect();
+        let props = props.or_else(|| {
+            (self.codec.version() == Version::V5).then(|| SubAckProperties {
+                reason_string: Some("some filters are not authorized".into()),
+                user_properties: vec![],
+            })
+        });
+        Packet::SubAck(ack, props)
     }
 
     /// A publish kenko will not accept: MQTT 5 says why in the acknowledgement; MQTT 3.1.1 has
@@ -386,6 +531,8 @@ impl Session {
                 Err(_) => return Err(End::RouterGone),
             }
         }
+        // Acknowledgements kenko gives for deliveries it withheld.
+        self.send_to_router().await?;
         if unscheduled {
             self.flush().await?;
             // The router paused this connection until its deliveries were written.
@@ -395,16 +542,50 @@ impl Session {
     }
 
     /// Writes a router notification to the client; `true` if the router unscheduled us.
+    /// Every delivery passes the ACL again here, against the rules in force now: a delivery
+    /// they no longer allow is withheld (and acknowledged to the router by kenko).
     fn on_notification(&mut self, notification: Notification) -> bool {
-        if let Notification::Forward(_) = &notification {
-            self.shared.stats.delivered.fetch_add(1, Ordering::Relaxed);
-        }
-        match Option::<Packet>::from(notification) {
-            Some(packet) => {
-                self.write(packet);
+        match notification {
+            Notification::Forward(forward) => {
+                let (qos, pkid) = qos_and_pkid(&forward.publish);
+                let allowed = match std::str::from_utf8(&forward.publish.topic) {
+                    Ok(topic) => {
+                        let request = Request::Deliver { topic };
+                        self.acl.decide(&self.peer.principal(), &request).allowed
+                    }
+                    Err(_) => false,
+                };
+                if qos != QoS::AtMostOnce {
+                    let qos2 = qos == QoS::ExactlyOnce;
+                    self.acks
+                        .delivered(pkid, qos2, !allowed, &mut self.to_router);
+                }
+                if allowed {
+                    self.shared.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    self.write(Packet::Publish(forward.publish, forward.properties));
+                } else {
+                    self.shared.stats.withheld.fetch_add(1, Ordering::Relaxed);
+                }
                 false
             }
-            None => true,
+            notification => match Option::<Packet>::from(notification) {
+                Some(Packet::SubAck(ack, props)) => {
+                    let packet = self.merge_suback(ack, props);
+                    self.write(packet);
+                    false
+                }
+                Some(Packet::PubRel(rel, props)) => {
+                    if self.acks.router_pubrel(rel.pkid) {
+                        self.write(Packet::PubRel(rel, props));
+                    }
+                    false
+                }
+                Some(packet) => {
+                    self.write(packet);
+                    false
+                }
+                None => true,
+            },
         }
     }
 
@@ -471,6 +652,7 @@ impl Session {
         let v5 = self.codec.version() == Version::V5;
         let tell = match end {
             End::TakenOver => Some(DisconnectReasonCode::SessionTakenOver),
+            End::NotAuthorized => Some(DisconnectReasonCode::NotAuthorized),
             End::Shutdown => Some(DisconnectReasonCode::ServerShuttingDown),
             End::KeepAliveTimeout => Some(DisconnectReasonCode::KeepAliveTimeout),
             End::ProtocolError(code) => Some(code),
@@ -485,13 +667,41 @@ impl Session {
         let publish_will = match end {
             End::Disconnect { with_will } => with_will,
             End::Shutdown | End::RouterGone => false,
-            End::Closed | End::KeepAliveTimeout | End::ProtocolError(_) | End::TakenOver => true,
+            End::Closed
+            | End::KeepAliveTimeout
+            | End::ProtocolError(_)
+            | End::NotAuthorized
+            | End::TakenOver => true,
         };
         if end == End::RouterGone {
             return;
         }
         if let (true, Some((will, props))) = (publish_will, self.will.take()) {
-            info!(topic = %String::from_utf8_lossy(&will.topic), "publishing will");
+            self.publish_will(will, props);
+        }
+        let normal = protocol::Disconnect {
+            reason_code: DisconnectReasonCode::NormalDisconnection,
+        };
+        self.to_router.push(Packet::Disconnect(normal, None));
+        let _ = self.send_to_router().await;
+        info!(?end, "disconnected");
+        // Dropping the registration lets a connection that takes this client id over proceed.
+    }
+
+    /// Hands the will to the router if the rules in force now still allow it.
+    fn publish_will(&mut self, will: LastWill, props: Option<LastWillProperties>) {
+        let topic = String::from_utf8_lossy(&will.topic).into_owned();
+        let request = Request::Publish {
+            topic: &topic,
+            qos: will.qos as u8,
+            retain: will.retain,
+        };
+        if !self.acl.decide(&self.peer.principal(), &request).allowed {
+            warn!(topic, "will not published: the ACL no longer allows it");
+            return;
+        }
+        {
+            info!(topic, "publishing will");
             // rumqttd's router holds a QoS 2 publish until PUBREL, which a will never gets.
             let qos = if will.qos == QoS::AtMostOnce {
                 QoS::AtMostOnce
@@ -502,13 +712,6 @@ impl Session {
             self.to_router
                 .push(Packet::Publish(packet, will_publish_properties(props)));
         }
-        let normal = protocol::Disconnect {
-            reason_code: DisconnectReasonCode::NormalDisconnection,
-        };
-        self.to_router.push(Packet::Disconnect(normal, None));
-        let _ = self.send_to_router().await;
-        info!(?end, "disconnected");
-        // Dropping the registration lets a connection that takes this client id over proceed.
     }
 
     /// At shutdown: write the acknowledgements of telemetry already handed to the pipeline.

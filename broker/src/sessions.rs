@@ -19,6 +19,7 @@ pub(crate) struct Sessions {
 
 struct Slot {
     serial: u64,
+    principal: Arc<str>,
     takeover: CancellationToken,
     done: watch::Receiver<bool>,
 }
@@ -33,27 +34,47 @@ pub(crate) struct Registration {
     done: watch::Sender<bool>,
 }
 
+/// Why a client id could not be registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Another principal holds the client id; only the same principal may take it over.
+    OtherPrincipal,
+    /// The previous connection did not let go in time.
+    StillClosing,
+}
+
 impl Sessions {
-    /// Registers `client_id`, taking it over from a live connection if there is one, and
-    /// returns once that connection has let go. `None` if it did not let go within `wait`:
-    /// the new connection must then be refused, because the two would share a router
-    /// connection id.
+    /// Registers `client_id` for `principal`, taking it over from a live connection of the
+    /// same principal if there is one, and returns once that connection has let go. Refused
+    /// if another principal holds the id, or if the old connection did not let go within
+    /// `wait` (the two would share a router connection id).
     pub(crate) async fn register(
         self: &Arc<Self>,
         client_id: Arc<str>,
+        principal: Arc<str>,
         wait: Duration,
-    ) -> Option<Registration> {
+    ) -> Result<Registration, Refused> {
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
         let takeover = CancellationToken::new();
         let (done_tx, done_rx) = watch::channel(false);
-        let previous = self.lock().insert(
-            client_id.clone(),
-            Slot {
-                serial,
-                takeover: takeover.clone(),
-                done: done_rx,
-            },
-        );
+        let previous = {
+            let mut live = self.lock();
+            if live
+                .get(&client_id)
+                .is_some_and(|old| old.principal != principal)
+            {
+                return Err(Refused::OtherPrincipal);
+            }
+            live.insert(
+                client_id.clone(),
+                Slot {
+                    serial,
+                    principal,
+                    takeover: takeover.clone(),
+                    done: done_rx,
+                },
+            )
+        };
         let registration = Registration {
             sessions: self.clone(),
             client_id,
@@ -65,10 +86,10 @@ impl Sessions {
             old.takeover.cancel();
             let finished = tokio::time::timeout(wait, old.done.wait_for(|done| *done)).await;
             if !matches!(finished, Ok(Ok(_))) {
-                return None;
+                return Err(Refused::StillClosing);
             }
         }
-        Some(registration)
+        Ok(registration)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -103,13 +124,15 @@ mod tests {
     async fn takeover_waits_for_the_old_connection() {
         let sessions = Arc::new(Sessions::default());
         let first = sessions
-            .register(Arc::from("c"), Duration::from_secs(5))
+            .register(Arc::from("c"), Arc::from("p"), Duration::from_secs(5))
             .await
             .expect("first");
         let takeover = first.takeover.clone();
         let s2 = sessions.clone();
-        let second =
-            tokio::spawn(async move { s2.register(Arc::from("c"), Duration::from_secs(5)).await });
+        let second = tokio::spawn(async move {
+            s2.register(Arc::from("c"), Arc::from("p"), Duration::from_secs(5))
+                .await
+        });
         takeover.cancelled().await;
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(
@@ -131,15 +154,34 @@ mod tests {
     async fn a_connection_that_does_not_let_go_makes_the_new_one_wait_then_fail() {
         let sessions = Arc::new(Sessions::default());
         let _stuck = sessions
-            .register(Arc::from("c"), Duration::from_secs(5))
+            .register(Arc::from("c"), Arc::from("p"), Duration::from_secs(5))
             .await
             .expect("first");
         let second = sessions
-            .register(Arc::from("c"), Duration::from_millis(50))
+            .register(Arc::from("c"), Arc::from("p"), Duration::from_millis(50))
             .await;
-        assert!(
-            second.is_none(),
+        assert_eq!(
+            second.err(),
+            Some(Refused::StillClosing),
             "no second registration while the first holds on"
         );
+    }
+
+    #[tokio::test]
+    async fn another_principal_cannot_take_a_client_id_over() {
+        let sessions = Arc::new(Sessions::default());
+        let first = sessions
+            .register(Arc::from("c"), Arc::from("owner"), Duration::from_secs(5))
+            .await
+            .expect("first");
+        let thief = sessions
+            .register(Arc::from("c"), Arc::from("thief"), Duration::from_secs(5))
+            .await;
+        assert_eq!(thief.err(), Some(Refused::OtherPrincipal));
+        assert!(
+            !first.takeover.is_cancelled(),
+            "the owner's connection is left alone"
+        );
+        assert_eq!(sessions.len(), 1);
     }
 }

@@ -125,6 +125,17 @@ struct RawRule {
     retain: Option<bool>,
 }
 
+/// Where the built-in rules say they come from.
+pub const DEFAULT_RULES_NAME: &str = "<built-in config/acl.default.toml>";
+
+/// kenko's built-in rules (`config/acl.default.toml`), used when no rule file is configured.
+pub fn default_rules() -> Result<Vec<Rule>, ConfigError> {
+    parse_rules(
+        include_str!("../acl.default.toml"),
+        Path::new(DEFAULT_RULES_NAME),
+    )
+}
+
 /// Reads and checks an ACL rule file.
 pub fn read_rules(path: &Path) -> Result<Vec<Rule>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -174,6 +185,115 @@ pub fn parse_rules(text: &str, path: &Path) -> Result<Vec<Rule>, ConfigError> {
                 topic,
                 max_qos: raw.max_qos,
                 retain: raw.retain,
+                source: Source {
+                    file: path.to_owned(),
+                    line,
+                    column,
+                },
+            })
+        })
+        .collect()
+}
+
+/// One operator-written expectation: `kenko acl test` checks it against the rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Case {
+    pub principal: String,
+    /// `true` for a publish, `false` for a subscribe.
+    pub publish: bool,
+    pub topic: String,
+    pub qos: u8,
+    pub retain: bool,
+    pub expect: Effect,
+    pub source: Source,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseFile {
+    #[serde(default)]
+    case: Vec<toml::Spanned<RawCase>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCase {
+    principal: String,
+    #[serde(default)]
+    publish: Option<String>,
+    #[serde(default)]
+    subscribe: Option<String>,
+    #[serde(default)]
+    qos: u8,
+    #[serde(default)]
+    retain: bool,
+    expect: Effect,
+}
+
+/// Reads ACL expectation cases:
+///
+/// ```toml
+/// [[case]]
+/// principal = "bed-001"
+/// publish = "devices/bed-001/telemetry"   # or subscribe = "filter"
+/// qos = 1                                 # optional, default 0
+/// retain = false                          # optional
+/// expect = "allow"                        # or "deny"
+/// ```
+pub fn read_cases(path: &Path) -> Result<Vec<Case>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_cases(&text, path)
+}
+
+/// Parses ACL expectation cases; `path` names the file in errors and case sources.
+pub fn parse_cases(text: &str, path: &Path) -> Result<Vec<Case>, ConfigError> {
+    let at = |offset: usize, message: String| {
+        let (line, column) = crate::line_column(text, offset);
+        ConfigError::Parse {
+            path: path.to_owned(),
+            line,
+            column,
+            message,
+        }
+    };
+    let file: CaseFile = toml::from_str(text).map_err(|e| {
+        at(
+            e.span().map_or(0, |s| s.start),
+            e.message().trim_end().to_owned(),
+        )
+    })?;
+    file.case
+        .into_iter()
+        .map(|spanned| {
+            let start = spanned.span().start;
+            let raw = spanned.into_inner();
+            let (publish, topic) =
+                match (raw.publish, raw.subscribe) {
+                    (Some(t), None) => (true, t),
+                    (None, Some(t)) => (false, t),
+                    _ => return Err(at(
+                        start,
+                        "a case needs exactly one of publish = \"TOPIC\" or subscribe = \"FILTER\""
+                            .into(),
+                    )),
+                };
+            if raw.qos > 2 {
+                return Err(at(
+                    start,
+                    format!("qos is {}; it must be 0, 1 or 2", raw.qos),
+                ));
+            }
+            let (line, column) = crate::line_column(text, start);
+            Ok(Case {
+                principal: raw.principal,
+                publish,
+                topic,
+                qos: raw.qos,
+                retain: raw.retain,
+                expect: raw.expect,
                 source: Source {
                     file: path.to_owned(),
                     line,
@@ -258,6 +378,32 @@ topic = "#"
         assert_eq!(rules[1].principals, vec!["a", "b"]);
         assert_eq!(rules[1].pattern, vec![Level::Rest]);
         assert_eq!(rules[1].source.to_string(), "acl.toml:10:1");
+    }
+
+    #[test]
+    fn the_built_in_rules_parse() {
+        let rules = default_rules().expect("config/acl.default.toml parses");
+        assert!(rules.iter().all(|r| r.effect == Effect::Allow));
+        assert_eq!(rules[0].topic, "devices/%c/telemetry");
+    }
+
+    #[test]
+    fn cases_parse_and_refuse_ambiguity() {
+        let cases = parse_cases(
+            "[[case]]\nprincipal = \"p\"\nsubscribe = \"a/#\"\nexpect = \"deny\"\n",
+            Path::new("cases.toml"),
+        )
+        .expect("valid");
+        assert_eq!(cases.len(), 1);
+        assert!(!cases[0].publish);
+        assert_eq!(cases[0].expect, Effect::Deny);
+        assert_eq!(cases[0].source.to_string(), "cases.toml:1:1");
+        let err = parse_cases(
+            "[[case]]\nprincipal = \"p\"\nsubscribe = \"a\"\npublish = \"a\"\nexpect = \"deny\"\n",
+            Path::new("cases.toml"),
+        )
+        .expect_err("both");
+        assert!(err.to_string().contains("exactly one"), "{err}");
     }
 
     #[test]

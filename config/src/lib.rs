@@ -37,8 +37,70 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     pub mqtt: MqttConfig,
     pub ingest: IngestConfig,
+    /// Authentication and the ACL rule file.
+    pub auth: AuthConfig,
+    /// Principals other than devices: services, analysts, operators, citizen apps.
+    pub principals: Vec<PrincipalConfig>,
     /// The device registry: which device belongs to which citizen.
     pub devices: Vec<DeviceConfig>,
+}
+
+/// What a 3.1.1 client is told when a PUBLISH is denied; 3.1.1 has no negative
+/// acknowledgement (MQTT-3.3.5-2: acknowledge positively or close the connection).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DeniedPublish {
+    /// Close the connection, so the client knows something is wrong and nothing it sent is
+    /// falsely acknowledged.
+    #[default]
+    Disconnect,
+    /// Acknowledge and discard (counted and logged), as Mosquitto does.
+    Drop,
+}
+
+/// Who may connect, and the rules of what they may do.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Let clients without a username (and without a client certificate) connect as the
+    /// principal `anonymous` with role `anonymous`. The ACL still decides what they may do.
+    pub anonymous: bool,
+    /// The ACL rule file, relative to the config file. Without it, kenko's built-in rules
+    /// apply (config/acl.default.toml).
+    pub acl: Option<PathBuf>,
+    /// How often the ACL file is checked for changes, in milliseconds (SIGHUP reloads at once).
+    pub acl_reload_ms: u64,
+    /// A denied PUBLISH from an MQTT 3.1.1 client: "disconnect" or "drop".
+    pub v311_denied_publish: DeniedPublish,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            anonymous: false,
+            acl: None,
+            acl_reload_ms: 250,
+            v311_denied_publish: DeniedPublish::Disconnect,
+        }
+    }
+}
+
+/// A principal that is not a device.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalConfig {
+    /// The principal id: the MQTT username, or the common name of its client certificate.
+    pub id: String,
+    /// Roles the ACL rules can select, e.g. "care", "analyst", "operator", "citizen".
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// argon2id hash in PHC format (`kenko hash-password` makes one). Without it the
+    /// principal can only authenticate with a client certificate.
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    /// For a citizen's app: the citizen it acts for (`{citizen}` in ACL patterns).
+    #[serde(default)]
+    pub citizen: Option<String>,
 }
 
 /// The MQTT listener.
@@ -156,6 +218,10 @@ pub struct DeviceConfig {
     /// Time zone of the device's clock when its timestamps carry no offset.
     #[serde(default)]
     pub timezone: Option<String>,
+    /// argon2id hash (PHC format) of the device's MQTT password; its username is its id.
+    /// Without it the device can only authenticate with a client certificate.
+    #[serde(default)]
+    pub password_hash: Option<String>,
 }
 
 impl DeviceConfig {
@@ -170,13 +236,29 @@ impl DeviceConfig {
 pub const KNOWN_PROFILES: &[&str] = &["bed-json-v1"];
 
 impl Config {
-    /// Reads, parses and validates a TOML configuration file.
+    /// Reads, parses and validates a TOML configuration file. A relative ACL file path is
+    /// resolved against the config file's directory.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Config::from_toml(&text, path)
+        let mut config = Config::from_toml(&text, path)?;
+        if let Some(acl) = &config.auth.acl {
+            if acl.is_relative() {
+                let base = path.parent().unwrap_or(Path::new("."));
+                config.auth.acl = Some(base.join(acl));
+            }
+        }
+        Ok(config)
+    }
+
+    /// The ACL rules in force: the configured file, or the built-in rules.
+    pub fn acl_rules(&self) -> Result<Vec<acl::Rule>, ConfigError> {
+        match &self.auth.acl {
+            Some(path) => acl::read_rules(path),
+            None => acl::default_rules(),
+        }
     }
 
     /// Parses and validates TOML text; `path` is only used in error messages.
@@ -212,7 +294,35 @@ impl Config {
         if self.ingest.batch_max == 0 || self.ingest.queue == 0 {
             return invalid("ingest.batch_max and ingest.queue must be at least 1".into());
         }
+        if self.auth.acl_reload_ms == 0 {
+            return invalid("auth.acl_reload_ms must be at least 1".into());
+        }
         let mut seen = HashSet::new();
+        for principal in &self.principals {
+            if let Err(why) = check_identifier(&principal.id) {
+                return invalid(format!("principal id {:?} {why}", principal.id));
+            }
+            if principal.id == ANONYMOUS {
+                return invalid(format!(
+                    "principal id {ANONYMOUS:?} is reserved for clients without credentials (auth.anonymous)"
+                ));
+            }
+            if !seen.insert(principal.id.as_str()) {
+                return invalid(format!(
+                    "principal {} is listed twice; each principal id must be unique",
+                    principal.id
+                ));
+            }
+            if let Some(citizen) = &principal.citizen {
+                if let Err(why) = check_identifier(citizen) {
+                    return invalid(format!(
+                        "citizen id {citizen:?} of principal {} {why}",
+                        principal.id
+                    ));
+                }
+            }
+            check_password_hash(&principal.id, principal.password_hash.as_deref())?;
+        }
         for device in &self.devices {
             if let Err(why) = check_identifier(&device.id) {
                 return invalid(format!("device id {:?} {why}", device.id));
@@ -225,10 +335,11 @@ impl Config {
             }
             if !seen.insert(device.id.as_str()) {
                 return invalid(format!(
-                    "device {} is listed twice; each device id must be unique",
+                    "device {} is listed twice, or also as a principal; each id must be unique",
                     device.id
                 ));
             }
+            check_password_hash(&device.id, device.password_hash.as_deref())?;
             if !KNOWN_PROFILES.contains(&device.profile()) {
                 return invalid(format!(
                     "device {} names unknown payload profile {:?}; known profiles: {}",
@@ -239,6 +350,18 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// The principal of clients without credentials when `auth.anonymous` is on.
+pub const ANONYMOUS: &str = "anonymous";
+
+fn check_password_hash(id: &str, hash: Option<&str>) -> Result<(), ConfigError> {
+    match hash {
+        Some(h) if !h.starts_with("$argon2id$") => Err(ConfigError::Invalid(format!(
+            "password_hash of {id} is not an argon2id hash in PHC format ($argon2id$v=19$...); make one with `kenko hash-password`"
+        ))),
+        _ => Ok(()),
     }
 }
 

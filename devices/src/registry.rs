@@ -69,6 +69,7 @@ pub fn demo_devices(count: usize) -> Vec<DeviceConfig> {
             citizen: format!("citizen-{n:03}"),
             profile: None,
             timezone: None,
+            password_hash: None,
         })
         .collect()
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,15 +17,57 @@ use rumqttc::{AsyncClient, EventLoop, MqttOptions};
 
 pub const KENKO: &str = env!("CARGO_BIN_EXE_kenko");
 
-/// A config registering bed-001 … bed-NNN for citizen-001 … citizen-NNN.
+/// The password the test configs give principal or device `id`.
+pub fn password(id: &str) -> String {
+    format!("pw-{id}")
+}
+
+/// The argon2id hash of [`password`]`(id)`.
+pub fn password_hash(id: &str) -> String {
+    kenko_broker::auth::hash_password(&password(id), kenko_broker::auth::Cost::Token)
+}
+
+/// A `[[principals]]` entry with roles and the test password.
+pub fn principal(id: &str, roles: &[&str]) -> String {
+    let roles: Vec<String> = roles.iter().map(|r| format!("{r:?}")).collect();
+    format!(
+        "[[principals]]\nid = \"{id}\"\nroles = [{}]\npassword_hash = \"{}\"\n\n",
+        roles.join(", "),
+        password_hash(id)
+    )
+}
+
+/// A config registering bed-001 … bed-NNN for citizen-001 … citizen-NNN, each with its test
+/// password, and an operator principal `operator-1`; kenko's built-in ACL rules.
 pub fn config_with_devices(n: usize) -> String {
     let mut text = String::from("[ingest]\nbatch_linger_ms = 2\n\n");
     for i in 1..=n {
+        let id = format!("bed-{i:03}");
         text.push_str(&format!(
-            "[[devices]]\nid = \"bed-{i:03}\"\nkind = \"bed\"\ncitizen = \"citizen-{i:03}\"\n\n"
+            "[[devices]]\nid = \"{id}\"\nkind = \"bed\"\ncitizen = \"citizen-{i:03}\"\npassword_hash = \"{}\"\n\n",
+            password_hash(&id)
         ));
     }
+    text.push_str(&principal("operator-1", &["operator"]));
     text
+}
+
+/// Writes "DEVICE-ID PASSWORD" lines for bed-001 … bed-NNN, as `kenko simulate --passwords` reads.
+pub fn password_file(dir: &Path, n: usize) -> anyhow::Result<PathBuf> {
+    let path = dir.join("passwords.txt");
+    let text: String = (1..=n)
+        .map(|i| {
+            let id = format!("bed-{i:03}");
+            format!("{id} {}\n", password(&id))
+        })
+        .collect();
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// config/interop.toml: anonymous clients may use every non-$ topic.
+pub fn interop_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/interop.toml")
 }
 
 /// A `kenko serve` process.
@@ -89,6 +133,11 @@ impl Hub {
         self.addr.port()
     }
 
+    /// Sends a signal (`HUP`, `TERM`, ...) to the hub process.
+    pub fn signal(&self, name: &str) -> anyhow::Result<()> {
+        signal(self.child.id(), name)
+    }
+
     /// Sends SIGTERM and waits for an orderly exit; fails if the exit is not clean.
     pub fn terminate(mut self) -> anyhow::Result<()> {
         signal(self.child.id(), "TERM")?;
@@ -99,15 +148,28 @@ impl Hub {
         Ok(())
     }
 
-    /// Rust-side client options for this hub.
+    /// Rust-side client options for this hub, without credentials (anonymous).
     pub fn options(&self, client_id: &str) -> MqttOptions {
         let mut options = MqttOptions::new(client_id, "127.0.0.1", self.port());
         options.set_keep_alive(Duration::from_secs(10));
         options
     }
 
+    /// Client options that log in as principal `client_id` with its test password.
+    pub fn login(&self, client_id: &str) -> MqttOptions {
+        let mut options = self.options(client_id);
+        options.set_credentials(client_id, password(client_id));
+        options
+    }
+
+    /// An anonymous client.
     pub fn client(&self, client_id: &str) -> (AsyncClient, EventLoop) {
         AsyncClient::new(self.options(client_id), 1000)
+    }
+
+    /// A client logged in as principal (or device) `client_id`.
+    pub fn device(&self, client_id: &str) -> (AsyncClient, EventLoop) {
+        AsyncClient::new(self.login(client_id), 1000)
     }
 
     /// Runs `kenko query` on this hub's data and parses its JSON.

@@ -37,6 +37,8 @@ pub(crate) struct Device {
     /// Mean time between messages.
     pub period: Duration,
     pub stats: Arc<SimStats>,
+    /// MQTT password; the username is the device id.
+    pub password: Option<String>,
 }
 
 impl Device {
@@ -44,6 +46,9 @@ impl Device {
     pub async fn run(self, host: String, port: u16, stop: CancellationToken) {
         let mut options = MqttOptions::new(self.id.clone(), host, port);
         options.set_keep_alive(KEEP_ALIVE).set_clean_session(true);
+        if let Some(password) = &self.password {
+            options.set_credentials(self.id.clone(), password.clone());
+        }
         let (client, eventloop) = AsyncClient::new(options, QUEUE);
         let mut live = Live {
             topic: format!("devices/{}/telemetry", self.id),

@@ -2,6 +2,7 @@
 //! (each with its own MQTT connection), stops them at the deadline or on cancellation, and
 //! reports the totals.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +33,9 @@ pub struct SimConfig {
     pub qos: QoS,
     /// Seed of the simulated persons; device `n` follows [`BedModel::for_device`]`(seed, n)`.
     pub seed: u64,
+    /// MQTT password of each device (its username is its id); without it devices connect
+    /// without credentials, which only a hub with anonymous access lets in.
+    pub passwords: Option<Arc<HashMap<String, String>>>,
 }
 
 impl Default for SimConfig {
@@ -44,6 +48,7 @@ impl Default for SimConfig {
             rate_hz: 1.0,
             qos: QoS::AtLeastOnce,
             seed: 1,
+            passwords: None,
         }
     }
 }
@@ -79,6 +84,8 @@ pub enum SimError {
     Rate(f64),
     #[error("cannot simulate {count} devices from number {first}; devices are numbered from 1 (bed-001) and at least one is needed")]
     Devices { first: usize, count: usize },
+    #[error("no password for device {0}; add a line \"{0} PASSWORD\" to the password file")]
+    NoPassword(String),
 }
 
 /// How long a stopping device waits for the acknowledgements of what it already sent.
@@ -124,9 +131,23 @@ pub async fn run(
         rate_hz = config.rate_hz,
         "starting simulated bed sensors"
     );
+    let password = |id: &str| match &config.passwords {
+        None => Ok(None),
+        Some(map) => map
+            .get(id)
+            .cloned()
+            .map(Some)
+            .ok_or_else(|| SimError::NoPassword(id.to_owned())),
+    };
+    // Every device's password is known before any of them starts.
+    let ids: Vec<(usize, String, Option<String>)> = (config.first_device..last_device)
+        .map(|n| {
+            let id = demo_device_id(n);
+            password(&id).map(|p| (n, id, p))
+        })
+        .collect::<Result<_, _>>()?;
     let mut devices = JoinSet::new();
-    for n in config.first_device..last_device {
-        let id = demo_device_id(n);
+    for (n, id, password) in ids {
         let span = info_span!("sim_device", device = %id);
         let device = Device {
             // About a quarter of the devices send JST wall-clock times instead of epoch ms.
@@ -137,6 +158,7 @@ pub async fn run(
             period,
             stats: stats.clone(),
             id,
+            password,
         };
         devices.spawn(
             device

@@ -1,0 +1,221 @@
+//! The rules in force, swapped whole on reload, and what happens to a denial: it is counted
+//! against its rule and logged (at most a few lines a second, with a count of the rest).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use kenko_config::acl::{self, Rule};
+use kenko_config::ConfigError;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::acl::{Acl, Decision, Principal, Request};
+
+/// Denial log lines per second before the rest are only counted.
+const DENIAL_LOGS_PER_SECOND: u32 = 20;
+
+/// The ACL in force for the whole broker.
+pub struct Authorizer {
+    current: RwLock<Arc<Acl>>,
+    generation: AtomicU64,
+    /// The rule file; `None` for the built-in rules, which never change.
+    source: Option<PathBuf>,
+    limiter: Mutex<Limiter>,
+    denied: AtomicU64,
+}
+
+#[derive(Default)]
+struct Limiter {
+    window: Option<Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl Authorizer {
+    pub fn new(rules: Vec<Rule>, source: Option<PathBuf>) -> Authorizer {
+        Authorizer {
+            current: RwLock::new(Arc::new(Acl::new(rules))),
+            generation: AtomicU64::new(0),
+            source,
+            limiter: Mutex::default(),
+            denied: AtomicU64::new(0),
+        }
+    }
+
+    /// The rules in force now.
+    pub fn current(&self) -> Arc<Acl> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Changes each time new rules take force.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn source(&self) -> Option<&Path> {
+        self.source.as_deref()
+    }
+
+    /// Denials since start.
+    pub fn denied(&self) -> u64 {
+        self.denied.load(Ordering::Relaxed)
+    }
+
+    /// Puts `rules` in force.
+    pub fn replace(&self, rules: Vec<Rule>) {
+        let acl = Arc::new(Acl::new(rules));
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = acl;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Reads the rule file again. A file that does not parse is refused, with its file, line
+    /// and column, and the rules in force stay. Returns the number of rules now in force.
+    pub fn reload(&self) -> Result<usize, ConfigError> {
+        let Some(path) = &self.source else {
+            return Ok(self.current().rules().len());
+        };
+        match acl::read_rules(path) {
+            Ok(rules) => {
+                let n = rules.len();
+                self.replace(rules);
+                info!(rules = n, file = %path.display(), "ACL rules reloaded");
+                Ok(n)
+            }
+            Err(e) => {
+                error!(
+                    error = %e,
+                    rules_in_force = self.current().rules().len(),
+                    "ACL file refused; the previous rules stay in force"
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Counts and (rate-limited) logs a denial.
+    pub fn record_denial(
+        &self,
+        acl: &Acl,
+        principal: &Principal<'_>,
+        request: &Request<'_>,
+        decision: &Decision,
+    ) {
+        acl.count_denial(decision);
+        self.denied.fetch_add(1, Ordering::Relaxed);
+        let mut limiter = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if limiter
+            .window
+            .is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1))
+        {
+            if limiter.suppressed > 0 {
+                warn!(
+                    count = limiter.suppressed,
+                    "further ACL denials in the last second were counted but not logged"
+                );
+            }
+            *limiter = Limiter {
+                window: Some(now),
+                ..Limiter::default()
+            };
+        }
+        if limiter.logged >= DENIAL_LOGS_PER_SECOND {
+            limiter.suppressed += 1;
+            return;
+        }
+        limiter.logged += 1;
+        drop(limiter);
+        let rule = decision.rule.and_then(|i| acl.rules().get(i)).map_or_else(
+            || "default deny (no rule matched)".to_owned(),
+            |r| r.source.to_string(),
+        );
+        let (action, topic) = describe(request);
+        warn!(
+            principal = principal.id,
+            client_id = principal.client_id,
+            action,
+            topic,
+            rule,
+            reason = ?decision.reason,
+            "ACL denied"
+        );
+    }
+
+    /// Watches the rule file and reloads it when its contents change, until `shutdown`.
+    pub async fn watch(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+        let Some(path) = self.source.clone() else {
+            return;
+        };
+        let mut seen = fingerprint(&path);
+        let mut ticker = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let now = fingerprint(&path);
+            if now != seen {
+                seen = now;
+                let this = self.clone();
+                // Reading and parsing a file is blocking work.
+                let _ = tokio::task::spawn_blocking(move || this.reload()).await;
+            }
+        }
+    }
+}
+
+/// What identifies a version of the file cheaply: modification time, length and contents.
+fn fingerprint(path: &Path) -> Option<(SystemTime, u64, Vec<u8>)> {
+    let meta = std::fs::metadata(path).ok()?;
+    let contents = std::fs::read(path).ok()?;
+    Some((meta.modified().ok()?, meta.len(), contents))
+}
+
+/// The action and topic of a request, for logs and `explain`.
+pub fn describe<'a>(request: &Request<'a>) -> (&'static str, &'a str) {
+    match *request {
+        Request::Publish { topic, .. } => ("publish", topic),
+        Request::Subscribe { filter, .. } => ("subscribe", filter),
+        Request::Deliver { topic } => ("deliver", topic),
+    }
+}
+
+/// One connection's view of the rules: refreshed when new rules take force, so a decision
+/// costs no lock.
+pub(crate) struct AclView {
+    authorizer: Arc<Authorizer>,
+    generation: u64,
+    acl: Arc<Acl>,
+}
+
+impl AclView {
+    pub(crate) fn new(authorizer: Arc<Authorizer>) -> AclView {
+        let generation = authorizer.generation();
+        let acl = authorizer.current();
+        AclView {
+            authorizer,
+            generation,
+            acl,
+        }
+    }
+
+    /// Decides, and counts and logs a denial.
+    pub(crate) fn decide(&mut self, principal: &Principal<'_>, request: &Request<'_>) -> Decision {
+        let generation = self.authorizer.generation();
+        if generation != self.generation {
+            self.acl = self.authorizer.current();
+            self.generation = generation;
+        }
+        let decision = self.acl.decide(principal, request);
+        if !decision.allowed {
+            self.authorizer
+                .record_denial(&self.acl, principal, request, &decision);
+        }
+        decision
+    }
+}

@@ -1,0 +1,288 @@
+//! `kenko acl explain|test` and `kenko hash-password`: the operators' tools for ACL rules and
+//! credentials.
+
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use kenko_broker::acl::{Acl, Decision, Principal, Reason, Request};
+use kenko_broker::auth::{hash_password, Cost, Directory, Identity};
+use kenko_config::acl::{Action, Effect, Rule};
+use kenko_config::Config;
+
+#[derive(clap::Args)]
+pub struct AclArgs {
+    #[command(subcommand)]
+    command: AclCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum AclCommand {
+    /// Show the decision on one request, the rule that made it and how its placeholders expanded
+    Explain(ExplainArgs),
+    /// Check operator-written expectation cases against the rules (unit tests for ACLs)
+    Test(TestArgs),
+}
+
+#[derive(clap::Args)]
+struct Source {
+    /// Configuration file with the principals, devices and `auth.acl`; without it only the
+    /// built-in rules and no principals are known
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Rule file to use instead of the config's `auth.acl` (try a change before it goes live)
+    #[arg(long, value_name = "FILE")]
+    rules: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ExplainArgs {
+    #[command(flatten)]
+    source: Source,
+    /// The principal asking: a device id or principal id from the config, or "anonymous"
+    #[arg(long)]
+    principal: String,
+    /// Client id of the connection; default: the principal id
+    #[arg(long)]
+    client_id: Option<String>,
+    /// Ask about publishing on TOPIC
+    #[arg(
+        long,
+        value_name = "TOPIC",
+        conflicts_with = "subscribe",
+        required_unless_present = "subscribe"
+    )]
+    publish: Option<String>,
+    /// Ask about subscribing to FILTER
+    #[arg(long, value_name = "FILTER")]
+    subscribe: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    qos: u8,
+    /// A retained publish
+    #[arg(long)]
+    retain: bool,
+}
+
+#[derive(clap::Args)]
+struct TestArgs {
+    #[command(flatten)]
+    source: Source,
+    /// The expectation cases (TOML: [[case]] principal, publish|subscribe, qos, retain, expect)
+    cases: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct HashPasswordArgs {
+    /// Cheap parameters for random machine tokens of 128 bits or more (not for passwords people choose)
+    #[arg(long)]
+    token: bool,
+}
+
+pub fn run(args: AclArgs) -> anyhow::Result<bool> {
+    match args.command {
+        AclCommand::Explain(args) => explain(args).map(|()| true),
+        AclCommand::Test(args) => test(args),
+    }
+}
+
+/// Reads a password from the first line of stdin and prints its argon2id hash.
+pub fn hash(args: HashPasswordArgs) -> anyhow::Result<()> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the password from stdin")?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        bail!("no password on stdin; try: printf '%s' \"$PASSWORD\" | kenko hash-password");
+    }
+    let cost = if args.token {
+        Cost::Token
+    } else {
+        Cost::Password
+    };
+    println!("{}", hash_password(password, cost));
+    Ok(())
+}
+
+/// The directory and rules named by `source`.
+fn load(source: &Source) -> anyhow::Result<(Directory, Acl)> {
+    let config = match &source.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    let directory = Directory::from_config(&config)?;
+    let rules = match &source.rules {
+        Some(path) => kenko_config::acl::read_rules(path)?,
+        None => config.acl_rules()?,
+    };
+    Ok((directory, Acl::new(rules)))
+}
+
+fn identity<'a>(
+    directory: &'a Directory,
+    id: &str,
+    config: Option<&Path>,
+) -> anyhow::Result<&'a Identity> {
+    directory.get(id).map(|i| &**i).with_context(|| {
+        let place = config.map_or_else(
+            || "no --config was given".to_owned(),
+            |c| format!("it is not in {}", c.display()),
+        );
+        if id == kenko_config::ANONYMOUS {
+            format!("principal {id:?} exists only with auth.anonymous = true; {place}")
+        } else {
+            format!("unknown principal {id:?}: {place} as a [[principals]] or [[devices]] entry")
+        }
+    })
+}
+
+fn explain(args: ExplainArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.qos <= 2, "--qos must be 0, 1 or 2");
+    let (directory, acl) = load(&args.source)?;
+    let who = identity(&directory, &args.principal, args.source.config.as_deref())?;
+    let client_id = args.client_id.as_deref().unwrap_or(&who.id);
+    let principal = who.principal(client_id, Some(&who.id));
+    let request = match (&args.publish, &args.subscribe) {
+        (Some(topic), _) => Request::Publish {
+            topic,
+            qos: args.qos,
+            retain: args.retain,
+        },
+        (None, Some(filter)) => Request::Subscribe {
+            filter,
+            qos: args.qos,
+        },
+        (None, None) => bail!("give --publish TOPIC or --subscribe FILTER"),
+    };
+    let decision = acl.decide(&principal, &request);
+    print!("{}", render(&acl, &principal, &request, &decision));
+    Ok(())
+}
+
+/// The explanation `kenko acl explain` prints.
+fn render(acl: &Acl, p: &Principal<'_>, request: &Request<'_>, decision: &Decision) -> String {
+    let mut out = String::new();
+    let verdict = if decision.allowed { "ALLOW" } else { "DENY" };
+    let (action, topic) = kenko_broker::authz::describe(request);
+    out.push_str(&format!("{verdict}: {action} {topic}\n"));
+    out.push_str(&format!(
+        "principal: {} (roles: {}; client id {}; device {}; citizen {})\n",
+        p.id,
+        if p.roles.is_empty() {
+            "none".to_owned()
+        } else {
+            p.roles.join(", ")
+        },
+        p.client_id,
+        p.device.unwrap_or("-"),
+        p.citizen.unwrap_or("-"),
+    ));
+    match decision
+        .rule
+        .and_then(|i| acl.rules().get(i).map(|r| (i, r)))
+    {
+        Some((i, rule)) => {
+            out.push_str(&format!("rule: {} {}\n", rule.source, describe_rule(rule)));
+            let expanded = acl.expand(i, p).unwrap_or_default();
+            if expanded != rule.topic {
+                out.push_str(&format!("placeholders: {} -> {expanded}\n", rule.topic));
+            }
+            match decision.reason {
+                Reason::QosAbove(max) => out.push_str(&format!(
+                    "why: the rule matches but allows QoS {max} at most\n"
+                )),
+                Reason::RetainNotAllowed => {
+                    out.push_str("why: the rule matches but forbids retained publishes\n")
+                }
+                _ => {}
+            }
+        }
+        None => {
+            out.push_str("rule: none matched; the default is deny\n");
+            let mine = acl.rules_for(p);
+            if mine.is_empty() {
+                out.push_str("no rule selects this principal (by id, role or everyone)\n");
+            } else {
+                out.push_str("rules that select this principal, none of which matched:\n");
+                for i in mine {
+                    let rule = &acl.rules()[i];
+                    let expanded = acl.expand(i, p).unwrap_or_default();
+                    out.push_str(&format!(
+                        "  {} {} (for this principal: {expanded})\n",
+                        rule.source,
+                        describe_rule(rule)
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn describe_rule(rule: &Rule) -> String {
+    let effect = match rule.effect {
+        Effect::Allow => "allow",
+        Effect::Deny => "deny",
+    };
+    let action = match rule.action {
+        Action::Publish => "publish",
+        Action::Subscribe => "subscribe",
+        Action::All => "publish+subscribe",
+    };
+    let mut text = format!("{effect} {action} {}", rule.topic);
+    if let Some(q) = rule.max_qos {
+        text.push_str(&format!(" max_qos {q}"));
+    }
+    if rule.retain == Some(false) {
+        text.push_str(" no-retain");
+    }
+    text
+}
+
+/// Runs the cases; `Ok(false)` if any failed.
+fn test(args: TestArgs) -> anyhow::Result<bool> {
+    let (directory, acl) = load(&args.source)?;
+    let cases = kenko_config::acl::read_cases(&args.cases)?;
+    if cases.is_empty() {
+        bail!("{} has no [[case]] entries", args.cases.display());
+    }
+    let mut failed = 0;
+    for case in &cases {
+        let who = identity(&directory, &case.principal, args.source.config.as_deref())
+            .with_context(|| format!("case at {}", case.source))?;
+        let principal = who.principal(&who.id, Some(&who.id));
+        let request = if case.publish {
+            Request::Publish {
+                topic: &case.topic,
+                qos: case.qos,
+                retain: case.retain,
+            }
+        } else {
+            Request::Subscribe {
+                filter: &case.topic,
+                qos: case.qos,
+            }
+        };
+        let decision = acl.decide(&principal, &request);
+        let expected = case.expect == Effect::Allow;
+        if decision.allowed == expected {
+            continue;
+        }
+        failed += 1;
+        println!(
+            "FAIL {}: expected {}, got:",
+            case.source,
+            if expected { "ALLOW" } else { "DENY" }
+        );
+        for line in render(&acl, &principal, &request, &decision).lines() {
+            println!("  {line}");
+        }
+    }
+    println!(
+        "{} cases, {} passed, {failed} failed",
+        cases.len(),
+        cases.len() - failed
+    );
+    Ok(failed == 0)
+}
