@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 /// A running hub.
 pub struct Hub {
     pub mqtt_addr: SocketAddr,
+    pub tls_addr: Option<SocketAddr>,
+    pub websocket_addr: Option<SocketAddr>,
     pub broker_stats: Arc<BrokerStats>,
     pub ingest_stats: Arc<IngestStats>,
     task: JoinHandle<()>,
@@ -36,6 +38,8 @@ impl Hub {
             pipeline::start(&config.ingest, registry, data_dir, Some(broker.notices()))
                 .with_context(|| format!("cannot open the stores in {}", data_dir.display()))?;
         let mqtt_addr = broker.local_addr();
+        let tls_addr = broker.tls_addr();
+        let websocket_addr = broker.websocket_addr();
         let broker_stats = broker.stats();
         let ingest_stats = ingest.stats().clone();
         let task = tokio::spawn(async move {
@@ -52,6 +56,8 @@ impl Hub {
         });
         Ok(Hub {
             mqtt_addr,
+            tls_addr,
+            websocket_addr,
             broker_stats,
             ingest_stats,
             task,

@@ -48,6 +48,12 @@ struct ServeArgs {
     /// MQTT listen address; overrides `mqtt.listen` of the config file
     #[arg(long, value_name = "HOST:PORT")]
     mqtt: Option<SocketAddr>,
+    /// MQTT over TLS listen address; overrides `mqtt.tls.listen` (needs `[mqtt.tls]`)
+    #[arg(long, value_name = "HOST:PORT")]
+    mqtt_tls: Option<SocketAddr>,
+    /// MQTT over WebSocket listen address; overrides `mqtt.websocket`
+    #[arg(long, value_name = "HOST:PORT")]
+    websocket: Option<SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -103,6 +109,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.mqtt {
         config.mqtt.listen = addr;
     }
+    if let Some(addr) = args.mqtt_tls {
+        let Some(tls) = config.mqtt.tls.as_mut() else {
+            anyhow::bail!(
+                "--mqtt-tls needs a [mqtt.tls] section (cert, key) in {}",
+                args.config.display()
+            );
+        };
+        tls.listen = addr;
+    }
+    if let Some(addr) = args.websocket {
+        config.mqtt.websocket = Some(addr);
+    }
     let data_dir = args
         .data_dir
         .or_else(|| config.data_dir.clone())
@@ -117,6 +135,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         hub.mqtt_addr,
         data_dir.display()
     );
+    if let Some(addr) = hub.tls_addr {
+        println!("kenko serve: MQTT over TLS on {addr}");
+    }
+    if let Some(addr) = hub.websocket_addr {
+        println!("kenko serve: MQTT over WebSocket on {addr}");
+    }
     println!("stop with Ctrl-C or SIGTERM");
     hub.wait().await
 }

@@ -66,8 +66,20 @@ impl Authorizer {
         self.denied.load(Ordering::Relaxed)
     }
 
+    /// Logs the denials counted per rule of the rules in force (at reload and at shutdown).
+    pub fn log_denials(&self) {
+        let acl = self.current();
+        for (rule, count) in acl.denials() {
+            let rule = rule
+                .and_then(|i| acl.rules().get(i))
+                .map_or_else(|| "default deny".to_owned(), |r| r.source.to_string());
+            info!(rule, count, "ACL denials");
+        }
+    }
+
     /// Puts `rules` in force.
     pub fn replace(&self, rules: Vec<Rule>) {
+        self.log_denials();
         let acl = Arc::new(Acl::new(rules));
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = acl;
         self.generation.fetch_add(1, Ordering::AcqRel);

@@ -11,9 +11,10 @@ use rumqttd::protocol::{
     ConnAck, ConnAckProperties, Connect, ConnectReturnCode, LastWill, LastWillProperties, Login,
     Packet,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, info_span, Instrument};
 
 use crate::acl::Request;
@@ -31,17 +32,81 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
 
 static ASSIGNED: AtomicU64 = AtomicU64::new(1);
 
+/// A client's byte stream: plain TCP or TLS.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+pub(crate) type Stream = Box<dyn Io>;
+
+/// How a connection reached the hub.
+pub(crate) enum Transport {
+    Tcp,
+    Tls(TlsAcceptor),
+    WebSocket,
+}
+
 /// Serves one accepted TCP connection to its end.
-pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+pub(crate) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    transport: Transport,
+    shared: Arc<Shared>,
+) {
     let _ = stream.set_nodelay(true);
+    let transport_name = match transport {
+        Transport::Tcp => "tcp",
+        Transport::Tls(_) => "tls",
+        Transport::WebSocket => "websocket",
+    };
     let span = info_span!(
         "conn",
         %peer,
+        transport = transport_name,
         client_id = tracing::field::Empty,
         principal = tracing::field::Empty
     );
     async move {
-        match handshake(stream, &shared).await {
+        let limit = Duration::from_millis(shared.config.connect_timeout_ms);
+        let (stream, certified): (Stream, Option<String>) = match transport {
+            Transport::Tcp => (Box::new(stream), None),
+            Transport::WebSocket => {
+                // The HTTP upgrade counts against the connect timeout.
+                let max = shared.config.max_packet_size;
+                match timeout(limit, crate::ws::accept(stream, max)).await {
+                    Ok(Ok(ws)) => (Box::new(ws), None),
+                    Ok(Err(e)) => {
+                        info!(error = %e, "WebSocket upgrade failed");
+                        return;
+                    }
+                    Err(_) => {
+                        info!("connection closed: no WebSocket upgrade within the connect timeout");
+                        return;
+                    }
+                }
+            }
+            Transport::Tls(acceptor) => {
+                // The TLS handshake counts against the connect timeout.
+                match timeout(limit, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let certified = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .and_then(crate::tls::principal_of);
+                        (Box::new(tls), certified)
+                    }
+                    Ok(Err(e)) => {
+                        info!(error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        info!("connection closed: no TLS handshake within the connect timeout");
+                        return;
+                    }
+                }
+            }
+        };
+        match handshake(stream, certified, &shared).await {
             Ok(Some(session)) => session.run().await,
             Ok(None) => {}
             Err(e) => debug!(error = %e, "connection ended before CONNACK"),
@@ -53,7 +118,8 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
 
 /// Reads and answers CONNECT; `None` if the connection was refused or went away.
 async fn handshake(
-    mut stream: TcpStream,
+    mut stream: Stream,
+    certified: Option<String>,
     shared: &Arc<Shared>,
 ) -> std::io::Result<Option<Session>> {
     let config = &shared.config;
@@ -77,6 +143,7 @@ async fn handshake(
                     .write(Packet::ConnAck(ack, None), &mut out)
                     .map_err(std::io::Error::other)?;
                 stream.write_all(&out).await?;
+                stream.flush().await?;
                 return Ok(None);
             }
             other => {
@@ -113,7 +180,10 @@ async fn handshake(
         }
     };
     let mut hs = Handshake { stream, codec };
-    let Some(identity) = hs.authenticate(login.as_ref(), shared).await? else {
+    let Some(identity) = hs
+        .authenticate(login.as_ref(), certified.as_deref(), shared)
+        .await?
+    else {
         return Ok(None);
     };
     tracing::Span::current().record("principal", identity.id.as_str());
@@ -246,19 +316,44 @@ fn will_problem(will: &LastWill) -> Option<String> {
 }
 
 struct Handshake {
-    stream: TcpStream,
+    stream: Stream,
     codec: Codec,
 }
 
 impl Handshake {
-    /// Who the client is: the principal its username and password (or client certificate)
+    /// Who the client is: the principal its client certificate or its username and password
     /// prove, or the anonymous principal if the hub allows it. `None` if refused.
     async fn authenticate(
         &mut self,
         login: Option<&Login>,
+        certified: Option<&str>,
         shared: &Shared,
     ) -> std::io::Result<Option<Arc<Identity>>> {
         let bad_login = ConnectReturnCode::BadUserNamePassword;
+        if let Some(cn) = certified {
+            // The TLS layer verified the certificate against the operator's CA.
+            let Some(identity) = shared.directory.get(cn).cloned() else {
+                info!(
+                    common_name = cn,
+                    "client certificate names no known principal"
+                );
+                self.refuse(
+                    ConnectReturnCode::NotAuthorized,
+                    "the client certificate names no principal this hub knows",
+                )
+                .await?;
+                return Ok(None);
+            };
+            if login.is_some_and(|l| l.username != cn) {
+                self.refuse(
+                    bad_login,
+                    "the username differs from the client certificate's principal",
+                )
+                .await?;
+                return Ok(None);
+            }
+            return Ok(Some(identity));
+        }
         let Some(login) = login else {
             if let Some(anonymous) = shared.directory.anonymous() {
                 return Ok(Some(anonymous.clone()));
@@ -370,7 +465,8 @@ impl Handshake {
         self.codec
             .write(packet, &mut out)
             .map_err(std::io::Error::other)?;
-        self.stream.write_all(&out).await
+        self.stream.write_all(&out).await?;
+        self.stream.flush().await
     }
 }
 

@@ -12,6 +12,8 @@ mod packet;
 mod router;
 mod session;
 mod sessions;
+mod tls;
+mod ws;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -20,13 +22,15 @@ use std::time::Duration;
 
 use kenko_config::{AuthConfig, Config, ConfigError, MqttConfig};
 use kenko_ingest::pipeline::{IngestHandle, Notice};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
 use crate::auth::{BadHash, Directory};
 use crate::authz::Authorizer;
+use crate::connection::Transport;
 use crate::router::RouterHandle;
 use crate::sessions::Sessions;
 
@@ -44,6 +48,8 @@ pub enum BrokerError {
     Credentials(#[from] BadHash),
     #[error("ACL rules: {0}")]
     Acl(#[from] ConfigError),
+    #[error("MQTT over TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Counters for progress output and metrics.
@@ -79,6 +85,8 @@ pub(crate) struct Shared {
 /// A bound, not yet running broker.
 pub struct Broker {
     listener: TcpListener,
+    tls: Option<(TcpListener, TlsAcceptor)>,
+    websocket: Option<TcpListener>,
     config: MqttConfig,
     auth: AuthConfig,
     directory: Directory,
@@ -102,6 +110,28 @@ impl Broker {
                     addr: config.listen,
                     source,
                 })?;
+        let tls = match &config.tls {
+            Some(tls) => {
+                let acceptor = crate::tls::acceptor(tls)?;
+                let listener =
+                    TcpListener::bind(tls.listen)
+                        .await
+                        .map_err(|source| BrokerError::Bind {
+                            addr: tls.listen,
+                            source,
+                        })?;
+                Some((listener, acceptor))
+            }
+            None => None,
+        };
+        let websocket = match config.websocket {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| BrokerError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let router = RouterHandle::spawn(config.max_connections, config.max_inflight);
         let (notices, notices_rx) = flume::bounded(16_384);
         let hub_router = router.clone();
@@ -111,6 +141,8 @@ impl Broker {
             .map_err(|e| BrokerError::Hub(e.to_string()))?;
         Ok(Broker {
             listener,
+            tls,
+            websocket,
             config: config.clone(),
             auth: full.auth.clone(),
             directory,
@@ -124,6 +156,16 @@ impl Broker {
     /// The address the listener is bound to (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// The address of the TLS listener, if there is one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    /// The address of the WebSocket listener, if there is one.
+    pub fn websocket_addr(&self) -> Option<SocketAddr> {
+        self.websocket.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Where the hub's own messages (device errors, live observations) are queued.
@@ -160,22 +202,34 @@ impl Broker {
             stats: self.stats,
         });
         let tracker = TaskTracker::new();
+        let (tls_listener, acceptor) = match self.tls {
+            Some((l, a)) => (Some(l), Some(a)),
+            None => (None, None),
+        };
         loop {
-            tokio::select! {
+            let (accepted, transport) = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        tracker.spawn(connection::serve(stream, peer, shared.clone()));
-                    }
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait instead of spinning.
-                        error!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
+                accepted = self.listener.accept() => (accepted, Transport::Tcp),
+                accepted = accept_or_never(tls_listener.as_ref()) => match &acceptor {
+                    Some(a) => (accepted, Transport::Tls(a.clone())),
+                    None => continue,
                 },
+                accepted = accept_or_never(self.websocket.as_ref()) => (accepted, Transport::WebSocket),
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    tracker.spawn(connection::serve(stream, peer, transport, shared.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
         }
         drop(self.listener);
+        drop(tls_listener);
+        drop(self.websocket);
         info!(
             connections = shared.sessions.len(),
             "stopped accepting; finishing connections"
@@ -183,5 +237,15 @@ impl Broker {
         tracker.close();
         tracker.wait().await;
         info!("all connections closed");
+        shared.authorizer.log_denials();
+    }
+}
+
+async fn accept_or_never(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
     }
 }

@@ -25,7 +25,6 @@ use rumqttd::protocol::{
 };
 use rumqttd::Notification;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
@@ -34,7 +33,7 @@ use crate::acl::{Principal, Request};
 use crate::auth::Identity;
 use crate::authz::AclView;
 use crate::codec::{Codec, Version};
-use crate::connection::will_publish_properties;
+use crate::connection::{will_publish_properties, Stream};
 use crate::egress::AckOrder;
 use crate::packet::{check_topic_name, publish, qos_and_pkid, telemetry_device};
 use crate::sessions::Registration;
@@ -83,7 +82,7 @@ impl Peer {
 }
 
 pub(crate) struct Session {
-    stream: TcpStream,
+    stream: Stream,
     codec: Codec,
     read_buf: BytesMut,
     out: BytesMut,
@@ -115,7 +114,7 @@ pub(crate) struct Session {
 impl Session {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        stream: TcpStream,
+        stream: Stream,
         codec: Codec,
         read_buf: BytesMut,
         shared: Arc<Shared>,
@@ -619,7 +618,7 @@ impl Session {
         }
         let takeover = self.registration.takeover.clone();
         let result = tokio::select! {
-            written = tokio::time::timeout(WRITE_TIMEOUT, self.stream.write_all(&self.out)) => written,
+            written = tokio::time::timeout(WRITE_TIMEOUT, write_out(&mut self.stream, &self.out)) => written,
             _ = takeover.cancelled() => {
                 self.out.clear();
                 return Err(End::TakenOver);
@@ -639,7 +638,7 @@ impl Session {
     /// The last words to the client (acknowledgements, DISCONNECT), briefly.
     async fn flush_last(&mut self) {
         if !self.out.is_empty() {
-            let _ = tokio::time::timeout(LAST_WRITE, self.stream.write_all(&self.out)).await;
+            let _ = tokio::time::timeout(LAST_WRITE, write_out(&mut self.stream, &self.out)).await;
             self.out.clear();
         }
     }
@@ -770,6 +769,12 @@ fn poll_once<F: Future>(future: F) -> Option<F::Output> {
         Poll::Ready(output) => Some(output),
         Poll::Pending => None,
     }
+}
+
+/// Writes and flushes: TLS and WebSocket layers hold bytes until flushed.
+async fn write_out(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }
 
 async fn sleep_or_never(deadline: Option<Instant>) {

@@ -118,6 +118,31 @@ pub struct MqttConfig {
     pub max_connections: usize,
     /// Outgoing QoS 1/2 deliveries in flight per connection.
     pub max_inflight: u16,
+    /// A second listener for MQTT over TLS, optionally with client certificates.
+    pub tls: Option<TlsConfig>,
+    /// Address of a listener for MQTT over WebSocket (subprotocol `mqtt`, any path), which
+    /// browser and mobile apps use. Off when absent.
+    pub websocket: Option<SocketAddr>,
+}
+
+/// MQTT over TLS (rustls). Paths are relative to the config file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Address of the TLS listener (8883 is MQTT's TLS port).
+    pub listen: SocketAddr,
+    /// The server's certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// The server's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA certificates (PEM) that sign client certificates. With it, a client may
+    /// authenticate with a certificate instead of a password: the certificate's subject
+    /// common name (CN) is its principal id.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// Refuse TLS clients without a valid client certificate (needs `client_ca`).
+    #[serde(default)]
+    pub require_client_cert: bool,
 }
 
 impl Default for MqttConfig {
@@ -128,6 +153,8 @@ impl Default for MqttConfig {
             connect_timeout_ms: 5_000,
             max_connections: 10_000,
             max_inflight: 100,
+            tls: None,
+            websocket: None,
         }
     }
 }
@@ -244,10 +271,20 @@ impl Config {
             source,
         })?;
         let mut config = Config::from_toml(&text, path)?;
-        if let Some(acl) = &config.auth.acl {
-            if acl.is_relative() {
-                let base = path.parent().unwrap_or(Path::new("."));
-                config.auth.acl = Some(base.join(acl));
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(acl) = &mut config.auth.acl {
+            resolve(acl);
+        }
+        if let Some(tls) = &mut config.mqtt.tls {
+            resolve(&mut tls.cert);
+            resolve(&mut tls.key);
+            if let Some(ca) = &mut tls.client_ca {
+                resolve(ca);
             }
         }
         Ok(config)
@@ -293,6 +330,14 @@ impl Config {
         }
         if self.ingest.batch_max == 0 || self.ingest.queue == 0 {
             return invalid("ingest.batch_max and ingest.queue must be at least 1".into());
+        }
+        if let Some(tls) = &self.mqtt.tls {
+            if tls.require_client_cert && tls.client_ca.is_none() {
+                return invalid(
+                    "mqtt.tls.require_client_cert needs mqtt.tls.client_ca to verify the certificates"
+                        .into(),
+                );
+            }
         }
         if self.auth.acl_reload_ms == 0 {
             return invalid("auth.acl_reload_ms must be at least 1".into());

@@ -74,6 +74,10 @@ pub fn interop_config() -> PathBuf {
 pub struct Hub {
     child: Child,
     pub addr: SocketAddr,
+    /// The TLS listener, when the config has `[mqtt.tls]`.
+    pub tls_addr: Option<SocketAddr>,
+    /// The WebSocket listener, when the config has `mqtt.websocket`.
+    pub websocket_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub config: PathBuf,
     _stdout: mpsc::Receiver<String>,
@@ -120,9 +124,22 @@ impl Hub {
                 break addr.parse::<SocketAddr>()?;
             }
         };
+        // Further listeners are announced before "stop with Ctrl-C".
+        let (mut tls_addr, mut websocket_addr) = (None, None);
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
+            if let Some(addr) = line.strip_prefix("kenko serve: MQTT over TLS on ") {
+                tls_addr = Some(addr.trim().parse::<SocketAddr>()?);
+            } else if let Some(addr) = line.strip_prefix("kenko serve: MQTT over WebSocket on ") {
+                websocket_addr = Some(addr.trim().parse::<SocketAddr>()?);
+            } else if line.starts_with("stop with") {
+                break;
+            }
+        }
         Ok(Hub {
             child,
             addr,
+            tls_addr,
+            websocket_addr,
             data_dir,
             config: config_path.to_owned(),
             _stdout: rx,
