@@ -53,6 +53,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     let passwords_file = args.data_dir.join("demo-passwords.txt");
     write_passwords(&passwords_file, &passwords)?;
+    // The demo's configuration as a file, for `kenko acl explain --config` and `kenko serve`.
+    let config_file = args.data_dir.join("demo.toml");
+    let text = toml::to_string(&config).context("cannot write the demo configuration")?;
+    std::fs::write(
+        &config_file,
+        format!("# The configuration of the last `kenko demo` run.\n{text}"),
+    )
+    .with_context(|| format!("cannot write {}", config_file.display()))?;
 
     let shutdown = hub::shutdown_on_signals();
     let hub_shutdown = CancellationToken::new();
@@ -152,7 +160,7 @@ fn print_banner(args: &DemoArgs, addr: SocketAddr, bed_001: Option<&str>) {
         args.devices
     );
     println!("  Demo data is synthetic. Device passwords for this run: {dir}/demo-passwords.txt;");
-    println!("  ACL rules: {dir}/acl.toml (edit it while the demo runs: it is reloaded).");
+    println!("  ACL rules: {dir}/acl.toml (edit it while the demo runs: it is reloaded); config: {dir}/demo.toml");
     println!("  MQTT broker:  {addr} (MQTT 3.1.1 and 5)");
     println!(
         "  data:         {dir}/personal.db (observations), {dir}/deadletter.db (refused messages)"

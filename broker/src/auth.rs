@@ -246,6 +246,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_principal_logs_in_with_the_documented_password() {
+        let example = config(include_str!("../../config/kenko.example.toml"));
+        let dir = Directory::from_config(&example).expect("example hashes are valid");
+        let ops = dir.get("ops-1").expect("ops-1");
+        assert!(verify_password(ops, b"example-only-change-me"));
+    }
+
+    #[test]
     fn malformed_hash_is_refused_at_start() {
         let text = "[[principals]]\nid = \"p\"\npassword_hash = \"$argon2id$v=19$garbage\"\n";
         let err = Directory::from_config(&config(text)).expect_err("bad hash");

@@ -521,6 +521,8 @@ mod tests {
         let config = parse(example).expect("config/kenko.example.toml parses");
         assert_eq!(config.mqtt, MqttConfig::default());
         assert_eq!(config.ingest, IngestConfig::default());
+        assert_eq!(config.auth, AuthConfig::default());
         assert_eq!(config.devices.len(), 2);
+        assert_eq!(config.principals.len(), 1);
     }
 }
