@@ -138,30 +138,43 @@ pub fn default_rules() -> Result<Vec<Rule>, ConfigError> {
 
 /// Reads and checks an ACL rule file.
 pub fn read_rules(path: &Path) -> Result<Vec<Rule>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    parse_rules(&read(path)?, path)
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
-    })?;
-    parse_rules(&text, path)
+    })
+}
+
+/// An error at byte `offset` of `text`, as file:line:column.
+fn located(text: &str, path: &Path, offset: usize, message: String) -> ConfigError {
+    let (line, column) = crate::line_column(text, offset);
+    ConfigError::Parse {
+        path: path.to_owned(),
+        line,
+        column,
+        message,
+    }
+}
+
+/// Deserializes TOML, locating a syntax or type error in the file.
+fn from_toml<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        located(
+            text,
+            path,
+            e.span().map_or(0, |s| s.start),
+            e.message().trim_end().to_owned(),
+        )
+    })
 }
 
 /// Parses and checks ACL rules; `path` names the file in errors and rule sources.
 pub fn parse_rules(text: &str, path: &Path) -> Result<Vec<Rule>, ConfigError> {
-    let at = |offset: usize, message: String| {
-        let (line, column) = crate::line_column(text, offset);
-        ConfigError::Parse {
-            path: path.to_owned(),
-            line,
-            column,
-            message,
-        }
-    };
-    let file: File = toml::from_str(text).map_err(|e| {
-        at(
-            e.span().map_or(0, |s| s.start),
-            e.message().trim_end().to_owned(),
-        )
-    })?;
+    let at = |offset: usize, message: String| located(text, path, offset, message);
+    let file: File = from_toml(text, path)?;
     file.rule
         .into_iter()
         .map(|spanned| {
@@ -241,30 +254,13 @@ struct RawCase {
 /// expect = "allow"                        # or "deny"
 /// ```
 pub fn read_cases(path: &Path) -> Result<Vec<Case>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    parse_cases(&text, path)
+    parse_cases(&read(path)?, path)
 }
 
 /// Parses ACL expectation cases; `path` names the file in errors and case sources.
 pub fn parse_cases(text: &str, path: &Path) -> Result<Vec<Case>, ConfigError> {
-    let at = |offset: usize, message: String| {
-        let (line, column) = crate::line_column(text, offset);
-        ConfigError::Parse {
-            path: path.to_owned(),
-            line,
-            column,
-            message,
-        }
-    };
-    let file: CaseFile = toml::from_str(text).map_err(|e| {
-        at(
-            e.span().map_or(0, |s| s.start),
-            e.message().trim_end().to_owned(),
-        )
-    })?;
+    let at = |offset: usize, message: String| located(text, path, offset, message);
+    let file: CaseFile = from_toml(text, path)?;
     file.case
         .into_iter()
         .map(|spanned| {

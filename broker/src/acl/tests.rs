@@ -54,6 +54,38 @@ topic = "#"
 "##;
 
 #[test]
+fn denials_are_counted_per_rule_and_placeholders_expand() {
+    let acl = rules(EXAMPLE);
+    let roles = vec!["device".to_owned()];
+    let me = device("bed-1", &roles);
+    let nosub = Request::Subscribe {
+        filter: "test/nosubscribe",
+        qos: 0,
+    };
+    let other = Request::Publish {
+        topic: "devices/bed-2/telemetry",
+        qos: 0,
+        retain: false,
+    };
+    for request in [nosub, nosub, other] {
+        let decision = acl.decide(&me, &request);
+        assert!(!decision.allowed);
+        acl.count_denial(&decision);
+    }
+    assert_eq!(acl.denials(), vec![(Some(0), 2), (None, 1)]);
+    assert_eq!(
+        acl.expand(1, &me).as_deref(),
+        Some("devices/bed-1/telemetry")
+    );
+    let anonymous = Principal { device: None, ..me };
+    assert_eq!(
+        acl.expand(2, &anonymous).as_deref(),
+        Some("devices/<{device} unbound>/errors")
+    );
+    assert_eq!(acl.rules_for(&me), vec![0, 1, 2]);
+}
+
+#[test]
 fn devices_publish_their_own_telemetry_only() {
     let acl = rules(EXAMPLE);
     let roles = vec!["device".to_owned()];

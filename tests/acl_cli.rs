@@ -1,0 +1,206 @@
+//! `kenko acl explain`, `kenko acl test` and `kenko hash-password`, run as an operator would.
+
+mod common;
+
+use std::io::Write as _;
+use std::process::{Command, Output, Stdio};
+
+fn kenko(args: &[&str], dir: &std::path::Path) -> anyhow::Result<Output> {
+    Ok(Command::new(common::KENKO)
+        .args(args)
+        .current_dir(dir)
+        .output()?)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A config with bed-001 and an app for citizen-001, and a rule file with a deny rule.
+fn setup(dir: &std::path::Path) -> anyhow::Result<()> {
+    let app = common::principal("app-001", &["citizen"])
+        .replace("password_hash", "citizen = \"citizen-001\"\npassword_hash");
+    std::fs::write(
+        dir.join("kenko.toml"),
+        format!(
+            "{}{app}[auth]\nacl = \"acl.toml\"\n",
+            common::config_with_devices(1)
+        ),
+    )?;
+    std::fs::write(
+        dir.join("acl.toml"),
+        format!(
+            "[[rule]]\neffect = \"deny\"\nrole = \"citizen\"\naction = \"subscribe\"\ntopic = \"citizens/{{citizen}}/observations/sleep_stage\"\n\n{}",
+            include_str!("../config/acl.default.toml")
+        ),
+    )?;
+    Ok(())
+}
+
+#[test]
+fn explain_names_the_rule_its_line_and_the_expanded_placeholders() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    setup(dir.path())?;
+    let base = ["acl", "explain", "--config", "kenko.toml"];
+
+    let out = kenko(
+        &[
+            &base[..],
+            &[
+                "--principal",
+                "bed-001",
+                "--publish",
+                "devices/bed-001/telemetry",
+            ],
+        ]
+        .concat(),
+        dir.path(),
+    )?;
+    assert!(out.status.success());
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("ALLOW: publish devices/bed-001/telemetry"),
+        "{text}"
+    );
+    assert!(
+        text.contains("acl.toml:26:1"),
+        "the deciding rule's line: {text}"
+    );
+    assert!(
+        text.contains("devices/%c/telemetry -> devices/bed-001/telemetry"),
+        "{text}"
+    );
+
+    let out = kenko(
+        &[
+            &base[..],
+            &[
+                "--principal",
+                "app-001",
+                "--subscribe",
+                "citizens/citizen-001/observations/sleep_stage",
+            ],
+        ]
+        .concat(),
+        dir.path(),
+    )?;
+    let text = stdout(&out);
+    assert!(text.starts_with("DENY"), "{text}");
+    assert!(text.contains("acl.toml:1:1 deny subscribe"), "{text}");
+    assert!(
+        text.contains("-> citizens/citizen-001/observations/sleep_stage"),
+        "{text}"
+    );
+
+    let out = kenko(
+        &[
+            &base[..],
+            &[
+                "--principal",
+                "bed-001",
+                "--publish",
+                "devices/bed-001/telemetry",
+                "--retain",
+            ],
+        ]
+        .concat(),
+        dir.path(),
+    )?;
+    assert!(
+        stdout(&out).contains("forbids retained publishes"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = kenko(
+        &[&base[..], &["--principal", "bed-001", "--subscribe", "#"]].concat(),
+        dir.path(),
+    )?;
+    let text = stdout(&out);
+    assert!(text.contains("none matched; the default is deny"), "{text}");
+    assert!(
+        text.contains("(for this principal: devices/bed-001/errors)"),
+        "{text}"
+    );
+
+    let out = kenko(
+        &[&base[..], &["--principal", "nobody", "--subscribe", "#"]].concat(),
+        dir.path(),
+    )?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown principal \"nobody\""));
+    Ok(())
+}
+
+#[test]
+fn acl_test_passes_good_cases_and_fails_with_the_case_line() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    setup(dir.path())?;
+    std::fs::write(
+        dir.path().join("good.toml"),
+        "[[case]]\nprincipal = \"bed-001\"\npublish = \"devices/bed-001/telemetry\"\nqos = 1\nexpect = \"allow\"\n\n[[case]]\nprincipal = \"bed-001\"\npublish = \"devices/bed-002/telemetry\"\nexpect = \"deny\"\n\n[[case]]\nprincipal = \"app-001\"\nsubscribe = \"citizens/citizen-001/observations/+\"\nexpect = \"allow\"\n",
+    )?;
+    let out = kenko(
+        &["acl", "test", "--config", "kenko.toml", "good.toml"],
+        dir.path(),
+    )?;
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(stdout(&out).contains("3 cases, 3 passed, 0 failed"));
+
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[[case]]\nprincipal = \"bed-001\"\npublish = \"devices/bed-001/telemetry\"\nexpect = \"allow\"\n\n[[case]]\nprincipal = \"app-001\"\nsubscribe = \"citizens/citizen-001/observations/sleep_stage\"\nexpect = \"allow\"\n",
+    )?;
+    let out = kenko(
+        &["acl", "test", "--config", "kenko.toml", "bad.toml"],
+        dir.path(),
+    )?;
+    assert!(!out.status.success(), "a failing case fails the command");
+    let text = stdout(&out);
+    assert!(text.contains("FAIL bad.toml:6:1: expected ALLOW"), "{text}");
+    assert!(text.contains("2 cases, 1 passed, 1 failed"), "{text}");
+
+    // --rules tries a changed file before it goes live.
+    std::fs::write(
+        dir.path().join("new.toml"),
+        include_str!("../config/acl.default.toml"),
+    )?;
+    let out = kenko(
+        &[
+            "acl",
+            "test",
+            "--config",
+            "kenko.toml",
+            "--rules",
+            "new.toml",
+            "bad.toml",
+        ],
+        dir.path(),
+    )?;
+    assert!(out.status.success(), "{}", stdout(&out));
+    Ok(())
+}
+
+#[test]
+fn hash_password_makes_a_hash_the_hub_accepts() -> anyhow::Result<()> {
+    let mut child = Command::new(common::KENKO)
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    child.stdin.take().expect("stdin").write_all(b"s3cret\n")?;
+    let out = child.wait_with_output()?;
+    assert!(out.status.success());
+    let hash = stdout(&out).trim().to_owned();
+    assert!(
+        hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{hash}"
+    );
+    let text = format!("[[principals]]\nid = \"p\"\npassword_hash = \"{hash}\"\n");
+    let config = kenko_config::Config::from_toml(&text, std::path::Path::new("k.toml"))?;
+    let dir = kenko_broker::auth::Directory::from_config(&config)?;
+    let p = dir.get("p").expect("principal");
+    assert!(kenko_broker::auth::verify_password(p, b"s3cret"));
+    assert!(!kenko_broker::auth::verify_password(p, b"s3cret\n"));
+    Ok(())
+}
