@@ -12,6 +12,7 @@ use kenko_broker::auth::{hash_password, new_token, Cost};
 use kenko_config::Config;
 use kenko_devices::registry::demo_devices;
 use kenko_devices::sim::{self, SimConfig, SimStats};
+use kenko_ingest::consent::{ConsentRegistry, NewConsent, Purpose, HUB};
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{self, Hub};
@@ -51,6 +52,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         device.password_hash = Some(hash_password(&token, Cost::Token));
         passwords.insert(device.id.clone(), token);
     }
+    grant_demo_consent(&args.data_dir, &config)?;
     let passwords_file = args.data_dir.join("demo-passwords.txt");
     write_passwords(&passwords_file, &passwords)?;
     // The demo's configuration as a file, for `kenko acl explain --config` and `kenko serve`.
@@ -131,6 +133,34 @@ fn demo_acl(data_dir: &Path) -> anyhow::Result<PathBuf> {
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(path)
+}
+
+/// The demo's citizens consent to collection (recorded once, source "demo"), so that their
+/// synthetic data is stored; withdraw with `kenko consent revoke` to watch it stop.
+fn grant_demo_consent(data_dir: &Path, config: &Config) -> anyhow::Result<()> {
+    let mut registry = ConsentRegistry::open(&data_dir.join("registry.db"))?;
+    let now = jiff::Timestamp::now().as_millisecond();
+    let consents = registry.consents()?;
+    for device in &config.devices {
+        if consents.allows(&device.citizen, HUB, Purpose::Collect, "heart_rate", now) {
+            continue;
+        }
+        registry.record(
+            NewConsent {
+                citizen: device.citizen.clone(),
+                grantee: HUB.to_owned(),
+                purpose: Purpose::Collect,
+                data_types: Vec::new(),
+                valid_from_ms: None,
+                valid_until_ms: None,
+                source: "demo".to_owned(),
+                granted: true,
+                erase: false,
+            },
+            now,
+        )?;
+    }
+    Ok(())
 }
 
 /// Writes `device password` lines, readable by the owner only.

@@ -2,6 +2,7 @@
 //! what it stored (`query`).
 
 mod acl;
+mod consent;
 mod demo;
 mod hub;
 mod query;
@@ -35,6 +36,10 @@ enum Command {
     Acl(acl::AclArgs),
     /// Hash a password (read from stdin) for a principal's or device's `password_hash`
     HashPassword(acl::HashPasswordArgs),
+    /// Record and list citizens' consent
+    Consent(consent::ConsentArgs),
+    /// Verify the audit log of consent changes
+    Audit(consent::AuditArgs),
 }
 
 #[derive(clap::Args)]
@@ -75,6 +80,8 @@ fn main() -> ExitCode {
         Command::Query(args) => query::run(args).map(|()| true),
         Command::Acl(args) => acl::run(args),
         Command::HashPassword(args) => acl::hash(args).map(|()| true),
+        Command::Consent(args) => consent::run(args).map(|()| true),
+        Command::Audit(args) => consent::audit(args),
         command => runtime().and_then(|rt| rt.block_on(run_async(command)).map(|()| true)),
     };
     match result {
@@ -98,7 +105,11 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args).await,
         Command::Serve(args) => serve(args).await,
         Command::Simulate(args) => simulate::run(args).await,
-        Command::Query(_) | Command::Acl(_) | Command::HashPassword(_) => {
+        Command::Query(_)
+        | Command::Acl(_)
+        | Command::HashPassword(_)
+        | Command::Consent(_)
+        | Command::Audit(_) => {
             unreachable!("runs without a runtime")
         }
     }

@@ -727,7 +727,9 @@ impl Session {
 
 fn rejection_reason(rejection: &Rejection) -> PubAckReason {
     match rejection.code {
-        RejectCode::UnknownDevice | RejectCode::ClientMismatch => PubAckReason::NotAuthorized,
+        RejectCode::UnknownDevice | RejectCode::ClientMismatch | RejectCode::NoConsent => {
+            PubAckReason::NotAuthorized
+        }
         RejectCode::MalformedPayload | RejectCode::Implausible | RejectCode::FutureTimestamp => {
             PubAckReason::PayloadFormatInvalid
         }

@@ -186,6 +186,9 @@ pub struct IngestConfig {
     /// Republish each stored observation on `citizens/{citizen}/observations/{metric}`.
     /// Off by default: until consent-aware egress exists, anyone who can subscribe sees it.
     pub live_republish: bool,
+    /// Store a citizen's data only under their `collect` consent (registry.db); without it
+    /// the message is refused and counted, and its payload kept nowhere.
+    pub require_consent: bool,
 }
 
 impl Default for IngestConfig {
@@ -197,6 +200,7 @@ impl Default for IngestConfig {
             default_timezone: "Asia/Tokyo".to_owned(),
             plausibility: Plausibility::Flag,
             live_republish: false,
+            require_consent: true,
         }
     }
 }

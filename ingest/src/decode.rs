@@ -34,6 +34,9 @@ pub enum RejectCode {
     Implausible,
     /// The event time is too far ahead of the hub's clock.
     FutureTimestamp,
+    /// The citizen has not consented to collection (of these data types): refused, counted,
+    /// and the payload is kept nowhere.
+    NoConsent,
 }
 
 impl RejectCode {
@@ -44,6 +47,7 @@ impl RejectCode {
             RejectCode::MalformedPayload => "malformed_payload",
             RejectCode::Implausible => "implausible_value",
             RejectCode::FutureTimestamp => "future_timestamp",
+            RejectCode::NoConsent => "no_consent",
         }
     }
 }

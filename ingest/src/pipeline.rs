@@ -17,6 +17,7 @@ use kenko_devices::Registry;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
+use crate::consent::{ConsentBook, ConsentRegistry, ConsentWatcher, Purpose, HUB};
 use crate::deadletter::{DeadLetter, DeadLetterStore};
 use crate::decode::{self, Context, RejectCode, Rejection, Zones};
 use crate::observation::Observation;
@@ -81,6 +82,10 @@ pub struct IngestStats {
     pub dead_lettered: AtomicU64,
     pub store_errors: AtomicU64,
     pub notices_dropped: AtomicU64,
+    /// Observations refused because their citizen has not consented to collection.
+    pub refused_no_consent: AtomicU64,
+    /// Observations deleted on citizens' requests for erasure.
+    pub erased: AtomicU64,
 }
 
 /// The sending side, cloned into every connection.
@@ -88,6 +93,7 @@ pub struct IngestStats {
 pub struct IngestHandle {
     tx: flume::Sender<Submission>,
     stats: Arc<IngestStats>,
+    consents: Arc<ConsentBook>,
 }
 
 impl IngestHandle {
@@ -103,11 +109,17 @@ impl IngestHandle {
     pub fn stats(&self) -> &Arc<IngestStats> {
         &self.stats
     }
+
+    /// The consents in force, kept current from `registry.db`.
+    pub fn consents(&self) -> &Arc<ConsentBook> {
+        &self.consents
+    }
 }
 
 /// The running writer; join it after every [`IngestHandle`] is dropped.
 pub struct Pipeline {
     thread: thread::JoinHandle<()>,
+    watcher: ConsentWatcher,
 }
 
 impl Pipeline {
@@ -116,8 +128,14 @@ impl Pipeline {
         if self.thread.join().is_err() {
             error!("ingest writer thread panicked");
         }
+        drop(self.watcher);
     }
 }
+
+/// How often the consent registry is checked for new records.
+const CONSENT_POLL: Duration = Duration::from_millis(10);
+/// How often an idle writer looks for erasures to carry out.
+const IDLE_CHECK: Duration = Duration::from_millis(100);
 
 /// Opens the stores in `data_dir` and starts the writer.
 pub fn start(
@@ -132,6 +150,10 @@ pub fn start(
     })?;
     let store = PersonalStore::open(&data_dir.join("personal.db"))?;
     let dead = DeadLetterStore::open(&data_dir.join("deadletter.db"))?;
+    let registry_path = data_dir.join("registry.db");
+    let consent_registry = ConsentRegistry::open(&registry_path)?;
+    let consents = Arc::new(ConsentBook::new(consent_registry.consents()?));
+    let watcher = ConsentWatcher::start(&registry_path, consents.clone(), CONSENT_POLL)?;
     let zones = Zones::resolve(&config.default_timezone, registry.iter())?;
     let (tx, rx) = flume::bounded(config.queue);
     let stats = Arc::new(IngestStats::default());
@@ -144,12 +166,22 @@ pub fn start(
         notices,
         stats: stats.clone(),
         config: config.clone(),
+        consents: consents.clone(),
+        consent_registry,
+        erasures_seen: u64::MAX,
     };
     let thread = thread::Builder::new()
         .name("kenko-ingest".into())
         .spawn(move || writer.run())
         .map_err(IngestError::Thread)?;
-    Ok((IngestHandle { tx, stats }, Pipeline { thread }))
+    Ok((
+        IngestHandle {
+            tx,
+            stats,
+            consents,
+        },
+        Pipeline { thread, watcher },
+    ))
 }
 
 struct Writer {
@@ -161,6 +193,10 @@ struct Writer {
     notices: Option<flume::Sender<Notice>>,
     stats: Arc<IngestStats>,
     config: IngestConfig,
+    consents: Arc<ConsentBook>,
+    consent_registry: ConsentRegistry,
+    /// The consent generation last checked for erasures.
+    erasures_seen: u64,
 }
 
 /// A batch and the buffers reused from one batch to the next.
@@ -185,12 +221,20 @@ impl Writer {
     fn run(mut self) {
         let mut batch = Batch::default();
         let linger = Duration::from_millis(self.config.batch_linger_ms);
-        // Blocks until a message arrives; ends when every sender is gone and the queue is empty.
-        while let Ok(first) = self.rx.recv() {
-            batch.submissions.push(first);
-            self.fill(&mut batch, linger);
-            self.process(&mut batch);
-            batch.clear();
+        // Waits for messages, looking for erasures now and then; ends when every sender is
+        // gone and the queue is empty.
+        loop {
+            self.erase_if_asked();
+            match self.rx.recv_timeout(IDLE_CHECK) {
+                Ok(first) => {
+                    batch.submissions.push(first);
+                    self.fill(&mut batch, linger);
+                    self.process(&mut batch);
+                    batch.clear();
+                }
+                Err(flume::RecvTimeoutError::Timeout) => {}
+                Err(flume::RecvTimeoutError::Disconnected) => break,
+            }
         }
         info!("ingest writer stopped: queue drained, stores closed");
     }
@@ -210,10 +254,94 @@ impl Writer {
         }
     }
 
+    /// Carries out requested erasures when the consent records have changed: the writer owns
+    /// the personal store, so no batch can write the citizen's rows back meanwhile.
+    fn erase_if_asked(&mut self) {
+        let generation = self.consents.generation();
+        if generation == self.erasures_seen {
+            return;
+        }
+        let pending = match self.consent_registry.pending_erasures() {
+            Ok(p) => p,
+            Err(e) => {
+                error!(error = %e, "cannot read pending erasures; will retry");
+                return;
+            }
+        };
+        for request in pending {
+            let now = now_ms();
+            match self.store.erase_citizen(&request.citizen) {
+                Ok(rows) => {
+                    self.stats.erased.fetch_add(rows as u64, Ordering::Relaxed);
+                    info!(citizen = %request.citizen, rows, "erased a citizen's observations on request");
+                    if let Err(e) = self.consent_registry.erasure_done(&request, rows, now) {
+                        error!(error = %e, "erasure done but not recorded; it will run again");
+                        return;
+                    }
+                }
+                Err(e) => {
+                    error!(error = %e, citizen = %request.citizen, "erasure failed; will retry");
+                    return;
+                }
+            }
+        }
+        self.erasures_seen = generation;
+    }
+
+    /// Keeps the observations from `start` on that their citizen lets the hub collect;
+    /// counts the rest. `Err` if nothing of the message may be kept.
+    fn filter_consent(
+        &self,
+        out: &mut Vec<Observation>,
+        start: usize,
+        received_ms: i64,
+    ) -> Result<(), Rejection> {
+        let consents = self.consents.current();
+        let before = out.len() - start;
+        let mut kept = start;
+        for i in start..out.len() {
+            let o = &out[i];
+            if consents.allows(
+                &o.citizen,
+                HUB,
+                Purpose::Collect,
+                o.metric.name(),
+                received_ms,
+            ) {
+                out.swap(kept, i);
+                kept += 1;
+            }
+        }
+        out.truncate(kept);
+        let refused = before - (kept - start);
+        if refused > 0 {
+            self.stats
+                .refused_no_consent
+                .fetch_add(refused as u64, Ordering::Relaxed);
+        }
+        if refused > 0 && kept == start {
+            return Err(Rejection {
+                code: RejectCode::NoConsent,
+                message: "the citizen has not consented to the collection of this data; nothing was stored".into(),
+            });
+        }
+        Ok(())
+    }
+
     fn process(&mut self, batch: &mut Batch) {
         for sub in &batch.submissions {
-            let verdict = self.decode(sub, &mut batch.observations);
+            let start = batch.observations.len();
+            let mut verdict = self.decode(sub, &mut batch.observations);
+            if verdict.is_ok() && self.config.require_consent {
+                verdict = self.filter_consent(&mut batch.observations, start, sub.received_ms);
+            }
             if let Err(rejection) = &verdict {
+                if rejection.code == RejectCode::NoConsent {
+                    // Counted and answered, but its payload is kept nowhere.
+                    info!(device = %sub.device, "message refused: no collection consent");
+                    batch.verdicts.push(verdict);
+                    continue;
+                }
                 batch.letters.push(DeadLetter {
                     received_ms: sub.received_ms,
                     client_id: sub.client_id.to_string(),
@@ -368,6 +496,10 @@ impl Writer {
     }
 }
 
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
 fn format_ms(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.to_string())
 }
@@ -375,6 +507,7 @@ fn format_ms(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::consent::NewConsent;
     use kenko_devices::registry::demo_devices;
 
     fn submission(
@@ -396,9 +529,32 @@ mod tests {
         }
     }
 
+    fn collect(citizen: &str, types: &[&str], granted: bool, erase: bool) -> NewConsent {
+        NewConsent {
+            citizen: citizen.into(),
+            grantee: HUB.into(),
+            purpose: Purpose::Collect,
+            data_types: types.iter().map(|t| (*t).to_owned()).collect(),
+            valid_from_ms: None,
+            valid_until_ms: None,
+            source: "test".into(),
+            granted,
+            erase,
+        }
+    }
+
+    fn record(dir: &Path, consent: NewConsent) {
+        ConsentRegistry::open(&dir.join("registry.db"))
+            .expect("registry")
+            .record(consent, now_ms())
+            .expect("record");
+    }
+
     #[tokio::test]
     async fn verdicts_follow_storage_and_rejections_are_dead_lettered_and_announced() {
         let dir = tempfile::tempdir().expect("tempdir");
+        record(dir.path(), collect("citizen-001", &[], true, false));
+        record(dir.path(), collect("citizen-002", &[], true, false));
         let registry = Registry::from_config(&demo_devices(2));
         let (notice_tx, notice_rx) = flume::bounded(16);
         let (handle, pipeline) = start(
@@ -457,5 +613,86 @@ mod tests {
         );
         let dead = DeadLetterStore::open(&dir.path().join("deadletter.db")).expect("reopen");
         assert_eq!(dead.count().expect("count"), 3);
+    }
+
+    async fn send(
+        handle: &IngestHandle,
+        device: &str,
+        body: String,
+        token: u32,
+    ) -> Result<(), RejectCode> {
+        let (to, mut verdicts) = mpsc::unbounded_channel();
+        handle
+            .submit(submission(device, device, &body, token, &to))
+            .await
+            .expect("submit");
+        verdicts
+            .recv()
+            .await
+            .expect("verdict")
+            .verdict
+            .map_err(|r| r.code)
+    }
+
+    #[tokio::test]
+    async fn only_consented_data_is_stored_and_erasure_removes_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // citizen-001 consents to heart rate only; citizen-002 to nothing.
+        record(
+            dir.path(),
+            collect("citizen-001", &["heart_rate"], true, false),
+        );
+        let (handle, pipeline) = start(
+            &IngestConfig::default(),
+            Registry::from_config(&demo_devices(2)),
+            dir.path(),
+            None,
+        )
+        .expect("start");
+        let t = now_ms() - 60_000;
+        let body = |t: i64| format!(r#"{{"ts":{t},"hr":60,"rr":14,"occ":true}}"#);
+        assert_eq!(send(&handle, "bed-001", body(t), 1).await, Ok(()));
+        assert_eq!(
+            send(&handle, "bed-002", body(t), 2).await,
+            Err(RejectCode::NoConsent)
+        );
+        let stats = handle.stats();
+        assert_eq!(
+            stats.observations_stored.load(Ordering::Relaxed),
+            1,
+            "heart rate only"
+        );
+        assert_eq!(stats.refused_no_consent.load(Ordering::Relaxed), 2 + 3);
+        assert_eq!(
+            stats.dead_lettered.load(Ordering::Relaxed),
+            0,
+            "no payload kept"
+        );
+
+        // Withdrawal with erasure, recorded by another connection (as `kenko consent` does):
+        // new data is refused and the stored rows go.
+        record(dir.path(), collect("citizen-001", &[], false, true));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while stats.erased.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(stats.erased.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            send(&handle, "bed-001", body(t + 1000), 3).await,
+            Err(RejectCode::NoConsent)
+        );
+        drop(handle);
+        tokio::task::spawn_blocking(move || pipeline.join())
+            .await
+            .expect("join");
+        let store = PersonalStore::open(&dir.path().join("personal.db")).expect("reopen");
+        assert_eq!(store.count().expect("count"), 0);
+        let registry = ConsentRegistry::open(&dir.path().join("registry.db")).expect("registry");
+        assert!(registry.pending_erasures().expect("pending").is_empty());
+        assert_eq!(
+            registry.verify_audit().expect("verifies").entries,
+            3,
+            "grant, revoke, erasure"
+        );
     }
 }

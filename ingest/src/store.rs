@@ -44,6 +44,11 @@ CREATE TABLE IF NOT EXISTS observations (
 pub enum StoreError {
     #[error("no store at {0}; run `kenko demo` or `kenko serve` with this --data-dir first")]
     Missing(PathBuf),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("store {path}: {source}")]
     Sqlite {
         path: PathBuf,
@@ -110,6 +115,24 @@ impl PersonalStore {
             path: path.to_owned(),
             series: HashMap::new(),
         })
+    }
+
+    /// Deletes every observation and series of `citizen`; returns the observations deleted.
+    pub fn erase_citizen(&mut self, citizen: &str) -> Result<usize, StoreError> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(sqlite(&path))?;
+        let rows = tx
+            .execute(
+                "DELETE FROM observations WHERE series IN (SELECT id FROM series WHERE citizen = ?1)",
+                params![citizen],
+            )
+            .map_err(sqlite(&path))?;
+        tx.execute("DELETE FROM series WHERE citizen = ?1", params![citizen])
+            .map_err(sqlite(&path))?;
+        tx.commit().map_err(sqlite(&path))?;
+        // Series ids of the deleted series may be handed out again.
+        self.series.retain(|(c, _, _), _| &**c != citizen);
+        Ok(rows)
     }
 
     /// Writes a batch in one transaction: all of it or, on error, none of it.

@@ -84,8 +84,22 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Starts `kenko serve` with `config` in `dir` on a port the OS picks.
+    /// Starts `kenko serve` with `config` in `dir` on a port the OS picks, after recording
+    /// `collect` consent for every citizen the config's devices belong to.
     pub fn start(dir: &Path, config: &str) -> anyhow::Result<Hub> {
+        let citizens: Vec<&str> = config
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("citizen = \""))
+            .filter_map(|rest| rest.strip_suffix('"'))
+            .collect();
+        if !citizens.is_empty() {
+            consent(&dir.join("data"), "grant", &citizens, "collect")?;
+        }
+        Hub::start_without_consent(dir, config)
+    }
+
+    /// Starts `kenko serve` with `config` in `dir`, recording no consent.
+    pub fn start_without_consent(dir: &Path, config: &str) -> anyhow::Result<Hub> {
         let config_path = dir.join("kenko.toml");
         std::fs::write(&config_path, config)?;
         Hub::start_with(dir, &config_path)
@@ -200,6 +214,41 @@ impl Drop for Hub {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `kenko consent grant|revoke --citizen … --purpose P [extra…]` on `data_dir`.
+pub fn consent(
+    data_dir: &Path,
+    change: &str,
+    citizens: &[&str],
+    purpose: &str,
+) -> anyhow::Result<()> {
+    consent_with(data_dir, change, citizens, purpose, &[])
+}
+
+pub fn consent_with(
+    data_dir: &Path,
+    change: &str,
+    citizens: &[&str],
+    purpose: &str,
+    extra: &[&str],
+) -> anyhow::Result<()> {
+    let mut command = Command::new(KENKO);
+    command
+        .args(["consent", change, "--data-dir"])
+        .arg(data_dir)
+        .args(["--purpose", purpose, "--source", "test"]);
+    for c in citizens {
+        command.args(["--citizen", c]);
+    }
+    let output = command.args(extra).output()?;
+    if !output.status.success() {
+        bail!(
+            "kenko consent {change} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
 }
 
 pub fn query(data_dir: &Path, args: &[&str]) -> anyhow::Result<Vec<serde_json::Value>> {

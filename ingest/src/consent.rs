@@ -1,0 +1,758 @@
+//! Citizens' consent: the registry in `registry.db` (append-only records: a withdrawal is a
+//! new record, never an edit), the snapshot the hub decides with, and the hash-chained audit
+//! log of every consent change.
+//!
+//! A record says: `citizen` lets `grantee` use their data for `purpose` (collect, care,
+//! research), for some data types or all, from / until a time. Collection and research are
+//! granted to the hub itself (grantee [`HUB`]). For a (citizen, grantee, purpose) and a data
+//! type, the latest record that names the type (or all types) decides.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread;
+use std::time::Duration;
+
+use tracing::{error, info};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use sha2::{Digest, Sha256};
+
+use crate::store::{migrate, open_existing, sqlite, StoreError};
+
+/// The grantee of `collect` and `research`: the hub itself.
+pub const HUB: &str = "kenko";
+
+/// What a citizen consents to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Purpose {
+    /// The hub may store the citizen's data at all.
+    Collect,
+    /// A named grantee (a care service) may see identified data.
+    Care,
+    /// Pseudonymized data may go to the shared store for research.
+    Research,
+}
+
+impl Purpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Collect => "collect",
+            Purpose::Care => "care",
+            Purpose::Research => "research",
+        }
+    }
+}
+
+impl FromStr for Purpose {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "collect" => Ok(Purpose::Collect),
+            "care" => Ok(Purpose::Care),
+            "research" => Ok(Purpose::Research),
+            other => Err(format!(
+                "unknown purpose {other:?}; use collect, care or research"
+            )),
+        }
+    }
+}
+
+/// One consent record as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consent {
+    pub id: i64,
+    pub citizen: String,
+    pub grantee: String,
+    pub purpose: Purpose,
+    /// Data types (metric names) covered; empty means all.
+    pub data_types: Vec<String>,
+    pub valid_from_ms: Option<i64>,
+    pub valid_until_ms: Option<i64>,
+    pub recorded_ms: i64,
+    /// Where the record came from (a CLI operator, the citizen app, a paper form id).
+    pub source: String,
+    /// A grant, or a withdrawal.
+    pub granted: bool,
+    /// A withdrawal that also asks for erasure.
+    pub erase: bool,
+}
+
+impl Consent {
+    fn covers(&self, data_type: &str) -> bool {
+        self.data_types.is_empty() || self.data_types.iter().any(|t| t == data_type)
+    }
+}
+
+/// The consent records in force, for decisions.
+#[derive(Debug, Default, Clone)]
+pub struct Consents {
+    by_key: HashMap<(String, String, Purpose), Vec<Consent>>,
+}
+
+impl Consents {
+    pub fn new(records: Vec<Consent>) -> Consents {
+        let mut by_key: HashMap<_, Vec<Consent>> = HashMap::new();
+        for r in records {
+            by_key
+                .entry((r.citizen.clone(), r.grantee.clone(), r.purpose))
+                .or_default()
+                .push(r);
+        }
+        for list in by_key.values_mut() {
+            list.sort_by_key(|r| r.id);
+        }
+        Consents { by_key }
+    }
+
+    /// Does `citizen` let `grantee` use `data_type` for `purpose` at `at_ms`?
+    pub fn allows(
+        &self,
+        citizen: &str,
+        grantee: &str,
+        purpose: Purpose,
+        data_type: &str,
+        at_ms: i64,
+    ) -> bool {
+        let key = (citizen.to_owned(), grantee.to_owned(), purpose);
+        let Some(records) = self.by_key.get(&key) else {
+            return false;
+        };
+        match records.iter().rev().find(|r| r.covers(data_type)) {
+            Some(r) if r.granted => {
+                r.valid_from_ms.is_none_or(|from| at_ms >= from)
+                    && r.valid_until_ms.is_none_or(|until| at_ms < until)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The consents in force, shared by ingest routing and the broker's egress checks, and
+/// replaced whole when the registry changes.
+#[derive(Debug, Default)]
+pub struct ConsentBook {
+    current: RwLock<Arc<Consents>>,
+    generation: AtomicU64,
+}
+
+impl ConsentBook {
+    pub fn new(consents: Consents) -> ConsentBook {
+        ConsentBook {
+            current: RwLock::new(Arc::new(consents)),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    pub fn current(&self) -> Arc<Consents> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Changes each time new records take force.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn replace(&self, consents: Consents) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(consents);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// The thread that reloads a [`ConsentBook`] when `registry.db` changes.
+pub struct ConsentWatcher {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl ConsentWatcher {
+    /// Polls the registry's data version every `every` (a cheap query) and reloads the book
+    /// when another connection (`kenko consent`, the HTTP API) has committed.
+    pub fn start(
+        path: &Path,
+        book: Arc<ConsentBook>,
+        every: Duration,
+    ) -> Result<ConsentWatcher, StoreError> {
+        let registry = ConsentRegistry::open(path)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::Builder::new()
+            .name("kenko-consent".into())
+            .spawn(move || {
+                let mut seen = registry.data_version().unwrap_or(-1);
+                while !flag.load(Ordering::Relaxed) {
+                    thread::sleep(every);
+                    match registry.data_version() {
+                        Ok(v) if v != seen => match registry.consents() {
+                            Ok(consents) => {
+                                seen = v;
+                                book.replace(consents);
+                                info!("consent records reloaded");
+                            }
+                            Err(e) => error!(error = %e, "cannot reload consent records; the previous ones stay in force"),
+                        },
+                        Ok(_) => {}
+                        Err(e) => error!(error = %e, "cannot read the consent registry"),
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Io {
+                path: path.to_owned(),
+                source: e,
+            })?;
+        Ok(ConsentWatcher {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ConsentWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A record to add.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewConsent {
+    pub citizen: String,
+    pub grantee: String,
+    pub purpose: Purpose,
+    pub data_types: Vec<String>,
+    pub valid_from_ms: Option<i64>,
+    pub valid_until_ms: Option<i64>,
+    pub source: String,
+    pub granted: bool,
+    pub erase: bool,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS consents (
+    id             INTEGER PRIMARY KEY,
+    citizen        TEXT    NOT NULL,
+    grantee        TEXT    NOT NULL,
+    purpose        TEXT    NOT NULL,
+    data_types     TEXT    NOT NULL,
+    valid_from_ms  INTEGER,
+    valid_until_ms INTEGER,
+    recorded_ms    INTEGER NOT NULL,
+    source         TEXT    NOT NULL,
+    granted        INTEGER NOT NULL,
+    erase          INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS consents_by_citizen ON consents (citizen);
+CREATE TABLE IF NOT EXISTS erasures_done (
+    consent_id INTEGER PRIMARY KEY,
+    done_ms    INTEGER NOT NULL,
+    rows       INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq     INTEGER PRIMARY KEY,
+    at_ms   INTEGER NOT NULL,
+    kind    TEXT    NOT NULL,
+    body    TEXT    NOT NULL,
+    prev    BLOB    NOT NULL,
+    hash    BLOB    NOT NULL
+);
+";
+
+/// `registry.db`: consent records and the audit log.
+pub struct ConsentRegistry {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// The file next to `registry.db` that holds the latest audit checkpoint (sequence number and
+/// hash). Copy it somewhere else, or print it with `kenko audit head`, to anchor the log: a
+/// log truncated behind a checkpoint fails verification.
+pub fn audit_head_path(registry: &Path) -> PathBuf {
+    registry.with_file_name("audit-head")
+}
+
+impl ConsentRegistry {
+    pub fn open(path: &Path) -> Result<ConsentRegistry, StoreError> {
+        let conn = Connection::open(path).map_err(sqlite(path))?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
+            .map_err(sqlite(path))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sqlite(path))?;
+        migrate(&conn, path, SCHEMA)?;
+        Ok(ConsentRegistry {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn open_read_only(path: &Path) -> Result<ConsentRegistry, StoreError> {
+        Ok(ConsentRegistry {
+            conn: open_existing(path)?,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Adds a record and its audit entry in one transaction; returns the record as stored.
+    pub fn record(&mut self, new: NewConsent, now_ms: i64) -> Result<Consent, StoreError> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(sqlite(&path))?;
+        tx.execute(
+            "INSERT INTO consents (citizen, grantee, purpose, data_types, valid_from_ms,
+                valid_until_ms, recorded_ms, source, granted, erase)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                new.citizen,
+                new.grantee,
+                new.purpose.as_str(),
+                new.data_types.join(","),
+                new.valid_from_ms,
+                new.valid_until_ms,
+                now_ms,
+                new.source,
+                new.granted,
+                new.erase
+            ],
+        )
+        .map_err(sqlite(&path))?;
+        let consent = Consent {
+            id: tx.last_insert_rowid(),
+            citizen: new.citizen,
+            grantee: new.grantee,
+            purpose: new.purpose,
+            data_types: new.data_types,
+            valid_from_ms: new.valid_from_ms,
+            valid_until_ms: new.valid_until_ms,
+            recorded_ms: now_ms,
+            source: new.source,
+            granted: new.granted,
+            erase: new.erase,
+        };
+        let body = serde_json::json!({
+            "consent": consent.id,
+            "citizen": consent.citizen,
+            "grantee": consent.grantee,
+            "purpose": consent.purpose.as_str(),
+            "data_types": consent.data_types,
+            "valid_from_ms": consent.valid_from_ms,
+            "valid_until_ms": consent.valid_until_ms,
+            "source": consent.source,
+            "erase": consent.erase,
+        })
+        .to_string();
+        let kind = if consent.granted {
+            "consent.grant"
+        } else {
+            "consent.revoke"
+        };
+        let head = append_audit(&tx, &path, now_ms, kind, &body)?;
+        tx.commit().map_err(sqlite(&path))?;
+        write_head(&path, head)?;
+        Ok(consent)
+    }
+
+    /// Appends an audit entry on its own (decisions on identified data, erasures).
+    pub fn audit(&mut self, at_ms: i64, kind: &str, body: &str) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(sqlite(&path))?;
+        let head = append_audit(&tx, &path, at_ms, kind, body)?;
+        tx.commit().map_err(sqlite(&path))?;
+        write_head(&path, head)
+    }
+
+    /// Every record, oldest first; only `citizen`'s when given.
+    pub fn list(&self, citizen: Option<&str>) -> Result<Vec<Consent>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, citizen, grantee, purpose, data_types, valid_from_ms, valid_until_ms,
+                        recorded_ms, source, granted, erase
+                 FROM consents WHERE ?1 IS NULL OR citizen = ?1 ORDER BY id",
+            )
+            .map_err(sqlite(&self.path))?;
+        let rows = stmt
+            .query_map(params![citizen], |r| {
+                let purpose: String = r.get(3)?;
+                let types: String = r.get(4)?;
+                Ok(Consent {
+                    id: r.get(0)?,
+                    citizen: r.get(1)?,
+                    grantee: r.get(2)?,
+                    purpose: purpose.parse().unwrap_or(Purpose::Collect),
+                    data_types: types
+                        .split(',')
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                    valid_from_ms: r.get(5)?,
+                    valid_until_ms: r.get(6)?,
+                    recorded_ms: r.get(7)?,
+                    source: r.get(8)?,
+                    granted: r.get(9)?,
+                    erase: r.get(10)?,
+                })
+            })
+            .map_err(sqlite(&self.path))?;
+        rows.collect::<Result<_, _>>().map_err(sqlite(&self.path))
+    }
+
+    /// Withdrawals that asked for erasure and have not been carried out, oldest first.
+    pub fn pending_erasures(&self) -> Result<Vec<Consent>, StoreError> {
+        let done: std::collections::HashSet<i64> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT consent_id FROM erasures_done")
+                .map_err(sqlite(&self.path))?;
+            let ids = stmt
+                .query_map([], |r| r.get(0))
+                .map_err(sqlite(&self.path))?;
+            ids.collect::<Result<_, _>>().map_err(sqlite(&self.path))?
+        };
+        Ok(self
+            .list(None)?
+            .into_iter()
+            .filter(|c| c.erase && !done.contains(&c.id))
+            .collect())
+    }
+
+    /// Records that the erasure asked for by `consent` was carried out (`rows` deleted),
+    /// with its audit entry.
+    pub fn erasure_done(
+        &mut self,
+        consent: &Consent,
+        rows: usize,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(sqlite(&path))?;
+        tx.execute(
+            "INSERT OR IGNORE INTO erasures_done (consent_id, done_ms, rows) VALUES (?1, ?2, ?3)",
+            params![consent.id, now_ms, rows as i64],
+        )
+        .map_err(sqlite(&path))?;
+        let body = serde_json::json!({
+            "consent": consent.id,
+            "citizen": consent.citizen,
+            "rows_deleted": rows,
+        })
+        .to_string();
+        let head = append_audit(&tx, &path, now_ms, "erasure.done", &body)?;
+        tx.commit().map_err(sqlite(&path))?;
+        write_head(&path, head)
+    }
+
+    /// The consents in force now.
+    pub fn consents(&self) -> Result<Consents, StoreError> {
+        Ok(Consents::new(self.list(None)?))
+    }
+
+    /// Changes whenever another connection commits to the registry: a cheap way to notice
+    /// records added by `kenko consent` while the hub runs.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        self.conn
+            .pragma_query_value(None, "data_version", |r| r.get(0))
+            .map_err(sqlite(&self.path))
+    }
+
+    /// Checks the audit log: every entry's hash, the chain of hashes, contiguous sequence
+    /// numbers, and that the log still holds the checkpoint in `audit-head`.
+    pub fn verify_audit(&self) -> Result<AuditReport, AuditError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, at_ms, kind, body, prev, hash FROM audit ORDER BY seq")
+            .map_err(|e| AuditError::Read(e.to_string()))?;
+        let mut rows = stmt
+            .query([])
+            .map_err(|e| AuditError::Read(e.to_string()))?;
+        let mut expected_prev = vec![0u8; 32];
+        let mut expected_seq = 1i64;
+        let mut hashes: HashMap<i64, Vec<u8>> = HashMap::new();
+        while let Some(row) = rows.next().map_err(|e| AuditError::Read(e.to_string()))? {
+            let read = |e: rusqlite::Error| AuditError::Read(e.to_string());
+            let seq: i64 = row.get(0).map_err(read)?;
+            let at_ms: i64 = row.get(1).map_err(read)?;
+            let kind: String = row.get(2).map_err(read)?;
+            let body: String = row.get(3).map_err(read)?;
+            let prev: Vec<u8> = row.get(4).map_err(read)?;
+            let hash: Vec<u8> = row.get(5).map_err(read)?;
+            if seq != expected_seq {
+                return Err(AuditError::Gap {
+                    expected: expected_seq,
+                    found: seq,
+                });
+            }
+            if prev != expected_prev {
+                return Err(AuditError::BrokenChain { seq });
+            }
+            if hash != entry_hash(&prev, seq, at_ms, &kind, &body) {
+                return Err(AuditError::Modified { seq });
+            }
+            hashes.insert(seq, hash.clone());
+            expected_prev = hash;
+            expected_seq += 1;
+        }
+        let entries = expected_seq - 1;
+        let head = read_head(&self.path)?;
+        if let Some((seq, hash)) = &head {
+            match hashes.get(seq) {
+                Some(found) if found == hash => {}
+                Some(_) => return Err(AuditError::Modified { seq: *seq }),
+                None => {
+                    return Err(AuditError::Truncated {
+                        entries,
+                        checkpoint: *seq,
+                    })
+                }
+            }
+        }
+        Ok(AuditReport {
+            entries,
+            head: (entries > 0).then(|| (entries, hex(&expected_prev))),
+        })
+    }
+}
+
+/// A verified audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditReport {
+    pub entries: i64,
+    /// Sequence number and hash (hex) of the last entry.
+    pub head: Option<(i64, String)>,
+}
+
+/// Why the audit log does not verify.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuditError {
+    #[error("cannot read the audit log: {0}")]
+    Read(String),
+    #[error("audit entry {found} follows entry {}: entries are missing", expected - 1)]
+    Gap { expected: i64, found: i64 },
+    #[error(
+        "audit entry {seq} does not chain to the entry before it: an entry was removed or replaced"
+    )]
+    BrokenChain { seq: i64 },
+    #[error("audit entry {seq} was modified: its hash does not match its contents")]
+    Modified { seq: i64 },
+    #[error("the audit log ends at entry {entries} but the checkpoint in audit-head is entry {checkpoint}: the log was truncated")]
+    Truncated { entries: i64, checkpoint: i64 },
+    #[error("the checkpoint file {0} is unreadable")]
+    Head(String),
+}
+
+fn entry_hash(prev: &[u8], seq: i64, at_ms: i64, kind: &str, body: &str) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(seq.to_be_bytes());
+    h.update(at_ms.to_be_bytes());
+    h.update(kind.as_bytes());
+    h.update([0]);
+    h.update(body.as_bytes());
+    h.finalize().to_vec()
+}
+
+fn append_audit(
+    tx: &rusqlite::Transaction<'_>,
+    path: &Path,
+    at_ms: i64,
+    kind: &str,
+    body: &str,
+) -> Result<(i64, Vec<u8>), StoreError> {
+    let last: Option<(i64, Vec<u8>)> = tx
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(sqlite(path))?;
+    let (seq, prev) = match last {
+        Some((seq, hash)) => (seq + 1, hash),
+        None => (1, vec![0u8; 32]),
+    };
+    let hash = entry_hash(&prev, seq, at_ms, kind, body);
+    tx.execute(
+        "INSERT INTO audit (seq, at_ms, kind, body, prev, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![seq, at_ms, kind, body, prev, hash],
+    )
+    .map_err(sqlite(path))?;
+    Ok((seq, hash))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Replaces the checkpoint file (write, fsync, rename).
+fn write_head(registry: &Path, (seq, hash): (i64, Vec<u8>)) -> Result<(), StoreError> {
+    let path = audit_head_path(registry);
+    let tmp = path.with_extension("new");
+    let io = |e: std::io::Error| StoreError::Io {
+        path: path.clone(),
+        source: e,
+    };
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        std::io::Write::write_all(&mut f, format!("{seq} {}\n", hex(&hash)).as_bytes())
+            .map_err(io)?;
+        f.sync_all().map_err(io)?;
+    }
+    std::fs::rename(&tmp, &path).map_err(io)
+}
+
+fn read_head(registry: &Path) -> Result<Option<(i64, Vec<u8>)>, AuditError> {
+    let path = audit_head_path(registry);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(AuditError::Head(format!("{}: {e}", path.display()))),
+    };
+    let mut words = text.split_whitespace();
+    let seq = words.next().and_then(|s| s.parse().ok());
+    let hash = words.next().and_then(unhex);
+    match (seq, hash) {
+        (Some(seq), Some(hash)) => Ok(Some((seq, hash))),
+        _ => Err(AuditError::Head(path.display().to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(citizen: &str, purpose: Purpose, types: &[&str]) -> NewConsent {
+        NewConsent {
+            citizen: citizen.into(),
+            grantee: HUB.into(),
+            purpose,
+            data_types: types.iter().map(|t| (*t).to_owned()).collect(),
+            valid_from_ms: None,
+            valid_until_ms: None,
+            source: "test".into(),
+            granted: true,
+            erase: false,
+        }
+    }
+
+    fn revoke(citizen: &str, purpose: Purpose, types: &[&str]) -> NewConsent {
+        NewConsent {
+            granted: false,
+            ..grant(citizen, purpose, types)
+        }
+    }
+
+    #[test]
+    fn the_latest_record_covering_a_type_decides() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut reg = ConsentRegistry::open(&dir.path().join("registry.db")).expect("open");
+        let c = Purpose::Collect;
+        reg.record(grant("c1", c, &[]), 1).expect("grant");
+        let now = reg.consents().expect("consents");
+        assert!(now.allows("c1", HUB, c, "heart_rate", 5));
+        assert!(
+            !now.allows("c2", HUB, c, "heart_rate", 5),
+            "no record, no consent"
+        );
+        assert!(!now.allows("c1", HUB, Purpose::Research, "heart_rate", 5));
+        reg.record(revoke("c1", c, &["heart_rate"]), 2)
+            .expect("revoke");
+        let now = reg.consents().expect("consents");
+        assert!(!now.allows("c1", HUB, c, "heart_rate", 5));
+        assert!(
+            now.allows("c1", HUB, c, "spo2", 5),
+            "other types stay granted"
+        );
+        reg.record(revoke("c1", c, &[]), 3).expect("revoke all");
+        assert!(!reg.consents().expect("c").allows("c1", HUB, c, "spo2", 5));
+        let windowed = NewConsent {
+            valid_from_ms: Some(100),
+            valid_until_ms: Some(200),
+            ..grant("c3", c, &[])
+        };
+        reg.record(windowed, 4).expect("grant");
+        let now = reg.consents().expect("consents");
+        assert!(!now.allows("c3", HUB, c, "x", 99));
+        assert!(now.allows("c3", HUB, c, "x", 100));
+        assert!(!now.allows("c3", HUB, c, "x", 200));
+        assert_eq!(reg.list(Some("c1")).expect("list").len(), 3);
+    }
+
+    fn registry_with_entries(n: usize) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("registry.db");
+        let mut reg = ConsentRegistry::open(&path).expect("open");
+        for i in 0..n {
+            reg.record(grant(&format!("c{i}"), Purpose::Collect, &[]), i as i64)
+                .expect("grant");
+        }
+        (dir, path)
+    }
+
+    #[test]
+    fn an_intact_log_verifies() {
+        let (_dir, path) = registry_with_entries(5);
+        let report = ConsentRegistry::open(&path)
+            .expect("open")
+            .verify_audit()
+            .expect("verifies");
+        assert_eq!(report.entries, 5);
+    }
+
+    #[test]
+    fn a_modified_removed_or_truncated_log_fails() {
+        type Expect = fn(&AuditError) -> bool;
+        let cases: [(&str, Expect); 4] = [
+            (
+                "UPDATE audit SET body = replace(body, 'c2', 'c9') WHERE seq = 3",
+                |e| matches!(e, AuditError::Modified { seq: 3 }),
+            ),
+            ("DELETE FROM audit WHERE seq = 2", |e| {
+                matches!(
+                    e,
+                    AuditError::Gap {
+                        expected: 2,
+                        found: 3
+                    }
+                )
+            }),
+            ("DELETE FROM audit WHERE seq >= 4", |e| {
+                matches!(
+                    e,
+                    AuditError::Truncated {
+                        entries: 3,
+                        checkpoint: 5
+                    }
+                )
+            }),
+            (
+                // A forger who recomputes the edited entry's hash still breaks the chain.
+                "UPDATE audit SET hash = zeroblob(32) WHERE seq = 2",
+                |e| matches!(e, AuditError::Modified { seq: 2 }),
+            ),
+        ];
+        for (sql, expected) in cases {
+            let (_dir, path) = registry_with_entries(5);
+            Connection::open(&path)
+                .expect("open")
+                .execute_batch(sql)
+                .expect(sql);
+            let err = ConsentRegistry::open(&path)
+                .expect("open")
+                .verify_audit()
+                .expect_err(sql);
+            assert!(expected(&err), "{sql}: {err}");
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! `kenko consent grant|revoke|list` and `kenko audit verify|head`: the consent registry and
+//! its audit log in the data directory's `registry.db`.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use kenko_ingest::consent::{audit_head_path, ConsentRegistry, NewConsent, Purpose, HUB};
+use kenko_ingest::query::parse_time;
+
+#[derive(clap::Args)]
+pub struct ConsentArgs {
+    #[command(subcommand)]
+    command: ConsentCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum ConsentCommand {
+    /// Record a citizen's consent
+    Grant(Change),
+    /// Record a withdrawal (a new record; nothing is edited)
+    Revoke(RevokeArgs),
+    /// List consent records, oldest first
+    List(ListArgs),
+}
+
+#[derive(clap::Args)]
+struct Change {
+    #[arg(long, default_value = "./kenko-data")]
+    data_dir: PathBuf,
+    /// The citizen; repeat for several
+    #[arg(long, required = true)]
+    citizen: Vec<String>,
+    /// collect (the hub may store the data), care (a grantee sees identified data),
+    /// research (pseudonymized data goes to the shared store)
+    #[arg(long)]
+    purpose: String,
+    /// Who is granted: a principal id for care; the hub ("kenko") for collect and research
+    #[arg(long)]
+    grantee: Option<String>,
+    /// Data types (metric names, comma-separated); all when absent
+    #[arg(long, value_delimiter = ',')]
+    types: Vec<String>,
+    /// Valid from (RFC 3339, now, or relative like -1h); from the start when absent
+    #[arg(long, allow_hyphen_values = true)]
+    from: Option<String>,
+    /// Valid until; open-ended when absent
+    #[arg(long, allow_hyphen_values = true)]
+    until: Option<String>,
+    /// Where the consent comes from (form number, app, operator)
+    #[arg(long, default_value = "cli")]
+    source: String,
+}
+
+#[derive(clap::Args)]
+struct RevokeArgs {
+    #[command(flatten)]
+    change: Change,
+    /// Also ask for the citizen's data to be erased
+    #[arg(long)]
+    erase: bool,
+}
+
+#[derive(clap::Args)]
+struct ListArgs {
+    #[arg(long, default_value = "./kenko-data")]
+    data_dir: PathBuf,
+    #[arg(long)]
+    citizen: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    command: AuditCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of the audit log and its checkpoint
+    Verify {
+        #[arg(long, default_value = "./kenko-data")]
+        data_dir: PathBuf,
+    },
+    /// Print the latest checkpoint (sequence number and hash), to keep outside the hub
+    Head {
+        #[arg(long, default_value = "./kenko-data")]
+        data_dir: PathBuf,
+    },
+}
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+pub fn run(args: ConsentArgs) -> anyhow::Result<()> {
+    match args.command {
+        ConsentCommand::Grant(change) => record(change, true, false),
+        ConsentCommand::Revoke(revoke) => record(revoke.change, false, revoke.erase),
+        ConsentCommand::List(list) => {
+            let registry = ConsentRegistry::open_read_only(&list.data_dir.join("registry.db"))?;
+            println!("id\trecorded\tcitizen\tgrantee\tpurpose\tchange\ttypes\tfrom\tuntil\tsource");
+            let time = |ms: Option<i64>| {
+                ms.and_then(|m| jiff::Timestamp::from_millisecond(m).ok())
+                    .map_or_else(|| "-".to_owned(), |t| t.to_string())
+            };
+            for c in registry.list(list.citizen.as_deref())? {
+                let change = match (c.granted, c.erase) {
+                    (true, _) => "grant",
+                    (false, false) => "revoke",
+                    (false, true) => "revoke+erase",
+                };
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{change}\t{}\t{}\t{}\t{}",
+                    c.id,
+                    time(Some(c.recorded_ms)),
+                    c.citizen,
+                    c.grantee,
+                    c.purpose.as_str(),
+                    if c.data_types.is_empty() {
+                        "all".to_owned()
+                    } else {
+                        c.data_types.join(",")
+                    },
+                    time(c.valid_from_ms),
+                    time(c.valid_until_ms),
+                    c.source
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn record(change: Change, granted: bool, erase: bool) -> anyhow::Result<()> {
+    let purpose: Purpose = change.purpose.parse().map_err(anyhow::Error::msg)?;
+    let grantee = match (purpose, change.grantee) {
+        (Purpose::Care, None) => anyhow::bail!("--purpose care needs --grantee PRINCIPAL"),
+        (Purpose::Care, Some(g)) => g,
+        (_, Some(g)) if g != HUB => anyhow::bail!(
+            "--purpose {} is granted to the hub itself; leave out --grantee",
+            purpose.as_str()
+        ),
+        (_, _) => HUB.to_owned(),
+    };
+    let now = now_ms();
+    let time = |t: &Option<String>| -> anyhow::Result<Option<i64>> {
+        t.as_deref()
+            .map(|t| parse_time(t, now).map_err(anyhow::Error::msg))
+            .transpose()
+    };
+    let (from, until) = (time(&change.from)?, time(&change.until)?);
+    for id in change.citizen.iter().chain(std::iter::once(&grantee)) {
+        kenko_config::check_identifier(id).map_err(|why| anyhow::anyhow!("{id:?} {why}"))?;
+    }
+    std::fs::create_dir_all(&change.data_dir)
+        .with_context(|| format!("cannot create {}", change.data_dir.display()))?;
+    let mut registry = ConsentRegistry::open(&change.data_dir.join("registry.db"))?;
+    for citizen in &change.citizen {
+        let stored = registry.record(
+            NewConsent {
+                citizen: citizen.clone(),
+                grantee: grantee.clone(),
+                purpose,
+                data_types: change.types.clone(),
+                valid_from_ms: from,
+                valid_until_ms: until,
+                source: change.source.clone(),
+                granted,
+                erase,
+            },
+            now,
+        )?;
+        println!(
+            "recorded #{}: {} {} {} for {}",
+            stored.id,
+            citizen,
+            if granted { "grants" } else { "withdraws" },
+            purpose.as_str(),
+            grantee
+        );
+    }
+    Ok(())
+}
+
+pub fn audit(args: AuditArgs) -> anyhow::Result<bool> {
+    match args.command {
+        AuditCommand::Verify { data_dir } => {
+            let registry = ConsentRegistry::open_read_only(&data_dir.join("registry.db"))?;
+            match registry.verify_audit() {
+                Ok(report) => {
+                    println!("audit log verified: {} entries", report.entries);
+                    if let Some((seq, hash)) = report.head {
+                        println!("head: {seq} {hash}");
+                    }
+                    Ok(true)
+                }
+                Err(e) => {
+                    println!("audit log FAILED verification: {e}");
+                    Ok(false)
+                }
+            }
+        }
+        AuditCommand::Head { data_dir } => {
+            let path = audit_head_path(&data_dir.join("registry.db"));
+            let head = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            print!("{head}");
+            Ok(true)
+        }
+    }
+}
