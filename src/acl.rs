@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _};
 use kenko_broker::acl::{Acl, Decision, Principal, Reason, Request};
 use kenko_broker::auth::{hash_password, Cost, Directory, Identity};
-use kenko_config::acl::{Action, Effect, Rule};
+use kenko_config::acl::{Action, ConsentNeed, Effect, Rule};
 use kenko_config::Config;
 
 #[derive(clap::Args)]
@@ -195,6 +195,10 @@ fn render(acl: &Acl, p: &Principal<'_>, request: &Request<'_>, decision: &Decisi
                 Reason::RetainNotAllowed => {
                     out.push_str("why: the rule matches but forbids retained publishes\n")
                 }
+                Reason::NoConsent(need) => out.push_str(&format!(
+                    "why: the rule needs the citizen's {} consent for the data type, which is not in force\n",
+                    consent_name(need)
+                )),
                 _ => {}
             }
         }
@@ -237,7 +241,17 @@ fn describe_rule(rule: &Rule) -> String {
     if rule.retain == Some(false) {
         text.push_str(" no-retain");
     }
+    if let Some(need) = rule.consent {
+        text.push_str(&format!(" consent {}", consent_name(need)));
+    }
     text
+}
+
+fn consent_name(need: ConsentNeed) -> &'static str {
+    match need {
+        ConsentNeed::Care => "care",
+        ConsentNeed::Research => "research",
+    }
 }
 
 /// Runs the cases; `Ok(false)` if any failed.

@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use kenko_config::acl::{Action, Effect, Level, Rule};
+use kenko_config::acl::{Action, ConsentNeed, Effect, Level, Rule};
 
 /// Who is asking, with what the registry binds to them.
 #[derive(Debug, Clone, Copy)]
@@ -50,8 +50,25 @@ pub enum Reason {
     QosAbove(u8),
     /// The rule allows the topic but not retained publishes.
     RetainNotAllowed,
+    /// The rule needs the citizen's consent for this data, and it is not in force.
+    NoConsent(ConsentNeed),
     /// No rule matched: default deny.
     NoRule,
+}
+
+/// Answers "has `citizen` given `need` consent for `metric` to principal `grantee`?" from
+/// the consents in force.
+pub trait ConsentCheck {
+    fn allows(&self, citizen: &str, metric: &str, grantee: &str, need: ConsentNeed) -> bool;
+}
+
+/// No consent is known: rules that need consent deny.
+pub struct NoConsents;
+
+impl ConsentCheck for NoConsents {
+    fn allows(&self, _: &str, _: &str, _: &str, _: ConsentNeed) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,8 +175,18 @@ impl Acl {
             .collect()
     }
 
-    /// Decides `request` for `principal`.
+    /// Decides `request` for `principal`, knowing no consents.
     pub fn decide(&self, principal: &Principal<'_>, request: &Request<'_>) -> Decision {
+        self.decide_with(principal, request, &NoConsents)
+    }
+
+    /// Decides `request` for `principal`; rules that need consent ask `consents`.
+    pub fn decide_with(
+        &self,
+        principal: &Principal<'_>,
+        request: &Request<'_>,
+        consents: &dyn ConsentCheck,
+    ) -> Decision {
         CANDIDATES.with(|buffer| {
             let mut candidates = buffer.borrow_mut();
             candidates.clear();
@@ -178,7 +205,8 @@ impl Acl {
                 let Some(rule) = self.rules.get(i as usize) else {
                     continue;
                 };
-                if let Some(decision) = decide_rule(rule, i as usize, principal, request) {
+                if let Some(decision) = decide_rule(rule, i as usize, principal, request, consents)
+                {
                     return decision;
                 }
             }
@@ -197,6 +225,7 @@ fn decide_rule(
     index: usize,
     principal: &Principal<'_>,
     request: &Request<'_>,
+    consents: &dyn ConsentCheck,
 ) -> Option<Decision> {
     let (is_publish, applies) = match *request {
         Request::Publish { topic, .. } => (true, matches_topic(&rule.pattern, topic, principal)),
@@ -236,11 +265,29 @@ fn decide_rule(
     if let (Request::Publish { retain: true, .. }, Some(false)) = (request, rule.retain) {
         return deny(Reason::RetainNotAllowed);
     }
+    if let (Request::Deliver { topic }, Some(need)) = (request, rule.consent) {
+        // Only observations carry a citizen and a data type to ask about; anything else a
+        // consent rule would deliver is denied.
+        let consented = observation_topic(topic)
+            .is_some_and(|(citizen, metric)| consents.allows(citizen, metric, principal.id, need));
+        if !consented {
+            return deny(Reason::NoConsent(need));
+        }
+    }
     Some(Decision {
         allowed: true,
         rule: Some(index),
         reason: Reason::Rule,
     })
+}
+
+/// The citizen and metric of `citizens/{citizen}/observations/{metric}`.
+pub fn observation_topic(topic: &str) -> Option<(&str, &str)> {
+    let rest = topic.strip_prefix("citizens/")?;
+    let (citizen, rest) = rest.split_once('/')?;
+    let metric = rest.strip_prefix("observations/")?;
+    (!citizen.is_empty() && !metric.is_empty() && !metric.contains('/'))
+        .then_some((citizen, metric))
 }
 
 /// `$share/{group}/{filter}` is checked as `{filter}`.

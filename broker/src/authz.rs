@@ -11,7 +11,10 @@ use kenko_config::ConfigError;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::acl::{Acl, Decision, Principal, Request};
+use kenko_config::acl::ConsentNeed;
+use kenko_ingest::consent::{ConsentBook, Consents, Purpose, HUB};
+
+use crate::acl::{Acl, ConsentCheck, Decision, Principal, Request};
 
 /// Denial log lines per second before the rest are only counted.
 const DENIAL_LOGS_PER_SECOND: u32 = 20;
@@ -197,22 +200,43 @@ pub fn describe<'a>(request: &Request<'a>) -> (&'static str, &'a str) {
     }
 }
 
-/// One connection's view of the rules: refreshed when new rules take force, so a decision
-/// costs no lock.
+/// Consent questions of ACL rules, answered from the consents in force now.
+pub struct ConsentsNow<'a>(pub &'a Consents);
+
+impl ConsentCheck for ConsentsNow<'_> {
+    fn allows(&self, citizen: &str, metric: &str, grantee: &str, need: ConsentNeed) -> bool {
+        let now = jiff::Timestamp::now().as_millisecond();
+        match need {
+            ConsentNeed::Care => self.0.allows(citizen, grantee, Purpose::Care, metric, now),
+            ConsentNeed::Research => self.0.allows(citizen, HUB, Purpose::Research, metric, now),
+        }
+    }
+}
+
+/// One connection's view of the rules and consents: refreshed when new ones take force, so
+/// a decision costs no lock.
 pub(crate) struct AclView {
     authorizer: Arc<Authorizer>,
     generation: u64,
     acl: Arc<Acl>,
+    book: Arc<ConsentBook>,
+    consent_generation: u64,
+    consents: Arc<Consents>,
 }
 
 impl AclView {
-    pub(crate) fn new(authorizer: Arc<Authorizer>) -> AclView {
+    pub(crate) fn new(authorizer: Arc<Authorizer>, book: Arc<ConsentBook>) -> AclView {
         let generation = authorizer.generation();
         let acl = authorizer.current();
+        let consent_generation = book.generation();
+        let consents = book.current();
         AclView {
             authorizer,
             generation,
             acl,
+            book,
+            consent_generation,
+            consents,
         }
     }
 
@@ -223,7 +247,14 @@ impl AclView {
             self.acl = self.authorizer.current();
             self.generation = generation;
         }
-        let decision = self.acl.decide(principal, request);
+        let consent_generation = self.book.generation();
+        if consent_generation != self.consent_generation {
+            self.consents = self.book.current();
+            self.consent_generation = consent_generation;
+        }
+        let decision = self
+            .acl
+            .decide_with(principal, request, &ConsentsNow(&self.consents));
         if !decision.allowed {
             self.authorizer
                 .record_denial(&self.acl, principal, request, &decision);

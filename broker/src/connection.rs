@@ -196,7 +196,7 @@ async fn handshake(
         client_id: Arc::from(client_id),
         username: login.map(|l| l.username),
     };
-    let mut acl = AclView::new(shared.authorizer.clone());
+    let mut acl = AclView::new(shared.authorizer.clone(), shared.ingest.consents().clone());
     if let Some(will) = &will {
         if let Some(why) = will_problem(will) {
             let code = match hs.codec.version() {

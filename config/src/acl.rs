@@ -8,6 +8,8 @@
 //! topic = "devices/%c/telemetry"
 //! max_qos = 1                 # optional: highest QoS allowed
 //! retain = false              # optional: whether retained publishes are allowed
+//! consent = "care"            # optional: deliveries of citizens/{citizen}/observations/{metric}
+//!                             # need the citizen's consent (care | research) for the metric
 //! ```
 //!
 //! Topic patterns use MQTT wildcards (`+` one level, `#` the rest) and placeholders that fill a
@@ -56,6 +58,16 @@ pub enum Level {
     Citizen,
 }
 
+/// The consent a rule requires of the citizen whose data a delivery carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsentNeed {
+    /// The citizen granted `care` to the subscribing principal, for the metric.
+    Care,
+    /// The citizen granted `research`.
+    Research,
+}
+
 /// A checked rule with where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
@@ -69,6 +81,9 @@ pub struct Rule {
     pub topic: String,
     pub max_qos: Option<u8>,
     pub retain: Option<bool>,
+    /// Deliveries on `citizens/{citizen}/observations/{metric}` need this consent of the
+    /// citizen, for the metric, to the principal, checked against the consents in force.
+    pub consent: Option<ConsentNeed>,
     pub source: Source,
 }
 
@@ -123,6 +138,8 @@ struct RawRule {
     max_qos: Option<u8>,
     #[serde(default)]
     retain: Option<bool>,
+    #[serde(default)]
+    consent: Option<ConsentNeed>,
 }
 
 /// Where the built-in rules say they come from.
@@ -198,6 +215,7 @@ pub fn parse_rules(text: &str, path: &Path) -> Result<Vec<Rule>, ConfigError> {
                 topic,
                 max_qos: raw.max_qos,
                 retain: raw.retain,
+                consent: raw.consent,
                 source: Source {
                     file: path.to_owned(),
                     line,

@@ -389,6 +389,7 @@ fn rule() -> impl Strategy<Value = Rule> {
                 topic: String::new(),
                 max_qos,
                 retain,
+                consent: None,
                 source: Source {
                     file: "p".into(),
                     line: 1,

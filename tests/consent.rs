@@ -1,0 +1,262 @@
+//! End to end: citizens' consent decides what is stored and who sees it live; withdrawal
+//! takes effect at once; erasure empties the personal store; the audit log verifies.
+
+mod common;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::Hub;
+use rumqttc::{AsyncClient, Event, Incoming, QoS};
+
+/// Devices bed-001/002, care service st-luke, live republishing on.
+fn config() -> String {
+    format!(
+        "{}{}[ingest]\nlive_republish = true\nbatch_linger_ms = 2\n",
+        common::config_with_devices(2).replace("[ingest]\nbatch_linger_ms = 2\n", ""),
+        common::principal("st-luke", &["care"])
+    )
+}
+
+/// Publishes a reading from `device` every 10 ms until `stop`; returns the client.
+async fn keep_publishing(
+    hub: &Hub,
+    device: &'static str,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let (client, mut eventloop) = hub.device(device);
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    tokio::spawn(async move {
+        let mut t = common::now_ms() - 3_600_000;
+        while !stop.load(Ordering::Relaxed) {
+            t += 1000;
+            let body = format!(r#"{{"ts":{t},"hr":62}}"#);
+            let _ = client
+                .publish(
+                    format!("devices/{device}/telemetry"),
+                    QoS::AtLeastOnce,
+                    false,
+                    body,
+                )
+                .await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    Ok(())
+}
+
+type Seen = Arc<Mutex<Vec<(String, Instant)>>>;
+
+async fn care_subscriber(hub: &Hub) -> anyhow::Result<(AsyncClient, Seen)> {
+    let (client, mut eventloop) = hub.device("st-luke");
+    client
+        .subscribe("citizens/+/observations/+", QoS::AtMostOnce)
+        .await?;
+    loop {
+        if let Event::Incoming(Incoming::SubAck(ack)) = eventloop.poll().await? {
+            anyhow::ensure!(
+                !matches!(ack.return_codes[0], rumqttc::SubscribeReasonCode::Failure),
+                "care services may subscribe to observations"
+            );
+            break;
+        }
+    }
+    let seen: Seen = Arc::default();
+    let sink = seen.clone();
+    tokio::spawn(async move {
+        while let Ok(event) = eventloop.poll().await {
+            if let Event::Incoming(Incoming::Publish(p)) = event {
+                sink.lock()
+                    .expect("lock")
+                    .push((p.topic.clone(), Instant::now()));
+            }
+        }
+    });
+    Ok((client, seen))
+}
+
+fn from(seen: &Seen, citizen: &str) -> Vec<Instant> {
+    let prefix = format!("citizens/{citizen}/");
+    seen.lock()
+        .expect("lock")
+        .iter()
+        .filter(|(t, _)| t.starts_with(&prefix))
+        .map(|(_, at)| *at)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn care_consent_opens_and_withdrawal_closes_live_deliveries_at_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = Hub::start(dir.path(), &config())?;
+    let data = hub.data_dir.clone();
+    let (_client, seen) = care_subscriber(&hub).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    keep_publishing(&hub, "bed-001", stop.clone()).await?;
+    keep_publishing(&hub, "bed-002", stop.clone()).await?;
+
+    // No care consent yet: collect alone stores, but shares with nobody.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(from(&seen, "citizen-001").is_empty() && from(&seen, "citizen-002").is_empty());
+
+    let mut delays = Vec::new();
+    for trial in 0..20 {
+        let care = ["--grantee", "st-luke", "--types", "heart_rate"];
+        common::consent_with(&data, "grant", &["citizen-001"], "care", &care)?;
+        let before = from(&seen, "citizen-001").len();
+        common::eventually(Duration::from_secs(10), || {
+            Ok((from(&seen, "citizen-001").len() > before + 5).then_some(()))
+        })?;
+        let revoking = Instant::now();
+        common::consent_with(&data, "revoke", &["citizen-001"], "care", &care)?;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let last = *from(&seen, "citizen-001").iter().max().expect("deliveries");
+        delays.push(last.saturating_duration_since(revoking));
+        let after = from(&seen, "citizen-001").len();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            from(&seen, "citizen-001").len(),
+            after,
+            "trial {trial}: deliveries stopped"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(
+        from(&seen, "citizen-002").is_empty(),
+        "citizen-002 never consented to care"
+    );
+    delays.sort();
+    let p50 = delays[delays.len() / 2];
+    let max = delays[delays.len() - 1];
+    println!(
+        "withdrawal to last delivery over {} trials (from before `kenko consent revoke` started): p50 {} ms, max {} ms",
+        delays.len(),
+        p50.as_millis(),
+        max.as_millis()
+    );
+    assert!(max < Duration::from_millis(100), "delays {delays:?}");
+    hub.terminate()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_collect_consent_nothing_is_stored_anywhere() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = Hub::start_without_consent(dir.path(), &config())?;
+    common::consent(&hub.data_dir, "grant", &["citizen-002"], "collect")?;
+    let t = common::now_ms() - 60_000;
+    for device in ["bed-001", "bed-002"] {
+        let out = Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &hub.port().to_string(),
+                "-V",
+                "mqttv5",
+                "-q",
+                "1",
+            ])
+            .args(["-i", device, "-u", device, "-P", &common::password(device)])
+            .args(["-t", &format!("devices/{device}/telemetry")])
+            .args(["-m", &format!(r#"{{"ts":{t},"hr":70,"occ":true}}"#)])
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if device == "bed-001" {
+            // PUBACK 0x87 with the reason string, which mosquitto_pub prints.
+            assert!(
+                stderr.contains("Not authorized") && stderr.contains("not consented"),
+                "bed-001's citizen has no collect consent; mosquitto_pub said: {stderr}"
+            );
+        } else {
+            assert!(out.status.success() && stderr.is_empty(), "{stderr}");
+        }
+    }
+    let rows = hub.query(&["--metric", "heart_rate"])?;
+    let citizens: Vec<&str> = rows.iter().filter_map(|r| r["citizen"].as_str()).collect();
+    assert_eq!(citizens, vec!["citizen-002"], "{rows:?}");
+    let db = rusqlite::Connection::open(hub.data_dir.join("deadletter.db"))?;
+    let letters: i64 = db.query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))?;
+    assert_eq!(letters, 0, "a refused payload is kept nowhere");
+    hub.terminate()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_empties_the_personal_store_and_the_audit_log_verifies() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = Hub::start(dir.path(), &config())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    keep_publishing(&hub, "bed-001", stop.clone()).await?;
+    keep_publishing(&hub, "bed-002", stop.clone()).await?;
+    common::eventually(Duration::from_secs(10), || {
+        Ok((hub
+            .query(&["--metric", "heart_rate", "--citizen", "citizen-001"])?
+            .len()
+            > 20)
+            .then_some(()))
+    })?;
+    common::consent_with(
+        &hub.data_dir,
+        "revoke",
+        &["citizen-001"],
+        "collect",
+        &["--erase"],
+    )?;
+    common::eventually(Duration::from_secs(10), || {
+        Ok(hub
+            .query(&["--metric", "heart_rate", "--citizen", "citizen-001"])?
+            .is_empty()
+            .then_some(()))
+    })?;
+    // Still empty while the device keeps publishing: its data is refused now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(hub
+        .query(&["--metric", "heart_rate", "--citizen", "citizen-001"])?
+        .is_empty());
+    assert!(!hub
+        .query(&["--metric", "heart_rate", "--citizen", "citizen-002"])?
+        .is_empty());
+    stop.store(true, Ordering::Relaxed);
+    let db = rusqlite::Connection::open(hub.data_dir.join("personal.db"))?;
+    let series: i64 = db.query_row(
+        "SELECT count(*) FROM series WHERE citizen = 'citizen-001'",
+        [],
+        |r| r.get(0),
+    )?;
+    assert_eq!(series, 0, "no row of the citizen is left");
+
+    let verify = Command::new(common::KENKO)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&hub.data_dir)
+        .output()?;
+    let text = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success(), "{text}");
+    let registry = rusqlite::Connection::open(hub.data_dir.join("registry.db"))?;
+    let kinds: Vec<String> = registry
+        .prepare("SELECT kind FROM audit ORDER BY seq")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    assert_eq!(
+        kinds,
+        vec![
+            "consent.grant",
+            "consent.grant",
+            "consent.revoke",
+            "erasure.done"
+        ]
+    );
+
+    // Tampering is caught.
+    registry.execute(
+        "UPDATE audit SET body = replace(body, 'citizen-001', 'citizen-009') WHERE seq = 1",
+        [],
+    )?;
+    let verify = Command::new(common::KENKO)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&hub.data_dir)
+        .output()?;
+    assert!(!verify.status.success());
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("entry 1 was modified"));
+    hub.terminate()
+}
