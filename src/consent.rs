@@ -21,6 +21,12 @@ enum ConsentCommand {
     Revoke(RevokeArgs),
     /// List consent records, oldest first
     List(ListArgs),
+    /// Replace the pseudonym key: from the next hub start on, every citizen's shared-store
+    /// pseudonym is new and the old ones cannot be linked to the new
+    RotatePseudonyms {
+        #[arg(long, default_value = "./kenko-data")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -96,6 +102,16 @@ pub fn run(args: ConsentArgs) -> anyhow::Result<()> {
     match args.command {
         ConsentCommand::Grant(change) => record(change, true, false),
         ConsentCommand::Revoke(revoke) => record(revoke.change, false, revoke.erase),
+        ConsentCommand::RotatePseudonyms { data_dir } => {
+            kenko_ingest::pseudonym::write_new_key(&data_dir)?;
+            let mut registry = ConsentRegistry::open(&data_dir.join("registry.db"))?;
+            registry.audit(now_ms(), "pseudonym.rotate", "{}")?;
+            println!(
+                "new pseudonym key written to {}; it takes effect when the hub (re)starts",
+                data_dir.join("pseudonym.key").display()
+            );
+            Ok(())
+        }
         ConsentCommand::List(list) => {
             let registry = ConsentRegistry::open_read_only(&list.data_dir.join("registry.db"))?;
             println!("id\trecorded\tcitizen\tgrantee\tpurpose\tchange\ttypes\tfrom\tuntil\tsource");
@@ -170,6 +186,9 @@ fn record(change: Change, granted: bool, erase: bool) -> anyhow::Result<()> {
             },
             now,
         )?;
+        if erase {
+            println!("erasure requested: the hub deletes the citizen's rows at once if it is running, otherwise when it starts");
+        }
         println!(
             "recorded #{}: {} {} {} for {}",
             stored.id,

@@ -16,7 +16,11 @@ pub struct QueryArgs {
     /// Metric name: heart_rate, respiratory_rate, body_movement, bed_occupancy, sleep_stage
     #[arg(long)]
     metric: String,
-    /// Only this citizen
+    /// Which store: personal (identified) or shared (pseudonymized, for research; the citizen
+    /// column holds pseudonyms and the device column "-")
+    #[arg(long, default_value = "personal", value_parser = ["personal", "shared"])]
+    store: String,
+    /// Only this citizen (in the shared store: this pseudonym)
     #[arg(long)]
     citizen: Option<String>,
     /// Only this device
@@ -75,7 +79,8 @@ pub fn run(args: QueryArgs) -> anyhow::Result<()> {
         limit: args.limit,
         ..Query::new(metric)
     };
-    let store = PersonalStore::open_read_only(&args.data_dir.join("personal.db"))?;
+    let file = format!("{}.db", args.store);
+    let store = PersonalStore::open_read_only(&args.data_dir.join(file))?;
     let rows = store.query(&query)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -260,3 +260,55 @@ async fn erasure_empties_the_personal_store_and_the_audit_log_verifies() -> anyh
     assert!(String::from_utf8_lossy(&verify.stdout).contains("entry 1 was modified"));
     hub.terminate()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn research_consent_fills_the_shared_store_with_pseudonyms_only() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = Hub::start(dir.path(), &config())?;
+    common::consent(&hub.data_dir, "grant", &["citizen-001"], "research")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    keep_publishing(&hub, "bed-001", stop.clone()).await?;
+    keep_publishing(&hub, "bed-002", stop.clone()).await?;
+    let shared = || hub.query(&["--store", "shared", "--metric", "heart_rate"]);
+    common::eventually(Duration::from_secs(10), || {
+        Ok((shared()?.len() > 20).then_some(()))
+    })?;
+    stop.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rows = shared()?;
+    let who: std::collections::HashSet<&str> =
+        rows.iter().filter_map(|r| r["citizen"].as_str()).collect();
+    assert_eq!(
+        who.len(),
+        1,
+        "only citizen-001 consented to research: {who:?}"
+    );
+    let pseudonym = *who.iter().next().expect("one");
+    assert!(
+        pseudonym.starts_with("p-") && pseudonym.len() == 34,
+        "{pseudonym}"
+    );
+    assert!(rows.iter().all(|r| r["device"] == "-"));
+    // Both citizens are in the personal store (collect consent).
+    let personal = hub.query(&["--metric", "heart_rate"])?;
+    let identified: std::collections::HashSet<&str> = personal
+        .iter()
+        .filter_map(|r| r["citizen"].as_str())
+        .collect();
+    assert_eq!(identified.len(), 2);
+    hub.terminate()?;
+
+    // No raw identifier anywhere in the shared store's files.
+    for file in ["shared.db", "shared.db-wal"] {
+        let Ok(bytes) = std::fs::read(dir.path().join("data").join(file)) else {
+            continue;
+        };
+        for needle in ["citizen-", "bed-0"] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{file} contains {needle}"
+            );
+        }
+    }
+    Ok(())
+}

@@ -6,6 +6,7 @@ pub mod deadletter;
 pub mod decode;
 pub mod observation;
 pub mod pipeline;
+pub mod pseudonym;
 pub mod query;
 pub mod store;
 

@@ -21,6 +21,7 @@ use crate::consent::{ConsentBook, ConsentRegistry, ConsentWatcher, Purpose, HUB}
 use crate::deadletter::{DeadLetter, DeadLetterStore};
 use crate::decode::{self, Context, RejectCode, Rejection, Zones};
 use crate::observation::Observation;
+use crate::pseudonym::Pseudonymizer;
 use crate::store::{PersonalStore, StoreError};
 
 /// Why the pipeline could not start.
@@ -86,6 +87,8 @@ pub struct IngestStats {
     pub refused_no_consent: AtomicU64,
     /// Observations deleted on citizens' requests for erasure.
     pub erased: AtomicU64,
+    /// Pseudonymized observations written to the shared (research) store.
+    pub shared_stored: AtomicU64,
 }
 
 /// The sending side, cloned into every connection.
@@ -150,6 +153,8 @@ pub fn start(
     })?;
     let store = PersonalStore::open(&data_dir.join("personal.db"))?;
     let dead = DeadLetterStore::open(&data_dir.join("deadletter.db"))?;
+    let shared = PersonalStore::open(&data_dir.join("shared.db"))?;
+    let pseudonyms = Pseudonymizer::open(data_dir)?;
     let registry_path = data_dir.join("registry.db");
     let consent_registry = ConsentRegistry::open(&registry_path)?;
     let consents = Arc::new(ConsentBook::new(consent_registry.consents()?));
@@ -169,6 +174,9 @@ pub fn start(
         consents: consents.clone(),
         consent_registry,
         erasures_seen: u64::MAX,
+        shared,
+        pseudonyms,
+        anonymous_device: Arc::from("-"),
     };
     let thread = thread::Builder::new()
         .name("kenko-ingest".into())
@@ -197,6 +205,11 @@ struct Writer {
     consent_registry: ConsentRegistry,
     /// The consent generation last checked for erasures.
     erasures_seen: u64,
+    /// The pseudonymized store for research (`shared.db`): no citizen or device id in it.
+    shared: PersonalStore,
+    pseudonyms: Pseudonymizer,
+    /// What stands for the device in the shared store.
+    anonymous_device: Arc<str>,
 }
 
 /// A batch and the buffers reused from one batch to the next.
@@ -204,6 +217,8 @@ struct Writer {
 struct Batch {
     submissions: Vec<Submission>,
     observations: Vec<Observation>,
+    /// Pseudonymized copies for the shared store.
+    shared: Vec<Observation>,
     verdicts: Vec<Result<(), Rejection>>,
     letters: Vec<DeadLetter>,
 }
@@ -212,6 +227,7 @@ impl Batch {
     fn clear(&mut self) {
         self.submissions.clear();
         self.observations.clear();
+        self.shared.clear();
         self.verdicts.clear();
         self.letters.clear();
     }
@@ -270,7 +286,11 @@ impl Writer {
         };
         for request in pending {
             let now = now_ms();
-            match self.store.erase_citizen(&request.citizen) {
+            let erased = self
+                .store
+                .erase_citizen(&request.citizen)
+                .and_then(|rows| self.pseudonyms.forget(&request.citizen).map(|()| rows));
+            match erased {
                 Ok(rows) => {
                     self.stats.erased.fetch_add(rows as u64, Ordering::Relaxed);
                     info!(citizen = %request.citizen, rows, "erased a citizen's observations on request");
@@ -286,6 +306,39 @@ impl Writer {
             }
         }
         self.erasures_seen = generation;
+    }
+
+    /// Pseudonymized copies of the observations whose citizen consented to research.
+    fn share(
+        &mut self,
+        observations: &[Observation],
+        received_ms: i64,
+        out: &mut Vec<Observation>,
+    ) {
+        let consents = self.consents.current();
+        for o in observations {
+            if !consents.allows(
+                &o.citizen,
+                HUB,
+                Purpose::Research,
+                o.metric.name(),
+                received_ms,
+            ) {
+                continue;
+            }
+            match self.pseudonyms.pseudonym(&o.citizen) {
+                Ok(pseudonym) => out.push(Observation {
+                    citizen: pseudonym,
+                    device: self.anonymous_device.clone(),
+                    ..o.clone()
+                }),
+                Err(e) => {
+                    // The identified observation is stored; only its research copy is missing.
+                    self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                    error!(error = %e, "cannot make a pseudonym; research copy not written");
+                }
+            }
+        }
     }
 
     /// Keeps the observations from `start` on that their citizen lets the hub collect;
@@ -334,6 +387,13 @@ impl Writer {
             let mut verdict = self.decode(sub, &mut batch.observations);
             if verdict.is_ok() && self.config.require_consent {
                 verdict = self.filter_consent(&mut batch.observations, start, sub.received_ms);
+            }
+            if verdict.is_ok() {
+                self.share(
+                    &batch.observations[start..],
+                    sub.received_ms,
+                    &mut batch.shared,
+                );
             }
             if let Err(rejection) = &verdict {
                 if rejection.code == RejectCode::NoConsent {
@@ -417,6 +477,12 @@ impl Writer {
                 .store
                 .write_batch(&batch.observations)
                 .and_then(|stats| {
+                    // Identified and pseudonymized data go to separate files, each in its
+                    // own transaction; a retry after a failure here stores nothing twice.
+                    let shared = self.shared.write_batch(&batch.shared)?;
+                    self.stats
+                        .shared_stored
+                        .fetch_add(shared.inserted as u64, Ordering::Relaxed);
                     if !batch.letters.is_empty() {
                         self.dead.record(&batch.letters)?;
                     }
