@@ -312,3 +312,100 @@ async fn research_consent_fills_the_shared_store_with_pseudonyms_only() -> anyho
     }
     Ok(())
 }
+
+#[test]
+fn toggling_consent_of_100_citizens_under_load_stores_nothing_from_periods_without_it(
+) -> anyhow::Result<()> {
+    use kenko_ingest::consent::{ConsentRegistry, NewConsent, Purpose, HUB};
+    use rand::{Rng, SeedableRng};
+
+    let dir = tempfile::tempdir()?;
+    let hub = Hub::start(dir.path(), &common::config_with_devices(100))?;
+    let passwords = common::password_file(dir.path(), 100)?;
+    let mut sim = Command::new(common::KENKO)
+        .args(["simulate", "--broker", &hub.addr.to_string()])
+        .args(["--devices", "100", "--duration", "12", "--rate", "10"])
+        .arg("--passwords")
+        .arg(&passwords)
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+
+    // Flip a random citizen's collect consent every 10 ms; remember when each change was
+    // started and when it was committed.
+    let mut registry = ConsentRegistry::open(&hub.data_dir.join("registry.db"))?;
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    let mut granted = vec![true; 100];
+    // Per citizen: (revoke committed, next grant started) in epoch ms.
+    let mut without: Vec<Vec<(i64, i64)>> = vec![Vec::new(); 100];
+    let now = || jiff::Timestamp::now().as_millisecond();
+    std::thread::sleep(Duration::from_secs(2));
+    let started = Instant::now();
+    let mut changes = 0;
+    while started.elapsed() < Duration::from_secs(8) {
+        let i = rng.random_range(0..100);
+        let citizen = format!("citizen-{:03}", i + 1);
+        let before = now();
+        registry.record(
+            NewConsent {
+                citizen,
+                grantee: HUB.into(),
+                purpose: Purpose::Collect,
+                data_types: Vec::new(),
+                valid_from_ms: None,
+                valid_until_ms: None,
+                source: "toggle".into(),
+                granted: !granted[i],
+                erase: false,
+            },
+            before,
+        )?;
+        let after = now();
+        if granted[i] {
+            without[i].push((after, i64::MAX));
+        } else if let Some(open) = without[i].last_mut() {
+            open.1 = before;
+        }
+        granted[i] = !granted[i];
+        changes += 1;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    anyhow::ensure!(
+        common::wait_timeout(&mut sim, Duration::from_secs(30))?.success(),
+        "simulator failed"
+    );
+    hub.terminate()?;
+
+    let db = rusqlite::Connection::open(dir.path().join("data/personal.db"))?;
+    let mut stmt = db.prepare(
+        "SELECT s.citizen, o.received_ms FROM observations o JOIN series s ON s.id = o.series",
+    )?;
+    let rows: Vec<(String, i64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut violations = Vec::new();
+    for (citizen, received) in &rows {
+        let i: usize = citizen.trim_start_matches("citizen-").parse::<usize>()? - 1;
+        if without[i]
+            .iter()
+            .any(|&(from, to)| *received > from && *received < to)
+        {
+            violations.push((citizen.clone(), *received));
+        }
+    }
+    let periods: usize = without.iter().map(Vec::len).sum();
+    println!(
+        "{changes} consent changes, {periods} periods without consent, {} observations stored, {} stored in such periods",
+        rows.len(),
+        violations.len()
+    );
+    assert!(
+        periods > 100 && rows.len() > 10_000,
+        "the test exercised something"
+    );
+    assert!(
+        violations.is_empty(),
+        "{:?}",
+        &violations[..violations.len().min(10)]
+    );
+    Ok(())
+}

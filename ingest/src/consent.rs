@@ -107,7 +107,9 @@ impl Consents {
         Consents { by_key }
     }
 
-    /// Does `citizen` let `grantee` use `data_type` for `purpose` at `at_ms`?
+    /// Does `citizen` let `grantee` use `data_type` for `purpose` at `at_ms`? Only records
+    /// recorded by `at_ms` count, so a message received before a grant was recorded stays
+    /// refused even if it is processed after.
     pub fn allows(
         &self,
         citizen: &str,
@@ -120,7 +122,11 @@ impl Consents {
         let Some(records) = self.by_key.get(&key) else {
             return false;
         };
-        match records.iter().rev().find(|r| r.covers(data_type)) {
+        match records
+            .iter()
+            .rev()
+            .find(|r| r.recorded_ms <= at_ms && r.covers(data_type))
+        {
             Some(r) if r.granted => {
                 r.valid_from_ms.is_none_or(|from| at_ms >= from)
                     && r.valid_until_ms.is_none_or(|until| at_ms < until)

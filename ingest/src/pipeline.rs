@@ -177,6 +177,7 @@ pub fn start(
         shared,
         pseudonyms,
         anonymous_device: Arc::from("-"),
+        registry_version: i64::MIN,
     };
     let thread = thread::Builder::new()
         .name("kenko-ingest".into())
@@ -210,6 +211,8 @@ struct Writer {
     pseudonyms: Pseudonymizer,
     /// What stands for the device in the shared store.
     anonymous_device: Arc<str>,
+    /// `registry.db`'s data version when the consents were last read here.
+    registry_version: i64,
 }
 
 /// A batch and the buffers reused from one batch to the next.
@@ -381,7 +384,32 @@ impl Writer {
         Ok(())
     }
 
+    /// Reads the consent records again if another connection has committed since: a batch
+    /// is decided with every withdrawal committed before it started.
+    fn refresh_consents(&mut self) {
+        let version = match self.consent_registry.data_version() {
+            Ok(v) => v,
+            Err(e) => {
+                error!(error = %e, "cannot check the consent registry; deciding with the records in force");
+                return;
+            }
+        };
+        if version == self.registry_version {
+            return;
+        }
+        match self.consent_registry.consents() {
+            Ok(consents) => {
+                self.consents.replace(consents);
+                self.registry_version = version;
+            }
+            Err(e) => {
+                error!(error = %e, "cannot reload consent records; deciding with the records in force")
+            }
+        }
+    }
+
     fn process(&mut self, batch: &mut Batch) {
+        self.refresh_consents();
         for sub in &batch.submissions {
             let start = batch.observations.len();
             let mut verdict = self.decode(sub, &mut batch.observations);
