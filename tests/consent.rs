@@ -334,7 +334,7 @@ fn toggling_consent_of_100_citizens_under_load_stores_nothing_from_periods_witho
     // started and when it was committed.
     let mut registry = ConsentRegistry::open(&hub.data_dir.join("registry.db"))?;
     let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
-    let mut granted = vec![true; 100];
+    let mut granted = [true; 100];
     // Per citizen: (revoke committed, next grant started) in epoch ms.
     let mut without: Vec<Vec<(i64, i64)>> = vec![Vec::new(); 100];
     let now = || jiff::Timestamp::now().as_millisecond();
