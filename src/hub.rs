@@ -6,7 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use kenko_broker::auth::Directory;
 use kenko_broker::authz::Authorizer;
+use kenko_broker::http::HttpApi;
 use kenko_broker::{Broker, BrokerStats};
 use kenko_config::Config;
 use kenko_devices::Registry;
@@ -19,6 +21,7 @@ pub struct Hub {
     pub mqtt_addr: SocketAddr,
     pub tls_addr: Option<SocketAddr>,
     pub websocket_addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
     pub broker_stats: Arc<BrokerStats>,
     pub ingest_stats: Arc<IngestStats>,
     task: JoinHandle<()>,
@@ -41,6 +44,22 @@ impl Hub {
         let tls_addr = broker.tls_addr();
         let websocket_addr = broker.websocket_addr();
         let broker_stats = broker.stats();
+        let http_addr = match config.http.listen {
+            Some(addr) => {
+                let listener = kenko_broker::http::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
+                let local = listener.local_addr().unwrap_or(addr);
+                let api = HttpApi::new(
+                    Directory::from_config(&config)?,
+                    ingest.consents().clone(),
+                    data_dir,
+                );
+                tokio::spawn(kenko_broker::http::serve(listener, api, shutdown.clone()));
+                Some(local)
+            }
+            None => None,
+        };
         let ingest_stats = ingest.stats().clone();
         let task = tokio::spawn(async move {
             broker.run(ingest, shutdown).await;
@@ -58,6 +77,7 @@ impl Hub {
             mqtt_addr,
             tls_addr,
             websocket_addr,
+            http_addr,
             broker_stats,
             ingest_stats,
             task,

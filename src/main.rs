@@ -59,6 +59,9 @@ struct ServeArgs {
     /// MQTT over WebSocket listen address; overrides `mqtt.websocket`
     #[arg(long, value_name = "HOST:PORT")]
     websocket: Option<SocketAddr>,
+    /// HTTP API listen address; overrides `http.listen`
+    #[arg(long, value_name = "HOST:PORT")]
+    http: Option<SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -132,6 +135,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.websocket {
         config.mqtt.websocket = Some(addr);
     }
+    if let Some(addr) = args.http {
+        config.http.listen = Some(addr);
+    }
     let data_dir = args
         .data_dir
         .or_else(|| config.data_dir.clone())
@@ -151,6 +157,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(addr) = hub.websocket_addr {
         println!("kenko serve: MQTT over WebSocket on {addr}");
+    }
+    if let Some(addr) = hub.http_addr {
+        println!("kenko serve: HTTP API on {addr}");
     }
     println!("stop with Ctrl-C or SIGTERM");
     hub.wait().await

@@ -4,7 +4,10 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
+use kenko_broker::auth::Directory;
+use kenko_broker::http::{filter_rows, query_access, Access, StoreKind};
 use kenko_devices::Metric;
+use kenko_ingest::consent::ConsentRegistry;
 use kenko_ingest::query::{parse_duration, parse_time, render, Agg, Format, Query};
 use kenko_ingest::store::PersonalStore;
 
@@ -23,6 +26,15 @@ pub struct QueryArgs {
     /// Only this citizen (in the shared store: this pseudonym)
     #[arg(long)]
     citizen: Option<String>,
+    /// Read as this principal of --config, under the HTTP API's rules: a care service sees
+    /// identified data of citizens with care consent to it, a citizen's app its own citizen's,
+    /// analysts only the shared store. Without it the reader is a local operator with access
+    /// to the files.
+    #[arg(long, requires = "config")]
+    principal: Option<String>,
+    /// The hub's configuration, to find --principal
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Only this device
     #[arg(long)]
     device: Option<String>,
@@ -81,7 +93,51 @@ pub fn run(args: QueryArgs) -> anyhow::Result<()> {
     };
     let file = format!("{}.db", args.store);
     let store = PersonalStore::open_read_only(&args.data_dir.join(file))?;
-    let rows = store.query(&query)?;
+    let mut query = query;
+    let rows = match (&args.principal, &args.config) {
+        (Some(principal), Some(config)) => {
+            let config = kenko_config::Config::from_file(config)?;
+            let directory = Directory::from_config(&config)?;
+            let who = directory
+                .get(principal)
+                .with_context(|| format!("unknown principal {principal:?}"))?;
+            let registry = ConsentRegistry::open(&args.data_dir.join("registry.db"))?;
+            let consents = registry.consents()?;
+            let now = jiff::Timestamp::now().as_millisecond();
+            let kind = if args.store == "shared" {
+                StoreKind::Shared
+            } else {
+                StoreKind::Personal
+            };
+            let access = query_access(
+                who,
+                kind,
+                query.citizen.as_deref(),
+                metric.name(),
+                &consents,
+                now,
+            )
+            .map_err(anyhow::Error::msg)?;
+            if let Access::Citizen(c) = &access {
+                query.citizen = Some(c.clone());
+            }
+            let mut rows = store.query(&query)?;
+            filter_rows(&access, &who.id, metric.name(), &mut rows, &consents, now);
+            if kind == StoreKind::Personal {
+                let mut citizens: Vec<&str> = rows.iter().map(|r| r.citizen.as_str()).collect();
+                citizens.sort_unstable();
+                citizens.dedup();
+                let body = serde_json::json!({
+                    "principal": who.id, "metric": metric.name(), "citizens": citizens,
+                    "rows": rows.len(), "via": "cli",
+                });
+                let mut registry = registry;
+                registry.audit(now, "access.identified", &body.to_string())?;
+            }
+            rows
+        }
+        _ => store.query(&query)?,
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     render(&rows, format, &mut out)?;

@@ -8,6 +8,7 @@ pub mod authz;
 mod codec;
 mod connection;
 mod egress;
+pub mod http;
 mod packet;
 mod router;
 mod session;

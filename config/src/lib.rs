@@ -39,10 +39,20 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// Authentication and the ACL rule file.
     pub auth: AuthConfig,
+    /// The HTTP API (consents, queries).
+    pub http: HttpConfig,
     /// Principals other than devices: services, analysts, operators, citizen apps.
     pub principals: Vec<PrincipalConfig>,
     /// The device registry: which device belongs to which citizen.
     pub devices: Vec<DeviceConfig>,
+}
+
+/// The HTTP API: `/api/v1/consents` and `/api/v1/observations`, HTTP Basic with the
+/// principals' ids and passwords. Off unless `listen` is set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: Option<SocketAddr>,
 }
 
 /// What a 3.1.1 client is told when a PUBLISH is denied; 3.1.1 has no negative

@@ -78,6 +78,8 @@ pub struct Hub {
     pub tls_addr: Option<SocketAddr>,
     /// The WebSocket listener, when the config has `mqtt.websocket`.
     pub websocket_addr: Option<SocketAddr>,
+    /// The HTTP API, when the config has `http.listen`.
+    pub http_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub config: PathBuf,
     _stdout: mpsc::Receiver<String>,
@@ -87,11 +89,13 @@ impl Hub {
     /// Starts `kenko serve` with `config` in `dir` on a port the OS picks, after recording
     /// `collect` consent for every citizen the config's devices belong to.
     pub fn start(dir: &Path, config: &str) -> anyhow::Result<Hub> {
-        let citizens: Vec<&str> = config
+        let mut citizens: Vec<&str> = config
             .lines()
             .filter_map(|l| l.trim().strip_prefix("citizen = \""))
             .filter_map(|rest| rest.strip_suffix('"'))
             .collect();
+        citizens.sort_unstable();
+        citizens.dedup();
         if !citizens.is_empty() {
             consent(&dir.join("data"), "grant", &citizens, "collect")?;
         }
@@ -139,12 +143,14 @@ impl Hub {
             }
         };
         // Further listeners are announced before "stop with Ctrl-C".
-        let (mut tls_addr, mut websocket_addr) = (None, None);
+        let (mut tls_addr, mut websocket_addr, mut http_addr) = (None, None, None);
         while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
             if let Some(addr) = line.strip_prefix("kenko serve: MQTT over TLS on ") {
                 tls_addr = Some(addr.trim().parse::<SocketAddr>()?);
             } else if let Some(addr) = line.strip_prefix("kenko serve: MQTT over WebSocket on ") {
                 websocket_addr = Some(addr.trim().parse::<SocketAddr>()?);
+            } else if let Some(addr) = line.strip_prefix("kenko serve: HTTP API on ") {
+                http_addr = Some(addr.trim().parse::<SocketAddr>()?);
             } else if line.starts_with("stop with") {
                 break;
             }
@@ -154,6 +160,7 @@ impl Hub {
             addr,
             tls_addr,
             websocket_addr,
+            http_addr,
             data_dir,
             config: config_path.to_owned(),
             _stdout: rx,
@@ -214,6 +221,60 @@ impl Drop for Hub {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One HTTP/1.1 request with Basic credentials of `principal` (its test password); returns
+/// the status code and the body parsed as JSON.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    principal: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(p) = principal {
+        let token = base64_encode(format!("{p}:{}", password(p)).as_bytes());
+        request.push_str(&format!("Authorization: Basic {token}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(&body);
+    stream.write_all(request.as_bytes())?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response);
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .context("no status line")?
+        .parse()?;
+    let (_, body) = text.split_once("\r\n\r\n").context("no body")?;
+    let json = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    Ok((status, json))
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n =
+            chunk.iter().fold(0u32, |acc, b| acc << 8 | u32::from(*b)) << (8 * (3 - chunk.len()));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// `kenko consent grant|revoke --citizen … --purpose P [extra…]` on `data_dir`.

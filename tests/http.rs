@@ -1,0 +1,208 @@
+//! End to end: the HTTP API for consent and queries, with the same access rules as MQTT.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{http, Hub};
+use serde_json::json;
+
+fn config() -> String {
+    let app = common::principal("app-001", &["citizen"])
+        .replace("password_hash", "citizen = \"citizen-001\"\npassword_hash");
+    format!(
+        "{}{}{}{}{app}[http]\nlisten = \"127.0.0.1:0\"\n",
+        common::config_with_devices(2),
+        common::principal("st-luke", &["care"]),
+        common::principal("analyst-1", &["analyst"]),
+        common::principal("ops", &["operator"]),
+    )
+}
+
+fn publish(hub: &Hub, device: &str, ts: i64) -> anyhow::Result<()> {
+    let out = std::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &hub.port().to_string(), "-q", "1"])
+        .args(["-i", device, "-u", device, "-P", &common::password(device)])
+        .args(["-t", &format!("devices/{device}/telemetry")])
+        .args(["-m", &format!(r#"{{"ts":{ts},"hr":66}}"#)])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[test]
+fn consents_over_http_decide_who_reads_what() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = Hub::start(dir.path(), &config())?;
+    let api = hub.http_addr.expect("HTTP API announced");
+    let t = common::now_ms() - 60_000;
+    publish(&hub, "bed-001", t)?;
+    publish(&hub, "bed-002", t)?;
+    let q = "/api/v1/observations?metric=heart_rate";
+
+    // Authentication.
+    assert_eq!(http(api, "GET", q, None, None)?.0, 401);
+    // Care service without consent: nothing identified; a named citizen is refused.
+    let (status, rows) = http(api, "GET", q, Some("st-luke"), None)?;
+    assert_eq!((status, rows.as_array().map(Vec::len)), (200, Some(0)));
+    let named = format!("{q}&citizen=citizen-001");
+    assert_eq!(http(api, "GET", &named, Some("st-luke"), None)?.0, 403);
+
+    // The citizen's app grants care for heart rate; it may not speak for another citizen.
+    let grant = json!({"citizen": "citizen-001", "purpose": "care", "grantee": "st-luke", "data_types": ["heart_rate"]});
+    let (status, record) = http(
+        api,
+        "POST",
+        "/api/v1/consents",
+        Some("app-001"),
+        Some(&grant),
+    )?;
+    assert_eq!(status, 201, "{record}");
+    assert_eq!(record["source"], "http:app-001");
+    let other = json!({"citizen": "citizen-002", "purpose": "care", "grantee": "st-luke"});
+    assert_eq!(
+        http(
+            api,
+            "POST",
+            "/api/v1/consents",
+            Some("app-001"),
+            Some(&other)
+        )?
+        .0,
+        403
+    );
+    let bad = json!({"citizen": "citizen-001", "purpose": "sharing"});
+    let (status, err) = http(api, "POST", "/api/v1/consents", Some("ops"), Some(&bad))?;
+    assert_eq!(status, 400);
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("unknown purpose"),
+        "{err}"
+    );
+
+    // Now st-luke reads citizen-001's heart rate, and only that.
+    common::eventually(Duration::from_secs(5), || {
+        let (_, rows) = http(api, "GET", q, Some("st-luke"), None)?;
+        Ok((rows.as_array().map(Vec::len) == Some(1)).then_some(rows))
+    })?;
+    let (_, rows) = http(api, "GET", q, Some("st-luke"), None)?;
+    assert_eq!(rows[0]["citizen"], "citizen-001");
+    let spo2 = "/api/v1/observations?metric=bed_occupancy&citizen=citizen-001";
+    assert_eq!(
+        http(api, "GET", spo2, Some("st-luke"), None)?.0,
+        403,
+        "not granted for that type"
+    );
+    // The app reads its own citizen, not the other.
+    let (_, own) = http(api, "GET", q, Some("app-001"), None)?;
+    assert!(own
+        .as_array()
+        .is_some_and(|r| r.iter().all(|x| x["citizen"] == "citizen-001")));
+    assert_eq!(
+        http(
+            api,
+            "GET",
+            &format!("{q}&citizen=citizen-002"),
+            Some("app-001"),
+            None
+        )?
+        .0,
+        403
+    );
+    // Analysts never see identified data; operators manage consent but do not read it.
+    assert_eq!(http(api, "GET", q, Some("analyst-1"), None)?.0, 403);
+    assert_eq!(
+        http(
+            api,
+            "GET",
+            &format!("{q}&store=shared"),
+            Some("analyst-1"),
+            None
+        )?
+        .0,
+        200
+    );
+    assert_eq!(http(api, "GET", q, Some("ops"), None)?.0, 403);
+
+    // Listing, and a withdrawal over HTTP takes effect for queries at once.
+    let (status, list) = http(
+        api,
+        "GET",
+        "/api/v1/consents?citizen=citizen-001",
+        Some("ops"),
+        None,
+    )?;
+    assert_eq!(status, 200);
+    assert_eq!(
+        list.as_array().map(Vec::len),
+        Some(2),
+        "collect (harness) and care: {list}"
+    );
+    let revoke = json!({"citizen": "citizen-001", "purpose": "care", "grantee": "st-luke", "change": "revoke"});
+    assert_eq!(
+        http(
+            api,
+            "POST",
+            "/api/v1/consents",
+            Some("app-001"),
+            Some(&revoke)
+        )?
+        .0,
+        201
+    );
+    common::eventually(Duration::from_secs(5), || {
+        let (_, rows) = http(api, "GET", q, Some("st-luke"), None)?;
+        Ok((rows.as_array().map(Vec::len) == Some(0)).then_some(()))
+    })?;
+
+    // The CLI applies the same rules.
+    let cli = |principal: &str| {
+        std::process::Command::new(common::KENKO)
+            .args([
+                "query",
+                "--format",
+                "json",
+                "--metric",
+                "heart_rate",
+                "--data-dir",
+            ])
+            .arg(&hub.data_dir)
+            .args(["--principal", principal, "--config"])
+            .arg(&hub.config)
+            .output()
+    };
+    let out = cli("analyst-1")?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("analysts query store=shared"));
+    let out = cli("app-001")?;
+    assert!(out.status.success());
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert!(rows
+        .as_array()
+        .is_some_and(|r| !r.is_empty() && r.iter().all(|x| x["citizen"] == "citizen-001")));
+
+    // Identified reads are in the audit log, which verifies.
+    let registry = rusqlite::Connection::open(hub.data_dir.join("registry.db"))?;
+    let reads: i64 = registry.query_row(
+        "SELECT count(*) FROM audit WHERE kind = 'access.identified'",
+        [],
+        |r| r.get(0),
+    )?;
+    assert!(reads >= 4, "{reads}");
+    let verify = std::process::Command::new(common::KENKO)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&hub.data_dir)
+        .output()?;
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    hub.terminate()
+}
