@@ -443,7 +443,13 @@ impl Session {
     /// A publish kenko will not accept: MQTT 5 says why in the acknowledgement; MQTT 3.1.1 has
     /// no negative acknowledgement, so it is acknowledged, logged and counted.
     fn refuse_publish(&mut self, qos: QoS, pkid: u16, reason: PubAckReason, why: String) {
-        warn!(why, "publish refused");
+        if reason == PubAckReason::NotAuthorized {
+            // ACL denials are logged (rate-limited) by the authorizer, consent refusals are
+            // counted by the pipeline; a line per message would flood the log.
+            debug!(why, "publish refused");
+        } else {
+            warn!(why, "publish refused");
+        }
         self.shared
             .stats
             .publishes_refused

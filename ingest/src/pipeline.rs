@@ -15,7 +15,7 @@ use bytes::Bytes;
 use kenko_config::IngestConfig;
 use kenko_devices::Registry;
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::consent::{ConsentBook, ConsentRegistry, ConsentWatcher, Purpose, HUB};
 use crate::deadletter::{DeadLetter, DeadLetterStore};
@@ -426,7 +426,9 @@ impl Writer {
             if let Err(rejection) = &verdict {
                 if rejection.code == RejectCode::NoConsent {
                     // Counted and answered, but its payload is kept nowhere.
-                    info!(device = %sub.device, "message refused: no collection consent");
+                    // Counted in `refused_no_consent`; one line per message would flood the log
+                    // while a citizen's device keeps sending after a withdrawal.
+                    debug!(device = %sub.device, "message refused: no collection consent");
                     batch.verdicts.push(verdict);
                     continue;
                 }
