@@ -9,5 +9,6 @@ pub mod pipeline;
 pub mod pseudonym;
 pub mod query;
 pub mod store;
+pub mod wal;
 
 pub use observation::{flags, Observation};
