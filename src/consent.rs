@@ -165,6 +165,12 @@ fn record(change: Change, granted: bool, erase: bool) -> anyhow::Result<()> {
             .transpose()
     };
     let (from, until) = (time(&change.from)?, time(&change.until)?);
+    for t in &change.types {
+        // A misspelt type would be recorded and cover nothing: a withdrawal that withdraws
+        // nothing.
+        t.parse::<kenko_devices::Metric>()
+            .map_err(|e| anyhow::anyhow!("--types {t:?}: {e}"))?;
+    }
     for id in change.citizen.iter().chain(std::iter::once(&grantee)) {
         kenko_config::check_identifier(id).map_err(|why| anyhow::anyhow!("{id:?} {why}"))?;
     }

@@ -118,7 +118,7 @@ pub fn run(args: QueryArgs) -> anyhow::Result<()> {
                 now,
             )
             .map_err(anyhow::Error::msg)?;
-            if let Access::Citizen(c) = &access {
+            if let Access::Citizen(c) | Access::CareCitizen(c) = &access {
                 query.citizen = Some(c.clone());
             }
             let mut rows = store.query(&query)?;

@@ -244,12 +244,14 @@ async fn wildcard_shared_and_dollar_subscriptions_leak_nothing() -> anyhow::Resu
     let (v, vp) = login("watcher");
     for v5 in [false, true] {
         let fail = if v5 { 0x87 } else { 0x80 };
+        // Shared subscriptions are not offered: 0x9E (5) / 0x80 (3.1.1), whatever the ACL says.
+        let share = if v5 { 0x9e } else { 0x80 };
         let (mut conn, code) = Conn::connect(hub.addr, v5, "watcher-raw", Some((&v, &vp)), None)?;
         assert_eq!(code, 0);
         let codes = conn.subscribe(7, &filters)?;
         assert_eq!(
             codes,
-            vec![fail, fail, fail, fail, fail, fail, 0],
+            vec![fail, fail, fail, fail, share, fail, 0],
             "v5 {v5}"
         );
     }
@@ -499,5 +501,61 @@ async fn sighup_reloads_the_rules_at_once() -> anyhow::Result<()> {
     let delay = stop_delay(&hub, dir.path(), || hub.signal("HUP")).await?;
     println!("deliveries stopped {} ms after SIGHUP", delay.as_millis());
     assert!(delay < Duration::from_secs(1), "took {delay:?}");
+    hub.terminate()
+}
+
+#[test]
+fn a_persistent_session_left_by_one_principal_is_not_resumed_by_another() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = start(dir.path(), "")?;
+    let (p, pp) = login("peeker");
+    // Peeker leaves a persistent session with a subscription.
+    let mut conn = Conn::open(hub.addr, false)?;
+    let mut connect = raw::connect(false, "keep-1", Some((&p, &pp)), None);
+    connect[9] &= !0x02; // clean session off
+    conn.send(&connect)?;
+    assert_eq!(conn.read_kind(2)?.body, vec![0, 0]);
+    assert_eq!(conn.subscribe(1, &["public/#"])?, vec![0]);
+    drop(conn);
+    std::thread::sleep(Duration::from_millis(300));
+    // Another principal with the same client id and clean session off gets no session.
+    let (w, wp) = login("writer");
+    let mut other = Conn::open(hub.addr, false)?;
+    let mut connect = raw::connect(false, "keep-1", Some((&w, &wp)), None);
+    connect[9] &= !0x02;
+    other.send(&connect)?;
+    assert_eq!(
+        other.read_kind(2)?.body,
+        vec![0, 0],
+        "session present 0 for another principal"
+    );
+    drop(other);
+    std::thread::sleep(Duration::from_millis(300));
+    // The owner's session is still there.
+    let mut again = Conn::open(hub.addr, false)?;
+    let mut connect = raw::connect(false, "keep-1", Some((&p, &pp)), None);
+    connect[9] &= !0x02;
+    again.send(&connect)?;
+    assert_eq!(
+        again.read_kind(2)?.body,
+        vec![1, 0],
+        "session present 1 for its owner"
+    );
+    hub.terminate()
+}
+
+#[test]
+fn a_will_on_a_telemetry_topic_is_refused() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = start(dir.path(), "")?;
+    let bed = common::password("bed-001");
+    let (_, code) = Conn::connect(
+        hub.addr,
+        true,
+        "bed-001",
+        Some(("bed-001", &bed)),
+        Some("devices/bed-001/telemetry"),
+    )?;
+    assert_eq!(code, 0x90, "topic name invalid");
     hub.terminate()
 }

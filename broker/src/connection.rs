@@ -21,7 +21,7 @@ use crate::acl::Request;
 use crate::auth::{verify_password, Identity};
 use crate::authz::AclView;
 use crate::codec::{sniff, Codec, Sniff, Version};
-use crate::packet::check_topic_name;
+use crate::packet::{check_topic_name, telemetry_device};
 use crate::router::HUB_CLIENT_ID;
 use crate::session::{Peer, Session};
 use crate::sessions::Refused;
@@ -254,7 +254,12 @@ async fn handshake(
         }
     };
     let router = shared.router.clone();
-    let (id, clean) = (peer.client_id.clone(), connect.clean_session);
+    // The router keeps persistent sessions by client id alone, so kenko names each session
+    // by principal and client id, joined by a control character that neither may contain
+    // (and the router accepts): a session left by one principal is never resumed, or wiped,
+    // by another that uses the same client id.
+    let id = format!("{}\u{1f}{}", peer.identity.id, peer.client_id);
+    let clean = connect.clean_session;
     // Registering blocks until the router thread answers.
     let linked = tokio::task::spawn_blocking(move || router.link(&id, clean)).await;
     let Ok(Ok((link_tx, link_rx, notification))) = linked else {
@@ -265,7 +270,9 @@ async fn handshake(
             )
             .await;
     };
-    let Some(Packet::ConnAck(ack, router_props)) = Option::<Packet>::from(notification) else {
+    let Some(Packet::ConnAck(ack, router_props)) = Option::<Packet>::from(notification)
+        .filter(|p| matches!(p, Packet::ConnAck(ack, _) if ack.code == ConnectReturnCode::Success))
+    else {
         return hs
             .refuse(
                 ConnectReturnCode::ServerUnavailable,
@@ -278,6 +285,9 @@ async fn handshake(
         // Incoming topic aliases are not resolved by kenko's layer yet, so none are offered.
         topic_alias_max: None,
         max_packet_size: u32::try_from(config.max_packet_size).ok(),
+        // The router's shared-subscription groups are global (one group name, one cursor,
+        // across every filter and principal), so kenko does not offer them.
+        shared_subscription_available: Some(0),
         ..router_props.unwrap_or_default()
     });
     hs.send(Packet::ConnAck(ack, props)).await?;
@@ -310,6 +320,10 @@ fn will_problem(will: &LastWill) -> Option<String> {
         Err(why) => Some(format!("will {why}")),
         Ok(topic) if topic.starts_with('$') => {
             Some("a will may not be published on a $ topic".into())
+        }
+        // Telemetry goes to the stream processor, which a will never reaches.
+        Ok(topic) if telemetry_device(topic).is_some() => {
+            Some("a will may not be published on a telemetry topic".into())
         }
         Ok(_) => None,
     }

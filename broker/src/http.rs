@@ -40,8 +40,10 @@ pub enum StoreKind {
 pub enum Access {
     /// The shared store, as it is.
     Shared,
-    /// Identified rows of this one citizen.
+    /// Identified rows of this one citizen (the citizen's own app).
     Citizen(String),
+    /// Identified rows of this one citizen, for a care service with consent.
+    CareCitizen(String),
     /// Identified rows of the citizens whose care consent to the principal, for the metric,
     /// is in force (checked per row).
     CareConsented,
@@ -65,7 +67,7 @@ pub fn query_access(
         )),
         StoreKind::Personal if has("care") => match citizen {
             Some(c) if consents.allows(c, &who.id, Purpose::Care, metric, now_ms) => {
-                Ok(Access::Citizen(c.to_owned()))
+                Ok(Access::CareCitizen(c.to_owned()))
             }
             Some(c) => Err(format!(
                 "{c} has not granted {} care consent for {metric}",
@@ -85,7 +87,8 @@ pub fn query_access(
     }
 }
 
-/// Applies `access` to rows read with it.
+/// Applies `access` to rows read with it. A care service sees a row only if the care consent
+/// in force now covers the metric and its validity window covers the row's time.
 pub fn filter_rows(
     access: &Access,
     who: &str,
@@ -94,8 +97,11 @@ pub fn filter_rows(
     consents: &Consents,
     now_ms: i64,
 ) {
-    if *access == Access::CareConsented {
-        rows.retain(|r| consents.allows(&r.citizen, who, Purpose::Care, metric, now_ms));
+    if matches!(access, Access::CareConsented | Access::CareCitizen(_)) {
+        rows.retain(|r| {
+            consents.allows(&r.citizen, who, Purpose::Care, metric, now_ms)
+                && consents.valid_at(&r.citizen, who, Purpose::Care, metric, now_ms, r.time_ms)
+        });
     }
 }
 
@@ -429,7 +435,7 @@ async fn observations(
     };
     let mut query = Query::new(metric);
     query.citizen = match &access {
-        Access::Citizen(c) => Some(c.clone()),
+        Access::Citizen(c) | Access::CareCitizen(c) => Some(c.clone()),
         _ => params.citizen.clone(),
     };
     query.from_ms = time(&params.from)?;

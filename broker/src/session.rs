@@ -377,7 +377,18 @@ impl Session {
         let principal = self.peer.principal();
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         let mut denied = Vec::new();
+        let v5 = self.codec.version() == Version::V5;
         subscribe.filters.retain(|filter| {
+            if filter.path.starts_with("$share/") {
+                // Not offered (CONNACK Shared Subscription Available 0): 0x9E in MQTT 5.
+                denied.push(filter.path.clone());
+                codes.push(Some(if v5 {
+                    SubscribeReasonCode::SharedSubscriptionsNotSupported
+                } else {
+                    SubscribeReasonCode::Failure
+                }));
+                return false;
+            }
             let request = Request::Subscribe {
                 filter: &filter.path,
                 qos: filter.qos as u8,

@@ -90,12 +90,23 @@ impl Consent {
 #[derive(Debug, Default, Clone)]
 pub struct Consents {
     by_key: HashMap<(String, String, Purpose), Vec<Consent>>,
+    /// The latest erasure request of each citizen (recorded at, epoch ms).
+    erasures: HashMap<String, i64>,
+    /// The highest record id read: records are only ever added, so a snapshot with a higher
+    /// one is newer.
+    last_id: i64,
 }
 
 impl Consents {
     pub fn new(records: Vec<Consent>) -> Consents {
         let mut by_key: HashMap<_, Vec<Consent>> = HashMap::new();
+        let mut erasures: HashMap<String, i64> = HashMap::new();
+        let last_id = records.iter().map(|r| r.id).max().unwrap_or(0);
         for r in records {
+            if r.erase {
+                let at = erasures.entry(r.citizen.clone()).or_insert(r.recorded_ms);
+                *at = (*at).max(r.recorded_ms);
+            }
             by_key
                 .entry((r.citizen.clone(), r.grantee.clone(), r.purpose))
                 .or_default()
@@ -104,7 +115,64 @@ impl Consents {
         for list in by_key.values_mut() {
             list.sort_by_key(|r| r.id);
         }
-        Consents { by_key }
+        Consents {
+            by_key,
+            erasures,
+            last_id,
+        }
+    }
+
+    /// Does the record that decides now (see [`Consents::allows`]) cover data from `data_ms`
+    /// by its validity window?
+    pub fn valid_at(
+        &self,
+        citizen: &str,
+        grantee: &str,
+        purpose: Purpose,
+        data_type: &str,
+        now_ms: i64,
+        data_ms: i64,
+    ) -> bool {
+        let key = (citizen.to_owned(), grantee.to_owned(), purpose);
+        let Some(records) = self.by_key.get(&key) else {
+            return false;
+        };
+        match records
+            .iter()
+            .rev()
+            .find(|r| r.recorded_ms <= now_ms && r.covers(data_type))
+        {
+            Some(r) if r.granted => {
+                r.valid_from_ms.is_none_or(|from| data_ms >= from)
+                    && r.valid_until_ms.is_none_or(|until| data_ms < until)
+            }
+            _ => false,
+        }
+    }
+
+    /// Was erasure of `citizen`'s data asked for at or after `received_ms`? Data received
+    /// before an erasure request must not be stored after it, even if it was still queued.
+    pub fn erased_after(&self, citizen: &str, received_ms: i64) -> bool {
+        self.erasures
+            .get(citizen)
+            .is_some_and(|&at| at >= received_ms)
+    }
+
+    /// Does `citizen` let `grantee` use any data type at all for `purpose` at `at_ms`?
+    pub fn allows_any(&self, citizen: &str, grantee: &str, purpose: Purpose, at_ms: i64) -> bool {
+        let key = (citizen.to_owned(), grantee.to_owned(), purpose);
+        let Some(records) = self.by_key.get(&key) else {
+            return false;
+        };
+        // The types some record names, and one no record names (covered only by "all").
+        let mut types: Vec<&str> = records
+            .iter()
+            .flat_map(|r| r.data_types.iter().map(String::as_str))
+            .collect();
+        types.push("\0unnamed");
+        types
+            .into_iter()
+            .any(|t| self.allows(citizen, grantee, purpose, t, at_ms))
     }
 
     /// Does `citizen` let `grantee` use `data_type` for `purpose` at `at_ms`? Only records
@@ -164,8 +232,15 @@ impl ConsentBook {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// Puts `consents` in force unless the book already holds a newer snapshot (two readers
+    /// of the registry may finish in either order).
     pub fn replace(&self, consents: Consents) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(consents);
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if consents.last_id < current.last_id {
+            return;
+        }
+        *current = Arc::new(consents);
+        drop(current);
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
@@ -308,7 +383,10 @@ impl ConsentRegistry {
     /// Adds a record and its audit entry in one transaction; returns the record as stored.
     pub fn record(&mut self, new: NewConsent, now_ms: i64) -> Result<Consent, StoreError> {
         let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(sqlite(&path))?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sqlite(&path))?;
         tx.execute(
             "INSERT INTO consents (citizen, grantee, purpose, data_types, valid_from_ms,
                 valid_until_ms, recorded_ms, source, granted, erase)
@@ -358,18 +436,19 @@ impl ConsentRegistry {
             "consent.revoke"
         };
         let head = append_audit(&tx, &path, now_ms, kind, &body)?;
-        tx.commit().map_err(sqlite(&path))?;
-        write_head(&path, head)?;
+        commit_with_head(tx, &path, head)?;
         Ok(consent)
     }
 
     /// Appends an audit entry on its own (decisions on identified data, erasures).
     pub fn audit(&mut self, at_ms: i64, kind: &str, body: &str) -> Result<(), StoreError> {
         let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(sqlite(&path))?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sqlite(&path))?;
         let head = append_audit(&tx, &path, at_ms, kind, body)?;
-        tx.commit().map_err(sqlite(&path))?;
-        write_head(&path, head)
+        commit_with_head(tx, &path, head)
     }
 
     /// Every record, oldest first; only `citizen`'s when given.
@@ -436,7 +515,10 @@ impl ConsentRegistry {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(sqlite(&path))?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sqlite(&path))?;
         tx.execute(
             "INSERT OR IGNORE INTO erasures_done (consent_id, done_ms, rows) VALUES (?1, ?2, ?3)",
             params![consent.id, now_ms, rows as i64],
@@ -449,8 +531,7 @@ impl ConsentRegistry {
         })
         .to_string();
         let head = append_audit(&tx, &path, now_ms, "erasure.done", &body)?;
-        tx.commit().map_err(sqlite(&path))?;
-        write_head(&path, head)
+        commit_with_head(tx, &path, head)
     }
 
     /// The consents in force now.
@@ -601,10 +682,35 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Replaces the checkpoint file (write, fsync, rename).
+/// Writes the checkpoint while the transaction still holds the registry's write lock (so
+/// checkpoints never go backwards between processes), then commits; if the commit fails the
+/// previous checkpoint is put back.
+fn commit_with_head(
+    tx: rusqlite::Transaction<'_>,
+    path: &Path,
+    head: (i64, Vec<u8>),
+) -> Result<(), StoreError> {
+    let previous = std::fs::read(audit_head_path(path)).ok();
+    write_head(path, head)?;
+    if let Err(e) = tx.commit() {
+        let head_path = audit_head_path(path);
+        match previous {
+            Some(bytes) => {
+                let _ = std::fs::write(&head_path, bytes);
+            }
+            None => {
+                let _ = std::fs::remove_file(&head_path);
+            }
+        }
+        return Err(sqlite(path)(e));
+    }
+    Ok(())
+}
+
+/// Replaces the checkpoint file (write to a file of this process's own, fsync, rename).
 fn write_head(registry: &Path, (seq, hash): (i64, Vec<u8>)) -> Result<(), StoreError> {
     let path = audit_head_path(registry);
-    let tmp = path.with_extension("new");
+    let tmp = path.with_extension(format!("new.{}", std::process::id()));
     let io = |e: std::io::Error| StoreError::Io {
         path: path.clone(),
         source: e,
@@ -693,6 +799,46 @@ mod tests {
         assert!(now.allows("c3", HUB, c, "x", 100));
         assert!(!now.allows("c3", HUB, c, "x", 200));
         assert_eq!(reg.list(Some("c1")).expect("list").len(), 3);
+
+        // An erasure request covers everything received up to it, whenever it is processed.
+        let erase = NewConsent {
+            erase: true,
+            ..revoke("c3", c, &[])
+        };
+        reg.record(erase, 500).expect("erase");
+        let now = reg.consents().expect("consents");
+        assert!(now.erased_after("c3", 499) && now.erased_after("c3", 500));
+        assert!(!now.erased_after("c3", 501) && !now.erased_after("c1", 0));
+        assert!(!now.allows_any("c3", HUB, c, 600));
+        assert!(
+            now.allows_any("c3", HUB, c, 150),
+            "the windowed grant, before the erase"
+        );
+        assert!(!now.allows_any("c1", HUB, c, 5));
+
+        // Reading history: the window of the record in force decides which data it covers.
+        let care = NewConsent {
+            grantee: "st-luke".into(),
+            purpose: Purpose::Care,
+            valid_from_ms: Some(1_000),
+            ..grant("c4", Purpose::Care, &["heart_rate"])
+        };
+        reg.record(care, 2_000).expect("care");
+        let now = reg.consents().expect("consents");
+        let care = Purpose::Care;
+        assert!(now.valid_at("c4", "st-luke", care, "heart_rate", 3_000, 1_500));
+        assert!(
+            !now.valid_at("c4", "st-luke", care, "heart_rate", 3_000, 999),
+            "before the window"
+        );
+        assert!(
+            !now.valid_at("c4", "st-luke", care, "spo2", 3_000, 1_500),
+            "another type"
+        );
+        assert!(
+            !now.valid_at("c4", "other", care, "heart_rate", 3_000, 1_500),
+            "another grantee"
+        );
     }
 
     fn registry_with_entries(n: usize) -> (tempfile::TempDir, PathBuf) {
@@ -704,6 +850,23 @@ mod tests {
                 .expect("grant");
         }
         (dir, path)
+    }
+
+    #[test]
+    fn an_older_snapshot_never_replaces_a_newer_one() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut reg = ConsentRegistry::open(&dir.path().join("registry.db")).expect("open");
+        reg.record(grant("c1", Purpose::Collect, &[]), 1)
+            .expect("grant");
+        let old = reg.consents().expect("consents");
+        reg.record(revoke("c1", Purpose::Collect, &[]), 2)
+            .expect("revoke");
+        let book = ConsentBook::new(reg.consents().expect("consents"));
+        book.replace(old);
+        assert!(
+            !book.current().allows("c1", HUB, Purpose::Collect, "x", 5),
+            "the withdrawal stays in force"
+        );
     }
 
     #[test]

@@ -311,6 +311,30 @@ impl Writer {
         self.erasures_seen = generation;
     }
 
+    /// `rejection`, or a no-consent refusal if the device's citizen lets the hub collect
+    /// nothing (or asked for erasure since): then nothing of the message is kept.
+    fn without_consent(&self, sub: &Submission, rejection: Rejection) -> Rejection {
+        let Some(device) = self.registry.get(&sub.device) else {
+            return rejection; // unknown device: no citizen to ask
+        };
+        let consents = self.consents.current();
+        let citizen = &*device.citizen;
+        if consents.allows_any(citizen, HUB, Purpose::Collect, sub.received_ms)
+            && !consents.erased_after(citizen, sub.received_ms)
+        {
+            return rejection;
+        }
+        self.stats
+            .refused_no_consent
+            .fetch_add(1, Ordering::Relaxed);
+        Rejection {
+            code: RejectCode::NoConsent,
+            message:
+                "the citizen has not consented to the collection of this data; nothing was stored"
+                    .into(),
+        }
+    }
+
     /// Pseudonymized copies of the observations whose citizen consented to research.
     fn share(
         &mut self,
@@ -357,13 +381,14 @@ impl Writer {
         let mut kept = start;
         for i in start..out.len() {
             let o = &out[i];
-            if consents.allows(
+            let collect = consents.allows(
                 &o.citizen,
                 HUB,
                 Purpose::Collect,
                 o.metric.name(),
                 received_ms,
-            ) {
+            );
+            if collect && !consents.erased_after(&o.citizen, received_ms) {
                 out.swap(kept, i);
                 kept += 1;
             }
@@ -413,8 +438,13 @@ impl Writer {
         for sub in &batch.submissions {
             let start = batch.observations.len();
             let mut verdict = self.decode(sub, &mut batch.observations);
-            if verdict.is_ok() && self.config.require_consent {
-                verdict = self.filter_consent(&mut batch.observations, start, sub.received_ms);
+            if self.config.require_consent {
+                verdict = match verdict {
+                    Ok(()) => self.filter_consent(&mut batch.observations, start, sub.received_ms),
+                    // A refused message of a citizen who does not let the hub collect is not
+                    // kept as a dead letter either: its payload holds their readings.
+                    Err(rejection) => Err(self.without_consent(sub, rejection)),
+                };
             }
             if verdict.is_ok() {
                 self.share(
@@ -752,17 +782,28 @@ mod tests {
             send(&handle, "bed-002", body(t), 2).await,
             Err(RejectCode::NoConsent)
         );
+        // A message of a citizen without collect consent is not dead-lettered even when it is
+        // malformed or from the future: its readings are kept nowhere.
+        let future = format!(r#"{{"ts":{},"hr":61}}"#, t + 24 * 3_600_000);
+        assert_eq!(
+            send(&handle, "bed-002", future, 9).await,
+            Err(RejectCode::NoConsent)
+        );
+        assert_eq!(
+            send(&handle, "bed-001", "{oops".into(), 10).await,
+            Err(RejectCode::MalformedPayload)
+        );
         let stats = handle.stats();
         assert_eq!(
             stats.observations_stored.load(Ordering::Relaxed),
             1,
             "heart rate only"
         );
-        assert_eq!(stats.refused_no_consent.load(Ordering::Relaxed), 2 + 3);
+        assert_eq!(stats.refused_no_consent.load(Ordering::Relaxed), 2 + 3 + 1);
         assert_eq!(
             stats.dead_lettered.load(Ordering::Relaxed),
-            0,
-            "no payload kept"
+            1,
+            "only the consenting citizen's malformed message is a dead letter"
         );
 
         // Withdrawal with erasure, recorded by another connection (as `kenko consent` does):
