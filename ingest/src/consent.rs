@@ -89,7 +89,9 @@ impl Consent {
 /// The consent records in force, for decisions.
 #[derive(Debug, Default, Clone)]
 pub struct Consents {
-    by_key: HashMap<(String, String, Purpose), Vec<Consent>>,
+    /// Each citizen's records, oldest first (a citizen has few; looking one up allocates
+    /// nothing, which matters on the ingest path).
+    by_citizen: HashMap<String, Vec<Consent>>,
     /// The latest erasure request of each citizen (recorded at, epoch ms).
     erasures: HashMap<String, i64>,
     /// The highest record id read: records are only ever added, so a snapshot with a higher
@@ -99,7 +101,7 @@ pub struct Consents {
 
 impl Consents {
     pub fn new(records: Vec<Consent>) -> Consents {
-        let mut by_key: HashMap<_, Vec<Consent>> = HashMap::new();
+        let mut by_citizen: HashMap<String, Vec<Consent>> = HashMap::new();
         let mut erasures: HashMap<String, i64> = HashMap::new();
         let last_id = records.iter().map(|r| r.id).max().unwrap_or(0);
         for r in records {
@@ -107,23 +109,38 @@ impl Consents {
                 let at = erasures.entry(r.citizen.clone()).or_insert(r.recorded_ms);
                 *at = (*at).max(r.recorded_ms);
             }
-            by_key
-                .entry((r.citizen.clone(), r.grantee.clone(), r.purpose))
-                .or_default()
-                .push(r);
+            by_citizen.entry(r.citizen.clone()).or_default().push(r);
         }
-        for list in by_key.values_mut() {
+        for list in by_citizen.values_mut() {
             list.sort_by_key(|r| r.id);
         }
         Consents {
-            by_key,
+            by_citizen,
             erasures,
             last_id,
         }
     }
 
-    /// Does the record that decides now (see [`Consents::allows`]) cover data from `data_ms`
-    /// by its validity window?
+    /// The record that decides for (citizen, grantee, purpose, data type) at `at_ms`: the
+    /// latest that covers the type among those recorded by then.
+    fn deciding(
+        &self,
+        citizen: &str,
+        grantee: &str,
+        purpose: Purpose,
+        data_type: &str,
+        at_ms: i64,
+    ) -> Option<&Consent> {
+        self.by_citizen.get(citizen)?.iter().rev().find(|r| {
+            r.purpose == purpose
+                && r.grantee == grantee
+                && r.recorded_ms <= at_ms
+                && r.covers(data_type)
+        })
+    }
+
+    /// Does the record that decides now (see [`Consents::allows`]) grant, with a validity
+    /// window that covers data from `data_ms`?
     pub fn valid_at(
         &self,
         citizen: &str,
@@ -133,15 +150,7 @@ impl Consents {
         now_ms: i64,
         data_ms: i64,
     ) -> bool {
-        let key = (citizen.to_owned(), grantee.to_owned(), purpose);
-        let Some(records) = self.by_key.get(&key) else {
-            return false;
-        };
-        match records
-            .iter()
-            .rev()
-            .find(|r| r.recorded_ms <= now_ms && r.covers(data_type))
-        {
+        match self.deciding(citizen, grantee, purpose, data_type, now_ms) {
             Some(r) if r.granted => {
                 r.valid_from_ms.is_none_or(|from| data_ms >= from)
                     && r.valid_until_ms.is_none_or(|until| data_ms < until)
@@ -160,13 +169,13 @@ impl Consents {
 
     /// Does `citizen` let `grantee` use any data type at all for `purpose` at `at_ms`?
     pub fn allows_any(&self, citizen: &str, grantee: &str, purpose: Purpose, at_ms: i64) -> bool {
-        let key = (citizen.to_owned(), grantee.to_owned(), purpose);
-        let Some(records) = self.by_key.get(&key) else {
+        let Some(records) = self.by_citizen.get(citizen) else {
             return false;
         };
         // The types some record names, and one no record names (covered only by "all").
         let mut types: Vec<&str> = records
             .iter()
+            .filter(|r| r.purpose == purpose && r.grantee == grantee)
             .flat_map(|r| r.data_types.iter().map(String::as_str))
             .collect();
         types.push("\0unnamed");
@@ -186,21 +195,7 @@ impl Consents {
         data_type: &str,
         at_ms: i64,
     ) -> bool {
-        let key = (citizen.to_owned(), grantee.to_owned(), purpose);
-        let Some(records) = self.by_key.get(&key) else {
-            return false;
-        };
-        match records
-            .iter()
-            .rev()
-            .find(|r| r.recorded_ms <= at_ms && r.covers(data_type))
-        {
-            Some(r) if r.granted => {
-                r.valid_from_ms.is_none_or(|from| at_ms >= from)
-                    && r.valid_until_ms.is_none_or(|until| at_ms < until)
-            }
-            _ => false,
-        }
+        self.valid_at(citizen, grantee, purpose, data_type, at_ms, at_ms)
     }
 }
 
