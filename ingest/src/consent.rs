@@ -20,7 +20,7 @@ use tracing::{error, info};
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 
-use crate::store::{migrate, open_existing, sqlite, StoreError};
+use crate::store::{open_durable, open_existing, sqlite, StoreError};
 
 /// The grantee of `collect` and `research`: the hub itself.
 pub const HUB: &str = "kenko";
@@ -356,12 +356,7 @@ pub fn audit_head_path(registry: &Path) -> PathBuf {
 
 impl ConsentRegistry {
     pub fn open(path: &Path) -> Result<ConsentRegistry, StoreError> {
-        let conn = Connection::open(path).map_err(sqlite(path))?;
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
-            .map_err(sqlite(path))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(sqlite(path))?;
-        migrate(&conn, path, SCHEMA)?;
+        let conn = open_durable(path, SCHEMA)?;
         Ok(ConsentRegistry {
             conn,
             path: path.to_owned(),

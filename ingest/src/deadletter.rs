@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection};
 
-use crate::store::{migrate, open_existing, sqlite, StoreError};
+use crate::store::{open_durable, open_existing, sqlite, StoreError};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS dead_letters (
@@ -42,12 +42,7 @@ pub struct DeadLetterStore {
 
 impl DeadLetterStore {
     pub fn open(path: &Path) -> Result<DeadLetterStore, StoreError> {
-        let conn = Connection::open(path).map_err(sqlite(path))?;
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
-            .map_err(sqlite(path))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(sqlite(path))?;
-        migrate(&conn, path, SCHEMA)?;
+        let conn = open_durable(path, SCHEMA)?;
         Ok(DeadLetterStore {
             conn,
             path: path.to_owned(),

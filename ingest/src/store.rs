@@ -330,6 +330,18 @@ pub(crate) fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_
     }
 }
 
+/// Opens (creating) a small database for durable writes: WAL journal, `synchronous = FULL`,
+/// a busy timeout for the other processes that write it, and the schema.
+pub(crate) fn open_durable(path: &Path, schema: &str) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(sqlite(path))?;
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
+        .map_err(sqlite(path))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(sqlite(path))?;
+    migrate(&conn, path, schema)?;
+    Ok(conn)
+}
+
 /// Opens an existing database read-only, with a clear error when it is not there or was
 /// written by a newer kenko.
 pub(crate) fn open_existing(path: &Path) -> Result<Connection, StoreError> {
