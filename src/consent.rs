@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use kenko_ingest::consent::{audit_head_path, ConsentRegistry, NewConsent, Purpose, HUB};
+use kenko_ingest::consent::{audit_head_path, ConsentChange, ConsentRegistry, Purpose, HUB};
 use kenko_ingest::query::parse_time;
 
 #[derive(clap::Args)]
@@ -119,7 +119,8 @@ pub fn run(args: ConsentArgs) -> anyhow::Result<()> {
                 ms.and_then(|m| jiff::Timestamp::from_millisecond(m).ok())
                     .map_or_else(|| "-".to_owned(), |t| t.to_string())
             };
-            for c in registry.list(list.citizen.as_deref())? {
+            for record in registry.list(list.citizen.as_deref())? {
+                let c = &record.change;
                 let change = match (c.granted, c.erase) {
                     (true, _) => "grant",
                     (false, false) => "revoke",
@@ -127,8 +128,8 @@ pub fn run(args: ConsentArgs) -> anyhow::Result<()> {
                 };
                 println!(
                     "{}\t{}\t{}\t{}\t{}\t{change}\t{}\t{}\t{}\t{}",
-                    c.id,
-                    time(Some(c.recorded_ms)),
+                    record.id,
+                    time(Some(record.recorded_ms)),
                     c.citizen,
                     c.grantee,
                     c.purpose.as_str(),
@@ -179,7 +180,7 @@ fn record(change: Change, granted: bool, erase: bool) -> anyhow::Result<()> {
     let mut registry = ConsentRegistry::open(&change.data_dir.join("registry.db"))?;
     for citizen in &change.citizen {
         let stored = registry.record(
-            NewConsent {
+            ConsentChange {
                 citizen: citizen.clone(),
                 grantee: grantee.clone(),
                 purpose,

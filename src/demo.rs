@@ -12,7 +12,7 @@ use kenko_broker::auth::{hash_password, new_token, Cost};
 use kenko_config::Config;
 use kenko_devices::registry::demo_devices;
 use kenko_devices::sim::{self, SimConfig, SimStats};
-use kenko_ingest::consent::{ConsentRegistry, NewConsent, Purpose, HUB};
+use kenko_ingest::consent::{ConsentChange, ConsentRegistry, Purpose, HUB};
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{self, Hub};
@@ -146,7 +146,7 @@ fn grant_demo_consent(data_dir: &Path, config: &Config) -> anyhow::Result<()> {
             continue;
         }
         registry.record(
-            NewConsent {
+            ConsentChange {
                 citizen: device.citizen.clone(),
                 grantee: HUB.to_owned(),
                 purpose: Purpose::Collect,

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Hub;
-use kenko_ingest::consent::{ConsentRegistry, NewConsent, Purpose};
+use kenko_ingest::consent::{ConsentChange, ConsentRegistry, Purpose};
 use rumqttc::{AsyncClient, Event, Incoming, QoS};
 
 /// Devices bed-001/002, care service st-luke, live republishing on.
@@ -119,7 +119,7 @@ async fn care_consent_opens_and_withdrawal_closes_live_deliveries_at_once() -> a
         // the moment the record is committed: how long the hub takes to act on it.
         let mut registry = ConsentRegistry::open(&data.join("registry.db"))?;
         registry.record(
-            NewConsent {
+            ConsentChange {
                 citizen: "citizen-001".into(),
                 grantee: "st-luke".into(),
                 purpose: Purpose::Care,
@@ -372,7 +372,7 @@ fn toggling_consent_of_100_citizens_under_load_stores_nothing_from_periods_witho
         let citizen = format!("citizen-{:03}", i + 1);
         let before = now();
         registry.record(
-            NewConsent {
+            ConsentChange {
                 citizen,
                 grantee: HUB.into(),
                 purpose: Purpose::Collect,

@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use kenko_devices::Metric;
 use kenko_ingest::consent::{
-    Consent, ConsentBook, ConsentRegistry, Consents, NewConsent, Purpose, HUB,
+    Consent, ConsentBook, ConsentChange, ConsentRegistry, Consents, Purpose, HUB,
 };
 use kenko_ingest::query::{parse_duration, parse_time, Agg, Query, Row};
 use kenko_ingest::store::PersonalStore;
@@ -241,18 +241,19 @@ fn rfc3339(ms: i64) -> String {
 
 impl From<Consent> for ConsentView {
     fn from(c: Consent) -> ConsentView {
+        let ch = c.change;
         ConsentView {
             id: c.id,
-            citizen: c.citizen,
-            grantee: c.grantee,
-            purpose: c.purpose.as_str(),
-            change: if c.granted { "grant" } else { "revoke" },
-            data_types: c.data_types,
-            valid_from: c.valid_from_ms.map(rfc3339),
-            valid_until: c.valid_until_ms.map(rfc3339),
+            citizen: ch.citizen,
+            grantee: ch.grantee,
+            purpose: ch.purpose.as_str(),
+            change: if ch.granted { "grant" } else { "revoke" },
+            data_types: ch.data_types,
+            valid_from: ch.valid_from_ms.map(rfc3339),
+            valid_until: ch.valid_until_ms.map(rfc3339),
             recorded: rfc3339(c.recorded_ms),
-            source: c.source,
-            erase: c.erase,
+            source: ch.source,
+            erase: ch.erase,
         }
     }
 }
@@ -358,7 +359,7 @@ async fn record_consent(
         t.map(|t| parse_time(&t, now).map_err(|e| bad(e.to_string())))
             .transpose()
     };
-    let new = NewConsent {
+    let new = ConsentChange {
         citizen: body.citizen,
         grantee,
         purpose,

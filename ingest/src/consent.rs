@@ -60,29 +60,18 @@ impl FromStr for Purpose {
     }
 }
 
-/// One consent record as stored.
+/// One consent record as stored: the change as it was asked for, numbered and timed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Consent {
     pub id: i64,
-    pub citizen: String,
-    pub grantee: String,
-    pub purpose: Purpose,
-    /// Data types (metric names) covered; empty means all.
-    pub data_types: Vec<String>,
-    pub valid_from_ms: Option<i64>,
-    pub valid_until_ms: Option<i64>,
     pub recorded_ms: i64,
-    /// Where the record came from (a CLI operator, the citizen app, a paper form id).
-    pub source: String,
-    /// A grant, or a withdrawal.
-    pub granted: bool,
-    /// A withdrawal that also asks for erasure.
-    pub erase: bool,
+    pub change: ConsentChange,
 }
 
 impl Consent {
     fn covers(&self, data_type: &str) -> bool {
-        self.data_types.is_empty() || self.data_types.iter().any(|t| t == data_type)
+        let types = &self.change.data_types;
+        types.is_empty() || types.iter().any(|t| t == data_type)
     }
 }
 
@@ -105,11 +94,16 @@ impl Consents {
         let mut erasures: HashMap<String, i64> = HashMap::new();
         let last_id = records.iter().map(|r| r.id).max().unwrap_or(0);
         for r in records {
-            if r.erase {
-                let at = erasures.entry(r.citizen.clone()).or_insert(r.recorded_ms);
+            if r.change.erase {
+                let at = erasures
+                    .entry(r.change.citizen.clone())
+                    .or_insert(r.recorded_ms);
                 *at = (*at).max(r.recorded_ms);
             }
-            by_citizen.entry(r.citizen.clone()).or_default().push(r);
+            by_citizen
+                .entry(r.change.citizen.clone())
+                .or_default()
+                .push(r);
         }
         for list in by_citizen.values_mut() {
             list.sort_by_key(|r| r.id);
@@ -132,8 +126,8 @@ impl Consents {
         at_ms: i64,
     ) -> Option<&Consent> {
         self.by_citizen.get(citizen)?.iter().rev().find(|r| {
-            r.purpose == purpose
-                && r.grantee == grantee
+            r.change.purpose == purpose
+                && r.change.grantee == grantee
                 && r.recorded_ms <= at_ms
                 && r.covers(data_type)
         })
@@ -151,9 +145,9 @@ impl Consents {
         data_ms: i64,
     ) -> bool {
         match self.deciding(citizen, grantee, purpose, data_type, now_ms) {
-            Some(r) if r.granted => {
-                r.valid_from_ms.is_none_or(|from| data_ms >= from)
-                    && r.valid_until_ms.is_none_or(|until| data_ms < until)
+            Some(r) if r.change.granted => {
+                r.change.valid_from_ms.is_none_or(|from| data_ms >= from)
+                    && r.change.valid_until_ms.is_none_or(|until| data_ms < until)
             }
             _ => false,
         }
@@ -175,8 +169,8 @@ impl Consents {
         // The types some record names, and one no record names (covered only by "all").
         let mut types: Vec<&str> = records
             .iter()
-            .filter(|r| r.purpose == purpose && r.grantee == grantee)
-            .flat_map(|r| r.data_types.iter().map(String::as_str))
+            .filter(|r| r.change.purpose == purpose && r.change.grantee == grantee)
+            .flat_map(|r| r.change.data_types.iter().map(String::as_str))
             .collect();
         types.push("\0unnamed");
         types
@@ -299,7 +293,7 @@ impl Drop for ConsentWatcher {
 
 /// A record to add.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewConsent {
+pub struct ConsentChange {
     pub citizen: String,
     pub grantee: String,
     pub purpose: Purpose,
@@ -371,7 +365,7 @@ impl ConsentRegistry {
     }
 
     /// Adds a record and its audit entry in one transaction; returns the record as stored.
-    pub fn record(&mut self, new: NewConsent, now_ms: i64) -> Result<Consent, StoreError> {
+    pub fn record(&mut self, new: ConsentChange, now_ms: i64) -> Result<Consent, StoreError> {
         let path = self.path.clone();
         let tx = self
             .conn
@@ -395,32 +389,25 @@ impl ConsentRegistry {
             ],
         )
         .map_err(sqlite(&path))?;
-        let consent = Consent {
-            id: tx.last_insert_rowid(),
-            citizen: new.citizen,
-            grantee: new.grantee,
-            purpose: new.purpose,
-            data_types: new.data_types,
-            valid_from_ms: new.valid_from_ms,
-            valid_until_ms: new.valid_until_ms,
-            recorded_ms: now_ms,
-            source: new.source,
-            granted: new.granted,
-            erase: new.erase,
-        };
+        let id = tx.last_insert_rowid();
         let body = serde_json::json!({
-            "consent": consent.id,
-            "citizen": consent.citizen,
-            "grantee": consent.grantee,
-            "purpose": consent.purpose.as_str(),
-            "data_types": consent.data_types,
-            "valid_from_ms": consent.valid_from_ms,
-            "valid_until_ms": consent.valid_until_ms,
-            "source": consent.source,
-            "erase": consent.erase,
+            "consent": id,
+            "citizen": new.citizen,
+            "grantee": new.grantee,
+            "purpose": new.purpose.as_str(),
+            "data_types": new.data_types,
+            "valid_from_ms": new.valid_from_ms,
+            "valid_until_ms": new.valid_until_ms,
+            "source": new.source,
+            "erase": new.erase,
         })
         .to_string();
-        let kind = if consent.granted {
+        let consent = Consent {
+            id,
+            recorded_ms: now_ms,
+            change: new,
+        };
+        let kind = if consent.change.granted {
             "consent.grant"
         } else {
             "consent.revoke"
@@ -457,20 +444,22 @@ impl ConsentRegistry {
                 let types: String = r.get(4)?;
                 Ok(Consent {
                     id: r.get(0)?,
-                    citizen: r.get(1)?,
-                    grantee: r.get(2)?,
-                    purpose: purpose.parse().unwrap_or(Purpose::Collect),
-                    data_types: types
-                        .split(',')
-                        .filter(|t| !t.is_empty())
-                        .map(str::to_owned)
-                        .collect(),
-                    valid_from_ms: r.get(5)?,
-                    valid_until_ms: r.get(6)?,
                     recorded_ms: r.get(7)?,
-                    source: r.get(8)?,
-                    granted: r.get(9)?,
-                    erase: r.get(10)?,
+                    change: ConsentChange {
+                        citizen: r.get(1)?,
+                        grantee: r.get(2)?,
+                        purpose: purpose.parse().unwrap_or(Purpose::Collect),
+                        data_types: types
+                            .split(',')
+                            .filter(|t| !t.is_empty())
+                            .map(str::to_owned)
+                            .collect(),
+                        valid_from_ms: r.get(5)?,
+                        valid_until_ms: r.get(6)?,
+                        source: r.get(8)?,
+                        granted: r.get(9)?,
+                        erase: r.get(10)?,
+                    },
                 })
             })
             .map_err(sqlite(&self.path))?;
@@ -492,7 +481,7 @@ impl ConsentRegistry {
         Ok(self
             .list(None)?
             .into_iter()
-            .filter(|c| c.erase && !done.contains(&c.id))
+            .filter(|c| c.change.erase && !done.contains(&c.id))
             .collect())
     }
 
@@ -516,7 +505,7 @@ impl ConsentRegistry {
         .map_err(sqlite(&path))?;
         let body = serde_json::json!({
             "consent": consent.id,
-            "citizen": consent.citizen,
+            "citizen": consent.change.citizen,
             "rows_deleted": rows,
         })
         .to_string();
@@ -734,8 +723,8 @@ fn read_head(registry: &Path) -> Result<Option<(i64, Vec<u8>)>, AuditError> {
 mod tests {
     use super::*;
 
-    fn grant(citizen: &str, purpose: Purpose, types: &[&str]) -> NewConsent {
-        NewConsent {
+    fn grant(citizen: &str, purpose: Purpose, types: &[&str]) -> ConsentChange {
+        ConsentChange {
             citizen: citizen.into(),
             grantee: HUB.into(),
             purpose,
@@ -748,8 +737,8 @@ mod tests {
         }
     }
 
-    fn revoke(citizen: &str, purpose: Purpose, types: &[&str]) -> NewConsent {
-        NewConsent {
+    fn revoke(citizen: &str, purpose: Purpose, types: &[&str]) -> ConsentChange {
+        ConsentChange {
             granted: false,
             ..grant(citizen, purpose, types)
         }
@@ -778,7 +767,7 @@ mod tests {
         );
         reg.record(revoke("c1", c, &[]), 3).expect("revoke all");
         assert!(!reg.consents().expect("c").allows("c1", HUB, c, "spo2", 5));
-        let windowed = NewConsent {
+        let windowed = ConsentChange {
             valid_from_ms: Some(100),
             valid_until_ms: Some(200),
             ..grant("c3", c, &[])
@@ -791,7 +780,7 @@ mod tests {
         assert_eq!(reg.list(Some("c1")).expect("list").len(), 3);
 
         // An erasure request covers everything received up to it, whenever it is processed.
-        let erase = NewConsent {
+        let erase = ConsentChange {
             erase: true,
             ..revoke("c3", c, &[])
         };
@@ -807,7 +796,7 @@ mod tests {
         assert!(!now.allows_any("c1", HUB, c, 5));
 
         // Reading history: the window of the record in force decides which data it covers.
-        let care = NewConsent {
+        let care = ConsentChange {
             grantee: "st-luke".into(),
             purpose: Purpose::Care,
             valid_from_ms: Some(1_000),

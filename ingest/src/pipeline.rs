@@ -17,7 +17,7 @@ use kenko_devices::Registry;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
-use crate::consent::{ConsentBook, ConsentRegistry, ConsentWatcher, Purpose, HUB};
+use crate::consent::{ConsentBook, ConsentRegistry, ConsentWatcher, Consents, Purpose, HUB};
 use crate::deadletter::{DeadLetter, DeadLetterStore};
 use crate::decode::{self, Context, RejectCode, Rejection, Zones};
 use crate::observation::Observation;
@@ -291,19 +291,23 @@ impl Writer {
             let now = now_ms();
             let erased = self
                 .store
-                .erase_citizen(&request.citizen)
-                .and_then(|rows| self.pseudonyms.forget(&request.citizen).map(|()| rows));
+                .erase_citizen(&request.change.citizen)
+                .and_then(|rows| {
+                    self.pseudonyms
+                        .forget(&request.change.citizen)
+                        .map(|()| rows)
+                });
             match erased {
                 Ok(rows) => {
                     self.stats.erased.fetch_add(rows as u64, Ordering::Relaxed);
-                    info!(citizen = %request.citizen, rows, "erased a citizen's observations on request");
+                    info!(citizen = %request.change.citizen, rows, "erased a citizen's observations on request");
                     if let Err(e) = self.consent_registry.erasure_done(&request, rows, now) {
                         error!(error = %e, "erasure done but not recorded; it will run again");
                         return;
                     }
                 }
                 Err(e) => {
-                    error!(error = %e, citizen = %request.citizen, "erasure failed; will retry");
+                    error!(error = %e, citizen = %request.change.citizen, "erasure failed; will retry");
                     return;
                 }
             }
@@ -313,11 +317,15 @@ impl Writer {
 
     /// `rejection`, or a no-consent refusal if the device's citizen lets the hub collect
     /// nothing (or asked for erasure since): then nothing of the message is kept.
-    fn without_consent(&self, sub: &Submission, rejection: Rejection) -> Rejection {
+    fn without_consent(
+        &self,
+        consents: &Consents,
+        sub: &Submission,
+        rejection: Rejection,
+    ) -> Rejection {
         let Some(device) = self.registry.get(&sub.device) else {
             return rejection; // unknown device: no citizen to ask
         };
-        let consents = self.consents.current();
         let citizen = &*device.citizen;
         if consents.allows_any(citizen, HUB, Purpose::Collect, sub.received_ms)
             && !consents.erased_after(citizen, sub.received_ms)
@@ -327,22 +335,17 @@ impl Writer {
         self.stats
             .refused_no_consent
             .fetch_add(1, Ordering::Relaxed);
-        Rejection {
-            code: RejectCode::NoConsent,
-            message:
-                "the citizen has not consented to the collection of this data; nothing was stored"
-                    .into(),
-        }
+        no_consent()
     }
 
     /// Pseudonymized copies of the observations whose citizen consented to research.
     fn share(
         &mut self,
+        consents: &Consents,
         observations: &[Observation],
         received_ms: i64,
         out: &mut Vec<Observation>,
     ) {
-        let consents = self.consents.current();
         for o in observations {
             if !consents.allows(
                 &o.citizen,
@@ -372,11 +375,11 @@ impl Writer {
     /// counts the rest. `Err` if nothing of the message may be kept.
     fn filter_consent(
         &self,
+        consents: &Consents,
         out: &mut Vec<Observation>,
         start: usize,
         received_ms: i64,
     ) -> Result<(), Rejection> {
-        let consents = self.consents.current();
         let before = out.len() - start;
         let mut kept = start;
         for i in start..out.len() {
@@ -401,10 +404,7 @@ impl Writer {
                 .fetch_add(refused as u64, Ordering::Relaxed);
         }
         if refused > 0 && kept == start {
-            return Err(Rejection {
-                code: RejectCode::NoConsent,
-                message: "the citizen has not consented to the collection of this data; nothing was stored".into(),
-            });
+            return Err(no_consent());
         }
         Ok(())
     }
@@ -435,19 +435,27 @@ impl Writer {
 
     fn process(&mut self, batch: &mut Batch) {
         self.refresh_consents();
+        // One snapshot decides the whole batch.
+        let consents = self.consents.current();
         for sub in &batch.submissions {
             let start = batch.observations.len();
             let mut verdict = self.decode(sub, &mut batch.observations);
             if self.config.require_consent {
                 verdict = match verdict {
-                    Ok(()) => self.filter_consent(&mut batch.observations, start, sub.received_ms),
+                    Ok(()) => self.filter_consent(
+                        &consents,
+                        &mut batch.observations,
+                        start,
+                        sub.received_ms,
+                    ),
                     // A refused message of a citizen who does not let the hub collect is not
                     // kept as a dead letter either: its payload holds their readings.
-                    Err(rejection) => Err(self.without_consent(sub, rejection)),
+                    Err(rejection) => Err(self.without_consent(&consents, sub, rejection)),
                 };
             }
             if verdict.is_ok() {
                 self.share(
+                    &consents,
                     &batch.observations[start..],
                     sub.received_ms,
                     &mut batch.shared,
@@ -455,8 +463,8 @@ impl Writer {
             }
             if let Err(rejection) = &verdict {
                 if rejection.code == RejectCode::NoConsent {
-                    // Counted and answered, but its payload is kept nowhere.
-                    // Counted in `refused_no_consent`; one line per message would flood the log
+                    // Answered, and counted in `refused_no_consent`, but its payload is kept
+                    // nowhere; one line per message would flood the log
                     // while a citizen's device keeps sending after a withdrawal.
                     debug!(device = %sub.device, "message refused: no collection consent");
                     batch.verdicts.push(verdict);
@@ -622,6 +630,14 @@ impl Writer {
     }
 }
 
+fn no_consent() -> Rejection {
+    Rejection {
+        code: RejectCode::NoConsent,
+        message: "the citizen has not consented to the collection of this data; nothing was stored"
+            .into(),
+    }
+}
+
 fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
@@ -633,7 +649,7 @@ fn format_ms(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consent::NewConsent;
+    use crate::consent::ConsentChange;
     use kenko_devices::registry::demo_devices;
 
     fn submission(
@@ -655,8 +671,8 @@ mod tests {
         }
     }
 
-    fn collect(citizen: &str, types: &[&str], granted: bool, erase: bool) -> NewConsent {
-        NewConsent {
+    fn collect(citizen: &str, types: &[&str], granted: bool, erase: bool) -> ConsentChange {
+        ConsentChange {
             citizen: citizen.into(),
             grantee: HUB.into(),
             purpose: Purpose::Collect,
@@ -669,7 +685,7 @@ mod tests {
         }
     }
 
-    fn record(dir: &Path, consent: NewConsent) {
+    fn record(dir: &Path, consent: ConsentChange) {
         ConsentRegistry::open(&dir.join("registry.db"))
             .expect("registry")
             .record(consent, now_ms())
