@@ -12,7 +12,8 @@ use kenko_broker::http::HttpApi;
 use kenko_broker::{Broker, BrokerStats};
 use kenko_config::Config;
 use kenko_devices::Registry;
-use kenko_ingest::pipeline::{self, IngestStats};
+use kenko_ingest::pipeline::{self, IngestStats, Settings};
+use kenko_ingest::wal::Recovery;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -34,12 +35,21 @@ impl Hub {
         data_dir: &Path,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Hub> {
+        let lock = lock_data_dir(data_dir)?;
         let registry = Registry::from_config(&config.devices);
         let broker = Broker::bind(&config).await?;
         reload_on_sighup(broker.authorizer(), shutdown.clone());
-        let (ingest, pipeline) =
-            pipeline::start(&config.ingest, registry, data_dir, Some(broker.notices()))
-                .with_context(|| format!("cannot open the stores in {}", data_dir.display()))?;
+        let (ingest, pipeline) = pipeline::start(
+            &Settings::from(&config),
+            registry,
+            data_dir,
+            Some(broker.notices()),
+        )
+        .with_context(|| format!("cannot open the stores in {}", data_dir.display()))?;
+        report_recovery(&pipeline.recovery);
+        if let Some(influx) = &config.influxdb {
+            check_influx(influx).await;
+        }
         let mqtt_addr = broker.local_addr();
         let tls_addr = broker.tls_addr();
         let websocket_addr = broker.websocket_addr();
@@ -71,6 +81,7 @@ impl Hub {
             {
                 tracing::error!("ingest pipeline did not stop cleanly");
             }
+            drop(lock);
             tracing::info!("hub stopped");
         });
         Ok(Hub {
@@ -87,6 +98,63 @@ impl Hub {
     /// Waits until the hub has shut down.
     pub async fn wait(self) -> anyhow::Result<()> {
         self.task.await.context("hub task failed")
+    }
+}
+
+/// Holds the data directory for this process: two hubs (or a hub and a local dead-letter
+/// replay) must never write one write-ahead log. The lock goes with the process, also when
+/// it is killed.
+pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let path = data_dir.join("kenko.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another kenko process (a hub, or a dead-letter replay) is using {}; stop it first or use another --data-dir",
+            data_dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
+/// Says what opening the write-ahead log found, when it found anything.
+fn report_recovery(recovery: &Recovery) {
+    if recovery.torn_bytes > 0 {
+        eprintln!(
+            "kenko: write-ahead log: cut {} bytes of a torn last write (a crash mid-write; nothing acknowledged is lost)",
+            recovery.torn_bytes
+        );
+    }
+    for segment in &recovery.quarantined {
+        eprintln!(
+            "kenko: write-ahead log: damaged segment set aside as {}; the rest is replayed",
+            segment.display()
+        );
+    }
+}
+
+/// Tells whether the InfluxDB server answers; the hub runs either way (the log holds what
+/// the server has not taken yet).
+async fn check_influx(influx: &kenko_config::InfluxConfig) {
+    let result = match kenko_ingest::influx::client(influx) {
+        Ok(client) => kenko_ingest::influx::check(&client, std::time::Duration::from_secs(5)).await,
+        Err(e) => Err(e.to_string()),
+    };
+    match result {
+        Ok(()) => println!("kenko serve: InfluxDB at {} is ready", influx.url),
+        Err(why) => eprintln!(
+            "kenko serve: cannot reach InfluxDB at {} ({why}); observations wait in the write-ahead log until it answers",
+            influx.url
+        ),
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod acl;
 mod consent;
+mod deadletter;
 mod demo;
 mod hub;
 mod query;
@@ -40,6 +41,8 @@ enum Command {
     Consent(consent::ConsentArgs),
     /// Verify the audit log of consent changes
     Audit(consent::AuditArgs),
+    /// List, show and replay messages the hub refused to store
+    Deadletter(deadletter::DeadLetterArgs),
 }
 
 #[derive(clap::Args)]
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
         Command::HashPassword(args) => acl::hash(args).map(|()| true),
         Command::Consent(args) => consent::run(args).map(|()| true),
         Command::Audit(args) => consent::audit(args),
+        Command::Deadletter(args) => deadletter::run(args).map(|()| true),
         command => runtime().and_then(|rt| rt.block_on(run_async(command)).map(|()| true)),
     };
     match result {
@@ -112,7 +116,8 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
         | Command::Acl(_)
         | Command::HashPassword(_)
         | Command::Consent(_)
-        | Command::Audit(_) => {
+        | Command::Audit(_)
+        | Command::Deadletter(_) => {
             unreachable!("runs without a runtime")
         }
     }

@@ -324,6 +324,7 @@ impl Session {
         let reply = (qos != QoS::AtMostOnce).then(|| Reply {
             to: self.outcomes_tx.clone(),
             token: (qos as u32) << 16 | u32::from(pkid),
+            refusable: self.codec.version() == Version::V5,
         });
         self.pending += usize::from(reply.is_some());
         let submission = Submission {
@@ -332,6 +333,7 @@ impl Session {
             payload: publish.payload,
             received_ms: now_ms(),
             reply,
+            replay: false,
         };
         self.shared
             .stats
@@ -529,9 +531,19 @@ impl Session {
                     None,
                 )),
             },
+            Err(rejection)
+                if rejection.code == RejectCode::LogFull
+                    && self.codec.version() == Version::V311 =>
+            {
+                // Not stored, and 3.1.1 has no negative acknowledgement: no PUBACK, so the
+                // device keeps the message and sends it again when it reconnects.
+                self.in_pipeline.remove(&pkid);
+                debug!(pkid, "not acknowledged: the write-ahead log is full");
+            }
             Err(rejection) => {
                 self.in_pipeline.remove(&pkid);
-                // The message is dead-lettered and its reason published on devices/{id}/errors.
+                // The message is dead-lettered (or, with a full log, refused for now with
+                // 0x97) and its reason published on devices/{id}/errors.
                 self.refuse_publish(qos, pkid, rejection_reason(&rejection), rejection.message);
             }
         }
@@ -747,9 +759,11 @@ fn rejection_reason(rejection: &Rejection) -> PubAckReason {
         RejectCode::UnknownDevice | RejectCode::ClientMismatch | RejectCode::NoConsent => {
             PubAckReason::NotAuthorized
         }
-        RejectCode::MalformedPayload | RejectCode::Implausible | RejectCode::FutureTimestamp => {
-            PubAckReason::PayloadFormatInvalid
-        }
+        RejectCode::MalformedPayload
+        | RejectCode::Implausible
+        | RejectCode::FutureTimestamp
+        | RejectCode::TooManyReadings => PubAckReason::PayloadFormatInvalid,
+        RejectCode::LogFull => PubAckReason::QuotaExceeded,
     }
 }
 

@@ -41,6 +41,10 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The HTTP API (consents, queries).
     pub http: HttpConfig,
+    /// The write-ahead log every accepted message is on before it is acknowledged.
+    pub wal: WalConfig,
+    /// An InfluxDB 2.x/3.x (or InfluxDB-compatible) server the observations also go to.
+    pub influxdb: Option<InfluxConfig>,
     /// Principals other than devices: services, analysts, operators, citizen apps.
     pub principals: Vec<PrincipalConfig>,
     /// The device registry: which device belongs to which citizen.
@@ -53,6 +57,133 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: Option<SocketAddr>,
+}
+
+/// Sizes of the write-ahead log (`DATA_DIR/wal/`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WalConfig {
+    /// The most the log may hold, in bytes. When it is full (a sink is behind, e.g. InfluxDB
+    /// is down), acknowledgements are withheld until the sinks catch up; nothing is dropped.
+    pub max_bytes: u64,
+    /// A segment file is closed and a new one started beyond this size, in bytes.
+    pub segment_bytes: u64,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        WalConfig {
+            max_bytes: 4 * 1024 * 1024 * 1024,
+            segment_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// The InfluxDB sink: observations are written, from the write-ahead log, as line protocol
+/// through InfluxDB's `/api/v2/write`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InfluxConfig {
+    /// Base URL of the server, e.g. `http://127.0.0.1:8086`.
+    pub url: String,
+    /// The organization (InfluxDB 2.x); ignored by servers without organizations.
+    #[serde(default)]
+    pub org: String,
+    /// The environment variable that holds the API token (read at start).
+    #[serde(default = "default_token_env")]
+    pub token_env: String,
+    /// A file that holds the API token (relative to the config file); used when the
+    /// environment variable is not set.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The bucket for identified observations.
+    #[serde(default = "default_personal_bucket")]
+    pub bucket_personal: String,
+    /// The bucket for pseudonymized observations (research).
+    #[serde(default = "default_shared_bucket")]
+    pub bucket_shared: String,
+    /// Measurement name of identified observations.
+    #[serde(default = "default_measurement")]
+    pub measurement: String,
+    /// Measurement name of pseudonymized observations (servers without buckets, such as
+    /// VictoriaMetrics, keep the two apart by it).
+    #[serde(default = "default_shared_measurement")]
+    pub shared_measurement: String,
+    /// Most points in one write.
+    #[serde(default = "default_influx_batch")]
+    pub batch_max: usize,
+    /// A partial batch is written once its oldest point waited this long, in milliseconds.
+    #[serde(default = "default_influx_age")]
+    pub batch_age_ms: u64,
+    /// A write that takes longer than this is abandoned and retried, in milliseconds.
+    #[serde(default = "default_influx_timeout")]
+    pub timeout_ms: u64,
+    /// Longest pause between retries of a failing write, in milliseconds.
+    #[serde(default = "default_influx_backoff")]
+    pub max_backoff_ms: u64,
+    /// Compress writes with gzip.
+    #[serde(default = "default_true")]
+    pub gzip: bool,
+}
+
+impl InfluxConfig {
+    /// The API token: from the environment variable `token_env`, else from `token_file`
+    /// (trimmed); `None` when neither is set (servers without authentication).
+    pub fn token(&self) -> Result<Option<String>, ConfigError> {
+        if let Ok(token) = std::env::var(&self.token_env) {
+            if !token.trim().is_empty() {
+                return Ok(Some(token.trim().to_owned()));
+            }
+        }
+        match &self.token_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let token = text.trim();
+                if token.is_empty() {
+                    return Err(ConfigError::Invalid(format!(
+                        "influxdb.token_file {} is empty",
+                        path.display()
+                    )));
+                }
+                Ok(Some(token.to_owned()))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+fn default_token_env() -> String {
+    "KENKO_INFLUXDB_TOKEN".to_owned()
+}
+fn default_personal_bucket() -> String {
+    "personal".to_owned()
+}
+fn default_shared_bucket() -> String {
+    "shared".to_owned()
+}
+fn default_measurement() -> String {
+    "kenko".to_owned()
+}
+fn default_shared_measurement() -> String {
+    "kenko_research".to_owned()
+}
+fn default_influx_batch() -> usize {
+    5_000
+}
+fn default_influx_age() -> u64 {
+    1_000
+}
+fn default_influx_timeout() -> u64 {
+    10_000
+}
+fn default_influx_backoff() -> u64 {
+    30_000
+}
+fn default_true() -> bool {
+    true
 }
 
 /// What a 3.1.1 client is told when a PUBLISH is denied; 3.1.1 has no negative
@@ -294,6 +425,9 @@ impl Config {
         if let Some(acl) = &mut config.auth.acl {
             resolve(acl);
         }
+        if let Some(file) = config.influxdb.as_mut().and_then(|i| i.token_file.as_mut()) {
+            resolve(file);
+        }
         if let Some(tls) = &mut config.mqtt.tls {
             resolve(&mut tls.cert);
             resolve(&mut tls.key);
@@ -349,6 +483,50 @@ impl Config {
             if tls.require_client_cert && tls.client_ca.is_none() {
                 return invalid(
                     "mqtt.tls.require_client_cert needs mqtt.tls.client_ca to verify the certificates"
+                        .into(),
+                );
+            }
+        }
+        if self.wal.segment_bytes < 4096 || self.wal.max_bytes < 2 * self.wal.segment_bytes {
+            return invalid(format!(
+                "wal.segment_bytes must be at least 4096 and wal.max_bytes at least twice it (got {} and {})",
+                self.wal.segment_bytes, self.wal.max_bytes
+            ));
+        }
+        if let Some(influx) = &self.influxdb {
+            let scheme_ok = influx.url.starts_with("http://") || influx.url.starts_with("https://");
+            if !scheme_ok {
+                return invalid(format!(
+                    "influxdb.url {:?} must start with http:// or https://",
+                    influx.url
+                ));
+            }
+            if influx.batch_max == 0 || influx.timeout_ms == 0 || influx.max_backoff_ms == 0 {
+                return invalid(
+                    "influxdb.batch_max, timeout_ms and max_backoff_ms must be at least 1".into(),
+                );
+            }
+            for (what, name) in [
+                ("bucket_personal", &influx.bucket_personal),
+                ("bucket_shared", &influx.bucket_shared),
+                ("measurement", &influx.measurement),
+                ("shared_measurement", &influx.shared_measurement),
+            ] {
+                if name.is_empty()
+                    || name
+                        .chars()
+                        .any(|c| c.is_whitespace() || c == ',' || c == '"')
+                {
+                    return invalid(format!(
+                        "influxdb.{what} {name:?} must be non-empty, without spaces, commas or quotes"
+                    ));
+                }
+            }
+            if influx.bucket_personal == influx.bucket_shared
+                && influx.measurement == influx.shared_measurement
+            {
+                return invalid(
+                    "influxdb: identified and pseudonymized observations need different buckets or measurements"
                         .into(),
                 );
             }

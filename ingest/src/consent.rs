@@ -234,6 +234,54 @@ impl ConsentBook {
     }
 }
 
+/// A reader of the registry that keeps a [`ConsentBook`] current on demand: the ingest
+/// writer and the sinks refresh before each batch, so a batch is decided with every record
+/// committed before it started.
+pub struct ConsentView {
+    registry: ConsentRegistry,
+    book: Arc<ConsentBook>,
+    /// `registry.db`'s data version when the records were last read here.
+    version: i64,
+}
+
+impl ConsentView {
+    pub fn open(path: &Path, book: Arc<ConsentBook>) -> Result<ConsentView, StoreError> {
+        Ok(ConsentView {
+            registry: ConsentRegistry::open(path)?,
+            book,
+            version: i64::MIN,
+        })
+    }
+
+    /// The records in force, reread first if another connection has committed since.
+    pub fn refresh(&mut self) -> Arc<Consents> {
+        match self.registry.data_version() {
+            Ok(version) if version == self.version => {}
+            Ok(version) => match self.registry.consents() {
+                Ok(consents) => {
+                    self.book.replace(consents);
+                    self.version = version;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot reload consent records; deciding with the records in force")
+                }
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "cannot check the consent registry; deciding with the records in force")
+            }
+        }
+        self.book.current()
+    }
+
+    pub fn book(&self) -> &Arc<ConsentBook> {
+        &self.book
+    }
+
+    pub fn registry(&mut self) -> &mut ConsentRegistry {
+        &mut self.registry
+    }
+}
+
 /// The thread that reloads a [`ConsentBook`] when `registry.db` changes.
 pub struct ConsentWatcher {
     stop: Arc<AtomicBool>,

@@ -19,7 +19,46 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     payload     BLOB    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letters_by_reason ON dead_letters (reason_code);
+CREATE TABLE IF NOT EXISTS replay_requests (
+    id           INTEGER PRIMARY KEY,
+    requested_ms INTEGER NOT NULL,
+    letter_id    INTEGER,
+    reason_code  TEXT,
+    device       TEXT,
+    done_ms      INTEGER,
+    replayed     INTEGER NOT NULL DEFAULT 0,
+    failed       INTEGER NOT NULL DEFAULT 0,
+    skipped      INTEGER NOT NULL DEFAULT 0
+);
 ";
+
+/// Which letters a listing or a replay is about; `None` fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    pub id: Option<i64>,
+    pub reason_code: Option<String>,
+    pub device: Option<String>,
+}
+
+/// A request to run letters through the pipeline again, carried out by the hub's writer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayRequest {
+    pub id: i64,
+    pub selection: Selection,
+    pub done_ms: Option<i64>,
+    /// Letters now stored (and deleted from the dead letters).
+    pub replayed: u64,
+    /// Letters refused again (kept, with the new reason).
+    pub failed: u64,
+    /// Letters that cannot be replayed through the pipeline (e.g. rows InfluxDB refused).
+    pub skipped: u64,
+}
+
+fn selection_sql(prefix: &str) -> String {
+    format!(
+        "{prefix} (?1 IS NULL OR id = ?1) AND (?2 IS NULL OR reason_code = ?2) AND (?3 IS NULL OR device = ?3)"
+    )
+}
 
 /// One refused message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +150,129 @@ impl DeadLetterStore {
             })
             .map_err(sqlite(&self.path))?;
         rows.collect::<Result<_, _>>().map_err(sqlite(&self.path))
+    }
+
+    /// The newest `limit` letters of a selection, newest first.
+    pub fn select(
+        &self,
+        selection: &Selection,
+        limit: usize,
+    ) -> Result<Vec<(i64, DeadLetter)>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let sql = format!(
+            "SELECT id, received_ms, client_id, topic, device, reason_code, reason, payload
+             FROM dead_letters {} ORDER BY id DESC LIMIT ?4",
+            selection_sql("WHERE")
+        );
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(sqlite(&self.path))?;
+        let rows = stmt
+            .query_map(
+                params![selection.id, selection.reason_code, selection.device, limit],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        DeadLetter {
+                            received_ms: r.get(1)?,
+                            client_id: r.get(2)?,
+                            topic: r.get(3)?,
+                            device: r.get(4)?,
+                            reason_code: r.get(5)?,
+                            reason: r.get(6)?,
+                            payload: r.get(7)?,
+                        },
+                    ))
+                },
+            )
+            .map_err(sqlite(&self.path))?;
+        rows.collect::<Result<_, _>>().map_err(sqlite(&self.path))
+    }
+
+    /// Asks the hub to replay a selection; returns the request's id.
+    pub fn request_replay(
+        &mut self,
+        selection: &Selection,
+        now_ms: i64,
+    ) -> Result<i64, StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO replay_requests (requested_ms, letter_id, reason_code, device) VALUES (?1, ?2, ?3, ?4)",
+                params![now_ms, selection.id, selection.reason_code, selection.device],
+            )
+            .map_err(sqlite(&self.path))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Requests not yet carried out, oldest first; or the one with `id`.
+    pub fn replay_requests(&self, id: Option<i64>) -> Result<Vec<ReplayRequest>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, letter_id, reason_code, device, done_ms, replayed, failed, skipped
+                 FROM replay_requests WHERE (?1 IS NULL AND done_ms IS NULL) OR id = ?1 ORDER BY id",
+            )
+            .map_err(sqlite(&self.path))?;
+        let rows = stmt
+            .query_map(params![id], |r| {
+                Ok(ReplayRequest {
+                    id: r.get(0)?,
+                    selection: Selection {
+                        id: r.get(1)?,
+                        reason_code: r.get(2)?,
+                        device: r.get(3)?,
+                    },
+                    done_ms: r.get(4)?,
+                    replayed: r.get::<_, i64>(5)?.try_into().unwrap_or(0),
+                    failed: r.get::<_, i64>(6)?.try_into().unwrap_or(0),
+                    skipped: r.get::<_, i64>(7)?.try_into().unwrap_or(0),
+                })
+            })
+            .map_err(sqlite(&self.path))?;
+        rows.collect::<Result<_, _>>().map_err(sqlite(&self.path))
+    }
+
+    /// Settles replayed letters in one transaction: `stored` ones are deleted, refused
+    /// ones get their new reason (or are deleted when their citizen no longer lets the hub
+    /// keep anything), and the request is marked done with its counts.
+    pub fn finish_replay(
+        &mut self,
+        request: &ReplayRequest,
+        stored: &[i64],
+        refused: &[(i64, String, String)],
+        forget: &[i64],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(sqlite(&path))?;
+        {
+            let mut delete = tx
+                .prepare_cached("DELETE FROM dead_letters WHERE id = ?1")
+                .map_err(sqlite(&path))?;
+            for id in stored.iter().chain(forget) {
+                delete.execute([id]).map_err(sqlite(&path))?;
+            }
+            let mut update = tx
+                .prepare_cached(
+                    "UPDATE dead_letters SET reason_code = ?2, reason = ?3 WHERE id = ?1",
+                )
+                .map_err(sqlite(&path))?;
+            for (id, code, reason) in refused {
+                update
+                    .execute(params![id, code, reason])
+                    .map_err(sqlite(&path))?;
+            }
+            tx.execute(
+                "UPDATE replay_requests SET done_ms = ?2, replayed = ?3, failed = ?4, skipped = ?5 WHERE id = ?1",
+                params![
+                    request.id,
+                    now_ms,
+                    stored.len() as i64,
+                    (refused.len() + forget.len()) as i64,
+                    request.skipped as i64
+                ],
+            )
+            .map_err(sqlite(&path))?;
+        }
+        tx.commit().map_err(sqlite(&path))
     }
 
     pub fn count(&self) -> Result<u64, StoreError> {

@@ -37,6 +37,12 @@ pub enum RejectCode {
     /// The citizen has not consented to collection (of these data types): refused, counted,
     /// and the payload is kept nowhere.
     NoConsent,
+    /// The write-ahead log is full (a sink is behind): the message is not accepted now and
+    /// the device should send it again later. Never dead-lettered; an MQTT 3.1.1 client is
+    /// simply not acknowledged.
+    LogFull,
+    /// One message holds more readings than one log record can carry.
+    TooManyReadings,
 }
 
 impl RejectCode {
@@ -48,6 +54,8 @@ impl RejectCode {
             RejectCode::Implausible => "implausible_value",
             RejectCode::FutureTimestamp => "future_timestamp",
             RejectCode::NoConsent => "no_consent",
+            RejectCode::LogFull => "log_full",
+            RejectCode::TooManyReadings => "too_many_readings",
         }
     }
 }

@@ -4,10 +4,12 @@
 pub mod consent;
 pub mod deadletter;
 pub mod decode;
+pub mod influx;
 pub mod observation;
 pub mod pipeline;
 pub mod pseudonym;
 pub mod query;
+pub mod sink;
 pub mod store;
 pub mod wal;
 

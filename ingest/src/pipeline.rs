@@ -1,10 +1,18 @@
 //! The ingest pipeline: a queue from the broker's connections to one writer thread that
-//! decodes, normalizes and stores messages in batches, then tells each connection the verdict
-//! so that it can acknowledge only what is stored.
+//! decodes, normalizes and checks messages in batches, appends what may be kept to the
+//! write-ahead log, makes it durable (one fsync per batch), and only then tells each
+//! connection its verdict, so that a message is acknowledged only once it is on disk.
 //!
-//! The writer is a plain thread because SQLite calls block; the queue is bounded, so when the
-//! store falls behind (or is failing) publishers are pushed back instead of data being dropped.
+//! Sinks follow the log at their own checkpoints on their own threads: the SQLite stores
+//! ([`crate::sink::StoreSink`]) always, InfluxDB ([`crate::influx::InfluxSink`]) when
+//! configured. When the log is full because a sink is behind, acknowledgements are
+//! withheld (MQTT 5 publishers are told 0x97 at once) until the sinks catch up.
+//!
+//! The writer is a plain thread because file and SQLite calls block; the queue is bounded,
+//! so when the writer falls behind (or the disk is failing) publishers are pushed back
+//! instead of data being dropped.
 
+use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,17 +20,22 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kenko_config::IngestConfig;
+use kenko_config::{Config, InfluxConfig, IngestConfig, WalConfig};
 use kenko_devices::Registry;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
-use crate::consent::{ConsentBook, ConsentRegistry, ConsentWatcher, Consents, Purpose, HUB};
+use crate::consent::{
+    ConsentBook, ConsentRegistry, ConsentView, ConsentWatcher, Consents, Purpose, HUB,
+};
 use crate::deadletter::{DeadLetter, DeadLetterStore};
 use crate::decode::{self, Context, RejectCode, Rejection, Zones};
+use crate::influx::{InfluxError, InfluxSink};
 use crate::observation::Observation;
 use crate::pseudonym::Pseudonymizer;
+use crate::sink::{self, Cursor, Durable, Progress, StoreSink};
 use crate::store::{PersonalStore, StoreError};
+use crate::wal::{self, Recovery, Wal, WalError, WalOptions};
 
 /// Why the pipeline could not start.
 #[derive(Debug, thiserror::Error)]
@@ -35,11 +48,33 @@ pub enum IngestError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(transparent)]
+    Influx(#[from] InfluxError),
+    #[error(transparent)]
     Zone(#[from] decode::UnknownZone),
-    #[error("cannot start the ingest writer thread: {0}")]
+    #[error("cannot start an ingest thread: {0}")]
     Thread(std::io::Error),
     #[error("the ingest pipeline has stopped")]
     Closed,
+}
+
+/// What the pipeline needs of the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub ingest: IngestConfig,
+    pub wal: WalConfig,
+    pub influxdb: Option<InfluxConfig>,
+}
+
+impl From<&Config> for Settings {
+    fn from(config: &Config) -> Settings {
+        Settings {
+            ingest: config.ingest.clone(),
+            wal: config.wal.clone(),
+            influxdb: config.influxdb.clone(),
+        }
+    }
 }
 
 /// One telemetry message handed over by the broker.
@@ -51,15 +86,22 @@ pub struct Submission {
     pub received_ms: i64,
     /// Where to send the verdict; `None` for QoS 0, which is never acknowledged.
     pub reply: Option<Reply>,
+    /// A dead letter run through again (`kenko deadletter replay`): a refusal updates the
+    /// letter instead of adding one, and nothing is announced to the device.
+    pub replay: bool,
 }
 
 /// A connection's return address for verdicts, with a token it chose (e.g. QoS and packet id).
 pub struct Reply {
     pub to: mpsc::UnboundedSender<Outcome>,
     pub token: u32,
+    /// The client can be told "not now" (MQTT 5 reason 0x97) when the log is full; an
+    /// MQTT 3.1.1 client cannot, so its acknowledgement waits for room instead.
+    pub refusable: bool,
 }
 
-/// The verdict on one submission, sent once it is final (stored or durably dead-lettered).
+/// The verdict on one submission, sent once it is final (durable in the log, or durably
+/// dead-lettered, or refused).
 #[derive(Debug)]
 pub struct Outcome {
     pub token: u32,
@@ -73,11 +115,15 @@ pub struct Notice {
     pub payload: Bytes,
 }
 
-/// Counters for progress output and metrics.
+/// Counters and gauges for progress output and metrics.
 #[derive(Debug, Default)]
 pub struct IngestStats {
     pub received: AtomicU64,
+    /// Messages whose observations are durable in the write-ahead log (and acknowledged).
     pub messages_stored: AtomicU64,
+    /// Observations appended to the write-ahead log.
+    pub observations_logged: AtomicU64,
+    /// Observations the store sink wrote to `personal.db`.
     pub observations_stored: AtomicU64,
     pub duplicates: AtomicU64,
     pub dead_lettered: AtomicU64,
@@ -85,10 +131,30 @@ pub struct IngestStats {
     pub notices_dropped: AtomicU64,
     /// Observations refused because their citizen has not consented to collection.
     pub refused_no_consent: AtomicU64,
-    /// Observations deleted on citizens' requests for erasure.
+    /// Observations deleted (or not stored) on citizens' requests for erasure.
     pub erased: AtomicU64,
     /// Pseudonymized observations written to the shared (research) store.
     pub shared_stored: AtomicU64,
+    /// Bytes the write-ahead log holds.
+    pub wal_bytes: AtomicU64,
+    /// 1 while the log is full and acknowledgements are withheld.
+    pub wal_full: AtomicU64,
+    /// Times the log became full.
+    pub wal_full_episodes: AtomicU64,
+    /// MQTT 5 messages answered 0x97 because the log was full.
+    pub refused_log_full: AtomicU64,
+    /// Failed log writes or fsyncs (retried).
+    pub wal_errors: AtomicU64,
+    /// Log segments set aside as damaged at start.
+    pub wal_quarantined: AtomicU64,
+    /// Bytes of a torn last write cut off at start.
+    pub wal_torn_bytes: AtomicU64,
+    /// Points InfluxDB accepted.
+    pub influx_points: AtomicU64,
+    /// Failed InfluxDB writes that were retried.
+    pub influx_retries: AtomicU64,
+    /// Rows InfluxDB refused (dead-lettered).
+    pub influx_rejected: AtomicU64,
 }
 
 /// The sending side, cloned into every connection.
@@ -119,17 +185,23 @@ impl IngestHandle {
     }
 }
 
-/// The running writer; join it after every [`IngestHandle`] is dropped.
+/// The running writer and sinks; join after every [`IngestHandle`] is dropped.
 pub struct Pipeline {
-    thread: thread::JoinHandle<()>,
+    threads: Vec<(&'static str, thread::JoinHandle<()>)>,
     watcher: ConsentWatcher,
+    /// What opening the write-ahead log found.
+    pub recovery: Recovery,
 }
 
 impl Pipeline {
-    /// Waits until the writer has stored everything queued and closed the stores.
+    /// Waits until the writer has logged everything queued and the sinks have written the
+    /// log out (the InfluxDB sink gives up after a few seconds if the server does not
+    /// answer; what it has not written stays in the log for the next start).
     pub fn join(self) {
-        if self.thread.join().is_err() {
-            error!("ingest writer thread panicked");
+        for (name, thread) in self.threads {
+            if thread.join().is_err() {
+                error!(thread = name, "ingest thread panicked");
+            }
         }
         drop(self.watcher);
     }
@@ -137,12 +209,28 @@ impl Pipeline {
 
 /// How often the consent registry is checked for new records.
 const CONSENT_POLL: Duration = Duration::from_millis(10);
-/// How often an idle writer looks for erasures to carry out.
+/// How often an idle writer wakes (to release log segments the sinks have passed).
 const IDLE_CHECK: Duration = Duration::from_millis(100);
+/// How long a full log is waited on between checks for room.
+const ROOM_CHECK: Duration = Duration::from_millis(20);
+/// How long a stopping writer keeps retrying a failing log write before it gives up (the
+/// messages concerned are not acknowledged; their devices send them again).
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// Opens the stores in `data_dir` and starts the writer.
+fn spawn(
+    name: &'static str,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<(&'static str, thread::JoinHandle<()>), IngestError> {
+    thread::Builder::new()
+        .name(format!("kenko-{name}"))
+        .spawn(f)
+        .map(|handle| (name, handle))
+        .map_err(IngestError::Thread)
+}
+
+/// Opens the stores and the write-ahead log in `data_dir` and starts the writer and sinks.
 pub fn start(
-    config: &IngestConfig,
+    settings: &Settings,
     registry: Registry,
     data_dir: &Path,
     notices: Option<flume::Sender<Notice>>,
@@ -151,68 +239,142 @@ pub fn start(
         path: data_dir.to_owned(),
         source,
     })?;
-    let store = PersonalStore::open(&data_dir.join("personal.db"))?;
-    let dead = DeadLetterStore::open(&data_dir.join("deadletter.db"))?;
-    let shared = PersonalStore::open(&data_dir.join("shared.db"))?;
-    let pseudonyms = Pseudonymizer::open(data_dir)?;
+    let config = &settings.ingest;
+    let stats = Arc::new(IngestStats::default());
+    let wal_dir = data_dir.join("wal");
+    let (wal, recovery) = Wal::open(
+        &wal_dir,
+        WalOptions {
+            segment_bytes: settings.wal.segment_bytes,
+            max_bytes: settings.wal.max_bytes,
+        },
+    )?;
+    stats
+        .wal_quarantined
+        .store(recovery.quarantined.len() as u64, Ordering::Relaxed);
+    stats
+        .wal_torn_bytes
+        .store(recovery.torn_bytes, Ordering::Relaxed);
+    stats.wal_bytes.store(wal.used_bytes(), Ordering::Relaxed);
+    let durable = Durable::new(wal.end());
+
     let registry_path = data_dir.join("registry.db");
     let consent_registry = ConsentRegistry::open(&registry_path)?;
     let consents = Arc::new(ConsentBook::new(consent_registry.consents()?));
+    drop(consent_registry);
     let watcher = ConsentWatcher::start(&registry_path, consents.clone(), CONSENT_POLL)?;
     let zones = Zones::resolve(&config.default_timezone, registry.iter())?;
+
+    let mut threads = Vec::new();
+    let mut progress = Vec::new();
+    let store_at = wal.clamp(wal::load_checkpoint(&wal_dir, "store")?);
+    let store_progress = Progress::new("store", store_at);
+    progress.push(store_progress.clone());
+    let store_sink = StoreSink {
+        cursor: Cursor::new(
+            wal.reader(store_at),
+            &wal_dir,
+            durable.clone(),
+            store_progress,
+        ),
+        store: PersonalStore::open(&data_dir.join("personal.db"))?,
+        shared: PersonalStore::open(&data_dir.join("shared.db"))?,
+        consents: ConsentView::open(&registry_path, consents.clone())?,
+        pseudonyms: Pseudonymizer::open(data_dir)?,
+        stats: stats.clone(),
+        erasures_seen: u64::MAX,
+    };
+    let influx_sink = match &settings.influxdb {
+        Some(influx) => {
+            let at = wal.clamp(wal::load_checkpoint(&wal_dir, "influxdb")?);
+            let influx_progress = Progress::new("influxdb", at);
+            progress.push(influx_progress.clone());
+            Some(InfluxSink {
+                cursor: Cursor::new(wal.reader(at), &wal_dir, durable.clone(), influx_progress),
+                client: crate::influx::client(influx)?,
+                config: influx.clone(),
+                consents: ConsentView::open(&registry_path, consents.clone())?,
+                dead: InfluxSink::dead_letters(data_dir)?,
+                stats: stats.clone(),
+            })
+        }
+        None => None,
+    };
     let (tx, rx) = flume::bounded(config.queue);
-    let stats = Arc::new(IngestStats::default());
     let writer = Writer {
         rx,
         registry,
         zones,
-        store,
-        dead,
+        dead: DeadLetterStore::open(&data_dir.join("deadletter.db"))?,
         notices,
         stats: stats.clone(),
         config: config.clone(),
-        consents: consents.clone(),
-        consent_registry,
-        erasures_seen: u64::MAX,
-        shared,
-        pseudonyms,
+        consents: ConsentView::open(&registry_path, consents.clone())?,
+        consent_generation: u64::MAX,
+        pseudonyms: Pseudonymizer::open(data_dir)?,
         anonymous_device: Arc::from("-"),
-        registry_version: i64::MIN,
+        wal,
+        durable: durable.clone(),
+        progress,
+        record: Vec::new(),
+        full_since: None,
+        replay_checked: Instant::now() - IDLE_CHECK,
     };
-    let thread = thread::Builder::new()
-        .name("kenko-ingest".into())
-        .spawn(move || writer.run())
-        .map_err(IngestError::Thread)?;
+    threads.push(spawn("ingest", move || writer.run())?);
+    let stop_sinks = CloseOnDrop(durable.clone());
+    threads.push(spawn("store-sink", move || store_sink.run())?);
+    if let Some(sink) = influx_sink {
+        threads.push(spawn("influxdb-sink", move || sink.run())?);
+    }
+    std::mem::forget(stop_sinks);
     Ok((
         IngestHandle {
             tx,
             stats,
             consents,
         },
-        Pipeline { thread, watcher },
+        Pipeline {
+            threads,
+            watcher,
+            recovery,
+        },
     ))
+}
+
+/// Tells the sinks the writer has stopped when dropped (also if it panics), so they finish
+/// what is logged and end instead of waiting forever.
+struct CloseOnDrop(Arc<Durable>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 struct Writer {
     rx: flume::Receiver<Submission>,
     registry: Registry,
     zones: Zones,
-    store: PersonalStore,
     dead: DeadLetterStore,
     notices: Option<flume::Sender<Notice>>,
     stats: Arc<IngestStats>,
     config: IngestConfig,
-    consents: Arc<ConsentBook>,
-    consent_registry: ConsentRegistry,
-    /// The consent generation last checked for erasures.
-    erasures_seen: u64,
-    /// The pseudonymized store for research (`shared.db`): no citizen or device id in it.
-    shared: PersonalStore,
+    consents: ConsentView,
+    /// The consent generation the pseudonym cache was filled under.
+    consent_generation: u64,
     pseudonyms: Pseudonymizer,
     /// What stands for the device in the shared store.
     anonymous_device: Arc<str>,
-    /// `registry.db`'s data version when the consents were last read here.
-    registry_version: i64,
+    wal: Wal,
+    durable: Arc<Durable>,
+    /// Each sink's checkpoint: segments before the oldest are released.
+    progress: Vec<Arc<Progress>>,
+    /// The record being encoded.
+    record: Vec<u8>,
+    /// When the log became full, while it is.
+    full_since: Option<Instant>,
+    /// When `deadletter.db` was last asked for replay requests.
+    replay_checked: Instant,
 }
 
 /// A batch and the buffers reused from one batch to the next.
@@ -222,6 +384,8 @@ struct Batch {
     observations: Vec<Observation>,
     /// Pseudonymized copies for the shared store.
     shared: Vec<Observation>,
+    /// Each submission's observations and shared copies.
+    spans: Vec<(Range<usize>, Range<usize>)>,
     verdicts: Vec<Result<(), Rejection>>,
     letters: Vec<DeadLetter>,
 }
@@ -231,6 +395,7 @@ impl Batch {
         self.submissions.clear();
         self.observations.clear();
         self.shared.clear();
+        self.spans.clear();
         self.verdicts.clear();
         self.letters.clear();
     }
@@ -238,12 +403,14 @@ impl Batch {
 
 impl Writer {
     fn run(mut self) {
+        let _close = CloseOnDrop(self.durable.clone());
         let mut batch = Batch::default();
         let linger = Duration::from_millis(self.config.batch_linger_ms);
-        // Waits for messages, looking for erasures now and then; ends when every sender is
-        // gone and the queue is empty.
+        // Waits for messages, releasing log segments now and then; ends when every sender
+        // is gone and the queue is empty.
         loop {
-            self.erase_if_asked();
+            self.release_segments();
+            self.replay_if_asked();
             match self.rx.recv_timeout(IDLE_CHECK) {
                 Ok(first) => {
                     batch.submissions.push(first);
@@ -255,7 +422,7 @@ impl Writer {
                 Err(flume::RecvTimeoutError::Disconnected) => break,
             }
         }
-        info!("ingest writer stopped: queue drained, stores closed");
+        info!("ingest writer stopped: queue drained, log synced");
     }
 
     /// Takes what is already queued, and waits up to `linger` for more while the batch is small.
@@ -273,46 +440,16 @@ impl Writer {
         }
     }
 
-    /// Carries out requested erasures when the consent records have changed: the writer owns
-    /// the personal store, so no batch can write the citizen's rows back meanwhile.
-    fn erase_if_asked(&mut self) {
-        let generation = self.consents.generation();
-        if generation == self.erasures_seen {
-            return;
-        }
-        let pending = match self.consent_registry.pending_erasures() {
-            Ok(p) => p,
-            Err(e) => {
-                error!(error = %e, "cannot read pending erasures; will retry");
-                return;
-            }
-        };
-        for request in pending {
-            let now = now_ms();
-            let erased = self
-                .store
-                .erase_citizen(&request.change.citizen)
-                .and_then(|rows| {
-                    self.pseudonyms
-                        .forget(&request.change.citizen)
-                        .map(|()| rows)
-                });
-            match erased {
-                Ok(rows) => {
-                    self.stats.erased.fetch_add(rows as u64, Ordering::Relaxed);
-                    info!(citizen = %request.change.citizen, rows, "erased a citizen's observations on request");
-                    if let Err(e) = self.consent_registry.erasure_done(&request, rows, now) {
-                        error!(error = %e, "erasure done but not recorded; it will run again");
-                        return;
-                    }
-                }
-                Err(e) => {
-                    error!(error = %e, citizen = %request.change.citizen, "erasure failed; will retry");
-                    return;
-                }
+    /// Deletes log segments every sink has passed.
+    fn release_segments(&mut self) {
+        if let Some(oldest) = self.progress.iter().map(|p| p.get()).min() {
+            if let Err(e) = self.wal.release_before(oldest) {
+                error!(error = %e, "cannot delete a write-ahead log segment the sinks have passed");
             }
         }
-        self.erasures_seen = generation;
+        self.stats
+            .wal_bytes
+            .store(self.wal.used_bytes(), Ordering::Relaxed);
     }
 
     /// `rejection`, or a no-consent refusal if the device's citizen lets the hub collect
@@ -409,36 +546,18 @@ impl Writer {
         Ok(())
     }
 
-    /// Reads the consent records again if another connection has committed since: a batch
-    /// is decided with every withdrawal committed before it started.
-    fn refresh_consents(&mut self) {
-        let version = match self.consent_registry.data_version() {
-            Ok(v) => v,
-            Err(e) => {
-                error!(error = %e, "cannot check the consent registry; deciding with the records in force");
-                return;
-            }
-        };
-        if version == self.registry_version {
-            return;
-        }
-        match self.consent_registry.consents() {
-            Ok(consents) => {
-                self.consents.replace(consents);
-                self.registry_version = version;
-            }
-            Err(e) => {
-                error!(error = %e, "cannot reload consent records; deciding with the records in force")
-            }
-        }
-    }
-
     fn process(&mut self, batch: &mut Batch) {
-        self.refresh_consents();
-        // One snapshot decides the whole batch.
-        let consents = self.consents.current();
+        // One snapshot, reread if anything was committed since, decides the whole batch.
+        let consents = self.consents.refresh();
+        let generation = self.consents.book().generation();
+        if generation != self.consent_generation {
+            // An erasure elsewhere may have forgotten a salt this cache still holds.
+            self.pseudonyms.clear_cache();
+            self.consent_generation = generation;
+        }
         for sub in &batch.submissions {
             let start = batch.observations.len();
+            let shared_start = batch.shared.len();
             let mut verdict = self.decode(sub, &mut batch.observations);
             if self.config.require_consent {
                 verdict = match verdict {
@@ -460,17 +579,31 @@ impl Writer {
                     sub.received_ms,
                     &mut batch.shared,
                 );
+            } else {
+                batch.observations.truncate(start);
             }
-            if let Err(rejection) = &verdict {
-                if rejection.code == RejectCode::NoConsent {
-                    // Answered, and counted in `refused_no_consent`, but its payload is kept
-                    // nowhere; one line per message would flood the log
-                    // while a citizen's device keeps sending after a withdrawal.
-                    debug!(device = %sub.device, "message refused: no collection consent");
-                    batch.verdicts.push(verdict);
-                    continue;
+            batch.spans.push((
+                start..batch.observations.len(),
+                shared_start..batch.shared.len(),
+            ));
+            batch.verdicts.push(verdict);
+        }
+        self.log(batch);
+        for (sub, verdict) in batch.submissions.iter().zip(&batch.verdicts) {
+            let Err(rejection) = verdict else { continue };
+            if sub.replay {
+                continue;
+            }
+            match rejection.code {
+                // Answered, and counted in `refused_no_consent`, but its payload is kept
+                // nowhere; one line per message would flood the log while a citizen's
+                // device keeps sending after a withdrawal.
+                RejectCode::NoConsent => {
+                    debug!(device = %sub.device, "message refused: no collection consent")
                 }
-                batch.letters.push(DeadLetter {
+                // Not refused for what it is: the device sends it again.
+                RejectCode::LogFull => {}
+                _ => batch.letters.push(DeadLetter {
                     received_ms: sub.received_ms,
                     client_id: sub.client_id.to_string(),
                     topic: format!("devices/{}/telemetry", sub.device),
@@ -478,11 +611,10 @@ impl Writer {
                     reason_code: rejection.code.as_str().to_owned(),
                     reason: rejection.message.clone(),
                     payload: sub.payload.to_vec(),
-                });
+                }),
             }
-            batch.verdicts.push(verdict);
         }
-        self.commit(batch);
+        self.record_dead_letters(&batch.letters);
 
         let stored = batch.verdicts.iter().filter(|v| v.is_ok()).count() as u64;
         self.stats
@@ -491,9 +623,20 @@ impl Writer {
         self.stats
             .dead_lettered
             .fetch_add(batch.letters.len() as u64, Ordering::Relaxed);
-        for (sub, verdict) in batch.submissions.drain(..).zip(batch.verdicts.drain(..)) {
-            if let Err(rejection) = &verdict {
-                self.notify_error(&sub, rejection);
+        for ((sub, verdict), (span, _)) in batch
+            .submissions
+            .drain(..)
+            .zip(batch.verdicts.drain(..))
+            .zip(&batch.spans)
+        {
+            match &verdict {
+                Err(rejection) if rejection.code != RejectCode::LogFull && !sub.replay => {
+                    self.notify_error(&sub, rejection)
+                }
+                Ok(()) if self.config.live_republish => {
+                    self.republish(&batch.observations[span.clone()])
+                }
+                _ => {}
             }
             if let Some(reply) = sub.reply {
                 // A closed connection no longer needs its verdict; the device resends.
@@ -503,8 +646,251 @@ impl Writer {
                 });
             }
         }
-        if self.config.live_republish {
-            self.republish(&batch.observations);
+    }
+
+    /// Appends each accepted message's observations to the log as one record and makes
+    /// them durable with one fsync. A message that does not fit while the log is full is
+    /// refused with [`RejectCode::LogFull`] if its client can be told so; otherwise the
+    /// writer waits for the sinks to make room (the queue fills and pushes back).
+    fn log(&mut self, batch: &mut Batch) {
+        let mut appended = Vec::new();
+        for i in 0..batch.submissions.len() {
+            if batch.verdicts[i].is_err() {
+                continue;
+            }
+            let (personal, shared) = batch.spans[i].clone();
+            if personal.is_empty() && shared.is_empty() {
+                continue;
+            }
+            sink::encode(
+                &batch.observations[personal.clone()],
+                &batch.shared[shared],
+                &mut self.record,
+            );
+            if self.record.len() > wal::MAX_RECORD {
+                batch.verdicts[i] = Err(Rejection {
+                    code: RejectCode::TooManyReadings,
+                    message: format!(
+                        "{} readings in one message are more than one log record holds ({} bytes); send them in several messages",
+                        personal.len(),
+                        wal::MAX_RECORD
+                    ),
+                });
+                continue;
+            }
+            let refusable = batch.submissions[i]
+                .reply
+                .as_ref()
+                .is_some_and(|r| r.refusable);
+            if !self.make_room(refusable) {
+                self.stats.refused_log_full.fetch_add(1, Ordering::Relaxed);
+                batch.verdicts[i] = Err(log_full());
+                continue;
+            }
+            if !self.append() {
+                batch.verdicts[i] = Err(log_full());
+                continue;
+            }
+            self.stats
+                .observations_logged
+                .fetch_add(personal.len() as u64, Ordering::Relaxed);
+            appended.push(i);
+        }
+        if !appended.is_empty() && !self.sync() {
+            for i in appended {
+                batch.verdicts[i] = Err(log_full());
+            }
+        }
+    }
+
+    /// `true` once the log has room for `self.record`; `false` if it is full and the client
+    /// can be refused, or the hub is stopping.
+    fn make_room(&mut self, refusable: bool) -> bool {
+        loop {
+            if self.wal.has_room(self.record.len()) {
+                if let Some(since) = self.full_since.take() {
+                    self.stats.wal_full.store(0, Ordering::Relaxed);
+                    info!(
+                        after_ms = since.elapsed().as_millis() as u64,
+                        "write-ahead log has room again; acknowledging resumes"
+                    );
+                }
+                return true;
+            }
+            if self.full_since.is_none() {
+                self.full_since = Some(Instant::now());
+                self.stats.wal_full.store(1, Ordering::Relaxed);
+                self.stats.wal_full_episodes.fetch_add(1, Ordering::Relaxed);
+                let slowest = self
+                    .progress
+                    .iter()
+                    .min_by_key(|p| p.get())
+                    .map_or("none", |p| p.name);
+                warn!(
+                    used = self.wal.used_bytes(),
+                    slowest_sink = slowest,
+                    "write-ahead log full: withholding acknowledgements (MQTT 5: 0x97) until the sinks catch up; nothing is dropped"
+                );
+            }
+            if refusable || self.rx.is_disconnected() {
+                return false;
+            }
+            // What is appended already becomes durable, and its sinks can move on.
+            self.sync();
+            thread::sleep(ROOM_CHECK);
+            self.release_segments();
+        }
+    }
+
+    /// Appends `self.record`, retrying while the disk fails; `false` if the hub is stopping
+    /// and the disk still fails.
+    fn append(&mut self) -> bool {
+        let mut backoff = Duration::from_millis(50);
+        let mut give_up_at = None;
+        loop {
+            match self.wal.append(&self.record) {
+                Ok(_) => return true,
+                Err(e) => {
+                    if !self.retry(&e, &mut backoff, &mut give_up_at) {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes and fsyncs what is appended, retrying while the disk fails; `false` if the
+    /// hub is stopping and the disk still fails.
+    fn sync(&mut self) -> bool {
+        let mut backoff = Duration::from_millis(50);
+        let mut give_up_at = None;
+        loop {
+            match self.wal.sync() {
+                Ok(()) => {
+                    self.durable.advance(self.wal.end());
+                    return true;
+                }
+                Err(e) => {
+                    if !self.retry(&e, &mut backoff, &mut give_up_at) {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    fn retry(
+        &self,
+        error: &WalError,
+        backoff: &mut Duration,
+        give_up_at: &mut Option<Instant>,
+    ) -> bool {
+        self.stats.wal_errors.fetch_add(1, Ordering::Relaxed);
+        error!(%error, retry_in_ms = backoff.as_millis() as u64,
+            "cannot write the write-ahead log; holding acknowledgements and retrying");
+        if self.rx.is_disconnected() {
+            let at = *give_up_at.get_or_insert_with(|| Instant::now() + STOP_GRACE);
+            if Instant::now() >= at {
+                return false;
+            }
+        }
+        thread::sleep(*backoff);
+        *backoff = (*backoff * 2).min(Duration::from_secs(5));
+        true
+    }
+
+    /// Carries out `kenko deadletter replay` requests: the selected letters go through the
+    /// pipeline again as they were received; stored ones leave the dead letters, refused
+    /// ones stay with their new reason.
+    fn replay_if_asked(&mut self) {
+        if self.replay_checked.elapsed() < IDLE_CHECK {
+            return;
+        }
+        self.replay_checked = Instant::now();
+        let requests = match self.dead.replay_requests(None) {
+            Ok(r) => r,
+            Err(e) => {
+                error!(error = %e, "cannot read dead-letter replay requests; will retry");
+                return;
+            }
+        };
+        for mut request in requests {
+            let letters = match self.dead.select(&request.selection, usize::MAX) {
+                Ok(l) => l,
+                Err(e) => {
+                    error!(error = %e, "cannot read dead letters to replay; will retry");
+                    return;
+                }
+            };
+            // Only device messages can go through the pipeline again.
+            let (letters, skipped): (Vec<_>, Vec<_>) = letters
+                .into_iter()
+                .partition(|(_, l)| l.device.is_some() && l.topic.starts_with("devices/"));
+            request.skipped = skipped.len() as u64;
+            let (to, mut verdicts) = mpsc::unbounded_channel();
+            let (mut stored, mut refused, mut forget) = (Vec::new(), Vec::new(), Vec::new());
+            for chunk in letters.chunks(self.config.batch_max) {
+                let mut batch = Batch::default();
+                for (i, (_, letter)) in chunk.iter().enumerate() {
+                    batch.submissions.push(Submission {
+                        client_id: Arc::from(letter.client_id.as_str()),
+                        device: letter.device.clone().unwrap_or_default().into(),
+                        payload: Bytes::from(letter.payload.clone()),
+                        received_ms: letter.received_ms,
+                        reply: Some(Reply {
+                            to: to.clone(),
+                            token: i as u32,
+                            refusable: false,
+                        }),
+                        replay: true,
+                    });
+                }
+                self.process(&mut batch);
+                while let Ok(outcome) = verdicts.try_recv() {
+                    let id = chunk[outcome.token as usize].0;
+                    match outcome.verdict {
+                        Ok(()) => stored.push(id),
+                        // Its citizen no longer lets the hub keep it: not even as a letter.
+                        Err(r) if r.code == RejectCode::NoConsent => forget.push(id),
+                        // The hub is stopping with a full log: the letter stays as it was.
+                        Err(r) if r.code == RejectCode::LogFull => {}
+                        Err(r) => refused.push((id, r.code.as_str().to_owned(), r.message)),
+                    }
+                }
+            }
+            let now = jiff::Timestamp::now().as_millisecond();
+            match self
+                .dead
+                .finish_replay(&request, &stored, &refused, &forget, now)
+            {
+                Ok(()) => info!(
+                    request = request.id,
+                    replayed = stored.len(),
+                    refused = refused.len() + forget.len(),
+                    skipped = request.skipped,
+                    "dead letters replayed"
+                ),
+                // Stored ones are stored; a second run stores nothing twice.
+                Err(e) => {
+                    error!(error = %e, "dead letters replayed but not settled; the request runs again")
+                }
+            }
+        }
+    }
+
+    /// Records dead letters; while their store fails, retries with backoff, so nothing is
+    /// answered before its letter is durable.
+    fn record_dead_letters(&mut self, letters: &[DeadLetter]) {
+        if letters.is_empty() {
+            return;
+        }
+        let mut backoff = Duration::from_millis(50);
+        while let Err(e) = self.dead.record(letters) {
+            self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+            error!(error = %e, letters = letters.len(), retry_in_ms = backoff.as_millis() as u64,
+                "cannot record dead letters; holding acknowledgements and retrying");
+            thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 
@@ -536,47 +922,6 @@ impl Writer {
         decode::decode(&ctx, &sub.payload, out)
     }
 
-    /// Writes the batch; while the store fails, retries with backoff so that nothing is
-    /// acknowledged before it is stored (the bounded queue pushes back on publishers).
-    fn commit(&mut self, batch: &Batch) {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let result = self
-                .store
-                .write_batch(&batch.observations)
-                .and_then(|stats| {
-                    // Identified and pseudonymized data go to separate files, each in its
-                    // own transaction; a retry after a failure here stores nothing twice.
-                    let shared = self.shared.write_batch(&batch.shared)?;
-                    self.stats
-                        .shared_stored
-                        .fetch_add(shared.inserted as u64, Ordering::Relaxed);
-                    if !batch.letters.is_empty() {
-                        self.dead.record(&batch.letters)?;
-                    }
-                    Ok(stats)
-                });
-            match result {
-                Ok(stats) => {
-                    self.stats
-                        .observations_stored
-                        .fetch_add(stats.inserted as u64, Ordering::Relaxed);
-                    self.stats
-                        .duplicates
-                        .fetch_add(stats.duplicates as u64, Ordering::Relaxed);
-                    return;
-                }
-                Err(e) => {
-                    self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
-                    error!(error = %e, messages = batch.submissions.len(), retry_in_ms = backoff.as_millis() as u64,
-                        "cannot store batch; holding acknowledgements and retrying");
-                    thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-
     fn publish(&self, topic: String, payload: Vec<u8>) {
         let Some(notices) = &self.notices else { return };
         let notice = Notice {
@@ -586,7 +931,7 @@ impl Writer {
         if notices.try_send(notice).is_err() {
             // The data itself is stored or dead-lettered; only the live copy is lost.
             let dropped = self.stats.notices_dropped.fetch_add(1, Ordering::Relaxed);
-            if dropped % 1000 == 0 {
+            if dropped.is_multiple_of(1000) {
                 warn!(
                     dropped = dropped + 1,
                     "hub publish queue full; live notices dropped"
@@ -630,6 +975,13 @@ impl Writer {
     }
 }
 
+fn log_full() -> Rejection {
+    Rejection {
+        code: RejectCode::LogFull,
+        message: "the hub's write-ahead log is full; send this message again later".into(),
+    }
+}
+
 fn no_consent() -> Rejection {
     Rejection {
         code: RejectCode::NoConsent,
@@ -638,6 +990,7 @@ fn no_consent() -> Rejection {
     }
 }
 
+#[cfg(test)]
 fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
@@ -667,7 +1020,9 @@ mod tests {
             reply: Some(Reply {
                 to: to.clone(),
                 token,
+                refusable: true,
             }),
+            replay: false,
         }
     }
 
@@ -699,13 +1054,8 @@ mod tests {
         record(dir.path(), collect("citizen-002", &[], true, false));
         let registry = Registry::from_config(&demo_devices(2));
         let (notice_tx, notice_rx) = flume::bounded(16);
-        let (handle, pipeline) = start(
-            &IngestConfig::default(),
-            registry,
-            dir.path(),
-            Some(notice_tx),
-        )
-        .expect("start");
+        let (handle, pipeline) =
+            start(&Settings::default(), registry, dir.path(), Some(notice_tx)).expect("start");
         let (to, mut verdicts) = mpsc::unbounded_channel();
         let t = jiff::Timestamp::now().as_millisecond() - 60_000;
         let cases = [
@@ -739,9 +1089,11 @@ mod tests {
         assert!(topics.contains(&"devices/bed-002/errors"), "{topics:?}");
         assert_eq!(handle.stats().dead_lettered.load(Ordering::Relaxed), 3);
         assert_eq!(
-            handle.stats().observations_stored.load(Ordering::Relaxed),
-            2
+            handle.stats().observations_logged.load(Ordering::Relaxed),
+            2,
+            "durable in the log when the verdict came"
         );
+        let stats = handle.stats().clone();
 
         drop(handle);
         tokio::task::spawn_blocking(move || pipeline.join())
@@ -753,6 +1105,7 @@ mod tests {
             2,
             "heart rate and occupancy of the one good message"
         );
+        assert_eq!(stats.observations_stored.load(Ordering::Relaxed), 2);
         let dead = DeadLetterStore::open(&dir.path().join("deadletter.db")).expect("reopen");
         assert_eq!(dead.count().expect("count"), 3);
     }
@@ -785,7 +1138,7 @@ mod tests {
             collect("citizen-001", &["heart_rate"], true, false),
         );
         let (handle, pipeline) = start(
-            &IngestConfig::default(),
+            &Settings::default(),
             Registry::from_config(&demo_devices(2)),
             dir.path(),
             None,
@@ -811,7 +1164,7 @@ mod tests {
         );
         let stats = handle.stats();
         assert_eq!(
-            stats.observations_stored.load(Ordering::Relaxed),
+            stats.observations_logged.load(Ordering::Relaxed),
             1,
             "heart rate only"
         );

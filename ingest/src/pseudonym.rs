@@ -128,6 +128,12 @@ impl Pseudonymizer {
         Ok(pseudonym)
     }
 
+    /// Drops the cached pseudonyms, so the next ones are read from the registry again
+    /// (another connection may have forgotten a citizen's salt).
+    pub fn clear_cache(&mut self) {
+        self.cache.clear();
+    }
+
     /// Forgets the citizen's link: their salt goes, so their pseudonym cannot be made again.
     pub fn forget(&mut self, citizen: &str) -> Result<(), StoreError> {
         self.salts

@@ -362,8 +362,9 @@ pub(crate) fn open_existing(path: &Path) -> Result<Connection, StoreError> {
 /// Creates the schema of a new database, and refuses one written by a newer kenko.
 pub(crate) fn migrate(conn: &Connection, path: &Path, schema: &str) -> Result<(), StoreError> {
     let version = check_version(conn, path)?;
+    // Every statement is `IF NOT EXISTS`: tables added since a file was made appear.
+    conn.execute_batch(schema).map_err(sqlite(path))?;
     if version < SCHEMA_VERSION {
-        conn.execute_batch(schema).map_err(sqlite(path))?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sqlite(path))?;
     }

@@ -169,6 +169,11 @@ impl Wal {
         self.segments.iter().map(|&(_, len)| len).sum::<u64>() + self.buffer.len() as u64
     }
 
+    /// Whether a record of `len` bytes fits under the size limit now.
+    pub fn has_room(&self, len: usize) -> bool {
+        self.used_bytes() + (HEADER + len) as u64 <= self.options.max_bytes
+    }
+
     /// The position after the last record appended.
     pub fn end(&self) -> Position {
         let &(segment, len) = self
@@ -209,13 +214,26 @@ impl Wal {
     }
 
     /// Writes what is buffered and makes it durable (one fsync for the whole group).
+    ///
+    /// On failure (a full disk, an I/O error) the segment is cut back to its last durable
+    /// length and the records stay buffered, so a later `sync` writes them whole; a failed
+    /// write never leaves half a record in the middle of the log.
     pub fn sync(&mut self) -> Result<(), WalError> {
         if self.buffer.is_empty() {
             return Ok(());
         }
         let path = self.active_path.clone();
-        self.active.write_all(&self.buffer).map_err(io_err(&path))?;
-        self.active.sync_data().map_err(io_err(&path))?;
+        let durable = self.segments.last().map_or(0, |&(_, len)| len);
+        let written = self
+            .active
+            .write_all(&self.buffer)
+            .and_then(|()| self.active.sync_data());
+        if let Err(e) = written {
+            if let Err(cut) = self.active.set_len(durable) {
+                error!(segment = %path.display(), error = %cut, "cannot cut a failed write off the write-ahead log; it is checked at the next start");
+            }
+            return Err(io_err(&path)(e));
+        }
         if let Some(last) = self.segments.last_mut() {
             last.1 += self.buffer.len() as u64;
         }
@@ -246,6 +264,37 @@ impl Wal {
             fs::remove_file(&path).map_err(io_err(&path))?;
         }
         Ok(())
+    }
+
+    /// `position` if it lies within the log, else the nearest place that does: a checkpoint
+    /// past the end (the log was cut back after a crash) becomes the end; one before the
+    /// oldest segment becomes its start.
+    pub fn clamp(&self, position: Position) -> Position {
+        let end = self.end();
+        if position > end {
+            return end;
+        }
+        match self
+            .segments
+            .iter()
+            .find(|&&(id, _)| id == position.segment)
+        {
+            Some(&(_, len)) if position.offset > len => Position {
+                segment: position.segment,
+                offset: len,
+            },
+            Some(_) => position,
+            None => {
+                // The segment is gone (released or set aside): resume at the next one.
+                self.segments
+                    .iter()
+                    .find(|&&(id, _)| id > position.segment)
+                    .map_or(end, |&(id, _)| Position {
+                        segment: id,
+                        offset: 0,
+                    })
+            }
+        }
     }
 
     /// A reader from `from` (a sink's checkpoint) over what is durable.
@@ -356,7 +405,25 @@ impl WalReader {
 
     /// The next durable record, or `None` when the reader is at the end of what is written.
     pub fn next_record(&mut self, buf: &mut Vec<u8>) -> Result<Option<Position>, WalError> {
+        let unbounded = Position {
+            segment: u64::MAX,
+            offset: u64::MAX,
+        };
+        self.next_record_before(buf, unbounded)
+    }
+
+    /// The next record that starts before `end` (the end of what the writer has synced),
+    /// or `None`. A sink reads only what is durable, so nothing it stores can be cut off the
+    /// log by a crash.
+    pub fn next_record_before(
+        &mut self,
+        buf: &mut Vec<u8>,
+        end: Position,
+    ) -> Result<Option<Position>, WalError> {
         loop {
+            if self.position >= end {
+                return Ok(None);
+            }
             let segment = self.position.segment;
             let path = segment_path(&self.dir, segment);
             if self.file.as_ref().map(|(id, _)| *id) != Some(segment) {

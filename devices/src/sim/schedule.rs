@@ -202,7 +202,7 @@ impl Schedule {
                 // broken only by sitting up for a while.
                 let woke = base + at(day - 1, h(6, 0), h(7, 0), 2);
                 let sleeps = base + at(day, h(20, 0), h(21, 0), 1);
-                let up = if self.seed % 2 == 0 {
+                let up = if self.seed.is_multiple_of(2) {
                     base + at(day, h(9, 30), h(11, 0), 3)
                 } else {
                     base + at(day, h(13, 0), h(14, 0), 3)

@@ -1,0 +1,416 @@
+//! The InfluxDB sink: observations from the write-ahead log, as line protocol, through
+//! InfluxDB's `/api/v2/write` (the `influxdb2` crate), gzip-compressed, in batches by size
+//! and age.
+//!
+//! A point is `MEASUREMENT,citizen=…,device=… METRIC=VALUE[,METRIC_flags=Ni] TIME_MS`; a
+//! repeat of the same observation is the same point, so replays after a crash write nothing
+//! twice. Server errors, timeouts and refused connections are retried with backoff and
+//! jitter until they succeed — the log holds the data meanwhile. A 4xx answer about the data
+//! is narrowed down by halving the batch until the rows the server refuses are found; those
+//! are dead-lettered with the server's message and the rest is written.
+
+use std::io;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use influxdb2::api::write::TimestampPrecision;
+use influxdb2::models::WriteDataPoint;
+use influxdb2::RequestError;
+use kenko_config::InfluxConfig;
+use rand::Rng;
+use tracing::{error, info, warn};
+
+use crate::consent::ConsentView;
+use crate::deadletter::{DeadLetter, DeadLetterStore};
+use crate::observation::Observation;
+use crate::pipeline::IngestStats;
+use crate::sink::{drop_erased, Cursor};
+
+/// The reason code of rows InfluxDB refused.
+pub const REJECTED: &str = "influx_rejected";
+/// How long a stopping hub keeps trying to deliver what is left before it leaves it in the
+/// log for the next start.
+const DRAIN: Duration = Duration::from_secs(5);
+const IDLE: Duration = Duration::from_millis(100);
+
+/// Why the sink cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum InfluxError {
+    #[error("influxdb.url {url:?} is not a URL: {why}")]
+    Url { url: String, why: String },
+    #[error("cannot set up the InfluxDB client: {0}")]
+    Client(String),
+    #[error(transparent)]
+    Config(#[from] kenko_config::ConfigError),
+}
+
+/// Builds the client from the configuration (token from the environment or a file).
+pub fn client(config: &InfluxConfig) -> Result<influxdb2::Client, InfluxError> {
+    url::Url::parse(&config.url)
+        .ok()
+        .filter(|u| u.has_host())
+        .ok_or_else(|| InfluxError::Url {
+            url: config.url.clone(),
+            why: "it needs a scheme and a host, e.g. http://127.0.0.1:8086".into(),
+        })?;
+    let token = config.token()?.unwrap_or_default();
+    let mut builder = influxdb2::ClientBuilder::new(&config.url, &config.org, token);
+    if config.gzip {
+        builder = builder.gzip(true);
+    }
+    builder
+        .build()
+        .map_err(|e| InfluxError::Client(e.to_string()))
+}
+
+/// Asks the server whether it is ready (`GET /ready`), within `limit`.
+pub async fn check(client: &influxdb2::Client, limit: Duration) -> Result<(), String> {
+    match tokio::time::timeout(limit, client.ready()).await {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => Err("the server says it is not ready".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {} ms", limit.as_millis())),
+    }
+}
+
+/// One line of line protocol and what a dead letter of it needs.
+#[derive(Debug, Clone)]
+struct Line {
+    bytes: Bytes,
+    device: Arc<str>,
+    received_ms: i64,
+}
+
+impl WriteDataPoint for Line {
+    fn write_data_point_to<W: io::Write>(&self, mut w: W) -> io::Result<()> {
+        w.write_all(&self.bytes)
+    }
+}
+
+/// Escapes a measurement name or a tag value (`,`, `=` and space; a measurement's `=` need
+/// not be, but escaping it is harmless).
+fn escape(out: &mut String, text: &str) {
+    for c in text.chars() {
+        if matches!(c, ',' | '=' | ' ' | '\\') {
+            out.push('\\');
+        }
+        if c == '\n' || c == '\r' {
+            out.push(' ');
+            continue;
+        }
+        out.push(c);
+    }
+}
+
+/// Renders one observation: identified ones carry citizen and device, pseudonymized ones
+/// only the pseudonym.
+fn render(measurement: &str, o: &Observation, identified: bool) -> String {
+    use std::fmt::Write as _;
+    let mut line = String::with_capacity(96);
+    escape(&mut line, measurement);
+    if identified {
+        line.push_str(",citizen=");
+        escape(&mut line, &o.citizen);
+        line.push_str(",device=");
+        escape(&mut line, &o.device);
+    } else {
+        line.push_str(",pseudonym=");
+        escape(&mut line, &o.citizen);
+    }
+    let metric = o.metric.name();
+    let _ = write!(line, " {metric}={:?}", o.value);
+    if o.flags != 0 {
+        let _ = write!(line, ",{metric}_flags={}i", o.flags);
+    }
+    let _ = writeln!(line, " {}", o.time_ms);
+    line
+}
+
+fn lines(measurement: &str, observations: &[Observation], identified: bool, out: &mut Vec<Line>) {
+    out.extend(observations.iter().map(|o| Line {
+        bytes: Bytes::from(render(measurement, o, identified)),
+        device: o.device.clone(),
+        received_ms: o.received_ms,
+    }));
+}
+
+enum Failure {
+    /// The server refused the data (a 4xx about the rows): find and dead-letter them.
+    Rejected(String),
+    /// Try again later: server errors, timeouts, refused connections, throttling, and
+    /// refusals that are about the setup (token, bucket) rather than the data.
+    Retry(String),
+}
+
+fn classify(error: RequestError) -> Failure {
+    match error {
+        RequestError::Http { status, text } => classify_status(status.as_u16(), text.trim()),
+        other => Failure::Retry(other.to_string()),
+    }
+}
+
+fn classify_status(code: u16, text: &str) -> Failure {
+    let setup = matches!(code, 401 | 403 | 404 | 408 | 425 | 429);
+    if (400..500).contains(&code) && !setup {
+        Failure::Rejected(format!("HTTP {code}: {text}"))
+    } else if setup {
+        Failure::Retry(format!(
+            "HTTP {code}: {text} (check influxdb.url, org, buckets and token)"
+        ))
+    } else {
+        Failure::Retry(format!("HTTP {code}: {text}"))
+    }
+}
+
+/// The sink; runs on its own thread with a small runtime for the HTTP client.
+pub struct InfluxSink {
+    pub cursor: Cursor,
+    pub client: influxdb2::Client,
+    pub config: InfluxConfig,
+    pub consents: ConsentView,
+    pub dead: DeadLetterStore,
+    pub stats: Arc<IngestStats>,
+}
+
+impl InfluxSink {
+    /// Opens the dead-letter store the sink writes refused rows to.
+    pub fn dead_letters(data_dir: &Path) -> Result<DeadLetterStore, crate::store::StoreError> {
+        DeadLetterStore::open(&data_dir.join("deadletter.db"))
+    }
+
+    pub fn run(mut self) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                error!(error = %e, "cannot start the InfluxDB sink; observations stay in the write-ahead log");
+                return;
+            }
+        };
+        let age = Duration::from_millis(self.config.batch_age_ms);
+        let mut personal = Vec::new();
+        let mut shared = Vec::new();
+        let mut observations = Vec::new();
+        let mut oldest: Option<Instant> = None;
+        loop {
+            let wait = oldest.map_or(IDLE, |t| age.saturating_sub(t.elapsed()));
+            let finished = self.cursor.wait(wait);
+            let consents = self.consents.refresh();
+            while personal.len() + shared.len() < self.config.batch_max {
+                match self.cursor.next_record() {
+                    Ok(Some(record)) => {
+                        observations.clear();
+                        observations.extend(record.personal);
+                        drop_erased(&consents, &mut observations);
+                        lines(&self.config.measurement, &observations, true, &mut personal);
+                        lines(
+                            &self.config.shared_measurement,
+                            &record.shared,
+                            false,
+                            &mut shared,
+                        );
+                        oldest.get_or_insert_with(Instant::now);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        error!(error = %e, "cannot read the write-ahead log; retrying");
+                        thread::sleep(IDLE);
+                        break;
+                    }
+                }
+            }
+            let pending = personal.len() + shared.len();
+            let due =
+                pending >= self.config.batch_max || oldest.is_some_and(|t| t.elapsed() >= age);
+            if pending > 0 && (due || finished) {
+                if !self.flush(&runtime, &personal, &shared) {
+                    warn!(
+                        points = pending,
+                        "stopping with InfluxDB unreachable; the rest stays in the write-ahead log for the next start"
+                    );
+                    return;
+                }
+                personal.clear();
+                shared.clear();
+                oldest = None;
+                let mut backoff = Duration::from_millis(50);
+                while let Err(e) = self.cursor.commit() {
+                    error!(error = %e, "cannot save the InfluxDB sink's checkpoint; retrying");
+                    thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            } else if finished && pending == 0 {
+                break;
+            }
+        }
+        info!("InfluxDB sink stopped: write-ahead log fully written");
+    }
+
+    /// Writes both buckets' lines; `false` if the hub is stopping and the server does not
+    /// answer (nothing is lost: the checkpoint stays before these lines).
+    fn flush(
+        &mut self,
+        runtime: &tokio::runtime::Runtime,
+        personal: &[Line],
+        shared: &[Line],
+    ) -> bool {
+        let buckets = [
+            (self.config.bucket_personal.clone(), personal),
+            (self.config.bucket_shared.clone(), shared),
+        ];
+        for (bucket, lines) in buckets {
+            if !lines.is_empty() && !self.write(runtime, &bucket, lines) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn write(&mut self, runtime: &tokio::runtime::Runtime, bucket: &str, lines: &[Line]) -> bool {
+        let max_backoff = Duration::from_millis(self.config.max_backoff_ms);
+        let timeout = Duration::from_millis(self.config.timeout_ms);
+        let mut parts = vec![lines];
+        let mut backoff = Duration::from_millis(100);
+        let mut failing_since: Option<Instant> = None;
+        let mut give_up_at: Option<Instant> = None;
+        while let Some(part) = parts.pop() {
+            let result = runtime.block_on(async {
+                let body = futures_util::stream::iter(part.to_vec());
+                match tokio::time::timeout(
+                    timeout,
+                    self.client.write_with_precision(
+                        bucket,
+                        body,
+                        TimestampPrecision::Milliseconds,
+                    ),
+                )
+                .await
+                {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(classify(e)),
+                    Err(_) => Err(Failure::Retry(format!(
+                        "no answer within {} ms",
+                        timeout.as_millis()
+                    ))),
+                }
+            });
+            match result {
+                Ok(()) => {
+                    self.stats
+                        .influx_points
+                        .fetch_add(part.len() as u64, Ordering::Relaxed);
+                    if let Some(since) = failing_since.take() {
+                        info!(url = %self.config.url, after_ms = since.elapsed().as_millis() as u64,
+                            "InfluxDB writes succeed again");
+                    }
+                    backoff = Duration::from_millis(100);
+                }
+                Err(Failure::Rejected(why)) if part.len() > 1 => {
+                    let (first, second) = part.split_at(part.len() / 2);
+                    parts.push(second);
+                    parts.push(first);
+                    tracing::debug!(
+                        why,
+                        points = part.len(),
+                        "InfluxDB refused a batch; narrowing it down"
+                    );
+                }
+                Err(Failure::Rejected(why)) => self.dead_letter(bucket, &part[0], why),
+                Err(Failure::Retry(why)) => {
+                    self.stats.influx_retries.fetch_add(1, Ordering::Relaxed);
+                    if failing_since.is_none() {
+                        failing_since = Some(Instant::now());
+                        warn!(url = %self.config.url, bucket, why,
+                            "cannot write to InfluxDB; retrying with backoff while the write-ahead log holds the data");
+                    } else {
+                        tracing::debug!(why, "InfluxDB write failed again");
+                    }
+                    if self.cursor.closed() {
+                        let at = *give_up_at.get_or_insert_with(|| Instant::now() + DRAIN);
+                        if Instant::now() >= at {
+                            return false;
+                        }
+                    }
+                    let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
+                    thread::sleep(backoff + Duration::from_millis(jitter));
+                    backoff = (backoff * 2).min(max_backoff);
+                    parts.push(part);
+                }
+            }
+        }
+        true
+    }
+
+    fn dead_letter(&mut self, bucket: &str, line: &Line, why: String) {
+        warn!(bucket, device = %line.device, why, "InfluxDB refused a row; dead-lettered");
+        let letter = DeadLetter {
+            received_ms: line.received_ms,
+            client_id: "kenko-influxdb-sink".into(),
+            topic: format!("influxdb/{bucket}"),
+            device: (&*line.device != "-").then(|| line.device.to_string()),
+            reason_code: REJECTED.into(),
+            reason: why,
+            payload: line.bytes.to_vec(),
+        };
+        let mut backoff = Duration::from_millis(50);
+        while let Err(e) = self.dead.record(std::slice::from_ref(&letter)) {
+            error!(error = %e, "cannot record a dead letter; retrying");
+            thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        self.stats.influx_rejected.fetch_add(1, Ordering::Relaxed);
+        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kenko_devices::Metric;
+
+    #[test]
+    fn lines_escape_tags_and_carry_flags_only_when_set() {
+        let o = Observation {
+            citizen: Arc::from("citizen 1,x=y"),
+            device: Arc::from("bed-001"),
+            metric: Metric::HeartRate,
+            value: 61.0,
+            time_ms: 1_764_049_990_000,
+            received_ms: 0,
+            seq: 0,
+            flags: 0,
+        };
+        assert_eq!(
+            render("kenko", &o, true),
+            "kenko,citizen=citizen\\ 1\\,x\\=y,device=bed-001 heart_rate=61.0 1764049990000\n"
+        );
+        let flagged = Observation {
+            citizen: Arc::from("p-1"),
+            flags: 1,
+            value: 301.5,
+            ..o
+        };
+        assert_eq!(
+            render("kenko_research", &flagged, false),
+            "kenko_research,pseudonym=p-1 heart_rate=301.5,heart_rate_flags=1i 1764049990000\n"
+        );
+    }
+
+    #[test]
+    fn refusals_about_the_data_are_dead_lettered_the_rest_retried() {
+        assert!(matches!(classify_status(400, "bad"), Failure::Rejected(_)));
+        assert!(matches!(classify_status(422, "bad"), Failure::Rejected(_)));
+        for code in [401, 403, 404, 429, 500, 503] {
+            assert!(
+                matches!(classify_status(code, "x"), Failure::Retry(_)),
+                "{code}"
+            );
+        }
+    }
+}
