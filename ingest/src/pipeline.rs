@@ -319,6 +319,7 @@ pub fn start(
         record: Vec::new(),
         full_since: None,
         replay_checked: Instant::now() - IDLE_CHECK,
+        held: std::collections::VecDeque::new(),
     };
     threads.push(spawn("ingest", move || writer.run())?);
     let stop_sinks = CloseOnDrop(durable.clone());
@@ -375,6 +376,9 @@ struct Writer {
     full_since: Option<Instant>,
     /// When `deadletter.db` was last asked for replay requests.
     replay_checked: Instant,
+    /// Messages taken off the queue while the log was full, in order, to be processed
+    /// before anything queued after them.
+    held: std::collections::VecDeque<Submission>,
 }
 
 /// A batch and the buffers reused from one batch to the next.
@@ -411,7 +415,11 @@ impl Writer {
         loop {
             self.release_segments();
             self.replay_if_asked();
-            match self.rx.recv_timeout(IDLE_CHECK) {
+            let next = match self.held.pop_front() {
+                Some(held) => Ok(held),
+                None => self.rx.recv_timeout(IDLE_CHECK),
+            };
+            match next {
                 Ok(first) => {
                     batch.submissions.push(first);
                     self.fill(&mut batch, linger);
@@ -426,9 +434,13 @@ impl Writer {
     }
 
     /// Takes what is already queued, and waits up to `linger` for more while the batch is small.
-    fn fill(&self, batch: &mut Batch, linger: Duration) {
+    fn fill(&mut self, batch: &mut Batch, linger: Duration) {
         let deadline = Instant::now() + linger;
         while batch.submissions.len() < self.config.batch_max {
+            if let Some(held) = self.held.pop_front() {
+                batch.submissions.push(held);
+                continue;
+            }
             match self.rx.try_recv() {
                 Ok(s) => batch.submissions.push(s),
                 Err(flume::TryRecvError::Disconnected) => return,
@@ -737,8 +749,28 @@ impl Writer {
             }
             // What is appended already becomes durable, and its sinks can move on.
             self.sync();
+            self.refuse_queued();
             thread::sleep(ROOM_CHECK);
             self.release_segments();
+        }
+    }
+
+    /// While the writer waits for room: answers queued messages whose clients can be told
+    /// "not now" (0x97) at once, and holds the rest, in order, up to the queue's size (then
+    /// the queue fills and pushes back).
+    fn refuse_queued(&mut self) {
+        while self.held.len() < self.config.queue {
+            let Ok(sub) = self.rx.try_recv() else { return };
+            match sub.reply {
+                Some(reply) if reply.refusable => {
+                    self.stats.refused_log_full.fetch_add(1, Ordering::Relaxed);
+                    let _ = reply.to.send(Outcome {
+                        token: reply.token,
+                        verdict: Err(log_full()),
+                    });
+                }
+                reply => self.held.push_back(Submission { reply, ..sub }),
+            }
         }
     }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod raw;
+pub mod vm;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -83,6 +84,7 @@ pub struct Hub {
     pub data_dir: PathBuf,
     pub config: PathBuf,
     _stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
 }
 
 impl Hub {
@@ -110,18 +112,32 @@ impl Hub {
     }
 
     pub fn start_with(dir: &Path, config_path: &Path) -> anyhow::Result<Hub> {
+        Hub::start_on(dir, config_path, "127.0.0.1:0")
+    }
+
+    /// Starts `kenko serve` with MQTT on `mqtt` (e.g. the address of a hub that was killed,
+    /// so that its clients reconnect to the new one).
+    pub fn start_on(dir: &Path, config_path: &Path, mqtt: &str) -> anyhow::Result<Hub> {
         let data_dir = dir.join("data");
         let mut child = Command::new(KENKO)
             .args(["serve", "--config"])
             .arg(config_path)
             .arg("--data-dir")
             .arg(&data_dir)
-            .args(["--mqtt", "127.0.0.1:0"])
+            .args(["--mqtt", mqtt])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .context("cannot start kenko")?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let (err_tx, err_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                let _ = err_tx.send(line);
+            }
+        });
         let stdout = child.stdout.take().context("no stdout")?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -164,6 +180,7 @@ impl Hub {
             data_dir,
             config: config_path.to_owned(),
             _stdout: rx,
+            stderr: err_rx,
         })
     }
 
@@ -174,6 +191,18 @@ impl Hub {
     /// Sends a signal (`HUP`, `TERM`, ...) to the hub process.
     pub fn signal(&self, name: &str) -> anyhow::Result<()> {
         signal(self.child.id(), name)
+    }
+
+    /// What the hub has written to stderr so far (it is also passed on to the test's).
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.try_iter().collect()
+    }
+
+    /// SIGKILL: the process ends at once, in the middle of whatever it was doing.
+    pub fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
     }
 
     /// Sends SIGTERM and waits for an orderly exit; fails if the exit is not clean.
