@@ -78,7 +78,7 @@ fn main() {
     let base = now - 24 * 3_600_000;
     let started = Instant::now();
     let acknowledged = runtime.block_on(async move {
-        let (to, mut verdicts) = tokio::sync::mpsc::unbounded_channel();
+        let (to, mut verdicts) = tokio::sync::mpsc::unbounded_channel::<pipeline::Outcome>();
         let counter = tokio::spawn(async move {
             let mut n = 0u64;
             while let Some(outcome) = verdicts.recv().await {
