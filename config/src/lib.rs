@@ -708,12 +708,57 @@ mod tests {
     }
 
     #[test]
+    fn influxdb_and_wal_settings_are_checked_and_the_token_read_from_a_file() {
+        let text = "[influxdb]\nurl = \"http://127.0.0.1:8086\"\n";
+        let influx = parse(text).expect("defaults").influxdb.expect("section");
+        assert_eq!(
+            (
+                influx.bucket_personal.as_str(),
+                influx.bucket_shared.as_str()
+            ),
+            ("personal", "shared")
+        );
+        for (bad, says) in [
+            ("[influxdb]\nurl = \"127.0.0.1:8086\"\n", "http://"),
+            (
+                "[influxdb]\nurl = \"http://h\"\nbucket_personal = \"a b\"\n",
+                "bucket_personal",
+            ),
+            (
+                "[influxdb]\nurl = \"http://h\"\nbucket_shared = \"personal\"\nshared_measurement = \"kenko\"\n",
+                "different buckets",
+            ),
+            ("[wal]\nsegment_bytes = 100\n", "wal.segment_bytes"),
+            ("[wal]\nmax_bytes = 70000\nsegment_bytes = 65536\n", "twice"),
+        ] {
+            let err = parse(bad).expect_err(bad);
+            assert!(err.to_string().contains(says), "{bad}: {err}");
+        }
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("influx.token"), "secret-token\n").expect("write");
+        std::fs::write(
+            dir.path().join("kenko.toml"),
+            "[influxdb]\nurl = \"http://h\"\ntoken_env = \"KENKO_TEST_NO_SUCH_VARIABLE\"\ntoken_file = \"influx.token\"\n",
+        )
+        .expect("write");
+        let config = Config::from_file(&dir.path().join("kenko.toml")).expect("config");
+        let influx = config.influxdb.expect("section");
+        assert_eq!(
+            influx.token().expect("token").as_deref(),
+            Some("secret-token")
+        );
+        std::fs::write(dir.path().join("influx.token"), "  \n").expect("write");
+        assert!(influx.token().is_err(), "an empty token file is an error");
+    }
+
+    #[test]
     fn the_example_config_is_valid_and_spells_out_the_defaults() {
         let example = include_str!("../kenko.example.toml");
         let config = parse(example).expect("config/kenko.example.toml parses");
         assert_eq!(config.mqtt, MqttConfig::default());
         assert_eq!(config.ingest, IngestConfig::default());
         assert_eq!(config.auth, AuthConfig::default());
+        assert_eq!(config.wal, WalConfig::default());
         assert_eq!(config.devices.len(), 2);
         assert_eq!(config.principals.len(), 1);
     }
