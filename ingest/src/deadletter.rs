@@ -125,31 +125,7 @@ impl DeadLetterStore {
 
     /// The newest `limit` letters with their ids, newest first.
     pub fn list(&self, limit: usize) -> Result<Vec<(i64, DeadLetter)>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT id, received_ms, client_id, topic, device, reason_code, reason, payload
-                 FROM dead_letters ORDER BY id DESC LIMIT ?1",
-            )
-            .map_err(sqlite(&self.path))?;
-        let rows = stmt
-            .query_map([limit], |r| {
-                Ok((
-                    r.get(0)?,
-                    DeadLetter {
-                        received_ms: r.get(1)?,
-                        client_id: r.get(2)?,
-                        topic: r.get(3)?,
-                        device: r.get(4)?,
-                        reason_code: r.get(5)?,
-                        reason: r.get(6)?,
-                        payload: r.get(7)?,
-                    },
-                ))
-            })
-            .map_err(sqlite(&self.path))?;
-        rows.collect::<Result<_, _>>().map_err(sqlite(&self.path))
+        self.select(&Selection::default(), limit)
     }
 
     /// The newest `limit` letters of a selection, newest first.
