@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub mod acl;
+pub mod profile;
+
+pub use profile::{FieldConfig, PayloadFormat, ProfileConfig, TimeFormat};
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -47,8 +50,38 @@ pub struct Config {
     pub influxdb: Option<InfluxConfig>,
     /// Principals other than devices: services, analysts, operators, citizen apps.
     pub principals: Vec<PrincipalConfig>,
-    /// The device registry: which device belongs to which citizen.
+    /// The device registry: which device belongs to which citizen. Devices added with
+    /// `kenko device add` live in `registry.db` beside these.
     pub devices: Vec<DeviceConfig>,
+    /// Vendor payload profiles besides the built-in ones (config/profiles.toml).
+    pub profiles: Vec<ProfileConfig>,
+    /// Windowed outputs: sleep summaries and daily step totals.
+    pub windows: WindowsConfig,
+}
+
+/// When the stream processor's windows open and close.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WindowsConfig {
+    /// Local hour (0–23, in the device's zone) at which a sleep day begins; a night's sleep
+    /// summary covers the 24 hours from then. 18 keeps a night (and a night-shift worker's
+    /// daytime sleep) in one window.
+    pub sleep_day_start_hour: u8,
+    /// Minutes after a window's end before its summary is computed; data arriving later
+    /// (within `ingest.late_horizon_s`) computes it again.
+    pub grace_min: u32,
+    /// Compute sleep summaries and daily step totals at all.
+    pub enabled: bool,
+}
+
+impl Default for WindowsConfig {
+    fn default() -> Self {
+        WindowsConfig {
+            sleep_day_start_hour: 18,
+            grace_min: 15,
+            enabled: true,
+        }
+    }
 }
 
 /// The HTTP API: `/api/v1/consents` and `/api/v1/observations`, HTTP Basic with the
@@ -330,6 +363,13 @@ pub struct IngestConfig {
     /// Store a citizen's data only under their `collect` consent (registry.db); without it
     /// the message is refused and counted, and its payload kept nowhere.
     pub require_consent: bool,
+    /// How old an event time may be when it arrives, in seconds: late and out-of-order data
+    /// (a device back from an offline period) is accepted within this horizon; older data is
+    /// dead-lettered as `too_old`.
+    pub late_horizon_s: u64,
+    /// How far ahead of the hub's clock an event time may be, in seconds (device clocks
+    /// drift); further ahead is refused as `future_timestamp`.
+    pub max_future_s: u64,
 }
 
 impl Default for IngestConfig {
@@ -342,22 +382,52 @@ impl Default for IngestConfig {
             plausibility: Plausibility::Flag,
             live_republish: false,
             require_consent: true,
+            late_horizon_s: 7 * 24 * 3600,
+            max_future_s: 5 * 60,
         }
     }
 }
 
-/// The kinds of device kenko knows.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+/// The kinds of device kenko knows; the names are those of `kenko simulate --kinds`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceKind {
     /// A bed sensor under the mattress: heart and breathing rate, movement, occupancy, sleep stage.
     Bed,
+    /// A wrist wearable: heart rate, steps, SpO2, temperature.
+    Wearable,
+    /// A blood-pressure monitor: systolic and diastolic pressure, pulse rate.
+    Bp,
+    /// A weight scale: body weight and body fat.
+    Scale,
+    /// A thermometer: body temperature.
+    Thermo,
+    /// A pulse oximeter: SpO2 and pulse rate.
+    Oximeter,
+    /// A blood-glucose meter.
+    Glucose,
 }
 
 impl DeviceKind {
+    pub const ALL: [DeviceKind; 7] = [
+        DeviceKind::Bed,
+        DeviceKind::Wearable,
+        DeviceKind::Bp,
+        DeviceKind::Scale,
+        DeviceKind::Thermo,
+        DeviceKind::Oximeter,
+        DeviceKind::Glucose,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DeviceKind::Bed => "bed",
+            DeviceKind::Wearable => "wearable",
+            DeviceKind::Bp => "bp",
+            DeviceKind::Scale => "scale",
+            DeviceKind::Thermo => "thermo",
+            DeviceKind::Oximeter => "oximeter",
+            DeviceKind::Glucose => "glucose",
         }
     }
 
@@ -365,7 +435,30 @@ impl DeviceKind {
     pub fn default_profile(self) -> &'static str {
         match self {
             DeviceKind::Bed => "bed-json-v1",
+            DeviceKind::Wearable => "wearable-json-v1",
+            DeviceKind::Bp => "bp-json-v1",
+            DeviceKind::Scale => "scale-json-v1",
+            DeviceKind::Thermo => "thermo-json-v1",
+            DeviceKind::Oximeter => "oximeter-json-v1",
+            DeviceKind::Glucose => "glucose-json-v1",
         }
+    }
+}
+
+/// A device kind name was not one of kenko's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown device kind {0:?}; known kinds: bed, wearable, bp, scale, thermo, oximeter, glucose"
+)]
+pub struct UnknownKind(pub String);
+
+impl std::str::FromStr for DeviceKind {
+    type Err = UnknownKind;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        DeviceKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownKind(s.to_owned()))
     }
 }
 
@@ -403,9 +496,6 @@ impl DeviceConfig {
             .unwrap_or_else(|| self.kind.default_profile())
     }
 }
-
-/// Payload profiles this build understands.
-pub const KNOWN_PROFILES: &[&str] = &["bed-json-v1"];
 
 impl Config {
     /// Reads, parses and validates a TOML configuration file. A relative ACL file path is
@@ -534,6 +624,16 @@ impl Config {
         if self.auth.acl_reload_ms == 0 {
             return invalid("auth.acl_reload_ms must be at least 1".into());
         }
+        if self.ingest.late_horizon_s == 0 {
+            return invalid("ingest.late_horizon_s must be at least 1".into());
+        }
+        if self.windows.sleep_day_start_hour > 23 {
+            return invalid(format!(
+                "windows.sleep_day_start_hour is {}; it must be an hour from 0 to 23",
+                self.windows.sleep_day_start_hour
+            ));
+        }
+        let profiles = profile::all_profiles(&self.profiles)?;
         let mut seen = HashSet::new();
         for principal in &self.principals {
             if let Err(why) = check_identifier(&principal.id) {
@@ -577,12 +677,13 @@ impl Config {
                 ));
             }
             check_password_hash(&device.id, device.password_hash.as_deref())?;
-            if !KNOWN_PROFILES.contains(&device.profile()) {
+            if !profiles.iter().any(|p| p.name == device.profile()) {
+                let names: Vec<&str> = profiles.iter().map(|p| p.name.as_str()).collect();
                 return invalid(format!(
                     "device {} names unknown payload profile {:?}; known profiles: {}",
                     device.id,
                     device.profile(),
-                    KNOWN_PROFILES.join(", ")
+                    names.join(", ")
                 ));
             }
         }

@@ -2,8 +2,10 @@
 //! a device to its citizen, the bed-sensor payload format, and simulators that speak MQTT.
 
 pub mod catalogue;
+pub mod profile;
 pub mod registry;
 
-pub use catalogue::{Metric, SleepStage};
+pub use catalogue::{conversion, Conversion, Metric, SleepStage};
+pub use profile::{Profile, Profiles};
 pub use registry::{DeviceEntry, Registry};
 pub mod sim;

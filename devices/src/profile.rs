@@ -1,0 +1,176 @@
+//! Payload profiles checked against the catalogue: each field's metric exists and its unit
+//! converts to the metric's canonical unit. The ingest decoder runs these; simulators use
+//! them to write payloads in each vendor's format.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use kenko_config::{DeviceKind, PayloadFormat, ProfileConfig, TimeFormat};
+
+use crate::catalogue::{conversion, Conversion, Metric};
+
+/// One reading field of a JSON profile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Field {
+    pub key: Box<str>,
+    pub metric: Metric,
+    /// The vendor's unit (UCUM) and how to convert it.
+    pub unit: Box<str>,
+    pub conversion: Conversion,
+}
+
+/// A profile ready to decode with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    pub name: Box<str>,
+    pub kind: Option<DeviceKind>,
+    pub format: PayloadFormat,
+    pub time: Box<str>,
+    pub time_format: TimeFormat,
+    pub seq: Option<Box<str>>,
+    pub samples: Option<Box<str>>,
+    pub fields: Vec<Field>,
+}
+
+impl Profile {
+    pub fn field(&self, key: &str) -> Option<&Field> {
+        self.fields.iter().find(|f| &*f.key == key)
+    }
+
+    /// The field that carries `metric`, if this profile has one.
+    pub fn field_for(&self, metric: Metric) -> Option<&Field> {
+        self.fields.iter().find(|f| f.metric == metric)
+    }
+}
+
+/// A profile names a metric or unit the catalogue does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("profile {profile:?}, field {field:?}: {message}")]
+pub struct ProfileError {
+    pub profile: String,
+    pub field: String,
+    pub message: String,
+}
+
+/// The profiles by name. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Profiles {
+    by_name: Arc<HashMap<Box<str>, Arc<Profile>>>,
+}
+
+impl Profiles {
+    /// Checks and compiles profiles (built-in ones first, see `kenko_config::profile`).
+    pub fn compile(configs: &[ProfileConfig]) -> Result<Profiles, ProfileError> {
+        let mut by_name = HashMap::new();
+        for config in configs {
+            let profile = compile_one(config)?;
+            by_name.insert(profile.name.clone(), Arc::new(profile));
+        }
+        Ok(Profiles {
+            by_name: Arc::new(by_name),
+        })
+    }
+
+    /// The built-in profiles only.
+    pub fn builtin() -> Profiles {
+        Profiles::compile(&kenko_config::profile::builtin_profiles())
+            .expect("built-in profiles are checked by a unit test")
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Profile>> {
+        self.by_name.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Profile>> {
+        self.by_name.values()
+    }
+}
+
+fn compile_one(config: &ProfileConfig) -> Result<Profile, ProfileError> {
+    let mut fields = Vec::with_capacity(config.fields.len());
+    for (key, field) in &config.fields {
+        let error = |message: String| ProfileError {
+            profile: config.name.clone(),
+            field: key.clone(),
+            message,
+        };
+        let metric: Metric = field.metric.parse().map_err(|e| error(format!("{e}")))?;
+        if metric.is_derived() {
+            return Err(error(format!(
+                "{metric} is computed by the hub and cannot come from a device"
+            )));
+        }
+        let unit = field.unit.as_deref().unwrap_or(metric.unit());
+        let conversion = conversion(metric, unit).map_err(|e| error(e.to_string()))?;
+        fields.push(Field {
+            key: key.as_str().into(),
+            metric,
+            unit: unit.into(),
+            conversion,
+        });
+    }
+    Ok(Profile {
+        name: config.name.as_str().into(),
+        kind: config.kind,
+        format: config.format,
+        time: config.time.as_str().into(),
+        time_format: config.time_format,
+        seq: config.seq.as_deref().map(Into::into),
+        samples: config.samples.as_deref().map(Into::into),
+        fields,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kenko_config::FieldConfig;
+
+    #[test]
+    fn builtin_profiles_compile_and_cover_every_device_metric() {
+        let profiles = Profiles::builtin();
+        for kind in DeviceKind::ALL {
+            let profile = profiles.get(kind.default_profile()).expect("default");
+            assert_eq!(profile.kind, Some(kind));
+        }
+        for &metric in Metric::ALL.iter().filter(|m| !m.is_derived()) {
+            assert!(
+                profiles.iter().any(|p| p.field_for(metric).is_some()),
+                "no built-in profile carries {metric}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_metrics_and_units_are_named() {
+        let mut config = kenko_config::profile::builtin_profiles().remove(0);
+        config.fields.insert(
+            "temp".into(),
+            FieldConfig {
+                metric: "body_temperature".into(),
+                unit: Some("[lb_av]".into()),
+            },
+        );
+        let err = Profiles::compile(&[config.clone()]).expect_err("bad unit");
+        assert!(err.to_string().contains("\"temp\""), "{err}");
+        assert!(err.to_string().contains("[degF]"), "{err}");
+        config.fields.insert(
+            "temp".into(),
+            FieldConfig {
+                metric: "core_temperature".into(),
+                unit: None,
+            },
+        );
+        let err = Profiles::compile(&[config.clone()]).expect_err("bad metric");
+        assert!(err.to_string().contains("unknown metric"), "{err}");
+        config.fields.insert(
+            "temp".into(),
+            FieldConfig {
+                metric: "daily_steps".into(),
+                unit: None,
+            },
+        );
+        let err = Profiles::compile(&[config]).expect_err("derived");
+        assert!(err.to_string().contains("computed by the hub"), "{err}");
+    }
+}
