@@ -3,12 +3,14 @@
 
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use kenko_broker::acl::{Acl, Decision, Principal, Reason, Request};
 use kenko_broker::auth::{hash_password, Cost, Directory, Identity};
 use kenko_config::acl::{Action, ConsentNeed, Effect, Rule};
 use kenko_config::Config;
+use kenko_devices::Registry;
 
 #[derive(clap::Args)]
 pub struct AclArgs {
@@ -33,6 +35,10 @@ struct Source {
     /// Rule file to use instead of the config's `auth.acl` (try a change before it goes live)
     #[arg(long, value_name = "FILE")]
     rules: Option<PathBuf>,
+    /// Data directory whose registry.db devices are known too [default: the config's
+    /// `data_dir`, else ./kenko-data]
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -87,6 +93,18 @@ pub fn run(args: AclArgs) -> anyhow::Result<bool> {
 
 /// Reads a password from the first line of stdin and prints its argon2id hash.
 pub fn hash(args: HashPasswordArgs) -> anyhow::Result<()> {
+    let cost = if args.token {
+        Cost::Token
+    } else {
+        Cost::Password
+    };
+    println!("{}", hash_stdin_password(cost, "kenko hash-password")?);
+    Ok(())
+}
+
+/// The argon2id hash of the password on the first line of stdin (`kenko hash-password`,
+/// `kenko device add --password-stdin`); `command` is named in the error for an empty line.
+pub fn hash_stdin_password(cost: Cost, command: &str) -> anyhow::Result<String> {
     let mut line = String::new();
     std::io::stdin()
         .lock()
@@ -94,24 +112,22 @@ pub fn hash(args: HashPasswordArgs) -> anyhow::Result<()> {
         .context("cannot read the password from stdin")?;
     let password = line.trim_end_matches(['\n', '\r']);
     if password.is_empty() {
-        bail!("no password on stdin; try: printf '%s' \"$PASSWORD\" | kenko hash-password");
+        bail!("no password on stdin; try: printf '%s' \"$PASSWORD\" | {command}");
     }
-    let cost = if args.token {
-        Cost::Token
-    } else {
-        Cost::Password
-    };
-    println!("{}", hash_password(password, cost));
-    Ok(())
+    Ok(hash_password(password, cost))
 }
 
-/// The directory and rules named by `source`.
+/// The directory and rules named by `source`; the devices of the data directory's
+/// `registry.db` (`kenko device add`) are known too.
 fn load(source: &Source) -> anyhow::Result<(Directory, Acl)> {
     let config = match &source.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
-    let directory = Directory::from_config(&config)?;
+    let devices = Registry::new(&config);
+    let data_dir = crate::device::data_dir(source.data_dir.as_deref(), &config);
+    devices.load_stored(&data_dir.join("registry.db"))?;
+    let directory = Directory::with_devices(&config, devices)?;
     let rules = match &source.rules {
         Some(path) => kenko_config::acl::read_rules(path)?,
         None => config.acl_rules()?,
@@ -119,12 +135,12 @@ fn load(source: &Source) -> anyhow::Result<(Directory, Acl)> {
     Ok((directory, Acl::new(rules)))
 }
 
-fn identity<'a>(
-    directory: &'a Directory,
+fn identity(
+    directory: &Directory,
     id: &str,
     config: Option<&Path>,
-) -> anyhow::Result<&'a Identity> {
-    directory.get(id).map(|i| &**i).with_context(|| {
+) -> anyhow::Result<Arc<Identity>> {
+    directory.get(id).with_context(|| {
         let place = config.map_or_else(
             || "no --config was given".to_owned(),
             |c| format!("it is not in {}", c.display()),
@@ -132,7 +148,7 @@ fn identity<'a>(
         if id == kenko_config::ANONYMOUS {
             format!("principal {id:?} exists only with auth.anonymous = true; {place}")
         } else {
-            format!("unknown principal {id:?}: {place} as a [[principals]] or [[devices]] entry")
+            format!("unknown principal {id:?}: {place} as a [[principals]] or [[devices]] entry, nor a device of registry.db (`kenko device list`)")
         }
     })
 }

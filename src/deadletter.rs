@@ -231,7 +231,8 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     println!("replaying {matching} dead letters (request {id})");
     let done = match local {
         Some((_lock, config)) => {
-            let registry = Registry::from_config(&config.devices);
+            let registry = Registry::new(&config);
+            registry.load_stored(&data_dir.join("registry.db"))?;
             let (handle, pipeline) =
                 pipeline::start(&Settings::from(&config), registry, &data_dir, None)
                     .with_context(|| format!("cannot open the stores in {}", data_dir.display()))?;

@@ -11,11 +11,14 @@ use kenko_broker::authz::Authorizer;
 use kenko_broker::http::HttpApi;
 use kenko_broker::{Broker, BrokerStats};
 use kenko_config::Config;
-use kenko_devices::Registry;
+use kenko_devices::registry::{DeviceWatcher, Registry};
 use kenko_ingest::pipeline::{self, IngestStats, Settings};
 use kenko_ingest::wal::Recovery;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+/// How often a running hub checks registry.db for added and removed devices.
+const DEVICE_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A running hub.
 pub struct Hub {
@@ -36,12 +39,20 @@ impl Hub {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Hub> {
         let lock = lock_data_dir(data_dir)?;
-        let registry = Registry::from_config(&config.devices);
-        let broker = Broker::bind(&config).await?;
+        // Configuration devices and those of registry.db (`kenko device add`), kept current
+        // while the hub runs; broker and pipeline share it.
+        let registry = Registry::new(&config);
+        let registry_path = data_dir.join("registry.db");
+        let watcher = DeviceWatcher::start(&registry_path, registry.clone(), DEVICE_POLL)
+            .with_context(|| format!("cannot read the devices of {}", registry_path.display()))?;
+        if registry.is_empty() {
+            tracing::warn!("no devices are registered (config file or `kenko device add`); telemetry is dead-lettered as unknown_device until one is added");
+        }
+        let broker = Broker::bind(&config, registry.clone()).await?;
         reload_on_sighup(broker.authorizer(), shutdown.clone());
         let (ingest, pipeline) = pipeline::start(
             &Settings::from(&config),
-            registry,
+            registry.clone(),
             data_dir,
             Some(broker.notices()),
         )
@@ -61,7 +72,7 @@ impl Hub {
                     .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
                 let local = listener.local_addr().unwrap_or(addr);
                 let api = HttpApi::new(
-                    Directory::from_config(&config)?,
+                    Directory::with_devices(&config, registry.clone())?,
                     ingest.consents().clone(),
                     data_dir,
                 );
@@ -81,6 +92,7 @@ impl Hub {
             {
                 tracing::error!("ingest pipeline did not stop cleanly");
             }
+            drop(watcher);
             drop(lock);
             tracing::info!("hub stopped");
         });

@@ -1,10 +1,11 @@
-//! The `kenko` command line: run the hub (`demo`, `serve`), drive it (`simulate`) and read
-//! what it stored (`query`).
+//! The `kenko` command line: run the hub (`demo`, `serve`), drive it (`simulate`), register
+//! devices (`device`) and read what it stored (`query`).
 
 mod acl;
 mod consent;
 mod deadletter;
 mod demo;
+mod device;
 mod hub;
 mod query;
 mod simulate;
@@ -39,6 +40,8 @@ enum Command {
     HashPassword(acl::HashPasswordArgs),
     /// Record and list citizens' consent
     Consent(consent::ConsentArgs),
+    /// Add, list and remove devices in registry.db (beside the config file's)
+    Device(device::DeviceArgs),
     /// Verify the audit log of consent changes
     Audit(consent::AuditArgs),
     /// List, show and replay messages the hub refused to store
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         Command::Acl(args) => acl::run(args),
         Command::HashPassword(args) => acl::hash(args).map(|()| true),
         Command::Consent(args) => consent::run(args).map(|()| true),
+        Command::Device(args) => device::run(args).map(|()| true),
         Command::Audit(args) => consent::audit(args),
         Command::Deadletter(args) => deadletter::run(args).map(|()| true),
         command => runtime().and_then(|rt| rt.block_on(run_async(command)).map(|()| true)),
@@ -116,6 +120,7 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
         | Command::Acl(_)
         | Command::HashPassword(_)
         | Command::Consent(_)
+        | Command::Device(_)
         | Command::Audit(_)
         | Command::Deadletter(_) => {
             unreachable!("runs without a runtime")
@@ -147,9 +152,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .data_dir
         .or_else(|| config.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from("./kenko-data"));
-    if config.devices.is_empty() {
-        tracing::warn!("the config registers no devices; every telemetry message will be dead-lettered as unknown_device");
-    }
     let shutdown = hub::shutdown_on_signals();
     let hub = hub::Hub::start(config, &data_dir, shutdown).await?;
     println!(

@@ -110,7 +110,7 @@ pub fn run(args: QueryArgs) -> anyhow::Result<()> {
                 StoreKind::Personal
             };
             let access = query_access(
-                who,
+                &who,
                 kind,
                 query.citizen.as_deref(),
                 metric.name(),

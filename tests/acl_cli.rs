@@ -212,7 +212,7 @@ fn hash_password_makes_a_hash_the_hub_accepts() -> anyhow::Result<()> {
     let config = kenko_config::Config::from_toml(&text, std::path::Path::new("k.toml"))?;
     let dir = kenko_broker::auth::Directory::from_config(&config)?;
     let p = dir.get("p").expect("principal");
-    assert!(kenko_broker::auth::verify_password(p, b"s3cret"));
-    assert!(!kenko_broker::auth::verify_password(p, b"s3cret\n"));
+    assert!(kenko_broker::auth::verify_password(&p, b"s3cret"));
+    assert!(!kenko_broker::auth::verify_password(&p, b"s3cret\n"));
     Ok(())
 }

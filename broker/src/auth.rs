@@ -1,5 +1,6 @@
-//! Who a client is: principals from the configuration (devices and others), passwords checked
-//! against argon2id hashes, client certificates, the anonymous principal.
+//! Who a client is: principals from the configuration, devices from the device registry
+//! (configuration and `registry.db`), passwords checked against argon2id hashes, client
+//! certificates, the anonymous principal.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::sync::Arc;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use kenko_config::{Config, ANONYMOUS};
+use kenko_devices::Registry;
 use rand::RngCore;
 
 use crate::acl::Principal;
@@ -52,16 +54,25 @@ pub struct BadHash {
     pub why: String,
 }
 
-/// Every principal of the configuration.
+/// Every principal the hub knows: the configuration's principals, and the devices of the
+/// shared [`Registry`] (configuration devices and `registry.db` devices, which may change while
+/// the hub runs).
 #[derive(Debug, Default)]
 pub struct Directory {
     by_id: HashMap<String, Arc<Identity>>,
+    devices: Registry,
     anonymous: Option<Arc<Identity>>,
 }
 
 impl Directory {
     /// The devices (role `device`) and other principals of `config`; checks every hash.
     pub fn from_config(config: &Config) -> Result<Directory, BadHash> {
+        Directory::with_devices(config, Registry::new(config))
+    }
+
+    /// The principals of `config` and the devices of `devices` (role `device`). Checks the
+    /// hashes of the configuration; `registry.db` devices are checked when they are added.
+    pub fn with_devices(config: &Config, devices: Registry) -> Result<Directory, BadHash> {
         let mut by_id = HashMap::new();
         for p in &config.principals {
             let identity = Identity {
@@ -73,37 +84,14 @@ impl Directory {
             };
             by_id.insert(p.id.clone(), Arc::new(identity));
         }
-        for d in &config.devices {
-            let identity = Identity {
-                id: d.id.clone(),
-                roles: vec![DEVICE_ROLE.to_owned()],
-                device: Some(d.id.clone()),
-                citizen: Some(d.citizen.clone()),
-                password_hash: d.password_hash.clone(),
-            };
-            by_id.insert(d.id.clone(), Arc::new(identity));
-        }
-        for identity in by_id.values() {
-            if let Some(hash) = &identity.password_hash {
-                let parsed = PasswordHash::new(hash).map_err(|e| BadHash {
-                    id: identity.id.clone(),
-                    why: e.to_string(),
-                })?;
-                let why = if parsed.algorithm.as_str() != "argon2id" {
-                    Some(format!("algorithm is {}, not argon2id", parsed.algorithm))
-                } else if parsed.salt.is_none() || parsed.hash.is_none() {
-                    Some("it has no salt or no hash".to_owned())
-                } else {
-                    Params::try_from(&parsed)
-                        .err()
-                        .map(|e| format!("bad parameters: {e}"))
-                };
-                if let Some(why) = why {
-                    return Err(BadHash {
-                        id: identity.id.clone(),
-                        why,
-                    });
-                }
+        let hashes = config
+            .principals
+            .iter()
+            .map(|p| (&p.id, &p.password_hash))
+            .chain(config.devices.iter().map(|d| (&d.id, &d.password_hash)));
+        for (id, hash) in hashes {
+            if let Some(hash) = hash {
+                check_hash(id, hash)?;
             }
         }
         let anonymous = config.auth.anonymous.then(|| {
@@ -115,14 +103,29 @@ impl Directory {
                 password_hash: None,
             })
         });
-        Ok(Directory { by_id, anonymous })
+        Ok(Directory {
+            by_id,
+            devices,
+            anonymous,
+        })
     }
 
-    /// The principal with this id (`anonymous` when anonymous clients are allowed).
-    pub fn get(&self, id: &str) -> Option<&Arc<Identity>> {
-        self.by_id
-            .get(id)
-            .or_else(|| self.anonymous.as_ref().filter(|a| a.id == id))
+    /// The principal with this id (`anonymous` when anonymous clients are allowed), as the
+    /// directory knows it now.
+    pub fn get(&self, id: &str) -> Option<Arc<Identity>> {
+        if let Some(identity) = self.by_id.get(id) {
+            return Some(identity.clone());
+        }
+        if let Some(device) = self.devices.lookup(id) {
+            return Some(Arc::new(Identity {
+                id: device.entry.id.to_string(),
+                roles: vec![DEVICE_ROLE.to_owned()],
+                device: Some(device.entry.id.to_string()),
+                citizen: Some(device.entry.citizen.to_string()),
+                password_hash: device.password_hash.as_deref().map(str::to_owned),
+            }));
+        }
+        self.anonymous.clone().filter(|a| a.id == id)
     }
 
     /// The principal of clients without credentials, if they are allowed.
@@ -132,18 +135,38 @@ impl Directory {
 
     /// Is `client_id` the id of a registered device? Such ids belong to that device alone.
     pub fn is_device(&self, client_id: &str) -> bool {
-        self.by_id
-            .get(client_id)
-            .is_some_and(|i| i.device.is_some())
+        !self.by_id.contains_key(client_id) && self.devices.get(client_id).is_some()
     }
 
+    /// Principals and devices known now.
     pub fn len(&self) -> usize {
-        self.by_id.len()
+        self.by_id.len() + self.devices.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
+        self.len() == 0
     }
+}
+
+/// A hash must be argon2id in PHC format with a salt and valid parameters.
+fn check_hash(id: &str, hash: &str) -> Result<(), BadHash> {
+    let bad = |why: String| BadHash {
+        id: id.to_owned(),
+        why,
+    };
+    let parsed = PasswordHash::new(hash).map_err(|e| bad(e.to_string()))?;
+    if parsed.algorithm.as_str() != "argon2id" {
+        return Err(bad(format!(
+            "algorithm is {}, not argon2id",
+            parsed.algorithm
+        )));
+    }
+    if parsed.salt.is_none() || parsed.hash.is_none() {
+        return Err(bad("it has no salt or no hash".to_owned()));
+    }
+    Params::try_from(&parsed)
+        .map(drop)
+        .map_err(|e| bad(format!("bad parameters: {e}")))
 }
 
 /// How expensive a new hash is.
@@ -232,12 +255,12 @@ mod tests {
         let dir = Directory::from_config(&config(&text)).expect("directory");
         let luke = dir.get("st-luke").expect("principal");
         assert_eq!(luke.roles, vec!["care"]);
-        assert!(verify_password(luke, b"pw"));
+        assert!(verify_password(&luke, b"pw"));
         let bed = dir.get("bed-1").expect("device");
         assert_eq!(bed.roles, vec![DEVICE_ROLE]);
         assert_eq!(bed.citizen.as_deref(), Some("c-1"));
         assert!(!bed.has_password(), "no hash: certificate only");
-        assert!(!verify_password(bed, b""));
+        assert!(!verify_password(&bed, b""));
         assert!(dir.is_device("bed-1") && !dir.is_device("st-luke"));
         assert_eq!(
             dir.get(ANONYMOUS).map(|a| a.roles.clone()),
@@ -246,11 +269,40 @@ mod tests {
     }
 
     #[test]
+    fn registry_db_devices_come_and_go_while_the_directory_lives() {
+        let config = config("[[devices]]\nid = \"bed-1\"\nkind = \"bed\"\ncitizen = \"c-1\"\n");
+        let registry = Registry::new(&config);
+        let dir = Directory::with_devices(&config, registry.clone()).expect("directory");
+        assert!(dir.get("watch-7").is_none() && !dir.is_device("watch-7"));
+        let hash = hash_password("pw7", Cost::Token);
+        registry.set_stored(&[kenko_devices::registry::StoredDevice {
+            id: "watch-7".into(),
+            kind: kenko_config::DeviceKind::Wearable,
+            citizen: "c-7".into(),
+            profile: "wearable-json-v1".into(),
+            timezone: None,
+            password_hash: Some(hash),
+            added_ms: 0,
+        }]);
+        let watch = dir.get("watch-7").expect("added device");
+        assert_eq!(watch.roles, vec![DEVICE_ROLE]);
+        assert_eq!(
+            (watch.device.as_deref(), watch.citizen.as_deref()),
+            (Some("watch-7"), Some("c-7"))
+        );
+        assert!(verify_password(&watch, b"pw7") && !verify_password(&watch, b"pw"));
+        assert!(dir.is_device("watch-7") && dir.is_device("bed-1"));
+        assert_eq!(dir.len(), 2);
+        registry.set_stored(&[]);
+        assert!(dir.get("watch-7").is_none() && !dir.is_device("watch-7"));
+    }
+
+    #[test]
     fn the_example_config_principal_logs_in_with_the_documented_password() {
         let example = config(include_str!("../../config/kenko.example.toml"));
         let dir = Directory::from_config(&example).expect("example hashes are valid");
         let ops = dir.get("ops-1").expect("ops-1");
-        assert!(verify_password(ops, b"example-only-change-me"));
+        assert!(verify_password(&ops, b"example-only-change-me"));
     }
 
     #[test]

@@ -346,7 +346,7 @@ impl Handshake {
         let bad_login = ConnectReturnCode::BadUserNamePassword;
         if let Some(cn) = certified {
             // The TLS layer verified the certificate against the operator's CA.
-            let Some(identity) = shared.directory.get(cn).cloned() else {
+            let Some(identity) = shared.directory.get(cn) else {
                 info!(
                     common_name = cn,
                     "client certificate names no known principal"
@@ -385,7 +385,7 @@ impl Handshake {
             self.refuse(bad_login, &format!("username {why}")).await?;
             return Ok(None);
         }
-        let Some(identity) = shared.directory.get(&login.username).cloned() else {
+        let Some(identity) = shared.directory.get(&login.username) else {
             info!(username = %login.username, "unknown username");
             self.refuse(bad_login, "bad username or password").await?;
             return Ok(None);

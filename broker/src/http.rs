@@ -199,7 +199,6 @@ async fn authenticate(api: &HttpApi, headers: &HeaderMap) -> Result<Arc<Identity
     let identity = api
         .directory
         .get(user)
-        .cloned()
         .ok_or_else(|| unauthorized("bad principal or password"))?;
     let verified = {
         let _permit = api.verify_slots.acquire().await;

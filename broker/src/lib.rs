@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kenko_config::{AuthConfig, Config, ConfigError, MqttConfig};
+use kenko_devices::Registry;
 use kenko_ingest::pipeline::{IngestHandle, Notice};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -99,10 +100,11 @@ pub struct Broker {
 
 impl Broker {
     /// Loads principals and ACL rules, binds the listener and starts the router and the hub's
-    /// publisher.
-    pub async fn bind(full: &Config) -> Result<Broker, BrokerError> {
+    /// publisher. Devices are those of `devices`, shared with the ingest pipeline: a device
+    /// added to or removed from it is let in or refused from the next CONNECT on.
+    pub async fn bind(full: &Config, devices: Registry) -> Result<Broker, BrokerError> {
         let config = &full.mqtt;
-        let directory = Directory::from_config(full)?;
+        let directory = Directory::with_devices(full, devices)?;
         let authorizer = Arc::new(Authorizer::new(full.acl_rules()?, full.auth.acl.clone()));
         let listener =
             TcpListener::bind(config.listen)

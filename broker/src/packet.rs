@@ -48,12 +48,17 @@ pub(crate) fn check_topic_name(topic: &[u8]) -> Result<&str, &'static str> {
     Ok(topic)
 }
 
-/// The `{device_id}` of a telemetry topic `devices/{device_id}/telemetry`.
+/// The `{device_id}` of a telemetry topic `devices/{device_id}/telemetry`, or of
+/// `devices/{device_id}/telemetry/pb` (protobuf payloads).
 pub(crate) fn telemetry_device(topic: &str) -> Option<&str> {
     let rest = topic.strip_prefix("devices/")?;
+    let rest = rest.strip_suffix("/pb").unwrap_or(rest);
     let device = rest.strip_suffix("/telemetry")?;
     (!device.is_empty() && !device.contains('/')).then_some(device)
 }
+
+/// MQTT 5 content type of kenko's protobuf telemetry.
+pub(crate) const PROTOBUF_CONTENT_TYPE: &str = "application/x-protobuf";
 
 #[cfg(test)]
 mod tests {
@@ -84,6 +89,9 @@ mod tests {
         assert_eq!(telemetry_device("devices//telemetry"), None);
         assert_eq!(telemetry_device("devices/a/b/telemetry"), None);
         assert_eq!(telemetry_device("devices/a/errors"), None);
+        assert_eq!(telemetry_device("devices/a/telemetry/pb"), Some("a"));
+        assert_eq!(telemetry_device("devices/a/pb"), None);
+        assert_eq!(telemetry_device("devices/a/telemetry/pb/pb"), None);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use kenko_ingest::decode::{RejectCode, Rejection};
-use kenko_ingest::pipeline::{Outcome, Reply, Submission};
+use kenko_ingest::pipeline::{Origin, Outcome, Reply, Submission};
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
     self, Disconnect, DisconnectReasonCode, LastWill, LastWillProperties, Packet, PingResp, PubAck,
@@ -35,7 +35,9 @@ use crate::authz::AclView;
 use crate::codec::{Codec, Version};
 use crate::connection::{will_publish_properties, Stream};
 use crate::egress::AckOrder;
-use crate::packet::{check_topic_name, publish, qos_and_pkid, telemetry_device};
+use crate::packet::{
+    check_topic_name, publish, qos_and_pkid, telemetry_device, PROTOBUF_CONTENT_TYPE,
+};
 use crate::sessions::Registration;
 use crate::Shared;
 use kenko_config::DeniedPublish;
@@ -327,13 +329,19 @@ impl Session {
             refusable: self.codec.version() == Version::V5,
         });
         self.pending += usize::from(reply.is_some());
+        let protobuf = topic.ends_with("/pb")
+            || props
+                .as_ref()
+                .and_then(|p| p.content_type.as_deref())
+                .is_some_and(|ct| ct.eq_ignore_ascii_case(PROTOBUF_CONTENT_TYPE));
         let submission = Submission {
             client_id: self.peer.client_id.clone(),
             device: device.into(),
             payload: publish.payload,
             received_ms: now_ms(),
             reply,
-            replay: false,
+            protobuf,
+            origin: Origin::Device,
         };
         self.shared
             .stats
@@ -762,6 +770,7 @@ fn rejection_reason(rejection: &Rejection) -> PubAckReason {
         RejectCode::MalformedPayload
         | RejectCode::Implausible
         | RejectCode::FutureTimestamp
+        | RejectCode::TooOld
         | RejectCode::TooManyReadings => PubAckReason::PayloadFormatInvalid,
         RejectCode::LogFull => PubAckReason::QuotaExceeded,
     }

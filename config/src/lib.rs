@@ -694,7 +694,8 @@ impl Config {
 /// The principal of clients without credentials when `auth.anonymous` is on.
 pub const ANONYMOUS: &str = "anonymous";
 
-fn check_password_hash(id: &str, hash: Option<&str>) -> Result<(), ConfigError> {
+/// A principal's or device's `password_hash` must be an argon2id hash in PHC format.
+pub fn check_password_hash(id: &str, hash: Option<&str>) -> Result<(), ConfigError> {
     match hash {
         Some(h) if !h.starts_with("$argon2id$") => Err(ConfigError::Invalid(format!(
             "password_hash of {id} is not an argon2id hash in PHC format ($argon2id$v=19$...); make one with `kenko hash-password`"

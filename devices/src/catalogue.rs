@@ -277,6 +277,15 @@ impl Metric {
         self.info().derived
     }
 
+    /// A windowed output is computed from this metric: bed occupancy and sleep stages make
+    /// sleep summaries, steps make daily totals.
+    pub fn feeds_window(self) -> bool {
+        matches!(
+            self,
+            Metric::BedOccupancy | Metric::SleepStage | Metric::Steps
+        )
+    }
+
     pub fn from_id(id: u8) -> Option<Metric> {
         CATALOGUE.iter().find(|i| i.id == id).map(|i| i.metric)
     }

@@ -5,7 +5,7 @@ pub mod catalogue;
 pub mod profile;
 pub mod registry;
 
-pub use catalogue::{conversion, Conversion, Metric, SleepStage};
+pub use catalogue::{conversion, units, Conversion, Metric, SleepStage};
 pub use profile::{Profile, Profiles};
 pub use registry::{DeviceEntry, Registry};
 pub mod sim;

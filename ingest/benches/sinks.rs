@@ -16,7 +16,7 @@ use kenko_config::InfluxConfig;
 use kenko_devices::registry::demo_devices;
 use kenko_devices::Registry;
 use kenko_ingest::consent::{ConsentChange, ConsentRegistry, Purpose, HUB};
-use kenko_ingest::pipeline::{self, Reply, Settings, Submission};
+use kenko_ingest::pipeline::{self, Origin, Reply, Settings, Submission};
 
 const DEVICES: usize = 100;
 
@@ -108,7 +108,8 @@ fn main() {
                         token: i as u32,
                         refusable: false,
                     }),
-                    replay: false,
+                    protobuf: false,
+                    origin: Origin::Device,
                 })
                 .await
                 .expect("submit");

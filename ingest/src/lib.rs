@@ -12,5 +12,6 @@ pub mod query;
 pub mod sink;
 pub mod store;
 pub mod wal;
+pub mod windows;
 
 pub use observation::{flags, Observation};

@@ -20,8 +20,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kenko_config::{Config, InfluxConfig, IngestConfig, WalConfig};
-use kenko_devices::Registry;
+use kenko_config::{Config, InfluxConfig, IngestConfig, ProfileConfig, WalConfig, WindowsConfig};
+use kenko_devices::{Profiles, Registry};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
@@ -29,7 +29,11 @@ use crate::consent::{
     ConsentBook, ConsentRegistry, ConsentView, ConsentWatcher, Consents, Purpose, HUB,
 };
 use crate::deadletter::{DeadLetter, DeadLetterStore};
-use crate::decode::{self, Context, RejectCode, Rejection, Zones};
+use crate::decode::{self, Context, RejectCode, Rejection, TimeLimits, Zones};
+use crate::windows::WindowJob;
+
+/// The profile of messages that say they are protobuf.
+pub const PROTOBUF_PROFILE: &str = "kenko-pb-v1";
 use crate::influx::{InfluxError, InfluxSink};
 use crate::observation::Observation;
 use crate::pseudonym::Pseudonymizer;
@@ -53,6 +57,10 @@ pub enum IngestError {
     Influx(#[from] InfluxError),
     #[error(transparent)]
     Zone(#[from] decode::UnknownZone),
+    #[error(transparent)]
+    Config(#[from] kenko_config::ConfigError),
+    #[error("invalid payload profile: {0}")]
+    Profile(#[from] kenko_devices::profile::ProfileError),
     #[error("cannot start an ingest thread: {0}")]
     Thread(std::io::Error),
     #[error("the ingest pipeline has stopped")]
@@ -65,6 +73,9 @@ pub struct Settings {
     pub ingest: IngestConfig,
     pub wal: WalConfig,
     pub influxdb: Option<InfluxConfig>,
+    /// Payload profiles declared in the configuration, besides the built-in ones.
+    pub profiles: Vec<ProfileConfig>,
+    pub windows: WindowsConfig,
 }
 
 impl From<&Config> for Settings {
@@ -73,6 +84,8 @@ impl From<&Config> for Settings {
             ingest: config.ingest.clone(),
             wal: config.wal.clone(),
             influxdb: config.influxdb.clone(),
+            profiles: config.profiles.clone(),
+            windows: config.windows.clone(),
         }
     }
 }
@@ -86,9 +99,24 @@ pub struct Submission {
     pub received_ms: i64,
     /// Where to send the verdict; `None` for QoS 0, which is never acknowledged.
     pub reply: Option<Reply>,
+    /// The message says it is `kenko.telemetry.v1` protobuf (MQTT 5 content type
+    /// `application/x-protobuf`, or a topic ending `/pb`), whatever the device's profile.
+    pub protobuf: bool,
+    /// Where the message comes from.
+    pub origin: Origin,
+}
+
+/// Where a submission comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A device's publish.
+    Device,
     /// A dead letter run through again (`kenko deadletter replay`): a refusal updates the
     /// letter instead of adding one, and nothing is announced to the device.
-    pub replay: bool,
+    Replay,
+    /// A windowed output of the hub (`windows.rs`): it may carry derived metrics and be
+    /// older than the late-data horizon; a refusal is logged and counted, not dead-lettered.
+    Window,
 }
 
 /// A connection's return address for verdicts, with a token it chose (e.g. QoS and packet id).
@@ -155,6 +183,10 @@ pub struct IngestStats {
     pub influx_retries: AtomicU64,
     /// Rows InfluxDB refused (dead-lettered).
     pub influx_rejected: AtomicU64,
+    /// Windows (sleep days, step days) computed and stored.
+    pub windows_computed: AtomicU64,
+    /// Windowed outputs the pipeline refused (e.g. the citizen withdrew consent).
+    pub windows_refused: AtomicU64,
 }
 
 /// The sending side, cloned into every connection.
@@ -263,7 +295,8 @@ pub fn start(
     let consents = Arc::new(ConsentBook::new(consent_registry.consents()?));
     drop(consent_registry);
     let watcher = ConsentWatcher::start(&registry_path, consents.clone(), CONSENT_POLL)?;
-    let zones = Zones::resolve(&config.default_timezone, registry.iter())?;
+    let zones = Zones::resolve(&config.default_timezone, registry.snapshot().iter())?;
+    let profiles = Profiles::compile(&kenko_config::profile::all_profiles(&settings.profiles)?)?;
 
     let mut threads = Vec::new();
     let mut progress = Vec::new();
@@ -277,7 +310,7 @@ pub fn start(
             durable.clone(),
             store_progress,
         ),
-        store: PersonalStore::open(&data_dir.join("personal.db"))?,
+        store: PersonalStore::open(&data_dir.join("personal.db"))?.track_windows(),
         shared: PersonalStore::open(&data_dir.join("shared.db"))?,
         consents: ConsentView::open(&registry_path, consents.clone())?,
         pseudonyms: Pseudonymizer::open(data_dir)?,
@@ -301,10 +334,24 @@ pub fn start(
         None => None,
     };
     let (tx, rx) = flume::bounded(config.queue);
+    let window_job = if settings.windows.enabled {
+        Some(WindowJob::open(
+            &data_dir.join("personal.db"),
+            registry.clone(),
+            zones.clone(),
+            settings.windows.clone(),
+            tx.downgrade(),
+            stats.clone(),
+        )?)
+    } else {
+        None
+    };
     let writer = Writer {
         rx,
         registry,
         zones,
+        profiles,
+        limits: TimeLimits::from_config(config),
         dead: DeadLetterStore::open(&data_dir.join("deadletter.db"))?,
         notices,
         stats: stats.clone(),
@@ -326,6 +373,9 @@ pub fn start(
     threads.push(spawn("store-sink", move || store_sink.run())?);
     if let Some(sink) = influx_sink {
         threads.push(spawn("influxdb-sink", move || sink.run())?);
+    }
+    if let Some(job) = window_job {
+        threads.push(spawn("windows", move || job.run())?);
     }
     std::mem::forget(stop_sinks);
     Ok((
@@ -356,6 +406,8 @@ struct Writer {
     rx: flume::Receiver<Submission>,
     registry: Registry,
     zones: Zones,
+    profiles: Profiles,
+    limits: TimeLimits,
     dead: DeadLetterStore,
     notices: Option<flume::Sender<Notice>>,
     stats: Arc<IngestStats>,
@@ -603,7 +655,7 @@ impl Writer {
         self.log(batch);
         for (sub, verdict) in batch.submissions.iter().zip(&batch.verdicts) {
             let Err(rejection) = verdict else { continue };
-            if sub.replay {
+            if sub.origin != Origin::Device {
                 continue;
             }
             match rejection.code {
@@ -618,7 +670,11 @@ impl Writer {
                 _ => batch.letters.push(DeadLetter {
                     received_ms: sub.received_ms,
                     client_id: sub.client_id.to_string(),
-                    topic: format!("devices/{}/telemetry", sub.device),
+                    topic: format!(
+                        "devices/{}/telemetry{}",
+                        sub.device,
+                        if sub.protobuf { "/pb" } else { "" }
+                    ),
                     device: Some(sub.device.to_string()),
                     reason_code: rejection.code.as_str().to_owned(),
                     reason: rejection.message.clone(),
@@ -642,7 +698,9 @@ impl Writer {
             .zip(&batch.spans)
         {
             match &verdict {
-                Err(rejection) if rejection.code != RejectCode::LogFull && !sub.replay => {
+                Err(rejection)
+                    if rejection.code != RejectCode::LogFull && sub.origin == Origin::Device =>
+                {
                     self.notify_error(&sub, rejection)
                 }
                 Ok(()) if self.config.live_republish => {
@@ -874,7 +932,8 @@ impl Writer {
                             token: i as u32,
                             refusable: false,
                         }),
-                        replay: true,
+                        protobuf: letter.topic.ends_with("/pb"),
+                        origin: Origin::Replay,
                     });
                 }
                 self.process(&mut batch);
@@ -945,11 +1004,28 @@ impl Writer {
                 ),
             });
         }
+        let name = if sub.protobuf {
+            PROTOBUF_PROFILE
+        } else {
+            &device.profile
+        };
+        let Some(profile) = self.profiles.get(name) else {
+            return Err(Rejection {
+                code: RejectCode::MalformedPayload,
+                message: format!(
+                    "device {} has payload profile {name:?}, which this hub does not know; declare it under [[profiles]]",
+                    device.id
+                ),
+            });
+        };
         let ctx = Context {
-            device,
+            device: &device,
+            profile,
             zones: &self.zones,
             received_ms: sub.received_ms,
             plausibility: self.config.plausibility,
+            limits: self.limits,
+            derived: sub.origin == Origin::Window,
         };
         decode::decode(&ctx, &sub.payload, out)
     }
@@ -1054,7 +1130,8 @@ mod tests {
                 token,
                 refusable: true,
             }),
-            replay: false,
+            protobuf: false,
+            origin: Origin::Device,
         }
     }
 

@@ -19,7 +19,7 @@ use crate::query::{Agg, Query, Row};
 /// Schema version kept in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 1;
 
-const SCHEMA: &str = "
+pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS series (
     id      INTEGER PRIMARY KEY,
     citizen TEXT    NOT NULL,
@@ -37,6 +37,14 @@ CREATE TABLE IF NOT EXISTS observations (
     flags       INTEGER NOT NULL,
     PRIMARY KEY (series, time_ms)
 ) WITHOUT ROWID;
+-- Series whose window inputs (bed occupancy, sleep stage, steps) changed since their
+-- windows were last computed, with the span of event times that changed; see windows.rs.
+CREATE TABLE IF NOT EXISTS window_dirty (
+    series  INTEGER PRIMARY KEY,
+    from_ms INTEGER NOT NULL,
+    to_ms   INTEGER NOT NULL,
+    version INTEGER NOT NULL
+);
 ";
 
 /// What went wrong with a store.
@@ -82,6 +90,8 @@ pub struct PersonalStore {
     conn: Connection,
     path: PathBuf,
     series: HashMap<SeriesKey, i64>,
+    /// Record which series feed windowed outputs (the personal store; not the shared one).
+    track_windows: bool,
 }
 
 impl PersonalStore {
@@ -92,6 +102,7 @@ impl PersonalStore {
             conn,
             path: path.to_owned(),
             series: HashMap::new(),
+            track_windows: false,
         };
         // FULL: a committed batch survives power loss, because the broker acknowledges a
         // message as soon as its batch is committed.
@@ -114,7 +125,15 @@ impl PersonalStore {
             conn,
             path: path.to_owned(),
             series: HashMap::new(),
+            track_windows: false,
         })
+    }
+
+    /// Notes, in the same transaction as each write, which series feed windowed outputs
+    /// (sleep summaries, daily steps) and over which event times, for the window job.
+    pub fn track_windows(mut self) -> PersonalStore {
+        self.track_windows = true;
+        self
     }
 
     /// Deletes every observation and series of `citizen`; returns the observations deleted.
@@ -127,6 +146,11 @@ impl PersonalStore {
                 params![citizen],
             )
             .map_err(sqlite(&path))?;
+        tx.execute(
+            "DELETE FROM window_dirty WHERE series IN (SELECT id FROM series WHERE citizen = ?1)",
+            params![citizen],
+        )
+        .map_err(sqlite(&path))?;
         tx.execute("DELETE FROM series WHERE citizen = ?1", params![citizen])
             .map_err(sqlite(&path))?;
         tx.commit().map_err(sqlite(&path))?;
@@ -170,6 +194,7 @@ impl PersonalStore {
         let path = &self.path;
         let mut stats = WriteStats::default();
         let tx = self.conn.transaction().map_err(sqlite(path))?;
+        let mut touched: HashMap<i64, (i64, i64)> = HashMap::new();
         {
             // ON CONFLICT on the key only, not OR IGNORE: OR IGNORE would also skip a row that
             // breaks another constraint and count it as a duplicate.
@@ -178,6 +203,16 @@ impl PersonalStore {
                     "INSERT INTO observations (series, time_ms, value, received_ms, seq, flags)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                      ON CONFLICT (series, time_ms) DO NOTHING",
+                )
+                .map_err(sqlite(path))?;
+            // A window's summary is computed again when late data arrives: the new value
+            // replaces the old one.
+            let mut replace = tx
+                .prepare_cached(
+                    "INSERT INTO observations (series, time_ms, value, received_ms, seq, flags)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (series, time_ms) DO UPDATE SET value = excluded.value,
+                        received_ms = excluded.received_ms, seq = excluded.seq, flags = excluded.flags",
                 )
                 .map_err(sqlite(path))?;
             for obs in batch {
@@ -192,21 +227,42 @@ impl PersonalStore {
                     }
                 };
                 let seq = i64::try_from(obs.seq).unwrap_or(i64::MAX);
-                let changed = insert
-                    .execute(params![
-                        series,
-                        obs.time_ms,
-                        obs.value,
-                        obs.received_ms,
-                        seq,
-                        obs.flags
-                    ])
-                    .map_err(sqlite(path))?;
+                let row = params![
+                    series,
+                    obs.time_ms,
+                    obs.value,
+                    obs.received_ms,
+                    seq,
+                    obs.flags
+                ];
+                let statement = if obs.metric.is_derived() {
+                    &mut replace
+                } else {
+                    &mut insert
+                };
+                let changed = statement.execute(row).map_err(sqlite(path))?;
                 if changed == 1 {
                     stats.inserted += 1;
+                    if self.track_windows && obs.metric.feeds_window() {
+                        let span = touched.entry(series).or_insert((obs.time_ms, obs.time_ms));
+                        span.0 = span.0.min(obs.time_ms);
+                        span.1 = span.1.max(obs.time_ms);
+                    }
                 } else {
                     stats.duplicates += 1;
                 }
+            }
+            let mut dirty = tx
+                .prepare_cached(
+                    "INSERT INTO window_dirty (series, from_ms, to_ms, version) VALUES (?1, ?2, ?3, 1)
+                     ON CONFLICT (series) DO UPDATE SET from_ms = min(from_ms, excluded.from_ms),
+                        to_ms = max(to_ms, excluded.to_ms), version = version + 1",
+                )
+                .map_err(sqlite(path))?;
+            for (series, (from, to)) in touched {
+                dirty
+                    .execute(params![series, from, to])
+                    .map_err(sqlite(path))?;
             }
         }
         tx.commit().map_err(sqlite(path))?;
@@ -482,6 +538,77 @@ mod tests {
         let rows = store.query(&query(Metric::HeartRate)).expect("query");
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].value, 60.0, "the first write wins");
+    }
+
+    #[test]
+    fn a_derived_value_is_replaced_when_its_window_is_computed_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = PersonalStore::open(&dir.path().join("p.db")).expect("open");
+        store
+            .write_batch(&[obs("c1", "d1", Metric::SleepTime, 400.0, 1_000)])
+            .expect("write");
+        let again = store
+            .write_batch(&[obs("c1", "d1", Metric::SleepTime, 415.0, 1_000)])
+            .expect("write");
+        assert_eq!(again.inserted, 1);
+        let rows = store.query(&query(Metric::SleepTime)).expect("query");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].value, 415.0, "the later computation wins");
+    }
+
+    #[test]
+    fn window_inputs_are_noted_with_their_span_and_forgotten_on_erasure() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = PersonalStore::open(&dir.path().join("p.db"))
+            .expect("open")
+            .track_windows();
+        store
+            .write_batch(&[
+                obs("c1", "bed", Metric::SleepStage, 1.0, 5_000),
+                obs("c1", "bed", Metric::HeartRate, 60.0, 9_000),
+                obs("c1", "bed", Metric::SleepStage, 2.0, 2_000),
+                obs("c2", "watch", Metric::Steps, 12.0, 7_000),
+            ])
+            .expect("write");
+        let spans = |store: &PersonalStore| -> Vec<(String, i64, i64, i64)> {
+            let mut s = store
+                .conn
+                .prepare(
+                    "SELECT s.device, d.from_ms, d.to_ms, d.version FROM window_dirty d
+                     JOIN series s ON s.id = d.series ORDER BY s.device",
+                )
+                .expect("prepare");
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("rows")
+        };
+        assert_eq!(
+            spans(&store),
+            vec![
+                ("bed".to_owned(), 2_000, 5_000, 1),
+                ("watch".to_owned(), 7_000, 7_000, 1)
+            ],
+            "heart rate feeds no window"
+        );
+        store
+            .write_batch(&[
+                obs("c1", "bed", Metric::SleepStage, 3.0, 8_000),
+                obs("c2", "watch", Metric::Steps, 12.0, 7_000),
+            ])
+            .expect("write");
+        let after = spans(&store);
+        assert_eq!(after[0], ("bed".to_owned(), 2_000, 8_000, 2), "widened");
+        assert_eq!(after[1].3, 1, "a duplicate changes nothing");
+        store.erase_citizen("c1").expect("erase");
+        let notes: i64 = store
+            .conn
+            .query_row("SELECT count(*) FROM window_dirty", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(
+            notes, 1,
+            "the erased citizen's notes are gone with the series"
+        );
     }
 
     #[test]

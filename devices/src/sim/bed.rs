@@ -12,7 +12,7 @@ use jiff::Timestamp;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::hash::{mix, smooth, unit};
+use super::hash::{gaussian, mix, smooth, unit};
 use super::schedule::{local_minute, Chronotype, InBed, Kind, Schedule, DAY_MIN};
 use crate::catalogue::SleepStage;
 
@@ -86,11 +86,32 @@ impl BedModel {
     /// Consecutive device numbers get consecutive model seeds, so any 20 devices include the
     /// whole mix of [`Chronotype`]s.
     pub fn for_device(seed: u64, n: usize) -> BedModel {
-        BedModel::new(mix(seed).wrapping_add(n as u64))
+        BedModel::new(super::person::person_seed(seed, n))
     }
 
     pub fn chronotype(&self) -> Chronotype {
         self.schedule.chronotype()
+    }
+
+    /// The sleep stage at `at` from the model's own timeline, or `None` while the bed is empty.
+    /// Pure: draws no noise, so it may be asked in any order without changing the readings.
+    pub fn stage_at(&self, at: Timestamp) -> Option<SleepStage> {
+        self.stage_in_minute(local_minute(at))
+    }
+
+    /// The stage during local minute `minute` (see [`BedModel::stage_at`]).
+    pub(crate) fn stage_in_minute(&self, minute: i64) -> Option<SleepStage> {
+        let bed = self.schedule.in_bed(minute)?;
+        Some(self.stage(minute, &bed))
+    }
+
+    /// Heart rate lying awake in bed: the person's resting pulse.
+    pub(crate) fn resting_heart_rate(&self) -> f64 {
+        self.hr_awake
+    }
+
+    pub(crate) fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     /// The reading at `at`.
@@ -203,12 +224,6 @@ impl BedModel {
             SleepStage::Rem => u32::from(rng.random_bool(0.25)),
         }
     }
-}
-
-/// A standard normal number, near enough (Irwin–Hall with four terms), bounded by ±3.5.
-fn gaussian(rng: &mut SmallRng) -> f64 {
-    let sum: f64 = (0..4).map(|_| rng.random::<f64>()).sum();
-    (sum - 2.0) * 3f64.sqrt()
 }
 
 #[cfg(test)]

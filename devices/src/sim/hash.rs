@@ -1,5 +1,6 @@
 //! Stateless randomness: numbers derived from (seed, position, key) by hashing, so that what a
-//! simulated person does at a given minute does not depend on how often they are sampled.
+//! simulated person does at a given minute does not depend on how often they are sampled; and
+//! measurement noise, drawn in sequence.
 
 /// A uniform number in [0, 1) from (seed, a, key).
 pub(crate) fn unit(seed: u64, a: i64, key: u64) -> f64 {
@@ -16,6 +17,19 @@ pub(crate) fn smooth(seed: u64, t: f64, period: f64, key: u64) -> f64 {
     let a = unit(seed, knot as i64, key) * 2.0 - 1.0;
     let b = unit(seed, knot as i64 + 1, key) * 2.0 - 1.0;
     a + (b - a) * f * f * (3.0 - 2.0 * f)
+}
+
+/// A standard normal number, near enough (Irwin–Hall with four terms), bounded by ±3.5. Drawn
+/// in sequence: measurement noise, not the timeline.
+pub(crate) fn gaussian(rng: &mut rand::rngs::SmallRng) -> f64 {
+    use rand::Rng;
+    let sum: f64 = (0..4).map(|_| rng.random::<f64>()).sum();
+    (sum - 2.0) * 3f64.sqrt()
+}
+
+/// A number in [lo, hi) from (seed, a, key): a stable per-person or per-day draw.
+pub(crate) fn between(seed: u64, a: i64, key: u64, lo: f64, hi: f64) -> f64 {
+    lo + (hi - lo) * unit(seed, a, key)
 }
 
 /// splitmix64's finalizer: a good cheap 64-bit mix.

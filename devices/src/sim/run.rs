@@ -1,20 +1,26 @@
-//! Runs simulated bed sensors against a broker: checks the settings, starts one task per device
-//! (each with its own MQTT connection), stops them at the deadline or on cancellation, and
-//! reports the totals.
+//! Runs simulated devices against a broker: checks the settings, starts one task per device
+//! (each with its own MQTT connection), stops them at the deadline, on cancellation or, in a
+//! replay, when every device is through, and reports what each sent.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use jiff::Timestamp;
+use kenko_config::DeviceKind;
 use rumqttc::QoS;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
-use super::device::Device;
-use super::BedModel;
-use crate::registry::demo_device_id;
+use super::device::{Device, Mode};
+use super::emitter::Emitter;
+use super::faults::InjectedFault;
+use super::fleet::{fleet_from, SimDevice};
+use super::hash::mix;
+use super::model::KindModel;
+use crate::profile::Profiles;
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -22,17 +28,24 @@ pub struct SimConfig {
     /// The broker's `host:port` (`[v6addr]:port` for IPv6; an `mqtt://` or `tcp://` prefix is
     /// accepted).
     pub broker: String,
-    /// How many devices.
+    /// Kinds of device; a kind named twice counts once.
+    pub kinds: Vec<DeviceKind>,
+    /// How many devices of each kind.
     pub devices: usize,
-    /// Number of the first device, 1-based: `bed-001` is 1.
+    /// Number of the first device of each kind, 1-based: `bed-001` is 1.
     pub first_device: usize,
-    /// How long to publish; until cancelled when `None`.
+    /// How long to publish; until cancelled (or, replaying, until done) when `None`.
     pub duration: Option<Duration>,
-    /// Messages per second per device.
+    /// Messages per second per device, live.
     pub rate_hz: f64,
     pub qos: QoS,
-    /// Seed of the simulated persons; device `n` follows [`BedModel::for_device`]`(seed, n)`.
+    /// Seed of the simulated persons; device `n` of every kind measures the person of
+    /// [`KindModel::for_device`]`(kind, seed, n)`, citizen `n`.
     pub seed: u64,
+    /// Chance, 0 to 1, that a message is replaced by a faulty one (see [`InjectedFault`]).
+    pub faults: f64,
+    /// Replay a period of event times instead of publishing live.
+    pub replay: Option<Replay>,
     /// MQTT password of each device (its username is its id); without it devices connect
     /// without credentials, which only a hub with anonymous access lets in.
     pub passwords: Option<Arc<HashMap<String, String>>>,
@@ -42,37 +55,101 @@ impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
             broker: "127.0.0.1:1883".into(),
+            kinds: vec![DeviceKind::Bed],
             devices: 20,
             first_device: 1,
             duration: None,
             rate_hz: 1.0,
             qos: QoS::AtLeastOnce,
             seed: 1,
+            faults: 0.0,
+            replay: None,
             passwords: None,
         }
     }
 }
 
+/// Event times `from`, `from + step`, ... before `until`, sent as fast as acknowledged.
+/// Spot-measurement devices (blood pressure, scale, ...) send only the measurements their
+/// persons take in each step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replay {
+    pub from: Timestamp,
+    pub until: Timestamp,
+    pub step: Duration,
+}
+
 /// Live counters, cheap to read from another task while the simulation runs.
 #[derive(Debug, Default)]
 pub struct SimStats {
-    /// Messages handed to the MQTT client.
+    /// Messages handed to the MQTT client (good ones, duplicates and faults).
     pub published: AtomicU64,
     /// PUBACKs (PUBCOMPs at QoS 2) received.
     pub acked: AtomicU64,
-    /// Connection failures, and readings skipped because the client's queue was full.
+    /// Connection failures, and readings skipped because too many messages were waiting.
     pub errors: AtomicU64,
     /// Devices connected right now.
     pub connected: AtomicU64,
+    /// Faulty messages sent on purpose.
+    pub faults: AtomicU64,
 }
 
-/// Totals at the end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What one device sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceReport {
+    pub id: String,
+    pub kind: DeviceKind,
+    pub profile: &'static str,
+    /// Good messages sent, each once (duplicates and faults not counted).
+    pub good_messages: u64,
+    /// Samples (distinct event times) in the good messages.
+    pub samples: u64,
+    /// Readings in the good messages, one per (metric, event time): what the hub stores for
+    /// this device if it takes everything.
+    pub readings: u64,
+    /// Good messages sent a second time, byte for byte.
+    pub duplicates: u64,
+    /// PUBACKs received (for every kind of message).
+    pub acked: u64,
+    /// Samples never sent: given up when too many were pending.
+    pub dropped: u64,
+    /// Every faulty message sent on purpose, in order.
+    pub faults: Vec<InjectedFault>,
+}
+
+impl DeviceReport {
+    pub(crate) fn new(device: &SimDevice) -> DeviceReport {
+        DeviceReport {
+            id: device.id.clone(),
+            kind: device.kind,
+            profile: device.profile,
+            good_messages: 0,
+            samples: 0,
+            readings: 0,
+            duplicates: 0,
+            acked: 0,
+            dropped: 0,
+            faults: Vec::new(),
+        }
+    }
+}
+
+/// Totals at the end, and each device's account.
+#[derive(Debug, Clone, PartialEq)]
 pub struct SimReport {
     pub published: u64,
     pub acked: u64,
     pub errors: u64,
     pub elapsed: Duration,
+    /// Per device, in the order of [`fleet`](super::fleet()): kind by kind, by number.
+    pub devices: Vec<DeviceReport>,
+}
+
+impl SimReport {
+    /// Every injected fault, device by device, in the order sent.
+    pub fn faults(&self) -> impl Iterator<Item = &InjectedFault> {
+        self.devices.iter().flat_map(|d| &d.faults)
+    }
 }
 
 /// Settings that cannot work; nothing was started.
@@ -84,17 +161,30 @@ pub enum SimError {
     Rate(f64),
     #[error("cannot simulate {count} devices from number {first}; devices are numbered from 1 (bed-001) and at least one is needed")]
     Devices { first: usize, count: usize },
+    #[error("no device kinds to simulate; name at least one of bed, wearable, bp, scale, thermo, oximeter, glucose")]
+    NoKinds,
+    #[error("fault rate {0} is not a probability; give a number from 0 to 1, such as 0.05")]
+    Faults(f64),
+    #[error("cannot replay from {from} until {until}: {why}")]
+    Replay {
+        from: Timestamp,
+        until: Timestamp,
+        why: &'static str,
+    },
     #[error("no password for device {0}; add a line \"{0} PASSWORD\" to the password file")]
     NoPassword(String),
+    #[error("device {device} needs payload profile {profile:?}, which is not built in")]
+    Profile { device: String, profile: String },
 }
 
 /// How long a stopping device waits for the acknowledgements of what it already sent.
 pub(crate) const ACK_WAIT: Duration = Duration::from_secs(5);
 
-/// Runs `config.devices` simulated bed sensors until `config.duration` has passed or `cancel`
-/// fires, then waits (at most 5 s, and 1 s more to disconnect) for outstanding
-/// acknowledgements and disconnects them. `stats` is updated live. Connection failures are
-/// retried, counted and logged, never returned: the only errors are settings that cannot work.
+/// Runs `config.devices` simulated devices of each of `config.kinds` until `config.duration`
+/// has passed, `cancel` fires or (replaying) every device is through; then waits (at most
+/// 5 s, and 1 s more to disconnect) for outstanding acknowledgements and disconnects them.
+/// `stats` is updated live. Connection failures are retried, counted and logged, never
+/// returned: the only errors are settings that cannot work.
 pub async fn run(
     config: SimConfig,
     stats: Arc<SimStats>,
@@ -105,7 +195,7 @@ pub async fn run(
         .ok()
         .filter(|p| config.rate_hz > 0.0 && !p.is_zero())
         .ok_or(SimError::Rate(config.rate_hz))?;
-    let last_device = config
+    config
         .first_device
         .checked_add(config.devices)
         .filter(|_| config.first_device > 0 && config.devices > 0)
@@ -113,6 +203,41 @@ pub async fn run(
             first: config.first_device,
             count: config.devices,
         })?;
+    if config.kinds.is_empty() {
+        return Err(SimError::NoKinds);
+    }
+    if !(0.0..=1.0).contains(&config.faults) {
+        return Err(SimError::Faults(config.faults));
+    }
+    let mode = match config.replay {
+        None => Mode::Live { period },
+        Some(replay) => {
+            check_replay(&replay)?;
+            Mode::Replay(replay)
+        }
+    };
+    let profiles = Profiles::builtin();
+    let password = |id: &str| match &config.passwords {
+        None => Ok(None),
+        Some(map) => map
+            .get(id)
+            .cloned()
+            .map(Some)
+            .ok_or_else(|| SimError::NoPassword(id.to_owned())),
+    };
+    // Every device's password and profile are known before any of them starts.
+    let mut devices = Vec::new();
+    for device in fleet_from(&config.kinds, config.first_device, config.devices) {
+        let profile = profiles
+            .get(device.profile)
+            .cloned()
+            .ok_or_else(|| SimError::Profile {
+                device: device.id.clone(),
+                profile: device.profile.to_owned(),
+            })?;
+        let password = password(&device.id)?;
+        devices.push((device, profile, password));
+    }
 
     let started = Instant::now();
     let stop = cancel.child_token();
@@ -125,50 +250,43 @@ pub async fn run(
             }
         });
     }
+    let kinds: Vec<&str> = config.kinds.iter().map(|k| k.as_str()).collect();
     info!(
         broker = %config.broker,
-        devices = config.devices,
+        kinds = %kinds.join(","),
+        devices = devices.len(),
         rate_hz = config.rate_hz,
-        "starting simulated bed sensors"
+        replay = config.replay.is_some(),
+        "starting simulated devices"
     );
-    let password = |id: &str| match &config.passwords {
-        None => Ok(None),
-        Some(map) => map
-            .get(id)
-            .cloned()
-            .map(Some)
-            .ok_or_else(|| SimError::NoPassword(id.to_owned())),
-    };
-    // Every device's password is known before any of them starts.
-    let ids: Vec<(usize, String, Option<String>)> = (config.first_device..last_device)
-        .map(|n| {
-            let id = demo_device_id(n);
-            password(&id).map(|p| (n, id, p))
-        })
-        .collect::<Result<_, _>>()?;
-    let mut devices = JoinSet::new();
-    for (n, id, password) in ids {
-        let span = info_span!("sim_device", device = %id);
-        let device = Device {
-            // About a quarter of the devices send JST wall-clock times instead of epoch ms.
-            local_time: n % 4 == 3,
-            model: BedModel::for_device(config.seed, n),
-            rng_seed: config.seed ^ (n as u64).rotate_left(32),
+    let order: Vec<String> = devices.iter().map(|(d, ..)| d.id.clone()).collect();
+    let mut tasks = JoinSet::new();
+    for (device, profile, password) in devices {
+        let span = info_span!("sim_device", device = %device.id);
+        let seed = device_seed(config.seed, &device);
+        let task = Device {
+            emitter: Emitter::new(
+                KindModel::for_device(device.kind, config.seed, device.n),
+                profile,
+                seed,
+                config.faults,
+            ),
+            mode,
+            rng_seed: config.seed ^ (device.n as u64).rotate_left(32) ^ (device.kind as u64) << 48,
             qos: config.qos,
-            period,
             stats: stats.clone(),
-            id,
             password,
+            device,
         };
-        devices.spawn(
-            device
-                .run(host.clone(), port, stop.clone())
-                .instrument(span),
-        );
+        tasks.spawn(task.run(host.clone(), port, stop.clone()).instrument(span));
     }
-    while let Some(result) = devices.join_next().await {
-        if let Err(e) = result {
-            warn!(error = %e, "a simulated device task failed");
+    let mut reports = HashMap::new();
+    while let Some(result) = tasks.join_next().await {
+        match result {
+            Ok(report) => {
+                reports.insert(report.id.clone(), report);
+            }
+            Err(e) => warn!(error = %e, "a simulated device task failed"),
         }
     }
     stop.cancel();
@@ -177,7 +295,28 @@ pub async fn run(
         acked: stats.acked.load(Ordering::Relaxed),
         errors: stats.errors.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
+        devices: order.iter().filter_map(|id| reports.remove(id)).collect(),
     })
+}
+
+/// Seeds a device's habits and fault draws: one per (seed, kind, number).
+fn device_seed(seed: u64, device: &SimDevice) -> u64 {
+    mix(seed ^ mix(((device.kind as u64) << 32) | device.n as u64))
+}
+
+fn check_replay(replay: &Replay) -> Result<(), SimError> {
+    let bad = |why| SimError::Replay {
+        from: replay.from,
+        until: replay.until,
+        why,
+    };
+    if replay.until <= replay.from {
+        return Err(bad("the end must come after the start"));
+    }
+    if replay.step.is_zero() {
+        return Err(bad("the step must be at least a millisecond"));
+    }
+    Ok(())
 }
 
 /// Splits `host:port`, keeping the brackets of an IPv6 address (rumqttc joins host and port
@@ -266,6 +405,44 @@ mod tests {
             let err = refused(config).await.expect_err("refused");
             assert!(matches!(err, SimError::Devices { .. }), "{err}");
         }
+        let bad_faults = SimConfig {
+            faults: 1.5,
+            ..SimConfig::default()
+        };
+        let err = refused(bad_faults).await.expect_err("refused");
+        assert!(err.to_string().contains("from 0 to 1"), "{err}");
+        let no_kinds = SimConfig {
+            kinds: vec![],
+            ..SimConfig::default()
+        };
+        assert!(matches!(refused(no_kinds).await, Err(SimError::NoKinds)));
+        let at: Timestamp = "2026-11-25T00:00:00Z".parse().expect("ts");
+        for (from, until, step) in [
+            (at, at, 60),
+            (at + jiff::SignedDuration::from_secs(1), at, 60),
+            (at, at + jiff::SignedDuration::from_hours(1), 0),
+        ] {
+            let config = SimConfig {
+                replay: Some(Replay {
+                    from,
+                    until,
+                    step: Duration::from_secs(step),
+                }),
+                ..SimConfig::default()
+            };
+            let err = refused(config).await.expect_err("refused");
+            assert!(matches!(err, SimError::Replay { .. }), "{err}");
+        }
+        let mut passwords = HashMap::new();
+        passwords.insert("bed-001".to_owned(), "pw".to_owned());
+        let config = SimConfig {
+            kinds: vec![DeviceKind::Bed, DeviceKind::Glucose],
+            devices: 1,
+            passwords: Some(Arc::new(passwords)),
+            ..SimConfig::default()
+        };
+        let err = refused(config).await.expect_err("refused");
+        assert!(err.to_string().contains("glucose-001"), "{err}");
         assert_eq!(stats.published.load(Ordering::Relaxed), 0);
     }
 }

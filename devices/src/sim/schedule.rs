@@ -104,12 +104,7 @@ impl Schedule {
 
     /// The episode in bed covering local minute `minute`, or `None` when the bed is empty.
     pub fn in_bed(&self, minute: i64) -> Option<InBed> {
-        let day = minute.div_euclid(DAY_MIN);
-        // Episodes may start the day before and run past midnight.
-        let episodes = [day - 1, day].into_iter().flat_map(|d| self.episodes(d));
-        let episode = episodes
-            .flatten()
-            .find(|e| (e.start..e.end).contains(&minute))?;
+        let episode = self.episode(minute)?;
         let mut since_back = None;
         for (out, back) in self.trips_out(&episode).into_iter().flatten() {
             if (out..back).contains(&minute) {
@@ -128,6 +123,48 @@ impl Schedule {
             leaves: episode.leaves,
             since_back,
         })
+    }
+
+    /// Out of bed during an episode in bed: a trip to the bathroom at night.
+    pub fn on_trip(&self, minute: i64) -> bool {
+        self.episode(minute).is_some_and(|e| {
+            self.trips_out(&e)
+                .into_iter()
+                .flatten()
+                .any(|(out, back)| (out..back).contains(&minute))
+        })
+    }
+
+    /// Local minutes in `[from, until)` at which a main sleep (a `Night` episode) ends: when
+    /// the person wakes up for the day (or, bedridden, for the morning).
+    pub fn wakes(&self, from: i64, until: i64) -> Vec<i64> {
+        let mut wakes: Vec<i64> = (from.div_euclid(DAY_MIN) - 1..=until.div_euclid(DAY_MIN))
+            .flat_map(|d| self.episodes(d))
+            .flatten()
+            .filter(|e| e.kind == Kind::Night && (from..until).contains(&e.end))
+            .map(|e| e.end)
+            .collect();
+        wakes.sort_unstable();
+        wakes.dedup();
+        wakes
+    }
+
+    /// Minutes since the person last woke from a main sleep (at most two days back).
+    pub fn since_wake(&self, minute: i64) -> Option<i64> {
+        self.wakes(minute - 2 * DAY_MIN, minute + 1)
+            .last()
+            .map(|w| minute - w)
+    }
+
+    /// The episode covering `minute`, trips out of bed included.
+    fn episode(&self, minute: i64) -> Option<Episode> {
+        let day = minute.div_euclid(DAY_MIN);
+        // Episodes may start the day before and run past midnight.
+        [day - 1, day]
+            .into_iter()
+            .flat_map(|d| self.episodes(d))
+            .flatten()
+            .find(|e| (e.start..e.end).contains(&minute))
     }
 
     /// Episodes in bed that begin on local day `day`, in no particular order.
@@ -269,6 +306,12 @@ pub(crate) fn local_minute(at: jiff::Timestamp) -> i64 {
     at.as_second().div_euclid(60) + JST_OFFSET_MIN
 }
 
+/// The instant of local (JST) minute `minute` plus `second` seconds.
+pub(crate) fn from_local_minute(minute: i64, second: i64) -> jiff::Timestamp {
+    let s = (minute - JST_OFFSET_MIN) * 60 + second;
+    jiff::Timestamp::from_second(s).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -358,6 +401,38 @@ pub(crate) mod tests {
             .sum();
         // 40 persons, 3 nights, about one trip a night each: well above zero, well below six.
         assert!((30..240).contains(&trips), "{trips} trips out of bed");
+    }
+
+    #[test]
+    fn regular_sleepers_wake_once_a_morning() {
+        for seed in (0..40).filter(|&s| Chronotype::from_seed(s) == Chronotype::Regular) {
+            let s = Schedule::new(seed);
+            let base = local_minute(jst(0));
+            let wakes = s.wakes(base, base + 7 * DAY_MIN);
+            assert_eq!(wakes.len(), 7, "seed {seed}");
+            for w in wakes {
+                let hour = w.rem_euclid(DAY_MIN) / 60;
+                assert!((6..8).contains(&hour), "seed {seed}: woke at {hour}");
+                assert!(s.in_bed(w - 1).is_some() && s.in_bed(w).is_none());
+                assert_eq!(s.since_wake(w + 90), Some(90));
+            }
+        }
+    }
+
+    #[test]
+    fn trips_out_of_bed_are_out_of_bed() {
+        let mut trips = 0;
+        for seed in 0..20 {
+            let s = Schedule::new(seed);
+            for m in 0..2 * DAY_MIN {
+                let m = local_minute(jst(m));
+                if s.on_trip(m) {
+                    trips += 1;
+                    assert!(s.in_bed(m).is_none());
+                }
+            }
+        }
+        assert!(trips > 20, "{trips} minutes out on trips");
     }
 
     #[test]

@@ -1,16 +1,22 @@
 //! Payload decoding and normalization: from a vendor payload to canonical observations.
 //!
-//! Each profile turns one MQTT payload into zero or more [`Observation`]s, or a [`Rejection`]
-//! that says which field was wrong and why, so the device and the operator can fix it.
+//! A device's payload profile (configuration, see `config/profiles.toml`) says how its JSON
+//! maps onto metrics, units and times ([`json`]); the compact protobuf schema ([`protobuf`])
+//! serves any kind. Every observation then goes through the same checks ([`normalize`]): a
+//! real event time, not too far ahead of the hub's clock, not older than the late horizon,
+//! a finite value, inside physiological bounds (flagged or rejected). A message is decoded
+//! whole or not at all: a [`Rejection`] says which field was wrong and why, so the device
+//! and the operator can fix it.
 
-use std::borrow::Cow;
+mod json;
+mod protobuf;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use jiff::tz::TimeZone;
-use kenko_config::Plausibility;
-use kenko_devices::{DeviceEntry, Metric, SleepStage};
-use serde::Deserialize;
+use kenko_config::{PayloadFormat, Plausibility};
+use kenko_devices::{DeviceEntry, Metric, Profile};
 
 use crate::observation::{flags, Observation};
 
@@ -34,6 +40,8 @@ pub enum RejectCode {
     Implausible,
     /// The event time is too far ahead of the hub's clock.
     FutureTimestamp,
+    /// The event time is older than the late-data horizon (`ingest.late_horizon_s`).
+    TooOld,
     /// The citizen has not consented to collection (of these data types): refused, counted,
     /// and the payload is kept nowhere.
     NoConsent,
@@ -46,6 +54,18 @@ pub enum RejectCode {
 }
 
 impl RejectCode {
+    pub const ALL: [RejectCode; 9] = [
+        RejectCode::UnknownDevice,
+        RejectCode::ClientMismatch,
+        RejectCode::MalformedPayload,
+        RejectCode::Implausible,
+        RejectCode::FutureTimestamp,
+        RejectCode::TooOld,
+        RejectCode::NoConsent,
+        RejectCode::LogFull,
+        RejectCode::TooManyReadings,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RejectCode::UnknownDevice => "unknown_device",
@@ -53,6 +73,7 @@ impl RejectCode {
             RejectCode::MalformedPayload => "malformed_payload",
             RejectCode::Implausible => "implausible_value",
             RejectCode::FutureTimestamp => "future_timestamp",
+            RejectCode::TooOld => "too_old",
             RejectCode::NoConsent => "no_consent",
             RejectCode::LogFull => "log_full",
             RejectCode::TooManyReadings => "too_many_readings",
@@ -72,9 +93,6 @@ impl Rejection {
         Rejection::new(RejectCode::MalformedPayload, message)
     }
 }
-
-/// How far ahead of the hub's clock an event time may be (device clocks drift).
-pub const MAX_FUTURE_MS: i64 = 5 * 60 * 1000;
 
 /// Earliest event time accepted as epoch milliseconds; smaller numbers are almost certainly
 /// epoch seconds sent by mistake.
@@ -122,202 +140,171 @@ impl Zones {
         })
     }
 
-    fn for_device(&self, device: &DeviceEntry) -> &TimeZone {
-        device
-            .timezone
-            .as_ref()
-            .and_then(|name| self.named.get(name))
-            .unwrap_or(&self.default)
+    /// The hub's default zone.
+    pub fn default_zone(&self) -> TimeZone {
+        self.default.clone()
+    }
+
+    /// The device's zone. A device registered after start names a zone looked up here (the
+    /// registry checked it when the device was added); an unknown one falls back to the default.
+    pub fn for_device(&self, device: &DeviceEntry) -> TimeZone {
+        match &device.timezone {
+            None => self.default.clone(),
+            Some(name) => match self.named.get(name) {
+                Some(zone) => zone.clone(),
+                None => TimeZone::get(name).unwrap_or_else(|_| self.default.clone()),
+            },
+        }
+    }
+}
+
+/// How old and how new an event time may be, relative to when the hub received it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeLimits {
+    /// Older than `received - late_horizon_ms` is dead-lettered as too old.
+    pub late_horizon_ms: i64,
+    /// Newer than `received + max_future_ms` is refused.
+    pub max_future_ms: i64,
+}
+
+impl TimeLimits {
+    pub fn from_config(config: &kenko_config::IngestConfig) -> TimeLimits {
+        let ms = |s: u64| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX);
+        TimeLimits {
+            late_horizon_ms: ms(config.late_horizon_s),
+            max_future_ms: ms(config.max_future_s),
+        }
+    }
+}
+
+impl Default for TimeLimits {
+    fn default() -> Self {
+        TimeLimits::from_config(&kenko_config::IngestConfig::default())
     }
 }
 
 /// Everything a decoder needs besides the payload.
 pub struct Context<'a> {
     pub device: &'a DeviceEntry,
+    /// The device's profile, or the protobuf profile when the message says it is protobuf.
+    pub profile: &'a Profile,
     pub zones: &'a Zones,
     pub received_ms: i64,
     pub plausibility: Plausibility,
+    pub limits: TimeLimits,
+    /// The hub's own windowed output: derived metrics allowed, no late-data horizon.
+    pub derived: bool,
 }
 
-/// Decodes `payload` with the device's profile and appends the observations to `out`.
-/// On rejection nothing is appended.
+/// Decodes `payload` with the context's profile, normalizes and checks every observation,
+/// and appends them to `out`. On rejection nothing is appended.
 pub fn decode(
     ctx: &Context<'_>,
     payload: &[u8],
     out: &mut Vec<Observation>,
 ) -> Result<(), Rejection> {
     let start = out.len();
-    let result = match &*ctx.device.profile {
-        "bed-json-v1" => bed_json_v1(ctx, payload, out),
-        other => Err(Rejection::malformed(format!(
-            "device {} has payload profile {other:?}, which this hub cannot decode",
-            ctx.device.id
-        ))),
-    };
+    let result = match ctx.profile.format {
+        PayloadFormat::Json => json::decode(ctx, payload, out),
+        PayloadFormat::Protobuf => protobuf::decode(ctx, payload, out),
+    }
+    .and_then(|()| {
+        if out.len() == start {
+            return Err(Rejection::malformed(no_readings(ctx.profile)));
+        }
+        out[start..]
+            .iter_mut()
+            .try_for_each(|obs| normalize(ctx, obs))
+    });
     if result.is_err() {
         out.truncate(start);
     }
     result
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Ts<'a> {
-    Millis(i64),
-    #[serde(borrow)]
-    Text(Cow<'a, str>),
-    Float(f64),
+fn no_readings(profile: &Profile) -> String {
+    if profile.fields.is_empty() {
+        return "payload has no readings; a Telemetry message needs samples with readings".into();
+    }
+    let keys: Vec<&str> = profile.fields.iter().map(|f| &*f.key).collect();
+    format!(
+        "payload has no readings; {} expects at least one of {}",
+        profile.name,
+        keys.join(", ")
+    )
 }
 
-/// The bed sensor's JSON: `{"ts", "seq", "occ", "hr", "rr", "mv", "stage"}`; see the README.
-#[derive(Deserialize)]
-struct BedV1<'a> {
-    #[serde(borrow)]
-    ts: Option<Ts<'a>>,
-    seq: Option<u64>,
-    occ: Option<bool>,
-    hr: Option<f64>,
-    rr: Option<f64>,
-    mv: Option<f64>,
-    #[serde(borrow)]
-    stage: Option<Cow<'a, str>>,
-}
-
-fn bed_json_v1(
-    ctx: &Context<'_>,
-    payload: &[u8],
-    out: &mut Vec<Observation>,
-) -> Result<(), Rejection> {
-    let msg: BedV1<'_> = serde_json::from_slice(payload).map_err(|e| {
-        Rejection::malformed(format!(
-            "payload is not bed-json-v1: {e}; expected a JSON object like {{\"ts\":1764050000000,\"hr\":58,\"rr\":14,\"occ\":true}}"
-        ))
-    })?;
-    let ts = msg.ts.ok_or_else(|| {
-        Rejection::malformed(
-            "field ts is missing; send the event time as epoch milliseconds or RFC 3339",
-        )
-    })?;
-    let time_ms = event_time(ctx, &ts)?;
-    let seq = msg.seq.unwrap_or(0);
-    let mut push = |metric: Metric, value: f64| -> Result<(), Rejection> {
-        if !value.is_finite() {
-            return Err(Rejection::malformed(format!(
-                "{} is {value}; readings must be finite numbers",
-                metric.name()
-            )));
-        }
-        let (low, high) = metric.plausible();
-        let mut obs_flags = 0;
-        if !(low..=high).contains(&value) {
-            if ctx.plausibility == Plausibility::Reject {
-                return Err(Rejection::new(
-                    RejectCode::Implausible,
-                    format!(
-                        "{} = {value} {} is outside the plausible range {low}..{high}",
-                        metric.name(),
-                        metric.unit()
-                    ),
-                ));
-            }
-            obs_flags |= flags::IMPLAUSIBLE;
-        }
-        out.push(Observation {
-            citizen: ctx.device.citizen.clone(),
-            device: ctx.device.id.clone(),
-            metric,
-            value,
-            time_ms,
-            received_ms: ctx.received_ms,
-            seq,
-            flags: obs_flags,
-        });
-        Ok(())
-    };
-    if let Some(occ) = msg.occ {
-        push(Metric::BedOccupancy, if occ { 1.0 } else { 0.0 })?;
+/// The checks every observation passes, whatever its format.
+fn normalize(ctx: &Context<'_>, obs: &mut Observation) -> Result<(), Rejection> {
+    let metric = obs.metric;
+    if obs.time_ms < MIN_EPOCH_MS {
+        return Err(Rejection::malformed(format!(
+            "event time {} of {metric} is before the year 2000; send epoch milliseconds (or the profile's time format), not seconds",
+            obs.time_ms
+        )));
     }
-    if let Some(hr) = msg.hr {
-        push(Metric::HeartRate, hr)?;
-    }
-    if let Some(rr) = msg.rr {
-        push(Metric::RespiratoryRate, rr)?;
-    }
-    if let Some(mv) = msg.mv {
-        push(Metric::BodyMovement, mv)?;
-    }
-    if let Some(stage) = &msg.stage {
-        let stage = SleepStage::from_name(stage).ok_or_else(|| {
-            Rejection::malformed(format!(
-                "field stage is {stage:?}; expected one of awake, light, deep, rem"
-            ))
-        })?;
-        push(Metric::SleepStage, stage.code())?;
-    }
-    if msg.occ.is_none()
-        && msg.hr.is_none()
-        && msg.rr.is_none()
-        && msg.mv.is_none()
-        && msg.stage.is_none()
-    {
-        return Err(Rejection::malformed(
-            "payload has no readings; expected at least one of occ, hr, rr, mv, stage",
+    if obs.time_ms > ctx.received_ms.saturating_add(ctx.limits.max_future_ms) {
+        return Err(Rejection::new(
+            RejectCode::FutureTimestamp,
+            format!(
+                "event time is {} s ahead of the hub's clock (at most {} s allowed); check the device's clock",
+                (obs.time_ms - ctx.received_ms) / 1000,
+                ctx.limits.max_future_ms / 1000
+            ),
         ));
+    }
+    if !ctx.derived && obs.time_ms < ctx.received_ms.saturating_sub(ctx.limits.late_horizon_ms) {
+        return Err(Rejection::new(
+            RejectCode::TooOld,
+            format!(
+                "event time is {} h old, beyond the hub's late-data horizon of {} h",
+                (ctx.received_ms - obs.time_ms) / 3_600_000,
+                ctx.limits.late_horizon_ms / 3_600_000
+            ),
+        ));
+    }
+    if !obs.value.is_finite() {
+        return Err(Rejection::malformed(format!(
+            "{metric} is {}; readings must be finite numbers",
+            obs.value
+        )));
+    }
+    let (low, high) = metric.plausible();
+    if !(low..=high).contains(&obs.value) {
+        if ctx.plausibility == Plausibility::Reject {
+            return Err(Rejection::new(
+                RejectCode::Implausible,
+                format!(
+                    "{metric} = {} {} is outside the plausible range {low}..{high}",
+                    obs.value,
+                    metric.unit()
+                ),
+            ));
+        }
+        obs.flags |= flags::IMPLAUSIBLE;
     }
     Ok(())
 }
 
-fn event_time(ctx: &Context<'_>, ts: &Ts<'_>) -> Result<i64, Rejection> {
-    let ms = match ts {
-        Ts::Millis(ms) => *ms,
-        Ts::Float(f) => {
-            if !f.is_finite() || f.fract() != 0.0 || f.abs() > 9.0e15 {
-                return Err(Rejection::malformed(format!(
-                    "field ts is {f}; expected whole epoch milliseconds"
-                )));
-            }
-            // Exact: the value is a whole number well inside i64's range.
-            *f as i64
-        }
-        Ts::Text(text) => parse_text_time(text, ctx.zones.for_device(ctx.device))?,
-    };
-    if ms < MIN_EPOCH_MS {
-        return Err(Rejection::malformed(format!(
-            "field ts is {ms}, before the year 2000; send epoch milliseconds, not seconds"
-        )));
+/// A canonical observation of this context's device, before the checks.
+fn observation(ctx: &Context<'_>, metric: Metric, value: f64, time_ms: i64) -> Observation {
+    Observation {
+        citizen: ctx.device.citizen.clone(),
+        device: ctx.device.id.clone(),
+        metric,
+        value,
+        time_ms,
+        received_ms: ctx.received_ms,
+        seq: 0,
+        flags: 0,
     }
-    if ms > ctx.received_ms + MAX_FUTURE_MS {
-        return Err(Rejection::new(
-            RejectCode::FutureTimestamp,
-            format!(
-                "field ts is {} s ahead of the hub's clock; check the device's clock",
-                (ms - ctx.received_ms) / 1000
-            ),
-        ));
-    }
-    Ok(ms)
-}
-
-/// RFC 3339 with an offset is taken as is; a local time without offset is in the device's zone.
-fn parse_text_time(text: &str, zone: &TimeZone) -> Result<i64, Rejection> {
-    if let Ok(ts) = text.parse::<jiff::Timestamp>() {
-        return Ok(ts.as_millisecond());
-    }
-    let civil: jiff::civil::DateTime = text.parse().map_err(|_| {
-        Rejection::malformed(format!(
-            "field ts is {text:?}; expected RFC 3339 such as 2026-11-25T23:10:00+09:00 or epoch milliseconds"
-        ))
-    })?;
-    let zoned = civil.to_zoned(zone.clone()).map_err(|e| {
-        Rejection::malformed(format!("field ts {text:?} is not a valid local time: {e}"))
-    })?;
-    Ok(zoned.timestamp().as_millisecond())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use kenko_config::DeviceKind;
+    use kenko_devices::{Profiles, SleepStage};
 
     fn device(tz: Option<&str>) -> DeviceEntry {
         DeviceEntry {
@@ -337,11 +324,15 @@ mod tests {
         plaus: Plausibility,
     ) -> Result<Vec<Observation>, Rejection> {
         let zones = Zones::resolve("Asia/Tokyo", [dev]).expect("zones");
+        let profiles = Profiles::builtin();
         let ctx = Context {
             device: dev,
+            profile: profiles.get(&dev.profile).expect("profile"),
             zones: &zones,
             received_ms: NOW,
             plausibility: plaus,
+            limits: TimeLimits::default(),
+            derived: false,
         };
         let mut out = vec![];
         decode(&ctx, payload.as_bytes(), &mut out).map(|()| out)
@@ -431,13 +422,13 @@ mod tests {
         let cases = [
             ("not json", "not bed-json-v1"),
             ("[1,2]", "not bed-json-v1"),
-            (r#"{"hr":60}"#, "ts is missing"),
+            (r#"{"hr":60}"#, "ts (the event time) is missing"),
             (r#"{"ts":1764049990,"hr":60}"#, "not seconds"),
-            (r#"{"ts":"yesterday","hr":60}"#, "expected RFC 3339"),
+            (r#"{"ts":"yesterday","hr":60}"#, "or RFC 3339"),
             (r#"{"ts":1764049990000}"#, "no readings"),
             (
                 r#"{"ts":1764049990000,"stage":"dreaming"}"#,
-                "expected one of awake",
+                "one of awake, light",
             ),
             (r#"{"ts":1764049990000,"hr":"fast"}"#, "not bed-json-v1"),
         ];
@@ -464,11 +455,15 @@ mod tests {
     fn a_rejection_appends_nothing() {
         let dev = device(None);
         let zones = Zones::resolve("Asia/Tokyo", [&dev]).expect("zones");
+        let profiles = Profiles::builtin();
         let ctx = Context {
             device: &dev,
+            profile: profiles.get("bed-json-v1").expect("profile"),
             zones: &zones,
             received_ms: NOW,
             plausibility: Plausibility::Flag,
+            limits: TimeLimits::default(),
+            derived: false,
         };
         let mut out = vec![];
         let bad = br#"{"ts":1764049990000,"occ":true,"hr":60,"stage":"x"}"#;

@@ -1,0 +1,88 @@
+//! Decode + normalize per payload profile: one vendor message in, canonical observations out,
+//! on one core. The payloads are the golden files' accepted ones (`tests/golden/<profile>/`).
+//!
+//! `cargo bench -p kenko-ingest --bench decode`; criterion prints the time per message and the
+//! messages per second ("thrpt") of each profile.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use kenko_config::{DeviceKind, Plausibility};
+use kenko_devices::{DeviceEntry, Profiles};
+use kenko_ingest::decode::{decode, Context, TimeLimits, Zones};
+
+/// 2026-11-25T12:00:00Z, the golden files' clock.
+const RECEIVED_MS: i64 = 1_795_608_000_000;
+
+/// The first golden input of `profile` that decodes (its expected file is no rejection).
+fn payload(profile: &str) -> Vec<u8> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(profile);
+    let mut inputs: Vec<_> = std::fs::read_dir(&dir)
+        .expect("golden dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json" || e == "pbhex"))
+        .collect();
+    inputs.sort();
+    for input in inputs {
+        let expected = std::fs::read_to_string(input.with_extension("expected")).expect("expected");
+        if expected.starts_with("rejected") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&input).expect("input");
+        let text = text.trim_end();
+        return if input.extension().is_some_and(|e| e == "pbhex") {
+            (0..text.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+                .collect()
+        } else {
+            text.as_bytes().to_vec()
+        };
+    }
+    panic!("no accepted golden input for {profile}");
+}
+
+fn decode_per_profile(c: &mut Criterion) {
+    let profiles = Profiles::builtin();
+    let mut names: Vec<&str> = profiles.iter().map(|p| &*p.name).collect();
+    names.sort_unstable();
+    let mut group = c.benchmark_group("decode+normalize");
+    group.throughput(Throughput::Elements(1));
+    for name in names {
+        let profile = profiles.get(name).expect("profile");
+        let device = DeviceEntry {
+            id: Arc::from("dev-001"),
+            kind: profile.kind.unwrap_or(DeviceKind::Bed),
+            citizen: Arc::from("citizen-001"),
+            profile: Arc::from(name),
+            timezone: None,
+        };
+        let zones = Zones::resolve("Asia/Tokyo", [&device]).expect("zones");
+        let ctx = Context {
+            device: &device,
+            profile,
+            zones: &zones,
+            received_ms: RECEIVED_MS,
+            plausibility: Plausibility::Flag,
+            limits: TimeLimits::default(),
+            derived: false,
+        };
+        let payload = payload(name);
+        let mut out = Vec::with_capacity(64);
+        group.bench_function(format!("{name} ({} B)", payload.len()), |b| {
+            b.iter(|| {
+                out.clear();
+                decode(&ctx, black_box(&payload), &mut out).expect("decodes");
+                black_box(out.len())
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decode_per_profile);
+criterion_main!(benches);

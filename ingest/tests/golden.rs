@@ -1,0 +1,154 @@
+//! Golden files: for every payload under `tests/golden/<profile>/`, the canonical observations
+//! (or the rejection) the decoder gives are those in the `.expected` file beside it.
+//!
+//! Inputs are `.json` (the payload as is) or `.pbhex` (protobuf bytes in hex). The hub's clock
+//! reads 2026-11-25T12:00:00Z, the device's zone is Asia/Tokyo, and plausibility is "flag".
+//! After a deliberate change, `KENKO_BLESS=1 cargo test -p kenko-ingest --test golden` rewrites
+//! the expected files; review the diff before committing it.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kenko_config::{DeviceKind, Plausibility};
+use kenko_devices::{DeviceEntry, Profiles};
+use kenko_ingest::decode::{decode, Context, TimeLimits, Zones};
+
+/// 2026-11-25T12:00:00Z.
+const RECEIVED_MS: i64 = 1_795_608_000_000;
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+fn render(profile: &str, payload: &[u8]) -> String {
+    let profiles = Profiles::builtin();
+    let profile = profiles
+        .get(profile)
+        .expect("a directory per built-in profile");
+    let device = DeviceEntry {
+        id: Arc::from("dev-001"),
+        kind: profile.kind.unwrap_or(DeviceKind::Bed),
+        citizen: Arc::from("citizen-001"),
+        profile: Arc::from(&*profile.name),
+        timezone: None,
+    };
+    let zones = Zones::resolve("Asia/Tokyo", [&device]).expect("zones");
+    let ctx = Context {
+        device: &device,
+        profile,
+        zones: &zones,
+        received_ms: RECEIVED_MS,
+        plausibility: Plausibility::Flag,
+        limits: TimeLimits::default(),
+        derived: false,
+    };
+    let mut out = Vec::new();
+    let mut text = String::new();
+    match decode(&ctx, payload, &mut out) {
+        Ok(()) => {
+            for o in &out {
+                let time = jiff::Timestamp::from_millisecond(o.time_ms).expect("valid time");
+                writeln!(
+                    text,
+                    "{} {:.4} {} loinc={} time={} seq={} flags={}",
+                    o.metric,
+                    o.value,
+                    o.metric.unit(),
+                    o.metric.loinc(),
+                    time,
+                    o.seq,
+                    o.flags
+                )
+                .expect("string");
+            }
+        }
+        Err(rejection) => {
+            assert!(out.is_empty(), "a rejection appends nothing");
+            writeln!(
+                text,
+                "rejected {}: {}",
+                rejection.code.as_str(),
+                rejection.message
+            )
+            .expect("string");
+        }
+    }
+    text
+}
+
+fn read_input(path: &Path) -> Vec<u8> {
+    let raw = std::fs::read(path).expect("read input");
+    if path.extension().is_some_and(|e| e == "pbhex") {
+        let text = String::from_utf8(raw).expect("hex is text");
+        let text = text.trim();
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+            .collect()
+    } else {
+        // A JSON file ends with a newline like any text file; the payload is the line.
+        let mut raw = raw;
+        if raw.last() == Some(&b'\n') {
+            raw.pop();
+        }
+        raw
+    }
+}
+
+#[test]
+fn every_profile_decodes_as_its_golden_files_say() {
+    let bless = std::env::var_os("KENKO_BLESS").is_some();
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    let mut profiles_seen = Vec::new();
+    let mut dirs: Vec<_> = std::fs::read_dir(golden_dir())
+        .expect("golden dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        let profile = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("name")
+            .to_owned();
+        let mut inputs: Vec<_> = std::fs::read_dir(&dir)
+            .expect("profile dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json" || e == "pbhex"))
+            .collect();
+        inputs.sort();
+        for input in inputs {
+            let expected_path = input.with_extension("expected");
+            let actual = render(&profile, &read_input(&input));
+            if bless {
+                std::fs::write(&expected_path, &actual).expect("write expected");
+            }
+            let expected = std::fs::read_to_string(&expected_path).unwrap_or_else(|_| {
+                panic!(
+                    "{} has no expected file; run with KENKO_BLESS=1 and review it",
+                    input.display()
+                )
+            });
+            if expected != actual {
+                failures.push(format!(
+                    "{}:\n--- expected\n{expected}--- actual\n{actual}",
+                    input.display()
+                ));
+            }
+            checked += 1;
+        }
+        profiles_seen.push(profile);
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Every built-in profile has golden files.
+    for profile in Profiles::builtin().iter() {
+        assert!(
+            profiles_seen.iter().any(|p| **p == *profile.name),
+            "no golden files for {}",
+            profile.name
+        );
+    }
+    assert!(checked >= 20, "only {checked} golden files");
+}
