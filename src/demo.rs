@@ -1,4 +1,4 @@
-//! `kenko demo`: a hub on embedded defaults with simulated bed sensors, for trying kenko.
+//! `kenko demo`: a hub on embedded defaults with simulated devices of every kind, for trying kenko.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use kenko_broker::auth::{hash_password, new_token, Cost};
 use kenko_config::Config;
-use kenko_devices::registry::demo_devices;
+use kenko_config::{DeviceConfig, DeviceKind};
 use kenko_devices::sim::{self, SimConfig, SimStats};
 use kenko_ingest::consent::{ConsentChange, ConsentRegistry, Purpose, HUB};
 use tokio_util::sync::CancellationToken;
@@ -25,9 +25,16 @@ pub struct DemoArgs {
     /// MQTT listen address
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:1883")]
     mqtt: SocketAddr,
-    /// Number of simulated bed sensors
+    /// Number of simulated devices of each kind (bed-001, wearable-001, ... of citizen-001, ...)
     #[arg(long, default_value_t = 20)]
     devices: usize,
+    /// Kinds of device to simulate, comma-separated
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "bed,wearable,bp,scale,thermo,oximeter,glucose"
+    )]
+    kinds: Vec<DeviceKind>,
     /// Messages per second per simulated device
     #[arg(long, default_value_t = 1.0)]
     rate: f64,
@@ -35,9 +42,21 @@ pub struct DemoArgs {
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.devices > 0, "--devices must be at least 1");
+    anyhow::ensure!(!args.kinds.is_empty(), "--kinds needs at least one kind");
     let mut config = Config::default();
     config.mqtt.listen = args.mqtt;
-    config.devices = demo_devices(args.devices);
+    // Each device is registered with the payload profile its simulator speaks.
+    config.devices = sim::fleet(&args.kinds, args.devices)
+        .into_iter()
+        .map(|d| DeviceConfig {
+            id: d.id,
+            kind: d.kind,
+            citizen: d.citizen,
+            profile: Some(d.profile.to_owned()),
+            timezone: None,
+            password_hash: None,
+        })
+        .collect();
     // Demo data is synthetic, so it can be watched live by anyone on this machine: anonymous
     // clients may subscribe to observations and device errors (rules in the data directory).
     config.ingest.live_republish = true;
@@ -75,6 +94,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let sim_config = SimConfig {
         broker: addr.to_string(),
         devices: args.devices,
+        kinds: args.kinds.clone(),
         rate_hz: args.rate,
         passwords: Some(Arc::new(passwords)),
         ..SimConfig::default()
@@ -185,9 +205,11 @@ fn write_passwords(path: &Path, passwords: &HashMap<String, String>) -> anyhow::
 
 fn print_banner(args: &DemoArgs, addr: SocketAddr, bed_001: Option<&str>) {
     let dir = args.data_dir.display();
+    let kinds: Vec<&str> = args.kinds.iter().map(|k| k.as_str()).collect();
     println!(
-        "kenko demo: {} simulated bed sensors (bed-001 ...) for citizens citizen-001 ...",
-        args.devices
+        "kenko demo: {} simulated devices of each kind ({}; bed-001, wearable-001, ...) for citizens citizen-001 ...",
+        args.devices,
+        kinds.join(", ")
     );
     println!("  Demo data is synthetic. Device passwords for this run: {dir}/demo-passwords.txt;");
     println!("  ACL rules: {dir}/acl.toml (edit it while the demo runs: it is reloaded); config: {dir}/demo.toml");

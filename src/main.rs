@@ -26,11 +26,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a hub on embedded defaults with simulated bed sensors, for trying kenko
+    /// Run a hub on embedded defaults with simulated devices of every kind, for trying kenko
     Demo(demo::DemoArgs),
     /// Run the hub from a configuration file (production)
     Serve(ServeArgs),
-    /// Publish simulated bed-sensor telemetry to a hub
+    /// Publish simulated telemetry of every kind of device to a hub (live or replaying a period)
     Simulate(simulate::SimulateArgs),
     /// Query stored observations
     Query(query::QueryArgs),

@@ -16,7 +16,7 @@ pub struct QueryArgs {
     /// The hub's data directory
     #[arg(long, default_value = "./kenko-data")]
     data_dir: PathBuf,
-    /// Metric name: heart_rate, respiratory_rate, body_movement, bed_occupancy, sleep_stage
+    /// Metric name, e.g. heart_rate, spo2, blood_glucose, sleep_time, daily_steps (docs/devices.md lists them all)
     #[arg(long)]
     metric: String,
     /// Which store: personal (identified) or shared (pseudonymized, for research; the citizen

@@ -346,7 +346,7 @@ fn toggling_consent_of_100_citizens_under_load_stores_nothing_from_periods_witho
     use rand::{Rng, SeedableRng};
 
     let dir = tempfile::tempdir()?;
-    let hub = Hub::start(dir.path(), &common::config_with_devices(100))?;
+    let hub = Hub::start(dir.path(), &common::config_for_simulation(100))?;
     let passwords = common::password_file(dir.path(), 100)?;
     let mut sim = Command::new(common::KENKO)
         .args(["simulate", "--broker", &hub.addr.to_string()])

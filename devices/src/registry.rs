@@ -232,12 +232,12 @@ impl Registry {
             by_id.insert(registered.entry.id.clone(), registered);
         }
         let devices = Devices { by_id };
-        let mut current = shared.current.write().unwrap_or_else(|e| e.into_inner());
-        if **current == devices {
+        // Compared under the read lock: lookups wait only for the swap itself. Reloads come
+        // from one watcher thread, so nothing changes between the two locks.
+        if **self.read() == devices {
             return false;
         }
-        *current = Arc::new(devices);
-        drop(current);
+        *shared.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(devices);
         shared.generation.fetch_add(1, Ordering::AcqRel);
         true
     }

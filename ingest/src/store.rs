@@ -139,7 +139,10 @@ impl PersonalStore {
     /// Deletes every observation and series of `citizen`; returns the observations deleted.
     pub fn erase_citizen(&mut self, citizen: &str) -> Result<usize, StoreError> {
         let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(sqlite(&path))?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sqlite(&path))?;
         let rows = tx
             .execute(
                 "DELETE FROM observations WHERE series IN (SELECT id FROM series WHERE citizen = ?1)",
@@ -193,7 +196,13 @@ impl PersonalStore {
     ) -> Result<WriteStats, StoreError> {
         let path = &self.path;
         let mut stats = WriteStats::default();
-        let tx = self.conn.transaction().map_err(sqlite(path))?;
+        // IMMEDIATE: the write lock is taken (waiting on the busy timeout) before anything is
+        // read, so the window job's writes to the same file can never leave this transaction
+        // with a stale snapshot to upgrade, which SQLite refuses at once.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sqlite(path))?;
         let mut touched: HashMap<i64, (i64, i64)> = HashMap::new();
         {
             // ON CONFLICT on the key only, not OR IGNORE: OR IGNORE would also skip a row that

@@ -283,11 +283,11 @@ impl WindowJob {
                     open_from = Some(window.start_ms);
                     break;
                 }
-                if done.insert((note.device.clone(), kind, window.start_ms)) {
-                    if !self.compute(tx, &note, kind, window)? {
-                        // The pipeline is stopping: the note stays for the next start.
-                        return Ok(());
-                    }
+                if done.insert((note.device.clone(), kind, window.start_ms))
+                    && !self.compute(tx, &note, kind, window)?
+                {
+                    // The pipeline is stopping: the note stays for the next start.
+                    return Ok(());
                 }
                 window = kind.window(window.end_ms, &zone, self.config.sleep_day_start_hour);
             }

@@ -42,7 +42,7 @@ fn run(profile: &str, payload: &[u8]) -> Result<Vec<Observation>, String> {
 
 /// Observations in a canonical order, for comparing two decodings.
 fn sorted(mut obs: Vec<Observation>) -> Vec<Observation> {
-    obs.sort_by(|a, b| (a.time_ms, a.metric).cmp(&(b.time_ms, b.metric)));
+    obs.sort_by_key(|o| (o.time_ms, o.metric));
     obs
 }
 

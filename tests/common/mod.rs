@@ -53,6 +53,21 @@ pub fn config_with_devices(n: usize) -> String {
     text
 }
 
+/// As [`config_with_devices`], with each bed registered with the payload profile
+/// `kenko simulate` gives it (bed-002 speaks bed-json-v2, bed-008 protobuf, ...).
+pub fn config_for_simulation(n: usize) -> String {
+    let mut text = config_with_devices(n);
+    for i in 1..=n {
+        let id = format!("bed-{i:03}");
+        let profile = kenko_devices::sim::profile_for(kenko_config::DeviceKind::Bed, i);
+        text = text.replace(
+            &format!("id = \"{id}\"\n"),
+            &format!("id = \"{id}\"\nprofile = \"{profile}\"\n"),
+        );
+    }
+    text
+}
+
 /// Writes "DEVICE-ID PASSWORD" lines for bed-001 … bed-NNN, as `kenko simulate --passwords` reads.
 pub fn password_file(dir: &Path, n: usize) -> anyhow::Result<PathBuf> {
     let path = dir.join("passwords.txt");
