@@ -40,6 +40,9 @@ const MAX_STEP_MS: i64 = 5 * 60_000;
 /// Wakefulness between two periods of sleep longer than this separates them (a nap and the
 /// night) rather than interrupting one: it is not an awakening.
 pub const MAX_AWAKENING_MS: i64 = 60 * 60_000;
+/// A sleep day with less data than this (a stray sample of a skewed clock just across the
+/// window's edge) gets no summary: it would say nothing about the night.
+pub const MIN_COVERAGE_MS: i64 = 60 * 60_000;
 /// Notes handled per pass.
 const PASS_ROWS: usize = 256;
 
@@ -141,11 +144,12 @@ pub struct SleepSummary {
 /// Summarizes the samples of one window, sorted by time. Each sample stands for the time
 /// until the next (at most [`MAX_STEP_MS`]); the last one for the device's sampling period
 /// (the shortest interval seen, one minute without any), cut at the window's end.
-/// `None` without samples.
+/// `None` when the samples cover less than [`MIN_COVERAGE_MS`].
 pub fn summarize_sleep(samples: &[BedSample], window: Window) -> Option<SleepSummary> {
     let first = samples.first()?;
     let mut in_bed_ms = 0i64;
     let mut sleep_ms = 0i64;
+    let mut covered_ms = 0i64;
     let mut awakenings = 0;
     let mut last_sleep_end: Option<i64> = None;
     let mut woke_since = false;
@@ -167,6 +171,7 @@ pub fn summarize_sleep(samples: &[BedSample], window: Window) -> Option<SleepSum
             .min(MAX_STEP_MS)
             .min(window.end_ms - sample.time_ms)
             .max(0);
+        covered_ms += step;
         if sample.in_bed() {
             in_bed_ms += step;
         }
@@ -182,6 +187,9 @@ pub fn summarize_sleep(samples: &[BedSample], window: Window) -> Option<SleepSum
         } else if sample.awake() {
             woke_since = true;
         }
+    }
+    if covered_ms < MIN_COVERAGE_MS {
+        return None;
     }
     let minutes = |ms: i64| ms as f64 / 60_000.0;
     Some(SleepSummary {
@@ -617,15 +625,15 @@ mod tests {
             start_ms: start,
             end_ms: start + 24 * 60 * MIN,
         };
-        let mut samples = timeline(start, "ll");
+        let mut samples = timeline(start, &"l".repeat(60));
         // The device was off for an hour, then one more minute of sleep.
         samples.push(BedSample {
-            time_ms: start + 62 * MIN,
+            time_ms: start + 121 * MIN,
             occupied: Some(true),
             stage: Some(SleepStage::Light),
         });
         let s = summarize_sleep(&samples, window).expect("summary");
-        assert_eq!(s.sleep_min, 1.0 + 5.0 + 1.0);
+        assert_eq!(s.sleep_min, 59.0 + 5.0 + 1.0);
         assert_eq!(s.awakenings, 0, "missing data is no awakening");
         assert!(summarize_sleep(&[], window).is_none());
     }
@@ -635,9 +643,27 @@ mod tests {
         let start = at("2026-11-24T09:00:00Z");
         let window = Window {
             start_ms: start,
-            end_ms: start + 3 * MIN + 30_000,
+            end_ms: start + 90 * MIN + 30_000,
         };
-        let s = summarize_sleep(&timeline(start, "llll"), window).expect("summary");
-        assert_eq!(s.sleep_min, 3.5);
+        let s = summarize_sleep(&timeline(start, &"l".repeat(91)), window).expect("summary");
+        assert_eq!(s.sleep_min, 90.5);
+    }
+
+    #[test]
+    fn a_stray_sample_across_the_edge_makes_no_summary() {
+        let start = at("2026-11-24T09:00:00Z");
+        let window = Window {
+            start_ms: start,
+            end_ms: start + 24 * 60 * MIN,
+        };
+        let edge = timeline(window.end_ms - 2 * MIN, "ll");
+        assert!(
+            summarize_sleep(&edge, window).is_none(),
+            "two minutes say nothing of a night"
+        );
+        let hour = timeline(start, &".".repeat(60));
+        let s = summarize_sleep(&hour, window).expect("an hour of an empty bed is data");
+        assert_eq!(s.time_in_bed_min, 0.0);
+        assert_eq!(s.efficiency_pct, None);
     }
 }
