@@ -75,7 +75,8 @@ impl Hub {
                     Directory::with_devices(&config, registry.clone())?,
                     ingest.consents().clone(),
                     data_dir,
-                );
+                )
+                .with_metrics(broker.stats(), ingest.stats().clone());
                 tokio::spawn(kenko_broker::http::serve(listener, api, shutdown.clone()));
                 Some(local)
             }

@@ -26,6 +26,7 @@ use crate::router::HUB_CLIENT_ID;
 use crate::session::{Peer, Session};
 use crate::sessions::Refused;
 use crate::Shared;
+use kenko_config::MqttConfig;
 
 /// How long a new connection waits for the one it takes over to let go.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
@@ -280,10 +281,14 @@ async fn handshake(
             )
             .await;
     };
-    let props = (hs.codec.version() == Version::V5).then(|| ConnAckProperties {
+    let v5 = hs.codec.version() == Version::V5;
+    let (keep_alive, server_keep_alive) = granted_keep_alive(connect.keep_alive, config, v5);
+    let props = v5.then(|| ConnAckProperties {
         assigned_client_identifier: assigned,
-        // Incoming topic aliases are not resolved by kenko's layer yet, so none are offered.
-        topic_alias_max: None,
+        receive_max: Some(config.receive_maximum),
+        server_keep_alive,
+        // Incoming aliases are resolved by the session before the ACL sees the topic.
+        topic_alias_max: Some(crate::session::TOPIC_ALIAS_MAX),
         max_packet_size: u32::try_from(config.max_packet_size).ok(),
         // The router's shared-subscription groups are global (one group name, one cursor,
         // across every filter and principal), so kenko does not offer them.
@@ -299,11 +304,21 @@ async fn handshake(
         shared.clone(),
         peer,
         acl,
-        connect.keep_alive,
+        keep_alive,
         will.map(|w| (w, will_props)),
         (link_tx, link_rx),
         registration,
     )))
+}
+
+/// The keep-alive the session holds the client to, and the Server Keep Alive to announce
+/// (MQTT 5 only, 3.2.2.3.14) when it differs from what the client asked.
+fn granted_keep_alive(asked: u16, config: &MqttConfig, v5: bool) -> (u16, Option<u16>) {
+    let max = config.max_keep_alive_s;
+    if !v5 || max == 0 || (asked != 0 && asked <= max) {
+        return (asked, None);
+    }
+    (max, Some(max))
 }
 
 /// "Try again later": 0x89 server busy in MQTT 5, 0x03 server unavailable in 3.1.1.

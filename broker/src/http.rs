@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::auth::{verify_password, Directory, Identity};
+use crate::BrokerStats;
+use kenko_ingest::pipeline::IngestStats;
 
 /// Which observation store a query reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +114,8 @@ pub struct HttpApi {
     consents: Arc<ConsentBook>,
     data_dir: PathBuf,
     verify_slots: Arc<tokio::sync::Semaphore>,
+    /// The counters `GET /metrics` shows.
+    stats: Option<(Arc<BrokerStats>, Arc<IngestStats>)>,
 }
 
 impl HttpApi {
@@ -121,13 +125,21 @@ impl HttpApi {
             consents,
             data_dir: data_dir.to_owned(),
             verify_slots: Arc::new(tokio::sync::Semaphore::new(2)),
+            stats: None,
         }
+    }
+
+    /// Serves the broker's and the pipeline's counters on `GET /metrics` (operators only).
+    pub fn with_metrics(mut self, broker: Arc<BrokerStats>, ingest: Arc<IngestStats>) -> HttpApi {
+        self.stats = Some((broker, ingest));
+        self
     }
 
     fn router(self) -> Router {
         Router::new()
             .route("/api/v1/consents", get(list_consents).post(record_consent))
             .route("/api/v1/observations", get(observations))
+            .route("/metrics", get(metrics))
             .with_state(self)
     }
 }
@@ -141,6 +153,29 @@ pub async fn serve(listener: TcpListener, api: HttpApi, shutdown: CancellationTo
     if let Err(e) = result {
         error!(error = %e, "HTTP API stopped");
     }
+}
+
+/// The counters in the Prometheus text format, for operators (Prometheus sends Basic
+/// credentials with `basic_auth` in its scrape config).
+async fn metrics(State(api): State<HttpApi>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let who = authenticate(&api, &headers).await?;
+    if !who.roles.iter().any(|r| r == "operator") {
+        return Err(forbidden(format!(
+            "{} may not read the hub's metrics; they are for operators",
+            who.id
+        )));
+    }
+    let Some((broker, ingest)) = &api.stats else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "this hub serves no metrics".into(),
+        ));
+    };
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(broker, ingest),
+    )
+        .into_response())
 }
 
 /// An API error: a status and a message for people.

@@ -9,6 +9,7 @@ mod codec;
 mod connection;
 mod egress;
 pub mod http;
+pub mod metrics;
 mod packet;
 mod router;
 mod session;
@@ -67,6 +68,11 @@ pub struct BrokerStats {
     pub delivered: AtomicU64,
     /// Deliveries the ACL withheld from a subscriber.
     pub withheld: AtomicU64,
+    /// MQTT 5 clients disconnected for sending more unacknowledged QoS 1/2 publishes than
+    /// the Receive Maximum (0x93).
+    pub receive_maximum_exceeded: AtomicU64,
+    /// Publishes read late because their client exceeded `mqtt.max_publish_rate`.
+    pub publishes_throttled: AtomicU64,
 }
 
 /// State every connection shares.
@@ -250,5 +256,57 @@ async fn accept_or_never(
     match listener {
         Some(l) => l.accept().await,
         None => std::future::pending().await,
+    }
+}
+
+/// What the fuzz targets in `fuzz/` drive (see docs/fuzzing.md): the decoding a client's
+/// bytes go through, without sockets, sessions or a router. Not an API of kenko.
+#[doc(hidden)]
+pub mod fuzzing {
+    use bytes::BytesMut;
+    pub use rumqttd::protocol::{matches, valid_filter, Error, LastWill, Packet, Publish};
+
+    use crate::codec::{self, Sniff, Version};
+
+    /// The protocol level (4 or 5) the listener goes on with when a connection starts with
+    /// `buf`; `None` when it waits for more bytes or closes the connection.
+    pub fn sniff(buf: &[u8], max_packet_size: usize) -> Option<u8> {
+        match codec::sniff(buf, max_packet_size) {
+            Sniff::Version(Version::V311) => Some(4),
+            Sniff::Version(Version::V5) => Some(5),
+            _ => None,
+        }
+    }
+
+    /// A connection's codec, as the listener builds it from the sniffed level.
+    pub struct Codec(codec::Codec);
+
+    impl Codec {
+        pub fn new(v5: bool, max_packet_size: usize) -> Codec {
+            let version = if v5 { Version::V5 } else { Version::V311 };
+            Codec(codec::Codec::new(version, max_packet_size))
+        }
+
+        pub fn read(&self, buf: &mut BytesMut) -> Result<Option<Packet>, Error> {
+            self.0.read(buf)
+        }
+
+        pub fn write(&self, packet: Packet, out: &mut BytesMut) -> Result<(), Error> {
+            self.0.write(packet, out)
+        }
+    }
+
+    /// QoS (0, 1 or 2) and packet id of a publish.
+    pub fn qos_and_pkid(publish: &Publish) -> (u8, u16) {
+        let (qos, pkid) = crate::packet::qos_and_pkid(publish);
+        (qos as u8, pkid)
+    }
+
+    pub fn check_topic_name(topic: &[u8]) -> Result<&str, &'static str> {
+        crate::packet::check_topic_name(topic)
+    }
+
+    pub fn telemetry_device(topic: &str) -> Option<&str> {
+        crate::packet::telemetry_device(topic)
     }
 }

@@ -6,14 +6,14 @@
 //! message is stored or durably dead-lettered. Everything else is relayed to the router, which
 //! acknowledges, fans out and retains as a broker does.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use kenko_ingest::decode::{RejectCode, Rejection};
 use kenko_ingest::pipeline::{Origin, Outcome, Reply, Submission};
 use rumqttd::local::{LinkRx, LinkTx};
@@ -111,6 +111,48 @@ pub(crate) struct Session {
     /// SUBSCRIBEs with denied filters, by packet id: the failure code of each denied filter
     /// in its place, `None` where the router's answer goes.
     sub_failures: Vec<(u16, Vec<Option<SubscribeReasonCode>>)>,
+    /// Packet ids of the client's QoS 1/2 publishes not yet answered (PUBACK, PUBCOMP, or a
+    /// refusing PUBREC): what the Receive Maximum bounds.
+    inbound: HashSet<u16>,
+    /// Topics the client named by alias (MQTT 5), at most [`TOPIC_ALIAS_MAX`].
+    aliases: HashMap<u16, Bytes>,
+    /// Publishes the client may still send before being read more slowly.
+    rate: TokenBucket,
+}
+
+/// Topic aliases a client may define (announced as Topic Alias Maximum in CONNACK).
+pub(crate) const TOPIC_ALIAS_MAX: u16 = 32;
+
+/// Push-back on fast publishers: `burst` publishes at once, then `rate` per second.
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, burst: u32) -> TokenBucket {
+        TokenBucket {
+            rate: f64::from(rate),
+            burst: f64::from(burst.max(1)),
+            tokens: f64::from(burst.max(1)),
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes one token; how long to wait first when there is none.
+    fn take(&mut self) -> Option<Duration> {
+        if self.rate <= 0.0 {
+            return None;
+        }
+        let now = Instant::now();
+        let earned = now.duration_since(self.at).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + earned).min(self.burst);
+        self.at = now;
+        self.tokens -= 1.0;
+        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / self.rate))
+    }
 }
 
 impl Session {
@@ -129,6 +171,7 @@ impl Session {
     ) -> Session {
         let (outcomes_tx, outcomes_rx) = mpsc::unbounded_channel();
         shared.stats.connected.fetch_add(1, Ordering::Relaxed);
+        let rate = TokenBucket::new(shared.config.max_publish_rate, shared.config.publish_burst);
         Session {
             stream,
             codec,
@@ -150,6 +193,9 @@ impl Session {
             to_router: Vec::new(),
             acks: AckOrder::default(),
             sub_failures: Vec::new(),
+            inbound: HashSet::new(),
+            aliases: HashMap::new(),
+            rate,
         }
     }
 
@@ -174,6 +220,9 @@ impl Session {
             if let Err(end) = self.flush().await {
                 return end;
             }
+            if !self.may_read() {
+                last_heard = Instant::now();
+            }
             let expiry = keep_alive.map(|k| last_heard + k);
             let shutdown = self.shared.shutdown.clone();
             let takeover = self.registration.takeover.clone();
@@ -194,7 +243,7 @@ impl Session {
                         Err(_) => return End::RouterGone,
                     }
                 }
-                read = self.stream.read_buf(&mut self.read_buf) => {
+                read = self.stream.read_buf(&mut self.read_buf), if self.may_read() => {
                     match read {
                         Ok(0) | Err(_) => return End::Closed,
                         Ok(_) => {
@@ -205,7 +254,8 @@ impl Session {
                         }
                     }
                 }
-                _ = sleep_or_never(expiry) => return End::KeepAliveTimeout,
+                // While the hub does not read (receive maximum reached), silence is its own doing.
+                _ = sleep_or_never(expiry), if self.may_read() => return End::KeepAliveTimeout,
             }
         }
     }
@@ -214,7 +264,12 @@ impl Session {
     async fn on_bytes(&mut self) -> Result<(), End> {
         loop {
             match self.codec.read(&mut self.read_buf) {
-                Ok(Some(packet)) => self.on_packet(packet).await?,
+                Ok(Some(packet)) => {
+                    if matches!(packet, Packet::Publish(..)) {
+                        self.throttle().await?;
+                    }
+                    self.on_packet(packet).await?
+                }
                 Ok(None) => break,
                 Err(e) => return Err(self.malformed(e)),
             }
@@ -271,16 +326,24 @@ impl Session {
         props: Option<PublishProperties>,
     ) -> Result<(), End> {
         let (qos, pkid) = qos_and_pkid(&publish);
-        if let Some(alias) = props.as_ref().and_then(|p| p.topic_alias) {
-            // kenko's CONNACK offers no topic aliases (Topic Alias Maximum 0), so any alias is
-            // one the client may not use (MQTT-3.3.2-9); an alias must never stand for a topic
-            // the ACL did not see.
-            info!(
-                alias,
-                "closing connection: topic alias used, none were offered"
-            );
-            return Err(End::ProtocolError(DisconnectReasonCode::TopicAliasInvalid));
+        if qos != QoS::AtMostOnce && self.inbound.insert(pkid) {
+            let max = usize::from(self.shared.config.receive_maximum);
+            if self.codec.version() == Version::V5 && self.inbound.len() > max {
+                // MQTT-3.3.4-9: a client may not exceed the Receive Maximum it was given.
+                info!(
+                    max,
+                    "closing connection: more unacknowledged publishes than the receive maximum"
+                );
+                self.shared
+                    .stats
+                    .receive_maximum_exceeded
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(End::ProtocolError(
+                    DisconnectReasonCode::ReceiveMaximumExceeded,
+                ));
+            }
         }
+        let (publish, props) = self.resolve_alias(publish, props)?;
         let topic = match check_topic_name(&publish.topic) {
             Ok(topic) => topic,
             Err(why) => {
@@ -641,7 +704,85 @@ impl Session {
             .map_err(|_| End::RouterGone)
     }
 
+    /// Whether to read from the client now: not while it has as many unanswered QoS 1/2
+    /// publishes as the receive maximum (an MQTT 3.1.1 client cannot be told the limit, so
+    /// it is pushed back; an MQTT 5 client that ignores it is disconnected in `on_publish`).
+    fn may_read(&self) -> bool {
+        self.inbound.len() < usize::from(self.shared.config.receive_maximum)
+            || self.codec.version() == Version::V5
+    }
+
+    /// Waits while the client publishes faster than `mqtt.max_publish_rate` allows: its
+    /// packets stay in the socket meanwhile, which pushes back on it.
+    async fn throttle(&mut self) -> Result<(), End> {
+        let Some(wait) = self.rate.take() else {
+            return Ok(());
+        };
+        self.shared
+            .stats
+            .publishes_throttled
+            .fetch_add(1, Ordering::Relaxed);
+        // What is already answered goes out before the pause.
+        self.flush().await?;
+        let shutdown = self.shared.shutdown.clone();
+        let takeover = self.registration.takeover.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => Ok(()),
+            _ = takeover.cancelled() => Err(End::TakenOver),
+            _ = shutdown.cancelled() => Err(End::Shutdown),
+        }
+    }
+
+    /// Resolves an MQTT 5 topic alias (3.3.2.3.4): a PUBLISH with a topic and an alias
+    /// defines it, one with an empty topic uses it. The alias is removed before the ACL and
+    /// the router see the publish, so an alias never stands for a topic the ACL did not check.
+    fn resolve_alias(
+        &mut self,
+        mut publish: Publish,
+        mut props: Option<PublishProperties>,
+    ) -> Result<(Publish, Option<PublishProperties>), End> {
+        let Some(alias) = props.as_mut().and_then(|p| p.topic_alias.take()) else {
+            return Ok((publish, props));
+        };
+        if alias == 0 || alias > TOPIC_ALIAS_MAX {
+            // MQTT-3.3.2-8, MQTT-3.3.2-9.
+            info!(
+                alias,
+                max = TOPIC_ALIAS_MAX,
+                "closing connection: topic alias out of range"
+            );
+            return Err(End::ProtocolError(DisconnectReasonCode::TopicAliasInvalid));
+        }
+        if publish.topic.is_empty() {
+            match self.aliases.get(&alias) {
+                Some(topic) => publish.topic = topic.clone(),
+                None => {
+                    info!(
+                        alias,
+                        "closing connection: topic alias used before it was defined"
+                    );
+                    return Err(End::ProtocolError(DisconnectReasonCode::ProtocolError));
+                }
+            }
+        } else if check_topic_name(&publish.topic).is_ok() {
+            self.aliases.insert(alias, publish.topic.clone());
+        }
+        Ok((publish, props))
+    }
+
     fn write(&mut self, packet: Packet) {
+        match &packet {
+            Packet::PubAck(ack, _) => {
+                self.inbound.remove(&ack.pkid);
+            }
+            Packet::PubComp(comp, _) => {
+                self.inbound.remove(&comp.pkid);
+            }
+            Packet::PubRec(rec, _) if is_refusal(rec.reason) => {
+                self.inbound.remove(&rec.pkid);
+            }
+            _ => {}
+        }
         if let Err(e) = self.codec.write(packet, &mut self.out) {
             warn!(error = %e, "cannot encode packet for client; dropped");
         }
@@ -774,6 +915,14 @@ fn rejection_reason(rejection: &Rejection) -> PubAckReason {
         | RejectCode::TooManyReadings => PubAckReason::PayloadFormatInvalid,
         RejectCode::LogFull => PubAckReason::QuotaExceeded,
     }
+}
+
+/// A PUBREC that ends a QoS 2 exchange: the message was refused (reason 0x80 or above).
+fn is_refusal(reason: PubRecReason) -> bool {
+    !matches!(
+        reason,
+        PubRecReason::Success | PubRecReason::NoMatchingSubscribers
+    )
 }
 
 fn pubrec_reason(reason: PubAckReason) -> PubRecReason {

@@ -292,6 +292,20 @@ pub struct MqttConfig {
     pub max_connections: usize,
     /// Outgoing QoS 1/2 deliveries in flight per connection.
     pub max_inflight: u16,
+    /// Incoming QoS 1/2 publishes a client may have unacknowledged (MQTT 5 Receive Maximum,
+    /// announced in CONNACK). An MQTT 5 client that sends more is disconnected with 0x93; an
+    /// MQTT 3.1.1 client, which cannot be told, is simply not read until some are answered.
+    pub receive_maximum: u16,
+    /// PUBLISH packets per second one client may send, on average; faster clients are read
+    /// more slowly (push-back), never dropped. 0 turns the limit off.
+    pub max_publish_rate: u32,
+    /// PUBLISH packets a client may send at once above `max_publish_rate` (a device flushing
+    /// what it held while offline).
+    pub publish_burst: u32,
+    /// The longest keep-alive the hub grants, in seconds. An MQTT 5 client that asks for a
+    /// longer one, or for none (0), is told this value (Server Keep Alive) and held to it;
+    /// 0 accepts what each client asks.
+    pub max_keep_alive_s: u16,
     /// A second listener for MQTT over TLS, optionally with client certificates.
     pub tls: Option<TlsConfig>,
     /// Address of a listener for MQTT over WebSocket (subprotocol `mqtt`, any path), which
@@ -327,6 +341,10 @@ impl Default for MqttConfig {
             connect_timeout_ms: 5_000,
             max_connections: 10_000,
             max_inflight: 100,
+            receive_maximum: 100,
+            max_publish_rate: 1_000,
+            publish_burst: 2_000,
+            max_keep_alive_s: 0,
             tls: None,
             websocket: None,
         }
@@ -565,6 +583,14 @@ impl Config {
         }
         if self.mqtt.max_inflight == 0 {
             return invalid("mqtt.max_inflight must be at least 1".into());
+        }
+        if self.mqtt.receive_maximum == 0 {
+            return invalid("mqtt.receive_maximum must be at least 1 (MQTT 5 forbids 0)".into());
+        }
+        if self.mqtt.max_publish_rate > 0 && self.mqtt.publish_burst == 0 {
+            return invalid(
+                "mqtt.publish_burst must be at least 1 while mqtt.max_publish_rate is set".into(),
+            );
         }
         if self.ingest.batch_max == 0 || self.ingest.queue == 0 {
             return invalid("ingest.batch_max and ingest.queue must be at least 1".into());

@@ -1,0 +1,240 @@
+//! The hub's counters in the Prometheus text format (`GET /metrics` on the HTTP API).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use kenko_ingest::pipeline::IngestStats;
+
+use crate::BrokerStats;
+
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// Renders every counter and gauge of the broker and the ingest pipeline.
+pub fn render(broker: &BrokerStats, ingest: &IngestStats) -> String {
+    use Kind::{Counter, Gauge};
+    let b = broker;
+    let i = ingest;
+    let entries: [(&str, Kind, &str, &AtomicU64); 29] = [
+        (
+            "mqtt_connected_clients",
+            Gauge,
+            "MQTT clients connected now",
+            &b.connected,
+        ),
+        (
+            "mqtt_telemetry_received_total",
+            Counter,
+            "telemetry publishes handed to the ingest pipeline",
+            &b.telemetry_in,
+        ),
+        (
+            "mqtt_publishes_refused_total",
+            Counter,
+            "publishes the hub refused (ACL, topic, $ topics)",
+            &b.publishes_refused,
+        ),
+        (
+            "mqtt_delivered_total",
+            Counter,
+            "messages delivered to subscribers",
+            &b.delivered,
+        ),
+        (
+            "mqtt_withheld_total",
+            Counter,
+            "deliveries the ACL or consent withheld from a subscriber",
+            &b.withheld,
+        ),
+        (
+            "mqtt_receive_maximum_exceeded_total",
+            Counter,
+            "MQTT 5 clients disconnected with 0x93 for exceeding the receive maximum",
+            &b.receive_maximum_exceeded,
+        ),
+        (
+            "mqtt_publishes_throttled_total",
+            Counter,
+            "publishes read late because their client exceeded mqtt.max_publish_rate",
+            &b.publishes_throttled,
+        ),
+        (
+            "ingest_received_total",
+            Counter,
+            "messages queued for the writer",
+            &i.received,
+        ),
+        (
+            "ingest_messages_stored_total",
+            Counter,
+            "messages durable in the write-ahead log and acknowledged",
+            &i.messages_stored,
+        ),
+        (
+            "ingest_observations_logged_total",
+            Counter,
+            "observations appended to the write-ahead log",
+            &i.observations_logged,
+        ),
+        (
+            "ingest_observations_stored_total",
+            Counter,
+            "observations written to personal.db",
+            &i.observations_stored,
+        ),
+        (
+            "ingest_duplicates_total",
+            Counter,
+            "observations whose (device, metric, time) was already stored",
+            &i.duplicates,
+        ),
+        (
+            "ingest_dead_lettered_total",
+            Counter,
+            "messages dead-lettered with a reason",
+            &i.dead_lettered,
+        ),
+        (
+            "ingest_store_errors_total",
+            Counter,
+            "failed store writes (retried)",
+            &i.store_errors,
+        ),
+        (
+            "ingest_notices_dropped_total",
+            Counter,
+            "hub publishes (device errors, live observations) dropped because their queue was full",
+            &i.notices_dropped,
+        ),
+        (
+            "ingest_refused_no_consent_total",
+            Counter,
+            "observations refused for lack of collection consent",
+            &i.refused_no_consent,
+        ),
+        (
+            "ingest_erased_total",
+            Counter,
+            "observations erased on request",
+            &i.erased,
+        ),
+        (
+            "ingest_shared_stored_total",
+            Counter,
+            "pseudonymized observations written to the shared store",
+            &i.shared_stored,
+        ),
+        (
+            "wal_bytes",
+            Gauge,
+            "bytes the write-ahead log holds",
+            &i.wal_bytes,
+        ),
+        (
+            "wal_full",
+            Gauge,
+            "1 while the write-ahead log is full and acknowledgements are withheld",
+            &i.wal_full,
+        ),
+        (
+            "wal_full_episodes_total",
+            Counter,
+            "times the write-ahead log became full",
+            &i.wal_full_episodes,
+        ),
+        (
+            "wal_refused_log_full_total",
+            Counter,
+            "MQTT 5 publishes answered 0x97 because the log was full",
+            &i.refused_log_full,
+        ),
+        (
+            "wal_errors_total",
+            Counter,
+            "failed log writes or fsyncs (retried)",
+            &i.wal_errors,
+        ),
+        (
+            "wal_quarantined_segments",
+            Gauge,
+            "damaged log segments set aside at start",
+            &i.wal_quarantined,
+        ),
+        (
+            "influxdb_points_total",
+            Counter,
+            "points InfluxDB accepted",
+            &i.influx_points,
+        ),
+        (
+            "influxdb_retries_total",
+            Counter,
+            "failed InfluxDB writes that were retried",
+            &i.influx_retries,
+        ),
+        (
+            "influxdb_rejected_total",
+            Counter,
+            "rows InfluxDB refused (dead-lettered)",
+            &i.influx_rejected,
+        ),
+        (
+            "windows_computed_total",
+            Counter,
+            "sleep days and step days computed",
+            &i.windows_computed,
+        ),
+        (
+            "windows_refused_total",
+            Counter,
+            "windowed outputs the pipeline refused",
+            &i.windows_refused,
+        ),
+    ];
+    let mut out = String::with_capacity(4096);
+    for (name, kind, help, value) in entries {
+        let kind = match kind {
+            Counter => "counter",
+            Gauge => "gauge",
+        };
+        let _ = writeln!(out, "# HELP kenko_{name} {help}");
+        let _ = writeln!(out, "# TYPE kenko_{name} {kind}");
+        let _ = writeln!(out, "kenko_{name} {}", value.load(Ordering::Relaxed));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_has_help_type_and_a_value() {
+        let broker = BrokerStats::default();
+        broker.receive_maximum_exceeded.store(3, Ordering::Relaxed);
+        let ingest = IngestStats::default();
+        ingest.wal_full.store(1, Ordering::Relaxed);
+        let text = render(&broker, &ingest);
+        assert!(
+            text.contains("kenko_mqtt_receive_maximum_exceeded_total 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE kenko_wal_full gauge\nkenko_wal_full 1\n"),
+            "{text}"
+        );
+        let samples = text.lines().filter(|l| !l.starts_with('#')).count();
+        let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
+        assert_eq!(samples, types);
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = line.split_once(' ').expect("name value");
+            assert!(
+                name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                "{name}"
+            );
+            value.parse::<u64>().expect("a number");
+        }
+    }
+}
