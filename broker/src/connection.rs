@@ -172,7 +172,13 @@ async fn handshake(
     };
     let codec = Codec::new(version, config.max_packet_size);
     let (connect, will, will_props, login) = match codec.read(&mut buf) {
-        Ok(Some(Packet::Connect(connect, _props, will, will_props, login))) => {
+        Ok(Some(Packet::Connect(connect, props, will, mut will_props, login))) => {
+            // MQTT-3.1.3-9: the will waits for its delay or the end of the session, whichever
+            // comes first; a session without an expiry interval ends with the connection.
+            let session_expiry = props.and_then(|p| p.session_expiry_interval).unwrap_or(0);
+            if let Some(p) = will_props.as_mut() {
+                p.delay_interval = p.delay_interval.map(|d| d.min(session_expiry));
+            }
             (connect, will, will_props, login)
         }
         other => {

@@ -854,7 +854,12 @@ impl Session {
             return;
         }
         if let (true, Some((will, props))) = (publish_will, self.will.take()) {
-            self.publish_will(will, props);
+            match props.as_ref().and_then(|p| p.delay_interval).unwrap_or(0) {
+                0 => self.publish_will(will, props),
+                // A takeover is a new connection to the session within the delay: no will.
+                _ if end == End::TakenOver => debug!("will dropped: the session was taken over"),
+                delay => self.delay_will(will, props, delay),
+            }
         }
         let normal = protocol::Disconnect {
             reason_code: DisconnectReasonCode::NormalDisconnection,
@@ -865,8 +870,56 @@ impl Session {
         // Dropping the registration lets a connection that takes this client id over proceed.
     }
 
+    /// Publishes the will after `delay` seconds (MQTT 5 Will Delay Interval, already capped
+    /// at the session's expiry) through a router link of its own, unless the client connects
+    /// again first. The ACL decides now, as for a will without delay.
+    fn delay_will(&mut self, will: LastWill, props: Option<LastWillProperties>, delay: u32) {
+        let Some(packet) = self.will_packet(will, props) else {
+            return;
+        };
+        info!(delay_s = delay, "will delayed");
+        let sessions = self.shared.sessions.clone();
+        let router = self.shared.router.clone();
+        let shutdown = self.shared.shutdown.clone();
+        let client_id = self.peer.client_id.clone();
+        let token = sessions.delay_will(client_id.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => {}
+                _ = token.cancelled() => return debug!(%client_id, "delayed will cancelled: the client is back"),
+                _ = shutdown.cancelled() => return,
+            }
+            if !sessions.will_due(&client_id, &token) {
+                return;
+            }
+            // Client ids may not hold spaces (the router refuses + $ # /), so this one is never
+            // a client's.
+            let link_id = format!("{client_id} will");
+            let linked = tokio::task::spawn_blocking(move || router.link(&link_id, true)).await;
+            let Ok(Ok((mut tx, _rx, _))) = linked else {
+                return warn!(%client_id, "delayed will not published: no router link");
+            };
+            let done = protocol::Disconnect {
+                reason_code: DisconnectReasonCode::NormalDisconnection,
+            };
+            for packet in [packet, Packet::Disconnect(done, None)] {
+                if tx.send(packet).await.is_err() {
+                    return warn!(%client_id, "delayed will not published: router gone");
+                }
+            }
+            info!(%client_id, "delayed will published");
+        });
+    }
+
     /// Hands the will to the router if the rules in force now still allow it.
     fn publish_will(&mut self, will: LastWill, props: Option<LastWillProperties>) {
+        if let Some(packet) = self.will_packet(will, props) {
+            self.to_router.push(packet);
+        }
+    }
+
+    /// The will as a PUBLISH, if the rules in force now still allow it.
+    fn will_packet(&mut self, will: LastWill, props: Option<LastWillProperties>) -> Option<Packet> {
         let topic = String::from_utf8_lossy(&will.topic).into_owned();
         let request = Request::Publish {
             topic: &topic,
@@ -875,20 +928,17 @@ impl Session {
         };
         if !self.acl.decide(&self.peer.principal(), &request).allowed {
             warn!(topic, "will not published: the ACL no longer allows it");
-            return;
+            return None;
         }
-        {
-            info!(topic, "publishing will");
-            // rumqttd's router holds a QoS 2 publish until PUBREL, which a will never gets.
-            let qos = if will.qos == QoS::AtMostOnce {
-                QoS::AtMostOnce
-            } else {
-                QoS::AtLeastOnce
-            };
-            let packet = publish(will.topic, will.message, qos, 1, will.retain);
-            self.to_router
-                .push(Packet::Publish(packet, will_publish_properties(props)));
-        }
+        info!(topic, "publishing will");
+        // rumqttd's router holds a QoS 2 publish until PUBREL, which a will never gets.
+        let qos = if will.qos == QoS::AtMostOnce {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        let packet = publish(will.topic, will.message, qos, 1, will.retain);
+        Some(Packet::Publish(packet, will_publish_properties(props)))
     }
 
     /// At shutdown: write the acknowledgements of telemetry already handed to the pipeline.

@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 pub(crate) struct Sessions {
     live: Mutex<HashMap<Arc<str>, Slot>>,
     serial: AtomicU64,
+    /// Wills waiting out their delay, by client id: a new connection with the id cancels it.
+    wills: Mutex<HashMap<Arc<str>, CancellationToken>>,
 }
 
 struct Slot {
@@ -55,6 +57,11 @@ impl Sessions {
         wait: Duration,
     ) -> Result<Registration, Refused> {
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
+        // MQTT-3.1.3-9: a new connection to the session before the will's delay has passed
+        // means the will is not sent.
+        if let Some(will) = self.lock_wills().remove(&client_id) {
+            will.cancel();
+        }
         let takeover = CancellationToken::new();
         let (done_tx, done_rx) = watch::channel(false);
         let previous = {
@@ -94,6 +101,28 @@ impl Sessions {
 
     pub(crate) fn len(&self) -> usize {
         self.lock().len()
+    }
+
+    /// Notes a will waiting for its delay; the token is cancelled if `client_id` connects
+    /// again first.
+    pub(crate) fn delay_will(&self, client_id: Arc<str>) -> CancellationToken {
+        let token = CancellationToken::new();
+        if let Some(older) = self.lock_wills().insert(client_id, token.clone()) {
+            older.cancel();
+        }
+        token
+    }
+
+    /// Whether the delayed will behind `token` is still due: neither a new connection with
+    /// its client id nor a newer delayed will came first. Forgets it.
+    pub(crate) fn will_due(&self, client_id: &str, token: &CancellationToken) -> bool {
+        let mut wills = self.lock_wills();
+        // A newer will cancels the older token; a new connection removes the entry.
+        !token.is_cancelled() && wills.remove(client_id).is_some()
+    }
+
+    fn lock_wills(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, CancellationToken>> {
+        self.wills.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Slot>> {

@@ -218,3 +218,428 @@ fn varint(bytes: &[u8]) -> (usize, usize) {
     }
     (value, 4)
 }
+
+// ---------------------------------------------------------------------------------------------
+// Every field chosen by the caller: for the conformance suites, which must send exactly what a
+// clause talks about and read back every property.
+
+/// An MQTT 5 property as read from a packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prop {
+    Byte(u8),
+    U16(u16),
+    U32(u32),
+    VarInt(usize),
+    Str(String),
+    Bin(Vec<u8>),
+    Pair(String, String),
+}
+
+/// MQTT 5 property identifiers used by the suites.
+pub mod prop {
+    pub const PAYLOAD_FORMAT_INDICATOR: u8 = 0x01;
+    pub const MESSAGE_EXPIRY_INTERVAL: u8 = 0x02;
+    pub const CONTENT_TYPE: u8 = 0x03;
+    pub const RESPONSE_TOPIC: u8 = 0x08;
+    pub const CORRELATION_DATA: u8 = 0x09;
+    pub const SUBSCRIPTION_IDENTIFIER: u8 = 0x0b;
+    pub const SESSION_EXPIRY_INTERVAL: u8 = 0x11;
+    pub const ASSIGNED_CLIENT_IDENTIFIER: u8 = 0x12;
+    pub const SERVER_KEEP_ALIVE: u8 = 0x13;
+    pub const REQUEST_RESPONSE_INFORMATION: u8 = 0x19;
+    pub const RESPONSE_INFORMATION: u8 = 0x1a;
+    pub const REASON_STRING: u8 = 0x1f;
+    pub const RECEIVE_MAXIMUM: u8 = 0x21;
+    pub const TOPIC_ALIAS_MAXIMUM: u8 = 0x22;
+    pub const TOPIC_ALIAS: u8 = 0x23;
+    pub const MAXIMUM_QOS: u8 = 0x24;
+    pub const RETAIN_AVAILABLE: u8 = 0x25;
+    pub const USER_PROPERTY: u8 = 0x26;
+    pub const MAXIMUM_PACKET_SIZE: u8 = 0x27;
+    pub const WILDCARD_SUBSCRIPTION_AVAILABLE: u8 = 0x28;
+    pub const SUBSCRIPTION_IDENTIFIER_AVAILABLE: u8 = 0x29;
+    pub const SHARED_SUBSCRIPTION_AVAILABLE: u8 = 0x2a;
+    pub const WILL_DELAY_INTERVAL: u8 = 0x18;
+}
+
+/// Encodes MQTT 5 properties (without the length in front).
+#[derive(Debug, Default, Clone)]
+pub struct Props(pub Vec<u8>);
+
+impl Props {
+    pub fn new() -> Props {
+        Props::default()
+    }
+    pub fn byte(mut self, id: u8, v: u8) -> Props {
+        self.0.extend_from_slice(&[id, v]);
+        self
+    }
+    pub fn u16(mut self, id: u8, v: u16) -> Props {
+        self.0.push(id);
+        self.0.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+    pub fn u32(mut self, id: u8, v: u32) -> Props {
+        self.0.push(id);
+        self.0.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+    pub fn varint(mut self, id: u8, v: usize) -> Props {
+        self.0.push(id);
+        remaining_length(v, &mut self.0);
+        self
+    }
+    pub fn str(mut self, id: u8, v: &str) -> Props {
+        self.0.push(id);
+        string(v.as_bytes(), &mut self.0);
+        self
+    }
+    pub fn bin(mut self, id: u8, v: &[u8]) -> Props {
+        self.0.push(id);
+        string(v, &mut self.0);
+        self
+    }
+    pub fn pair(mut self, key: &str, value: &str) -> Props {
+        self.0.push(prop::USER_PROPERTY);
+        string(key.as_bytes(), &mut self.0);
+        string(value.as_bytes(), &mut self.0);
+        self
+    }
+    /// Length-prefixed, as the packet carries them.
+    fn encoded(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        remaining_length(self.0.len(), &mut out);
+        out.extend_from_slice(&self.0);
+        out
+    }
+}
+
+/// Decodes a property block (without its length). Unknown identifiers end the decoding.
+pub fn parse_props(mut bytes: &[u8]) -> Vec<(u8, Prop)> {
+    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, tail) = (bytes.get(..n)?, bytes.get(n..)?);
+        *bytes = tail;
+        Some(head)
+    }
+    fn text(bytes: &mut &[u8]) -> Option<Vec<u8>> {
+        let len = take(bytes, 2)?;
+        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        take(bytes, len).map(<[u8]>::to_vec)
+    }
+    let mut out = Vec::new();
+    while let Some((&id, rest)) = bytes.split_first() {
+        bytes = rest;
+        let value = match id {
+            0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2a => {
+                take(&mut bytes, 1).map(|b| Prop::Byte(b[0]))
+            }
+            0x13 | 0x21 | 0x22 | 0x23 => {
+                take(&mut bytes, 2).map(|b| Prop::U16(u16::from_be_bytes([b[0], b[1]])))
+            }
+            0x02 | 0x11 | 0x18 | 0x27 => {
+                take(&mut bytes, 4).map(|b| Prop::U32(u32::from_be_bytes([b[0], b[1], b[2], b[3]])))
+            }
+            0x0b => {
+                let (v, used) = varint(bytes);
+                bytes = &bytes[used.min(bytes.len())..];
+                Some(Prop::VarInt(v))
+            }
+            0x03 | 0x08 | 0x12 | 0x15 | 0x1a | 0x1c | 0x1f => {
+                text(&mut bytes).map(|b| Prop::Str(String::from_utf8_lossy(&b).into_owned()))
+            }
+            0x09 | 0x16 => text(&mut bytes).map(Prop::Bin),
+            0x26 => text(&mut bytes).and_then(|k| {
+                text(&mut bytes).map(|v| {
+                    Prop::Pair(
+                        String::from_utf8_lossy(&k).into_owned(),
+                        String::from_utf8_lossy(&v).into_owned(),
+                    )
+                })
+            }),
+            _ => None,
+        };
+        match value {
+            Some(v) => out.push((id, v)),
+            None => break,
+        }
+    }
+    out
+}
+
+/// The first property `id` in `props`.
+pub fn find_prop(props: &[(u8, Prop)], id: u8) -> Option<&Prop> {
+    props.iter().find(|(i, _)| *i == id).map(|(_, v)| v)
+}
+
+/// Reads a property block with its length at the start of `bytes`; returns it and the bytes
+/// used.
+fn props_at(bytes: &[u8]) -> (Vec<(u8, Prop)>, usize) {
+    let (len, used) = varint(bytes);
+    let end = (used + len).min(bytes.len());
+    (parse_props(&bytes[used..end]), end)
+}
+
+/// A will for [`connect_with`].
+#[derive(Debug, Clone, Default)]
+pub struct Will<'a> {
+    pub topic: &'a str,
+    pub payload: &'a [u8],
+    pub qos: u8,
+    pub retain: bool,
+    /// v5 will properties.
+    pub props: Props,
+}
+
+/// A CONNECT with every field given: `flags_extra` is ORed into the connect flags (to set
+/// the reserved bit, say), `props` are v5 CONNECT properties.
+#[allow(clippy::too_many_arguments)]
+pub fn connect_with(
+    v5: bool,
+    client_id: &str,
+    clean: bool,
+    keep_alive: u16,
+    props: &Props,
+    will: Option<&Will>,
+    flags_extra: u8,
+) -> Vec<u8> {
+    let mut body = Vec::new();
+    string(b"MQTT", &mut body);
+    body.push(if v5 { 5 } else { 4 });
+    let mut flags = flags_extra;
+    if clean {
+        flags |= 0x02;
+    }
+    if let Some(w) = will {
+        flags |= 0x04 | (w.qos << 3);
+        if w.retain {
+            flags |= 0x20;
+        }
+    }
+    body.push(flags);
+    body.extend_from_slice(&keep_alive.to_be_bytes());
+    if v5 {
+        body.extend_from_slice(&props.encoded());
+    }
+    string(client_id.as_bytes(), &mut body);
+    if let Some(w) = will {
+        if v5 {
+            body.extend_from_slice(&w.props.encoded());
+        }
+        string(w.topic.as_bytes(), &mut body);
+        string(w.payload, &mut body);
+    }
+    packet(0x10, &body)
+}
+
+/// PUBLISH with every field given (`pkid` is left out at QoS 0).
+#[allow(clippy::too_many_arguments)]
+pub fn publish_with(
+    v5: bool,
+    topic: &str,
+    qos: u8,
+    retain: bool,
+    dup: bool,
+    pkid: u16,
+    props: &Props,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut body = Vec::new();
+    string(topic.as_bytes(), &mut body);
+    if qos > 0 {
+        body.extend_from_slice(&pkid.to_be_bytes());
+    }
+    if v5 {
+        body.extend_from_slice(&props.encoded());
+    }
+    body.extend_from_slice(payload);
+    let header = 0x30 | (u8::from(dup) << 3) | (qos << 1) | u8::from(retain);
+    packet(header, &body)
+}
+
+/// PUBACK (0x40), PUBREC (0x50), PUBREL (0x62) or PUBCOMP (0x70) for `pkid`, reason success.
+pub fn ack(header: u8, pkid: u16) -> Vec<u8> {
+    packet(header, &pkid.to_be_bytes())
+}
+
+/// SUBSCRIBE with each filter's options byte (QoS in bits 0-1; v5: no-local 0x04,
+/// retain-as-published 0x08, retain handling in bits 4-5) and v5 properties.
+pub fn subscribe_with(v5: bool, pkid: u16, filters: &[(&str, u8)], props: &Props) -> Vec<u8> {
+    let mut body = pkid.to_be_bytes().to_vec();
+    if v5 {
+        body.extend_from_slice(&props.encoded());
+    }
+    for (f, options) in filters {
+        string(f.as_bytes(), &mut body);
+        body.push(*options);
+    }
+    packet(0x82, &body)
+}
+
+/// UNSUBSCRIBE with packet id `pkid`.
+pub fn unsubscribe(v5: bool, pkid: u16, filters: &[&str]) -> Vec<u8> {
+    let mut body = pkid.to_be_bytes().to_vec();
+    if v5 {
+        body.push(0);
+    }
+    for f in filters {
+        string(f.as_bytes(), &mut body);
+    }
+    packet(0xa2, &body)
+}
+
+/// DISCONNECT; v5 with `reason`.
+pub fn disconnect(v5: bool, reason: u8) -> Vec<u8> {
+    if v5 {
+        packet(0xe0, &[reason, 0])
+    } else {
+        packet(0xe0, &[])
+    }
+}
+
+/// A PUBLISH as read.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub qos: u8,
+    pub retain: bool,
+    pub dup: bool,
+    pub topic: String,
+    pub pkid: u16,
+    pub props: Vec<(u8, Prop)>,
+    pub payload: Vec<u8>,
+}
+
+impl Raw {
+    /// CONNACK: session present, return / reason code, v5 properties.
+    pub fn connack(&self, v5: bool) -> (bool, u8, Vec<(u8, Prop)>) {
+        let present = self.body.first().is_some_and(|b| b & 1 == 1);
+        let code = self.body.get(1).copied().unwrap_or(0xff);
+        let props = if v5 && self.body.len() > 2 {
+            props_at(&self.body[2..]).0
+        } else {
+            Vec::new()
+        };
+        (present, code, props)
+    }
+
+    /// A PUBLISH's parts.
+    pub fn publish(&self, v5: bool) -> Delivery {
+        let qos = (self.header >> 1) & 3;
+        let b = &self.body;
+        let tlen = usize::from(u16::from_be_bytes([b[0], b[1]]));
+        let topic = String::from_utf8_lossy(&b[2..2 + tlen]).into_owned();
+        let mut at = 2 + tlen;
+        let mut pkid = 0;
+        if qos > 0 {
+            pkid = u16::from_be_bytes([b[at], b[at + 1]]);
+            at += 2;
+        }
+        let mut props = Vec::new();
+        if v5 {
+            let (p, used) = props_at(&b[at..]);
+            props = p;
+            at += used;
+        }
+        Delivery {
+            qos,
+            retain: self.header & 1 == 1,
+            dup: self.header & 8 == 8,
+            topic,
+            pkid,
+            props,
+            payload: b[at..].to_vec(),
+        }
+    }
+
+    /// Packet id of an acknowledgement (PUBACK … UNSUBACK).
+    pub fn pkid(&self) -> u16 {
+        u16::from_be_bytes([self.body[0], self.body[1]])
+    }
+
+    /// Reason code of a v5 PUBACK/PUBREC/PUBREL/PUBCOMP (success when left out).
+    pub fn ack_reason(&self) -> u8 {
+        self.body.get(2).copied().unwrap_or(0)
+    }
+
+    /// Reason code of a v5 DISCONNECT (normal when left out).
+    pub fn disconnect_reason(&self) -> u8 {
+        self.body.first().copied().unwrap_or(0)
+    }
+
+    /// The reason codes of a SUBACK or v5 UNSUBACK (after the properties).
+    pub fn codes(&self, v5: bool) -> Vec<u8> {
+        let mut at = 2;
+        if v5 {
+            at += props_at(&self.body[2..]).1;
+        }
+        self.body[at..].to_vec()
+    }
+}
+
+impl Conn {
+    /// Opens a connection and sends `connect`; returns the connection and its CONNACK.
+    pub fn handshake(addr: SocketAddr, v5: bool, connect: &[u8]) -> anyhow::Result<(Conn, Raw)> {
+        let mut conn = Conn::open(addr, v5)?;
+        conn.send(connect)?;
+        let ack = conn.read()?;
+        if ack.kind() != 2 {
+            bail!("expected CONNACK, got {ack:?}");
+        }
+        Ok((conn, ack))
+    }
+
+    /// The next packet within `limit`, or `None` if none came (or the connection closed).
+    pub fn read_within(&mut self, limit: Duration) -> Option<Raw> {
+        let _ = self.stream.set_read_timeout(Some(limit));
+        let got = self.read().ok();
+        let _ = self.stream.set_read_timeout(Some(Duration::from_secs(10)));
+        got
+    }
+
+    /// Reads until a packet of `kind` arrives, within `limit`; other packets are dropped.
+    pub fn read_kind_within(&mut self, kind: u8, limit: Duration) -> Option<Raw> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            match self.read_within(left) {
+                Some(p) if p.kind() == kind => return Some(p),
+                Some(_) => continue,
+                None => return None,
+            }
+        }
+    }
+
+    /// Subscribes with options and properties and returns the whole SUBACK.
+    pub fn subscribe_with(
+        &mut self,
+        pkid: u16,
+        filters: &[(&str, u8)],
+        props: &Props,
+    ) -> anyhow::Result<Raw> {
+        self.send(&subscribe_with(self.v5, pkid, filters, props))?;
+        self.read_kind(9)
+    }
+
+    /// How the connection ended within `limit`: `Some(reason)` for a DISCONNECT (0 in 3.1.1),
+    /// `Some(0xff)` for a close without DISCONNECT, `None` if it is still open.
+    pub fn end_within(&mut self, limit: Duration) -> Option<u8> {
+        let _ = self.stream.set_read_timeout(Some(limit));
+        loop {
+            match self.read() {
+                Ok(p) if p.kind() == 14 => return Some(p.disconnect_reason()),
+                Ok(_) => continue,
+                Err(e) => {
+                    let eof = e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                        matches!(
+                            io.kind(),
+                            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                        )
+                    });
+                    return eof.then_some(0xff);
+                }
+            }
+        }
+    }
+}
