@@ -887,6 +887,7 @@ mod tests {
         assert_eq!(config.ingest, IngestConfig::default());
         assert_eq!(config.auth, AuthConfig::default());
         assert_eq!(config.wal, WalConfig::default());
+        assert_eq!(config.windows, WindowsConfig::default());
         assert_eq!(config.devices.len(), 2);
         assert_eq!(config.principals.len(), 1);
     }
