@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::raw::{self, find_prop, parse_props, Conn, Prop, Props};
+use common::raw::{self, find_prop, parse_props, varint, Conn, Prop, Props};
 use common::Hub;
 
 /// Anonymous clients may use every non-$ topic (config/interop-acl.toml); an operator may
@@ -52,17 +52,6 @@ fn connect_v5(
     Ok((conn, props))
 }
 
-fn varint(bytes: &[u8]) -> (usize, usize) {
-    let mut value = 0usize;
-    for (i, b) in bytes.iter().enumerate().take(4) {
-        value |= usize::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return (value, i + 1);
-        }
-    }
-    (value, 4)
-}
-
 /// The reason code of a DISCONNECT the hub sends, or `None` if it just closes.
 fn disconnect_reason(conn: &mut Conn) -> anyhow::Result<Option<u8>> {
     conn.stream
@@ -82,7 +71,7 @@ fn metrics(addr: SocketAddr, principal: Option<&str>) -> anyhow::Result<(u16, St
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(p) = principal {
-        let token = base64(format!("{p}:{}", common::password(p)).as_bytes());
+        let token = common::base64_encode(format!("{p}:{}", common::password(p)).as_bytes());
         request.push_str(&format!("Authorization: Basic {token}\r\n"));
     }
     request.push_str("\r\n");
@@ -96,20 +85,6 @@ fn metrics(addr: SocketAddr, principal: Option<&str>) -> anyhow::Result<(u16, St
         .unwrap_or(0);
     let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     Ok((status, body.to_owned()))
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n =
-            chunk.iter().fold(0u32, |acc, b| acc << 8 | u32::from(*b)) << (8 * (3 - chunk.len()));
-        for i in 0..=chunk.len() {
-            out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-        out.extend(std::iter::repeat_n('=', 3 - chunk.len()));
-    }
-    out
 }
 
 /// The value of counter `name` in a metrics body.
@@ -195,26 +170,7 @@ fn fast_publishers_are_pushed_back_not_dropped() -> anyhow::Result<()> {
 
 /// PUBLISH at QoS 0 with v5 properties.
 fn publish_v5(topic: &str, props: &Props, payload: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
-    body.extend_from_slice(topic.as_bytes());
-    let mut len = Vec::new();
-    let mut n = props.0.len();
-    loop {
-        let mut byte = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            byte |= 0x80;
-        }
-        len.push(byte);
-        if n == 0 {
-            break;
-        }
-    }
-    body.extend_from_slice(&len);
-    body.extend_from_slice(&props.0);
-    body.extend_from_slice(payload);
-    raw::packet(0x30, &body)
+    raw::publish_with(true, topic, 0, false, false, 0, props, payload)
 }
 
 /// The topic and payload of a QoS 0 PUBLISH body (v5, properties skipped).

@@ -139,6 +139,19 @@ fn steps(at: i64, seq: u64, steps: u32) -> (String, Vec<u8>) {
     )
 }
 
+/// The wearable's stored daily step totals, oldest first.
+fn daily_steps(hub: &Hub) -> anyhow::Result<Vec<f64>> {
+    let rows = hub.query(&[
+        "--metric",
+        "daily_steps",
+        "--device",
+        "wearable-001",
+        "--from",
+        "-30d",
+    ])?;
+    Ok(rows.iter().filter_map(|r| r["value"].as_f64()).collect())
+}
+
 fn one(hub: &Hub, metric: &str, device: &str) -> anyhow::Result<Option<(i64, f64)>> {
     let rows = hub.query(&["--metric", metric, "--device", device, "--from", "-30d"])?;
     anyhow::ensure!(rows.len() <= 1, "one value per window: {rows:?}");
@@ -188,18 +201,10 @@ async fn a_night_and_a_day_of_steps_become_stored_summaries() -> anyhow::Result<
     );
 
     let daily = common::eventually(Duration::from_secs(30), || {
-        let rows = hub.query(&[
-            "--metric",
-            "daily_steps",
-            "--device",
-            "wearable-001",
-            "--from",
-            "-30d",
-        ])?;
-        Ok((rows.len() == 2).then_some(rows))
+        let values = daily_steps(&hub)?;
+        Ok((values.len() == 2).then_some(values))
     })?;
-    let values: Vec<f64> = daily.iter().filter_map(|r| r["value"].as_f64()).collect();
-    assert_eq!(values, vec![250.0, 1000.0], "{daily:?}");
+    assert_eq!(daily, vec![250.0, 1000.0]);
 
     // Late steps for the first day (within the horizon): the total is computed again.
     let (client, eventloop) = hub.device("wearable-001");
@@ -210,15 +215,7 @@ async fn a_night_and_a_day_of_steps_become_stored_summaries() -> anyhow::Result<
     )
     .await?;
     common::eventually(Duration::from_secs(30), || {
-        let rows = hub.query(&[
-            "--metric",
-            "daily_steps",
-            "--device",
-            "wearable-001",
-            "--from",
-            "-30d",
-        ])?;
-        let values: Vec<f64> = rows.iter().filter_map(|r| r["value"].as_f64()).collect();
+        let values = daily_steps(&hub)?;
         Ok((values == vec![250.0, 1500.0]).then_some(()))
     })?;
     hub.terminate()

@@ -63,17 +63,13 @@ const fn info(
     }
 }
 
-const fn derived(
-    metric: Metric,
-    name: &'static str,
-    id: u8,
-    loinc: &'static str,
-    unit: &'static str,
-    plausible: (f64, f64),
-) -> Info {
-    Info {
-        derived: true,
-        ..info(metric, name, id, loinc, unit, plausible)
+impl Info {
+    /// Computed by the hub, never sent by a device.
+    const fn derived(self) -> Info {
+        Info {
+            derived: true,
+            ..self
+        }
     }
 }
 
@@ -178,46 +174,51 @@ const CATALOGUE: [Info; 19] = [
         "mg/dL",
         (10.0, 1_000.0),
     ),
-    derived(
+    info(
         Metric::SleepTimeInBed,
         "sleep_time_in_bed",
         15,
         "local",
         "min",
         (0.0, 1_440.0),
-    ),
-    derived(
+    )
+    .derived(),
+    info(
         Metric::SleepTime,
         "sleep_time",
         16,
         "93832-4",
         "min",
         (0.0, 1_440.0),
-    ),
-    derived(
+    )
+    .derived(),
+    info(
         Metric::SleepEfficiency,
         "sleep_efficiency",
         17,
         "local",
         "%",
         (0.0, 100.0),
-    ),
-    derived(
+    )
+    .derived(),
+    info(
         Metric::SleepAwakenings,
         "sleep_awakenings",
         18,
         "local",
         "{count}",
         (0.0, 1_440.0),
-    ),
-    derived(
+    )
+    .derived(),
+    info(
         Metric::DailySteps,
         "daily_steps",
         19,
         "41950-7",
         "{steps}",
         (0.0, 200_000.0),
-    ),
+    )
+    .derived(),
 ];
 
 impl Metric {

@@ -6,12 +6,10 @@
 
 use std::hint::black_box;
 use std::path::Path;
-use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use kenko_config::{DeviceKind, Plausibility};
-use kenko_devices::{DeviceEntry, Profiles};
-use kenko_ingest::decode::{decode, Context, TimeLimits, Zones};
+use kenko_devices::Profiles;
+use kenko_ingest::decode::Standalone;
 
 /// 2026-11-25T12:00:00Z, the golden files' clock.
 const RECEIVED_MS: i64 = 1_795_608_000_000;
@@ -53,30 +51,16 @@ fn decode_per_profile(c: &mut Criterion) {
     let mut group = c.benchmark_group("decode+normalize");
     group.throughput(Throughput::Elements(1));
     for name in names {
-        let profile = profiles.get(name).expect("profile");
-        let device = DeviceEntry {
-            id: Arc::from("dev-001"),
-            kind: profile.kind.unwrap_or(DeviceKind::Bed),
-            citizen: Arc::from("citizen-001"),
-            profile: Arc::from(name),
-            timezone: None,
-        };
-        let zones = Zones::resolve("Asia/Tokyo", [&device]).expect("zones");
-        let ctx = Context {
-            device: &device,
-            profile,
-            zones: &zones,
-            received_ms: RECEIVED_MS,
-            plausibility: Plausibility::Flag,
-            limits: TimeLimits::default(),
-            derived: false,
-        };
+        let profile = profiles.get(name).cloned().expect("profile");
+        let decoder = Standalone::new(profile, "Asia/Tokyo").expect("zone");
         let payload = payload(name);
         let mut out = Vec::with_capacity(64);
         group.bench_function(format!("{name} ({} B)", payload.len()), |b| {
             b.iter(|| {
                 out.clear();
-                decode(&ctx, black_box(&payload), &mut out).expect("decodes");
+                decoder
+                    .decode(black_box(&payload), RECEIVED_MS, &mut out)
+                    .expect("decodes");
                 black_box(out.len())
             })
         });

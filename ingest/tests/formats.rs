@@ -1,11 +1,8 @@
 //! Property tests of decoding: the same readings sent as a vendor's JSON and as kenko's
 //! protobuf give identical canonical observations, and unit conversions lose nothing.
 
-use std::sync::Arc;
-
-use kenko_config::{DeviceKind, Plausibility};
-use kenko_devices::{DeviceEntry, Metric, Profiles, SleepStage};
-use kenko_ingest::decode::{decode, Context, TimeLimits, Zones};
+use kenko_devices::{Metric, Profiles, SleepStage};
+use kenko_ingest::decode::Standalone;
 use kenko_ingest::Observation;
 use kenko_proto::telemetry::{Reading, Sample, Telemetry};
 use proptest::prelude::*;
@@ -15,27 +12,11 @@ use prost::Message;
 const RECEIVED_MS: i64 = 1_795_608_000_000;
 
 fn run(profile: &str, payload: &[u8]) -> Result<Vec<Observation>, String> {
-    let profiles = Profiles::builtin();
-    let profile = profiles.get(profile).expect("profile");
-    let device = DeviceEntry {
-        id: Arc::from("dev-001"),
-        kind: DeviceKind::Bed,
-        citizen: Arc::from("citizen-001"),
-        profile: Arc::from(&*profile.name),
-        timezone: None,
-    };
-    let zones = Zones::resolve("Asia/Tokyo", [&device]).expect("zones");
-    let ctx = Context {
-        device: &device,
-        profile,
-        zones: &zones,
-        received_ms: RECEIVED_MS,
-        plausibility: Plausibility::Flag,
-        limits: TimeLimits::default(),
-        derived: false,
-    };
+    let profile = Profiles::builtin().get(profile).cloned().expect("profile");
+    let decoder = Standalone::new(profile, "Asia/Tokyo").expect("zone");
     let mut out = Vec::new();
-    decode(&ctx, payload, &mut out)
+    decoder
+        .decode(payload, RECEIVED_MS, &mut out)
         .map(|()| out)
         .map_err(|r| r.message)
 }

@@ -8,11 +8,9 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use kenko_config::{DeviceKind, Plausibility};
-use kenko_devices::{DeviceEntry, Profiles};
-use kenko_ingest::decode::{decode, Context, TimeLimits, Zones};
+use kenko_devices::Profiles;
+use kenko_ingest::decode::Standalone;
 
 /// 2026-11-25T12:00:00Z.
 const RECEIVED_MS: i64 = 1_795_608_000_000;
@@ -22,30 +20,14 @@ fn golden_dir() -> PathBuf {
 }
 
 fn render(profile: &str, payload: &[u8]) -> String {
-    let profiles = Profiles::builtin();
-    let profile = profiles
+    let profile = Profiles::builtin()
         .get(profile)
+        .cloned()
         .expect("a directory per built-in profile");
-    let device = DeviceEntry {
-        id: Arc::from("dev-001"),
-        kind: profile.kind.unwrap_or(DeviceKind::Bed),
-        citizen: Arc::from("citizen-001"),
-        profile: Arc::from(&*profile.name),
-        timezone: None,
-    };
-    let zones = Zones::resolve("Asia/Tokyo", [&device]).expect("zones");
-    let ctx = Context {
-        device: &device,
-        profile,
-        zones: &zones,
-        received_ms: RECEIVED_MS,
-        plausibility: Plausibility::Flag,
-        limits: TimeLimits::default(),
-        derived: false,
-    };
+    let decoder = Standalone::new(profile, "Asia/Tokyo").expect("zone");
     let mut out = Vec::new();
     let mut text = String::new();
-    match decode(&ctx, payload, &mut out) {
+    match decoder.decode(payload, RECEIVED_MS, &mut out) {
         Ok(()) => {
             for o in &out {
                 let time = jiff::Timestamp::from_millisecond(o.time_ms).expect("valid time");

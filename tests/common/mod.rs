@@ -304,7 +304,8 @@ pub fn http(
     Ok((status, json))
 }
 
-fn base64_encode(bytes: &[u8]) -> String {
+/// Standard base64 with padding (HTTP Basic credentials).
+pub fn base64_encode(bytes: &[u8]) -> String {
     const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
@@ -419,4 +420,68 @@ pub fn eventually<T>(
 /// Epoch milliseconds now.
 pub fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
+}
+
+/// Resident memory of a process from `/proc/<pid>/status`, in kB: `VmRSS` now and `VmHWM`, the
+/// most it has held since it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    pub rss_kb: u64,
+    pub hwm_kb: u64,
+}
+
+impl std::fmt::Display for Memory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "VmRSS {:.1} MB, VmHWM {:.1} MB",
+            self.rss_kb as f64 / 1024.0,
+            self.hwm_kb as f64 / 1024.0
+        )
+    }
+}
+
+/// The memory of process `pid` now.
+pub fn memory(pid: u32) -> anyhow::Result<Memory> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        let line = status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))?;
+        Ok(line.trim().trim_end_matches("kB").trim().parse()?)
+    };
+    Ok(Memory {
+        rss_kb: field("VmRSS:")?,
+        hwm_kb: field("VmHWM:")?,
+    })
+}
+
+/// File descriptors process `pid` may open (soft RLIMIT_NOFILE) and has open now.
+pub fn fd_usage(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let soft = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .context("no 'Max open files' in /proc/<pid>/limits")?;
+    let soft = if soft == "unlimited" {
+        u64::MAX
+    } else {
+        soft.parse()?
+    };
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64;
+    Ok((soft, open))
+}
+
+impl Hub {
+    /// The `kenko serve` process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The hub's resident memory now.
+    pub fn memory(&self) -> anyhow::Result<Memory> {
+        memory(self.child.id())
+    }
 }

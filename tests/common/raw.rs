@@ -208,7 +208,8 @@ impl Conn {
     }
 }
 
-fn varint(bytes: &[u8]) -> (usize, usize) {
+/// A variable byte integer at the start of `bytes`: its value and the bytes it used.
+pub fn varint(bytes: &[u8]) -> (usize, usize) {
     let mut value = 0usize;
     for (i, b) in bytes.iter().enumerate().take(4) {
         value |= usize::from(b & 0x7f) << (7 * i);
@@ -641,5 +642,26 @@ impl Conn {
                 }
             }
         }
+    }
+}
+
+impl Conn {
+    /// Everything the server writes until it closes the connection; fails if it is still open
+    /// after `limit`.
+    pub fn read_to_close(&mut self, limit: Duration) -> anyhow::Result<Vec<u8>> {
+        self.stream.set_read_timeout(Some(limit))?;
+        let mut rest = Vec::new();
+        match self.stream.read_to_end(&mut rest) {
+            Ok(_) => Ok(rest),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(rest),
+            Err(e) => bail!("connection still open after {limit:?} ({e}); read {rest:?}"),
+        }
+    }
+
+    /// PINGREQ, and the PINGRESP that answers it (other packets in between are skipped):
+    /// proof that the connection is open and served.
+    pub fn ping(&mut self) -> anyhow::Result<()> {
+        self.send(&packet(0xc0, &[]))?;
+        self.read_kind(13).map(|_| ())
     }
 }

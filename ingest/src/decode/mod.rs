@@ -196,6 +196,57 @@ pub struct Context<'a> {
     pub derived: bool,
 }
 
+/// One device's decoding outside the pipeline, everything owned: for tools, tests and
+/// benchmarks that turn payloads into observations as the hub would.
+pub struct Standalone {
+    device: DeviceEntry,
+    profile: Arc<Profile>,
+    zones: Zones,
+    pub plausibility: Plausibility,
+    pub limits: TimeLimits,
+}
+
+impl Standalone {
+    /// Device `dev-001` of citizen `citizen-001`, of the profile's kind, in `zone`; values
+    /// out of bounds are flagged; the default time limits.
+    pub fn new(profile: Arc<Profile>, zone: &str) -> Result<Standalone, UnknownZone> {
+        let device = DeviceEntry {
+            id: Arc::from("dev-001"),
+            kind: profile.kind.unwrap_or(kenko_config::DeviceKind::Bed),
+            citizen: Arc::from("citizen-001"),
+            profile: Arc::from(&*profile.name),
+            timezone: None,
+        };
+        let zones = Zones::resolve(zone, [&device])?;
+        Ok(Standalone {
+            device,
+            profile,
+            zones,
+            plausibility: Plausibility::Flag,
+            limits: TimeLimits::default(),
+        })
+    }
+
+    /// As [`decode`], the hub's clock reading `received_ms`.
+    pub fn decode(
+        &self,
+        payload: &[u8],
+        received_ms: i64,
+        out: &mut Vec<Observation>,
+    ) -> Result<(), Rejection> {
+        let ctx = Context {
+            device: &self.device,
+            profile: &self.profile,
+            zones: &self.zones,
+            received_ms,
+            plausibility: self.plausibility,
+            limits: self.limits,
+            derived: false,
+        };
+        decode(&ctx, payload, out)
+    }
+}
+
 /// Decodes `payload` with the context's profile, normalizes and checks every observation,
 /// and appends them to `out`. On rejection nothing is appended.
 pub fn decode(
