@@ -95,7 +95,7 @@ fn counter(body: &str, name: &str) -> u64 {
 }
 
 #[test]
-fn mqtt_3_3_4_9_exceeding_the_receive_maximum_gets_disconnect_0x93() -> anyhow::Result<()> {
+fn mqtt_3_3_4_7_exceeding_the_receive_maximum_gets_disconnect_0x93() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let hub = Hub::start_without_consent(dir.path(), &config("receive_maximum = 2"))?;
     let (mut conn, props) = connect_v5(hub.addr, "greedy", 30)?;

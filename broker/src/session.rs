@@ -104,6 +104,8 @@ pub(crate) struct Session {
     released: HashSet<u16>,
     /// QoS 2 telemetry packet ids handed to the pipeline, verdict not back yet.
     in_pipeline: HashSet<u16>,
+    /// QoS 2 packet ids of other publishes handed to the router, PUBREL not yet received.
+    router_qos2: HashSet<u16>,
     /// Packets read in this round that go to the router together.
     to_router: Vec<Packet>,
     /// Outgoing QoS 1/2 deliveries whose acknowledgements the router still needs.
@@ -190,6 +192,7 @@ impl Session {
             pending: 0,
             released: HashSet::new(),
             in_pipeline: HashSet::new(),
+            router_qos2: HashSet::new(),
             to_router: Vec::new(),
             acks: AckOrder::default(),
             sub_failures: Vec::new(),
@@ -297,6 +300,7 @@ impl Session {
                     };
                     self.write(Packet::PubComp(comp, None));
                 } else {
+                    self.router_qos2.remove(&rel.pkid);
                     self.to_router.push(Packet::PubRel(rel, props));
                 }
             }
@@ -329,7 +333,7 @@ impl Session {
         if qos != QoS::AtMostOnce && self.inbound.insert(pkid) {
             let max = usize::from(self.shared.config.receive_maximum);
             if self.codec.version() == Version::V5 && self.inbound.len() > max {
-                // MQTT-3.3.4-9: a client may not exceed the Receive Maximum it was given.
+                // MQTT-3.3.4-7: a client may not exceed the Receive Maximum it was given.
                 info!(
                     max,
                     "closing connection: more unacknowledged publishes than the receive maximum"
@@ -369,6 +373,20 @@ impl Session {
             return self.deny_publish(qos, pkid, why);
         }
         let Some(device) = telemetry_device(topic) else {
+            // MQTT-4.3.3-10: a QoS 2 resend before PUBREL is the same message. The router
+            // would record it again, so only the first copy goes to it; kenko answers the resend.
+            if qos == QoS::ExactlyOnce && !self.router_qos2.insert(pkid) {
+                debug!(
+                    pkid,
+                    "QoS 2 resend before PUBREL; answered, not delivered again"
+                );
+                let rec = PubRec {
+                    pkid,
+                    reason: PubRecReason::Success,
+                };
+                self.write(Packet::PubRec(rec, None));
+                return Ok(());
+            }
             self.to_router.push(Packet::Publish(publish, props));
             return Ok(());
         };
