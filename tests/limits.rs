@@ -259,3 +259,34 @@ fn metrics_are_for_operators() -> anyhow::Result<()> {
     assert!(body.contains("kenko_wal_bytes "), "{body}");
     hub.terminate()
 }
+
+#[test]
+fn mqtt_3_1_2_25_deliveries_larger_than_the_client_accepts_are_discarded() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = Hub::start_without_consent(dir.path(), &config(""))?;
+    let mut small = Conn::open(hub.addr, true)?;
+    let props = Props::new().u32(0x27, 64); // Maximum Packet Size
+    small.send(&raw::connect_with(true, "small", true, 30, &props, None, 0))?;
+    assert_eq!(small.read()?.kind(), 2);
+    small.send(&raw::subscribe_with(
+        true,
+        1,
+        &[("big/#", 1)],
+        &Props::new(),
+    ))?;
+    small.read_kind(9)?;
+    let (mut publisher, _) = connect_v5(hub.addr, "sender", 30)?;
+    publisher.send(&raw::publish_qos1(true, "big/a", 1, &[], &[b'x'; 500]))?;
+    publisher.read_kind(PUBACK)?;
+    publisher.send(&raw::publish_qos1(true, "big/b", 2, &[], b"fits"))?;
+    publisher.read_kind(PUBACK)?;
+    let first = small.read_kind(PUBLISH)?.publish(true);
+    assert_eq!(
+        (first.topic.as_str(), &first.payload[..]),
+        ("big/b", &b"fits"[..]),
+        "the 500-byte message was not sent to a 64-byte client"
+    );
+    let (_, body) = metrics(hub.http_addr.expect("http"), Some("operator-1"))?;
+    assert_eq!(counter(&body, "kenko_mqtt_too_large_for_client_total"), 1);
+    hub.terminate()
+}

@@ -1,8 +1,14 @@
 //! Framing and the two protocol versions. "Is a whole packet buffered?" is answered here from
-//! the fixed header; parsing and encoding are rumqttd's v4 (MQTT 3.1.1) and v5 codecs.
+//! the fixed header; parsing and encoding are rumqttd's v4 (MQTT 3.1.1) and v5 codecs, with
+//! the checks on what a client sends that rumqttd's decoders leave out.
 
-use bytes::BytesMut;
-use rumqttd::protocol::{self, v4::V4, v5::V5, Packet, Protocol};
+use bytes::{Buf, BytesMut};
+use rumqttd::protocol::{
+    self, v4::V4, v5::V5, ConnAck, ConnectReturnCode, DisconnectReasonCode, Packet, Protocol,
+    SubAck, UnsubAck,
+};
+
+use crate::packet::check_topic_filter;
 
 /// Which protocol a connection speaks, learned from its CONNECT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,18 +76,42 @@ impl Codec {
         self.version
     }
 
-    /// The next whole packet in `buf`, or `None` if more bytes are needed.
+    /// The next whole packet in `buf`, or `None` if more bytes are needed. An error means the
+    /// connection must end; [`disconnect_reason`] says with which reason code.
     pub(crate) fn read(&self, buf: &mut BytesMut) -> Result<Option<Packet>, protocol::Error> {
-        if buf.is_empty() {
-            return Ok(None);
+        // Framing is the same in both versions.
+        let header = match protocol::v4::check(buf.iter(), self.max_packet_size) {
+            Ok(header) => header,
+            Err(protocol::Error::InsufficientBytes(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let frame = header.frame_length();
+        if self.version == Version::V5 {
+            let body = &buf[header.fixed_header_len..frame];
+            let checked =
+                check_properties(header.byte1, body).map(|()| server_only(header.byte1 >> 4));
+            match checked {
+                Ok(None) => {}
+                Ok(Some(packet)) => {
+                    buf.advance(frame);
+                    return Ok(Some(packet));
+                }
+                Err(e) => {
+                    buf.advance(frame);
+                    return Err(e);
+                }
+            }
         }
         let result = match self.version {
             Version::V311 => V4.read_mut(buf, self.max_packet_size),
             Version::V5 => V5.read_mut(buf, self.max_packet_size),
         };
         match result {
-            Ok(packet) => Ok(Some(packet)),
-            Err(protocol::Error::InsufficientBytes(_)) => Ok(None),
+            Ok(packet) => check_packet(&packet).map(|()| Some(packet)),
+            // The whole packet is there (checked above): a decoder running out of bytes inside
+            // it means it is malformed, not that more should be awaited. (rumqttd has already
+            // taken the packet off `buf`.)
+            Err(protocol::Error::InsufficientBytes(_)) => Err(protocol::Error::MalformedPacket),
             Err(e) => Err(e),
         }
     }
@@ -94,6 +124,201 @@ impl Codec {
         };
         Ok(())
     }
+}
+
+/// How kenko's checks report an MQTT 5 Protocol Error (0x82): a packet that decodes but breaks
+/// a rule, such as a property given twice. rumqttd itself uses this error only for a CONNECT
+/// with another protocol name (which [`sniff`] refuses first) and a 3.1.1 DISCONNECT with a
+/// body (3.1.1 has no reason codes).
+const PROTOCOL_ERROR: protocol::Error = protocol::Error::InvalidProtocol;
+
+/// The reason code of the DISCONNECT that ends a connection whose packet [`Codec::read`]
+/// refused: 0x95 too large, 0x82 a protocol error, 0x81 anything else (malformed).
+pub(crate) fn disconnect_reason(e: &protocol::Error) -> DisconnectReasonCode {
+    match e {
+        protocol::Error::PayloadSizeLimitExceeded(_) => DisconnectReasonCode::PacketTooLarge,
+        // "A SUBSCRIBE packet with no Payload is a Protocol Error" (MQTT 5 3.8.3).
+        protocol::Error::InvalidProtocol | protocol::Error::EmptySubscription => {
+            DisconnectReasonCode::ProtocolError
+        }
+        _ => DisconnectReasonCode::MalformedPacket,
+    }
+}
+
+/// The same for a refused CONNECT, which MQTT 5 answers with a CONNACK.
+pub(crate) fn connack_reason(e: &protocol::Error) -> ConnectReturnCode {
+    match disconnect_reason(e) {
+        DisconnectReasonCode::PacketTooLarge => ConnectReturnCode::PacketTooLarge,
+        DisconnectReasonCode::ProtocolError => ConnectReturnCode::ProtocolError,
+        _ => ConnectReturnCode::MalformedPacket,
+    }
+}
+
+/// The protocol version a CONNECT announces, read from its first bytes before the whole packet
+/// is buffered (to answer one that is too large in its own version).
+pub(crate) fn peek_version(buf: &[u8]) -> Option<Version> {
+    let length_bytes = buf.get(1..)?.iter().take(4).position(|b| b & 0x80 == 0)? + 1;
+    let body = buf.get(1 + length_bytes..)?;
+    let name_len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+    match (body.get(2..2 + name_len)?, body.get(2 + name_len)?) {
+        (b"MQTT", 4) => Some(Version::V311),
+        (b"MQTT", 5) => Some(Version::V5),
+        _ => None,
+    }
+}
+
+/// A packet only a server sends, as the session needs to see it to refuse it (a Protocol
+/// Error). rumqttd's v5 decoder has no arm for a CONNACK or UNSUBACK with a body and panics
+/// (`unreachable!`), which would end the connection's task without its orderly end, so these
+/// never reach it; SUBACK goes the same way so that all three get the same answer, whatever
+/// their bodies. Only the kind matters; nothing is decoded.
+fn server_only(kind: u8) -> Option<Packet> {
+    match kind {
+        2 => Some(Packet::ConnAck(
+            ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::Success,
+            },
+            None,
+        )),
+        9 => Some(Packet::SubAck(
+            SubAck {
+                pkid: 0,
+                return_codes: Vec::new(),
+            },
+            None,
+        )),
+        11 => Some(Packet::UnsubAck(
+            UnsubAck {
+                pkid: 0,
+                reasons: Vec::new(),
+            },
+            None,
+        )),
+        _ => None,
+    }
+}
+
+/// What rumqttd's decoders accept but MQTT does not, in a decoded packet: topic names that
+/// are not UTF-8 or hold a NUL (MQTT-1.5.4-1, MQTT-1.5.4-2: malformed), an empty topic name
+/// without a topic alias (MQTT-4.7.3-1; MQTT 5 3.3.2.1: a protocol error), and topic filters
+/// that are not well formed (MQTT-4.7.1-2, MQTT-4.7.1-3). Wildcards in a topic name are left
+/// to the session, which answers them with 0x90 Topic Name invalid.
+fn check_packet(packet: &Packet) -> Result<(), protocol::Error> {
+    match packet {
+        Packet::Publish(publish, props) => {
+            let topic =
+                std::str::from_utf8(&publish.topic).map_err(|_| protocol::Error::TopicNotUtf8)?;
+            if topic.contains('\0') {
+                return Err(protocol::Error::MalformedPacket);
+            }
+            let alias = props.as_ref().and_then(|p| p.topic_alias).is_some();
+            if topic.is_empty() && !alias {
+                return Err(PROTOCOL_ERROR);
+            }
+            Ok(())
+        }
+        Packet::Subscribe(subscribe, _) => subscribe
+            .filters
+            .iter()
+            .try_for_each(|f| check_topic_filter(&f.path))
+            .map_err(|_| protocol::Error::MalformedPacket),
+        Packet::Unsubscribe(unsubscribe, _) => unsubscribe
+            .filters
+            .iter()
+            .try_for_each(|f| check_topic_filter(f))
+            .map_err(|_| protocol::Error::MalformedPacket),
+        _ => Ok(()),
+    }
+}
+
+/// MQTT 5 properties that appear twice, which rumqttd's decoders accept (keeping the last):
+/// "It is a Protocol Error to include [a property] more than once", for every property but
+/// User Property. A client's PUBLISH may not carry a Subscription Identifier at all
+/// (MQTT-3.3.4-6). `body` is the packet after its fixed header.
+fn check_properties(byte1: u8, body: &[u8]) -> Result<(), protocol::Error> {
+    let kind = byte1 >> 4;
+    let short = protocol::Error::MalformedPacket;
+    let string_end = |at: usize| -> Result<usize, protocol::Error> {
+        let len = body.get(at..at + 2).ok_or(short)?;
+        Ok(at + 2 + usize::from(u16::from_be_bytes([len[0], len[1]])))
+    };
+    match kind {
+        // CONNECT: protocol name, level, flags, keep-alive, properties; then the client id
+        // and, with a will, the will's properties.
+        1 => {
+            let at = string_end(0)?;
+            let flags = *body.get(at + 1).ok_or(short)?;
+            let after = property_block(body, at + 4, kind)?;
+            if flags & 0x04 != 0 {
+                property_block(body, string_end(after)?, kind)?;
+            }
+            Ok(())
+        }
+        // PUBLISH: topic, packet id above QoS 0, properties.
+        3 => {
+            let qos = (byte1 >> 1) & 0b11;
+            let at = string_end(0)? + if qos > 0 { 2 } else { 0 };
+            property_block(body, at, kind).map(|_| ())
+        }
+        // PUBACK, PUBREC, PUBREL, PUBCOMP: packet id, then reason code and properties if any.
+        4..=7 if body.len() > 3 => property_block(body, 3, kind).map(|_| ()),
+        // SUBSCRIBE, UNSUBSCRIBE: packet id, properties.
+        8 | 10 => property_block(body, 2, kind).map(|_| ()),
+        // DISCONNECT: reason code, then properties if any.
+        14 if body.len() > 1 => property_block(body, 1, kind).map(|_| ()),
+        _ => Ok(()),
+    }
+}
+
+/// Checks the property block at `at` (its length first); returns where it ends.
+fn property_block(body: &[u8], at: usize, kind: u8) -> Result<usize, protocol::Error> {
+    let short = protocol::Error::MalformedPacket;
+    let (len, used) = varint(body.get(at..).ok_or(short)?).ok_or(short)?;
+    let start = at + used;
+    let end = start.checked_add(len).ok_or(short)?;
+    let mut props = body.get(start..end).ok_or(short)?;
+    let mut seen = 0u64;
+    while let Some((&id, rest)) = props.split_first() {
+        let size = match id {
+            0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2a => 1,
+            0x13 | 0x21 | 0x22 | 0x23 => 2,
+            0x02 | 0x11 | 0x18 | 0x27 => 4,
+            0x0b => varint(rest).ok_or(short)?.1,
+            0x03 | 0x08 | 0x09 | 0x12 | 0x15 | 0x16 | 0x1a | 0x1c | 0x1f => {
+                let len = rest.get(..2).ok_or(short)?;
+                2 + usize::from(u16::from_be_bytes([len[0], len[1]]))
+            }
+            0x26 => {
+                let key = rest.get(..2).ok_or(short)?;
+                let key = 2 + usize::from(u16::from_be_bytes([key[0], key[1]]));
+                let value = rest.get(key..key + 2).ok_or(short)?;
+                key + 2 + usize::from(u16::from_be_bytes([value[0], value[1]]))
+            }
+            other => return Err(protocol::Error::InvalidPropertyType(other)),
+        };
+        if id != 0x26 && seen & (1 << id) != 0 {
+            return Err(PROTOCOL_ERROR);
+        }
+        if kind == 3 && id == 0x0b {
+            return Err(PROTOCOL_ERROR);
+        }
+        seen |= 1 << id;
+        props = rest.get(size..).ok_or(short)?;
+    }
+    Ok(end)
+}
+
+/// A Variable Byte Integer (at most four bytes) and the bytes it takes.
+fn varint(bytes: &[u8]) -> Option<(usize, usize)> {
+    let mut value = 0usize;
+    for (i, b) in bytes.iter().take(4).enumerate() {
+        value |= usize::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
 }
 
 /// MQTT 3.1.1 has no properties; rumqttd's v4 encoder refuses packets that carry any (a v5
@@ -146,5 +371,157 @@ mod tests {
             sniff(&[0x10, 0xff, 0xff, 0x7f], 1024),
             Sniff::TooLarge(2_097_151)
         );
+    }
+
+    fn frame(header: u8, body: &[u8]) -> BytesMut {
+        assert!(body.len() < 128);
+        let mut out = BytesMut::from(&[header, body.len() as u8][..]);
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// A v5 PUBLISH QoS 1 (packet id 1) on `topic` with `props`.
+    fn publish_v5(topic: &[u8], props: &[u8]) -> BytesMut {
+        let mut body = vec![0, topic.len() as u8];
+        body.extend_from_slice(topic);
+        body.extend_from_slice(&[0, 1, props.len() as u8]);
+        body.extend_from_slice(props);
+        body.extend_from_slice(b"payload");
+        frame(0x32, &body)
+    }
+
+    fn read(version: Version, mut buf: BytesMut) -> Result<Option<Packet>, protocol::Error> {
+        Codec::new(version, 1024).read(&mut buf)
+    }
+
+    /// The error a packet that must be refused gets.
+    fn refused(version: Version, buf: BytesMut) -> protocol::Error {
+        match read(version, buf) {
+            Err(e) => e,
+            Ok(packet) => panic!("accepted: {packet:?}"),
+        }
+    }
+
+    #[test]
+    fn repeated_properties_are_a_protocol_error() {
+        let pfi = [0x01, 1];
+        let twice = [0x01, 1, 0x01, 0];
+        assert!(matches!(
+            read(Version::V5, publish_v5(b"a/b", &pfi)),
+            Ok(Some(Packet::Publish(..)))
+        ));
+        let e = refused(Version::V5, publish_v5(b"a/b", &twice));
+        assert_eq!(disconnect_reason(&e), DisconnectReasonCode::ProtocolError);
+        // User properties may repeat.
+        let users = [0x26, 0, 1, b'k', 0, 1, b'v', 0x26, 0, 1, b'k', 0, 1, b'w'];
+        assert!(read(Version::V5, publish_v5(b"a/b", &users)).is_ok());
+        // A client's PUBLISH carries no subscription identifier.
+        let e = refused(Version::V5, publish_v5(b"a/b", &[0x0b, 5]));
+        assert_eq!(disconnect_reason(&e), DisconnectReasonCode::ProtocolError);
+        // Two session expiry intervals in a CONNECT.
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 30, 10];
+        body.extend_from_slice(&[0x11, 0, 0, 0, 5, 0x11, 0, 0, 0, 6]);
+        body.extend_from_slice(&[0, 1, b'c']);
+        let e = refused(Version::V5, frame(0x10, &body));
+        assert_eq!(connack_reason(&e), ConnectReturnCode::ProtocolError);
+        // Two payload format indicators in a will's properties.
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x06, 0, 30, 0, 0, 1, b'c'];
+        body.extend_from_slice(&[4, 0x01, 1, 0x01, 1, 0, 1, b'w', 0, 1, b'x']);
+        let e = refused(Version::V5, frame(0x10, &body));
+        assert_eq!(connack_reason(&e), ConnectReturnCode::ProtocolError);
+        // A property block longer than the packet.
+        let e = refused(Version::V5, frame(0x82, &[0, 1, 9, 0x0b, 1]));
+        assert_eq!(disconnect_reason(&e), DisconnectReasonCode::MalformedPacket);
+    }
+
+    #[test]
+    fn packets_only_a_server_sends_are_read_as_such_not_decoded() {
+        let connack = read(Version::V5, frame(0x20, &[0, 0, 0]));
+        assert!(matches!(connack, Ok(Some(Packet::ConnAck(..)))));
+        let suback = read(Version::V5, frame(0x90, &[0, 1, 0, 0]));
+        assert!(matches!(suback, Ok(Some(Packet::SubAck(..)))));
+        let unsuback = read(Version::V5, frame(0xb0, &[0, 1, 0, 0]));
+        assert!(matches!(unsuback, Ok(Some(Packet::UnsubAck(..)))));
+        let connack = read(Version::V311, frame(0x20, &[0, 0]));
+        assert!(matches!(connack, Ok(Some(Packet::ConnAck(..)))));
+    }
+
+    #[test]
+    fn a_packet_cut_short_inside_is_malformed_not_awaited() {
+        // PUBLISH QoS 1 with topic and packet id but no property length: a whole packet.
+        let mut buf = frame(0x32, &[0, 1, b'a', 0, 1]);
+        buf.extend_from_slice(&[0xc0, 0]); // PINGREQ behind it
+        let codec = Codec::new(Version::V5, 1024);
+        assert_eq!(codec.read(&mut buf), Err(protocol::Error::MalformedPacket));
+    }
+
+    #[test]
+    fn remaining_length_of_five_bytes_is_malformed() {
+        let mut buf = BytesMut::from(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01][..]);
+        for version in [Version::V311, Version::V5] {
+            let e = Codec::new(version, 1024).read(&mut buf);
+            assert!(
+                matches!(e, Err(protocol::Error::MalformedRemainingLength)),
+                "{e:?}"
+            );
+        }
+        let mut buf = BytesMut::from(&[0x30, 0xff, 0xff, 0x7f][..]);
+        let e = Codec::new(Version::V5, 1024).read(&mut buf);
+        assert!(
+            matches!(e, Err(protocol::Error::PayloadSizeLimitExceeded(_))),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn topics_and_filters_are_checked() {
+        for version in [Version::V311, Version::V5] {
+            let publish = |topic: &[u8]| {
+                let mut body = vec![0, topic.len() as u8];
+                body.extend_from_slice(topic);
+                if version == Version::V5 {
+                    body.push(0);
+                }
+                read(version, frame(0x30, &body))
+            };
+            assert!(matches!(publish(b"a/b"), Ok(Some(Packet::Publish(..)))));
+            assert_eq!(publish(&[b'a', 0xff]), Err(protocol::Error::TopicNotUtf8));
+            assert_eq!(publish(&[0xc0, 0xaf]), Err(protocol::Error::TopicNotUtf8));
+            assert_eq!(publish(b"a\0b"), Err(protocol::Error::MalformedPacket));
+            assert_eq!(publish(b""), Err(PROTOCOL_ERROR));
+            // Wildcards in a topic name are the session's to refuse (0x90).
+            assert!(publish(b"a/+").is_ok());
+            let subscribe = |filter: &[u8]| {
+                let mut body = vec![0, 1];
+                if version == Version::V5 {
+                    body.push(0);
+                }
+                body.extend_from_slice(&[0, filter.len() as u8]);
+                body.extend_from_slice(filter);
+                body.push(0);
+                read(version, frame(0x82, &body))
+            };
+            assert!(matches!(subscribe(b"a/#"), Ok(Some(Packet::Subscribe(..)))));
+            for bad in [&b"a/#/b"[..], b"a/b#", b"a+", b"a\0", b""] {
+                let e = subscribe(bad);
+                assert_eq!(e, Err(protocol::Error::MalformedPacket), "{bad:?}");
+            }
+            assert!(subscribe(&[0xff]).is_err());
+        }
+        // A v5 PUBLISH with a topic alias and no topic goes through (the session refuses the
+        // alias with 0x94).
+        assert!(read(Version::V5, publish_v5(b"", &[0x23, 0, 1])).is_ok());
+    }
+
+    #[test]
+    fn the_version_of_a_connect_is_seen_before_it_is_whole() {
+        let full = connect(b"MQTT", 5);
+        assert_eq!(peek_version(&full[..9]), Some(Version::V5));
+        assert_eq!(peek_version(&full[..8]), None);
+        let mut big = vec![0x10, 0x80, 0x80, 0x04, 0, 4];
+        big.extend_from_slice(b"MQTT");
+        big.push(4);
+        assert_eq!(peek_version(&big), Some(Version::V311));
+        assert_eq!(peek_version(&connect(b"MQIsdp", 3)), None);
     }
 }

@@ -20,7 +20,7 @@ use tracing::{debug, info, info_span, Instrument};
 use crate::acl::Request;
 use crate::auth::{verify_password, Identity};
 use crate::authz::AclView;
-use crate::codec::{sniff, Codec, Sniff, Version};
+use crate::codec::{connack_reason, peek_version, sniff, Codec, Sniff, Version};
 use crate::packet::{check_topic_name, telemetry_device};
 use crate::router::HUB_CLIENT_ID;
 use crate::session::{Peer, Session};
@@ -72,7 +72,7 @@ pub(crate) async fn serve(
             Transport::WebSocket => {
                 // The HTTP upgrade counts against the connect timeout.
                 let max = shared.config.max_packet_size;
-                match timeout(limit, crate::ws::accept(stream, max)).await {
+                match timeout(limit, Box::pin(crate::ws::accept(stream, max))).await {
                     Ok(Ok(ws)) => (Box::new(ws), None),
                     Ok(Err(e)) => {
                         info!(error = %e, "WebSocket upgrade failed");
@@ -86,7 +86,7 @@ pub(crate) async fn serve(
             }
             Transport::Tls(acceptor) => {
                 // The TLS handshake counts against the connect timeout.
-                match timeout(limit, acceptor.accept(stream)).await {
+                match timeout(limit, Box::pin(acceptor.accept(stream))).await {
                     Ok(Ok(tls)) => {
                         let certified = tls
                             .get_ref()
@@ -107,8 +107,11 @@ pub(crate) async fn serve(
                 }
             }
         };
-        match handshake(stream, certified, &shared).await {
-            Ok(Some(session)) => session.run().await,
+        // Each stage is boxed: a task's future is as large as its largest stage, and an idle
+        // connection that never sends CONNECT should cost its handshake only, not the TLS
+        // state or the session it may never have (13 kB before, in a debug build).
+        match Box::pin(handshake(stream, certified, &shared)).await {
+            Ok(Some(session)) => Box::pin(session.run()).await,
             Ok(None) => {}
             Err(e) => debug!(error = %e, "connection ended before CONNACK"),
         }
@@ -147,6 +150,17 @@ async fn handshake(
                 stream.flush().await?;
                 return Ok(None);
             }
+            Sniff::TooLarge(size) if peek_version(&buf) == Some(Version::V5) => {
+                // An MQTT 5 client can be told why (3.1.1 has no return code for it).
+                let mut hs = Handshake {
+                    stream,
+                    codec: Codec::new(Version::V5, config.max_packet_size),
+                };
+                let why = format!(
+                    "the CONNECT ({size} bytes) is larger than the hub's maximum packet size"
+                );
+                return hs.refuse(ConnectReturnCode::PacketTooLarge, &why).await;
+            }
             other => {
                 info!(
                     ?other,
@@ -171,15 +185,33 @@ async fn handshake(
         }
     };
     let codec = Codec::new(version, config.max_packet_size);
-    let (connect, will, will_props, login) = match codec.read(&mut buf) {
+    let (connect, will, will_props, login, client_max_packet) = match codec.read(&mut buf) {
         Ok(Some(Packet::Connect(connect, props, will, mut will_props, login))) => {
             // MQTT-3.1.3-9: the will waits for its delay or the end of the session, whichever
             // comes first; a session without an expiry interval ends with the connection.
-            let session_expiry = props.and_then(|p| p.session_expiry_interval).unwrap_or(0);
+            let session_expiry = props
+                .as_ref()
+                .and_then(|p| p.session_expiry_interval)
+                .unwrap_or(0);
             if let Some(p) = will_props.as_mut() {
                 p.delay_interval = p.delay_interval.map(|d| d.min(session_expiry));
             }
-            (connect, will, will_props, login)
+            let client_max_packet = props.and_then(|p| p.max_packet_size);
+            (connect, will, will_props, login, client_max_packet)
+        }
+        Err(e) if version == Version::V5 => {
+            // MQTT 5 4.13.1: a CONNECT with an error may get a CONNACK that says which, before
+            // the connection is closed.
+            let code = connack_reason(&e);
+            let why = match code {
+                ConnectReturnCode::ProtocolError => {
+                    "the CONNECT breaks an MQTT 5 rule: each property may be given only once"
+                        .to_owned()
+                }
+                _ => format!("malformed CONNECT: {e}"),
+            };
+            let mut hs = Handshake { stream, codec };
+            return hs.refuse(code, &why).await;
         }
         other => {
             info!(?other, "connection closed: malformed CONNECT");
@@ -202,6 +234,7 @@ async fn handshake(
         identity,
         client_id: Arc::from(client_id),
         username: login.map(|l| l.username),
+        max_packet_size: client_max_packet.and_then(|m| usize::try_from(m).ok()),
     };
     let mut acl = AclView::new(shared.authorizer.clone(), shared.ingest.consents().clone());
     if let Some(will) = &will {

@@ -73,6 +73,8 @@ pub struct BrokerStats {
     pub receive_maximum_exceeded: AtomicU64,
     /// Publishes read late because their client exceeded `mqtt.max_publish_rate`.
     pub publishes_throttled: AtomicU64,
+    /// Deliveries discarded because they were larger than their MQTT 5 client accepts.
+    pub too_large_for_client: AtomicU64,
 }
 
 /// State every connection shares.

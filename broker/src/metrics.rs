@@ -17,7 +17,7 @@ pub fn render(broker: &BrokerStats, ingest: &IngestStats) -> String {
     use Kind::{Counter, Gauge};
     let b = broker;
     let i = ingest;
-    let entries: [(&str, Kind, &str, &AtomicU64); 29] = [
+    let entries: [(&str, Kind, &str, &AtomicU64); 30] = [
         (
             "mqtt_connected_clients",
             Gauge,
@@ -59,6 +59,12 @@ pub fn render(broker: &BrokerStats, ingest: &IngestStats) -> String {
             Counter,
             "publishes read late because their client exceeded mqtt.max_publish_rate",
             &b.publishes_throttled,
+        ),
+        (
+            "mqtt_too_large_for_client_total",
+            Counter,
+            "deliveries discarded as larger than the MQTT 5 client's Maximum Packet Size",
+            &b.too_large_for_client,
         ),
         (
             "ingest_received_total",

@@ -48,6 +48,28 @@ pub(crate) fn check_topic_name(topic: &[u8]) -> Result<&str, &'static str> {
     Ok(topic)
 }
 
+/// Why a topic filter in a SUBSCRIBE or UNSUBSCRIBE is not well formed, if it is not: it is
+/// empty, holds a NUL (MQTT-1.5.4-2), has `#` anywhere but as the whole last level
+/// (MQTT-4.7.1-2) or `+` sharing a level with anything else (MQTT-4.7.1-3).
+pub(crate) fn check_topic_filter(filter: &str) -> Result<(), &'static str> {
+    if filter.is_empty() {
+        return Err("topic filter is empty");
+    }
+    if filter.contains('\0') {
+        return Err("topic filter contains a NUL character");
+    }
+    let mut levels = filter.split('/').peekable();
+    while let Some(level) = levels.next() {
+        if level.contains('#') && (level != "#" || levels.peek().is_some()) {
+            return Err("'#' must be a whole level and the last one of a topic filter");
+        }
+        if level.contains('+') && level != "+" {
+            return Err("'+' must be a whole level of a topic filter");
+        }
+    }
+    Ok(())
+}
+
 /// The `{device_id}` of a telemetry topic `devices/{device_id}/telemetry`, or of
 /// `devices/{device_id}/telemetry/pb` (protobuf payloads).
 pub(crate) fn telemetry_device(topic: &str) -> Option<&str> {
@@ -102,5 +124,29 @@ mod tests {
         assert!(check_topic_name(b"a/#").is_err());
         assert!(check_topic_name(b"a\0b").is_err());
         assert!(check_topic_name(&[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn topic_filters() {
+        for good in [
+            "a",
+            "#",
+            "+",
+            "a/#",
+            "+/+/#",
+            "a//b",
+            "/",
+            "$share/g/a/+",
+            "a/+/b",
+        ] {
+            assert_eq!(check_topic_filter(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "", "a/#/b", "#/a", "a#", "a/b#", "a/#b", "a+", "a/+b", "+a/b", "a\0b", "##",
+        ] {
+            assert!(check_topic_filter(bad).is_err(), "{bad:?}");
+        }
+        let deep = format!("d{}", "/".repeat(64_999));
+        assert_eq!(check_topic_filter(&deep), Ok(()));
     }
 }

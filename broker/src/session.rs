@@ -74,6 +74,8 @@ pub(crate) struct Peer {
     pub(crate) identity: Arc<Identity>,
     pub(crate) client_id: Arc<str>,
     pub(crate) username: Option<String>,
+    /// The largest packet the client accepts (MQTT 5 Maximum Packet Size).
+    pub(crate) max_packet_size: Option<usize>,
 }
 
 impl Peer {
@@ -120,6 +122,8 @@ pub(crate) struct Session {
     aliases: HashMap<u16, Bytes>,
     /// Publishes the client may still send before being read more slowly.
     rate: TokenBucket,
+    /// Where a delivery is encoded to be measured against the client's maximum packet size.
+    scratch: BytesMut,
 }
 
 /// Topic aliases a client may define (announced as Topic Alias Maximum in CONNACK).
@@ -199,6 +203,7 @@ impl Session {
             inbound: HashSet::new(),
             aliases: HashMap::new(),
             rate,
+            scratch: BytesMut::new(),
         }
     }
 
@@ -282,11 +287,7 @@ impl Session {
 
     fn malformed(&mut self, e: protocol::Error) -> End {
         info!(error = %e, "closing connection: bad packet");
-        let code = match e {
-            protocol::Error::PayloadSizeLimitExceeded(_) => DisconnectReasonCode::PacketTooLarge,
-            _ => DisconnectReasonCode::MalformedPacket,
-        };
-        End::ProtocolError(code)
+        End::ProtocolError(crate::codec::disconnect_reason(&e))
     }
 
     async fn on_packet(&mut self, packet: Packet) -> Result<(), End> {
@@ -672,15 +673,36 @@ impl Session {
                     }
                     Err(_) => false,
                 };
+                // MQTT-3.1.2-25: a packet larger than the client accepts is discarded, as if
+                // it had been delivered.
+                let mut fits = true;
+                if let (true, Some(max)) = (allowed, self.peer.max_packet_size) {
+                    self.scratch.clear();
+                    let packet =
+                        Packet::Publish(forward.publish.clone(), forward.properties.clone());
+                    fits = self.codec.write(packet, &mut self.scratch).is_ok()
+                        && self.scratch.len() <= max;
+                    if !fits {
+                        self.shared
+                            .stats
+                            .too_large_for_client
+                            .fetch_add(1, Ordering::Relaxed);
+                        debug!(
+                            size = self.scratch.len(),
+                            max, "delivery larger than the client accepts; discarded"
+                        );
+                    }
+                }
+                let deliver = allowed && fits;
                 if qos != QoS::AtMostOnce {
                     let qos2 = qos == QoS::ExactlyOnce;
                     self.acks
-                        .delivered(pkid, qos2, !allowed, &mut self.to_router);
+                        .delivered(pkid, qos2, !deliver, &mut self.to_router);
                 }
-                if allowed {
+                if deliver {
                     self.shared.stats.delivered.fetch_add(1, Ordering::Relaxed);
                     self.write(Packet::Publish(forward.publish, forward.properties));
-                } else {
+                } else if !allowed {
                     self.shared.stats.withheld.fetch_add(1, Ordering::Relaxed);
                 }
                 false

@@ -1,0 +1,990 @@
+//! MQTT 5 conformance of kenko's listener: one test per normative statement (named after it),
+//! against `kenko serve --config config/interop.toml`, with rumqttc's MQTT 5 client and, where
+//! a client library would not send or show what the statement is about, raw packets.
+//!
+//! Each test checks what kenko does today. Known gaps are listed, with their clauses, in
+//! docs/conformance.md rather than tested here; so are the statements other suites check
+//! (tests/limits.rs: receive maximum, server keep-alive, incoming topic aliases;
+//! tests/will_delay.rs: the will delay interval).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::raw::{self, find_prop, prop, Conn, Prop, Props, Will};
+use common::Hub;
+use rumqttc::v5::mqttbytes::v5::{
+    ConnAck, LastWill, LastWillProperties, Packet, Publish, PublishProperties,
+};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+
+/// How long a test waits to be sure something does not arrive.
+const QUIET: Duration = Duration::from_millis(500);
+/// How long a test waits for something that should arrive.
+const SOON: Duration = Duration::from_secs(5);
+
+/// DISCONNECT reason codes (MQTT 5 3.14.2.1).
+const MALFORMED_PACKET: u8 = 0x81;
+const PROTOCOL_ERROR: u8 = 0x82;
+const KEEP_ALIVE_TIMEOUT: u8 = 0x8d;
+const SESSION_TAKEN_OVER: u8 = 0x8e;
+const SERVER_SHUTTING_DOWN: u8 = 0x8b;
+const RECEIVE_MAXIMUM_EXCEEDED: u8 = 0x93;
+const TOPIC_ALIAS_INVALID: u8 = 0x94;
+const PACKET_TOO_LARGE: u8 = 0x95;
+
+/// A hub with config/interop.toml: anonymous publish and subscribe on every non-$ topic,
+/// subscribing to test/nosubscribe denied.
+fn interop_hub() -> anyhow::Result<(tempfile::TempDir, Hub)> {
+    let dir = tempfile::tempdir()?;
+    let hub = Hub::start_with(dir.path(), &common::interop_config())?;
+    Ok((dir, hub))
+}
+
+/// A raw MQTT 5 CONNECT.
+fn connect(client_id: &str, clean: bool, keep_alive: u16, props: &Props) -> Vec<u8> {
+    raw::connect_with(true, client_id, clean, keep_alive, props, None, 0)
+}
+
+/// Properties as `raw` reads them.
+type Properties = Vec<(u8, Prop)>;
+
+/// A raw MQTT 5 connection that was accepted, and its CONNACK's session present and properties.
+fn open_with(
+    hub: &Hub,
+    client_id: &str,
+    clean: bool,
+    props: &Props,
+) -> anyhow::Result<(Conn, bool, Properties)> {
+    let (conn, ack) = Conn::handshake(hub.addr, true, &connect(client_id, clean, 30, props))?;
+    let (present, code, props) = ack.connack(true);
+    anyhow::ensure!(
+        code == 0,
+        "CONNACK refused {client_id} with {code:#04x}: {props:?}"
+    );
+    Ok((conn, present, props))
+}
+
+fn open(hub: &Hub, client_id: &str) -> anyhow::Result<Conn> {
+    Ok(open_with(hub, client_id, true, &Props::new())?.0)
+}
+
+/// A raw MQTT 5 PUBLISH.
+fn publish(
+    topic: &str,
+    qos: u8,
+    retain: bool,
+    pkid: u16,
+    props: &Props,
+    payload: &[u8],
+) -> Vec<u8> {
+    raw::publish_with(true, topic, qos, retain, false, pkid, props, payload)
+}
+
+/// The next PUBLISH on a raw connection within `limit`.
+fn delivery(conn: &mut Conn, limit: Duration) -> Option<raw::Delivery> {
+    conn.read_kind_within(3, limit).map(|p| p.publish(true))
+}
+
+/// Subscribes a raw connection (options byte per filter) and returns the reason codes.
+fn subscribe(
+    conn: &mut Conn,
+    pkid: u16,
+    filters: &[(&str, u8)],
+    props: &Props,
+) -> anyhow::Result<Vec<u8>> {
+    Ok(conn.subscribe_with(pkid, filters, props)?.codes(true))
+}
+
+/// rumqttc MQTT 5 options for this hub.
+fn options(hub: &Hub, client_id: &str) -> MqttOptions {
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", hub.port());
+    options.set_keep_alive(Duration::from_secs(10));
+    options
+}
+
+/// Polls a rumqttc event loop until a publish arrives, or `limit` passes.
+async fn next_publish(eventloop: &mut EventLoop, limit: Duration) -> Option<Publish> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => return Some(p),
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) | Err(_) => return None,
+        }
+    }
+}
+
+async fn until_connack(eventloop: &mut EventLoop) -> anyhow::Result<ConnAck> {
+    loop {
+        if let Event::Incoming(Packet::ConnAck(ack)) = eventloop.poll().await? {
+            return Ok(ack);
+        }
+    }
+}
+
+async fn until_suback(eventloop: &mut EventLoop) -> anyhow::Result<()> {
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) = eventloop.poll().await? {
+            return Ok(());
+        }
+    }
+}
+
+/// A rumqttc client whose event loop runs in the background (for publishers).
+fn background(hub: &Hub, client_id: &str) -> AsyncClient {
+    let (client, mut eventloop) = AsyncClient::new(options(hub, client_id), 100);
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    client
+}
+
+// ---------------------------------------------------------------------------------------------
+// CONNECT and CONNACK
+
+#[test]
+fn mqtt_3_1_0_2_second_connect_gets_disconnect_0x82() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let mut conn = open(&hub, "twice")?;
+    conn.send(&connect("twice", true, 30, &Props::new()))?;
+    assert_eq!(conn.end_within(SOON), Some(PROTOCOL_ERROR));
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_3_2_2_3_connack_properties_announce_the_hubs_limits() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    // Even asked for it, the hub sends no Response Information (optional, 3.2.2.3.15).
+    let asked = Props::new().byte(prop::REQUEST_RESPONSE_INFORMATION, 1);
+    let (_conn, present, props) = open_with(&hub, "limits", true, &asked)?;
+    assert!(!present);
+    let get = |id| find_prop(&props, id).cloned();
+    assert_eq!(
+        get(prop::RECEIVE_MAXIMUM),
+        Some(Prop::U16(100)),
+        "{props:?}"
+    );
+    assert_eq!(get(prop::MAXIMUM_PACKET_SIZE), Some(Prop::U32(256 * 1024)));
+    assert_eq!(get(prop::TOPIC_ALIAS_MAXIMUM), Some(Prop::U16(32)));
+    assert_eq!(
+        get(prop::SHARED_SUBSCRIPTION_AVAILABLE),
+        Some(Prop::Byte(0))
+    );
+    // Absent means QoS 2, retained messages, wildcards and subscription identifiers are
+    // available, and the client's keep-alive holds.
+    for absent in [
+        prop::MAXIMUM_QOS,
+        prop::RETAIN_AVAILABLE,
+        prop::WILDCARD_SUBSCRIPTION_AVAILABLE,
+        prop::SUBSCRIPTION_IDENTIFIER_AVAILABLE,
+        prop::SERVER_KEEP_ALIVE,
+        prop::RESPONSE_INFORMATION,
+        prop::ASSIGNED_CLIENT_IDENTIFIER,
+    ] {
+        assert_eq!(get(absent), None, "property {absent:#04x}: {props:?}");
+    }
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_3_1_3_7_empty_client_id_gets_an_assigned_client_identifier() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let assigned = |props: &[(u8, Prop)]| match find_prop(props, prop::ASSIGNED_CLIENT_IDENTIFIER) {
+        Some(Prop::Str(id)) => Some(id.clone()),
+        _ => None,
+    };
+    let (mut first, _, props) = open_with(&hub, "", true, &Props::new())?;
+    let first_id = assigned(&props).expect("Assigned Client Identifier");
+    let (_second, _, props) = open_with(&hub, "", true, &Props::new())?;
+    let second_id = assigned(&props).expect("Assigned Client Identifier");
+    // MQTT-3.2.2-16: one no other session uses.
+    assert_ne!(first_id, second_id);
+    // The connection is the assigned id's: connecting with it takes the first one over.
+    let _third = open(&hub, &first_id)?;
+    assert_eq!(first.end_within(SOON), Some(SESSION_TAKEN_OVER));
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_3_1_3_8_rejected_client_id_gets_0x85() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    // A wildcard in the id; an empty id for a session meant to outlive the connection.
+    for (id, clean) in [("bad+id", true), ("", false)] {
+        let (mut conn, ack) =
+            Conn::handshake(hub.addr, true, &connect(id, clean, 30, &Props::new()))?;
+        let (present, code, props) = ack.connack(true);
+        assert_eq!(
+            (present, code),
+            (false, 0x85),
+            "{id:?}: Client Identifier not valid"
+        );
+        assert!(
+            matches!(find_prop(&props, prop::REASON_STRING), Some(Prop::Str(_))),
+            "with a reason string: {props:?}"
+        );
+        assert!(conn.read_to_close(SOON)?.is_empty(), "then closed");
+    }
+    hub.terminate()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_3_2_2_2_and_3_session_present_reflects_stored_session() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let (_clean, mut clean_loop) = AsyncClient::new(options(&hub, "sp-clean"), 10);
+    let ack = until_connack(&mut clean_loop).await?;
+    assert!(
+        !ack.session_present,
+        "MQTT-3.2.2-2: clean start, session present 0"
+    );
+
+    let mut kept = options(&hub, "sp-kept");
+    kept.set_clean_start(false);
+    kept.set_session_expiry_interval(Some(300));
+    let (app, mut app_loop) = AsyncClient::new(kept.clone(), 10);
+    assert!(
+        !until_connack(&mut app_loop).await?.session_present,
+        "MQTT-3.2.2-3: no session yet, session present 0"
+    );
+    app.subscribe("sp5/alerts", QoS::AtLeastOnce).await?;
+    until_suback(&mut app_loop).await?;
+    app.disconnect().await?;
+    while app_loop.poll().await.is_ok() {}
+
+    let publisher = background(&hub, "sp-pub");
+    publisher
+        .publish("sp5/alerts", QoS::AtLeastOnce, false, "while away")
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (_app, mut app_loop) = AsyncClient::new(kept, 10);
+    assert!(
+        until_connack(&mut app_loop).await?.session_present,
+        "MQTT-3.2.2-3: stored session, session present 1"
+    );
+    let got = next_publish(&mut app_loop, SOON)
+        .await
+        .expect("the message stored while away");
+    assert_eq!(&got.payload[..], b"while away");
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_3_1_4_3_session_takeover_gets_disconnect_0x8e() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let mut first = open(&hub, "taken")?;
+    let mut second = open(&hub, "taken")?;
+    assert_eq!(first.end_within(SOON), Some(SESSION_TAKEN_OVER));
+    second.ping()?;
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_3_1_2_22_keep_alive_enforced_at_one_and_a_half_with_0x8d() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let (mut conn, _) = Conn::handshake(hub.addr, true, &connect("ka5", true, 1, &Props::new()))?;
+    let silent = Instant::now();
+    assert_eq!(conn.end_within(SOON), Some(KEEP_ALIVE_TIMEOUT));
+    let waited = silent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1400),
+        "too early: {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(4), "too late: {waited:?}");
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_3_2_2_22_without_server_keep_alive_the_clients_value_holds() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    // With config/interop.toml (no `mqtt.max_keep_alive_s`) a keep-alive of 0 stands.
+    let (mut conn, ack) = Conn::handshake(hub.addr, true, &connect("ka0", true, 0, &Props::new()))?;
+    let (_, code, props) = ack.connack(true);
+    assert_eq!(code, 0);
+    assert_eq!(
+        find_prop(&props, prop::SERVER_KEEP_ALIVE),
+        None,
+        "{props:?}"
+    );
+    std::thread::sleep(Duration::from_millis(2000));
+    conn.ping()?;
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_3_14_2_1_server_shutting_down_sends_0x8b() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let mut conn = open(&hub, "to-be-told")?;
+    hub.terminate()?;
+    assert_eq!(conn.end_within(SOON), Some(SERVER_SHUTTING_DOWN));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wills
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_3_1_2_8_will_published_with_its_properties_on_abnormal_close() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let (watcher, mut watch_loop) = AsyncClient::new(options(&hub, "watcher"), 10);
+    watcher.subscribe("will5/#", QoS::AtLeastOnce).await?;
+    until_suback(&mut watch_loop).await?;
+
+    let user_properties = vec![
+        ("bed".to_owned(), "7".to_owned()),
+        ("ward".to_owned(), "3".to_owned()),
+        ("bed".to_owned(), "8".to_owned()),
+    ];
+    let mut dropper = options(&hub, "dropper");
+    dropper.set_last_will(LastWill::new(
+        "will5/dropper",
+        "lost",
+        QoS::AtLeastOnce,
+        false,
+        Some(LastWillProperties {
+            delay_interval: None,
+            payload_format_indicator: Some(1),
+            message_expiry_interval: None,
+            content_type: Some("text/plain".into()),
+            response_topic: Some("will5/ack".into()),
+            correlation_data: Some(b"c-17".to_vec().into()),
+            user_properties: user_properties.clone(),
+        }),
+    ));
+    let (_dropper, mut dropper_loop) = AsyncClient::new(dropper, 10);
+    until_connack(&mut dropper_loop).await?;
+    drop(dropper_loop); // the connection ends without DISCONNECT
+
+    let got = next_publish(&mut watch_loop, SOON).await.expect("will");
+    assert_eq!(
+        (&got.topic[..], &got.payload[..]),
+        (&b"will5/dropper"[..], &b"lost"[..])
+    );
+    let props = got.properties.expect("will properties");
+    assert_eq!(props.payload_format_indicator, Some(1));
+    assert_eq!(props.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(props.response_topic.as_deref(), Some("will5/ack"));
+    assert_eq!(props.correlation_data.as_deref(), Some(&b"c-17"[..]));
+    // MQTT-3.1.3-10: user properties in their order.
+    assert_eq!(props.user_properties, user_properties);
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_3_14_4_3_disconnect_0x00_discards_the_will() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let mut watcher = open(&hub, "watcher")?;
+    assert_eq!(
+        subscribe(&mut watcher, 1, &[("w5/#", 0)], &Props::new())?,
+        vec![0]
+    );
+    for (id, reason) in [("polite", 0x00), ("asks-for-it", 0x04)] {
+        let will = Will {
+            topic: if reason == 0 { "w5/polite" } else { "w5/asked" },
+            payload: b"bye",
+            ..Will::default()
+        };
+        let packet = raw::connect_with(true, id, true, 30, &Props::new(), Some(&will), 0);
+        let (mut conn, _) = Conn::handshake(hub.addr, true, &packet)?;
+        conn.send(&raw::disconnect(true, reason))?;
+        conn.read_to_close(SOON)?;
+    }
+    // MQTT-3.14.4-3: not after 0x00; 3.14.2.1: after 0x04 (Disconnect with Will Message).
+    let got = delivery(&mut watcher, SOON).expect("the will asked for");
+    assert_eq!(got.topic, "w5/asked");
+    assert!(
+        delivery(&mut watcher, QUIET).is_none(),
+        "no will after 0x00"
+    );
+    hub.terminate()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retained messages
+
+#[test]
+fn mqtt_3_3_1_5_to_7_retained_messages_are_stored_replaced_and_cleared() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let mut publisher = open(&hub, "ret-pub")?;
+    for (pkid, payload) in [(1, &b"first"[..]), (2, b"second")] {
+        publisher.send(&publish("ret5/a", 1, true, pkid, &Props::new(), payload))?;
+        publisher.read_kind(4)?;
+    }
+    publisher.send(&publish("ret5/b", 1, true, 3, &Props::new(), b"doomed"))?;
+    publisher.read_kind(4)?;
+    publisher.send(&publish("ret5/b", 1, true, 4, &Props::new(), b""))?;
+    publisher.read_kind(4)?;
+
+    let mut subscriber = open(&hub, "ret-sub")?;
+    // Retain Handling 0: the retained messages are sent on subscribing (MQTT-3.3.1-9), with
+    // RETAIN 1.
+    assert_eq!(
+        subscribe(&mut subscriber, 1, &[("ret5/+", 0)], &Props::new())?,
+        vec![0]
+    );
+    let got = delivery(&mut subscriber, SOON).expect("retained message");
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..], got.retain),
+        ("ret5/a", &b"second"[..], true)
+    );
+    assert!(
+        delivery(&mut subscriber, QUIET).is_none(),
+        "MQTT-3.3.1-6, -7: the empty retained message cleared ret5/b and was not stored"
+    );
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_3_3_1_12_forwarded_messages_have_retain_0() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let mut subscriber = open(&hub, "fwd-sub")?;
+    assert_eq!(
+        subscribe(&mut subscriber, 1, &[("fwd/x", 0)], &Props::new())?,
+        vec![0]
+    );
+    let mut publisher = open(&hub, "fwd-pub")?;
+    publisher.send(&publish("fwd/x", 0, true, 0, &Props::new(), b"live"))?;
+    let got = delivery(&mut subscriber, SOON).expect("delivered");
+    assert!(!got.retain, "Retain As Published 0: RETAIN cleared");
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_3_3_1_10_retain_handling_1_sends_retained_only_for_a_new_subscription() -> anyhow::Result<()>
+{
+    let (_dir, hub) = interop_hub()?;
+    let mut publisher = open(&hub, "rh-pub")?;
+    publisher.send(&publish("rh/x", 1, true, 1, &Props::new(), b"state"))?;
+    publisher.read_kind(4)?;
+    let mut subscriber = open(&hub, "rh-sub")?;
+    let rh1 = 0x10 | 1;
+    assert_eq!(
+        subscribe(&mut subscriber, 1, &[("rh/x", rh1)], &Props::new())?,
+        vec![1]
+    );
+    let got = delivery(&mut subscriber, SOON).expect("new subscription: retained sent");
+    assert!(got.retain);
+    subscriber.send(&raw::ack(0x40, got.pkid))?;
+    assert_eq!(
+        subscribe(&mut subscriber, 2, &[("rh/x", rh1)], &Props::new())?,
+        vec![1]
+    );
+    assert!(
+        delivery(&mut subscriber, QUIET).is_none(),
+        "existing subscription: not sent again"
+    );
+    hub.terminate()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Message expiry
+
+#[test]
+fn mqtt_3_3_2_5_and_6_expired_messages_are_dropped_and_the_rest_count_down() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    // A persistent session, away while messages for it are published.
+    let session = Props::new().u32(prop::SESSION_EXPIRY_INTERVAL, 300);
+    let (mut away, _, _) = open_with(&hub, "away", false, &session)?;
+    assert_eq!(
+        subscribe(&mut away, 1, &[("exp/queued", 1)], &Props::new())?,
+        vec![1]
+    );
+    away.send(&raw::disconnect(true, 0))?;
+    away.read_to_close(SOON)?;
+
+    let mut publisher = open(&hub, "exp-pub")?;
+    let expiry = |s| Props::new().u32(prop::MESSAGE_EXPIRY_INTERVAL, s);
+    let messages = [
+        ("exp/retained", true, 1, &b"short"[..]),
+        ("exp/retained-long", true, 30, b"long"),
+        ("exp/queued", false, 1, b"short"),
+        ("exp/queued", false, 30, b"long"),
+    ];
+    for (pkid, (topic, retain, seconds, payload)) in (1..).zip(messages) {
+        publisher.send(&publish(topic, 1, retain, pkid, &expiry(seconds), payload))?;
+        publisher.read_kind(4)?;
+    }
+    std::thread::sleep(Duration::from_millis(2200));
+
+    let remaining = |d: &raw::Delivery| match find_prop(&d.props, prop::MESSAGE_EXPIRY_INTERVAL) {
+        Some(Prop::U32(s)) => *s,
+        other => panic!("no Message Expiry Interval: {other:?}"),
+    };
+    let mut late = open(&hub, "late")?;
+    assert_eq!(
+        subscribe(&mut late, 1, &[("exp/+", 0)], &Props::new())?,
+        vec![0]
+    );
+    let got = delivery(&mut late, SOON).expect("the retained message still alive");
+    assert_eq!(got.topic, "exp/retained-long");
+    assert!(remaining(&got) <= 28, "counted down: {:?}", got.props);
+    assert!(
+        delivery(&mut late, QUIET).is_none(),
+        "the expired retained message is gone"
+    );
+
+    let (mut back, present, _) = open_with(&hub, "away", false, &session)?;
+    assert!(present);
+    let got = delivery(&mut back, SOON).expect("the queued message still alive");
+    assert_eq!(&got.payload[..], b"long");
+    assert!(remaining(&got) <= 28, "counted down: {:?}", got.props);
+    back.send(&raw::ack(0x40, got.pkid))?;
+    assert!(
+        delivery(&mut back, QUIET).is_none(),
+        "the expired queued message is gone"
+    );
+    hub.terminate()
+}
+
+// ---------------------------------------------------------------------------------------------
+// QoS flows
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_3_3_4_1_qos_0_1_and_2_flow_end_to_end() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let (subscriber, mut sub_loop) = AsyncClient::new(options(&hub, "flow-sub"), 10);
+    subscriber.subscribe("flow/#", QoS::ExactlyOnce).await?;
+    until_suback(&mut sub_loop).await?;
+
+    let (publisher, mut pub_loop) = AsyncClient::new(options(&hub, "flow-pub"), 10);
+    for (qos, topic) in [
+        (QoS::AtMostOnce, "flow/0"),
+        (QoS::AtLeastOnce, "flow/1"),
+        (QoS::ExactlyOnce, "flow/2"),
+    ] {
+        publisher.publish(topic, qos, false, topic).await?;
+    }
+    // PUBACK for QoS 1; PUBREC, then (after rumqttc's PUBREL) PUBCOMP for QoS 2.
+    let mut seen = Vec::new();
+    while !seen.contains(&"PUBCOMP") {
+        match pub_loop.poll().await? {
+            Event::Incoming(Packet::PubAck(ack)) => {
+                assert_eq!(
+                    ack.reason,
+                    rumqttc::v5::mqttbytes::v5::PubAckReason::Success
+                );
+                seen.push("PUBACK");
+            }
+            Event::Incoming(Packet::PubRec(_)) => seen.push("PUBREC"),
+            Event::Incoming(Packet::PubComp(_)) => seen.push("PUBCOMP"),
+            _ => {}
+        }
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, ["PUBACK", "PUBCOMP", "PUBREC"]);
+
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let p = next_publish(&mut sub_loop, SOON).await.expect("delivered");
+        got.push(String::from_utf8(p.payload.to_vec())?);
+    }
+    got.sort();
+    assert_eq!(got, ["flow/0", "flow/1", "flow/2"]);
+    assert!(
+        next_publish(&mut sub_loop, QUIET).await.is_none(),
+        "each once"
+    );
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_3_3_4_7_more_than_receive_maximum_gets_disconnect_0x93() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let mut conn = open(&hub, "greedy")?;
+    // Receive Maximum 100 (announced in CONNACK): 101 QoS 2 publishes, none released.
+    let burst: Vec<u8> = (1..=101u16)
+        .flat_map(|pkid| publish("rm5/x", 2, false, pkid, &Props::new(), b"x"))
+        .collect();
+    conn.send(&burst)?;
+    assert_eq!(conn.end_within(SOON), Some(RECEIVE_MAXIMUM_EXCEEDED));
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_3_2_2_15_packet_over_maximum_packet_size_gets_disconnect_0x95() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let mut conn = open(&hub, "big")?;
+    // The CONNACK announced 256 KiB.
+    conn.send(&publish(
+        "big/x",
+        0,
+        false,
+        0,
+        &Props::new(),
+        &vec![b'x'; 300 * 1024],
+    ))?;
+    assert_eq!(conn.end_within(SOON), Some(PACKET_TOO_LARGE));
+    hub.terminate()
+}
+
+// ---------------------------------------------------------------------------------------------
+// SUBSCRIBE and UNSUBSCRIBE
+
+#[test]
+fn mqtt_3_9_3_1_denied_filter_gets_0x87_in_its_place() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let mut conn = open(&hub, "denied")?;
+    let ack = conn.subscribe_with(
+        7,
+        &[("ok5/one", 1), ("test/nosubscribe", 0), ("ok5/two", 2)],
+        &Props::new(),
+    )?;
+    assert_eq!(ack.pkid(), 7);
+    assert_eq!(
+        ack.codes(true),
+        vec![1, 0x87, 2],
+        "Not authorized in its place"
+    );
+    let ack = conn.subscribe_with(8, &[("test/nosubscribe", 1)], &Props::new())?;
+    assert_eq!(ack.codes(true), vec![0x87]);
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_4_8_2_shared_subscriptions_refused_with_0x9e() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let (mut conn, _, props) = open_with(&hub, "sharer", true, &Props::new())?;
+    assert_eq!(
+        find_prop(&props, prop::SHARED_SUBSCRIPTION_AVAILABLE),
+        Some(&Prop::Byte(0))
+    );
+    let codes = subscribe(
+        &mut conn,
+        1,
+        &[("$share/g/sh/x", 1), ("sh/y", 1)],
+        &Props::new(),
+    )?;
+    assert_eq!(codes, vec![0x9e, 1], "Shared Subscriptions not supported");
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_3_3_4_3_subscription_identifiers_come_with_each_delivery() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let mut publisher = open(&hub, "sid-pub")?;
+    publisher.send(&publish("sid/a", 1, true, 1, &Props::new(), b"retained"))?;
+    publisher.read_kind(4)?;
+
+    let mut subscriber = open(&hub, "sid-sub")?;
+    let id = |n| Props::new().varint(prop::SUBSCRIPTION_IDENTIFIER, n);
+    assert_eq!(
+        subscribe(&mut subscriber, 1, &[("sid/#", 1)], &id(7))?,
+        vec![1]
+    );
+    let ids = |d: &raw::Delivery| -> Vec<Prop> {
+        d.props
+            .iter()
+            .filter(|(i, _)| *i == prop::SUBSCRIPTION_IDENTIFIER)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    let got = delivery(&mut subscriber, SOON).expect("retained message");
+    assert_eq!(ids(&got), [Prop::VarInt(7)], "on the retained message too");
+    subscriber.send(&raw::ack(0x40, got.pkid))?;
+
+    // Overlapping subscriptions: one copy per subscription, each with its own identifier
+    // (MQTT-3.3.4-5).
+    assert_eq!(
+        subscribe(&mut subscriber, 2, &[("sid/b", 1)], &id(9))?,
+        vec![1]
+    );
+    publisher.send(&publish("sid/b", 1, false, 2, &Props::new(), b"live"))?;
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let got = delivery(&mut subscriber, SOON).expect("a copy per subscription");
+        subscriber.send(&raw::ack(0x40, got.pkid))?;
+        seen.extend(ids(&got));
+    }
+    seen.sort_by_key(|p| format!("{p:?}"));
+    assert_eq!(seen, [Prop::VarInt(7), Prop::VarInt(9)]);
+    assert!(
+        delivery(&mut subscriber, QUIET).is_none(),
+        "two copies, no more"
+    );
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_3_8_2_1_2_subscription_identifier_0_is_a_protocol_error() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let mut conn = open(&hub, "sid0")?;
+    let zero = Props::new().varint(prop::SUBSCRIPTION_IDENTIFIER, 0);
+    conn.send(&raw::subscribe_with(true, 1, &[("sid0/x", 0)], &zero))?;
+    assert_eq!(conn.end_within(SOON), Some(PROTOCOL_ERROR));
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_3_8_3_2_subscribe_without_filters_ends_the_connection() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let mut conn = open(&hub, "nofilter")?;
+    // Packet id, no properties, no filters: a Protocol Error (3.8.3).
+    conn.send(&raw::packet(0x82, &[0, 1, 0]))?;
+    let reason = conn.end_within(SOON);
+    assert_eq!(reason, Some(PROTOCOL_ERROR));
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_4_7_1_2_and_3_malformed_topic_filters_end_the_connection() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    // '#' not last, '+' sharing a level, '#' sharing a level, and an empty filter (4.7.3-1).
+    for filter in ["a/#/b", "a+/b", "a/b#", ""] {
+        let mut conn = open(&hub, "badfilter")?;
+        conn.send(&raw::subscribe_with(true, 1, &[(filter, 0)], &Props::new()))?;
+        assert_eq!(
+            conn.end_within(SOON),
+            Some(MALFORMED_PACKET),
+            "{filter:?}: no SUBACK, DISCONNECT Malformed Packet"
+        );
+    }
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_3_3_4_6_publish_with_a_subscription_identifier_ends_the_connection() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let mut conn = open(&hub, "sid-pub")?;
+    let props = Props::new().varint(prop::SUBSCRIPTION_IDENTIFIER, 3);
+    conn.send(&publish("sid/x", 1, false, 1, &props, b"x"))?;
+    // A Protocol Error (MQTT-3.3.4-6).
+    let reason = conn.end_within(SOON);
+    assert_eq!(reason, Some(PROTOCOL_ERROR));
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_3_10_4_4_unsuback_with_reason_code_and_delivery_stops() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let mut conn = open(&hub, "unsub")?;
+    assert_eq!(
+        subscribe(&mut conn, 1, &[("un5/x", 0)], &Props::new())?,
+        vec![0]
+    );
+    conn.send(&raw::unsubscribe(true, 0x0a0b, &["un5/x"]))?;
+    let ack = conn.read_kind(11)?;
+    assert_eq!(ack.pkid(), 0x0a0b);
+    assert_eq!(ack.codes(true), vec![0x00], "Success");
+    let mut publisher = open(&hub, "unsub-pub")?;
+    publisher.send(&publish("un5/x", 0, false, 0, &Props::new(), b"after"))?;
+    assert!(delivery(&mut conn, QUIET).is_none(), "MQTT-3.10.4-2");
+    hub.terminate()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Application message properties
+
+/// Publishes `properties` with a rumqttc MQTT 5 client and returns what a subscriber gets.
+async fn round_trip(
+    hub: &Hub,
+    topic: &str,
+    properties: PublishProperties,
+) -> anyhow::Result<PublishProperties> {
+    let (subscriber, mut sub_loop) = AsyncClient::new(options(hub, "props-sub"), 10);
+    subscriber.subscribe(topic, QoS::AtLeastOnce).await?;
+    until_suback(&mut sub_loop).await?;
+    let publisher = background(hub, "props-pub");
+    publisher
+        .publish_with_properties(topic, QoS::AtLeastOnce, false, "payload", properties)
+        .await?;
+    let got = next_publish(&mut sub_loop, SOON)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("not delivered"))?;
+    Ok(got.properties.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_3_3_2_4_and_20_payload_format_indicator_and_content_type_unaltered(
+) -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let sent = PublishProperties {
+        payload_format_indicator: Some(1),
+        content_type: Some("application/json; charset=utf-8".into()),
+        ..Default::default()
+    };
+    let got = round_trip(&hub, "pfi/x", sent).await?;
+    assert_eq!(got.payload_format_indicator, Some(1));
+    assert_eq!(
+        got.content_type.as_deref(),
+        Some("application/json; charset=utf-8")
+    );
+    hub.terminate()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_3_3_2_17_and_18_user_properties_unaltered_and_in_order() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let pairs: Vec<(String, String)> = [("z", "1"), ("a", "2"), ("z", "3"), ("unit", "mmHg")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let sent = PublishProperties {
+        user_properties: pairs.clone(),
+        ..Default::default()
+    };
+    let got = round_trip(&hub, "up/x", sent).await?;
+    assert_eq!(got.user_properties, pairs);
+    hub.terminate()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_3_3_2_15_and_16_request_response_through_the_hub() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    // The responder serves requests on rr/requests.
+    let (responder, mut responder_loop) = AsyncClient::new(options(&hub, "responder"), 10);
+    responder.subscribe("rr/requests", QoS::AtLeastOnce).await?;
+    until_suback(&mut responder_loop).await?;
+    let (requester, mut requester_loop) = AsyncClient::new(options(&hub, "requester"), 10);
+    requester
+        .subscribe("rr/replies/requester", QoS::AtLeastOnce)
+        .await?;
+    until_suback(&mut requester_loop).await?;
+
+    let request = PublishProperties {
+        response_topic: Some("rr/replies/requester".into()),
+        correlation_data: Some(b"\x00req-42\xff".to_vec().into()),
+        ..Default::default()
+    };
+    requester
+        .publish_with_properties("rr/requests", QoS::AtLeastOnce, false, "ping?", request)
+        .await?;
+    while !matches!(
+        requester_loop.poll().await?,
+        Event::Incoming(Packet::PubAck(_))
+    ) {}
+    let got = next_publish(&mut responder_loop, SOON)
+        .await
+        .expect("request delivered");
+    let props = got.properties.expect("request properties");
+    // MQTT-3.3.2-15, -16: both unaltered.
+    assert_eq!(
+        props.response_topic.as_deref(),
+        Some("rr/replies/requester")
+    );
+    assert_eq!(
+        props.correlation_data.as_deref(),
+        Some(&b"\x00req-42\xff"[..])
+    );
+
+    let reply = PublishProperties {
+        correlation_data: props.correlation_data.clone(),
+        ..Default::default()
+    };
+    let topic = props.response_topic.clone().unwrap_or_default();
+    responder
+        .publish_with_properties(topic, QoS::AtLeastOnce, false, "pong", reply)
+        .await?;
+    tokio::spawn(async move { while responder_loop.poll().await.is_ok() {} });
+    let answer = next_publish(&mut requester_loop, SOON)
+        .await
+        .expect("response delivered");
+    assert_eq!(&answer.payload[..], b"pong");
+    assert_eq!(
+        answer
+            .properties
+            .and_then(|p| p.correlation_data)
+            .as_deref(),
+        Some(&b"\x00req-42\xff"[..])
+    );
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_5_properties_do_not_reach_a_3_1_1_subscriber() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    // A 3.1.1 subscriber gets the message of an MQTT 5 publisher, without the properties 3.1.1
+    // cannot carry (3.3.4, non-normative comment).
+    let (mut old, code) = Conn::connect(hub.addr, false, "old-app", None, None)?;
+    assert_eq!(code, 0);
+    assert_eq!(old.subscribe(1, &["mixed/x"])?, vec![0]);
+    let mut publisher = open(&hub, "new-pub")?;
+    let props = Props::new()
+        .pair("k", "v")
+        .str(prop::CONTENT_TYPE, "text/plain")
+        .u32(prop::MESSAGE_EXPIRY_INTERVAL, 60);
+    publisher.send(&publish("mixed/x", 1, false, 1, &props, b"across versions"))?;
+    let got = old
+        .read_kind_within(3, SOON)
+        .expect("delivered")
+        .publish(false);
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("mixed/x", &b"across versions"[..])
+    );
+    hub.terminate()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Topic aliases
+
+#[test]
+fn mqtt_3_3_2_7_topic_aliases_end_with_the_network_connection() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let mut watcher = open(&hub, "alias-watch")?;
+    assert_eq!(
+        subscribe(&mut watcher, 1, &[("alias5/#", 0)], &Props::new())?,
+        vec![0]
+    );
+    let alias = Props::new().u16(prop::TOPIC_ALIAS, 5);
+    let mut first = open(&hub, "aliaser")?;
+    first.send(&publish(
+        "alias5/long/topic",
+        0,
+        false,
+        0,
+        &alias,
+        b"define",
+    ))?;
+    first.send(&publish("", 0, false, 0, &alias, b"use"))?;
+    for want in [&b"define"[..], b"use"] {
+        let got = delivery(&mut watcher, SOON).expect("delivered under its topic");
+        assert_eq!(
+            (got.topic.as_str(), &got.payload[..]),
+            ("alias5/long/topic", want)
+        );
+    }
+    first.send(&raw::disconnect(true, 0))?;
+    first.read_to_close(SOON)?;
+    // The same client, a new connection: alias 5 means nothing here.
+    let mut again = open(&hub, "aliaser")?;
+    again.send(&publish("", 0, false, 0, &alias, b"stale"))?;
+    assert_eq!(again.end_within(SOON), Some(PROTOCOL_ERROR));
+    assert!(delivery(&mut watcher, QUIET).is_none());
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_3_3_2_8_topic_alias_0_gets_disconnect_0x94() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let mut conn = open(&hub, "alias0")?;
+    let zero = Props::new().u16(prop::TOPIC_ALIAS, 0);
+    conn.send(&publish("alias0/x", 0, false, 0, &zero, b"x"))?;
+    assert_eq!(conn.end_within(SOON), Some(TOPIC_ALIAS_INVALID));
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_3_3_2_11_hub_sends_no_topic_aliases() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    // The client accepts up to 10 aliases; the hub sends none (its choice), so no PUBLISH to
+    // it can exceed the maximum, and a client that accepts none (MQTT-3.1.2-27) is safe too.
+    let (mut subscriber, _, _) = open_with(
+        &hub,
+        "alias-ok",
+        true,
+        &Props::new().u16(prop::TOPIC_ALIAS_MAXIMUM, 10),
+    )?;
+    assert_eq!(
+        subscribe(&mut subscriber, 1, &[("out/alias", 0)], &Props::new())?,
+        vec![0]
+    );
+    let mut publisher = open(&hub, "out-pub")?;
+    for _ in 0..3 {
+        publisher.send(&publish("out/alias", 0, false, 0, &Props::new(), b"x"))?;
+    }
+    for _ in 0..3 {
+        let got = delivery(&mut subscriber, SOON).expect("delivered");
+        assert_eq!(got.topic, "out/alias", "the full topic every time");
+        assert_eq!(find_prop(&got.props, prop::TOPIC_ALIAS), None);
+    }
+    hub.terminate()
+}
