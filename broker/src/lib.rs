@@ -266,7 +266,9 @@ async fn accept_or_never(
 #[doc(hidden)]
 pub mod fuzzing {
     use bytes::BytesMut;
-    pub use rumqttd::protocol::{matches, valid_filter, Error, LastWill, Packet, Publish};
+    pub use rumqttd::protocol::{
+        matches, valid_filter, DisconnectReasonCode, Error, Packet, Publish,
+    };
 
     use crate::codec::{self, Sniff, Version};
 
@@ -306,6 +308,10 @@ pub mod fuzzing {
 
     pub fn check_topic_name(topic: &[u8]) -> Result<&str, &'static str> {
         crate::packet::check_topic_name(topic)
+    }
+
+    pub fn check_topic_filter(filter: &str) -> Result<(), &'static str> {
+        crate::packet::check_topic_filter(filter)
     }
 
     pub fn telemetry_device(topic: &str) -> Option<&str> {

@@ -1,0 +1,97 @@
+//! Telemetry payloads through `kenko_ingest::decode::decode`, for every built-in profile.
+//!
+//! The first byte chooses: bits 0–5 the profile (its index, modulo their number, among the
+//! built-in profiles sorted by name), bit 6 the device's zone (Asia/Tokyo, or America/New_York
+//! for local times across daylight-saving changes), bit 7 plausibility (flag or reject). The
+//! rest is the payload. The hub's clock reads 2026-11-25T12:00:00Z, as in the golden tests.
+#![no_main]
+
+use std::sync::{Arc, OnceLock};
+
+use kenko_config::{DeviceKind, Plausibility};
+use kenko_devices::{DeviceEntry, Profile, Profiles};
+use kenko_ingest::decode::{decode, Context, TimeLimits, Zones};
+use kenko_ingest::flags;
+use libfuzzer_sys::fuzz_target;
+
+const RECEIVED_MS: i64 = 1_795_608_000_000;
+/// 2000-01-01T00:00:00Z: the decoder refuses earlier event times.
+const MIN_EPOCH_MS: i64 = 946_684_800_000;
+
+struct Setup {
+    profiles: Vec<Arc<Profile>>,
+    /// Per zone: the zones and one device per profile.
+    zones: [(Zones, Vec<DeviceEntry>); 2],
+}
+
+fn setup() -> &'static Setup {
+    static SETUP: OnceLock<Setup> = OnceLock::new();
+    SETUP.get_or_init(|| {
+        let mut profiles: Vec<_> = Profiles::builtin().iter().cloned().collect();
+        profiles.sort_by(|a, b| a.name.cmp(&b.name));
+        let zoned = |tz: Option<&str>| {
+            let devices: Vec<DeviceEntry> = profiles
+                .iter()
+                .map(|p| DeviceEntry {
+                    id: Arc::from("dev-001"),
+                    kind: p.kind.unwrap_or(DeviceKind::Bed),
+                    citizen: Arc::from("citizen-001"),
+                    profile: Arc::from(&*p.name),
+                    timezone: tz.map(Arc::from),
+                })
+                .collect();
+            let zones = Zones::resolve("Asia/Tokyo", &devices).expect("zones");
+            (zones, devices)
+        };
+        let zones = [zoned(None), zoned(Some("America/New_York"))];
+        Setup { profiles, zones }
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&choice, payload)) = data.split_first() else {
+        return;
+    };
+    let setup = setup();
+    let index = usize::from(choice & 0x3f) % setup.profiles.len();
+    let (zones, devices) = &setup.zones[usize::from(choice >> 6 & 1)];
+    let plausibility = if choice & 0x80 == 0 {
+        Plausibility::Flag
+    } else {
+        Plausibility::Reject
+    };
+    let limits = TimeLimits::default();
+    let ctx = Context {
+        device: &devices[index],
+        profile: &setup.profiles[index],
+        zones,
+        received_ms: RECEIVED_MS,
+        plausibility,
+        limits,
+        derived: false,
+    };
+    let mut out = Vec::new();
+    let result = kenko_fuzz::bounded(data.len(), || decode(&ctx, payload, &mut out));
+    match result {
+        Err(_) => assert!(out.is_empty(), "a rejection appended observations"),
+        Ok(()) => {
+            assert!(!out.is_empty(), "accepted a payload without readings");
+            for o in &out {
+                assert!(o.value.is_finite(), "{o:?}");
+                assert!(
+                    !o.metric.is_derived(),
+                    "a device sent a derived metric: {o:?}"
+                );
+                assert!(o.time_ms >= MIN_EPOCH_MS, "{o:?}");
+                assert!(o.time_ms <= RECEIVED_MS + limits.max_future_ms, "{o:?}");
+                assert!(o.time_ms >= RECEIVED_MS - limits.late_horizon_ms, "{o:?}");
+                let (low, high) = o.metric.plausible();
+                let plausible = (low..=high).contains(&o.value);
+                assert_eq!(o.flags & flags::IMPLAUSIBLE == 0, plausible, "{o:?}");
+                assert!(plausible || plausibility == Plausibility::Flag, "{o:?}");
+                assert_eq!(&*o.device, "dev-001");
+                assert_eq!(o.received_ms, RECEIVED_MS);
+            }
+        }
+    }
+});
