@@ -596,6 +596,24 @@ fn mqtt_3_3_2_2_publish_topic_without_wildcards() -> Result<()> {
     finish(hub, "wildcards in PUBLISH")
 }
 
+/// A topic or filter whose first character is not ASCII. rumqttd 0.20's matcher panics on
+/// one, which took the router (and every connection) down; kenko refuses them before the
+/// router sees them, and goes on serving.
+#[test]
+fn a_non_ascii_first_character_cannot_take_the_router_down() -> Result<()> {
+    let (_dir, hub) = start()?;
+    for v5 in VERSIONS {
+        let mut conn = connected(&hub, v5, "utf8first")?;
+        conn.send(&publish(v5, 1, "é/x".as_bytes(), 1, &[], b"x"))?;
+        assert_cut_off(&mut conn, TOPIC_NAME_INVALID, "PUBLISH on é/x");
+        let mut conn = connected(&hub, v5, "utf8first")?;
+        conn.send(&subscribe(v5, 1, &[], &["健康/#".as_bytes()]))?;
+        assert_cut_off(&mut conn, MALFORMED_PACKET, "SUBSCRIBE to 健康/#");
+    }
+    assert_still_serves(&hub)?;
+    finish(hub, "non-ASCII first character")
+}
+
 const SESSION_EXPIRY_TWICE: &[u8] = &[0x11, 0, 0, 0, 10, 0x11, 0, 0, 0, 20];
 const PAYLOAD_FORMAT_TWICE: &[u8] = &[0x01, 1, 0x01, 0];
 const SUBSCRIPTION_ID_TWICE: &[u8] = &[0x0b, 1, 0x0b, 2];

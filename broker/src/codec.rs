@@ -86,6 +86,17 @@ impl Codec {
             Err(e) => return Err(e),
         };
         let frame = header.frame_length();
+        if self.version == Version::V5
+            && header.byte1 == 0xE0
+            && frame == header.fixed_header_len + 1
+        {
+            // A DISCONNECT with a reason code and no property length (3.14.2.2.1 allows it):
+            // rumqttd's decoder wants the property length, so it is given an empty one.
+            let reason = buf[header.fixed_header_len];
+            buf.advance(frame);
+            let mut full = BytesMut::from(&[0xE0, 0x02, reason, 0x00][..]);
+            return V5.read_mut(&mut full, self.max_packet_size).map(Some);
+        }
         if self.version == Version::V5 {
             let body = &buf[header.fixed_header_len..frame];
             let checked =
@@ -118,9 +129,21 @@ impl Codec {
 
     /// Appends the encoded packet to `out`.
     pub(crate) fn write(&self, packet: Packet, out: &mut BytesMut) -> Result<(), protocol::Error> {
-        match self.version {
-            Version::V311 => V4.write(without_properties(packet), out)?,
-            Version::V5 => V5.write(packet, out)?,
+        match (self.version, packet) {
+            (Version::V311, packet) => V4.write(without_properties(packet), out)?,
+            // rumqttd writes a DISCONNECT with a reason code and no properties as
+            // E0 01 <code> 00: the property length it appends is not counted in the remaining
+            // length (and with an empty property list it writes E0 00, losing the code).
+            // The bytes are right but for the remaining length, which is set here.
+            (Version::V5, Packet::Disconnect(d, None)) => {
+                let start = out.len();
+                V5.write(Packet::Disconnect(d, None), out)?;
+                if out[start..].len() == 4 && out[start + 1] == 0x01 {
+                    out[start + 1] = 0x02;
+                }
+                out.len() - start
+            }
+            (Version::V5, packet) => V5.write(packet, out)?,
         };
         Ok(())
     }
@@ -341,6 +364,7 @@ fn without_properties(packet: Packet) -> Packet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rumqttd::protocol::Disconnect;
 
     fn connect(name: &[u8], level: u8) -> Vec<u8> {
         let mut body = vec![0, name.len() as u8];
@@ -400,6 +424,38 @@ mod tests {
             Err(e) => e,
             Ok(packet) => panic!("accepted: {packet:?}"),
         }
+    }
+
+    #[test]
+    fn mqtt5_disconnect_round_trips_in_its_short_and_long_forms() {
+        let codec = Codec::new(Version::V5, 1024);
+        let mut out = BytesMut::new();
+        let d = Disconnect {
+            reason_code: DisconnectReasonCode::MalformedPacket,
+        };
+        codec
+            .write(Packet::Disconnect(d, None), &mut out)
+            .expect("write");
+        assert_eq!(
+            &out[..],
+            &[0xE0, 0x02, 0x81, 0x00],
+            "remaining length matches"
+        );
+        for bytes in [
+            &[0xE0, 0x01, 0x00][..],
+            &[0xE0, 0x00],
+            &[0xE0, 0x02, 0x00, 0x00],
+        ] {
+            let packet = read(Version::V5, BytesMut::from(bytes)).expect("a valid DISCONNECT");
+            assert!(
+                matches!(packet, Some(Packet::Disconnect(d, _)) if d.reason_code == DisconnectReasonCode::NormalDisconnection),
+                "{bytes:?}"
+            );
+        }
+        let packet = read(Version::V5, BytesMut::from(&[0xE0, 0x01, 0x04][..])).expect("0x04");
+        assert!(
+            matches!(packet, Some(Packet::Disconnect(d, _)) if d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage)
+        );
     }
 
     #[test]

@@ -241,7 +241,7 @@ async fn handshake(
         if let Some(why) = will_problem(will) {
             let code = match hs.codec.version() {
                 Version::V5 => ConnectReturnCode::TopicNameInvalid,
-                Version::V311 => ConnectReturnCode::UnspecifiedError,
+                Version::V311 => ConnectReturnCode::NotAuthorized,
             };
             return hs.refuse(code, &why).await;
         }
@@ -305,7 +305,7 @@ async fn handshake(
     let Ok(Ok((link_tx, link_rx, notification))) = linked else {
         return hs
             .refuse(
-                ConnectReturnCode::ServerUnavailable,
+                busy(hs.codec.version()),
                 "the hub's router is not available",
             )
             .await;
@@ -315,7 +315,7 @@ async fn handshake(
     else {
         return hs
             .refuse(
-                ConnectReturnCode::ServerUnavailable,
+                busy(hs.codec.version()),
                 "the hub's router refused the connection",
             )
             .await;
@@ -365,6 +365,23 @@ fn busy(version: Version) -> ConnectReturnCode {
     match version {
         Version::V5 => ConnectReturnCode::ServerBusy,
         Version::V311 => ConnectReturnCode::ServiceUnavailable,
+    }
+}
+
+/// The MQTT 3.1.1 return code (3.2.2.3) nearest to an MQTT 5 reason code.
+fn v311_code(code: ConnectReturnCode) -> ConnectReturnCode {
+    use ConnectReturnCode as C;
+    match code {
+        C::Success
+        | C::RefusedProtocolVersion
+        | C::ClientIdentifierNotValid
+        | C::ServiceUnavailable
+        | C::BadUserNamePassword
+        | C::NotAuthorized => code,
+        C::UnsupportedProtocolVersion => C::RefusedProtocolVersion,
+        C::BadAuthenticationMethod => C::BadUserNamePassword,
+        C::Banned | C::TopicNameInvalid => C::NotAuthorized,
+        _ => C::ServiceUnavailable,
     }
 }
 
@@ -516,6 +533,11 @@ impl Handshake {
         why: &str,
     ) -> std::io::Result<Option<Session>> {
         info!(?code, why, "CONNECT refused");
+        let code = match self.codec.version() {
+            Version::V5 => code,
+            // 3.1.1 has six return codes, and rumqttd's encoder panics on any other.
+            Version::V311 => v311_code(code),
+        };
         let props = (self.codec.version() == Version::V5).then(|| ConnAckProperties {
             reason_string: Some(why.to_owned()),
             ..ConnAckProperties::default()

@@ -45,8 +45,17 @@ pub(crate) fn check_topic_name(topic: &[u8]) -> Result<&str, &'static str> {
     if topic.contains('\0') {
         return Err("topic contains a NUL character");
     }
+    if !topic.is_char_boundary(1) {
+        return Err(ROUTER_FIRST_CHARACTER);
+    }
     Ok(topic)
 }
+
+/// rumqttd 0.20's matcher slices the first byte of a topic or filter and panics when the
+/// first character takes more than one (killing the router thread, and with it every
+/// connection), so such topics and filters are refused before they reach it.
+const ROUTER_FIRST_CHARACTER: &str =
+    "topics and filters must start with an ASCII character on this hub (a level of their own, e.g. x/…, is fine)";
 
 /// Why a topic filter in a SUBSCRIBE or UNSUBSCRIBE is not well formed, if it is not: it is
 /// empty, holds a NUL (MQTT-1.5.4-2), has `#` anywhere but as the whole last level
@@ -57,6 +66,9 @@ pub(crate) fn check_topic_filter(filter: &str) -> Result<(), &'static str> {
     }
     if filter.contains('\0') {
         return Err("topic filter contains a NUL character");
+    }
+    if !filter.is_char_boundary(1) {
+        return Err(ROUTER_FIRST_CHARACTER);
     }
     let mut levels = filter.split('/').peekable();
     while let Some(level) = levels.next() {
@@ -103,6 +115,15 @@ mod tests {
                 assert_eq!(&p.payload[..], b"x");
             }
         }
+    }
+
+    #[test]
+    fn a_first_character_the_router_cannot_match_is_refused() {
+        assert!(check_topic_name("é/x".as_bytes()).is_err());
+        assert!(check_topic_name("健康/x".as_bytes()).is_err());
+        assert!(check_topic_filter("é/#").is_err());
+        assert_eq!(check_topic_name("x/健康".as_bytes()), Ok("x/健康"));
+        assert!(check_topic_filter("x/健康/+").is_ok());
     }
 
     #[test]
