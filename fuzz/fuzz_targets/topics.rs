@@ -21,10 +21,12 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn check(pattern: &[u8], filter: &[u8], topic: &[u8]) {
-    // The session's check of a PUBLISH topic refuses exactly what MQTT forbids.
+    // The session's check of a PUBLISH topic refuses exactly what MQTT forbids, and (on
+    // purpose, until rumqttd's matcher is fixed) a first character that is not ASCII.
     let checked = check_topic_name(topic);
     let utf8 = std::str::from_utf8(topic).ok();
-    let valid = utf8.filter(|t| !t.is_empty() && !t.contains(['+', '#', '\0']));
+    let valid =
+        utf8.filter(|t| !t.is_empty() && !t.contains(['+', '#', '\0']) && t.is_char_boundary(1));
     assert_eq!(checked.ok(), valid, "check_topic_name({topic:?})");
     if let Some(t) = valid {
         if let Some(device) = telemetry_device(t) {
@@ -59,7 +61,9 @@ fn check(pattern: &[u8], filter: &[u8], topic: &[u8]) {
     let well_formed = check_topic_filter(filter).is_ok();
     assert_eq!(
         well_formed,
-        valid_filter(filter) && !filter.contains('\0'),
+        valid_filter(filter)
+            && !filter.contains('\0')
+            && (filter.is_empty() || filter.is_char_boundary(1)),
         "check_topic_filter({filter:?})"
     );
     // The session forwards a valid topic not starting with '$' to the router, which matches
