@@ -80,7 +80,10 @@ async fn thousand_qos1_messages_are_queryable_with_normalized_values() -> anyhow
     let acked = tokio::time::timeout(Duration::from_secs(60), acks).await???;
     assert_eq!(acked, N);
 
-    let rows = hub.query(&["--metric", "heart_rate", "--citizen", "citizen-001"])?;
+    let rows = hub.query_at_least(
+        N as usize,
+        &["--metric", "heart_rate", "--citizen", "citizen-001"],
+    )?;
     assert_eq!(
         rows.len(),
         N as usize,
@@ -171,7 +174,7 @@ fn mosquitto_pub_messages_arrive_over_mqtt_311_and_5() -> anyhow::Result<()> {
         "bed-002",
         &format!(r#"{{"ts":{t},"hr":72,"occ":true}}"#),
     )?;
-    let rows = hub.query(&["--metric", "heart_rate"])?;
+    let rows = hub.query_at_least(2, &["--metric", "heart_rate"])?;
     let got: HashSet<(String, String)> = rows
         .iter()
         .map(|r| {

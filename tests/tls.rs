@@ -115,7 +115,7 @@ fn a_client_certificate_names_the_principal_and_passwords_work_over_tls() -> any
     let pw = common::password("bed-002");
     let (ok, err) = publish_tls(&hub, dir.path(), "bed-002", &["-u", "bed-002", "-P", &pw])?;
     assert!(ok, "password over TLS: {err}");
-    let rows = hub.query(&["--metric", "heart_rate"])?;
+    let rows = hub.query_at_least(2, &["--metric", "heart_rate"])?;
     let devices: Vec<&str> = rows.iter().filter_map(|r| r["device"].as_str()).collect();
     assert!(
         devices.contains(&"bed-001") && devices.contains(&"bed-002"),

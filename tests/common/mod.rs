@@ -258,6 +258,28 @@ impl Hub {
     pub fn query(&self, args: &[&str]) -> anyhow::Result<Vec<serde_json::Value>> {
         query(&self.data_dir, args)
     }
+
+    /// Runs `kenko query` until it returns at least `n` rows (30 s at most) and returns them.
+    /// The store sink follows the write-ahead log, so what was acknowledged may still be on
+    /// its way into the store; tests then assert on exactly what came back.
+    pub fn query_at_least(
+        &self,
+        n: usize,
+        args: &[&str],
+    ) -> anyhow::Result<Vec<serde_json::Value>> {
+        let mut last = Vec::new();
+        let waited = eventually(Duration::from_secs(30), || {
+            last = self.query(args)?;
+            Ok((last.len() >= n).then(|| last.clone()))
+        });
+        waited.map_err(|e| {
+            anyhow::anyhow!(
+                "{e}: wanted {n} rows of `kenko query {}`, have {}: {last:?}",
+                args.join(" "),
+                last.len()
+            )
+        })
+    }
 }
 
 impl Drop for Hub {
