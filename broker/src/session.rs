@@ -122,8 +122,6 @@ pub(crate) struct Session {
     aliases: HashMap<u16, Bytes>,
     /// Publishes the client may still send before being read more slowly.
     rate: TokenBucket,
-    /// Where a delivery is encoded to be measured against the client's maximum packet size.
-    scratch: BytesMut,
 }
 
 /// Topic aliases a client may define (announced as Topic Alias Maximum in CONNACK).
@@ -203,7 +201,6 @@ impl Session {
             inbound: HashSet::new(),
             aliases: HashMap::new(),
             rate,
-            scratch: BytesMut::new(),
         }
     }
 
@@ -673,27 +670,34 @@ impl Session {
                     }
                     Err(_) => false,
                 };
-                // MQTT-3.1.2-25: a packet larger than the client accepts is discarded, as if
-                // it had been delivered.
-                let mut fits = true;
-                if let (true, Some(max)) = (allowed, self.peer.max_packet_size) {
-                    self.scratch.clear();
-                    let packet =
-                        Packet::Publish(forward.publish.clone(), forward.properties.clone());
-                    fits = self.codec.write(packet, &mut self.scratch).is_ok()
-                        && self.scratch.len() <= max;
-                    if !fits {
-                        self.shared
-                            .stats
-                            .too_large_for_client
-                            .fetch_add(1, Ordering::Relaxed);
-                        debug!(
-                            size = self.scratch.len(),
-                            max, "delivery larger than the client accepts; discarded"
-                        );
+                // Encoded once, straight into the output buffer; taken back out if it cannot be
+                // delivered. MQTT-3.1.2-25: a packet larger than the client accepts is
+                // discarded, as if it had been delivered.
+                let mut deliver = allowed;
+                if allowed {
+                    let start = self.out.len();
+                    let packet = Packet::Publish(forward.publish, forward.properties);
+                    if let Err(e) = self.codec.write(packet, &mut self.out) {
+                        warn!(error = %e, "cannot encode delivery for client; discarded");
+                        deliver = false;
+                    } else if let Some(max) = self.peer.max_packet_size {
+                        let size = self.out.len() - start;
+                        if size > max {
+                            self.shared
+                                .stats
+                                .too_large_for_client
+                                .fetch_add(1, Ordering::Relaxed);
+                            debug!(
+                                size,
+                                max, "delivery larger than the client accepts; discarded"
+                            );
+                            deliver = false;
+                        }
+                    }
+                    if !deliver {
+                        self.out.truncate(start);
                     }
                 }
-                let deliver = allowed && fits;
                 if qos != QoS::AtMostOnce {
                     let qos2 = qos == QoS::ExactlyOnce;
                     self.acks
@@ -701,7 +705,6 @@ impl Session {
                 }
                 if deliver {
                     self.shared.stats.delivered.fetch_add(1, Ordering::Relaxed);
-                    self.write(Packet::Publish(forward.publish, forward.properties));
                 } else if !allowed {
                     self.shared.stats.withheld.fetch_add(1, Ordering::Relaxed);
                 }
