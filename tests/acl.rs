@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::mqtt311::{until_connack, until_suback};
 use common::raw::{self, Conn};
 use common::Hub;
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, QoS};
@@ -84,15 +85,11 @@ impl Inbox {
     async fn open(hub: &Hub, client_id: &str, filter: &str, qos: QoS) -> anyhow::Result<Inbox> {
         let (client, mut eventloop) = hub.device(client_id);
         client.subscribe(filter, qos).await?;
-        loop {
-            if let Event::Incoming(Incoming::SubAck(ack)) = eventloop.poll().await? {
-                anyhow::ensure!(
-                    !matches!(ack.return_codes[0], rumqttc::SubscribeReasonCode::Failure),
-                    "{client_id} may subscribe to {filter}"
-                );
-                break;
-            }
-        }
+        let ack = until_suback(&mut eventloop).await?;
+        anyhow::ensure!(
+            !matches!(ack.return_codes[0], rumqttc::SubscribeReasonCode::Failure),
+            "{client_id} may subscribe to {filter}"
+        );
         let got = Arc::new(Mutex::new(Vec::new()));
         let sink = got.clone();
         tokio::spawn(async move {
@@ -139,11 +136,8 @@ impl Inbox {
 
 async fn connected(hub: &Hub, id: &str) -> anyhow::Result<(AsyncClient, EventLoop)> {
     let (client, mut eventloop) = hub.device(id);
-    loop {
-        if let Event::Incoming(Incoming::ConnAck(_)) = eventloop.poll().await? {
-            return Ok((client, eventloop));
-        }
-    }
+    until_connack(&mut eventloop).await?;
+    Ok((client, eventloop))
 }
 
 /// Publishes `topic` from `writer` every 20 ms until `stop`.

@@ -6,37 +6,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use common::mqtt311::{next_publish, until_connack, until_suback};
 use common::Hub;
-use rumqttc::{Event, EventLoop, Incoming, LastWill, Packet, QoS};
-
-/// Polls until a publish arrives on the event loop, or `limit` passes.
-async fn next_publish(eventloop: &mut EventLoop, limit: Duration) -> Option<rumqttc::Publish> {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => return Some(p),
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) | Err(_) => return None,
-        }
-    }
-}
-
-/// Polls until the SUBACK arrives.
-async fn until_suback(eventloop: &mut EventLoop) -> anyhow::Result<()> {
-    loop {
-        if let Event::Incoming(Incoming::SubAck(_)) = eventloop.poll().await? {
-            return Ok(());
-        }
-    }
-}
-
-async fn until_connack(eventloop: &mut EventLoop) -> anyhow::Result<rumqttc::ConnAck> {
-    loop {
-        if let Event::Incoming(Incoming::ConnAck(ack)) = eventloop.poll().await? {
-            return Ok(ack);
-        }
-    }
-}
+use rumqttc::{Event, Incoming, LastWill, QoS};
 
 #[test]
 fn keep_alive_zero_is_accepted_and_the_connection_stays_up() -> anyhow::Result<()> {

@@ -9,22 +9,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::mqtt311::{next_publish, until_connack, until_pubacks, until_suback};
 use common::raw::{self, Conn, Props, Will};
-use common::Hub;
-use rumqttc::{AsyncClient, Event, EventLoop, Incoming, LastWill, Packet, Publish, QoS};
-
-/// How long a test waits to be sure something does not arrive.
-const QUIET: Duration = Duration::from_millis(500);
-/// How long a test waits for something that should arrive.
-const SOON: Duration = Duration::from_secs(5);
-
-/// A hub with config/interop.toml: anonymous publish and subscribe on every non-$ topic,
-/// subscribing to test/nosubscribe denied.
-fn interop_hub() -> anyhow::Result<(tempfile::TempDir, Hub)> {
-    let dir = tempfile::tempdir()?;
-    let hub = Hub::start_with(dir.path(), &common::interop_config())?;
-    Ok((dir, hub))
-}
+use common::{interop_hub, Hub, QUIET, SOON};
+use rumqttc::{AsyncClient, Event, Incoming, LastWill, QoS};
 
 /// A raw 3.1.1 CONNECT: `client_id`, clean session or not, keep-alive, optional will.
 fn connect(client_id: &str, clean: bool, keep_alive: u16, will: Option<&Will>) -> Vec<u8> {
@@ -56,45 +44,6 @@ fn publish(topic: &str, qos: u8, retain: bool, pkid: u16, payload: &[u8]) -> Vec
 /// The next PUBLISH on a raw connection within `limit`.
 fn delivery(conn: &mut Conn, limit: Duration) -> Option<raw::Delivery> {
     conn.read_kind_within(3, limit).map(|p| p.publish(false))
-}
-
-/// Polls until a publish arrives on a rumqttc event loop, or `limit` passes.
-async fn next_publish(eventloop: &mut EventLoop, limit: Duration) -> Option<Publish> {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => return Some(p),
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) | Err(_) => return None,
-        }
-    }
-}
-
-async fn until_connack(eventloop: &mut EventLoop) -> anyhow::Result<rumqttc::ConnAck> {
-    loop {
-        if let Event::Incoming(Incoming::ConnAck(ack)) = eventloop.poll().await? {
-            return Ok(ack);
-        }
-    }
-}
-
-async fn until_suback(eventloop: &mut EventLoop) -> anyhow::Result<rumqttc::SubAck> {
-    loop {
-        if let Event::Incoming(Incoming::SubAck(ack)) = eventloop.poll().await? {
-            return Ok(ack);
-        }
-    }
-}
-
-/// Polls until the broker acknowledges the last of `count` QoS 1 publishes.
-async fn until_pubacks(eventloop: &mut EventLoop, count: usize) -> anyhow::Result<()> {
-    let mut acked = 0;
-    while acked < count {
-        if let Event::Incoming(Incoming::PubAck(_)) = eventloop.poll().await? {
-            acked += 1;
-        }
-    }
-    Ok(())
 }
 
 /// A rumqttc client whose event loop runs in the background (for publishers).

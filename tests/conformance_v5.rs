@@ -12,17 +12,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::raw::{self, find_prop, prop, Conn, Prop, Props, Will};
-use common::Hub;
+use common::{interop_hub, Hub, QUIET, SOON};
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, LastWill, LastWillProperties, Packet, Publish, PublishProperties,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
-
-/// How long a test waits to be sure something does not arrive.
-const QUIET: Duration = Duration::from_millis(500);
-/// How long a test waits for something that should arrive.
-const SOON: Duration = Duration::from_secs(5);
 
 /// DISCONNECT reason codes (MQTT 5 3.14.2.1).
 const MALFORMED_PACKET: u8 = 0x81;
@@ -33,14 +28,6 @@ const SERVER_SHUTTING_DOWN: u8 = 0x8b;
 const RECEIVE_MAXIMUM_EXCEEDED: u8 = 0x93;
 const TOPIC_ALIAS_INVALID: u8 = 0x94;
 const PACKET_TOO_LARGE: u8 = 0x95;
-
-/// A hub with config/interop.toml: anonymous publish and subscribe on every non-$ topic,
-/// subscribing to test/nosubscribe denied.
-fn interop_hub() -> anyhow::Result<(tempfile::TempDir, Hub)> {
-    let dir = tempfile::tempdir()?;
-    let hub = Hub::start_with(dir.path(), &common::interop_config())?;
-    Ok((dir, hub))
-}
 
 /// A raw MQTT 5 CONNECT.
 fn connect(client_id: &str, clean: bool, keep_alive: u16, props: &Props) -> Vec<u8> {

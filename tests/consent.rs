@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::mqtt311::until_suback;
 use common::Hub;
 use kenko_ingest::consent::{ConsentChange, ConsentRegistry, Purpose};
 use rumqttc::{AsyncClient, Event, Incoming, QoS};
@@ -58,15 +59,11 @@ async fn care_subscriber(hub: &Hub) -> anyhow::Result<(AsyncClient, Seen)> {
     client
         .subscribe("citizens/+/observations/+", QoS::AtMostOnce)
         .await?;
-    loop {
-        if let Event::Incoming(Incoming::SubAck(ack)) = eventloop.poll().await? {
-            anyhow::ensure!(
-                !matches!(ack.return_codes[0], rumqttc::SubscribeReasonCode::Failure),
-                "care services may subscribe to observations"
-            );
-            break;
-        }
-    }
+    let ack = until_suback(&mut eventloop).await?;
+    anyhow::ensure!(
+        !matches!(ack.return_codes[0], rumqttc::SubscribeReasonCode::Failure),
+        "care services may subscribe to observations"
+    );
     let seen: Seen = Arc::default();
     let sink = seen.clone();
     tokio::spawn(async move {

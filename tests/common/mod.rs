@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod mqtt311;
 pub mod raw;
 pub mod vm;
 
@@ -82,6 +83,19 @@ pub fn password_file(dir: &Path, n: usize) -> anyhow::Result<PathBuf> {
 }
 
 /// config/interop.toml: anonymous clients may use every non-$ topic.
+/// How long a test waits to be sure something does not arrive.
+pub const QUIET: Duration = Duration::from_millis(500);
+/// How long a test waits for something that should arrive.
+pub const SOON: Duration = Duration::from_secs(5);
+
+/// A hub with config/interop.toml: anonymous publish and subscribe on every non-$ topic,
+/// subscribing to test/nosubscribe denied. The directory goes with it.
+pub fn interop_hub() -> anyhow::Result<(tempfile::TempDir, Hub)> {
+    let dir = tempfile::tempdir()?;
+    let hub = Hub::start_with(dir.path(), &interop_config())?;
+    Ok((dir, hub))
+}
+
 pub fn interop_config() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config/interop.toml")
 }
