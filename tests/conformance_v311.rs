@@ -115,6 +115,46 @@ fn mqtt_3_1_4_1_malformed_connect_is_closed_without_connack() -> anyhow::Result<
 }
 
 #[test]
+fn mqtt_3_1_2_3_reserved_connect_flag_set_is_closed_without_connack() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let mut conn = Conn::open(hub.addr, false)?;
+    let connect = raw::connect_with(false, "reserved", true, 30, &Props::new(), None, 0x01);
+    conn.send(&connect)?;
+    let answer = conn.read_to_close(SOON)?;
+    assert!(answer.is_empty(), "no CONNACK: {answer:?}");
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_2_2_2_2_invalid_fixed_header_flags_close_the_connection() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    // SUBSCRIBE, PUBREL and UNSUBSCRIBE must have flags 0010; PINGREQ 0000.
+    let mut subscribe = raw::subscribe_with(false, 1, &[("flags/a", 0)], &Props::new());
+    subscribe[0] = 0x80;
+    let pubrel = raw::packet(0x60, &[0, 1]);
+    let pingreq = raw::packet(0xc4, &[]);
+    for (what, bytes) in [
+        ("SUBSCRIBE 0x80", subscribe),
+        ("PUBREL 0x60", pubrel),
+        ("PINGREQ 0xC4", pingreq),
+    ] {
+        let (mut conn, _) = open(&hub, "flags", true)?;
+        conn.send(&bytes)?;
+        let answer = conn.read_to_close(SOON)?;
+        assert!(
+            answer.is_empty(),
+            "{what}: closed unanswered, got {answer:?}"
+        );
+    }
+    // The same client with the right flags is served.
+    let (mut conn, _) = open(&hub, "flags", true)?;
+    let ack = conn.subscribe_with(1, &[("flags/a", 0)], &Props::new())?;
+    assert_eq!(ack.codes(false), vec![0]);
+    conn.ping()?;
+    hub.terminate()
+}
+
+#[test]
 fn mqtt_3_1_2_24_keep_alive_enforced_at_one_and_a_half() -> anyhow::Result<()> {
     let (_dir, hub) = interop_hub()?;
     let (mut conn, ack) = Conn::handshake(hub.addr, false, &connect("ka-1", true, 1, None))?;

@@ -193,6 +193,84 @@ fn mqtt_3_1_3_7_empty_client_id_gets_an_assigned_client_identifier() -> anyhow::
 }
 
 #[test]
+fn mqtt_3_1_2_3_reserved_connect_flag_set_gets_connack_0x81() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let connect = raw::connect_with(true, "reserved5", true, 30, &Props::new(), None, 0x01);
+    let (mut conn, ack) = Conn::handshake(hub.addr, true, &connect)?;
+    assert_eq!(ack.connack(true).1, MALFORMED_PACKET);
+    assert!(conn.read_to_close(SOON)?.is_empty(), "then closed");
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_2_2_2_2_invalid_fixed_header_flags_get_disconnect_0x81() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let mut wrong = raw::subscribe_with(true, 1, &[("flags5/a", 0)], &Props::new());
+    wrong[0] = 0x8A;
+    let pubrel = raw::packet(0x6F, &[0, 1]);
+    let puback = raw::packet(0x41, &[0, 1]);
+    for (what, bytes) in [
+        ("SUBSCRIBE 0x8A", wrong),
+        ("PUBREL 0x6F", pubrel),
+        ("PUBACK 0x41", puback),
+    ] {
+        let mut conn = open(&hub, "flags5")?;
+        conn.send(&bytes)?;
+        assert_eq!(conn.end_within(SOON), Some(MALFORMED_PACKET), "{what}");
+    }
+    let mut conn = open(&hub, "flags5")?;
+    assert_eq!(
+        subscribe(&mut conn, 1, &[("flags5/a", 0)], &Props::new())?,
+        vec![0]
+    );
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_4_12_0_1_an_authentication_method_the_hub_lacks_gets_0x8c() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let props = Props::new().str(prop::AUTHENTICATION_METHOD, "SCRAM-SHA-256");
+    let (mut conn, ack) = Conn::handshake(hub.addr, true, &connect("scram", true, 30, &props))?;
+    let (present, code, props) = ack.connack(true);
+    assert_eq!((present, code), (false, 0x8c), "Bad authentication method");
+    assert!(
+        matches!(find_prop(&props, prop::REASON_STRING), Some(Prop::Str(s)) if s.contains("SCRAM-SHA-256")),
+        "the reason string names the method: {props:?}"
+    );
+    assert!(conn.read_to_close(SOON)?.is_empty(), "then closed");
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_3_1_2_29_request_problem_information_0_keeps_reason_strings_off_acknowledgements(
+) -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    // By default a refused subscription's SUBACK says why.
+    let mut told = open(&hub, "problems-on")?;
+    let ack = told.subscribe_with(1, &[("test/nosubscribe", 0)], &Props::new())?;
+    assert_eq!(ack.codes(true), vec![0x87]);
+    assert!(
+        matches!(
+            find_prop(&ack.ack_props(), prop::REASON_STRING),
+            Some(Prop::Str(_))
+        ),
+        "{:?}",
+        ack.ack_props()
+    );
+    // A client that asks for no problem information gets the code alone.
+    let quiet = Props::new().byte(prop::REQUEST_PROBLEM_INFORMATION, 0);
+    let (mut conn, _, _) = open_with(&hub, "problems-off", true, &quiet)?;
+    let ack = conn.subscribe_with(1, &[("test/nosubscribe", 0)], &Props::new())?;
+    assert_eq!(ack.codes(true), vec![0x87]);
+    assert_eq!(
+        ack.ack_props(),
+        vec![],
+        "no reason string, no user properties"
+    );
+    hub.terminate()
+}
+
+#[test]
 fn mqtt_3_1_3_8_rejected_client_id_gets_0x85() -> anyhow::Result<()> {
     let (_dir, hub) = interop_hub()?;
     // A wildcard in the id; an empty id for a session meant to outlive the connection.

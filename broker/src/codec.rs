@@ -62,6 +62,9 @@ pub(crate) fn sniff(buf: &[u8], max_packet_size: usize) -> Sniff {
 pub(crate) struct Codec {
     version: Version,
     max_packet_size: usize,
+    /// Whether the client takes reason strings and user properties on acknowledgements
+    /// (MQTT 5 Request Problem Information; 0 turns them off, MQTT-3.1.2-29).
+    problem_info: bool,
 }
 
 impl Codec {
@@ -69,7 +72,14 @@ impl Codec {
         Codec {
             version,
             max_packet_size,
+            problem_info: true,
         }
+    }
+
+    /// Whether acknowledgements may carry reason strings and user properties (the CONNECT's
+    /// Request Problem Information; CONNACK and DISCONNECT keep theirs, which the spec allows).
+    pub(crate) fn set_problem_info(&mut self, on: bool) {
+        self.problem_info = on;
     }
 
     pub(crate) fn version(&self) -> Version {
@@ -86,6 +96,10 @@ impl Codec {
             Err(e) => return Err(e),
         };
         let frame = header.frame_length();
+        if let Err(e) = check_flags(header.byte1, &buf[header.fixed_header_len..frame]) {
+            buf.advance(frame);
+            return Err(e);
+        }
         if self.version == Version::V5
             && header.byte1 == 0xE0
             && frame == header.fixed_header_len + 1
@@ -143,10 +157,40 @@ impl Codec {
                 }
                 out.len() - start
             }
+            (Version::V5, packet) if !self.problem_info => {
+                V5.write(without_ack_properties(packet), out)?
+            }
             (Version::V5, packet) => V5.write(packet, out)?,
         };
         Ok(())
     }
+}
+
+/// The fixed header's flag bits, which rumqttd's decoders do not look at: PUBREL, SUBSCRIBE
+/// and UNSUBSCRIBE must have 0010, every other packet but PUBLISH 0000 (MQTT-2.2.2-1; invalid
+/// flags close the connection, MQTT-2.2.2-2), and a CONNECT's reserved flag must be 0
+/// (MQTT-3.1.2-3). `body` is the packet after its fixed header.
+fn check_flags(byte1: u8, body: &[u8]) -> Result<(), protocol::Error> {
+    let flags = byte1 & 0x0F;
+    let expected = match byte1 >> 4 {
+        3 => return Ok(()),
+        6 | 8 | 10 => 0b0010,
+        _ => 0,
+    };
+    if flags != expected {
+        return Err(protocol::Error::MalformedPacket);
+    }
+    if byte1 >> 4 == 1 {
+        // Protocol name (length-prefixed), level, then the connect flags.
+        let name_len = match body {
+            [a, b, ..] => usize::from(u16::from_be_bytes([*a, *b])),
+            _ => return Ok(()),
+        };
+        if body.get(2 + name_len + 1).is_some_and(|f| f & 0x01 != 0) {
+            return Err(protocol::Error::MalformedPacket);
+        }
+    }
+    Ok(())
 }
 
 /// How kenko's checks report an MQTT 5 Protocol Error (0x82): a packet that decodes but breaks
@@ -361,10 +405,25 @@ fn without_properties(packet: Packet) -> Packet {
     }
 }
 
+/// An acknowledgement without its reason string and user properties (all its properties).
+fn without_ack_properties(packet: Packet) -> Packet {
+    match packet {
+        Packet::PubAck(p, _) => Packet::PubAck(p, None),
+        Packet::PubRec(p, _) => Packet::PubRec(p, None),
+        Packet::PubRel(p, _) => Packet::PubRel(p, None),
+        Packet::PubComp(p, _) => Packet::PubComp(p, None),
+        Packet::SubAck(p, _) => Packet::SubAck(p, None),
+        Packet::UnsubAck(p, _) => Packet::UnsubAck(p, None),
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rumqttd::protocol::Disconnect;
+    use rumqttd::protocol::{
+        ConnAckProperties, Disconnect, PubAck, PubAckProperties, PubAckReason,
+    };
 
     fn connect(name: &[u8], level: u8) -> Vec<u8> {
         let mut body = vec![0, name.len() as u8];
@@ -456,6 +515,88 @@ mod tests {
         assert!(
             matches!(packet, Some(Packet::Disconnect(d, _)) if d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage)
         );
+    }
+
+    #[test]
+    fn fixed_header_flags_and_the_connect_reserved_flag_are_checked() {
+        for version in [Version::V311, Version::V5] {
+            // PUBREL 6x, SUBSCRIBE 8x, UNSUBSCRIBE Ax: flags 0010 and nothing else.
+            let pubrel = [0, 1];
+            assert!(read(version, frame(0x62, &pubrel)).is_ok());
+            for flags in [0x60, 0x63, 0x6A] {
+                let e = refused(version, frame(flags, &pubrel));
+                assert_eq!(disconnect_reason(&e), DisconnectReasonCode::MalformedPacket);
+            }
+            let subscribe: &[u8] = match version {
+                Version::V311 => &[0, 1, 0, 1, b'a', 1],
+                Version::V5 => &[0, 1, 0, 0, 1, b'a', 1],
+            };
+            assert!(read(version, frame(0x82, subscribe)).is_ok());
+            refused(version, frame(0x80, subscribe));
+            let unsubscribe: &[u8] = match version {
+                Version::V311 => &[0, 1, 0, 1, b'a'],
+                Version::V5 => &[0, 1, 0, 0, 1, b'a'],
+            };
+            assert!(read(version, frame(0xA2, unsubscribe)).is_ok());
+            refused(version, frame(0xA0, unsubscribe));
+            // PINGREQ C0 and PUBACK 40 have no flags.
+            assert!(read(version, frame(0xC0, &[])).is_ok());
+            refused(version, frame(0xC1, &[]));
+            refused(version, frame(0x48, &[0, 1]));
+            // PUBLISH flags are DUP, QoS and RETAIN: all of them allowed here.
+            let publish: &[u8] = match version {
+                Version::V311 => &[0, 1, b'a', 0, 1, b'x'],
+                Version::V5 => &[0, 1, b'a', 0, 1, 0, b'x'],
+            };
+            assert!(read(version, frame(0x3B, publish)).is_ok());
+        }
+        // CONNECT: the reserved connect flag (bit 0) set is malformed.
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30, 0, 1, b'c'];
+        assert!(read(Version::V311, frame(0x10, &body)).is_ok());
+        body[7] = 0x03;
+        refused(Version::V311, frame(0x10, &body));
+        refused(Version::V311, frame(0x11, &body));
+    }
+
+    #[test]
+    fn request_problem_information_0_strips_acknowledgements_only() {
+        let mut codec = Codec::new(Version::V5, 1024);
+        let ack = |why: &str| {
+            Packet::PubAck(
+                PubAck {
+                    pkid: 1,
+                    reason: PubAckReason::NotAuthorized,
+                },
+                Some(PubAckProperties {
+                    reason_string: Some(why.to_owned()),
+                    user_properties: vec![("k".into(), "v".into())],
+                }),
+            )
+        };
+        let mut with = BytesMut::new();
+        codec.write(ack("not consented"), &mut with).expect("write");
+        assert!(with.windows(13).any(|w| w == b"not consented"));
+        codec.set_problem_info(false);
+        let mut without = BytesMut::new();
+        codec
+            .write(ack("not consented"), &mut without)
+            .expect("write");
+        // PUBACK, length 4: packet id, reason code 0x87, property length 0.
+        assert_eq!(&without[..], &[0x40, 0x04, 0, 1, 0x87, 0x00]);
+        // A CONNACK keeps its reason string (MQTT-3.1.2-29 allows it).
+        let refused = Packet::ConnAck(
+            ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::NotAuthorized,
+            },
+            Some(ConnAckProperties {
+                reason_string: Some("go away".into()),
+                ..Default::default()
+            }),
+        );
+        let mut out = BytesMut::new();
+        codec.write(refused, &mut out).expect("write");
+        assert!(out.windows(7).any(|w| w == b"go away"));
     }
 
     #[test]

@@ -184,9 +184,28 @@ async fn handshake(
             Ok(Err(e)) => return Err(e),
         }
     };
-    let codec = Codec::new(version, config.max_packet_size);
+    let mut codec = Codec::new(version, config.max_packet_size);
     let (connect, will, will_props, login, client_max_packet) = match codec.read(&mut buf) {
         Ok(Some(Packet::Connect(connect, props, will, mut will_props, login))) => {
+            // MQTT-4.12.0-1: enhanced authentication (AUTH) is not offered, so a CONNECT
+            // that asks for a method gets 0x8C and the connection is closed.
+            if let Some(method) = props
+                .as_ref()
+                .and_then(|p| p.authentication_method.as_ref())
+            {
+                let why = format!(
+                    "authentication method {method:?} is not supported; log in with a user name and password or a client certificate"
+                );
+                let mut hs = Handshake { stream, codec };
+                return hs
+                    .refuse(ConnectReturnCode::BadAuthenticationMethod, &why)
+                    .await;
+            }
+            // MQTT-3.1.2-29: Request Problem Information 0 keeps reason strings and user
+            // properties off acknowledgements.
+            if props.as_ref().and_then(|p| p.request_problem_info) == Some(0) {
+                codec.set_problem_info(false);
+            }
             // MQTT-3.1.3-9: the will waits for its delay or the end of the session, whichever
             // comes first; a session without an expiry interval ends with the connection.
             let session_expiry = props

@@ -261,6 +261,8 @@ pub mod prop {
     pub const SUBSCRIPTION_IDENTIFIER_AVAILABLE: u8 = 0x29;
     pub const SHARED_SUBSCRIPTION_AVAILABLE: u8 = 0x2a;
     pub const WILL_DELAY_INTERVAL: u8 = 0x18;
+    pub const REQUEST_PROBLEM_INFORMATION: u8 = 0x17;
+    pub const AUTHENTICATION_METHOD: u8 = 0x15;
 }
 
 /// Encodes MQTT 5 properties (without the length in front).
@@ -564,6 +566,11 @@ impl Raw {
     /// Reason code of a v5 DISCONNECT (normal when left out).
     pub fn disconnect_reason(&self) -> u8 {
         self.body.first().copied().unwrap_or(0)
+    }
+
+    /// The properties of a v5 SUBACK or UNSUBACK (after the packet id).
+    pub fn ack_props(&self) -> Vec<(u8, Prop)> {
+        props_at(&self.body[2..]).0
     }
 
     /// The reason codes of a SUBACK or v5 UNSUBACK (after the properties).
