@@ -839,3 +839,39 @@ fn mqtt_3_10_4_4_unsuback_carries_the_packet_id_and_delivery_stops() -> anyhow::
     assert!(delivery(&mut conn, QUIET).is_none());
     hub.terminate()
 }
+
+#[test]
+fn mqtt_3_10_4_5_unsuback_also_when_no_subscription_existed() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let (mut conn, _) = open(&hub, "unsub-none", true)?;
+    conn.send(&raw::unsubscribe(false, 0x0102, &["never/subscribed"]))?;
+    let ack = conn.read_kind(11)?;
+    assert_eq!((ack.pkid(), ack.body.len()), (0x0102, 2), "UNSUBACK");
+    conn.ping()?;
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_3_10_4_6_several_filters_get_one_unsuback() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let (mut conn, _) = open(&hub, "unsub-many", true)?;
+    let ack = conn.subscribe_with(1, &[("many/a", 0), ("many/b", 1)], &Props::new())?;
+    assert_eq!(ack.codes(false), vec![0, 1]);
+    conn.send(&raw::unsubscribe(
+        false,
+        0x0203,
+        &["many/a", "many/none", "many/b"],
+    ))?;
+    let ack = conn.read_kind(11)?;
+    assert_eq!(ack.pkid(), 0x0203);
+    assert!(
+        conn.read_kind_within(11, QUIET).is_none(),
+        "one UNSUBACK for the whole UNSUBSCRIBE"
+    );
+    // Both subscriptions are gone.
+    let (mut publisher, _) = open(&hub, "unsub-many-pub", true)?;
+    publisher.send(&publish("many/a", 0, false, 0, b"a"))?;
+    publisher.send(&publish("many/b", 0, false, 0, b"b"))?;
+    assert!(delivery(&mut conn, QUIET).is_none());
+    hub.terminate()
+}

@@ -835,6 +835,45 @@ fn mqtt_3_10_4_4_unsuback_with_reason_code_and_delivery_stops() -> anyhow::Resul
     hub.terminate()
 }
 
+#[test]
+fn mqtt_3_10_4_5_and_6_one_unsuback_with_a_reason_code_per_filter() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let mut conn = open(&hub, "unsub5-many")?;
+    assert_eq!(
+        subscribe(&mut conn, 1, &[("m5/a", 0), ("m5/b", 1)], &Props::new())?,
+        vec![0, 1]
+    );
+    // A filter never subscribed, one twice (the second time there is none left), and one
+    // UNSUBSCRIBE with nothing to remove at all.
+    conn.send(&raw::unsubscribe(
+        true,
+        0x0304,
+        &["m5/a", "m5/none", "m5/b", "m5/a"],
+    ))?;
+    let ack = conn.read_kind(11)?;
+    assert_eq!(ack.pkid(), 0x0304);
+    assert_eq!(
+        ack.codes(true),
+        vec![0x00, 0x11, 0x00, 0x11],
+        "Success or No subscription existed, per filter, in order"
+    );
+    conn.send(&raw::unsubscribe(true, 0x0305, &["m5/none"]))?;
+    let ack = conn.read_kind(11)?;
+    assert_eq!((ack.pkid(), ack.codes(true)), (0x0305, vec![0x11]));
+    assert!(
+        conn.read_kind_within(11, QUIET).is_none(),
+        "one UNSUBACK per UNSUBSCRIBE"
+    );
+    let mut publisher = open(&hub, "unsub5-pub")?;
+    publisher.send(&publish("m5/a", 0, false, 0, &Props::new(), b"a"))?;
+    publisher.send(&publish("m5/b", 0, false, 0, &Props::new(), b"b"))?;
+    assert!(
+        delivery(&mut conn, QUIET).is_none(),
+        "both subscriptions gone"
+    );
+    hub.terminate()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Application message properties
 

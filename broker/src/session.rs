@@ -6,7 +6,7 @@
 //! message is stored or durably dead-lettered. Everything else is relayed to the router, which
 //! acknowledges, fans out and retains as a broker does.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,10 +18,10 @@ use kenko_ingest::decode::{RejectCode, Rejection};
 use kenko_ingest::pipeline::{Origin, Outcome, Reply, Submission};
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
-    self, Disconnect, DisconnectReasonCode, LastWill, LastWillProperties, Packet, PingResp, PubAck,
-    PubAckProperties, PubAckReason, PubComp, PubCompReason, PubRec, PubRecProperties, PubRecReason,
-    Publish, PublishProperties, QoS, SubAck, SubAckProperties, Subscribe, SubscribeProperties,
-    SubscribeReasonCode,
+    self, Disconnect, DisconnectReasonCode, LastWill, LastWillProperties, Packet, PingReq,
+    PingResp, PubAck, PubAckProperties, PubAckReason, PubComp, PubCompReason, PubRec,
+    PubRecProperties, PubRecReason, Publish, PublishProperties, QoS, SubAck, SubAckProperties,
+    Subscribe, SubscribeProperties, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
 };
 use rumqttd::Notification;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -122,6 +122,20 @@ pub(crate) struct Session {
     aliases: HashMap<u16, Bytes>,
     /// Publishes the client may still send before being read more slowly.
     rate: TokenBucket,
+    /// UNSUBSCRIBEs the router is working through, oldest first (see [`Session::on_unsubscribe`]).
+    unsubscribes: VecDeque<PendingUnsubscribe>,
+}
+
+/// An UNSUBSCRIBE whose filters went to the router one at a time, each followed by a PINGREQ:
+/// the router acknowledges in order, with an UNSUBACK only for a filter it had, so an UNSUBACK
+/// before a filter's PINGRESP means the subscription existed and the PINGRESP alone that it
+/// did not.
+struct PendingUnsubscribe {
+    pkid: u16,
+    filters: usize,
+    reasons: Vec<UnsubAckReason>,
+    /// The router's UNSUBACK for the filter being answered came.
+    existed: bool,
 }
 
 /// Topic aliases a client may define (announced as Topic Alias Maximum in CONNACK).
@@ -201,6 +215,7 @@ impl Session {
             inbound: HashSet::new(),
             aliases: HashMap::new(),
             rate,
+            unsubscribes: VecDeque::new(),
         }
     }
 
@@ -313,7 +328,7 @@ impl Session {
                     disconnect.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
                 return Err(End::Disconnect { with_will });
             }
-            packet @ Packet::Unsubscribe(..) => self.to_router.push(packet),
+            Packet::Unsubscribe(unsubscribe, _) => self.on_unsubscribe(unsubscribe),
             other => {
                 info!(packet = ?packet_name(&other), "closing connection: a client may not send this packet");
                 return Err(End::ProtocolError(DisconnectReasonCode::ProtocolError));
@@ -505,6 +520,58 @@ impl Session {
         }
         self.sub_failures.push((subscribe.pkid, codes));
         self.to_router.push(Packet::Subscribe(subscribe, props));
+    }
+
+    /// The router answers an UNSUBSCRIBE with one UNSUBACK per filter it removed and none for
+    /// a filter it did not have; MQTT wants one UNSUBACK with a reason code per filter, also
+    /// when no subscription existed (MQTT-3.10.4-5, -6; 5: 0x11). So each filter goes to the
+    /// router alone, followed by a PINGREQ whose PINGRESP closes that filter's answer, and
+    /// kenko writes the one UNSUBACK when the last filter is answered.
+    fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
+        let filters = unsubscribe.filters.len();
+        for filter in unsubscribe.filters {
+            let one = Unsubscribe {
+                pkid: unsubscribe.pkid,
+                filters: vec![filter],
+            };
+            self.to_router.push(Packet::Unsubscribe(one, None));
+            self.to_router.push(Packet::PingReq(PingReq));
+        }
+        self.unsubscribes.push_back(PendingUnsubscribe {
+            pkid: unsubscribe.pkid,
+            filters,
+            reasons: Vec::with_capacity(filters),
+            existed: false,
+        });
+    }
+
+    /// The router's UNSUBACK (`None`) or PINGRESP (`Some`) for the oldest pending UNSUBSCRIBE;
+    /// the client's UNSUBACK once every filter is answered.
+    fn on_unsubscribe_answer(&mut self, closes_filter: bool) {
+        let Some(pending) = self.unsubscribes.front_mut() else {
+            debug!("router acknowledgement with no UNSUBSCRIBE pending; ignored");
+            return;
+        };
+        if !closes_filter {
+            pending.existed = true;
+            return;
+        }
+        pending.reasons.push(if pending.existed {
+            UnsubAckReason::Success
+        } else {
+            UnsubAckReason::NoSubscriptionExisted
+        });
+        pending.existed = false;
+        if pending.reasons.len() < pending.filters {
+            return;
+        }
+        if let Some(done) = self.unsubscribes.pop_front() {
+            let ack = UnsubAck {
+                pkid: done.pkid,
+                reasons: done.reasons,
+            };
+            self.write(Packet::UnsubAck(ack, None));
+        }
     }
 
     fn suback_reason(&self, denied: &[String]) -> Option<SubAckProperties> {
@@ -714,6 +781,14 @@ impl Session {
                 Some(Packet::SubAck(ack, props)) => {
                     let packet = self.merge_suback(ack, props);
                     self.write(packet);
+                    false
+                }
+                Some(Packet::UnsubAck(..)) => {
+                    self.on_unsubscribe_answer(false);
+                    false
+                }
+                Some(Packet::PingResp(_)) => {
+                    self.on_unsubscribe_answer(true);
                     false
                 }
                 Some(Packet::PubRel(rel, props)) => {
