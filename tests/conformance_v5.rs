@@ -836,6 +836,89 @@ fn mqtt_3_10_4_4_unsuback_with_reason_code_and_delivery_stops() -> anyhow::Resul
 }
 
 #[test]
+fn mqtt_3_3_4_9_no_more_unacknowledged_deliveries_than_the_clients_receive_maximum(
+) -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let two = Props::new().u16(prop::RECEIVE_MAXIMUM, 2);
+    let (mut slow, _, _) = open_with(&hub, "rm-slow", true, &two)?;
+    assert_eq!(
+        subscribe(
+            &mut slow,
+            1,
+            &[("rm/q1", 1), ("rm/q2", 2), ("rm/q0", 0)],
+            &Props::new()
+        )?,
+        vec![1, 2, 0]
+    );
+    let mut publisher = open(&hub, "rm-pub")?;
+    for i in 0..6u16 {
+        let topic = if i % 2 == 0 { "rm/q1" } else { "rm/q2" };
+        let qos = if i % 2 == 0 { 1 } else { 2 };
+        let pkid = i + 1;
+        publisher.send(&publish(
+            topic,
+            qos,
+            false,
+            pkid,
+            &Props::new(),
+            &[b'0' + i as u8],
+        ))?;
+        if qos == 1 {
+            publisher.read_kind(4)?;
+        } else {
+            publisher.read_kind(5)?;
+            publisher.send(&raw::packet(0x62, &pkid.to_be_bytes()))?;
+            publisher.read_kind(7)?;
+        }
+    }
+    let mut got = Vec::new();
+    while let Some(d) = delivery(&mut slow, QUIET) {
+        got.push(d);
+    }
+    assert_eq!(got.len(), 2, "two unacknowledged at most: {got:?}");
+    // QoS 0 is not held back (MQTT-3.3.4-10).
+    publisher.send(&publish("rm/q0", 0, false, 0, &Props::new(), b"zero"))?;
+    let zero = delivery(&mut slow, SOON).expect("QoS 0 delivered at the limit");
+    assert_eq!(zero.payload, b"zero");
+    // Each finished delivery makes room for one more, in order.
+    let mut open_ids: Vec<(u8, u16)> = got.iter().map(|d| (d.qos, d.pkid)).collect();
+    while got.len() < 6 {
+        let (qos, pkid) = open_ids.remove(0);
+        if qos == 1 {
+            slow.send(&raw::packet(0x40, &pkid.to_be_bytes()))?;
+        } else {
+            slow.send(&raw::packet(0x50, &pkid.to_be_bytes()))?;
+            let rel = slow.read_kind(6)?;
+            assert_eq!(rel.pkid(), pkid);
+            slow.send(&raw::packet(0x70, &pkid.to_be_bytes()))?;
+        }
+        let next = delivery(&mut slow, SOON).expect("room for one more");
+        open_ids.push((next.qos, next.pkid));
+        got.push(next);
+        assert!(delivery(&mut slow, QUIET / 5).is_none(), "only one more");
+    }
+    let on = |topic: &str| -> Vec<u8> {
+        got.iter()
+            .filter(|d| d.topic == topic)
+            .map(|d| d.payload[0])
+            .collect()
+    };
+    assert_eq!(on("rm/q1"), b"024", "each topic in the order published");
+    assert_eq!(on("rm/q2"), b"135");
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_3_1_2_11_3_receive_maximum_0_is_a_protocol_error() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let zero = Props::new().u16(prop::RECEIVE_MAXIMUM, 0);
+    let (mut conn, ack) = Conn::handshake(hub.addr, true, &connect("rm-zero", true, 30, &zero))?;
+    assert_eq!(ack.connack(true).1, PROTOCOL_ERROR);
+    assert!(conn.read_to_close(SOON)?.is_empty(), "then closed");
+    hub.terminate()
+}
+
+#[test]
 fn mqtt_3_10_4_5_and_6_one_unsuback_with_a_reason_code_per_filter() -> anyhow::Result<()> {
     let (_dir, hub) = interop_hub()?;
     let mut conn = open(&hub, "unsub5-many")?;

@@ -185,7 +185,9 @@ async fn handshake(
         }
     };
     let mut codec = Codec::new(version, config.max_packet_size);
-    let (connect, will, will_props, login, client_max_packet) = match codec.read(&mut buf) {
+    let (connect, will, will_props, login, (client_max_packet, receive_maximum)) = match codec
+        .read(&mut buf)
+    {
         Ok(Some(Packet::Connect(connect, props, will, mut will_props, login))) => {
             // MQTT-4.12.0-1: enhanced authentication (AUTH) is not offered, so a CONNECT
             // that asks for a method gets 0x8C and the connection is closed.
@@ -215,8 +217,15 @@ async fn handshake(
             if let Some(p) = will_props.as_mut() {
                 p.delay_interval = p.delay_interval.map(|d| d.min(session_expiry));
             }
-            let client_max_packet = props.and_then(|p| p.max_packet_size);
-            (connect, will, will_props, login, client_max_packet)
+            let client_max_packet = props.as_ref().and_then(|p| p.max_packet_size);
+            let receive_maximum = props.as_ref().and_then(|p| p.receive_maximum);
+            if receive_maximum == Some(0) {
+                let mut hs = Handshake { stream, codec };
+                let why = "Receive Maximum 0 is a protocol error (3.1.2.11.3)";
+                return hs.refuse(ConnectReturnCode::ProtocolError, why).await;
+            }
+            let limits = (client_max_packet, receive_maximum);
+            (connect, will, will_props, login, limits)
         }
         Err(e) if version == Version::V5 => {
             // MQTT 5 4.13.1: a CONNECT with an error may get a CONNACK that says which, before
@@ -254,6 +263,7 @@ async fn handshake(
         client_id: Arc::from(client_id),
         username: login.map(|l| l.username),
         max_packet_size: client_max_packet.and_then(|m| usize::try_from(m).ok()),
+        receive_maximum,
     };
     let mut acl = AclView::new(shared.authorizer.clone(), shared.ingest.consents().clone());
     if let Some(will) = &will {

@@ -23,7 +23,7 @@ use rumqttd::protocol::{
     PubRecProperties, PubRecReason, Publish, PublishProperties, QoS, SubAck, SubAckProperties,
     Subscribe, SubscribeProperties, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
 };
-use rumqttd::Notification;
+use rumqttd::{Forward, Notification};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
@@ -76,6 +76,9 @@ pub(crate) struct Peer {
     pub(crate) username: Option<String>,
     /// The largest packet the client accepts (MQTT 5 Maximum Packet Size).
     pub(crate) max_packet_size: Option<usize>,
+    /// How many QoS 1 and 2 deliveries the client takes unacknowledged (MQTT 5 Receive
+    /// Maximum; none given: no limit of its own, the router's inflight limit holds).
+    pub(crate) receive_maximum: Option<u16>,
 }
 
 impl Peer {
@@ -122,6 +125,11 @@ pub(crate) struct Session {
     aliases: HashMap<u16, Bytes>,
     /// Publishes the client may still send before being read more slowly.
     rate: TokenBucket,
+    /// Packet ids of QoS 1 and 2 deliveries written to the client and not yet finished by it:
+    /// what the client's Receive Maximum bounds (MQTT 5).
+    client_inflight: HashSet<u16>,
+    /// Deliveries waiting for the client to finish others (its Receive Maximum reached).
+    held: VecDeque<Forward>,
     /// UNSUBSCRIBEs the router is working through, oldest first (see [`Session::on_unsubscribe`]).
     unsubscribes: VecDeque<PendingUnsubscribe>,
 }
@@ -216,6 +224,8 @@ impl Session {
             aliases: HashMap::new(),
             rate,
             unsubscribes: VecDeque::new(),
+            client_inflight: HashSet::new(),
+            held: VecDeque::new(),
         }
     }
 
@@ -318,9 +328,23 @@ impl Session {
                 }
             }
             packet @ (Packet::PubAck(..) | Packet::PubRec(..)) => {
-                self.acks.client_ack(packet, &mut self.to_router)
+                // A PUBACK ends a QoS 1 delivery, a refusing PUBREC a QoS 2 one (MQTT 5 4.9).
+                let done = match &packet {
+                    Packet::PubAck(ack, _) => Some(ack.pkid),
+                    Packet::PubRec(rec, _) if is_refusal(rec.reason) => Some(rec.pkid),
+                    _ => None,
+                };
+                self.acks.client_ack(packet, &mut self.to_router);
+                if let Some(pkid) = done {
+                    self.client_done(pkid);
+                }
             }
-            packet @ Packet::PubComp(..) => self.acks.client_comp(packet, &mut self.to_router),
+            Packet::PubComp(comp, props) => {
+                let pkid = comp.pkid;
+                self.acks
+                    .client_comp(Packet::PubComp(comp, props), &mut self.to_router);
+                self.client_done(pkid);
+            }
             Packet::Subscribe(subscribe, props) => self.on_subscribe(subscribe, props),
             Packet::PingReq(_) => self.write(Packet::PingResp(PingResp)),
             Packet::Disconnect(disconnect, _) => {
@@ -723,57 +747,99 @@ impl Session {
         Ok(())
     }
 
+    /// Whether a QoS 1 or 2 delivery must wait: the client's Receive Maximum is reached, or
+    /// older deliveries are waiting (they go first).
+    fn client_full(&self) -> bool {
+        !self.held.is_empty() || self.at_receive_maximum()
+    }
+
+    fn at_receive_maximum(&self) -> bool {
+        self.peer
+            .receive_maximum
+            .is_some_and(|max| self.client_inflight.len() >= usize::from(max))
+    }
+
+    /// The client finished a QoS 1 or 2 delivery (PUBACK, PUBCOMP, or a refusing PUBREC):
+    /// deliveries that waited for room go out.
+    fn client_done(&mut self, pkid: u16) {
+        if !self.client_inflight.remove(&pkid) {
+            return;
+        }
+        while !self.at_receive_maximum() {
+            let Some(forward) = self.held.pop_front() else {
+                break;
+            };
+            self.deliver(forward);
+        }
+    }
+
+    /// Writes a delivery to the client, or withholds it, and keeps the router's
+    /// acknowledgements in order either way.
+    fn deliver(&mut self, forward: Forward) {
+        let (qos, pkid) = qos_and_pkid(&forward.publish);
+        let allowed = match std::str::from_utf8(&forward.publish.topic) {
+            Ok(topic) => {
+                let request = Request::Deliver { topic };
+                self.acl.decide(&self.peer.principal(), &request).allowed
+            }
+            Err(_) => false,
+        };
+        // Encoded once, straight into the output buffer; taken back out if it cannot be
+        // delivered. MQTT-3.1.2-25: a packet larger than the client accepts is
+        // discarded, as if it had been delivered.
+        let mut deliver = allowed;
+        if allowed {
+            let start = self.out.len();
+            let packet = Packet::Publish(forward.publish, forward.properties);
+            if let Err(e) = self.codec.write(packet, &mut self.out) {
+                warn!(error = %e, "cannot encode delivery for client; discarded");
+                deliver = false;
+            } else if let Some(max) = self.peer.max_packet_size {
+                let size = self.out.len() - start;
+                if size > max {
+                    self.shared
+                        .stats
+                        .too_large_for_client
+                        .fetch_add(1, Ordering::Relaxed);
+                    debug!(
+                        size,
+                        max, "delivery larger than the client accepts; discarded"
+                    );
+                    deliver = false;
+                }
+            }
+            if !deliver {
+                self.out.truncate(start);
+            }
+        }
+        if qos != QoS::AtMostOnce {
+            let qos2 = qos == QoS::ExactlyOnce;
+            self.acks
+                .delivered(pkid, qos2, !deliver, &mut self.to_router);
+        }
+        if deliver {
+            self.shared.stats.delivered.fetch_add(1, Ordering::Relaxed);
+            if qos != QoS::AtMostOnce {
+                self.client_inflight.insert(pkid);
+            }
+        } else if !allowed {
+            self.shared.stats.withheld.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Writes a router notification to the client; `true` if the router unscheduled us.
     /// Every delivery passes the ACL again here, against the rules in force now: a delivery
     /// they no longer allow is withheld (and acknowledged to the router by kenko).
     fn on_notification(&mut self, notification: Notification) -> bool {
         match notification {
             Notification::Forward(forward) => {
-                let (qos, pkid) = qos_and_pkid(&forward.publish);
-                let allowed = match std::str::from_utf8(&forward.publish.topic) {
-                    Ok(topic) => {
-                        let request = Request::Deliver { topic };
-                        self.acl.decide(&self.peer.principal(), &request).allowed
-                    }
-                    Err(_) => false,
-                };
-                // Encoded once, straight into the output buffer; taken back out if it cannot be
-                // delivered. MQTT-3.1.2-25: a packet larger than the client accepts is
-                // discarded, as if it had been delivered.
-                let mut deliver = allowed;
-                if allowed {
-                    let start = self.out.len();
-                    let packet = Packet::Publish(forward.publish, forward.properties);
-                    if let Err(e) = self.codec.write(packet, &mut self.out) {
-                        warn!(error = %e, "cannot encode delivery for client; discarded");
-                        deliver = false;
-                    } else if let Some(max) = self.peer.max_packet_size {
-                        let size = self.out.len() - start;
-                        if size > max {
-                            self.shared
-                                .stats
-                                .too_large_for_client
-                                .fetch_add(1, Ordering::Relaxed);
-                            debug!(
-                                size,
-                                max, "delivery larger than the client accepts; discarded"
-                            );
-                            deliver = false;
-                        }
-                    }
-                    if !deliver {
-                        self.out.truncate(start);
-                    }
-                }
-                if qos != QoS::AtMostOnce {
-                    let qos2 = qos == QoS::ExactlyOnce;
-                    self.acks
-                        .delivered(pkid, qos2, !deliver, &mut self.to_router);
-                }
-                if deliver {
-                    self.shared.stats.delivered.fetch_add(1, Ordering::Relaxed);
-                } else if !allowed {
-                    self.shared.stats.withheld.fetch_add(1, Ordering::Relaxed);
+                // MQTT-3.3.4-9: no more unacknowledged QoS 1 and 2 deliveries than the
+                // client's Receive Maximum; the rest wait here, in order (QoS 0 need not,
+                // MQTT-3.3.4-10). The router's own inflight limit bounds what waits.
+                if qos_and_pkid(&forward.publish).0 != QoS::AtMostOnce && self.client_full() {
+                    self.held.push_back(forward);
+                } else {
+                    self.deliver(forward);
                 }
                 false
             }
