@@ -333,6 +333,143 @@ async fn mqtt_3_2_2_2_and_3_session_present_reflects_stored_session() -> anyhow:
     hub.terminate()
 }
 
+/// A raw MQTT 5 connection with Clean Start `clean` and Session Expiry Interval `expiry`
+/// (none when `None`), subscribed to `filter` at QoS 1; returns it and its session present.
+fn session(
+    hub: &Hub,
+    id: &str,
+    clean: bool,
+    expiry: Option<u32>,
+) -> anyhow::Result<(Conn, bool, Properties)> {
+    let props = match expiry {
+        Some(s) => Props::new().u32(prop::SESSION_EXPIRY_INTERVAL, s),
+        None => Props::new(),
+    };
+    open_with(hub, id, clean, &props)
+}
+
+/// Publishes on `topic` while `id` is away, then reconnects `id` (Clean Start 0): whether
+/// its session was there (session present) and what reached it (acknowledged, so nothing is
+/// sent again next time).
+fn kept_while_away(
+    hub: &Hub,
+    id: &str,
+    topic: &str,
+    expiry: Option<u32>,
+) -> anyhow::Result<(bool, Vec<String>)> {
+    let mut publisher = open(hub, &format!("{id}-pub"))?;
+    publisher.send(&publish(topic, 1, false, 1, &Props::new(), b"while away"))?;
+    publisher.read_kind(4)?;
+    let (mut back, present, _) = session(hub, id, false, expiry)?;
+    let mut got = Vec::new();
+    while let Some(d) = delivery(&mut back, QUIET) {
+        back.send(&raw::packet(0x40, &d.pkid.to_be_bytes()))?;
+        got.push(d.topic);
+    }
+    back.send(&raw::disconnect(true, 0))?;
+    back.read_to_close(SOON)?;
+    Ok((present, got))
+}
+
+#[test]
+fn mqtt_3_1_2_11_2_session_expiry_interval_decides_how_long_a_session_is_kept() -> anyhow::Result<()>
+{
+    let (_dir, hub) = interop_hub()?;
+    // No Session Expiry Interval: the session ends with the connection, even with Clean
+    // Start 0 (3.1.2.11.2).
+    let (mut conn, present, _) = session(&hub, "se-none", false, None)?;
+    assert!(!present);
+    assert_eq!(
+        subscribe(&mut conn, 1, &[("se/none", 1)], &Props::new())?,
+        vec![1]
+    );
+    conn.send(&raw::disconnect(true, 0))?;
+    assert!(conn.read_to_close(SOON)?.is_empty());
+    assert_eq!(
+        kept_while_away(&hub, "se-none", "se/none", None)?,
+        (false, vec![]),
+        "a session without expiry is not kept"
+    );
+
+    // Two seconds: kept across a quick reconnect, gone after the interval.
+    let (mut conn, _, _) = session(&hub, "se-two", false, Some(2))?;
+    assert_eq!(
+        subscribe(&mut conn, 1, &[("se/two", 1)], &Props::new())?,
+        vec![1]
+    );
+    conn.send(&raw::disconnect(true, 0))?;
+    assert!(conn.read_to_close(SOON)?.is_empty());
+    assert_eq!(
+        kept_while_away(&hub, "se-two", "se/two", Some(2))?,
+        (true, vec!["se/two".to_owned()]),
+        "kept within its interval"
+    );
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_eq!(
+        kept_while_away(&hub, "se-two", "se/two", Some(2))?,
+        (false, vec![]),
+        "gone after its interval"
+    );
+
+    // Clean Start 1 with an interval: what was kept goes, and the new session is kept.
+    let (mut conn, _, _) = session(&hub, "se-fresh", false, Some(300))?;
+    assert_eq!(
+        subscribe(&mut conn, 1, &[("se/old", 1)], &Props::new())?,
+        vec![1]
+    );
+    conn.send(&raw::disconnect(true, 0))?;
+    assert!(conn.read_to_close(SOON)?.is_empty());
+    let (mut conn, present, _) = session(&hub, "se-fresh", true, Some(300))?;
+    assert!(!present, "Clean Start discards the session (MQTT-3.1.2-4)");
+    assert_eq!(
+        subscribe(&mut conn, 1, &[("se/new", 1)], &Props::new())?,
+        vec![1]
+    );
+    conn.send(&raw::disconnect(true, 0))?;
+    assert!(conn.read_to_close(SOON)?.is_empty());
+    assert_eq!(
+        kept_while_away(&hub, "se-fresh", "se/new", Some(300))?,
+        (true, vec!["se/new".to_owned()])
+    );
+    assert_eq!(
+        kept_while_away(&hub, "se-fresh", "se/old", Some(300))?,
+        (true, vec![]),
+        "the discarded session's subscription is gone"
+    );
+
+    // A DISCONNECT with Session Expiry Interval 0 ends the session now (3.14.2.2.2).
+    let (mut conn, _, _) = session(&hub, "se-bye", false, Some(300))?;
+    assert_eq!(
+        subscribe(&mut conn, 1, &[("se/bye", 1)], &Props::new())?,
+        vec![1]
+    );
+    conn.send(&raw::packet(
+        0xe0,
+        &[0x00, 5, prop::SESSION_EXPIRY_INTERVAL, 0, 0, 0, 0],
+    ))?;
+    assert!(conn.read_to_close(SOON)?.is_empty());
+    assert_eq!(
+        kept_while_away(&hub, "se-bye", "se/bye", Some(300))?,
+        (false, vec![])
+    );
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_3_2_2_3_2_the_hub_tells_the_session_expiry_it_grants() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    // "Never expires" is more than mqtt.max_session_expiry_s (7 days by default).
+    let (_conn, _, props) = session(&hub, "se-never", true, Some(u32::MAX))?;
+    assert_eq!(
+        find_prop(&props, prop::SESSION_EXPIRY_INTERVAL),
+        Some(&Prop::U32(7 * 24 * 3600))
+    );
+    // What the hub grants as asked is not repeated.
+    let (_conn, _, props) = session(&hub, "se-hour", true, Some(3600))?;
+    assert_eq!(find_prop(&props, prop::SESSION_EXPIRY_INTERVAL), None);
+    hub.terminate()
+}
+
 #[test]
 fn mqtt_3_1_4_3_session_takeover_gets_disconnect_0x8e() -> anyhow::Result<()> {
     let (_dir, hub) = interop_hub()?;

@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, info_span, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::acl::Request;
 use crate::auth::{verify_password, Identity};
@@ -23,8 +23,8 @@ use crate::authz::AclView;
 use crate::codec::{connack_reason, peek_version, sniff, Codec, Sniff, Version};
 use crate::packet::{check_topic_name, telemetry_device};
 use crate::router::HUB_CLIENT_ID;
-use crate::session::{Peer, Session};
-use crate::sessions::Refused;
+use crate::session::{Peer, Session, SessionLife, NEVER};
+use crate::sessions::{router_id, Refused};
 use crate::Shared;
 use kenko_config::MqttConfig;
 
@@ -185,9 +185,14 @@ async fn handshake(
         }
     };
     let mut codec = Codec::new(version, config.max_packet_size);
-    let (connect, will, will_props, login, (client_max_packet, receive_maximum)) = match codec
-        .read(&mut buf)
-    {
+    let (
+        connect,
+        will,
+        will_props,
+        login,
+        (client_max_packet, receive_maximum),
+        (requested_expiry, session_expiry),
+    ) = match codec.read(&mut buf) {
         Ok(Some(Packet::Connect(connect, props, will, mut will_props, login))) => {
             // MQTT-4.12.0-1: enhanced authentication (AUTH) is not offered, so a CONNECT
             // that asks for a method gets 0x8C and the connection is closed.
@@ -208,12 +213,19 @@ async fn handshake(
             if props.as_ref().and_then(|p| p.request_problem_info) == Some(0) {
                 codec.set_problem_info(false);
             }
+            // MQTT 5: the session lasts this long after the connection (none given: 0, it
+            // ends with the connection); 3.1.1: with clean session 0 it lasts, else it ends.
+            let requested_expiry = match version {
+                Version::V5 => props
+                    .as_ref()
+                    .and_then(|p| p.session_expiry_interval)
+                    .unwrap_or(0),
+                Version::V311 if connect.clean_session => 0,
+                Version::V311 => NEVER,
+            };
+            let session_expiry = granted_session_expiry(requested_expiry, config);
             // MQTT-3.1.3-9: the will waits for its delay or the end of the session, whichever
-            // comes first; a session without an expiry interval ends with the connection.
-            let session_expiry = props
-                .as_ref()
-                .and_then(|p| p.session_expiry_interval)
-                .unwrap_or(0);
+            // comes first.
             if let Some(p) = will_props.as_mut() {
                 p.delay_interval = p.delay_interval.map(|d| d.min(session_expiry));
             }
@@ -225,7 +237,8 @@ async fn handshake(
                 return hs.refuse(ConnectReturnCode::ProtocolError, why).await;
             }
             let limits = (client_max_packet, receive_maximum);
-            (connect, will, will_props, login, limits)
+            let expiry = (requested_expiry, session_expiry);
+            (connect, will, will_props, login, limits, expiry)
         }
         Err(e) if version == Version::V5 => {
             // MQTT 5 4.13.1: a CONNECT with an error may get a CONNACK that says which, before
@@ -323,14 +336,28 @@ async fn handshake(
         }
     };
     let router = shared.router.clone();
-    // The router keeps persistent sessions by client id alone, so kenko names each session
-    // by principal and client id, joined by a control character that neither may contain
-    // (and the router accepts): a session left by one principal is never resumed, or wiped,
-    // by another that uses the same client id.
-    let id = format!("{}\u{1f}{}", peer.identity.id, peer.client_id);
+    let id = router_id(&peer.identity.id, &peer.client_id);
     let clean = connect.clean_session;
+    // A session that ends with its connection is a clean one for the router, which then
+    // keeps nothing of it (a session left from before is resumed, and ended by the session
+    // when this connection closes).
+    let life = SessionLife {
+        router_id: id.clone(),
+        persistent: !clean || session_expiry != 0,
+        expiry_s: session_expiry,
+    };
+    if clean && session_expiry != 0 {
+        // Clean Start with an expiry interval: what was kept is discarded, and a session that
+        // outlives this connection begins.
+        if let Err(e) = shared.router.end_session(id.clone()).await {
+            warn!(error = %e, "cannot discard the previous session");
+            let why = "the hub's router is not available";
+            return hs.refuse(busy(hs.codec.version()), why).await;
+        }
+    }
+    let link_clean = !life.persistent;
     // Registering blocks until the router thread answers.
-    let linked = tokio::task::spawn_blocking(move || router.link(&id, clean)).await;
+    let linked = tokio::task::spawn_blocking(move || router.link(&id, link_clean)).await;
     let Ok(Ok((link_tx, link_rx, notification))) = linked else {
         return hs
             .refuse(
@@ -361,6 +388,8 @@ async fn handshake(
         // The router's shared-subscription groups are global (one group name, one cursor,
         // across every filter and principal), so kenko does not offer them.
         shared_subscription_available: Some(0),
+        // 3.2.2.3.2: the server's Session Expiry Interval, when it is not what was asked.
+        session_expiry_interval: (session_expiry != requested_expiry).then_some(session_expiry),
         ..router_props.unwrap_or_default()
     });
     hs.send(Packet::ConnAck(ack, props)).await?;
@@ -376,7 +405,17 @@ async fn handshake(
         will.map(|w| (w, will_props)),
         (link_tx, link_rx),
         registration,
+        life,
     )))
+}
+
+/// The Session Expiry Interval the hub grants: what was asked, up to
+/// `mqtt.max_session_expiry_s` (0: no cap).
+fn granted_session_expiry(asked: u32, config: &MqttConfig) -> u32 {
+    match config.max_session_expiry_s {
+        0 => asked,
+        max => asked.min(max),
+    }
 }
 
 /// The keep-alive the session holds the client to, and the Server Keep Alive to announce

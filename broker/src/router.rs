@@ -10,7 +10,7 @@ use std::thread;
 use bytes::Bytes;
 use kenko_ingest::pipeline::Notice;
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
-use rumqttd::protocol::{Packet, Publish};
+use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet, Publish};
 use rumqttd::{Notification, Router, RouterConfig};
 use tracing::{error, info};
 
@@ -72,6 +72,22 @@ impl RouterHandle {
         clean_session: bool,
     ) -> Result<(LinkTx, LinkRx, Notification), LinkFailed> {
         (self.connect)(client_id, clean_session)
+    }
+
+    /// Ends the router's session `client_id` (a router id), if it has one: a clean link
+    /// discards what was kept, and its DISCONNECT leaves nothing behind. The caller makes sure
+    /// no connection uses the id meanwhile.
+    pub(crate) async fn end_session(&self, client_id: String) -> Result<(), LinkFailed> {
+        let router = self.clone();
+        let linked = tokio::task::spawn_blocking(move || router.link(&client_id, true))
+            .await
+            .map_err(|e| LinkFailed(format!("cannot link: {e}")))?;
+        let (mut tx, _rx, _) = linked?;
+        let done = Disconnect {
+            reason_code: DisconnectReasonCode::NormalDisconnection,
+        };
+        tx.send(Packet::Disconnect(done, None)).await?;
+        Ok(())
     }
 
     /// Starts the hub's publisher thread; it ends when every sender of `notices` is gone.

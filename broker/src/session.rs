@@ -38,7 +38,7 @@ use crate::egress::AckOrder;
 use crate::packet::{
     check_topic_name, publish, qos_and_pkid, telemetry_device, PROTOBUF_CONTENT_TYPE,
 };
-use crate::sessions::Registration;
+use crate::sessions::{Expired, Registration};
 use crate::Shared;
 use kenko_config::DeniedPublish;
 
@@ -53,9 +53,11 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Why a connection ended; decides the will and what the client is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
-    /// DISCONNECT from the client; `true` if it asked for its will (MQTT 5 reason 0x04).
+    /// DISCONNECT from the client; `with_will` if it asked for its will (MQTT 5 reason
+    /// 0x04), `expiry_s` a new Session Expiry Interval (MQTT 5).
     Disconnect {
         with_will: bool,
+        expiry_s: Option<u32>,
     },
     /// The peer closed or the socket failed.
     Closed,
@@ -67,6 +69,19 @@ enum End {
     Shutdown,
     /// The router dropped the link; nothing more can be sent to it.
     RouterGone,
+}
+
+/// A Session Expiry Interval that never ends (MQTT 5 3.1.2.11.2).
+pub(crate) const NEVER: u32 = u32::MAX;
+
+/// How the session outlives its connection.
+pub(crate) struct SessionLife {
+    /// The session's name in the router.
+    pub(crate) router_id: String,
+    /// The router keeps the session when the connection ends (a clean one it drops itself).
+    pub(crate) persistent: bool,
+    /// Seconds the session lasts after the connection: 0 it ends with it, [`NEVER`] never.
+    pub(crate) expiry_s: u32,
 }
 
 /// Who is connected.
@@ -130,6 +145,8 @@ pub(crate) struct Session {
     client_inflight: HashSet<u16>,
     /// Deliveries waiting for the client to finish others (its Receive Maximum reached).
     held: VecDeque<Forward>,
+    /// How the session outlives this connection.
+    life: SessionLife,
     /// UNSUBSCRIBEs the router is working through, oldest first (see [`Session::on_unsubscribe`]).
     unsubscribes: VecDeque<PendingUnsubscribe>,
 }
@@ -194,6 +211,7 @@ impl Session {
         will: Option<(LastWill, Option<LastWillProperties>)>,
         (link_tx, link_rx): (LinkTx, LinkRx),
         registration: Registration,
+        life: SessionLife,
     ) -> Session {
         let (outcomes_tx, outcomes_rx) = mpsc::unbounded_channel();
         shared.stats.connected.fetch_add(1, Ordering::Relaxed);
@@ -223,6 +241,7 @@ impl Session {
             inbound: HashSet::new(),
             aliases: HashMap::new(),
             rate,
+            life,
             unsubscribes: VecDeque::new(),
             client_inflight: HashSet::new(),
             held: VecDeque::new(),
@@ -347,10 +366,14 @@ impl Session {
             }
             Packet::Subscribe(subscribe, props) => self.on_subscribe(subscribe, props),
             Packet::PingReq(_) => self.write(Packet::PingResp(PingResp)),
-            Packet::Disconnect(disconnect, _) => {
+            Packet::Disconnect(disconnect, props) => {
                 let with_will =
                     disconnect.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
-                return Err(End::Disconnect { with_will });
+                let expiry_s = props.and_then(|p| p.session_expiry_interval);
+                return Err(End::Disconnect {
+                    with_will,
+                    expiry_s,
+                });
             }
             Packet::Unsubscribe(unsubscribe, _) => self.on_unsubscribe(unsubscribe),
             other => {
@@ -1026,7 +1049,7 @@ impl Session {
         let _ = self.stream.shutdown().await;
 
         let publish_will = match end {
-            End::Disconnect { with_will } => with_will,
+            End::Disconnect { with_will, .. } => with_will,
             End::Shutdown | End::RouterGone => false,
             End::Closed
             | End::KeepAliveTimeout
@@ -1051,7 +1074,68 @@ impl Session {
         self.to_router.push(Packet::Disconnect(normal, None));
         let _ = self.send_to_router().await;
         info!(?end, "disconnected");
+        match end {
+            // The session goes on in the new connection, or the hub is stopping.
+            End::TakenOver | End::Shutdown | End::RouterGone => {}
+            End::Disconnect {
+                expiry_s: Some(asked),
+                ..
+            } => {
+                if self.life.expiry_s == 0 && asked != 0 {
+                    // 3.14.2.2.2: a protocol error, and the session was clean for the router.
+                    info!(
+                        asked,
+                        "DISCONNECT may not give an expiry to a session without one"
+                    );
+                } else {
+                    let max = self.shared.config.max_session_expiry_s;
+                    self.life.expiry_s = if max == 0 { asked } else { asked.min(max) };
+                }
+                self.end_session().await;
+            }
+            _ => self.end_session().await,
+        }
         // Dropping the registration lets a connection that takes this client id over proceed.
+    }
+
+    /// Ends the session with the connection (Session Expiry Interval 0), or lets it expire
+    /// later: a task waits out the interval and ends it unless a connection resumes it first.
+    async fn end_session(&mut self) {
+        if !self.life.persistent || self.life.expiry_s == NEVER {
+            // A clean session the router has already dropped, or one that never expires.
+            return;
+        }
+        let router_id = self.life.router_id.clone();
+        if self.life.expiry_s == 0 {
+            if let Err(e) = self.shared.router.end_session(router_id).await {
+                warn!(error = %e, "cannot end the session");
+            }
+            return;
+        }
+        let expiry = self.life.expiry_s;
+        debug!(expiry_s = expiry, "session kept until it expires");
+        let sessions = self.shared.sessions.clone();
+        let router = self.shared.router.clone();
+        let shutdown = self.shared.shutdown.clone();
+        let principal = self.peer.identity.id.clone();
+        let client_id = self.peer.client_id.clone();
+        let token = sessions.expire_later(router_id.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(u64::from(expiry))) => {}
+                _ = token.cancelled() => return,
+                _ = shutdown.cancelled() => return,
+            }
+            let Expired::End(registration) = sessions.claim_expired(&principal, &client_id, &token)
+            else {
+                return;
+            };
+            match router.end_session(router_id).await {
+                Ok(()) => info!(%client_id, expiry_s = expiry, "session expired"),
+                Err(e) => warn!(%client_id, error = %e, "cannot end the expired session"),
+            }
+            drop(registration);
+        });
     }
 
     /// Publishes the will after `delay` seconds (MQTT 5 Will Delay Interval, already capped

@@ -17,6 +17,25 @@ pub(crate) struct Sessions {
     serial: AtomicU64,
     /// Wills waiting out their delay, by client id: a new connection with the id cancels it.
     wills: Mutex<HashMap<Arc<str>, CancellationToken>>,
+    /// Sessions waiting out their expiry interval, by router id ([`router_id`]): a new
+    /// connection to the session cancels it.
+    expiries: Mutex<HashMap<String, CancellationToken>>,
+}
+
+/// The name of a session in the router: principal and client id, joined by a control
+/// character that neither may contain (and the router accepts). The router keeps persistent
+/// sessions by this name alone, so a session left by one principal is never resumed, or
+/// wiped, by another that uses the same client id.
+pub(crate) fn router_id(principal: &str, client_id: &str) -> String {
+    format!("{principal}\u{1f}{client_id}")
+}
+
+/// What [`Sessions::claim_expired`] gives the task that ends an expired session.
+pub(crate) enum Expired {
+    /// The session was resumed or is being resumed: leave it.
+    Resumed,
+    /// End it; the registration (if any) keeps a reconnecting client waiting meanwhile.
+    End(Option<Registration>),
 }
 
 struct Slot {
@@ -61,6 +80,13 @@ impl Sessions {
         // means the will is not sent.
         if let Some(will) = self.lock_wills().remove(&client_id) {
             will.cancel();
+        }
+        // A connection to a session waiting out its expiry keeps it.
+        if let Some(expiry) = self
+            .lock_expiries()
+            .remove(&router_id(&principal, &client_id))
+        {
+            expiry.cancel();
         }
         let takeover = CancellationToken::new();
         let (done_tx, done_rx) = watch::channel(false);
@@ -119,6 +145,66 @@ impl Sessions {
         let mut wills = self.lock_wills();
         // A newer will cancels the older token; a new connection removes the entry.
         !token.is_cancelled() && wills.remove(client_id).is_some()
+    }
+
+    /// Notes a session left to expire; the token is cancelled if a connection resumes it.
+    pub(crate) fn expire_later(&self, router_id: String) -> CancellationToken {
+        let token = CancellationToken::new();
+        if let Some(older) = self.lock_expiries().insert(router_id, token.clone()) {
+            older.cancel();
+        }
+        token
+    }
+
+    /// Whether the session behind `token` is to end now: no connection resumed it. If so,
+    /// and its client id is free, the client id is held (as if a connection had it) until
+    /// the returned registration drops, so that a client connecting meanwhile waits and then
+    /// finds the session gone rather than half gone.
+    pub(crate) fn claim_expired(
+        self: &Arc<Self>,
+        principal: &str,
+        client_id: &Arc<str>,
+        token: &CancellationToken,
+    ) -> Expired {
+        let mut expiries = self.lock_expiries();
+        let id = router_id(principal, client_id);
+        if token.is_cancelled() || expiries.remove(&id).is_none() {
+            return Expired::Resumed;
+        }
+        drop(expiries);
+        let mut live = self.lock();
+        if let Some(slot) = live.get(client_id) {
+            // Another principal's connection with the same client id: a different session,
+            // and this one's owner cannot connect while it lasts.
+            return if slot.principal.as_ref() == principal {
+                Expired::Resumed
+            } else {
+                Expired::End(None)
+            };
+        }
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
+        let (done_tx, done_rx) = watch::channel(false);
+        let takeover = CancellationToken::new();
+        live.insert(
+            client_id.clone(),
+            Slot {
+                serial,
+                principal: Arc::from(principal),
+                takeover: takeover.clone(),
+                done: done_rx,
+            },
+        );
+        Expired::End(Some(Registration {
+            sessions: self.clone(),
+            client_id: client_id.clone(),
+            serial,
+            takeover,
+            done: done_tx,
+        }))
+    }
+
+    fn lock_expiries(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+        self.expiries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_wills(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, CancellationToken>> {
@@ -194,6 +280,45 @@ mod tests {
             Some(Refused::StillClosing),
             "no second registration while the first holds on"
         );
+    }
+
+    #[tokio::test]
+    async fn an_expiring_session_is_kept_by_a_reconnect_and_ended_otherwise() {
+        let sessions = Arc::new(Sessions::default());
+        let client: Arc<str> = Arc::from("c");
+        // The client is back in time: the session stays.
+        let token = sessions.expire_later(router_id("p", "c"));
+        let back = sessions
+            .register(client.clone(), Arc::from("p"), Duration::from_secs(5))
+            .await
+            .expect("registered");
+        assert!(token.is_cancelled());
+        assert!(matches!(
+            sessions.claim_expired("p", &client, &token),
+            Expired::Resumed
+        ));
+        drop(back);
+        // Nobody came: the session ends, and a client connecting meanwhile waits for that.
+        let token = sessions.expire_later(router_id("p", "c"));
+        let Expired::End(Some(ending)) = sessions.claim_expired("p", &client, &token) else {
+            panic!("the session is due and its client id free");
+        };
+        let s2 = sessions.clone();
+        let c2 = client.clone();
+        let late = tokio::spawn(async move {
+            s2.register(c2, Arc::from("p"), Duration::from_secs(5))
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!late.is_finished(), "waits until the session has ended");
+        drop(ending);
+        let _connected = late.await.expect("task").expect("registered");
+        // Another principal's session under the same client id is its own.
+        let token = sessions.expire_later(router_id("q", "c"));
+        assert!(matches!(
+            sessions.claim_expired("q", &client, &token),
+            Expired::End(None)
+        ));
     }
 
     #[tokio::test]

@@ -306,6 +306,10 @@ pub struct MqttConfig {
     /// longer one, or for none (0), is told this value (Server Keep Alive) and held to it;
     /// 0 accepts what each client asks.
     pub max_keep_alive_s: u16,
+    /// The longest a session outlives its connection, in seconds: an MQTT 3.1.1 session
+    /// without clean session, and the most an MQTT 5 Session Expiry Interval is granted (a
+    /// client asking for more is told this value in CONNACK). 0: such sessions never expire.
+    pub max_session_expiry_s: u32,
     /// A second listener for MQTT over TLS, optionally with client certificates.
     pub tls: Option<TlsConfig>,
     /// Address of a listener for MQTT over WebSocket (subprotocol `mqtt`, any path), which
@@ -345,6 +349,7 @@ impl Default for MqttConfig {
             max_publish_rate: 1_000,
             publish_burst: 2_000,
             max_keep_alive_s: 0,
+            max_session_expiry_s: 7 * 24 * 3600,
             tls: None,
             websocket: None,
         }
