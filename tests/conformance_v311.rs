@@ -799,6 +799,16 @@ fn mqtt_3_8_3_3_subscribe_without_filters_closes_the_connection() -> anyhow::Res
 }
 
 #[test]
+fn mqtt_3_10_3_2_unsubscribe_without_filters_closes_the_connection() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let (mut conn, _) = open(&hub, "nounfilter", true)?;
+    conn.send(&raw::packet(0xa2, &[0, 1]))?;
+    let answer = conn.read_to_close(SOON)?;
+    assert!(answer.is_empty(), "no UNSUBACK: {answer:?}");
+    hub.terminate()
+}
+
+#[test]
 fn mqtt_4_7_1_2_and_3_malformed_topic_filters_close_the_connection() -> anyhow::Result<()> {
     let (_dir, hub) = interop_hub()?;
     // '#' not last, '+' sharing a level, '#' sharing a level, and an empty filter (4.7.3-1).

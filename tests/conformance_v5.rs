@@ -456,6 +456,71 @@ fn mqtt_3_1_2_11_2_session_expiry_interval_decides_how_long_a_session_is_kept() 
 }
 
 #[test]
+fn mqtt_3_14_2_2_2_disconnect_may_not_give_an_expiry_to_a_session_without_one() -> anyhow::Result<()>
+{
+    let (_dir, hub) = interop_hub()?;
+    let mut watcher = open(&hub, "se-watch")?;
+    assert_eq!(
+        subscribe(&mut watcher, 1, &[("se/will", 0)], &Props::new())?,
+        vec![0]
+    );
+    let will = Will {
+        topic: "se/will",
+        payload: b"gone",
+        qos: 0,
+        retain: false,
+        props: Props::new(),
+    };
+    let connect = raw::connect_with(true, "se-zero", true, 30, &Props::new(), Some(&will), 0);
+    let (mut conn, _) = Conn::handshake(hub.addr, true, &connect)?;
+    conn.send(&raw::packet(
+        0xe0,
+        &[0x00, 5, prop::SESSION_EXPIRY_INTERVAL, 0, 0, 0, 60],
+    ))?;
+    assert_eq!(conn.end_within(SOON), Some(PROTOCOL_ERROR));
+    let got = delivery(&mut watcher, SOON).expect("the will, as after any protocol error");
+    assert_eq!(got.payload, b"gone");
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_4_3_3_a_refusing_pubrec_ends_the_exchange() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let mut refuser = open(&hub, "refuser")?;
+    assert_eq!(
+        subscribe(&mut refuser, 1, &[("rec/x", 2)], &Props::new())?,
+        vec![2]
+    );
+    let mut publisher = open(&hub, "rec-pub")?;
+    for (pkid, body) in [(1u16, &b"first"[..]), (2, b"second")] {
+        publisher.send(&publish("rec/x", 2, false, pkid, &Props::new(), body))?;
+        publisher.read_kind(5)?;
+        publisher.send(&raw::packet(0x62, &pkid.to_be_bytes()))?;
+        publisher.read_kind(7)?;
+    }
+    let first = delivery(&mut refuser, SOON).expect("first");
+    // PUBREC 0x97 Quota exceeded: no PUBREL may follow for it.
+    let mut rec = first.pkid.to_be_bytes().to_vec();
+    rec.push(0x97);
+    refuser.send(&raw::packet(0x50, &rec))?;
+    let second = delivery(&mut refuser, SOON).expect("second");
+    assert_eq!(second.payload, b"second");
+    refuser.send(&raw::packet(0x50, &second.pkid.to_be_bytes()))?;
+    let rel = refuser.read_kind(6)?;
+    assert_eq!(
+        rel.pkid(),
+        second.pkid,
+        "the only PUBREL is the second one's"
+    );
+    refuser.send(&raw::packet(0x70, &second.pkid.to_be_bytes()))?;
+    assert!(
+        refuser.read_kind_within(6, QUIET).is_none(),
+        "no stray PUBREL"
+    );
+    hub.terminate()
+}
+
+#[test]
 fn mqtt_3_2_2_3_2_the_hub_tells_the_session_expiry_it_grants() -> anyhow::Result<()> {
     let (_dir, hub) = interop_hub()?;
     // "Never expires" is more than mqtt.max_session_expiry_s (7 days by default).
@@ -923,6 +988,21 @@ fn mqtt_3_8_3_2_subscribe_without_filters_ends_the_connection() -> anyhow::Resul
     conn.send(&raw::packet(0x82, &[0, 1, 0]))?;
     let reason = conn.end_within(SOON);
     assert_eq!(reason, Some(PROTOCOL_ERROR));
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_3_10_3_2_unsubscribe_without_filters_ends_the_connection() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let mut conn = open(&hub, "nounfilter")?;
+    // Packet id, no properties, no filters: a Protocol Error (3.10.3).
+    conn.send(&raw::packet(0xa2, &[0, 1, 0]))?;
+    assert_eq!(conn.end_within(SOON), Some(PROTOCOL_ERROR));
+    // The next client's UNSUBACK is its own.
+    let mut conn = open(&hub, "nounfilter")?;
+    conn.send(&raw::unsubscribe(true, 7, &["x/y"]))?;
+    let ack = conn.read_kind(11)?;
+    assert_eq!((ack.pkid(), ack.codes(true)), (7, vec![0x11]));
     hub.terminate()
 }
 

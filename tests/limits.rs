@@ -290,3 +290,26 @@ fn mqtt_3_1_2_25_deliveries_larger_than_the_client_accepts_are_discarded() -> an
     assert_eq!(counter(&body, "kenko_mqtt_too_large_for_client_total"), 1);
     hub.terminate()
 }
+
+#[test]
+fn more_than_1000_filters_in_one_packet_get_disconnect_0x97() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = Hub::start_without_consent(dir.path(), &config(""))?;
+    let names: Vec<String> = (0..1001).map(|i| format!("many/{i}")).collect();
+    let filters: Vec<(&str, u8)> = names.iter().map(|n| (n.as_str(), 0)).collect();
+    let (mut conn, _) = connect_v5(hub.addr, "greedy", 30)?;
+    conn.send(&raw::subscribe_with(true, 1, &filters, &Props::new()))?;
+    assert_eq!(disconnect_reason(&mut conn)?, Some(0x97), "SUBSCRIBE");
+    let (mut conn, _) = connect_v5(hub.addr, "greedy", 30)?;
+    let all: Vec<&str> = names.iter().map(String::as_str).collect();
+    conn.send(&raw::unsubscribe(true, 1, &all))?;
+    assert_eq!(disconnect_reason(&mut conn)?, Some(0x97), "UNSUBSCRIBE");
+    // A thousand is fine, and so is unsubscribing from them.
+    let (mut conn, _) = connect_v5(hub.addr, "greedy", 30)?;
+    let ack = conn.subscribe_with(2, &filters[..1000], &Props::new())?;
+    assert_eq!(ack.codes(true), vec![0; 1000]);
+    conn.send(&raw::unsubscribe(true, 3, &all[..1000]))?;
+    let ack = conn.read_kind(11)?;
+    assert_eq!(ack.codes(true), vec![0; 1000]);
+    hub.terminate()
+}

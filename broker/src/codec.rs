@@ -193,6 +193,15 @@ fn check_flags(byte1: u8, body: &[u8]) -> Result<(), protocol::Error> {
     Ok(())
 }
 
+/// Topic filters one SUBSCRIBE or UNSUBSCRIBE may carry. A packet of the largest size could
+/// otherwise name tens of thousands, each a subscription (or a round trip) in the router.
+pub(crate) const MAX_FILTERS: usize = 1000;
+
+/// How kenko's checks report a SUBSCRIBE or UNSUBSCRIBE with more than [`MAX_FILTERS`]
+/// filters (MQTT 5: DISCONNECT 0x97 Quota exceeded). rumqttd uses this error only when it
+/// writes a packet, never when it reads one.
+const TOO_MANY_FILTERS: protocol::Error = protocol::Error::PayloadTooLong;
+
 /// How kenko's checks report an MQTT 5 Protocol Error (0x82): a packet that decodes but breaks
 /// a rule, such as a property given twice. rumqttd itself uses this error only for a CONNECT
 /// with another protocol name (which [`sniff`] refuses first) and a 3.1.1 DISCONNECT with a
@@ -204,6 +213,7 @@ const PROTOCOL_ERROR: protocol::Error = protocol::Error::InvalidProtocol;
 pub(crate) fn disconnect_reason(e: &protocol::Error) -> DisconnectReasonCode {
     match e {
         protocol::Error::PayloadSizeLimitExceeded(_) => DisconnectReasonCode::PacketTooLarge,
+        protocol::Error::PayloadTooLong => DisconnectReasonCode::QuotaExceeded,
         // "A SUBSCRIBE packet with no Payload is a Protocol Error" (MQTT 5 3.8.3).
         protocol::Error::InvalidProtocol | protocol::Error::EmptySubscription => {
             DisconnectReasonCode::ProtocolError
@@ -285,11 +295,21 @@ fn check_packet(packet: &Packet) -> Result<(), protocol::Error> {
             }
             Ok(())
         }
+        Packet::Subscribe(subscribe, _) if subscribe.filters.len() > MAX_FILTERS => {
+            Err(TOO_MANY_FILTERS)
+        }
         Packet::Subscribe(subscribe, _) => subscribe
             .filters
             .iter()
             .try_for_each(|f| check_topic_filter(&f.path))
             .map_err(|_| protocol::Error::MalformedPacket),
+        // MQTT-3.10.3-2; MQTT 5 3.10.3: a protocol error (rumqttd's decoders let it through).
+        Packet::Unsubscribe(unsubscribe, _) if unsubscribe.filters.is_empty() => {
+            Err(protocol::Error::EmptySubscription)
+        }
+        Packet::Unsubscribe(unsubscribe, _) if unsubscribe.filters.len() > MAX_FILTERS => {
+            Err(TOO_MANY_FILTERS)
+        }
         Packet::Unsubscribe(unsubscribe, _) => unsubscribe
             .filters
             .iter()
@@ -556,6 +576,43 @@ mod tests {
         body[7] = 0x03;
         refused(Version::V311, frame(0x10, &body));
         refused(Version::V311, frame(0x11, &body));
+    }
+
+    #[test]
+    fn unsubscribe_needs_filters_and_both_take_at_most_max_filters() {
+        for version in [Version::V311, Version::V5] {
+            let head: &[u8] = match version {
+                Version::V311 => &[0, 1],
+                Version::V5 => &[0, 1, 0],
+            };
+            let e = refused(version, frame(0xA2, head));
+            assert_eq!(disconnect_reason(&e), DisconnectReasonCode::ProtocolError);
+            for (kind, per_filter) in [(0x82u8, &[0, 1, b'f', 0][..]), (0xA2, &[0, 1, b'f'][..])] {
+                for (count, ok) in [(MAX_FILTERS, true), (MAX_FILTERS + 1, false)] {
+                    let mut body = head.to_vec();
+                    for _ in 0..count {
+                        body.extend_from_slice(per_filter);
+                    }
+                    let mut buf = BytesMut::new();
+                    // A remaining length of up to three bytes.
+                    let len = body.len();
+                    buf.extend_from_slice(&[
+                        kind,
+                        (len as u8) | 0x80,
+                        ((len >> 7) as u8) | 0x80,
+                        (len >> 14) as u8,
+                    ]);
+                    buf.extend_from_slice(&body);
+                    let got = Codec::new(version, 1 << 20).read(&mut buf);
+                    if ok {
+                        assert!(matches!(got, Ok(Some(_))), "{kind:#x} {count}: {got:?}");
+                    } else {
+                        let e = got.expect_err("too many filters");
+                        assert_eq!(disconnect_reason(&e), DisconnectReasonCode::QuotaExceeded);
+                    }
+                }
+            }
+        }
     }
 
     #[test]

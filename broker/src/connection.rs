@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use rumqttd::protocol::{
-    ConnAck, ConnAckProperties, Connect, ConnectReturnCode, LastWill, LastWillProperties, Login,
-    Packet,
+    ConnAck, ConnAckProperties, Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode,
+    LastWill, LastWillProperties, Login, Packet,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -23,7 +23,7 @@ use crate::authz::AclView;
 use crate::codec::{connack_reason, peek_version, sniff, Codec, Sniff, Version};
 use crate::packet::{check_topic_name, telemetry_device};
 use crate::router::HUB_CLIENT_ID;
-use crate::session::{Peer, Session, SessionLife, NEVER};
+use crate::session::{granted_session_expiry, Peer, Session, SessionLife, NEVER};
 use crate::sessions::{router_id, Refused};
 use crate::Shared;
 use kenko_config::MqttConfig;
@@ -223,7 +223,8 @@ async fn handshake(
                 Version::V311 if connect.clean_session => 0,
                 Version::V311 => NEVER,
             };
-            let session_expiry = granted_session_expiry(requested_expiry, config);
+            let session_expiry =
+                granted_session_expiry(requested_expiry, config.max_session_expiry_s);
             // MQTT-3.1.3-9: the will waits for its delay or the end of the session, whichever
             // comes first.
             if let Some(p) = will_props.as_mut() {
@@ -392,7 +393,20 @@ async fn handshake(
         session_expiry_interval: (session_expiry != requested_expiry).then_some(session_expiry),
         ..router_props.unwrap_or_default()
     });
-    hs.send(Packet::ConnAck(ack, props)).await?;
+    if let Err(e) = hs.send(Packet::ConnAck(ack, props)).await {
+        // The client is gone before its CONNACK: the router must hear of it (it does not
+        // notice a dropped link), and the session ends or expires as it would have.
+        info!(error = %e, "connection closed before its CONNACK was written");
+        let mut link_tx = link_tx;
+        let normal = Disconnect {
+            reason_code: DisconnectReasonCode::NormalDisconnection,
+        };
+        if link_tx.send(Packet::Disconnect(normal, None)).await.is_ok() {
+            crate::session::outlive(shared, &peer.identity.id, &peer.client_id, &life).await;
+        }
+        drop(registration);
+        return Err(e);
+    }
     info!(version = ?hs.codec.version(), keep_alive = connect.keep_alive, clean = clean, "connected");
     Ok(Some(Session::new(
         hs.stream,
@@ -407,15 +421,6 @@ async fn handshake(
         registration,
         life,
     )))
-}
-
-/// The Session Expiry Interval the hub grants: what was asked, up to
-/// `mqtt.max_session_expiry_s` (0: no cap).
-fn granted_session_expiry(asked: u32, config: &MqttConfig) -> u32 {
-    match config.max_session_expiry_s {
-        0 => asked,
-        max => asked.min(max),
-    }
 }
 
 /// The keep-alive the session holds the client to, and the Server Keep Alive to announce

@@ -58,9 +58,9 @@ impl AckOrder {
     /// The client's PUBACK or PUBREC. An acknowledgement of nothing kenko sent on this
     /// connection (a resend after reconnecting) goes to the router unchanged.
     pub(crate) fn client_ack(&mut self, packet: Packet, to_router: &mut Vec<Packet>) {
-        let pkid = match &packet {
-            Packet::PubAck(ack, _) => ack.pkid,
-            Packet::PubRec(rec, _) => rec.pkid,
+        let (pkid, refused) = match &packet {
+            Packet::PubAck(ack, _) => (ack.pkid, false),
+            Packet::PubRec(rec, _) => (rec.pkid, is_refusal(rec.reason)),
             _ => {
                 to_router.push(packet);
                 return;
@@ -71,7 +71,15 @@ impl AckOrder {
             .iter_mut()
             .find(|(_, slot)| slot.pkid == pkid && !slot.done)
         {
-            Some((_, slot)) => slot.done = true,
+            Some((_, slot)) => {
+                slot.done = true;
+                if refused {
+                    // A refusing PUBREC ends the exchange (MQTT 5 4.3.3): the router, which
+                    // gets a plain PUBREC, answers with a PUBREL the client must not see,
+                    // and kenko gives the PUBCOMP.
+                    self.swallow.insert(pkid);
+                }
+            }
             None => to_router.push(packet),
         }
         self.drain(to_router);
@@ -131,6 +139,14 @@ impl AckOrder {
             to_router.push(synthetic_comp(slot.pkid));
         }
     }
+}
+
+/// Whether a PUBREC refuses the message (reason 0x80 or above), which ends a QoS 2 exchange.
+pub(crate) fn is_refusal(reason: PubRecReason) -> bool {
+    !matches!(
+        reason,
+        PubRecReason::Success | PubRecReason::NoMatchingSubscribers
+    )
 }
 
 fn synthetic_ack(pkid: u16, qos2: bool) -> Packet {
@@ -224,6 +240,24 @@ mod tests {
         out.clear();
         order.client_comp(synthetic_comp(1), &mut out);
         assert_eq!(ids(&out), vec![('C', 1), ('C', 2)]);
+        assert_eq!(order.len(), 0);
+    }
+
+    #[test]
+    fn a_refusing_pubrec_ends_the_exchange_with_kenkos_pubcomp() {
+        let mut order = AckOrder::default();
+        let mut out = Vec::new();
+        order.delivered(5, true, false, &mut out);
+        let refusal = Packet::PubRec(
+            PubRec {
+                pkid: 5,
+                reason: PubRecReason::QuotaExceeded,
+            },
+            None,
+        );
+        order.client_ack(refusal, &mut out);
+        assert_eq!(ids(&out), vec![('R', 5), ('C', 5)]);
+        assert!(!order.router_pubrel(5), "the client gets no PUBREL");
         assert_eq!(order.len(), 0);
     }
 

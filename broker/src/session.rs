@@ -34,7 +34,7 @@ use crate::auth::Identity;
 use crate::authz::AclView;
 use crate::codec::{Codec, Version};
 use crate::connection::{will_publish_properties, Stream};
-use crate::egress::AckOrder;
+use crate::egress::{is_refusal, AckOrder};
 use crate::packet::{
     check_topic_name, publish, qos_and_pkid, telemetry_device, PROTOBUF_CONTENT_TYPE,
 };
@@ -142,7 +142,9 @@ pub(crate) struct Session {
     rate: TokenBucket,
     /// Packet ids of QoS 1 and 2 deliveries written to the client and not yet finished by it:
     /// what the client's Receive Maximum bounds (MQTT 5).
-    client_inflight: HashSet<u16>,
+    client_inflight: HashMap<u16, u32>,
+    /// How many deliveries `client_inflight` counts.
+    client_inflight_total: usize,
     /// Deliveries waiting for the client to finish others (its Receive Maximum reached).
     held: VecDeque<Forward>,
     /// How the session outlives this connection.
@@ -243,7 +245,8 @@ impl Session {
             rate,
             life,
             unsubscribes: VecDeque::new(),
-            client_inflight: HashSet::new(),
+            client_inflight: HashMap::new(),
+            client_inflight_total: 0,
             held: VecDeque::new(),
         }
     }
@@ -370,6 +373,13 @@ impl Session {
                 let with_will =
                     disconnect.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
                 let expiry_s = props.and_then(|p| p.session_expiry_interval);
+                if self.life.expiry_s == 0 && expiry_s.is_some_and(|s| s != 0) {
+                    // 3.14.2.2.2: a protocol error; the will is published.
+                    info!(
+                        "closing connection: DISCONNECT gives an expiry to a session without one"
+                    );
+                    return Err(End::ProtocolError(DisconnectReasonCode::ProtocolError));
+                }
                 return Err(End::Disconnect {
                     with_will,
                     expiry_s,
@@ -779,15 +789,22 @@ impl Session {
     fn at_receive_maximum(&self) -> bool {
         self.peer
             .receive_maximum
-            .is_some_and(|max| self.client_inflight.len() >= usize::from(max))
+            .is_some_and(|max| self.client_inflight_total >= usize::from(max))
     }
 
     /// The client finished a QoS 1 or 2 delivery (PUBACK, PUBCOMP, or a refusing PUBREC):
     /// deliveries that waited for room go out.
     fn client_done(&mut self, pkid: u16) {
-        if !self.client_inflight.remove(&pkid) {
-            return;
+        // Counted per packet id: the router may reuse one whose exchange the client has
+        // not finished yet.
+        match self.client_inflight.get_mut(&pkid) {
+            None => return,
+            Some(1) => {
+                self.client_inflight.remove(&pkid);
+            }
+            Some(n) => *n -= 1,
         }
+        self.client_inflight_total -= 1;
         while !self.at_receive_maximum() {
             let Some(forward) = self.held.pop_front() else {
                 break;
@@ -843,7 +860,8 @@ impl Session {
         if deliver {
             self.shared.stats.delivered.fetch_add(1, Ordering::Relaxed);
             if qos != QoS::AtMostOnce {
-                self.client_inflight.insert(pkid);
+                *self.client_inflight.entry(pkid).or_default() += 1;
+                self.client_inflight_total += 1;
             }
         } else if !allowed {
             self.shared.stats.withheld.fetch_add(1, Ordering::Relaxed);
@@ -1048,6 +1066,16 @@ impl Session {
         self.flush_last().await;
         let _ = self.stream.shutdown().await;
 
+        // 3.14.2.2.2: a DISCONNECT may change the Session Expiry Interval (from 0 to more is
+        // refused in `on_packet`).
+        if let End::Disconnect {
+            expiry_s: Some(asked),
+            ..
+        } = end
+        {
+            let max = self.shared.config.max_session_expiry_s;
+            self.life.expiry_s = granted_session_expiry(asked, max);
+        }
         let publish_will = match end {
             End::Disconnect { with_will, .. } => with_will,
             End::Shutdown | End::RouterGone => false,
@@ -1061,7 +1089,10 @@ impl Session {
             return;
         }
         if let (true, Some((will, props))) = (publish_will, self.will.take()) {
-            match props.as_ref().and_then(|p| p.delay_interval).unwrap_or(0) {
+            // MQTT-3.1.3-9: the will goes when its delay has passed or the session ends,
+            // whichever comes first.
+            let delay = props.as_ref().and_then(|p| p.delay_interval).unwrap_or(0);
+            match delay.min(self.life.expiry_s) {
                 0 => self.publish_will(will, props),
                 // A takeover is a new connection to the session within the delay: no will.
                 _ if end == End::TakenOver => debug!("will dropped: the session was taken over"),
@@ -1074,68 +1105,15 @@ impl Session {
         self.to_router.push(Packet::Disconnect(normal, None));
         let _ = self.send_to_router().await;
         info!(?end, "disconnected");
-        match end {
-            // The session goes on in the new connection, or the hub is stopping.
-            End::TakenOver | End::Shutdown | End::RouterGone => {}
-            End::Disconnect {
-                expiry_s: Some(asked),
-                ..
-            } => {
-                if self.life.expiry_s == 0 && asked != 0 {
-                    // 3.14.2.2.2: a protocol error, and the session was clean for the router.
-                    info!(
-                        asked,
-                        "DISCONNECT may not give an expiry to a session without one"
-                    );
-                } else {
-                    let max = self.shared.config.max_session_expiry_s;
-                    self.life.expiry_s = if max == 0 { asked } else { asked.min(max) };
-                }
-                self.end_session().await;
-            }
-            _ => self.end_session().await,
+        // The session goes on in the new connection (also when this one ended on its own
+        // while being taken over), or the hub is stopping.
+        let goes_on = matches!(end, End::TakenOver | End::Shutdown | End::RouterGone)
+            || self.registration.takeover.is_cancelled();
+        if !goes_on {
+            let principal = self.peer.identity.id.clone();
+            outlive(&self.shared, &principal, &self.peer.client_id, &self.life).await;
         }
         // Dropping the registration lets a connection that takes this client id over proceed.
-    }
-
-    /// Ends the session with the connection (Session Expiry Interval 0), or lets it expire
-    /// later: a task waits out the interval and ends it unless a connection resumes it first.
-    async fn end_session(&mut self) {
-        if !self.life.persistent || self.life.expiry_s == NEVER {
-            // A clean session the router has already dropped, or one that never expires.
-            return;
-        }
-        let router_id = self.life.router_id.clone();
-        if self.life.expiry_s == 0 {
-            if let Err(e) = self.shared.router.end_session(router_id).await {
-                warn!(error = %e, "cannot end the session");
-            }
-            return;
-        }
-        let expiry = self.life.expiry_s;
-        debug!(expiry_s = expiry, "session kept until it expires");
-        let sessions = self.shared.sessions.clone();
-        let router = self.shared.router.clone();
-        let shutdown = self.shared.shutdown.clone();
-        let principal = self.peer.identity.id.clone();
-        let client_id = self.peer.client_id.clone();
-        let token = sessions.expire_later(router_id.clone());
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(u64::from(expiry))) => {}
-                _ = token.cancelled() => return,
-                _ = shutdown.cancelled() => return,
-            }
-            let Expired::End(registration) = sessions.claim_expired(&principal, &client_id, &token)
-            else {
-                return;
-            };
-            match router.end_session(router_id).await {
-                Ok(()) => info!(%client_id, expiry_s = expiry, "session expired"),
-                Err(e) => warn!(%client_id, error = %e, "cannot end the expired session"),
-            }
-            drop(registration);
-        });
     }
 
     /// Publishes the will after `delay` seconds (MQTT 5 Will Delay Interval, already capped
@@ -1235,12 +1213,58 @@ fn rejection_reason(rejection: &Rejection) -> PubAckReason {
     }
 }
 
-/// A PUBREC that ends a QoS 2 exchange: the message was refused (reason 0x80 or above).
-fn is_refusal(reason: PubRecReason) -> bool {
-    !matches!(
-        reason,
-        PubRecReason::Success | PubRecReason::NoMatchingSubscribers
-    )
+/// Ends the session with its connection (Session Expiry Interval 0), or lets it expire later:
+/// a task waits out the interval and ends it unless a connection resumes it first. Nothing for
+/// a clean session (the router has dropped it) or one that never expires.
+pub(crate) async fn outlive(
+    shared: &Arc<Shared>,
+    principal: &str,
+    client_id: &Arc<str>,
+    life: &SessionLife,
+) {
+    if !life.persistent || life.expiry_s == NEVER {
+        return;
+    }
+    let router_id = life.router_id.clone();
+    if life.expiry_s == 0 {
+        if let Err(e) = shared.router.end_session(router_id).await {
+            warn!(error = %e, "cannot end the session");
+        }
+        return;
+    }
+    let expiry = life.expiry_s;
+    debug!(expiry_s = expiry, "session kept until it expires");
+    let sessions = shared.sessions.clone();
+    let router = shared.router.clone();
+    let shutdown = shared.shutdown.clone();
+    let principal = principal.to_owned();
+    let client_id = client_id.clone();
+    let token = sessions.expire_later(router_id.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(u64::from(expiry))) => {}
+            _ = token.cancelled() => return,
+            _ = shutdown.cancelled() => return,
+        }
+        let Expired::End(registration) = sessions.claim_expired(&principal, &client_id, &token)
+        else {
+            return;
+        };
+        match router.end_session(router_id).await {
+            Ok(()) => info!(%client_id, expiry_s = expiry, "session expired"),
+            Err(e) => warn!(%client_id, error = %e, "cannot end the expired session"),
+        }
+        drop(registration);
+    });
+}
+
+/// The Session Expiry Interval the hub grants: what was asked, up to
+/// `mqtt.max_session_expiry_s` (0: no cap).
+pub(crate) fn granted_session_expiry(asked: u32, max: u32) -> u32 {
+    match max {
+        0 => asked,
+        max => asked.min(max),
+    }
 }
 
 fn pubrec_reason(reason: PubAckReason) -> PubRecReason {
