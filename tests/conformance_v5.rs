@@ -334,7 +334,7 @@ async fn mqtt_3_2_2_2_and_3_session_present_reflects_stored_session() -> anyhow:
 }
 
 /// A raw MQTT 5 connection with Clean Start `clean` and Session Expiry Interval `expiry`
-/// (none when `None`), subscribed to `filter` at QoS 1; returns it and its session present.
+/// (none when `None`); returns it, its session present flag and its CONNACK properties.
 fn session(
     hub: &Hub,
     id: &str,
@@ -346,6 +346,29 @@ fn session(
         None => Props::new(),
     };
     open_with(hub, id, clean, &props)
+}
+
+/// Connects `id` (see [`session`]), subscribes it to `filter` at QoS 1 and leaves with
+/// `disconnect`; returns the session present flag it was connected with.
+fn subscribed_and_gone(
+    hub: &Hub,
+    id: &str,
+    clean: bool,
+    expiry: Option<u32>,
+    filter: &str,
+    disconnect: &[u8],
+) -> anyhow::Result<bool> {
+    let (mut conn, present, _) = session(hub, id, clean, expiry)?;
+    assert_eq!(
+        subscribe(&mut conn, 1, &[(filter, 1)], &Props::new())?,
+        vec![1]
+    );
+    conn.send(disconnect)?;
+    anyhow::ensure!(
+        conn.read_to_close(SOON)?.is_empty(),
+        "closed after DISCONNECT"
+    );
+    Ok(present)
 }
 
 /// Publishes on `topic` while `id` is away, then reconnects `id` (Clean Start 0): whether
@@ -377,14 +400,9 @@ fn mqtt_3_1_2_11_2_session_expiry_interval_decides_how_long_a_session_is_kept() 
     let (_dir, hub) = interop_hub()?;
     // No Session Expiry Interval: the session ends with the connection, even with Clean
     // Start 0 (3.1.2.11.2).
-    let (mut conn, present, _) = session(&hub, "se-none", false, None)?;
+    let bye = raw::disconnect(true, 0);
+    let present = subscribed_and_gone(&hub, "se-none", false, None, "se/none", &bye)?;
     assert!(!present);
-    assert_eq!(
-        subscribe(&mut conn, 1, &[("se/none", 1)], &Props::new())?,
-        vec![1]
-    );
-    conn.send(&raw::disconnect(true, 0))?;
-    assert!(conn.read_to_close(SOON)?.is_empty());
     assert_eq!(
         kept_while_away(&hub, "se-none", "se/none", None)?,
         (false, vec![]),
@@ -392,13 +410,7 @@ fn mqtt_3_1_2_11_2_session_expiry_interval_decides_how_long_a_session_is_kept() 
     );
 
     // Two seconds: kept across a quick reconnect, gone after the interval.
-    let (mut conn, _, _) = session(&hub, "se-two", false, Some(2))?;
-    assert_eq!(
-        subscribe(&mut conn, 1, &[("se/two", 1)], &Props::new())?,
-        vec![1]
-    );
-    conn.send(&raw::disconnect(true, 0))?;
-    assert!(conn.read_to_close(SOON)?.is_empty());
+    subscribed_and_gone(&hub, "se-two", false, Some(2), "se/two", &bye)?;
     assert_eq!(
         kept_while_away(&hub, "se-two", "se/two", Some(2))?,
         (true, vec!["se/two".to_owned()]),
@@ -412,21 +424,9 @@ fn mqtt_3_1_2_11_2_session_expiry_interval_decides_how_long_a_session_is_kept() 
     );
 
     // Clean Start 1 with an interval: what was kept goes, and the new session is kept.
-    let (mut conn, _, _) = session(&hub, "se-fresh", false, Some(300))?;
-    assert_eq!(
-        subscribe(&mut conn, 1, &[("se/old", 1)], &Props::new())?,
-        vec![1]
-    );
-    conn.send(&raw::disconnect(true, 0))?;
-    assert!(conn.read_to_close(SOON)?.is_empty());
-    let (mut conn, present, _) = session(&hub, "se-fresh", true, Some(300))?;
+    subscribed_and_gone(&hub, "se-fresh", false, Some(300), "se/old", &bye)?;
+    let present = subscribed_and_gone(&hub, "se-fresh", true, Some(300), "se/new", &bye)?;
     assert!(!present, "Clean Start discards the session (MQTT-3.1.2-4)");
-    assert_eq!(
-        subscribe(&mut conn, 1, &[("se/new", 1)], &Props::new())?,
-        vec![1]
-    );
-    conn.send(&raw::disconnect(true, 0))?;
-    assert!(conn.read_to_close(SOON)?.is_empty());
     assert_eq!(
         kept_while_away(&hub, "se-fresh", "se/new", Some(300))?,
         (true, vec!["se/new".to_owned()])
@@ -438,16 +438,8 @@ fn mqtt_3_1_2_11_2_session_expiry_interval_decides_how_long_a_session_is_kept() 
     );
 
     // A DISCONNECT with Session Expiry Interval 0 ends the session now (3.14.2.2.2).
-    let (mut conn, _, _) = session(&hub, "se-bye", false, Some(300))?;
-    assert_eq!(
-        subscribe(&mut conn, 1, &[("se/bye", 1)], &Props::new())?,
-        vec![1]
-    );
-    conn.send(&raw::packet(
-        0xe0,
-        &[0x00, 5, prop::SESSION_EXPIRY_INTERVAL, 0, 0, 0, 0],
-    ))?;
-    assert!(conn.read_to_close(SOON)?.is_empty());
+    let expiry_0 = raw::packet(0xe0, &[0x00, 5, prop::SESSION_EXPIRY_INTERVAL, 0, 0, 0, 0]);
+    subscribed_and_gone(&hub, "se-bye", false, Some(300), "se/bye", &expiry_0)?;
     assert_eq!(
         kept_while_away(&hub, "se-bye", "se/bye", Some(300))?,
         (false, vec![])

@@ -411,14 +411,8 @@ fn varint(bytes: &[u8]) -> Option<(usize, usize)> {
 /// MQTT 3.1.1 has no properties; rumqttd's v4 encoder refuses packets that carry any (a v5
 /// publisher's message forwarded to a 3.1.1 subscriber does), so they are dropped here.
 fn without_properties(packet: Packet) -> Packet {
-    match packet {
+    match without_ack_properties(packet) {
         Packet::Publish(p, _) => Packet::Publish(p, None),
-        Packet::PubAck(p, _) => Packet::PubAck(p, None),
-        Packet::PubRec(p, _) => Packet::PubRec(p, None),
-        Packet::PubRel(p, _) => Packet::PubRel(p, None),
-        Packet::PubComp(p, _) => Packet::PubComp(p, None),
-        Packet::SubAck(p, _) => Packet::SubAck(p, None),
-        Packet::UnsubAck(p, _) => Packet::UnsubAck(p, None),
         Packet::ConnAck(p, _) => Packet::ConnAck(p, None),
         Packet::Disconnect(p, _) => Packet::Disconnect(p, None),
         other => other,
