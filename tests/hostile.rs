@@ -982,11 +982,16 @@ async fn ten_thousand_connections_without_connect_are_closed_after_the_connect_t
     drop(sampler);
     assert_memory_bounded("10,000 idle connections", before, during_kb, settled[1]);
     // A leak would hold the first round's connections and add the second's: the hub would
-    // settle above the first round's high-water mark. (How much the allocator hands back to
-    // the system in between varies by several MB from run to run.)
+    // settle a whole round's cost above the first round's high-water mark. How much the
+    // allocator hands back to the system in between, and which of its arenas the second
+    // round lands in, varies from run to run (by up to 11 MB in 10,000 connections seen
+    // here), so the bound leaves half a round's cost for that.
+    let round_kb = settled[0].hwm_kb.saturating_sub(before.rss_kb);
     assert!(
-        settled[1].rss_kb < settled[0].hwm_kb + 8 * 1024,
-        "the second round left the hub holding more than the first needed at its peak: {} then {}",
+        settled[1].rss_kb < settled[0].hwm_kb + round_kb / 2,
+        "the second round left the hub holding more than the first needed at its peak plus \
+         half a round ({} kB): {} then {}",
+        round_kb / 2,
         settled[0],
         settled[1]
     );

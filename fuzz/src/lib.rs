@@ -83,11 +83,16 @@ static ALLOCATOR: Counting = Counting;
 /// Runs `f` on one input of `len` bytes and panics if the heap grew by more than
 /// `PER_INPUT_BYTE * len + SLACK` bytes at any moment meanwhile.
 pub fn bounded<T>(len: usize, f: impl FnOnce() -> T) -> T {
+    bounded_by(len, PER_INPUT_BYTE, SLACK, f)
+}
+
+/// [`bounded`] with a bound of its own: `per_byte * len + slack`.
+pub fn bounded_by<T>(len: usize, per_byte: usize, slack: usize, f: impl FnOnce() -> T) -> T {
     let before = LIVE.load(Ordering::Relaxed);
     PEAK.store(before, Ordering::Relaxed);
     let out = f();
     let grown = PEAK.load(Ordering::Relaxed).saturating_sub(before);
-    let limit = PER_INPUT_BYTE.saturating_mul(len).saturating_add(SLACK);
+    let limit = per_byte.saturating_mul(len).saturating_add(slack);
     assert!(
         grown <= limit,
         "an input of {len} bytes made the heap grow by {grown} bytes (limit {limit})"
