@@ -1181,3 +1181,42 @@ fn a_subscriber_that_reads_nothing_is_cut_off_and_memory_stays_bounded() -> Resu
     assert_still_serves(&hub)?;
     finish(hub, "subscriber that reads nothing")
 }
+
+/// Clients that each connect once with a client id of their own (random ids, or an empty id
+/// the hub assigns one for) must not leave state behind: rumqttd's router keeps a record of
+/// every link name it has seen, so clean sessions use names from a pool. 30,000 distinct ids
+/// connect and disconnect one after another; after the first 10,000 (warm-up), the next
+/// 20,000 may not grow the hub by more than 4 MB (a record per id would be about 11 MB).
+#[test]
+fn thirty_thousand_distinct_client_ids_leave_nothing_behind() -> Result<()> {
+    let (_dir, hub) = start()?;
+    let churn = |batch: &str, n: usize| -> Result<()> {
+        for i in 0..n {
+            let v5 = i % 2 == 1;
+            // Every tenth an empty id (the hub assigns one), the others an id of their own.
+            let id = if i % 10 == 0 {
+                String::new()
+            } else {
+                format!("{batch}-{i}")
+            };
+            let (mut conn, code) = Conn::connect(hub.addr, v5, &id, None, None)?;
+            ensure!(code == 0, "CONNACK {code:#04x} for {id:?}");
+            conn.send(&raw::disconnect(v5, 0))?;
+            conn.read_to_close(Duration::from_secs(5))?;
+        }
+        Ok(())
+    };
+    churn("warm", 10_000)?;
+    let warm = hub.memory()?;
+    churn("a", 10_000)?;
+    churn("b", 10_000)?;
+    let after = hub.memory()?;
+    println!("20,000 distinct client ids after 10,000: hub {warm} then {after}");
+    ensure!(
+        after.rss_kb < warm.rss_kb + 4 * 1024,
+        "the hub grew by {} kB: {warm} then {after}",
+        after.rss_kb.saturating_sub(warm.rss_kb)
+    );
+    assert_still_serves(&hub)?;
+    finish(hub, "distinct client ids")
+}

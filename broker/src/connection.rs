@@ -339,26 +339,35 @@ async fn handshake(
     let router = shared.router.clone();
     let id = router_id(&peer.identity.id, &peer.client_id);
     let clean = connect.clean_session;
-    // A session that ends with its connection is a clean one for the router, which then
-    // keeps nothing of it (a session left from before is resumed, and ended by the session
-    // when this connection closes).
-    let life = SessionLife {
-        router_id: id.clone(),
-        persistent: !clean || session_expiry != 0,
-        expiry_s: session_expiry,
-    };
-    if clean && session_expiry != 0 {
-        // Clean Start with an expiry interval: what was kept is discarded, and a session that
-        // outlives this connection begins.
+    let persistent = !clean || session_expiry != 0;
+    if clean && shared.sessions.forget_kept(&id) {
+        // Clean Start: a session the router kept under this name is discarded first
+        // (MQTT-3.1.2-4).
         if let Err(e) = shared.router.end_session(id.clone()).await {
+            shared.sessions.keep(&id);
             warn!(error = %e, "cannot discard the previous session");
             let why = "the hub's router is not available";
             return hs.refuse(busy(hs.codec.version()), why).await;
         }
     }
-    let link_clean = !life.persistent;
+    // A session that ends with its connection is a clean one for the router, which keeps
+    // nothing of it, under a name from the pool; one that may outlive it (a session left from
+    // before is resumed) goes by its own name, and is ended by the session when its time is up.
+    let (link_id, clean_name) = if persistent {
+        shared.sessions.keep(&id);
+        (id.clone(), None)
+    } else {
+        let name = shared.sessions.clean_name();
+        (name.link_id(), Some(name))
+    };
+    let life = SessionLife {
+        router_id: id,
+        persistent,
+        expiry_s: session_expiry,
+        clean_name,
+    };
     // Registering blocks until the router thread answers.
-    let linked = tokio::task::spawn_blocking(move || router.link(&id, link_clean)).await;
+    let linked = tokio::task::spawn_blocking(move || router.link(&link_id, !persistent)).await;
     let Ok(Ok((link_tx, link_rx, notification))) = linked else {
         return hs
             .refuse(
@@ -402,6 +411,10 @@ async fn handshake(
             reason_code: DisconnectReasonCode::NormalDisconnection,
         };
         if link_tx.send(Packet::Disconnect(normal, None)).await.is_ok() {
+            let mut life = life;
+            if let Some(name) = life.clean_name.take() {
+                shared.sessions.release_clean_name(name);
+            }
             crate::session::outlive(shared, &peer.identity.id, &peer.client_id, &life).await;
         }
         drop(registration);

@@ -38,7 +38,7 @@ use crate::egress::{is_refusal, AckOrder};
 use crate::packet::{
     check_topic_name, publish, qos_and_pkid, telemetry_device, PROTOBUF_CONTENT_TYPE,
 };
-use crate::sessions::{Expired, Registration};
+use crate::sessions::{CleanName, Expired, Registration};
 use crate::Shared;
 use kenko_config::DeniedPublish;
 
@@ -82,6 +82,9 @@ pub(crate) struct SessionLife {
     pub(crate) persistent: bool,
     /// Seconds the session lasts after the connection: 0 it ends with it, [`NEVER`] never.
     pub(crate) expiry_s: u32,
+    /// The router link's name from the pool, for a clean session (the others use
+    /// `router_id`).
+    pub(crate) clean_name: Option<CleanName>,
 }
 
 /// Who is connected.
@@ -1103,8 +1106,11 @@ impl Session {
             reason_code: DisconnectReasonCode::NormalDisconnection,
         };
         self.to_router.push(Packet::Disconnect(normal, None));
-        let _ = self.send_to_router().await;
+        let told = self.send_to_router().await.is_ok();
         info!(?end, "disconnected");
+        if let (true, Some(name)) = (told, self.life.clean_name.take()) {
+            self.shared.sessions.release_clean_name(name);
+        }
         // The session goes on in the new connection (also when this one ended on its own
         // while being taken over), or the hub is stopping.
         let goes_on = matches!(end, End::TakenOver | End::Shutdown | End::RouterGone)
@@ -1227,8 +1233,11 @@ pub(crate) async fn outlive(
     }
     let router_id = life.router_id.clone();
     if life.expiry_s == 0 {
-        if let Err(e) = shared.router.end_session(router_id).await {
-            warn!(error = %e, "cannot end the session");
+        match shared.router.end_session(router_id.clone()).await {
+            Ok(()) => {
+                shared.sessions.forget_kept(&router_id);
+            }
+            Err(e) => warn!(error = %e, "cannot end the session"),
         }
         return;
     }
@@ -1250,8 +1259,11 @@ pub(crate) async fn outlive(
         else {
             return;
         };
-        match router.end_session(router_id).await {
-            Ok(()) => info!(%client_id, expiry_s = expiry, "session expired"),
+        match router.end_session(router_id.clone()).await {
+            Ok(()) => {
+                sessions.forget_kept(&router_id);
+                info!(%client_id, expiry_s = expiry, "session expired");
+            }
             Err(e) => warn!(%client_id, error = %e, "cannot end the expired session"),
         }
         drop(registration);
