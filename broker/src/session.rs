@@ -1261,7 +1261,12 @@ pub(crate) async fn outlive(
         };
         match router.end_session(router_id.clone()).await {
             Ok(()) => {
-                sessions.forget_kept(&router_id);
+                // Without a registration (another principal held the client id), its owner
+                // may be connecting again right now, and its new session must stay known as
+                // kept; a stale entry costs no more than one needless end later.
+                if registration.is_some() {
+                    sessions.forget_kept(&router_id);
+                }
                 info!(%client_id, expiry_s = expiry, "session expired");
             }
             Err(e) => warn!(%client_id, error = %e, "cannot end the expired session"),

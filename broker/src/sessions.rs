@@ -30,19 +30,19 @@ pub(crate) struct Sessions {
 
 #[derive(Default)]
 struct CleanNames {
-    free: Vec<u32>,
-    next: u32,
+    free: Vec<u64>,
+    next: u64,
 }
 
 /// A router link name from the pool of clean sessions; [`Sessions::release_clean_name`]
 /// returns it once the router has let go of it. Dropped instead, it is not used again.
 #[derive(Debug)]
-pub(crate) struct CleanName(u32);
+pub(crate) struct CleanName(u64);
 
 impl CleanName {
     /// The name: `clean` between two of the control characters [`router_id`] joins with,
     /// so it is never one (its client id part would hold one, which client ids may not) nor
-    /// the hub's own link; the router refuses `+ $ # /` and spaces in its names.
+    /// the hub's own link; the router refuses `+ $ # /` in its names.
     pub(crate) fn link_id(&self) -> String {
         format!("\u{1f}clean\u{1f}{}", self.0)
     }
