@@ -6,9 +6,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::mqtt311::{next_publish, until_connack, until_suback};
+use common::mqtt311::{connected_with_will, next_publish, until_connack, until_suback};
 use common::Hub;
-use rumqttc::{Event, Incoming, LastWill, QoS};
+use rumqttc::{Event, Incoming, QoS};
 
 #[test]
 fn keep_alive_zero_is_accepted_and_the_connection_stays_up() -> anyhow::Result<()> {
@@ -129,28 +129,14 @@ async fn a_will_is_published_when_a_client_drops_and_not_after_disconnect() -> a
     until_suback(&mut watch_loop).await?;
 
     // A polite client disconnects: no will.
-    let mut polite = hub.options("polite");
-    polite.set_last_will(LastWill::new(
-        "wills/polite",
-        "gone",
-        QoS::AtLeastOnce,
-        false,
-    ));
-    let (polite, mut polite_loop) = rumqttc::AsyncClient::new(polite, 10);
-    until_connack(&mut polite_loop).await?;
+    let (polite, mut polite_loop) =
+        connected_with_will(&hub, "polite", "wills/polite", "gone").await?;
     polite.disconnect().await?;
     while polite_loop.poll().await.is_ok() {}
 
     // A client that drops its connection: its will is published.
-    let mut dropper = hub.options("dropper");
-    dropper.set_last_will(LastWill::new(
-        "wills/dropper",
-        "lost",
-        QoS::AtLeastOnce,
-        false,
-    ));
-    let (_dropper, mut dropper_loop) = rumqttc::AsyncClient::new(dropper, 10);
-    until_connack(&mut dropper_loop).await?;
+    let (_dropper, dropper_loop) =
+        connected_with_will(&hub, "dropper", "wills/dropper", "lost").await?;
     drop(dropper_loop); // closes the socket without DISCONNECT
 
     let got = next_publish(&mut watch_loop, Duration::from_secs(5))

@@ -9,7 +9,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::mqtt311::{next_publish, until_connack, until_pubacks, until_suback};
+use common::mqtt311::{
+    connected_with_will, next_publish, until_connack, until_pubacks, until_suback,
+};
 use common::raw::{self, Conn, Props, Will};
 use common::{interop_hub, Hub, QUIET, SOON};
 use rumqttc::{AsyncClient, Event, Incoming, LastWill, QoS};
@@ -425,28 +427,14 @@ async fn mqtt_3_14_4_3_will_discarded_on_disconnect() -> anyhow::Result<()> {
     watcher.subscribe("wills/#", QoS::AtLeastOnce).await?;
     until_suback(&mut watch_loop).await?;
 
-    let mut polite = hub.options("polite");
-    polite.set_last_will(LastWill::new(
-        "wills/polite",
-        "gone",
-        QoS::AtLeastOnce,
-        false,
-    ));
-    let (polite, mut polite_loop) = AsyncClient::new(polite, 10);
-    until_connack(&mut polite_loop).await?;
+    let (polite, mut polite_loop) =
+        connected_with_will(&hub, "polite", "wills/polite", "gone").await?;
     polite.disconnect().await?;
     while polite_loop.poll().await.is_ok() {}
 
     // Then one that drops: the first will to arrive is its own.
-    let mut dropper = hub.options("dropper");
-    dropper.set_last_will(LastWill::new(
-        "wills/dropper",
-        "lost",
-        QoS::AtLeastOnce,
-        false,
-    ));
-    let (_dropper, mut dropper_loop) = AsyncClient::new(dropper, 10);
-    until_connack(&mut dropper_loop).await?;
+    let (_dropper, dropper_loop) =
+        connected_with_will(&hub, "dropper", "wills/dropper", "lost").await?;
     drop(dropper_loop);
     let got = next_publish(&mut watch_loop, SOON)
         .await

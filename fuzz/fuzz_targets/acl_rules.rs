@@ -140,18 +140,21 @@ fn first_rule_decides_its_own_topic(acl: &Acl, selected: &[usize], p: &Principal
         if placeholders || rule.topic.starts_with("$share/") {
             continue;
         }
+        let decided_by_it_or_earlier = |request: &Request<'_>, what: &str| {
+            let d = acl.decide(p, request);
+            assert!(
+                d.rule.is_some_and(|j| j <= i),
+                "rule {i} ({:?}) does not decide its own {what} for {}: {d:?}",
+                rule.topic,
+                p.id
+            );
+        };
         if rule.action != Action::Publish {
             let filter = Request::Subscribe {
                 filter: &rule.topic,
                 qos: 0,
             };
-            let d = acl.decide(p, &filter);
-            assert!(
-                d.rule.is_some_and(|j| j <= i),
-                "rule {i} ({:?}) does not decide its own filter for {}: {d:?}",
-                rule.topic,
-                p.id
-            );
+            decided_by_it_or_earlier(&filter, "filter");
         }
         let wildcards = rule
             .pattern
@@ -163,13 +166,7 @@ fn first_rule_decides_its_own_topic(acl: &Acl, selected: &[usize], p: &Principal
                 qos: 0,
                 retain: false,
             };
-            let d = acl.decide(p, &publish);
-            assert!(
-                d.rule.is_some_and(|j| j <= i),
-                "rule {i} ({:?}) does not decide its own topic for {}: {d:?}",
-                rule.topic,
-                p.id
-            );
+            decided_by_it_or_earlier(&publish, "topic");
         }
     }
 }

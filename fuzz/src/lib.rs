@@ -33,30 +33,28 @@ impl Counting {
         let live = LIVE.fetch_add(size, Ordering::Relaxed) + size;
         PEAK.fetch_max(live, Ordering::Relaxed);
     }
+
+    /// Refuses a block over [`MAX_ALLOCATION`], else gets it from `get` and counts it.
+    fn counted(size: usize, get: impl FnOnce() -> *mut u8) -> *mut u8 {
+        if size > MAX_ALLOCATION {
+            return std::ptr::null_mut();
+        }
+        let p = get();
+        if !p.is_null() {
+            Self::grew(size);
+        }
+        p
+    }
 }
 
 // SAFETY: every call is passed on to `System` unchanged; the counters do not touch memory.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if layout.size() > MAX_ALLOCATION {
-            return std::ptr::null_mut();
-        }
-        let p = System.alloc(layout);
-        if !p.is_null() {
-            Self::grew(layout.size());
-        }
-        p
+        Self::counted(layout.size(), || System.alloc(layout))
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if layout.size() > MAX_ALLOCATION {
-            return std::ptr::null_mut();
-        }
-        let p = System.alloc_zeroed(layout);
-        if !p.is_null() {
-            Self::grew(layout.size());
-        }
-        p
+        Self::counted(layout.size(), || System.alloc_zeroed(layout))
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {

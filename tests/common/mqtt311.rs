@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use rumqttc::{ConnAck, Event, EventLoop, Incoming, Publish, SubAck};
+use rumqttc::{AsyncClient, ConnAck, Event, EventLoop, Incoming, LastWill, Publish, QoS, SubAck};
 
 /// Polls until a publish arrives, or `limit` passes (`None` also when the connection ends).
 pub async fn next_publish(eventloop: &mut EventLoop, limit: Duration) -> Option<Publish> {
@@ -43,4 +43,18 @@ pub async fn until_pubacks(eventloop: &mut EventLoop, count: usize) -> anyhow::R
         }
     }
     Ok(())
+}
+
+/// A client of `hub` named `client_id` with a QoS 1 will (`payload` on `topic`), connected.
+pub async fn connected_with_will(
+    hub: &crate::common::Hub,
+    client_id: &str,
+    topic: &str,
+    payload: &str,
+) -> anyhow::Result<(AsyncClient, EventLoop)> {
+    let mut options = hub.options(client_id);
+    options.set_last_will(LastWill::new(topic, payload, QoS::AtLeastOnce, false));
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    until_connack(&mut eventloop).await?;
+    Ok((client, eventloop))
 }
