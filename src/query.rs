@@ -122,7 +122,15 @@ pub fn run(args: QueryArgs) -> anyhow::Result<()> {
                 query.citizen = Some(c.clone());
             }
             let mut rows = store.query(&query)?;
-            filter_rows(&access, &who.id, metric.name(), &mut rows, &consents, now);
+            filter_rows(
+                &access,
+                &who.id,
+                metric.name(),
+                &mut rows,
+                &consents,
+                now,
+                query.every_ms,
+            );
             if kind == StoreKind::Personal {
                 let mut citizens: Vec<&str> = rows.iter().map(|r| r.citizen.as_str()).collect();
                 citizens.sort_unstable();

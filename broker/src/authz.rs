@@ -200,16 +200,26 @@ pub fn describe<'a>(request: &Request<'a>) -> (&'static str, &'a str) {
     }
 }
 
-/// Consent questions of ACL rules, answered from the consents in force now.
-pub struct ConsentsNow<'a>(pub &'a Consents);
+/// Consent questions of ACL rules about one delivery: does the consent in force now cover
+/// the observation it carries, made at `event_ms`? Without an event time (a publish that
+/// is not the hub's observation) the answer is no.
+pub struct ConsentsFor<'a> {
+    pub consents: &'a Consents,
+    pub event_ms: Option<i64>,
+}
 
-impl ConsentCheck for ConsentsNow<'_> {
+impl ConsentCheck for ConsentsFor<'_> {
     fn allows(&self, citizen: &str, metric: &str, grantee: &str, need: ConsentNeed) -> bool {
+        let Some(event_ms) = self.event_ms else {
+            return false;
+        };
         let now = jiff::Timestamp::now().as_millisecond();
-        match need {
-            ConsentNeed::Care => self.0.allows(citizen, grantee, Purpose::Care, metric, now),
-            ConsentNeed::Research => self.0.allows(citizen, HUB, Purpose::Research, metric, now),
-        }
+        let (grantee, purpose) = match need {
+            ConsentNeed::Care => (grantee, Purpose::Care),
+            ConsentNeed::Research => (HUB, Purpose::Research),
+        };
+        self.consents
+            .permits(citizen, grantee, purpose, metric, event_ms, now)
     }
 }
 
@@ -242,6 +252,25 @@ impl AclView {
 
     /// Decides, and counts and logs a denial.
     pub(crate) fn decide(&mut self, principal: &Principal<'_>, request: &Request<'_>) -> Decision {
+        self.decide_for(principal, request, None)
+    }
+
+    /// Decides a delivery of `topic` carrying an observation made at `event_ms` (if known).
+    pub(crate) fn decide_delivery(
+        &mut self,
+        principal: &Principal<'_>,
+        topic: &str,
+        event_ms: Option<i64>,
+    ) -> Decision {
+        self.decide_for(principal, &Request::Deliver { topic }, event_ms)
+    }
+
+    fn decide_for(
+        &mut self,
+        principal: &Principal<'_>,
+        request: &Request<'_>,
+        event_ms: Option<i64>,
+    ) -> Decision {
         let generation = self.authorizer.generation();
         if generation != self.generation {
             self.acl = self.authorizer.current();
@@ -252,9 +281,11 @@ impl AclView {
             self.consents = self.book.current();
             self.consent_generation = consent_generation;
         }
-        let decision = self
-            .acl
-            .decide_with(principal, request, &ConsentsNow(&self.consents));
+        let consents = ConsentsFor {
+            consents: &self.consents,
+            event_ms,
+        };
+        let decision = self.acl.decide_with(principal, request, &consents);
         if !decision.allowed {
             self.authorizer
                 .record_denial(&self.acl, principal, request, &decision);

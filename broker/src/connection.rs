@@ -650,7 +650,7 @@ impl Handshake {
 pub(crate) fn will_publish_properties(
     props: Option<LastWillProperties>,
 ) -> Option<rumqttd::protocol::PublishProperties> {
-    props.map(|p| rumqttd::protocol::PublishProperties {
+    let mut props = props.map(|p| rumqttd::protocol::PublishProperties {
         payload_format_indicator: p.payload_format_indicator,
         message_expiry_interval: p.message_expiry_interval,
         response_topic: p.response_topic,
@@ -658,5 +658,7 @@ pub(crate) fn will_publish_properties(
         user_properties: p.user_properties,
         content_type: p.content_type,
         ..Default::default()
-    })
+    });
+    crate::event_time::strip(&mut props);
+    props
 }

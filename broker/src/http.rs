@@ -68,7 +68,7 @@ pub fn query_access(
             who.id
         )),
         StoreKind::Personal if has("care") => match citizen {
-            Some(c) if consents.allows(c, &who.id, Purpose::Care, metric, now_ms) => {
+            Some(c) if consents.permits(c, &who.id, Purpose::Care, metric, now_ms, now_ms) => {
                 Ok(Access::CareCitizen(c.to_owned()))
             }
             Some(c) => Err(format!(
@@ -90,7 +90,9 @@ pub fn query_access(
 }
 
 /// Applies `access` to rows read with it. A care service sees a row only if the care consent
-/// in force now covers the metric and its validity window covers the row's time.
+/// in force now covers the metric and the row's time; an aggregate over buckets of
+/// `every_ms` only if it covers the whole bucket, first and last millisecond (a window is
+/// one span, so that covers every reading in it).
 pub fn filter_rows(
     access: &Access,
     who: &str,
@@ -98,11 +100,18 @@ pub fn filter_rows(
     rows: &mut Vec<Row>,
     consents: &Consents,
     now_ms: i64,
+    every_ms: Option<i64>,
 ) {
     if matches!(access, Access::CareConsented | Access::CareCitizen(_)) {
+        let permits = |citizen: &str, event_ms: i64| {
+            consents.permits(citizen, who, Purpose::Care, metric, event_ms, now_ms)
+        };
         rows.retain(|r| {
-            consents.allows(&r.citizen, who, Purpose::Care, metric, now_ms)
-                && consents.valid_at(&r.citizen, who, Purpose::Care, metric, now_ms, r.time_ms)
+            let last_ms = match every_ms {
+                Some(every) if r.aggregated => r.time_ms.saturating_add(every.max(1) - 1),
+                _ => r.time_ms,
+            };
+            permits(&r.citizen, r.time_ms) && permits(&r.citizen, last_ms)
         });
     }
 }
@@ -491,6 +500,7 @@ async fn observations(
     };
     let (path, registry) = (api.data_dir.join(file), api.data_dir.join("registry.db"));
     let principal = who.id.clone();
+    let every_ms = query.every_ms;
     let rows = tokio::task::spawn_blocking(move || -> Result<Vec<Row>, ApiError> {
         let mut rows = PersonalStore::open_read_only(&path)
             .and_then(|s| s.query(&query))
@@ -502,6 +512,7 @@ async fn observations(
             &mut rows,
             &consents,
             now,
+            every_ms,
         );
         if store == StoreKind::Personal {
             // Every read of identified data is accounted for.

@@ -8,6 +8,7 @@ pub mod authz;
 mod codec;
 mod connection;
 mod egress;
+mod event_time;
 pub mod http;
 pub mod metrics;
 mod packet;

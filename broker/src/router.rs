@@ -8,11 +8,14 @@ use std::sync::Arc;
 use std::thread;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use kenko_ingest::pipeline::Notice;
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet, Publish};
 use rumqttd::{Notification, Router, RouterConfig};
 use tracing::{error, info};
+
+use crate::event_time::hub_properties;
 
 /// Client id of the hub's own link; CONNECTs may not use it.
 pub(crate) const HUB_CLIENT_ID: &str = "kenko-hub";
@@ -102,14 +105,17 @@ impl RouterHandle {
                 // The router drops a link whose receiving side is gone, so keep it alive.
                 let _rx = rx;
                 while let Ok(first) = notices.recv() {
+                    let mut last = notice_packet(first);
                     {
                         let mut buffer = tx.buffer();
                         for notice in notices.try_iter().take(1024) {
-                            buffer.push_back(notice_packet(notice));
+                            buffer.push_back(std::mem::replace(&mut last, notice_packet(notice)));
                         }
                     }
-                    // One notification to the router covers everything buffered above.
-                    if let Err(e) = tx.publish(first.topic, first.payload) {
+                    // One notification to the router covers everything buffered above, in
+                    // the order it was published. `send` never waits: it queues and notifies.
+                    let sent = tx.send(last).now_or_never();
+                    if let Some(Err(e)) = sent {
                         error!(error = %e, "router is gone; hub publisher stops");
                         return;
                     }
@@ -124,6 +130,6 @@ impl RouterHandle {
 fn notice_packet(notice: Notice) -> Packet {
     Packet::Publish(
         Publish::new(Bytes::from(notice.topic), notice.payload, false),
-        None,
+        hub_properties(notice.event_ms),
     )
 }

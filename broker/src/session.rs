@@ -35,6 +35,7 @@ use crate::authz::AclView;
 use crate::codec::{Codec, Version};
 use crate::connection::{will_publish_properties, Stream};
 use crate::egress::{is_refusal, AckOrder};
+use crate::event_time;
 use crate::packet::{
     check_topic_name, publish, qos_and_pkid, telemetry_device, PROTOBUF_CONTENT_TYPE,
 };
@@ -460,6 +461,8 @@ impl Session {
                 self.write(Packet::PubRec(rec, None));
                 return Ok(());
             }
+            let mut props = props;
+            event_time::strip(&mut props);
             self.to_router.push(Packet::Publish(publish, props));
             return Ok(());
         };
@@ -818,12 +821,14 @@ impl Session {
 
     /// Writes a delivery to the client, or withholds it, and keeps the router's
     /// acknowledgements in order either way.
-    fn deliver(&mut self, forward: Forward) {
+    fn deliver(&mut self, mut forward: Forward) {
         let (qos, pkid) = qos_and_pkid(&forward.publish);
+        let event_ms = event_time::take(&mut forward.properties);
         let allowed = match std::str::from_utf8(&forward.publish.topic) {
             Ok(topic) => {
-                let request = Request::Deliver { topic };
-                self.acl.decide(&self.peer.principal(), &request).allowed
+                self.acl
+                    .decide_delivery(&self.peer.principal(), topic, event_ms)
+                    .allowed
             }
             Err(_) => false,
         };

@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 use std::thread;
 use std::time::Duration;
 
-use tracing::{error, info};
+use tracing::{debug, error};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
@@ -73,16 +73,70 @@ impl Consent {
         let types = &self.change.data_types;
         types.is_empty() || types.iter().any(|t| t == data_type)
     }
+
+    /// Does the record's validity window hold data from `event_ms`?
+    fn covers_time(&self, event_ms: i64) -> bool {
+        self.change.valid_from_ms.is_none_or(|from| event_ms >= from)
+            && self.change.valid_until_ms.is_none_or(|until| event_ms < until)
+    }
 }
 
-/// The consent records in force, for decisions.
+/// Records kept past this many in a snapshot's newer part are folded into its older part:
+/// a change copies only the newer part, so putting a withdrawal in force costs the same
+/// whatever the size of the registry, and folding happens once per this many changes.
+const RECENT_MAX: usize = 4096;
+
+/// Records grouped by citizen, oldest first.
 #[derive(Debug, Default, Clone)]
-pub struct Consents {
+struct Records {
     /// Each citizen's records, oldest first (a citizen has few; looking one up allocates
     /// nothing, which matters on the ingest path).
     by_citizen: HashMap<String, Vec<Consent>>,
     /// The latest erasure request of each citizen (recorded at, epoch ms).
     erasures: HashMap<String, i64>,
+    len: usize,
+}
+
+impl Records {
+    fn add(&mut self, r: Consent) {
+        if r.change.erase {
+            let at = self
+                .erasures
+                .entry(r.change.citizen.clone())
+                .or_insert(r.recorded_ms);
+            *at = (*at).max(r.recorded_ms);
+        }
+        self.len += 1;
+        self.by_citizen
+            .entry(r.change.citizen.clone())
+            .or_default()
+            .push(r);
+    }
+
+    fn merged(&self, other: &Records) -> Records {
+        let mut all = self.clone();
+        for list in other.by_citizen.values() {
+            for r in list {
+                all.add(r.clone());
+            }
+        }
+        all
+    }
+
+    fn of(&self, citizen: &str) -> &[Consent] {
+        self.by_citizen.get(citizen).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// The consent records in force, for decisions: an immutable snapshot. A newer snapshot
+/// shares the older records with the one it was made from and copies only the few records
+/// added since (see [`Consents::with`]).
+#[derive(Debug, Default, Clone)]
+pub struct Consents {
+    /// Older records, shared between snapshots.
+    base: Arc<Records>,
+    /// Records newer than every one in `base` (at most [`RECENT_MAX`]).
+    recent: Records,
     /// The highest record id read: records are only ever added, so a snapshot with a higher
     /// one is newer.
     last_id: i64,
@@ -90,29 +144,51 @@ pub struct Consents {
 
 impl Consents {
     pub fn new(records: Vec<Consent>) -> Consents {
-        let mut by_citizen: HashMap<String, Vec<Consent>> = HashMap::new();
-        let mut erasures: HashMap<String, i64> = HashMap::new();
-        let last_id = records.iter().map(|r| r.id).max().unwrap_or(0);
+        Consents::default().with(records)
+    }
+
+    /// The highest record id this snapshot holds (0 for none).
+    pub fn last_id(&self) -> i64 {
+        self.last_id
+    }
+
+    /// How many records this snapshot holds.
+    pub fn len(&self) -> usize {
+        self.base.len + self.recent.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// This snapshot with `records` added; records it already holds (by id) are skipped, so
+    /// two readers that load the same records cannot add them twice.
+    pub fn with(&self, mut records: Vec<Consent>) -> Consents {
+        records.retain(|r| r.id > self.last_id);
+        records.sort_by_key(|r| r.id);
+        let last_id = records.last().map_or(self.last_id, |r| r.id);
+        let mut recent = self.recent.clone();
         for r in records {
-            if r.change.erase {
-                let at = erasures
-                    .entry(r.change.citizen.clone())
-                    .or_insert(r.recorded_ms);
-                *at = (*at).max(r.recorded_ms);
-            }
-            by_citizen
-                .entry(r.change.citizen.clone())
-                .or_default()
-                .push(r);
+            recent.add(r);
         }
-        for list in by_citizen.values_mut() {
-            list.sort_by_key(|r| r.id);
+        if recent.len <= RECENT_MAX {
+            return Consents {
+                base: self.base.clone(),
+                recent,
+                last_id,
+            };
         }
         Consents {
-            by_citizen,
-            erasures,
+            base: Arc::new(self.base.merged(&recent)),
+            recent: Records::default(),
             last_id,
         }
+    }
+
+    /// A citizen's records, newest first.
+    fn newest_first<'a>(&'a self, citizen: &str) -> impl Iterator<Item = &'a Consent> {
+        let recent = self.recent.of(citizen).iter().rev();
+        recent.chain(self.base.of(citizen).iter().rev())
     }
 
     /// The record that decides for (citizen, grantee, purpose, data type) at `at_ms`: the
@@ -125,7 +201,7 @@ impl Consents {
         data_type: &str,
         at_ms: i64,
     ) -> Option<&Consent> {
-        self.by_citizen.get(citizen)?.iter().rev().find(|r| {
+        self.newest_first(citizen).find(|r| {
             r.change.purpose == purpose
                 && r.change.grantee == grantee
                 && r.recorded_ms <= at_ms
@@ -133,68 +209,54 @@ impl Consents {
         })
     }
 
-    /// Does the record that decides now (see [`Consents::allows`]) grant, with a validity
-    /// window that covers data from `data_ms`?
-    pub fn valid_at(
+    /// The one consent rule, for every path (ingest routing, research copies, live
+    /// deliveries, queries, exports): may `grantee` use `citizen`'s `data_type` observed at
+    /// `event_ms` for `purpose`, when delivering or reading it at `at_ms`?
+    ///
+    /// Yes only if the record that decides at `at_ms` (the latest one recorded by then that
+    /// names the type, or all types) is a grant whose validity window covers `event_ms`. So
+    /// a late reading from before a grant's window is never let through, and a withdrawal
+    /// stops everything decided after it was recorded.
+    pub fn permits(
         &self,
         citizen: &str,
         grantee: &str,
         purpose: Purpose,
         data_type: &str,
-        now_ms: i64,
-        data_ms: i64,
+        event_ms: i64,
+        at_ms: i64,
     ) -> bool {
-        match self.deciding(citizen, grantee, purpose, data_type, now_ms) {
-            Some(r) if r.change.granted => {
-                r.change.valid_from_ms.is_none_or(|from| data_ms >= from)
-                    && r.change.valid_until_ms.is_none_or(|until| data_ms < until)
-            }
-            _ => false,
-        }
+        self.deciding(citizen, grantee, purpose, data_type, at_ms)
+            .is_some_and(|r| r.change.granted && r.covers_time(event_ms))
     }
 
     /// Was erasure of `citizen`'s data asked for at or after `received_ms`? Data received
     /// before an erasure request must not be stored after it, even if it was still queued.
     pub fn erased_after(&self, citizen: &str, received_ms: i64) -> bool {
-        self.erasures
-            .get(citizen)
-            .is_some_and(|&at| at >= received_ms)
+        [&self.recent.erasures, &self.base.erasures]
+            .iter()
+            .any(|e| e.get(citizen).is_some_and(|&at| at >= received_ms))
     }
 
-    /// Does `citizen` let `grantee` use any data type at all for `purpose` at `at_ms`?
-    pub fn allows_any(&self, citizen: &str, grantee: &str, purpose: Purpose, at_ms: i64) -> bool {
-        let Some(records) = self.by_citizen.get(citizen) else {
-            return false;
-        };
+    /// Does [`Consents::permits`] let `grantee` use some data type of `citizen`, observed at
+    /// `at_ms`, for `purpose` at `at_ms`? For a message that could not be decoded, whose
+    /// types and times are unknown.
+    pub fn permits_any(&self, citizen: &str, grantee: &str, purpose: Purpose, at_ms: i64) -> bool {
         // The types some record names, and one no record names (covered only by "all").
-        let mut types: Vec<&str> = records
-            .iter()
+        let mut types: Vec<&str> = self
+            .newest_first(citizen)
             .filter(|r| r.change.purpose == purpose && r.change.grantee == grantee)
             .flat_map(|r| r.change.data_types.iter().map(String::as_str))
             .collect();
         types.push("\0unnamed");
         types
             .into_iter()
-            .any(|t| self.allows(citizen, grantee, purpose, t, at_ms))
-    }
-
-    /// Does `citizen` let `grantee` use `data_type` for `purpose` at `at_ms`? Only records
-    /// recorded by `at_ms` count, so a message received before a grant was recorded stays
-    /// refused even if it is processed after.
-    pub fn allows(
-        &self,
-        citizen: &str,
-        grantee: &str,
-        purpose: Purpose,
-        data_type: &str,
-        at_ms: i64,
-    ) -> bool {
-        self.valid_at(citizen, grantee, purpose, data_type, at_ms, at_ms)
+            .any(|t| self.permits(citizen, grantee, purpose, t, at_ms, at_ms))
     }
 }
 
 /// The consents in force, shared by ingest routing and the broker's egress checks, and
-/// replaced whole when the registry changes.
+/// replaced by a newer snapshot when consent records are added.
 #[derive(Debug, Default)]
 pub struct ConsentBook {
     current: RwLock<Arc<Consents>>,
@@ -216,7 +278,8 @@ impl ConsentBook {
             .clone()
     }
 
-    /// Changes each time new records take force.
+    /// Changes each time new records take force (and only then: audit entries and other
+    /// writes to the registry leave it alone).
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
@@ -232,43 +295,74 @@ impl ConsentBook {
         drop(current);
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
+
+    /// Adds `records` to the snapshot in force (those it already holds are skipped); `true`
+    /// if any took force.
+    pub fn extend(&self, records: Vec<Consent>) -> bool {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let next = current.with(records);
+        if next.last_id == current.last_id {
+            return false;
+        }
+        *current = Arc::new(next);
+        drop(current);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+}
+
+/// Keeps a [`ConsentBook`] up with `registry.db` through a connection of its own. A commit
+/// is noticed by SQLite's data version (one cheap query); only then are the consent records
+/// added since the book's newest read, by id. Audit entries (every read of identified data
+/// writes one) change the data version but add no record, so they never reload the book.
+struct ConsentFollower {
+    registry: ConsentRegistry,
+    /// `registry.db`'s data version when the records were last read here.
+    version: Option<i64>,
+}
+
+impl ConsentFollower {
+    fn open(path: &Path) -> Result<ConsentFollower, StoreError> {
+        Ok(ConsentFollower {
+            registry: ConsentRegistry::open(path)?,
+            version: None,
+        })
+    }
+
+    /// Brings `book` up to every record committed before this call; `true` if new records
+    /// took force.
+    fn catch_up(&mut self, book: &ConsentBook) -> Result<bool, StoreError> {
+        // Read before the records: a commit in between is noticed next time.
+        let version = self.registry.data_version()?;
+        if self.version == Some(version) {
+            return Ok(false);
+        }
+        let added = self.registry.list_after(book.current().last_id())?;
+        self.version = Some(version);
+        Ok(!added.is_empty() && book.extend(added))
+    }
 }
 
 /// A reader of the registry that keeps a [`ConsentBook`] current on demand: the ingest
 /// writer and the sinks refresh before each batch, so a batch is decided with every record
 /// committed before it started.
 pub struct ConsentView {
-    registry: ConsentRegistry,
+    follower: ConsentFollower,
     book: Arc<ConsentBook>,
-    /// `registry.db`'s data version when the records were last read here.
-    version: i64,
 }
 
 impl ConsentView {
     pub fn open(path: &Path, book: Arc<ConsentBook>) -> Result<ConsentView, StoreError> {
         Ok(ConsentView {
-            registry: ConsentRegistry::open(path)?,
+            follower: ConsentFollower::open(path)?,
             book,
-            version: i64::MIN,
         })
     }
 
-    /// The records in force, reread first if another connection has committed since.
+    /// The records in force, after adding any another connection has committed since.
     pub fn refresh(&mut self) -> Arc<Consents> {
-        match self.registry.data_version() {
-            Ok(version) if version == self.version => {}
-            Ok(version) => match self.registry.consents() {
-                Ok(consents) => {
-                    self.book.replace(consents);
-                    self.version = version;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot reload consent records; deciding with the records in force")
-                }
-            },
-            Err(e) => {
-                tracing::error!(error = %e, "cannot check the consent registry; deciding with the records in force")
-            }
+        if let Err(e) = self.follower.catch_up(&self.book) {
+            error!(error = %e, "cannot read new consent records; deciding with the records in force");
         }
         self.book.current()
     }
@@ -278,45 +372,37 @@ impl ConsentView {
     }
 
     pub fn registry(&mut self) -> &mut ConsentRegistry {
-        &mut self.registry
+        &mut self.follower.registry
     }
 }
 
-/// The thread that reloads a [`ConsentBook`] when `registry.db` changes.
+/// The thread that keeps a [`ConsentBook`] up with `registry.db`.
 pub struct ConsentWatcher {
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
 impl ConsentWatcher {
-    /// Polls the registry's data version every `every` (a cheap query) and reloads the book
-    /// when another connection (`kenko consent`, the HTTP API) has committed.
+    /// Checks the registry every `every` (a cheap query) and adds the records another
+    /// connection (`kenko consent`, the HTTP API) has committed.
     pub fn start(
         path: &Path,
         book: Arc<ConsentBook>,
         every: Duration,
     ) -> Result<ConsentWatcher, StoreError> {
-        let registry = ConsentRegistry::open(path)?;
+        let mut follower = ConsentFollower::open(path)?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = thread::Builder::new()
             .name("kenko-consent".into())
             .spawn(move || {
-                let mut seen = registry.data_version().unwrap_or(-1);
                 while !flag.load(Ordering::Relaxed) {
-                    thread::sleep(every);
-                    match registry.data_version() {
-                        Ok(v) if v != seen => match registry.consents() {
-                            Ok(consents) => {
-                                seen = v;
-                                book.replace(consents);
-                                info!("consent records reloaded");
-                            }
-                            Err(e) => error!(error = %e, "cannot reload consent records; the previous ones stay in force"),
-                        },
-                        Ok(_) => {}
-                        Err(e) => error!(error = %e, "cannot read the consent registry"),
+                    match follower.catch_up(&book) {
+                        Ok(true) => debug!("new consent records in force"),
+                        Ok(false) => {}
+                        Err(e) => error!(error = %e, "cannot read new consent records; the previous ones stay in force"),
                     }
+                    thread::sleep(every);
                 }
             })
             .map_err(|e| StoreError::Io {
@@ -478,16 +564,29 @@ impl ConsentRegistry {
 
     /// Every record, oldest first; only `citizen`'s when given.
     pub fn list(&self, citizen: Option<&str>) -> Result<Vec<Consent>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT id, citizen, grantee, purpose, data_types, valid_from_ms, valid_until_ms,
-                        recorded_ms, source, granted, erase
-                 FROM consents WHERE ?1 IS NULL OR citizen = ?1 ORDER BY id",
-            )
-            .map_err(sqlite(&self.path))?;
+        self.select(
+            "SELECT id, citizen, grantee, purpose, data_types, valid_from_ms, valid_until_ms,
+                    recorded_ms, source, granted, erase
+             FROM consents WHERE ?1 IS NULL OR citizen = ?1 ORDER BY id",
+            params![citizen],
+        )
+    }
+
+    /// The records with an id above `last_id`, oldest first: those added since a reader
+    /// last looked (ids only grow, and SQLite commits writers one at a time, in id order).
+    pub fn list_after(&self, last_id: i64) -> Result<Vec<Consent>, StoreError> {
+        self.select(
+            "SELECT id, citizen, grantee, purpose, data_types, valid_from_ms, valid_until_ms,
+                    recorded_ms, source, granted, erase
+             FROM consents WHERE id > ?1 ORDER BY id",
+            params![last_id],
+        )
+    }
+
+    fn select(&self, sql: &str, args: impl rusqlite::Params) -> Result<Vec<Consent>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(sqlite(&self.path))?;
         let rows = stmt
-            .query_map(params![citizen], |r| {
+            .query_map(args, |r| {
                 let purpose: String = r.get(3)?;
                 let types: String = r.get(4)?;
                 Ok(Consent {
@@ -799,22 +898,22 @@ mod tests {
         let c = Purpose::Collect;
         reg.record(grant("c1", c, &[]), 1).expect("grant");
         let now = reg.consents().expect("consents");
-        assert!(now.allows("c1", HUB, c, "heart_rate", 5));
+        assert!(now.permits("c1", HUB, c, "heart_rate", 5, 5));
         assert!(
-            !now.allows("c2", HUB, c, "heart_rate", 5),
+            !now.permits("c2", HUB, c, "heart_rate", 5, 5),
             "no record, no consent"
         );
-        assert!(!now.allows("c1", HUB, Purpose::Research, "heart_rate", 5));
+        assert!(!now.permits("c1", HUB, Purpose::Research, "heart_rate", 5, 5));
         reg.record(revoke("c1", c, &["heart_rate"]), 2)
             .expect("revoke");
         let now = reg.consents().expect("consents");
-        assert!(!now.allows("c1", HUB, c, "heart_rate", 5));
+        assert!(!now.permits("c1", HUB, c, "heart_rate", 5, 5));
         assert!(
-            now.allows("c1", HUB, c, "spo2", 5),
+            now.permits("c1", HUB, c, "spo2", 5, 5),
             "other types stay granted"
         );
         reg.record(revoke("c1", c, &[]), 3).expect("revoke all");
-        assert!(!reg.consents().expect("c").allows("c1", HUB, c, "spo2", 5));
+        assert!(!reg.consents().expect("c").permits("c1", HUB, c, "spo2", 5, 5));
         let windowed = ConsentChange {
             valid_from_ms: Some(100),
             valid_until_ms: Some(200),
@@ -822,9 +921,9 @@ mod tests {
         };
         reg.record(windowed, 4).expect("grant");
         let now = reg.consents().expect("consents");
-        assert!(!now.allows("c3", HUB, c, "x", 99));
-        assert!(now.allows("c3", HUB, c, "x", 100));
-        assert!(!now.allows("c3", HUB, c, "x", 200));
+        assert!(!now.permits("c3", HUB, c, "x", 99, 99));
+        assert!(now.permits("c3", HUB, c, "x", 100, 100));
+        assert!(!now.permits("c3", HUB, c, "x", 200, 200));
         assert_eq!(reg.list(Some("c1")).expect("list").len(), 3);
 
         // An erasure request covers everything received up to it, whenever it is processed.
@@ -836,12 +935,12 @@ mod tests {
         let now = reg.consents().expect("consents");
         assert!(now.erased_after("c3", 499) && now.erased_after("c3", 500));
         assert!(!now.erased_after("c3", 501) && !now.erased_after("c1", 0));
-        assert!(!now.allows_any("c3", HUB, c, 600));
+        assert!(!now.permits_any("c3", HUB, c, 600));
         assert!(
-            now.allows_any("c3", HUB, c, 150),
+            now.permits_any("c3", HUB, c, 150),
             "the windowed grant, before the erase"
         );
-        assert!(!now.allows_any("c1", HUB, c, 5));
+        assert!(!now.permits_any("c1", HUB, c, 5));
 
         // Reading history: the window of the record in force decides which data it covers.
         let care = ConsentChange {
@@ -853,17 +952,17 @@ mod tests {
         reg.record(care, 2_000).expect("care");
         let now = reg.consents().expect("consents");
         let care = Purpose::Care;
-        assert!(now.valid_at("c4", "st-luke", care, "heart_rate", 3_000, 1_500));
+        assert!(now.permits("c4", "st-luke", care, "heart_rate", 1_500, 3_000));
         assert!(
-            !now.valid_at("c4", "st-luke", care, "heart_rate", 3_000, 999),
+            !now.permits("c4", "st-luke", care, "heart_rate", 999, 3_000),
             "before the window"
         );
         assert!(
-            !now.valid_at("c4", "st-luke", care, "spo2", 3_000, 1_500),
+            !now.permits("c4", "st-luke", care, "spo2", 1_500, 3_000),
             "another type"
         );
         assert!(
-            !now.valid_at("c4", "other", care, "heart_rate", 3_000, 1_500),
+            !now.permits("c4", "other", care, "heart_rate", 1_500, 3_000),
             "another grantee"
         );
     }
@@ -891,7 +990,7 @@ mod tests {
         let book = ConsentBook::new(reg.consents().expect("consents"));
         book.replace(old);
         assert!(
-            !book.current().allows("c1", HUB, Purpose::Collect, "x", 5),
+            !book.current().permits("c1", HUB, Purpose::Collect, "x", 5, 5),
             "the withdrawal stays in force"
         );
     }

@@ -141,6 +141,9 @@ pub struct Outcome {
 pub struct Notice {
     pub topic: String,
     pub payload: Bytes,
+    /// The event time of the observation a live notice carries (epoch ms): the broker
+    /// decides consent-gated deliveries by it.
+    pub event_ms: Option<i64>,
 }
 
 /// Counters and gauges for progress output and metrics.
@@ -528,7 +531,7 @@ impl Writer {
             return rejection; // unknown device: no citizen to ask
         };
         let citizen = &*device.citizen;
-        if consents.allows_any(citizen, HUB, Purpose::Collect, sub.received_ms)
+        if consents.permits_any(citizen, HUB, Purpose::Collect, sub.received_ms)
             && !consents.erased_after(citizen, sub.received_ms)
         {
             return rejection;
@@ -539,7 +542,8 @@ impl Writer {
         no_consent()
     }
 
-    /// Pseudonymized copies of the observations whose citizen consented to research.
+    /// Pseudonymized copies of the observations whose citizen's research consent, in force
+    /// when the message was received, covers their time.
     fn share(
         &mut self,
         consents: &Consents,
@@ -548,11 +552,12 @@ impl Writer {
         out: &mut Vec<Observation>,
     ) {
         for o in observations {
-            if !consents.allows(
+            if !consents.permits(
                 &o.citizen,
                 HUB,
                 Purpose::Research,
                 o.metric.name(),
+                o.time_ms,
                 received_ms,
             ) {
                 continue;
@@ -572,8 +577,9 @@ impl Writer {
         }
     }
 
-    /// Keeps the observations from `start` on that their citizen lets the hub collect;
-    /// counts the rest. `Err` if nothing of the message may be kept.
+    /// Keeps the observations from `start` on that their citizen lets the hub collect (the
+    /// collect consent in force when the message was received covers their time); counts
+    /// the rest. `Err` if nothing of the message may be kept.
     fn filter_consent(
         &self,
         consents: &Consents,
@@ -585,11 +591,12 @@ impl Writer {
         let mut kept = start;
         for i in start..out.len() {
             let o = &out[i];
-            let collect = consents.allows(
+            let collect = consents.permits(
                 &o.citizen,
                 HUB,
                 Purpose::Collect,
                 o.metric.name(),
+                o.time_ms,
                 received_ms,
             );
             if collect && !consents.erased_after(&o.citizen, received_ms) {
@@ -1030,11 +1037,12 @@ impl Writer {
         decode::decode(&ctx, &sub.payload, out)
     }
 
-    fn publish(&self, topic: String, payload: Vec<u8>) {
+    fn publish(&self, topic: String, payload: Vec<u8>, event_ms: Option<i64>) {
         let Some(notices) = &self.notices else { return };
         let notice = Notice {
             topic,
             payload: Bytes::from(payload),
+            event_ms,
         };
         if notices.try_send(notice).is_err() {
             // The data itself is stored or dead-lettered; only the live copy is lost.
@@ -1058,6 +1066,7 @@ impl Writer {
         self.publish(
             format!("devices/{}/errors", sub.device),
             body.to_string().into_bytes(),
+            None,
         );
     }
 
@@ -1078,6 +1087,7 @@ impl Writer {
                     obs.metric.name()
                 ),
                 body.to_string().into_bytes(),
+                Some(obs.time_ms),
             );
         }
     }
