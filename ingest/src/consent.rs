@@ -163,7 +163,12 @@ impl Consents {
 
     /// This snapshot with `records` added; records it already holds (by id) are skipped, so
     /// two readers that load the same records cannot add them twice.
-    pub fn with(&self, mut records: Vec<Consent>) -> Consents {
+    pub fn with(&self, records: Vec<Consent>) -> Consents {
+        self.with_folding(records, RECENT_MAX)
+    }
+
+    /// [`Consents::with`], folding the newer part into the older past `recent_max` records.
+    fn with_folding(&self, mut records: Vec<Consent>, recent_max: usize) -> Consents {
         records.retain(|r| r.id > self.last_id);
         records.sort_by_key(|r| r.id);
         let last_id = records.last().map_or(self.last_id, |r| r.id);
@@ -171,7 +176,7 @@ impl Consents {
         for r in records {
             recent.add(r);
         }
-        if recent.len <= RECENT_MAX {
+        if recent.len <= recent_max {
             return Consents {
                 base: self.base.clone(),
                 recent,
@@ -867,6 +872,9 @@ fn read_head(registry: &Path) -> Result<Option<(i64, Vec<u8>)>, AuditError> {
 }
 
 #[cfg(test)]
+mod rule_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -993,6 +1001,53 @@ mod tests {
             !book.current().permits("c1", HUB, Purpose::Collect, "x", 5, 5),
             "the withdrawal stays in force"
         );
+    }
+
+    fn care(granted: bool) -> ConsentChange {
+        ConsentChange {
+            grantee: "st-luke".into(),
+            granted,
+            ..grant("c1", Purpose::Care, &["heart_rate"])
+        }
+    }
+
+    #[test]
+    fn audit_appends_do_not_reload_the_book_and_a_withdrawal_still_takes_force() {
+        let (_dir, path) = registry_with_entries(50);
+        let mut reg = ConsentRegistry::open(&path).expect("open");
+        reg.record(care(true), 100).expect("grant");
+        let book = Arc::new(ConsentBook::new(reg.consents().expect("consents")));
+        let mut view = ConsentView::open(&path, book.clone()).expect("view");
+        let watcher =
+            ConsentWatcher::start(&path, book.clone(), Duration::from_millis(1)).expect("watch");
+        view.refresh();
+        let (generation, snapshot) = (book.generation(), book.current());
+        let permits = |c: &Consents| c.permits("c1", "st-luke", Purpose::Care, "heart_rate", 0, 500);
+        assert!(permits(&snapshot));
+
+        // Every identified read appends an audit entry: the registry changes, the book not.
+        for i in 0..300 {
+            reg.audit(200 + i, "access.identified", "{}").expect("audit");
+            view.refresh();
+        }
+        thread::sleep(Duration::from_millis(50));
+        assert_eq!(book.generation(), generation, "no consent record was added");
+        assert!(Arc::ptr_eq(&book.current(), &snapshot), "the same snapshot");
+
+        // A withdrawal takes force at the next refresh, and through the watcher too.
+        reg.record(care(false), 400).expect("revoke");
+        assert!(!permits(&view.refresh()));
+        assert_eq!(book.generation(), generation + 1);
+        let other = Arc::new(ConsentBook::new(snapshot.as_ref().clone()));
+        let _other_watcher =
+            ConsentWatcher::start(&path, other.clone(), Duration::from_millis(1)).expect("watch");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while permits(&other.current()) {
+            assert!(std::time::Instant::now() < deadline, "the watcher took the withdrawal");
+            thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(other.current().len(), 52, "only the new record was added");
+        drop(watcher);
     }
 
     #[test]
