@@ -56,8 +56,9 @@ pub enum Reason {
     NoRule,
 }
 
-/// Answers "has `citizen` given `need` consent for `metric` to principal `grantee`?" from
-/// the consents in force.
+/// Answers "has `citizen` given `need` consent for `metric` to principal `grantee`?" for the
+/// delivery being decided: from the consents in force, for the time of the observation it
+/// carries (`authz::ConsentsFor`).
 pub trait ConsentCheck {
     fn allows(&self, citizen: &str, metric: &str, grantee: &str, need: ConsentNeed) -> bool;
 }
