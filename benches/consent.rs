@@ -124,7 +124,10 @@ fn config_text() -> String {
     }
     for (id, extra) in [
         ("st-luke", "roles = [\"care\"]"),
-        ("app-001", "roles = [\"citizen\"]\ncitizen = \"citizen-001\""),
+        (
+            "app-001",
+            "roles = [\"citizen\"]\ncitizen = \"citizen-001\"",
+        ),
     ] {
         text.push_str(&format!(
             "[[principals]]\nid = \"{id}\"\n{extra}\npassword_hash = \"{}\"\n\n",
@@ -139,7 +142,10 @@ fn config_text() -> String {
 fn prepare_registry(path: &Path, megabytes: u64) -> anyhow::Result<()> {
     let mut registry = ConsentRegistry::open(path)?;
     for i in 1..=DEVICES {
-        registry.record(change(&format!("citizen-{i:03}"), HUB, Purpose::Collect, true), now_ms())?;
+        registry.record(
+            change(&format!("citizen-{i:03}"), HUB, Purpose::Collect, true),
+            now_ms(),
+        )?;
     }
     drop(registry);
     let mut conn = rusqlite::Connection::open(path)?;
@@ -151,7 +157,12 @@ fn prepare_registry(path: &Path, megabytes: u64) -> anyhow::Result<()> {
             "INSERT INTO consents (citizen, grantee, purpose, data_types, valid_from_ms,
                 valid_until_ms, recorded_ms, source, granted, erase)
              VALUES (?1, 'st-luke', 'care', 'heart_rate,spo2', NULL, NULL, ?2, ?3, ?4, 0)",
-            rusqlite::params![format!("other-{}", i % 50_000), i as i64, padding, i % 2 == 0],
+            rusqlite::params![
+                format!("other-{}", i % 50_000),
+                i as i64,
+                padding,
+                i % 2 == 0
+            ],
         )?;
         tx.execute(
             "INSERT INTO audit (seq, at_ms, kind, body, prev, hash)
@@ -200,7 +211,10 @@ fn spawn_device(
             ticker.tick().await;
             let body = format!(r#"{{"ts":{},"hr":62}}"#, now_ms());
             let topic = format!("devices/{id}/telemetry");
-            if client.try_publish(topic, QoS::AtLeastOnce, false, body).is_err() {
+            if client
+                .try_publish(topic, QoS::AtLeastOnce, false, body)
+                .is_err()
+            {
                 continue;
             }
             let sent = Instant::now();
@@ -264,17 +278,31 @@ async fn revocation_latencies(hub: SocketAddr, registry: &Path) -> anyhow::Resul
     let mut registry = ConsentRegistry::open(registry)?;
     let mut delays = Vec::new();
     for _ in 0..REVOCATIONS {
-        registry.record(change("citizen-001", "st-luke", Purpose::Care, true), now_ms())?;
+        registry.record(
+            change("citizen-001", "st-luke", Purpose::Care, true),
+            now_ms(),
+        )?;
         let before = seen.lock().expect("lock").len();
         let deadline = Instant::now() + Duration::from_secs(10);
         while seen.lock().expect("lock").len() < before + 3 {
-            anyhow::ensure!(Instant::now() < deadline, "no live deliveries after a grant");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "no live deliveries after a grant"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        registry.record(change("citizen-001", "st-luke", Purpose::Care, false), now_ms())?;
+        registry.record(
+            change("citizen-001", "st-luke", Purpose::Care, false),
+            now_ms(),
+        )?;
         let committed = Instant::now();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let last = seen.lock().expect("lock").last().copied().context("deliveries")?;
+        let last = seen
+            .lock()
+            .expect("lock")
+            .last()
+            .copied()
+            .context("deliveries")?;
         delays.push(last.saturating_duration_since(committed));
     }
     Ok(delays)

@@ -212,7 +212,7 @@ fn render(acl: &Acl, p: &Principal<'_>, request: &Request<'_>, decision: &Decisi
                     out.push_str("why: the rule matches but forbids retained publishes\n")
                 }
                 Reason::NoConsent(need) => out.push_str(&format!(
-                    "why: the rule needs the citizen's {} consent for the data type, which is not in force\n",
+                    "why: the rule needs the citizen's {} consent for the data type, in force and covering the observation's time, which it is not\n",
                     consent_name(need)
                 )),
                 _ => {}

@@ -162,7 +162,14 @@ fn grant_demo_consent(data_dir: &Path, config: &Config) -> anyhow::Result<()> {
     let now = jiff::Timestamp::now().as_millisecond();
     let consents = registry.consents()?;
     for device in &config.devices {
-        if consents.permits(&device.citizen, HUB, Purpose::Collect, "heart_rate", now, now) {
+        if consents.permits(
+            &device.citizen,
+            HUB,
+            Purpose::Collect,
+            "heart_rate",
+            now,
+            now,
+        ) {
             continue;
         }
         registry.record(

@@ -118,7 +118,10 @@ fn received(inbox: &Inbox, citizen: &str) -> Vec<(Value, bool)> {
 }
 
 fn heart_rates(rows: &[Value]) -> Vec<i64> {
-    rows.iter().filter_map(|r| r["value"].as_f64()).map(|v| v as i64).collect()
+    rows.iter()
+        .filter_map(|r| r["value"].as_f64())
+        .map(|v| v as i64)
+        .collect()
 }
 
 /// `kenko query --principal` as `principal`, with the hub's config.
@@ -144,7 +147,14 @@ async fn a_reading_from_before_a_care_consent_reaches_the_care_service_on_no_pat
     let dir = tempfile::tempdir()?;
     let hub = Hub::start(dir.path(), &config(dir.path())?)?;
     let (_care, inbox) = care_service(&hub).await?;
-    let care = ["--grantee", "st-luke", "--types", "heart_rate", "--from", "now"];
+    let care = [
+        "--grantee",
+        "st-luke",
+        "--types",
+        "heart_rate",
+        "--from",
+        "now",
+    ];
     common::consent_with(&hub.data_dir, "grant", &["citizen-001"], "care", &care)?;
     let granted_ms = common::now_ms();
 
@@ -169,7 +179,10 @@ async fn a_reading_from_before_a_care_consent_reaches_the_care_service_on_no_pat
             break;
         }
     }
-    anyhow::ensure!(delivered, "a fresh reading was delivered live under the consent");
+    anyhow::ensure!(
+        delivered,
+        "a fresh reading was delivered live under the consent"
+    );
     let before = received(&inbox, "citizen-001").len();
     let (late, fresh) = send_pair();
     reading(&bed, "bed-001", late, LATE_HR).await?;
@@ -279,7 +292,14 @@ async fn a_client_cannot_claim_an_event_time_to_pass_a_consent_rule() -> anyhow:
     let forged = Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &hub.port().to_string()])
         .args(["-V", "mqttv5", "-q", "1"])
-        .args(["-i", "forger", "-u", "forger", "-P", &common::password("forger")])
+        .args([
+            "-i",
+            "forger",
+            "-u",
+            "forger",
+            "-P",
+            &common::password("forger"),
+        ])
         .args(["-D", "publish", "user-property", "kenko-event-ms"])
         .arg(common::now_ms().to_string())
         .args(["-t", "citizens/citizen-001/observations/heart_rate"])

@@ -50,7 +50,8 @@ pub enum Reason {
     QosAbove(u8),
     /// The rule allows the topic but not retained publishes.
     RetainNotAllowed,
-    /// The rule needs the citizen's consent for this data, and it is not in force.
+    /// The rule needs the citizen's consent for this data, in force and covering the
+    /// observation's time (which only the hub's own publishes say), and it is not.
     NoConsent(ConsentNeed),
     /// No rule matched: default deny.
     NoRule,

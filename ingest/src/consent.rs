@@ -76,8 +76,13 @@ impl Consent {
 
     /// Does the record's validity window hold data from `event_ms`?
     fn covers_time(&self, event_ms: i64) -> bool {
-        self.change.valid_from_ms.is_none_or(|from| event_ms >= from)
-            && self.change.valid_until_ms.is_none_or(|until| event_ms < until)
+        self.change
+            .valid_from_ms
+            .is_none_or(|from| event_ms >= from)
+            && self
+                .change
+                .valid_until_ms
+                .is_none_or(|until| event_ms < until)
     }
 }
 
@@ -183,8 +188,13 @@ impl Consents {
                 last_id,
             };
         }
+        let base = if self.base.len == 0 {
+            recent // the first load: nothing to merge with
+        } else {
+            self.base.merged(&recent)
+        };
         Consents {
-            base: Arc::new(self.base.merged(&recent)),
+            base: Arc::new(base),
             recent: Records::default(),
             last_id,
         }
@@ -921,7 +931,10 @@ mod tests {
             "other types stay granted"
         );
         reg.record(revoke("c1", c, &[]), 3).expect("revoke all");
-        assert!(!reg.consents().expect("c").permits("c1", HUB, c, "spo2", 5, 5));
+        assert!(!reg
+            .consents()
+            .expect("c")
+            .permits("c1", HUB, c, "spo2", 5, 5));
         let windowed = ConsentChange {
             valid_from_ms: Some(100),
             valid_until_ms: Some(200),
@@ -998,7 +1011,9 @@ mod tests {
         let book = ConsentBook::new(reg.consents().expect("consents"));
         book.replace(old);
         assert!(
-            !book.current().permits("c1", HUB, Purpose::Collect, "x", 5, 5),
+            !book
+                .current()
+                .permits("c1", HUB, Purpose::Collect, "x", 5, 5),
             "the withdrawal stays in force"
         );
     }
@@ -1022,12 +1037,14 @@ mod tests {
             ConsentWatcher::start(&path, book.clone(), Duration::from_millis(1)).expect("watch");
         view.refresh();
         let (generation, snapshot) = (book.generation(), book.current());
-        let permits = |c: &Consents| c.permits("c1", "st-luke", Purpose::Care, "heart_rate", 0, 500);
+        let permits =
+            |c: &Consents| c.permits("c1", "st-luke", Purpose::Care, "heart_rate", 0, 500);
         assert!(permits(&snapshot));
 
         // Every identified read appends an audit entry: the registry changes, the book not.
         for i in 0..300 {
-            reg.audit(200 + i, "access.identified", "{}").expect("audit");
+            reg.audit(200 + i, "access.identified", "{}")
+                .expect("audit");
             view.refresh();
         }
         thread::sleep(Duration::from_millis(50));
@@ -1043,7 +1060,10 @@ mod tests {
             ConsentWatcher::start(&path, other.clone(), Duration::from_millis(1)).expect("watch");
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while permits(&other.current()) {
-            assert!(std::time::Instant::now() < deadline, "the watcher took the withdrawal");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the watcher took the withdrawal"
+            );
             thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(other.current().len(), 52, "only the new record was added");
