@@ -29,6 +29,8 @@ use crate::consent::{
     ConsentBook, ConsentRegistry, ConsentView, ConsentWatcher, Consents, Purpose, HUB,
 };
 use crate::deadletter::{DeadLetter, DeadLetterStore};
+use crate::file_guard::{FileFault, FileGuard, Health};
+use crate::rebuild::{self, Opened, RebuildError};
 use crate::decode::{self, Context, RejectCode, Rejection, TimeLimits, Zones};
 use crate::windows::WindowJob;
 
@@ -54,6 +56,10 @@ pub enum IngestError {
     #[error(transparent)]
     Wal(#[from] WalError),
     #[error(transparent)]
+    Rebuild(#[from] RebuildError),
+    #[error(transparent)]
+    Guard(#[from] FileFault),
+    #[error(transparent)]
     Influx(#[from] InfluxError),
     #[error(transparent)]
     Zone(#[from] decode::UnknownZone),
@@ -76,6 +82,9 @@ pub struct Settings {
     /// Payload profiles declared in the configuration, besides the built-in ones.
     pub profiles: Vec<ProfileConfig>,
     pub windows: WindowsConfig,
+    /// Start even when a store lacks records the write-ahead log no longer holds (the loss is
+    /// recorded in the audit log); otherwise such a start is refused.
+    pub accept_data_loss: bool,
 }
 
 impl From<&Config> for Settings {
@@ -86,6 +95,7 @@ impl From<&Config> for Settings {
             influxdb: config.influxdb.clone(),
             profiles: config.profiles.clone(),
             windows: config.windows.clone(),
+            accept_data_loss: false,
         }
     }
 }
@@ -156,6 +166,10 @@ pub struct IngestStats {
     pub duplicates: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub store_errors: AtomicU64,
+    /// Times a store file was found missing, replaced or truncated.
+    pub store_faults: AtomicU64,
+    /// Store files at fault now (acknowledgements are withheld while this is not 0).
+    pub stores_unavailable: AtomicU64,
     pub notices_dropped: AtomicU64,
     /// Observations refused because their citizen has not consented to collection.
     pub refused_no_consent: AtomicU64,
@@ -195,6 +209,7 @@ pub struct IngestHandle {
     tx: flume::Sender<Submission>,
     stats: Arc<IngestStats>,
     consents: Arc<ConsentBook>,
+    health: Arc<Health>,
 }
 
 impl IngestHandle {
@@ -214,6 +229,11 @@ impl IngestHandle {
     /// The consents in force, kept current from `registry.db`.
     pub fn consents(&self) -> &Arc<ConsentBook> {
         &self.consents
+    }
+
+    /// Whether the store files are sound (`GET /readyz`).
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
     }
 }
 
@@ -300,7 +320,32 @@ pub fn start(
 
     let mut threads = Vec::new();
     let mut progress = Vec::new();
-    let store_at = wal.clamp(wal::load_checkpoint(&wal_dir, "store")?);
+    let health = Health::new(stats.clone());
+    let (mut store, personal_existed) = open_store(data_dir, "personal.db")?;
+    let (mut shared, shared_existed) = open_store(data_dir, "shared.db")?;
+    let store_at = rebuild::prepare(
+        &wal,
+        &wal_dir,
+        "store",
+        &mut [
+            Opened {
+                name: "personal.db",
+                store: &mut store,
+                existed: personal_existed,
+            },
+            Opened {
+                name: "shared.db",
+                store: &mut shared,
+                existed: shared_existed,
+            },
+        ],
+        settings.accept_data_loss.then_some(registry_path.as_path()),
+    )?;
+    let store_guards = vec![
+        FileGuard::open(&data_dir.join("personal.db"))?,
+        FileGuard::open(&data_dir.join("shared.db"))?,
+    ];
+    let registry_guard = FileGuard::open(&registry_path)?;
     let store_progress = Progress::new("store", store_at);
     progress.push(store_progress.clone());
     let store_sink = StoreSink {
@@ -310,12 +355,15 @@ pub fn start(
             durable.clone(),
             store_progress,
         ),
-        store: PersonalStore::open(&data_dir.join("personal.db"))?.track_windows(),
-        shared: PersonalStore::open(&data_dir.join("shared.db"))?,
+        store: store.track_windows(),
+        shared,
         consents: ConsentView::open(&registry_path, consents.clone())?,
         pseudonyms: Pseudonymizer::open(data_dir)?,
         stats: stats.clone(),
         erasures_seen: u64::MAX,
+        guards: store_guards.clone(),
+        registry_guard: registry_guard.clone(),
+        health: health.clone(),
     };
     let influx_sink = match &settings.influxdb {
         Some(influx) => {
@@ -346,13 +394,17 @@ pub fn start(
     } else {
         None
     };
+    let dead = DeadLetterStore::open(&data_dir.join("deadletter.db"))?;
+    let mut guards = store_guards;
+    guards.push(registry_guard);
+    guards.push(FileGuard::open(&data_dir.join("deadletter.db"))?);
     let writer = Writer {
         rx,
         registry,
         zones,
         profiles,
         limits: TimeLimits::from_config(config),
-        dead: DeadLetterStore::open(&data_dir.join("deadletter.db"))?,
+        dead,
         notices,
         stats: stats.clone(),
         config: config.clone(),
@@ -367,6 +419,8 @@ pub fn start(
         full_since: None,
         replay_checked: Instant::now() - IDLE_CHECK,
         held: std::collections::VecDeque::new(),
+        guards,
+        health: health.clone(),
     };
     threads.push(spawn("ingest", move || writer.run())?);
     let stop_sinks = CloseOnDrop(durable.clone());
@@ -383,6 +437,7 @@ pub fn start(
             tx,
             stats,
             consents,
+            health,
         },
         Pipeline {
             threads,
@@ -390,6 +445,13 @@ pub fn start(
             recovery,
         },
     ))
+}
+
+/// Opens (creating) a store of the store sink, and says whether its file held anything.
+fn open_store(data_dir: &Path, name: &str) -> Result<(PersonalStore, bool), StoreError> {
+    let path = data_dir.join(name);
+    let existed = rebuild::has_contents(&path);
+    Ok((PersonalStore::open(&path)?, existed))
 }
 
 /// Tells the sinks the writer has stopped when dropped (also if it panics), so they finish
@@ -431,6 +493,9 @@ struct Writer {
     /// Messages taken off the queue while the log was full, in order, to be processed
     /// before anything queued after them.
     held: std::collections::VecDeque<Submission>,
+    /// The files whose loss stops acknowledgements, checked once per batch.
+    guards: Vec<Arc<FileGuard>>,
+    health: Arc<Health>,
 }
 
 /// A batch and the buffers reused from one batch to the next.
@@ -684,6 +749,7 @@ impl Writer {
         }
         self.record_dead_letters(&batch.letters);
 
+        self.wait_for_sound_stores();
         let stored = batch.verdicts.iter().filter(|v| v.is_ok()).count() as u64;
         self.stats
             .messages_stored
@@ -773,6 +839,18 @@ impl Writer {
         }
     }
 
+    /// Holds the batch's verdicts while a store file is missing, replaced or truncated: what
+    /// is in the log stays there, and nothing is acknowledged into a file that no one will
+    /// read. A stopping hub gives up waiting (its connections are gone).
+    fn wait_for_sound_stores(&mut self) {
+        while !self.health.check(&self.guards) {
+            if self.rx.is_disconnected() {
+                return;
+            }
+            thread::sleep(IDLE_CHECK);
+        }
+    }
+
     /// `true` once the log has room for `self.record`; `false` if it is full and the client
     /// can be refused, or the hub is stopping.
     fn make_room(&mut self, refusable: bool) -> bool {
@@ -835,11 +913,15 @@ impl Writer {
     /// Appends `self.record`, retrying while the disk fails; `false` if the hub is stopping
     /// and the disk still fails.
     fn append(&mut self) -> bool {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = FIRST_BACKOFF;
         let mut give_up_at = None;
+        let failing_since = Instant::now();
         loop {
             match self.wal.append(&self.record) {
-                Ok(_) => return true,
+                Ok(_) => {
+                    log_recovered(give_up_at.is_some() || backoff > FIRST_BACKOFF, failing_since);
+                    return true;
+                }
                 Err(e) => {
                     if !self.retry(&e, &mut backoff, &mut give_up_at) {
                         return false;
@@ -852,12 +934,14 @@ impl Writer {
     /// Writes and fsyncs what is appended, retrying while the disk fails; `false` if the
     /// hub is stopping and the disk still fails.
     fn sync(&mut self) -> bool {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = FIRST_BACKOFF;
         let mut give_up_at = None;
+        let failing_since = Instant::now();
         loop {
             match self.wal.sync() {
                 Ok(()) => {
                     self.durable.advance(self.wal.end());
+                    log_recovered(give_up_at.is_some() || backoff > FIRST_BACKOFF, failing_since);
                     return true;
                 }
                 Err(e) => {
@@ -1080,6 +1164,19 @@ impl Writer {
                 body.to_string().into_bytes(),
             );
         }
+    }
+}
+
+/// The first wait before retrying a failed log write.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Ends a disk-full (or failing-disk) episode in the log, as its start was.
+fn log_recovered(failed: bool, since: Instant) {
+    if failed {
+        info!(
+            after_ms = since.elapsed().as_millis() as u64,
+            "the write-ahead log accepts writes again (the disk recovered); acknowledging resumes"
+        );
     }
 }
 
