@@ -155,11 +155,23 @@ fn verify_registry(registry_path: &Path) -> anyhow::Result<()> {
     let registry = ConsentRegistry::open(registry_path)
         .with_context(|| format!("cannot open {}", registry_path.display()))?;
     if let Err(e) = registry.verify_audit() {
+        let head_path = audit_head_path(registry_path);
+        // The checkpoint says how far the log reached, also when the file is too damaged for
+        // the log to be read at all.
+        let expected = std::fs::read_to_string(&head_path)
+            .ok()
+            .and_then(|text| text.split_whitespace().next().map(str::to_owned))
+            .map_or_else(String::new, |seq| {
+                format!(
+                    " ({} says the log reaches entry {seq})",
+                    head_path.display()
+                )
+            });
         anyhow::bail!(
-            "{} fails its audit check: {e}; its consents and audit entries may be lost, so the hub does not start: restore {} and {} from a backup (`kenko audit verify` checks a copy)",
+            "{} fails its audit check: {e}{expected}; its consents and audit entries may be lost, so the hub does not start: restore {} and {} from a backup (`kenko audit verify` checks a copy)",
             registry_path.display(),
             registry_path.display(),
-            audit_head_path(registry_path).display()
+            head_path.display()
         );
     }
     Ok(())

@@ -14,10 +14,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine as _;
 use kenko_devices::Metric;
-use kenko_ingest::file_guard::Health;
 use kenko_ingest::consent::{
     Consent, ConsentBook, ConsentChange, ConsentRegistry, Consents, Purpose, HUB,
 };
+use kenko_ingest::file_guard::Health;
 use kenko_ingest::query::{parse_duration, parse_time, Agg, Query, Row};
 use kenko_ingest::store::PersonalStore;
 use serde::{Deserialize, Serialize};

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tracing::{error, info};
@@ -33,7 +33,11 @@ pub enum FileFault {
         found: (u64, u64),
     },
     #[error("{path} was truncated to {len} bytes while it held {expected}; restore it from a backup, or stop the hub and start it again")]
-    Truncated { path: PathBuf, len: u64, expected: u64 },
+    Truncated {
+        path: PathBuf,
+        len: u64,
+        expected: u64,
+    },
     #[error("{path} no longer starts with an SQLite header (overwritten); restore it from a backup, or stop the hub and start it again")]
     NotSqlite { path: PathBuf },
     #[error("cannot check {path}: {source}")]
@@ -49,6 +53,10 @@ pub struct FileGuard {
     identity: (u64, u64),
     /// The longest the file has been seen: these SQLite files never shrink (no VACUUM).
     len: AtomicU64,
+    /// Where to note that this very file was damaged in place (truncated, overwritten), so
+    /// that the next start sets it aside instead of trusting what SQLite makes of it.
+    damage_note: Option<PathBuf>,
+    noted: AtomicBool,
 }
 
 impl FileGuard {
@@ -65,7 +73,18 @@ impl FileGuard {
             held,
             identity: identity(&meta),
             len: AtomicU64::new(meta.len()),
+            damage_note: None,
+            noted: AtomicBool::new(false),
         }))
+    }
+
+    /// As [`FileGuard::open`], noting damage in place in `note` (see [`damaged_in_place`]).
+    pub fn open_noting_damage(path: &Path, note: &Path) -> Result<Arc<FileGuard>, FileFault> {
+        let mut guard = FileGuard::open(path)?;
+        if let Some(g) = Arc::get_mut(&mut guard) {
+            g.damage_note = Some(note.to_owned());
+        }
+        Ok(guard)
     }
 
     pub fn path(&self) -> &Path {
@@ -75,6 +94,30 @@ impl FileGuard {
     /// Whether the path still names the file opened, no shorter than it was, still SQLite:
     /// one `stat` and, for a file long enough to have it, a read of its 16-byte header.
     pub fn check(&self) -> Result<(), FileFault> {
+        let result = self.inspect();
+        self.note_damage(&result);
+        result
+    }
+
+    fn note_damage(&self, result: &Result<(), FileFault>) {
+        let Some(note) = &self.damage_note else {
+            return;
+        };
+        let damaged = matches!(
+            result,
+            Err(FileFault::Truncated { .. } | FileFault::NotSqlite { .. })
+        );
+        if damaged && !self.noted.swap(true, Ordering::Relaxed) {
+            let (dev, ino) = self.identity;
+            if let Err(e) = std::fs::write(note, format!("{dev} {ino}\n")) {
+                error!(error = %e, "cannot note a damaged store file; check it before the next start");
+            }
+        } else if result.is_ok() && self.noted.swap(false, Ordering::Relaxed) {
+            let _ = std::fs::remove_file(note);
+        }
+    }
+
+    fn inspect(&self) -> Result<(), FileFault> {
         let meta = match std::fs::metadata(&self.path) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -122,6 +165,19 @@ impl FileGuard {
         })?;
         Ok(&head == SQLITE_MAGIC)
     }
+}
+
+/// Whether `note` says the file now at `path` is one damaged in place while a hub held it.
+pub fn damaged_in_place(path: &Path, note: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(note) else {
+        return false;
+    };
+    let mut words = text.split_whitespace().map(str::parse::<u64>);
+    let noted = match (words.next(), words.next()) {
+        (Some(Ok(dev)), Some(Ok(ino))) => (dev, ino),
+        _ => return false,
+    };
+    std::fs::metadata(path).is_ok_and(|meta| identity(&meta) == noted)
 }
 
 #[cfg(unix)]

@@ -29,9 +29,9 @@ use crate::consent::{
     ConsentBook, ConsentRegistry, ConsentView, ConsentWatcher, Consents, Purpose, HUB,
 };
 use crate::deadletter::{DeadLetter, DeadLetterStore};
-use crate::file_guard::{FileFault, FileGuard, Health};
-use crate::rebuild::{self, Opened, RebuildError};
 use crate::decode::{self, Context, RejectCode, Rejection, TimeLimits, Zones};
+use crate::file_guard::{FileFault, FileGuard, Health};
+use crate::rebuild::{self, RebuildError};
 use crate::windows::WindowJob;
 
 /// The profile of messages that say they are protobuf.
@@ -321,29 +321,28 @@ pub fn start(
     let mut threads = Vec::new();
     let mut progress = Vec::new();
     let health = Health::new(stats.clone());
-    let (mut store, personal_existed) = open_store(data_dir, "personal.db")?;
-    let (mut shared, shared_existed) = open_store(data_dir, "shared.db")?;
-    let store_at = rebuild::prepare(
+    let prepared = rebuild::prepare(
         &wal,
         &wal_dir,
         "store",
-        &mut [
-            Opened {
-                name: "personal.db",
-                store: &mut store,
-                existed: personal_existed,
-            },
-            Opened {
-                name: "shared.db",
-                store: &mut shared,
-                existed: shared_existed,
-            },
-        ],
+        data_dir,
+        &["personal.db", "shared.db"],
         settings.accept_data_loss.then_some(registry_path.as_path()),
     )?;
+    let store_at = prepared.start;
+    let [store, shared]: [PersonalStore; 2] = match prepared.stores.try_into() {
+        Ok(stores) => stores,
+        Err(_) => unreachable!("prepare opens one store per name"),
+    };
     let store_guards = vec![
-        FileGuard::open(&data_dir.join("personal.db"))?,
-        FileGuard::open(&data_dir.join("shared.db"))?,
+        FileGuard::open_noting_damage(
+            &data_dir.join("personal.db"),
+            &rebuild::damage_note(&wal_dir, "personal.db"),
+        )?,
+        FileGuard::open_noting_damage(
+            &data_dir.join("shared.db"),
+            &rebuild::damage_note(&wal_dir, "shared.db"),
+        )?,
     ];
     let registry_guard = FileGuard::open(&registry_path)?;
     let store_progress = Progress::new("store", store_at);
@@ -445,13 +444,6 @@ pub fn start(
             recovery,
         },
     ))
-}
-
-/// Opens (creating) a store of the store sink, and says whether its file held anything.
-fn open_store(data_dir: &Path, name: &str) -> Result<(PersonalStore, bool), StoreError> {
-    let path = data_dir.join(name);
-    let existed = rebuild::has_contents(&path);
-    Ok((PersonalStore::open(&path)?, existed))
 }
 
 /// Tells the sinks the writer has stopped when dropped (also if it panics), so they finish
@@ -676,6 +668,9 @@ impl Writer {
     }
 
     fn process(&mut self, batch: &mut Batch) {
+        // Before anything of the batch is decided: a registry.db lost under the hub would
+        // also have taken the devices and consents the batch is judged by.
+        self.wait_for_sound_stores();
         // One snapshot, reread if anything was committed since, decides the whole batch.
         let consents = self.consents.refresh();
         let generation = self.consents.book().generation();
@@ -749,7 +744,6 @@ impl Writer {
         }
         self.record_dead_letters(&batch.letters);
 
-        self.wait_for_sound_stores();
         let stored = batch.verdicts.iter().filter(|v| v.is_ok()).count() as u64;
         self.stats
             .messages_stored
@@ -839,9 +833,9 @@ impl Writer {
         }
     }
 
-    /// Holds the batch's verdicts while a store file is missing, replaced or truncated: what
-    /// is in the log stays there, and nothing is acknowledged into a file that no one will
-    /// read. A stopping hub gives up waiting (its connections are gone).
+    /// Holds the batch while a store file is missing, replaced or truncated: nothing more is
+    /// acknowledged into a file no one will read (the batch before this check is the last).
+    /// A stopping hub gives up waiting (its connections are gone).
     fn wait_for_sound_stores(&mut self) {
         while !self.health.check(&self.guards) {
             if self.rx.is_disconnected() {
@@ -919,7 +913,10 @@ impl Writer {
         loop {
             match self.wal.append(&self.record) {
                 Ok(_) => {
-                    log_recovered(give_up_at.is_some() || backoff > FIRST_BACKOFF, failing_since);
+                    log_recovered(
+                        give_up_at.is_some() || backoff > FIRST_BACKOFF,
+                        failing_since,
+                    );
                     return true;
                 }
                 Err(e) => {
@@ -941,7 +938,10 @@ impl Writer {
             match self.wal.sync() {
                 Ok(()) => {
                     self.durable.advance(self.wal.end());
-                    log_recovered(give_up_at.is_some() || backoff > FIRST_BACKOFF, failing_since);
+                    log_recovered(
+                        give_up_at.is_some() || backoff > FIRST_BACKOFF,
+                        failing_since,
+                    );
                     return true;
                 }
                 Err(e) => {

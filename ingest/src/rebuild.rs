@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use tracing::warn;
 
 use crate::consent::ConsentRegistry;
+use crate::file_guard::damaged_in_place;
 use crate::store::{PersonalStore, StoreError};
 use crate::wal::{self, Position, Wal, WalError};
 
@@ -25,18 +26,47 @@ const FIRST: Position = Position {
     offset: 0,
 };
 
-/// A store the sink writes, opened, and whether its file held anything before it was.
-pub struct Opened<'a> {
-    /// The file's name in the data directory, e.g. `personal.db`.
-    pub name: &'static str,
-    pub store: &'a mut PersonalStore,
-    pub existed: bool,
+/// Readies a store file for opening; returns whether it holds anything. A file noted as
+/// damaged in place while a hub held it is set aside (`{name}.damaged-{ms}`): SQLite would
+/// make a store of whatever pages its journal put back. A file missing or empty (as good as
+/// missing) loses its orphaned `-wal` and `-shm`, which would otherwise be replayed onto
+/// nothing.
+pub fn ready_file(path: &Path, wal_dir: &Path, name: &str) -> Result<bool, StoreError> {
+    let note = damage_note(wal_dir, name);
+    let io = |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if damaged_in_place(path, &note) {
+        let aside = path.with_extension(format!(
+            "db.damaged-{}",
+            jiff::Timestamp::now().as_millisecond()
+        ));
+        std::fs::rename(path, &aside).map_err(io)?;
+        warn!(file = %path.display(), aside = %aside.display(), "store file damaged while the hub ran; set aside");
+    }
+    let _ = std::fs::remove_file(&note);
+    let existed = std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
+    if !existed {
+        for suffix in ["-wal", "-shm"] {
+            let mut orphan = path.as_os_str().to_owned();
+            orphan.push(suffix);
+            match std::fs::remove_file(&orphan) {
+                Ok(()) => {
+                    warn!(file = %PathBuf::from(&orphan).display(), "removed the journal of a store file that is gone")
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+    }
+    Ok(existed)
 }
 
-/// Whether `path` is a file with something in it (a file truncated to nothing is as good as
-/// missing); call before opening it, which creates it.
-pub fn has_contents(path: &Path) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| m.len() > 0)
+/// Where the guard of store `name` notes that it was damaged in place.
+pub fn damage_note(wal_dir: &Path, name: &str) -> PathBuf {
+    let stem = name.strip_suffix(".db").unwrap_or(name);
+    wal_dir.join(format!("{stem}.damaged"))
 }
 
 /// What a store needs.
@@ -128,39 +158,58 @@ fn base_path(wal_dir: &Path, store: &str) -> PathBuf {
     wal_dir.join(format!("{stem}.base"))
 }
 
-/// Checks the stores against the sink's checkpoint and prepares them; returns where the
-/// sink reads from (before its checkpoint when a store is rebuilt).
+/// The stores of one sink, checked and opened for writing.
+pub struct Prepared {
+    /// In the order their names were given.
+    pub stores: Vec<PersonalStore>,
+    /// Where the sink reads from: before its checkpoint when a store is rebuilt.
+    pub start: Position,
+}
+
+/// Checks the stores `names` in `data_dir` against the checkpoint of `sink` and opens them
+/// for writing. Nothing is created when the start is refused. `accept_loss`: the registry in
+/// which to record an accepted loss, when the operator accepts one.
 pub fn prepare(
     wal: &Wal,
     wal_dir: &Path,
     sink: &str,
-    stores: &mut [Opened<'_>],
+    data_dir: &Path,
+    names: &[&'static str],
     accept_loss: Option<&Path>,
-) -> Result<Position, RebuildError> {
+) -> Result<Prepared, RebuildError> {
     let saved = wal::load_position(&wal_dir.join(format!("{sink}.checkpoint")))?;
     let checkpoint = wal.clamp(saved.unwrap_or_default());
     let mut start = checkpoint;
     let mut losses = Vec::new();
-    let mut plans = Vec::new();
-    for opened in stores.iter() {
-        let base = wal::load_position(&base_path(wal_dir, opened.name))?;
-        let position = opened.store.log_position()?;
-        let plan = plan(wal, opened.existed, position, base, saved.map(|_| checkpoint));
+    let mut found = Vec::new();
+    for &name in names {
+        let path = data_dir.join(name);
+        let existed = ready_file(&path, wal_dir, name)?;
+        let position = match existed {
+            true => PersonalStore::open_read_only(&path)?.log_position()?,
+            false => None,
+        };
+        let base = wal::load_position(&base_path(wal_dir, name))?;
+        let plan = plan(wal, existed, position, base, saved.map(|_| checkpoint));
         match plan {
             Plan::Sound => {}
             Plan::Rebuild { from } => {
-                warn!(store = opened.name, segment = from.segment, offset = from.offset,
-                    "store is behind the write-ahead log; rebuilding it from the log");
+                warn!(
+                    store = name,
+                    segment = from.segment,
+                    offset = from.offset,
+                    "store is behind the write-ahead log; rebuilding it from the log"
+                );
                 start = start.min(from);
             }
             Plan::Lost { from, to } => losses.push(Loss {
-                store: opened.name,
+                store: name,
                 from,
                 to,
-                missing: !opened.existed,
+                missing: !existed,
             }),
         }
-        plans.push(plan);
+        found.push((name, path, existed, plan));
     }
     if !losses.is_empty() {
         let Some(registry) = accept_loss else {
@@ -168,19 +217,21 @@ pub fn prepare(
         };
         record_accepted(registry, &losses)?;
     }
-    for (opened, plan) in stores.iter_mut().zip(plans) {
-        let lost = matches!(plan, Plan::Lost { .. });
-        if lost {
-            opened.store.set_log_position(checkpoint)?;
+    let mut stores = Vec::new();
+    for (name, path, existed, plan) in found {
+        let mut store = PersonalStore::open(&path)?;
+        let rebuilt = matches!(plan, Plan::Rebuild { .. });
+        // A file that lost what the log no longer holds, or a new one, holds the log from
+        // the checkpoint on; a new one rebuilt holds it from where it began before.
+        if matches!(plan, Plan::Lost { .. }) || (!existed && !rebuilt) {
+            store.set_log_position(checkpoint)?;
         }
-        // A new file holds the log from where the sink starts writing it (or, rebuilt, from
-        // where it began before).
-        if !opened.existed && !matches!(plan, Plan::Rebuild { .. }) {
-            opened.store.set_log_position(checkpoint)?;
-            wal::save_position(&base_path(wal_dir, opened.name), checkpoint)?;
+        if !existed && !rebuilt {
+            wal::save_position(&base_path(wal_dir, name), checkpoint)?;
         }
+        stores.push(store);
     }
-    Ok(start)
+    Ok(Prepared { stores, start })
 }
 
 /// Notes in the audit log that the operator accepted each loss, before the hub goes on.
@@ -216,7 +267,8 @@ mod tests {
     fn filled(dir: &Path) -> Wal {
         let (mut wal, _) = Wal::open(dir, small()).expect("open");
         for i in 0..40u32 {
-            wal.append(format!("record {i:08}").as_bytes()).expect("append");
+            wal.append(format!("record {i:08}").as_bytes())
+                .expect("append");
         }
         wal.sync().expect("sync");
         wal
@@ -268,7 +320,10 @@ mod tests {
         );
         assert_eq!(
             plan(&wal, false, None, Some(start), Some(end)),
-            Plan::Lost { from: start, to: end }
+            Plan::Lost {
+                from: start,
+                to: end
+            }
         );
     }
 
@@ -280,22 +335,26 @@ mod tests {
         let end = wal.end();
         wal::save_checkpoint(&wal_dir, "store", end).expect("checkpoint");
         wal.release_before(end).expect("release");
-        let mut store = PersonalStore::open(&dir.path().join("personal.db")).expect("open");
-        let mut stores = [Opened {
-            name: "personal.db",
-            store: &mut store,
-            existed: false,
-        }];
-        let err = prepare(&wal, &wal_dir, "store", &mut stores, None).expect_err("lost");
+        let names = ["personal.db"];
+        let err = prepare(&wal, &wal_dir, "store", dir.path(), &names, None)
+            .err()
+            .expect("lost");
         let text = err.to_string();
         assert!(text.contains("personal.db is missing or empty"), "{text}");
         assert!(text.contains("--accept-data-loss"), "{text}");
+        assert!(
+            !dir.path().join("personal.db").exists(),
+            "a refused start creates nothing"
+        );
 
         let registry = dir.path().join("registry.db");
-        let from = prepare(&wal, &wal_dir, "store", &mut stores, Some(&registry))
+        let prepared = prepare(&wal, &wal_dir, "store", dir.path(), &names, Some(&registry))
             .expect("accepted");
-        assert_eq!(from, end);
-        assert_eq!(store.log_position().expect("position"), Some(end));
+        assert_eq!(prepared.start, end);
+        assert_eq!(
+            prepared.stores[0].log_position().expect("position"),
+            Some(end)
+        );
         let audit = ConsentRegistry::open(&registry)
             .expect("registry")
             .verify_audit()

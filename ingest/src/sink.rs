@@ -342,12 +342,15 @@ impl StoreSink {
             if !self.wait_for_sound_stores() {
                 return false;
             }
-            let result = self.store.write_batch_upto(personal, upto).and_then(|stats| {
-                // Identified and pseudonymized data go to separate files, each in its own
-                // transaction; a retry after a failure here stores nothing twice.
-                let research = self.shared.write_batch_upto(shared, upto)?;
-                Ok((stats, research))
-            });
+            let result = self
+                .store
+                .write_batch_upto(personal, upto)
+                .and_then(|stats| {
+                    // Identified and pseudonymized data go to separate files, each in its own
+                    // transaction; a retry after a failure here stores nothing twice.
+                    let research = self.shared.write_batch_upto(shared, upto)?;
+                    Ok((stats, research))
+                });
             match result {
                 Ok((stats, research)) => {
                     self.stats
@@ -396,7 +399,9 @@ impl StoreSink {
         }
         // An erasure is recorded in registry.db: never into a file that replaced it.
         if !self.health.check(&self.guards)
-            || !self.health.check(std::slice::from_ref(&self.registry_guard))
+            || !self
+                .health
+                .check(std::slice::from_ref(&self.registry_guard))
         {
             return;
         }
