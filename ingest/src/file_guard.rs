@@ -62,6 +62,15 @@ pub struct FileGuard {
 impl FileGuard {
     /// Opens `path` (which must exist) and notes what it is now.
     pub fn open(path: &Path) -> Result<Arc<FileGuard>, FileFault> {
+        FileGuard::new(path, None)
+    }
+
+    /// As [`FileGuard::open`], noting damage in place in `note` (see [`damaged_in_place`]).
+    pub fn open_noting_damage(path: &Path, note: &Path) -> Result<Arc<FileGuard>, FileFault> {
+        FileGuard::new(path, Some(note.to_owned()))
+    }
+
+    fn new(path: &Path, damage_note: Option<PathBuf>) -> Result<Arc<FileGuard>, FileFault> {
         let io = |source| FileFault::Io {
             path: path.to_owned(),
             source,
@@ -73,18 +82,9 @@ impl FileGuard {
             held,
             identity: identity(&meta),
             len: AtomicU64::new(meta.len()),
-            damage_note: None,
+            damage_note,
             noted: AtomicBool::new(false),
         }))
-    }
-
-    /// As [`FileGuard::open`], noting damage in place in `note` (see [`damaged_in_place`]).
-    pub fn open_noting_damage(path: &Path, note: &Path) -> Result<Arc<FileGuard>, FileFault> {
-        let mut guard = FileGuard::open(path)?;
-        if let Some(g) = Arc::get_mut(&mut guard) {
-            g.damage_note = Some(note.to_owned());
-        }
-        Ok(guard)
     }
 
     pub fn path(&self) -> &Path {
@@ -205,7 +205,7 @@ fn read_at(file: &File, buf: &mut [u8]) -> io::Result<()> {
 }
 
 /// What the guards have found, by file: the faults in force now.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
     faults: Mutex<BTreeMap<PathBuf, String>>,
     stats: Arc<IngestStats>,

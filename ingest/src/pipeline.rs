@@ -1059,13 +1059,20 @@ impl Writer {
         if letters.is_empty() {
             return;
         }
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = FIRST_BACKOFF;
+        let failing_since = Instant::now();
         while let Err(e) = self.dead.record(letters) {
             self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
             error!(error = %e, letters = letters.len(), retry_in_ms = backoff.as_millis() as u64,
                 "cannot record dead letters; holding acknowledgements and retrying");
             thread::sleep(backoff);
             backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        if backoff > FIRST_BACKOFF {
+            info!(
+                after_ms = failing_since.elapsed().as_millis() as u64,
+                "dead letters recorded again; acknowledging resumes"
+            );
         }
     }
 
