@@ -85,7 +85,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let shutdown = hub::shutdown_on_signals();
     let hub_shutdown = CancellationToken::new();
-    let hub = Hub::start(config, &args.data_dir, hub_shutdown.clone()).await?;
+    let hub = Hub::start(config, &args.data_dir, hub_shutdown.clone(), false).await?;
     let addr = hub.mqtt_addr;
     print_banner(&args, addr, passwords.get("bed-001").map(String::as_str));
 

@@ -12,6 +12,7 @@ use kenko_broker::http::HttpApi;
 use kenko_broker::{Broker, BrokerStats};
 use kenko_config::Config;
 use kenko_devices::registry::{DeviceWatcher, Registry};
+use kenko_ingest::consent::{audit_head_path, ConsentRegistry};
 use kenko_ingest::pipeline::{self, IngestStats, Settings};
 use kenko_ingest::wal::Recovery;
 use tokio::task::JoinHandle;
@@ -33,16 +34,20 @@ pub struct Hub {
 
 impl Hub {
     /// Opens the stores in `data_dir`, binds the listener and starts serving until `shutdown`.
+    /// `accept_data_loss`: start even when a store lacks records the write-ahead log no
+    /// longer holds (recorded in the audit log).
     pub async fn start(
         config: Config,
         data_dir: &Path,
         shutdown: CancellationToken,
+        accept_data_loss: bool,
     ) -> anyhow::Result<Hub> {
         let lock = lock_data_dir(data_dir)?;
+        let registry_path = data_dir.join("registry.db");
+        verify_registry(&registry_path)?;
         // Configuration devices and those of registry.db (`kenko device add`), kept current
         // while the hub runs; broker and pipeline share it.
         let registry = Registry::new(&config);
-        let registry_path = data_dir.join("registry.db");
         let watcher = DeviceWatcher::start(&registry_path, registry.clone(), DEVICE_POLL)
             .with_context(|| format!("cannot read the devices of {}", registry_path.display()))?;
         if registry.is_empty() {
@@ -50,8 +55,12 @@ impl Hub {
         }
         let broker = Broker::bind(&config, registry.clone()).await?;
         reload_on_sighup(broker.authorizer(), shutdown.clone());
+        let settings = Settings {
+            accept_data_loss,
+            ..Settings::from(&config)
+        };
         let (ingest, pipeline) = pipeline::start(
-            &Settings::from(&config),
+            &settings,
             registry.clone(),
             data_dir,
             Some(broker.notices()),
@@ -76,7 +85,8 @@ impl Hub {
                     ingest.consents().clone(),
                     data_dir,
                 )
-                .with_metrics(broker.stats(), ingest.stats().clone());
+                .with_metrics(broker.stats(), ingest.stats().clone())
+                .with_health(ingest.health().clone());
                 tokio::spawn(kenko_broker::http::serve(listener, api, shutdown.clone()));
                 Some(local)
             }
@@ -137,6 +147,34 @@ pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
             Err(e).with_context(|| format!("cannot lock {}", path.display()))
         }
     }
+}
+
+/// Refuses a registry whose audit log lost entries (truncated, replaced by an older copy):
+/// its consents would be missing too, and the hub would refuse or route telemetry by them.
+fn verify_registry(registry_path: &Path) -> anyhow::Result<()> {
+    let registry = ConsentRegistry::open(registry_path)
+        .with_context(|| format!("cannot open {}", registry_path.display()))?;
+    if let Err(e) = registry.verify_audit() {
+        let head_path = audit_head_path(registry_path);
+        // The checkpoint says how far the log reached, also when the file is too damaged for
+        // the log to be read at all.
+        let expected = std::fs::read_to_string(&head_path)
+            .ok()
+            .and_then(|text| text.split_whitespace().next().map(str::to_owned))
+            .map_or_else(String::new, |seq| {
+                format!(
+                    " ({} says the log reaches entry {seq})",
+                    head_path.display()
+                )
+            });
+        anyhow::bail!(
+            "{} fails its audit check: {e}{expected}; its consents and audit entries may be lost, so the hub does not start: restore {} and {} from a backup (`kenko audit verify` checks a copy)",
+            registry_path.display(),
+            registry_path.display(),
+            head_path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Says what opening the write-ahead log found, when it found anything.

@@ -68,6 +68,10 @@ struct ServeArgs {
     /// HTTP API listen address; overrides `http.listen`
     #[arg(long, value_name = "HOST:PORT")]
     http: Option<SocketAddr>,
+    /// Start even when personal.db or shared.db lacks acknowledged readings that the
+    /// write-ahead log no longer holds; the loss is recorded in the audit log
+    #[arg(long)]
+    accept_data_loss: bool,
 }
 
 fn main() -> ExitCode {
@@ -153,7 +157,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .or_else(|| config.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from("./kenko-data"));
     let shutdown = hub::shutdown_on_signals();
-    let hub = hub::Hub::start(config, &data_dir, shutdown).await?;
+    let hub = hub::Hub::start(config, &data_dir, shutdown, args.accept_data_loss).await?;
     println!(
         "kenko serve: MQTT on {}, data in {}",
         hub.mqtt_addr,

@@ -17,6 +17,7 @@ use kenko_devices::Metric;
 use kenko_ingest::consent::{
     Consent, ConsentBook, ConsentChange, ConsentRegistry, Consents, Purpose, HUB,
 };
+use kenko_ingest::file_guard::Health;
 use kenko_ingest::query::{parse_duration, parse_time, Agg, Query, Row};
 use kenko_ingest::store::PersonalStore;
 use serde::{Deserialize, Serialize};
@@ -125,6 +126,8 @@ pub struct HttpApi {
     verify_slots: Arc<tokio::sync::Semaphore>,
     /// The counters `GET /metrics` shows.
     stats: Option<(Arc<BrokerStats>, Arc<IngestStats>)>,
+    /// Whether the store files are sound, for `GET /readyz`.
+    health: Option<Arc<Health>>,
 }
 
 impl HttpApi {
@@ -135,7 +138,14 @@ impl HttpApi {
             data_dir: data_dir.to_owned(),
             verify_slots: Arc::new(tokio::sync::Semaphore::new(2)),
             stats: None,
+            health: None,
         }
+    }
+
+    /// Answers `GET /readyz` from the store files' health.
+    pub fn with_health(mut self, health: Arc<Health>) -> HttpApi {
+        self.health = Some(health);
+        self
     }
 
     /// Serves the broker's and the pipeline's counters on `GET /metrics` (operators only).
@@ -149,6 +159,8 @@ impl HttpApi {
             .route("/api/v1/consents", get(list_consents).post(record_consent))
             .route("/api/v1/observations", get(observations))
             .route("/metrics", get(metrics))
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
             .with_state(self)
     }
 }
@@ -161,6 +173,24 @@ pub async fn serve(listener: TcpListener, api: HttpApi, shutdown: CancellationTo
         .await;
     if let Err(e) = result {
         error!(error = %e, "HTTP API stopped");
+    }
+}
+
+/// The process is alive and serving HTTP (for a liveness probe; no credentials).
+async fn healthz() -> Response {
+    Json(serde_json::json!({ "alive": true })).into_response()
+}
+
+/// Whether the hub is acknowledging: 503 with the reason while a store file is missing,
+/// replaced or truncated (for a readiness probe; no credentials).
+async fn readyz(State(api): State<HttpApi>) -> Response {
+    match api.health.as_ref().and_then(|h| h.fault()) {
+        None => Json(serde_json::json!({ "ready": true })).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "ready": false, "reason": reason })),
+        )
+            .into_response(),
     }
 }
 

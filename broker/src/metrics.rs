@@ -17,7 +17,7 @@ pub fn render(broker: &BrokerStats, ingest: &IngestStats) -> String {
     use Kind::{Counter, Gauge};
     let b = broker;
     let i = ingest;
-    let entries: [(&str, Kind, &str, &AtomicU64); 30] = [
+    let entries: [(&str, Kind, &str, &AtomicU64); 32] = [
         (
             "mqtt_connected_clients",
             Gauge,
@@ -131,6 +131,18 @@ pub fn render(broker: &BrokerStats, ingest: &IngestStats) -> String {
             Counter,
             "pseudonymized observations written to the shared store",
             &i.shared_stored,
+        ),
+        (
+            "ingest_store_faults_total",
+            Counter,
+            "times a store file was found missing, replaced or truncated",
+            &i.store_faults,
+        ),
+        (
+            "ingest_stores_unavailable",
+            Gauge,
+            "store files at fault now; acknowledgements are withheld while not 0",
+            &i.stores_unavailable,
         ),
         (
             "wal_bytes",

@@ -4,11 +4,13 @@
 pub mod consent;
 pub mod deadletter;
 pub mod decode;
+pub mod file_guard;
 pub mod influx;
 pub mod observation;
 pub mod pipeline;
 pub mod pseudonym;
 pub mod query;
+pub mod rebuild;
 pub mod sink;
 pub mod store;
 pub mod wal;

@@ -30,6 +30,8 @@ use crate::consent::{
 };
 use crate::deadletter::{DeadLetter, DeadLetterStore};
 use crate::decode::{self, Context, RejectCode, Rejection, TimeLimits, Zones};
+use crate::file_guard::{FileFault, FileGuard, Health};
+use crate::rebuild::{self, RebuildError};
 use crate::windows::WindowJob;
 
 /// The profile of messages that say they are protobuf.
@@ -54,6 +56,10 @@ pub enum IngestError {
     #[error(transparent)]
     Wal(#[from] WalError),
     #[error(transparent)]
+    Rebuild(#[from] RebuildError),
+    #[error(transparent)]
+    Guard(#[from] FileFault),
+    #[error(transparent)]
     Influx(#[from] InfluxError),
     #[error(transparent)]
     Zone(#[from] decode::UnknownZone),
@@ -76,6 +82,9 @@ pub struct Settings {
     /// Payload profiles declared in the configuration, besides the built-in ones.
     pub profiles: Vec<ProfileConfig>,
     pub windows: WindowsConfig,
+    /// Start even when a store lacks records the write-ahead log no longer holds (the loss is
+    /// recorded in the audit log); otherwise such a start is refused.
+    pub accept_data_loss: bool,
 }
 
 impl From<&Config> for Settings {
@@ -86,6 +95,7 @@ impl From<&Config> for Settings {
             influxdb: config.influxdb.clone(),
             profiles: config.profiles.clone(),
             windows: config.windows.clone(),
+            accept_data_loss: false,
         }
     }
 }
@@ -159,6 +169,10 @@ pub struct IngestStats {
     pub duplicates: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub store_errors: AtomicU64,
+    /// Times a store file was found missing, replaced or truncated.
+    pub store_faults: AtomicU64,
+    /// Store files at fault now (acknowledgements are withheld while this is not 0).
+    pub stores_unavailable: AtomicU64,
     pub notices_dropped: AtomicU64,
     /// Observations refused because their citizen has not consented to collection.
     pub refused_no_consent: AtomicU64,
@@ -198,6 +212,7 @@ pub struct IngestHandle {
     tx: flume::Sender<Submission>,
     stats: Arc<IngestStats>,
     consents: Arc<ConsentBook>,
+    health: Arc<Health>,
 }
 
 impl IngestHandle {
@@ -217,6 +232,11 @@ impl IngestHandle {
     /// The consents in force, kept current from `registry.db`.
     pub fn consents(&self) -> &Arc<ConsentBook> {
         &self.consents
+    }
+
+    /// Whether the store files are sound (`GET /readyz`).
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
     }
 }
 
@@ -303,7 +323,31 @@ pub fn start(
 
     let mut threads = Vec::new();
     let mut progress = Vec::new();
-    let store_at = wal.clamp(wal::load_checkpoint(&wal_dir, "store")?);
+    let health = Health::new(stats.clone());
+    let prepared = rebuild::prepare(
+        &wal,
+        &wal_dir,
+        "store",
+        data_dir,
+        &["personal.db", "shared.db"],
+        settings.accept_data_loss.then_some(registry_path.as_path()),
+    )?;
+    let store_at = prepared.start;
+    let [store, shared]: [PersonalStore; 2] = match prepared.stores.try_into() {
+        Ok(stores) => stores,
+        Err(_) => unreachable!("prepare opens one store per name"),
+    };
+    let store_guards = vec![
+        FileGuard::open_noting_damage(
+            &data_dir.join("personal.db"),
+            &rebuild::damage_note(&wal_dir, "personal.db"),
+        )?,
+        FileGuard::open_noting_damage(
+            &data_dir.join("shared.db"),
+            &rebuild::damage_note(&wal_dir, "shared.db"),
+        )?,
+    ];
+    let registry_guard = FileGuard::open(&registry_path)?;
     let store_progress = Progress::new("store", store_at);
     progress.push(store_progress.clone());
     let store_sink = StoreSink {
@@ -313,12 +357,15 @@ pub fn start(
             durable.clone(),
             store_progress,
         ),
-        store: PersonalStore::open(&data_dir.join("personal.db"))?.track_windows(),
-        shared: PersonalStore::open(&data_dir.join("shared.db"))?,
+        store: store.track_windows(),
+        shared,
         consents: ConsentView::open(&registry_path, consents.clone())?,
         pseudonyms: Pseudonymizer::open(data_dir)?,
         stats: stats.clone(),
         erasures_seen: u64::MAX,
+        guards: store_guards.clone(),
+        registry_guard: registry_guard.clone(),
+        health: health.clone(),
     };
     let influx_sink = match &settings.influxdb {
         Some(influx) => {
@@ -349,13 +396,17 @@ pub fn start(
     } else {
         None
     };
+    let dead = DeadLetterStore::open(&data_dir.join("deadletter.db"))?;
+    let mut guards = store_guards;
+    guards.push(registry_guard);
+    guards.push(FileGuard::open(&data_dir.join("deadletter.db"))?);
     let writer = Writer {
         rx,
         registry,
         zones,
         profiles,
         limits: TimeLimits::from_config(config),
-        dead: DeadLetterStore::open(&data_dir.join("deadletter.db"))?,
+        dead,
         notices,
         stats: stats.clone(),
         config: config.clone(),
@@ -370,6 +421,8 @@ pub fn start(
         full_since: None,
         replay_checked: Instant::now() - IDLE_CHECK,
         held: std::collections::VecDeque::new(),
+        guards,
+        health: health.clone(),
     };
     threads.push(spawn("ingest", move || writer.run())?);
     let stop_sinks = CloseOnDrop(durable.clone());
@@ -386,6 +439,7 @@ pub fn start(
             tx,
             stats,
             consents,
+            health,
         },
         Pipeline {
             threads,
@@ -434,6 +488,9 @@ struct Writer {
     /// Messages taken off the queue while the log was full, in order, to be processed
     /// before anything queued after them.
     held: std::collections::VecDeque<Submission>,
+    /// The files whose loss stops acknowledgements, checked once per batch.
+    guards: Vec<Arc<FileGuard>>,
+    health: Arc<Health>,
 }
 
 /// A batch and the buffers reused from one batch to the next.
@@ -618,6 +675,9 @@ impl Writer {
     }
 
     fn process(&mut self, batch: &mut Batch) {
+        // Before anything of the batch is decided: a registry.db lost under the hub would
+        // also have taken the devices and consents the batch is judged by.
+        self.wait_for_sound_stores();
         // One snapshot, reread if anything was committed since, decides the whole batch.
         let consents = self.consents.refresh();
         let generation = self.consents.book().generation();
@@ -780,6 +840,18 @@ impl Writer {
         }
     }
 
+    /// Holds the batch while a store file is missing, replaced or truncated: nothing more is
+    /// acknowledged into a file no one will read (the batch before this check is the last).
+    /// A stopping hub gives up waiting (its connections are gone).
+    fn wait_for_sound_stores(&mut self) {
+        while !self.health.check(&self.guards) {
+            if self.rx.is_disconnected() {
+                return;
+            }
+            thread::sleep(IDLE_CHECK);
+        }
+    }
+
     /// `true` once the log has room for `self.record`; `false` if it is full and the client
     /// can be refused, or the hub is stopping.
     fn make_room(&mut self, refusable: bool) -> bool {
@@ -842,11 +914,18 @@ impl Writer {
     /// Appends `self.record`, retrying while the disk fails; `false` if the hub is stopping
     /// and the disk still fails.
     fn append(&mut self) -> bool {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = FIRST_BACKOFF;
         let mut give_up_at = None;
+        let failing_since = Instant::now();
         loop {
             match self.wal.append(&self.record) {
-                Ok(_) => return true,
+                Ok(_) => {
+                    log_recovered(
+                        give_up_at.is_some() || backoff > FIRST_BACKOFF,
+                        failing_since,
+                    );
+                    return true;
+                }
                 Err(e) => {
                     if !self.retry(&e, &mut backoff, &mut give_up_at) {
                         return false;
@@ -859,12 +938,17 @@ impl Writer {
     /// Writes and fsyncs what is appended, retrying while the disk fails; `false` if the
     /// hub is stopping and the disk still fails.
     fn sync(&mut self) -> bool {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = FIRST_BACKOFF;
         let mut give_up_at = None;
+        let failing_since = Instant::now();
         loop {
             match self.wal.sync() {
                 Ok(()) => {
                     self.durable.advance(self.wal.end());
+                    log_recovered(
+                        give_up_at.is_some() || backoff > FIRST_BACKOFF,
+                        failing_since,
+                    );
                     return true;
                 }
                 Err(e) => {
@@ -982,13 +1066,20 @@ impl Writer {
         if letters.is_empty() {
             return;
         }
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = FIRST_BACKOFF;
+        let failing_since = Instant::now();
         while let Err(e) = self.dead.record(letters) {
             self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
             error!(error = %e, letters = letters.len(), retry_in_ms = backoff.as_millis() as u64,
                 "cannot record dead letters; holding acknowledgements and retrying");
             thread::sleep(backoff);
             backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        if backoff > FIRST_BACKOFF {
+            info!(
+                after_ms = failing_since.elapsed().as_millis() as u64,
+                "dead letters recorded again; acknowledging resumes"
+            );
         }
     }
 
@@ -1090,6 +1181,19 @@ impl Writer {
                 Some(obs.time_ms),
             );
         }
+    }
+}
+
+/// The first wait before retrying a failed log write.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Ends a disk-full (or failing-disk) episode in the log, as its start was.
+fn log_recovered(failed: bool, since: Instant) {
+    if failed {
+        info!(
+            after_ms = since.elapsed().as_millis() as u64,
+            "the write-ahead log accepts writes again (the disk recovered); acknowledging resumes"
+        );
     }
 }
 

@@ -15,6 +15,7 @@ use prost::Message;
 use tracing::{error, info};
 
 use crate::consent::{ConsentView, Consents};
+use crate::file_guard::{FileGuard, Health};
 use crate::observation::Observation;
 use crate::pipeline::IngestStats;
 use crate::pseudonym::Pseudonymizer;
@@ -264,6 +265,11 @@ pub struct StoreSink {
     pub stats: Arc<IngestStats>,
     /// The consent generation last checked for erasures.
     pub erasures_seen: u64,
+    /// `personal.db` and `shared.db`, checked before and after each write.
+    pub guards: Vec<Arc<FileGuard>>,
+    /// `registry.db`, checked before erasures (which are recorded there).
+    pub registry_guard: Arc<FileGuard>,
+    pub health: Arc<Health>,
 }
 
 impl StoreSink {
@@ -301,7 +307,10 @@ impl StoreSink {
                     .erased
                     .fetch_add(erased as u64, Ordering::Relaxed);
             }
-            self.write(&personal, &shared);
+            if !self.write(&personal, &shared) {
+                error!("store sink stopped with a store file at fault: what it has not stored stays in the write-ahead log and is stored at the next start");
+                return;
+            }
             personal.clear();
             shared.clear();
         }
@@ -309,17 +318,39 @@ impl StoreSink {
         info!("store sink stopped: write-ahead log fully stored");
     }
 
+    /// Waits while a store file is at fault; `false` if the hub stops meanwhile.
+    fn wait_for_sound_stores(&self) -> bool {
+        while !self.health.check(&self.guards) {
+            if self.cursor.closed() {
+                return false;
+            }
+            thread::sleep(IDLE);
+        }
+        true
+    }
+
     /// Writes one chunk and then the checkpoint; while the store fails, retries with
-    /// backoff (the log keeps what waits, and fills if this goes on).
-    fn write(&mut self, personal: &[Observation], shared: &[Observation]) {
+    /// backoff (the log keeps what waits, and fills if this goes on). Each store notes, with
+    /// its rows, how far into the log it holds everything. The files are checked before and
+    /// after: rows that went into a file deleted or replaced meanwhile are not checkpointed,
+    /// so the log keeps them. `false` if the hub stops while a file is at fault.
+    fn write(&mut self, personal: &[Observation], shared: &[Observation]) -> bool {
+        let upto = Some(self.cursor.position());
         let mut backoff = Duration::from_millis(50);
+        let mut failures = 0u64;
         loop {
-            let result = self.store.write_batch(personal).and_then(|stats| {
-                // Identified and pseudonymized data go to separate files, each in its own
-                // transaction; a retry after a failure here stores nothing twice.
-                let research = self.shared.write_batch(shared)?;
-                Ok((stats, research))
-            });
+            if !self.wait_for_sound_stores() {
+                return false;
+            }
+            let result = self
+                .store
+                .write_batch_upto(personal, upto)
+                .and_then(|stats| {
+                    // Identified and pseudonymized data go to separate files, each in its own
+                    // transaction; a retry after a failure here stores nothing twice.
+                    let research = self.shared.write_batch_upto(shared, upto)?;
+                    Ok((stats, research))
+                });
             match result {
                 Ok((stats, research)) => {
                     self.stats
@@ -331,9 +362,13 @@ impl StoreSink {
                     self.stats
                         .shared_stored
                         .fetch_add(research.inserted as u64, Ordering::Relaxed);
+                    if failures > 0 {
+                        info!(failures, "the stores accept writes again");
+                    }
                     break;
                 }
                 Err(e) => {
+                    failures += 1;
                     self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
                     error!(error = %e, observations = personal.len(), retry_in_ms = backoff.as_millis() as u64,
                         "cannot store observations from the write-ahead log; retrying");
@@ -342,12 +377,16 @@ impl StoreSink {
                 }
             }
         }
+        if !self.wait_for_sound_stores() {
+            return false;
+        }
         let mut backoff = Duration::from_millis(50);
         while let Err(e) = self.cursor.commit() {
             error!(error = %e, "cannot save the store sink's checkpoint; retrying");
             thread::sleep(backoff);
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
+        true
     }
 
     /// Carries out requested erasures when the consent records have changed: this sink owns
@@ -356,6 +395,14 @@ impl StoreSink {
     fn erase_if_asked(&mut self) {
         let generation = self.consents.book().generation();
         if generation == self.erasures_seen {
+            return;
+        }
+        // An erasure is recorded in registry.db: never into a file that replaced it.
+        if !self.health.check(&self.guards)
+            || !self
+                .health
+                .check(std::slice::from_ref(&self.registry_guard))
+        {
             return;
         }
         let pending = match self.consents.registry().pending_erasures() {

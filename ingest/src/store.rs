@@ -15,6 +15,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::observation::Observation;
 use crate::query::{Agg, Query, Row};
+use crate::wal::Position;
 
 /// Schema version kept in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 1;
@@ -44,6 +45,13 @@ CREATE TABLE IF NOT EXISTS window_dirty (
     from_ms INTEGER NOT NULL,
     to_ms   INTEGER NOT NULL,
     version INTEGER NOT NULL
+);
+-- How far into the write-ahead log this file holds everything (written in the same
+-- transaction as the rows), so that a store restored from a backup is known to be behind.
+CREATE TABLE IF NOT EXISTS log_position (
+    id      INTEGER PRIMARY KEY CHECK (id = 0),
+    segment INTEGER NOT NULL,
+    offset  INTEGER NOT NULL
 );
 ";
 
@@ -164,7 +172,18 @@ impl PersonalStore {
 
     /// Writes a batch in one transaction: all of it or, on error, none of it.
     pub fn write_batch(&mut self, batch: &[Observation]) -> Result<WriteStats, StoreError> {
-        if batch.is_empty() {
+        self.write_batch_upto(batch, None)
+    }
+
+    /// Writes a batch and, in the same transaction, notes that the file now holds the
+    /// write-ahead log up to `upto` (also when the batch is empty, so that the position of a
+    /// store that receives little still keeps up with the log).
+    pub fn write_batch_upto(
+        &mut self,
+        batch: &[Observation],
+        upto: Option<Position>,
+    ) -> Result<WriteStats, StoreError> {
+        if batch.is_empty() && upto.is_none() {
             return Ok(WriteStats::default());
         }
         // SQLite would store NaN as NULL and refuse it mid-batch with a constraint error that
@@ -178,7 +197,7 @@ impl PersonalStore {
             });
         }
         let mut created: Vec<SeriesKey> = Vec::new();
-        let result = self.write_rows(batch, &mut created);
+        let result = self.write_rows(batch, upto, &mut created);
         if result.is_err() {
             // The series rows made by this batch were rolled back with it; their ids may be
             // handed out again, so the cache must not keep them.
@@ -192,6 +211,7 @@ impl PersonalStore {
     fn write_rows(
         &mut self,
         batch: &[Observation],
+        upto: Option<Position>,
         created: &mut Vec<SeriesKey>,
     ) -> Result<WriteStats, StoreError> {
         let path = &self.path;
@@ -274,8 +294,40 @@ impl PersonalStore {
                     .map_err(sqlite(path))?;
             }
         }
+        if let Some(at) = upto {
+            put_log_position(&tx, at).map_err(sqlite(path))?;
+        }
         tx.commit().map_err(sqlite(path))?;
         Ok(stats)
+    }
+
+    /// How far into the write-ahead log this file holds everything; `None` for a store that
+    /// has never noted it (new, or written by an older kenko).
+    pub fn log_position(&self) -> Result<Option<Position>, StoreError> {
+        let read = self
+            .conn
+            .query_row(
+                "SELECT segment, offset FROM log_position WHERE id = 0",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .optional();
+        match read {
+            Ok(found) => Ok(found.map(|(segment, offset)| Position {
+                segment: u64::try_from(segment).unwrap_or(0),
+                offset: u64::try_from(offset).unwrap_or(0),
+            })),
+            // A store opened read-only that an older kenko wrote has no such table.
+            Err(rusqlite::Error::SqliteFailure(_, Some(msg))) if msg.contains("no such table") => {
+                Ok(None)
+            }
+            Err(e) => Err(sqlite(&self.path)(e)),
+        }
+    }
+
+    /// Notes that the file holds the log up to `at` (after a loss was accepted).
+    pub fn set_log_position(&mut self, at: Position) -> Result<(), StoreError> {
+        put_log_position(&self.conn, at).map_err(sqlite(&self.path))
     }
 
     /// Raw rows, or bucketed aggregates when `every_ms` is set.
@@ -372,6 +424,18 @@ impl PersonalStore {
             .map_err(sqlite(&self.path))?;
         Ok(ids.into_iter().filter_map(Metric::from_id).collect())
     }
+}
+
+fn put_log_position(conn: &Connection, at: Position) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO log_position (id, segment, offset) VALUES (0, ?1, ?2)
+         ON CONFLICT (id) DO UPDATE SET segment = excluded.segment, offset = excluded.offset",
+        params![
+            i64::try_from(at.segment).unwrap_or(i64::MAX),
+            i64::try_from(at.offset).unwrap_or(i64::MAX)
+        ],
+    )?;
+    Ok(())
 }
 
 fn series_id(tx: &rusqlite::Transaction<'_>, key: &SeriesKey) -> rusqlite::Result<i64> {

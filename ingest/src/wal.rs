@@ -297,6 +297,29 @@ impl Wal {
         }
     }
 
+    /// Where the oldest record the log still holds starts.
+    pub fn start(&self) -> Position {
+        let &(segment, _) = self
+            .segments
+            .first()
+            .expect("the log always has an active segment");
+        Position { segment, offset: 0 }
+    }
+
+    /// Whether the log still holds every record from `position` to its end: the segment
+    /// `position` lies in and every one after it (none released or set aside).
+    pub fn holds(&self, position: Position) -> bool {
+        if position == self.end() {
+            return true;
+        }
+        let Some(i) = self.segments.iter().position(|&(id, len)| {
+            id == position.segment && position.offset <= len + self.buffer.len() as u64
+        }) else {
+            return false;
+        };
+        self.segments[i..].windows(2).all(|w| w[1].0 == w[0].0 + 1)
+    }
+
     /// A reader from `from` (a sink's checkpoint) over what is durable.
     pub fn reader(&self, from: Position) -> WalReader {
         WalReader {
@@ -518,7 +541,16 @@ fn read_full(file: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Saves a sink's checkpoint durably (write, fsync, rename).
 pub fn save_checkpoint(dir: &Path, sink: &str, position: Position) -> Result<(), WalError> {
-    let path = dir.join(format!("{sink}.checkpoint"));
+    save_position(&dir.join(format!("{sink}.checkpoint")), position)
+}
+
+/// A sink's checkpoint; the start of the log when it has none.
+pub fn load_checkpoint(dir: &Path, sink: &str) -> Result<Position, WalError> {
+    Ok(load_position(&dir.join(format!("{sink}.checkpoint")))?.unwrap_or_default())
+}
+
+/// Saves a position durably in a file of its own (write, fsync, rename).
+pub fn save_position(path: &Path, position: Position) -> Result<(), WalError> {
     let tmp = path.with_extension("new");
     {
         let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
@@ -526,19 +558,18 @@ pub fn save_checkpoint(dir: &Path, sink: &str, position: Position) -> Result<(),
             .map_err(io_err(&tmp))?;
         f.sync_data().map_err(io_err(&tmp))?;
     }
-    fs::rename(&tmp, &path).map_err(io_err(&path))
+    fs::rename(&tmp, path).map_err(io_err(path))
 }
 
-/// A sink's checkpoint; the start of the log when it has none.
-pub fn load_checkpoint(dir: &Path, sink: &str) -> Result<Position, WalError> {
-    let path = dir.join(format!("{sink}.checkpoint"));
-    match fs::read_to_string(&path) {
+/// A position saved by [`save_position`]; `None` when there is no such file.
+pub fn load_position(path: &Path) -> Result<Option<Position>, WalError> {
+    match fs::read_to_string(path) {
         Ok(text) => {
             let mut words = text.split_whitespace().map(str::parse::<u64>);
             match (words.next(), words.next()) {
-                (Some(Ok(segment)), Some(Ok(offset))) => Ok(Position { segment, offset }),
+                (Some(Ok(segment)), Some(Ok(offset))) => Ok(Some(Position { segment, offset })),
                 _ => Err(WalError::Io {
-                    path,
+                    path: path.to_owned(),
                     source: io::Error::new(
                         io::ErrorKind::InvalidData,
                         "checkpoint is not \"SEGMENT OFFSET\"",
@@ -546,8 +577,8 @@ pub fn load_checkpoint(dir: &Path, sink: &str) -> Result<Position, WalError> {
                 }),
             }
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Position::default()),
-        Err(e) => Err(io_err(&path)(e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(path)(e)),
     }
 }
 
