@@ -97,7 +97,11 @@ async fn http_get_metrics(
         .parse()?;
     let retry_after = text
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("retry-after:").map(str::to_owned))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("retry-after:")
+                .map(str::to_owned)
+        })
         .and_then(|v| v.trim().parse().ok());
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
     Ok((status, retry_after, body.unwrap_or_default()))
@@ -140,7 +144,10 @@ fn password_guessing_over_mqtt_and_http_leaves_real_logins_working() -> anyhow::
     // The device and the operator have logged in from where they live before.
     rt.block_on(async {
         let code = mqtt_login(mqtt, device_home, VICTIM_DEVICE, VICTIM_DEVICE, &device_pw).await?;
-        assert_eq!(code, CONNACK_SUCCESS, "the device logs in before the attack");
+        assert_eq!(
+            code, CONNACK_SUCCESS,
+            "the device logs in before the attack"
+        );
         let (status, _, _) =
             http_get_metrics(http, operator_home, VICTIM_OPERATOR, &operator_pw).await?;
         assert_eq!(status, 200, "the operator logs in before the attack");
@@ -173,7 +180,10 @@ fn password_guessing_over_mqtt_and_http_leaves_real_logins_working() -> anyhow::
         .await
         .context("the device's login took more than 5 s")??;
         let device_took = started.elapsed();
-        assert_eq!(code, CONNACK_SUCCESS, "the device logs in during the attack");
+        assert_eq!(
+            code, CONNACK_SUCCESS,
+            "the device logs in during the attack"
+        );
         let started = Instant::now();
         let (status, _, _) = tokio::time::timeout(
             Duration::from_secs(5),
@@ -206,7 +216,13 @@ fn password_guessing_over_mqtt_and_http_leaves_real_logins_working() -> anyhow::
                 other => http_tally.other.push(format!("{other:?}")),
             }
         }
-        anyhow::Ok((mqtt_tally, http_tally, device_took, operator_took, peak_rss_kb))
+        anyhow::Ok((
+            mqtt_tally,
+            http_tally,
+            device_took,
+            operator_took,
+            peak_rss_kb,
+        ))
     })?;
     let rss_after = hub.memory()?;
     eprintln!(
@@ -215,14 +231,20 @@ fn password_guessing_over_mqtt_and_http_leaves_real_logins_working() -> anyhow::
     );
     for tally in [&mqtt_tally, &http_tally] {
         assert_eq!(tally.success, 0, "{tally:?}");
-        assert!(tally.other.is_empty(), "every guess gets an answer: {tally:?}");
+        assert!(
+            tally.other.is_empty(),
+            "every guess gets an answer: {tally:?}"
+        );
         assert!(tally.refused > 0, "some guesses are verified: {tally:?}");
         assert!(
             tally.throttled > GUESSES / 2,
             "most guesses are throttled before verification: {tally:?}"
         );
     }
-    assert!(peak_rss_kb.max(rss_after.rss_kb) < RSS_LIMIT_KB, "hub RSS {peak_rss_kb} kB");
+    assert!(
+        peak_rss_kb.max(rss_after.rss_kb) < RSS_LIMIT_KB,
+        "hub RSS {peak_rss_kb} kB"
+    );
     let (status, _, metrics) = rt.block_on(http_get_metrics(
         http,
         loopback(0, 0, 4),

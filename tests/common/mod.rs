@@ -156,7 +156,9 @@ impl Hub {
         let config_path = dir.join("kenko.toml");
         std::fs::write(&config_path, config)?;
         let mut command = Command::new("prlimit");
-        command.arg(format!("--nofile={nofile}:{nofile}")).arg(KENKO);
+        command
+            .arg(format!("--nofile={nofile}:{nofile}"))
+            .arg(KENKO);
         Hub::start_in(dir, &config_path, "127.0.0.1:0", command)
     }
 
