@@ -884,6 +884,21 @@ mod tests {
     }
 
     #[test]
+    fn connection_and_login_limits_have_defaults_and_refuse_zero() {
+        let config = parse("").expect("defaults");
+        assert_eq!(config.http.max_connections, 512);
+        assert_eq!(config.auth.login.verify_threads, 2);
+        let config = parse("[http]\nidle_timeout_ms = 1500\n\n[auth.login]\nsource_burst = 5\n")
+            .expect("set");
+        assert_eq!(config.http.idle_timeout_ms, 1500);
+        assert_eq!(config.auth.login.source_burst, 5);
+        let err = parse("[http]\nmax_connections = 0\n").expect_err("no connections");
+        assert!(err.to_string().contains("http.max_connections"), "{err}");
+        let err = parse("[auth.login]\nverify_threads = 0\n").expect_err("no threads");
+        assert!(err.to_string().contains("verify_threads"), "{err}");
+    }
+
+    #[test]
     fn unknown_option_is_refused() {
         let err = parse("[mqtt]\nlisen = \"127.0.0.1:1\"\n").expect_err("typo");
         assert!(err.to_string().contains("lisen"), "{err}");
