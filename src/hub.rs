@@ -53,6 +53,7 @@ impl Hub {
         if registry.is_empty() {
             tracing::warn!("no devices are registered (config file or `kenko device add`); telemetry is dead-lettered as unknown_device until one is added");
         }
+        kenko_broker::check_descriptor_budget(&config);
         let broker = Broker::bind(&config, registry.clone()).await?;
         reload_on_sighup(broker.authorizer(), shutdown.clone());
         let settings = Settings {
@@ -84,10 +85,14 @@ impl Hub {
                     Directory::with_devices(&config, registry.clone())?,
                     ingest.consents().clone(),
                     data_dir,
+                    broker.login_guard(),
                 )
                 .with_metrics(broker.stats(), ingest.stats().clone())
                 .with_health(ingest.health().clone());
-                tokio::spawn(kenko_broker::http::serve(listener, api, shutdown.clone()));
+                let (limits, shutdown) = (config.http.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    kenko_broker::http::serve(listener, api, &limits, shutdown).await;
+                });
                 Some(local)
             }
             None => None,

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use kenko_config::{Config, ANONYMOUS};
 use kenko_devices::Registry;
 use rand::RngCore;
@@ -44,7 +44,20 @@ impl Identity {
     pub fn has_password(&self) -> bool {
         self.password_hash.is_some()
     }
+
+    /// The argon2id hash of the principal's password, if it has one.
+    pub(crate) fn password_hash(&self) -> Option<&str> {
+        self.password_hash.as_deref()
+    }
 }
+
+/// The most memory one verification may take: 64 MiB (argon2's memory cost is in KiB).
+/// A larger cost lets each login, a wrong one included, take that much of the hub.
+pub const MAX_MEMORY_KIB: u32 = 64 * 1024;
+/// The most passes over memory a hash may ask for; OWASP's baselines use 1 to 5.
+pub const MAX_TIME_COST: u32 = 16;
+/// The most lanes a hash may ask for (kenko verifies on one thread per login anyway).
+pub const MAX_PARALLELISM: u32 = 16;
 
 /// A principal's password hash could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -164,9 +177,39 @@ fn check_hash(id: &str, hash: &str) -> Result<(), BadHash> {
     if parsed.salt.is_none() || parsed.hash.is_none() {
         return Err(bad("it has no salt or no hash".to_owned()));
     }
-    Params::try_from(&parsed)
-        .map(drop)
-        .map_err(|e| bad(format!("bad parameters: {e}")))
+    let params = Params::try_from(&parsed).map_err(|e| bad(format!("bad parameters: {e}")))?;
+    check_cost(&params).map_err(bad)
+}
+
+/// Refuses hash parameters that would let one login take too much memory or time.
+fn check_cost(params: &Params) -> Result<(), String> {
+    let redo = "hash the password again with `kenko hash-password`";
+    if params.m_cost() > MAX_MEMORY_KIB {
+        return Err(format!(
+            "its memory cost m={} KiB is above the {MAX_MEMORY_KIB} KiB (64 MiB) a login may take; {redo}",
+            params.m_cost()
+        ));
+    }
+    if params.t_cost() > MAX_TIME_COST {
+        return Err(format!(
+            "its time cost t={} is above the {MAX_TIME_COST} passes a login may take; {redo}",
+            params.t_cost()
+        ));
+    }
+    if params.p_cost() > MAX_PARALLELISM {
+        return Err(format!(
+            "its parallelism p={} is above {MAX_PARALLELISM}; {redo}",
+            params.p_cost()
+        ));
+    }
+    Ok(())
+}
+
+/// The parameters of a hash, if it is a usable argon2 hash within kenko's bounds.
+pub(crate) fn hash_params(hash: &str) -> Option<Params> {
+    let parsed = PasswordHash::new(hash).ok()?;
+    let params = Params::try_from(&parsed).ok()?;
+    check_cost(&params).ok().map(|()| params)
 }
 
 /// How expensive a new hash is.
@@ -206,6 +249,61 @@ fn hasher(cost: Cost) -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
+/// An argon2id hash of `password` with the given parameters and a fresh salt: a stand-in
+/// as costly to verify as the real hashes it imitates.
+pub(crate) fn hash_with_params(password: &str, params: Params) -> String {
+    let mut salt = [0u8; 16];
+    rand::rng().fill_bytes(&mut salt);
+    let salt = SaltString::encode_b64(&salt).expect("16 bytes is a valid salt length");
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password(password.as_bytes(), &salt)
+        .expect("argon2id accepts any password with valid parameters")
+        .to_string()
+}
+
+/// Does `password` match `hash`? Works in `memory`, which grows to the hash's memory cost
+/// and is kept by the caller for the next verification: a thread that verifies logins
+/// holds one buffer for good instead of allocating (and the allocator keeping) one per
+/// login. Hashes beyond kenko's bounds match nothing.
+pub(crate) fn verify_in(hash: &str, password: &[u8], memory: &mut Vec<Block>) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::try_from(parsed.algorithm) else {
+        return false;
+    };
+    let version = match parsed.version.map(Version::try_from).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let Ok(params) = Params::try_from(&parsed) else {
+        return false;
+    };
+    if check_cost(&params).is_err() {
+        return false;
+    }
+    let mut salt_bytes = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_bytes) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    if memory.len() < blocks {
+        memory.resize(blocks, Block::default());
+    }
+    let mut out = vec![0u8; expected.len()];
+    let argon = Argon2::new(algorithm, version, params);
+    if argon
+        .hash_password_into_with_memory(password, salt, &mut out, &mut memory[..blocks])
+        .is_err()
+    {
+        return false;
+    }
+    // Output compares in constant time.
+    Output::new(&out).is_ok_and(|computed| computed == expected)
+}
 /// Does `password` match the identity's hash? Expensive by design: call it off the async
 /// workers. An identity without a hash matches no password.
 pub fn verify_password(identity: &Identity, password: &[u8]) -> bool {
@@ -303,6 +401,46 @@ mod tests {
         let dir = Directory::from_config(&example).expect("example hashes are valid");
         let ops = dir.get("ops-1").expect("ops-1");
         assert!(verify_password(&ops, b"example-only-change-me"));
+    }
+
+    #[test]
+    fn verifying_in_a_kept_buffer_agrees_with_argon2() {
+        let mut memory = Vec::new();
+        for cost in [Cost::Password, Cost::Token, Cost::Password] {
+            let hash = hash_password("s3cret", cost);
+            assert!(verify_in(&hash, b"s3cret", &mut memory));
+            assert!(!verify_in(&hash, b"s3cret!", &mut memory));
+            assert!(!verify_in("$argon2id$v=19$garbage", b"s3cret", &mut memory));
+        }
+        assert_eq!(
+            memory.len(),
+            19 * 1024,
+            "the buffer is kept at the largest cost"
+        );
+    }
+
+    #[test]
+    fn hash_parameters_beyond_the_bounds_are_refused_at_start() {
+        let huge = Params::new(MAX_MEMORY_KIB + 1, 1, 1, None).expect("params");
+        // Building a 64 MiB+ hash would take the test that memory: edit a cheap one instead.
+        let cheap = hash_with_params("pw", Params::new(256, 1, 1, None).expect("params"));
+        let hash = cheap.replace("m=256", &format!("m={}", huge.m_cost()));
+        let text = format!("[[devices]]\nid = \"bed-9\"\nkind = \"bed\"\ncitizen = \"c-9\"\npassword_hash = \"{hash}\"\n");
+        let err = Directory::from_config(&config(&text)).expect_err("too much memory");
+        let message = err.to_string();
+        assert!(message.contains("password_hash of bed-9"), "{message}");
+        assert!(
+            message.contains("65537 KiB") && message.contains("64 MiB"),
+            "{message}"
+        );
+        assert!(
+            !verify_in(&hash, b"pw", &mut Vec::new()),
+            "never verified either"
+        );
+        let slow = cheap.replace("t=1", "t=1000");
+        let text = format!("[[principals]]\nid = \"p\"\npassword_hash = \"{slow}\"\n");
+        let err = Directory::from_config(&config(&text)).expect_err("too slow");
+        assert!(err.to_string().contains("time cost t=1000"), "{err}");
     }
 
     #[test]

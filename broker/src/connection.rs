@@ -1,7 +1,7 @@
 //! A new connection up to CONNACK: learn the protocol version from the CONNECT, check the
 //! client id and will, take over a live session with the same id, register with the router.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode,
-    LastWill, LastWillProperties, Login, Packet,
+    LastWill, LastWillProperties, Login as MqttLogin, Packet,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -18,9 +18,10 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::acl::Request;
-use crate::auth::{verify_password, Identity};
+use crate::auth::Identity;
 use crate::authz::AclView;
 use crate::codec::{connack_reason, peek_version, sniff, Codec, Sniff, Version};
+use crate::login::{Listener, Login};
 use crate::packet::{check_topic_name, telemetry_device};
 use crate::router::HUB_CLIENT_ID;
 use crate::session::{granted_session_expiry, Peer, Session, SessionLife, NEVER};
@@ -110,7 +111,7 @@ pub(crate) async fn serve(
         // Each stage is boxed: a task's future is as large as its largest stage, and an idle
         // connection that never sends CONNECT should cost its handshake only, not the TLS
         // state or the session it may never have (13 kB before, in a debug build).
-        match Box::pin(handshake(stream, certified, &shared)).await {
+        match Box::pin(handshake(stream, certified, peer.ip(), &shared)).await {
             Ok(Some(session)) => Box::pin(session.run()).await,
             Ok(None) => {}
             Err(e) => debug!(error = %e, "connection ended before CONNACK"),
@@ -124,6 +125,7 @@ pub(crate) async fn serve(
 async fn handshake(
     mut stream: Stream,
     certified: Option<String>,
+    source: IpAddr,
     shared: &Arc<Shared>,
 ) -> std::io::Result<Option<Session>> {
     let config = &shared.config;
@@ -262,7 +264,7 @@ async fn handshake(
     };
     let mut hs = Handshake { stream, codec };
     let Some(identity) = hs
-        .authenticate(login.as_ref(), certified.as_deref(), shared)
+        .authenticate(login.as_ref(), certified.as_deref(), source, shared)
         .await?
     else {
         return Ok(None);
@@ -466,7 +468,7 @@ fn v311_code(code: ConnectReturnCode) -> ConnectReturnCode {
         | C::NotAuthorized => code,
         C::UnsupportedProtocolVersion => C::RefusedProtocolVersion,
         C::BadAuthenticationMethod => C::BadUserNamePassword,
-        C::Banned | C::TopicNameInvalid => C::NotAuthorized,
+        C::Banned | C::TopicNameInvalid | C::ConnectionRateExceeded => C::NotAuthorized,
         _ => C::ServiceUnavailable,
     }
 }
@@ -496,8 +498,9 @@ impl Handshake {
     /// prove, or the anonymous principal if the hub allows it. `None` if refused.
     async fn authenticate(
         &mut self,
-        login: Option<&Login>,
+        login: Option<&MqttLogin>,
         certified: Option<&str>,
+        source: IpAddr,
         shared: &Shared,
     ) -> std::io::Result<Option<Arc<Identity>>> {
         let bad_login = ConnectReturnCode::BadUserNamePassword;
@@ -542,26 +545,34 @@ impl Handshake {
             self.refuse(bad_login, &format!("username {why}")).await?;
             return Ok(None);
         }
-        let Some(identity) = shared.directory.get(&login.username) else {
-            info!(username = %login.username, "unknown username");
-            self.refuse(bad_login, "bad username or password").await?;
-            return Ok(None);
+        // Throttled per source and per principal, verified off the async workers a few at
+        // a time (argon2 is slow on purpose); the guard counts and logs failures.
+        let verdict = shared
+            .login
+            .login(
+                Listener::Mqtt,
+                source,
+                &shared.directory,
+                &login.username,
+                login.password.as_bytes(),
+            )
+            .await;
+        let refusal = match verdict {
+            Login::Accepted(identity) => return Ok(Some(identity)),
+            Login::Refused => (bad_login, "bad username or password"),
+            // 3.1.1 has no such code: v311_code makes it 0x05 not authorized.
+            Login::Throttled(_) => (
+                ConnectReturnCode::ConnectionRateExceeded,
+                "too many login attempts; wait before trying again",
+            ),
+            Login::Busy => (
+                busy(self.codec.version()),
+                "too many logins are being verified; try again shortly",
+            ),
         };
-        // argon2 is slow on purpose: verify off the async workers, a few at a time, so that a
-        // storm of bad logins costs bounded CPU.
-        let verified = {
-            let _permit = shared.verify_slots.acquire().await;
-            let (identity, password) = (identity.clone(), login.password.clone());
-            tokio::task::spawn_blocking(move || verify_password(&identity, password.as_bytes()))
-                .await
-                .unwrap_or(false)
-        };
-        if !verified {
-            info!(username = %login.username, "wrong password");
-            self.refuse(bad_login, "bad username or password").await?;
-            return Ok(None);
-        }
-        Ok(Some(identity))
+        // Logged by the guard, at a bounded rate.
+        self.refuse_quietly(refusal.0, refusal.1).await?;
+        Ok(None)
     }
 
     /// The client id to use and, if kenko chose it, the id to tell the client.
@@ -619,6 +630,17 @@ impl Handshake {
         why: &str,
     ) -> std::io::Result<Option<Session>> {
         info!(?code, why, "CONNECT refused");
+        self.refuse_quietly(code, why).await
+    }
+
+    /// Refuses without a log line of its own, for refusals logged at a bounded rate
+    /// elsewhere (a password guesser must not fill the log).
+    async fn refuse_quietly(
+        &mut self,
+        code: ConnectReturnCode,
+        why: &str,
+    ) -> std::io::Result<Option<Session>> {
+        debug!(?code, why, "CONNECT refused");
         let code = match self.codec.version() {
             Version::V5 => code,
             // 3.1.1 has six return codes, and rumqttd's encoder panics on any other.

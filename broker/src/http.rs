@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::extract::{Query as QueryParams, State};
+use axum::extract::{ConnectInfo, Query as QueryParams, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -25,7 +25,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::auth::{verify_password, Directory, Identity};
+use crate::auth::{Directory, Identity};
+use crate::login::{Listener, Login, LoginGuard};
 use crate::BrokerStats;
 use kenko_ingest::pipeline::IngestStats;
 
@@ -123,7 +124,8 @@ pub struct HttpApi {
     directory: Arc<Directory>,
     consents: Arc<ConsentBook>,
     data_dir: PathBuf,
-    verify_slots: Arc<tokio::sync::Semaphore>,
+    /// Login limits and password verification, shared with MQTT.
+    login: Arc<LoginGuard>,
     /// The counters `GET /metrics` shows.
     stats: Option<(Arc<BrokerStats>, Arc<IngestStats>)>,
     /// Whether the store files are sound, for `GET /readyz`.
@@ -131,12 +133,17 @@ pub struct HttpApi {
 }
 
 impl HttpApi {
-    pub fn new(directory: Directory, consents: Arc<ConsentBook>, data_dir: &Path) -> HttpApi {
+    pub fn new(
+        directory: Directory,
+        consents: Arc<ConsentBook>,
+        data_dir: &Path,
+        login: Arc<LoginGuard>,
+    ) -> HttpApi {
         HttpApi {
             directory: Arc::new(directory),
             consents,
             data_dir: data_dir.to_owned(),
-            verify_slots: Arc::new(tokio::sync::Semaphore::new(2)),
+            login,
             stats: None,
             health: None,
         }
@@ -165,15 +172,15 @@ impl HttpApi {
     }
 }
 
-/// Serves the API on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, api: HttpApi, shutdown: CancellationToken) {
-    let app = api.router();
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-    if let Err(e) = result {
-        error!(error = %e, "HTTP API stopped");
-    }
+/// Serves the API on `listener` until `shutdown`, within the connection limits of `limits`
+/// (a cap on connections, idle and header timeouts).
+pub async fn serve(
+    listener: TcpListener,
+    api: HttpApi,
+    limits: &kenko_config::HttpConfig,
+    shutdown: CancellationToken,
+) {
+    crate::http_conn::accept_loop(listener, api.router(), limits.into(), shutdown).await;
 }
 
 /// The process is alive and serving HTTP (for a liveness probe; no credentials).
@@ -196,8 +203,12 @@ async fn readyz(State(api): State<HttpApi>) -> Response {
 
 /// The counters in the Prometheus text format, for operators (Prometheus sends Basic
 /// credentials with `basic_auth` in its scrape config).
-async fn metrics(State(api): State<HttpApi>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let who = authenticate(&api, &headers).await?;
+async fn metrics(
+    State(api): State<HttpApi>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = authenticate(&api, peer, &headers).await?;
     if !who.roles.iter().any(|r| r == "operator") {
         return Err(forbidden(format!(
             "{} may not read the hub's metrics; they are for operators",
@@ -208,6 +219,7 @@ async fn metrics(State(api): State<HttpApi>, headers: HeaderMap) -> Result<Respo
         return Err(ApiError(
             StatusCode::NOT_FOUND,
             "this hub serves no metrics".into(),
+            None,
         ));
     };
     Ok((
@@ -217,12 +229,18 @@ async fn metrics(State(api): State<HttpApi>, headers: HeaderMap) -> Result<Respo
         .into_response())
 }
 
-/// An API error: a status and a message for people.
-struct ApiError(StatusCode, String);
+/// An API error: a status, a message for people and, for "try again later" answers (429 to
+/// a throttled login, 503 when the verification queue is full), a `Retry-After` in seconds.
+struct ApiError(StatusCode, String, Option<u64>);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response();
+        if let Some(seconds) = self.2 {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
         if self.0 == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -234,25 +252,29 @@ impl IntoResponse for ApiError {
 }
 
 fn bad(message: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, message.into())
+    ApiError(StatusCode::BAD_REQUEST, message.into(), None)
 }
 
 fn forbidden(message: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::FORBIDDEN, message.into())
+    ApiError(StatusCode::FORBIDDEN, message.into(), None)
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
     error!(error = %e, "HTTP API request failed");
-    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None)
 }
 
 fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
-/// The principal proven by HTTP Basic credentials.
-async fn authenticate(api: &HttpApi, headers: &HeaderMap) -> Result<Arc<Identity>, ApiError> {
-    let unauthorized = |m: &str| ApiError(StatusCode::UNAUTHORIZED, m.to_owned());
+/// The principal proven by HTTP Basic credentials, within the login limits of `peer`.
+async fn authenticate(
+    api: &HttpApi,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<Arc<Identity>, ApiError> {
+    let unauthorized = |m: &str| ApiError(StatusCode::UNAUTHORIZED, m.to_owned(), None);
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -270,21 +292,30 @@ async fn authenticate(api: &HttpApi, headers: &HeaderMap) -> Result<Arc<Identity
     let (user, password) = decoded
         .split_once(':')
         .ok_or_else(|| unauthorized("malformed Basic credentials"))?;
-    let identity = api
-        .directory
-        .get(user)
-        .ok_or_else(|| unauthorized("bad principal or password"))?;
-    let verified = {
-        let _permit = api.verify_slots.acquire().await;
-        let (who, password) = (identity.clone(), password.to_owned());
-        tokio::task::spawn_blocking(move || verify_password(&who, password.as_bytes()))
-            .await
-            .unwrap_or(false)
-    };
-    if !verified {
-        return Err(unauthorized("bad principal or password"));
+    let verdict = api
+        .login
+        .login(
+            Listener::Http,
+            peer.ip(),
+            &api.directory,
+            user,
+            password.as_bytes(),
+        )
+        .await;
+    match verdict {
+        Login::Accepted(identity) => Ok(identity),
+        Login::Refused => Err(unauthorized("bad principal or password")),
+        Login::Throttled(wait) => Err(ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many login attempts; wait the Retry-After seconds before trying again".into(),
+            Some(wait.as_secs_f64().ceil().max(1.0) as u64),
+        )),
+        Login::Busy => Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many logins are being verified; try again shortly".into(),
+            Some(1),
+        )),
     }
-    Ok(identity)
 }
 
 #[derive(Deserialize)]
@@ -339,10 +370,11 @@ fn may_manage(who: &Identity, citizen: &str) -> bool {
 
 async fn list_consents(
     State(api): State<HttpApi>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     QueryParams(filter): QueryParams<ConsentFilter>,
 ) -> Result<Json<Vec<ConsentView>>, ApiError> {
-    let who = authenticate(&api, &headers).await?;
+    let who = authenticate(&api, peer, &headers).await?;
     let citizen = match (&filter.citizen, who.citizen.clone()) {
         (Some(c), _) => c.clone(),
         (None, Some(own)) => own,
@@ -388,10 +420,11 @@ struct ConsentBody {
 
 async fn record_consent(
     State(api): State<HttpApi>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Json<ConsentBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<ConsentView>), ApiError> {
-    let who = authenticate(&api, &headers).await?;
+    let who = authenticate(&api, peer, &headers).await?;
     let Json(body) = body.map_err(|e| bad(format!("body: {e}")))?;
     let purpose: Purpose = body.purpose.parse().map_err(bad)?;
     let granted = match body.change.as_deref() {
@@ -478,10 +511,11 @@ struct RowView {
 
 async fn observations(
     State(api): State<HttpApi>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     QueryParams(params): QueryParams<ObservationParams>,
 ) -> Result<Json<Vec<RowView>>, ApiError> {
-    let who = authenticate(&api, &headers).await?;
+    let who = authenticate(&api, peer, &headers).await?;
     let metric: Metric = params
         .metric
         .parse()

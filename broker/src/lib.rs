@@ -2,6 +2,7 @@
 //! rumqttd's codecs) in front of rumqttd's router. kenko owns the connection layer so that it
 //! decides what is acknowledged and when: telemetry is acknowledged only once stored.
 
+mod accept;
 pub mod acl;
 pub mod auth;
 pub mod authz;
@@ -10,6 +11,8 @@ mod connection;
 mod egress;
 mod event_time;
 pub mod http;
+mod http_conn;
+pub mod login;
 pub mod metrics;
 mod packet;
 mod router;
@@ -30,11 +33,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info};
+use tracing::info;
 
+pub use crate::accept::check_descriptor_budget;
+use crate::accept::AcceptBackoff;
 use crate::auth::{BadHash, Directory};
 use crate::authz::Authorizer;
 use crate::connection::Transport;
+use crate::login::{LoginGuard, LoginStats};
 use crate::router::RouterHandle;
 use crate::sessions::Sessions;
 
@@ -76,6 +82,8 @@ pub struct BrokerStats {
     pub publishes_throttled: AtomicU64,
     /// Deliveries discarded because they were larger than their MQTT 5 client accepts.
     pub too_large_for_client: AtomicU64,
+    /// Logins over MQTT and HTTP: failed, throttled, refused for a full queue.
+    pub login: LoginStats,
 }
 
 /// State every connection shares.
@@ -84,8 +92,8 @@ pub(crate) struct Shared {
     auth: AuthConfig,
     directory: Directory,
     authorizer: Arc<Authorizer>,
-    /// Password verifications running at once (argon2 is CPU-bound by design).
-    verify_slots: tokio::sync::Semaphore,
+    /// Login limits and password verification, shared with the HTTP API.
+    login: Arc<LoginGuard>,
     router: RouterHandle,
     sessions: Arc<Sessions>,
     ingest: IngestHandle,
@@ -105,6 +113,7 @@ pub struct Broker {
     router: RouterHandle,
     notices: flume::Sender<Notice>,
     stats: Arc<BrokerStats>,
+    login: Arc<LoginGuard>,
 }
 
 impl Broker {
@@ -145,6 +154,8 @@ impl Broker {
             None => None,
         };
         let router = RouterHandle::spawn(config.max_connections, config.max_inflight);
+        let stats = Arc::new(BrokerStats::default());
+        let login = Arc::new(LoginGuard::new(full, stats.clone()));
         let (notices, notices_rx) = flume::bounded(16_384);
         let hub_router = router.clone();
         tokio::task::spawn_blocking(move || hub_router.spawn_hub(notices_rx))
@@ -161,7 +172,8 @@ impl Broker {
             authorizer,
             router,
             notices,
-            stats: Arc::default(),
+            stats,
+            login,
         })
     }
 
@@ -189,6 +201,12 @@ impl Broker {
         self.stats.clone()
     }
 
+    /// The login limits and password verification MQTT uses; the HTTP API shares them, so
+    /// that a guesser gains nothing by switching listeners.
+    pub fn login_guard(&self) -> Arc<LoginGuard> {
+        self.login.clone()
+    }
+
     /// The ACL in force; `reload()` it on SIGHUP.
     pub fn authorizer(&self) -> Arc<Authorizer> {
         self.authorizer.clone()
@@ -206,7 +224,7 @@ impl Broker {
             auth: self.auth,
             directory: self.directory,
             authorizer: self.authorizer,
-            verify_slots: tokio::sync::Semaphore::new(2),
+            login: self.login,
             router: self.router,
             sessions: Arc::default(),
             ingest,
@@ -214,6 +232,7 @@ impl Broker {
             stats: self.stats,
         });
         let tracker = TaskTracker::new();
+        let mut backoff = AcceptBackoff::new("MQTT");
         let (tls_listener, acceptor) = match self.tls {
             Some((l, a)) => (Some(l), Some(a)),
             None => (None, None),
@@ -230,13 +249,10 @@ impl Broker {
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    backoff.accepted();
                     tracker.spawn(connection::serve(stream, peer, transport, shared.clone()));
                 }
-                Err(e) => {
-                    // Out of file descriptors and the like: wait instead of spinning.
-                    error!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                Err(e) => backoff.failed(&e, &shutdown).await,
             }
         }
         drop(self.listener);

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use kenko_ingest::pipeline::IngestStats;
 
+use crate::login::{Listener, LoginStats};
 use crate::BrokerStats;
 
 enum Kind {
@@ -221,7 +222,51 @@ pub fn render(broker: &BrokerStats, ingest: &IngestStats) -> String {
         let _ = writeln!(out, "# TYPE kenko_{name} {kind}");
         let _ = writeln!(out, "kenko_{name} {}", value.load(Ordering::Relaxed));
     }
+    render_logins(&broker.login, &mut out);
     out
+}
+
+/// Login counters, one sample per listener (`listener="mqtt"|"http"`).
+fn render_logins(login: &LoginStats, out: &mut String) {
+    let by_listener: [(&str, &str, &[AtomicU64; 2]); 3] = [
+        (
+            "login_failures_total",
+            "logins refused for a bad username or password",
+            &login.failures,
+        ),
+        (
+            "login_throttled_total",
+            "logins refused before verification: too many attempts from the source or for the principal",
+            &login.throttled,
+        ),
+        (
+            "login_busy_total",
+            "logins refused because the password verification queue was full",
+            &login.busy,
+        ),
+    ];
+    for (name, help, counters) in by_listener {
+        let _ = writeln!(out, "# HELP kenko_{name} {help}");
+        let _ = writeln!(out, "# TYPE kenko_{name} counter");
+        for listener in [Listener::Mqtt, Listener::Http] {
+            let value = LoginStats::get(counters, listener);
+            let label = listener.name();
+            let _ = writeln!(out, "kenko_{name}{{listener=\"{label}\"}} {value}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP kenko_login_stand_in_verifications_total logins verified against a stand-in hash (unknown name or no password), so that they take as long as known ones"
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE kenko_login_stand_in_verifications_total counter"
+    );
+    let _ = writeln!(
+        out,
+        "kenko_login_stand_in_verifications_total {}",
+        login.stand_in_verifications.load(Ordering::Relaxed)
+    );
 }
 
 #[cfg(test)]
@@ -243,11 +288,26 @@ mod tests {
             text.contains("# TYPE kenko_wal_full gauge\nkenko_wal_full 1\n"),
             "{text}"
         );
+        broker.login.failures[Listener::Http as usize].store(7, Ordering::Relaxed);
+        let text = render(&broker, &ingest);
+        assert!(
+            text.contains("kenko_login_failures_total{listener=\"http\"} 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kenko_login_failures_total{listener=\"mqtt\"} 0\n"),
+            "{text}"
+        );
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
         let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
-        assert_eq!(samples, types);
+        assert_eq!(
+            samples,
+            types + 3,
+            "three login counters have a sample per listener"
+        );
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.split_once(' ').expect("name value");
+            let name = name.split('{').next().expect("a name");
             assert!(
                 name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
                 "{name}"

@@ -86,10 +86,67 @@ impl Default for WindowsConfig {
 
 /// The HTTP API: `/api/v1/consents` and `/api/v1/observations`, HTTP Basic with the
 /// principals' ids and passwords. Off unless `listen` is set.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: Option<SocketAddr>,
+    /// A connection that has sent part of a request's headers must complete them within
+    /// this time, in milliseconds, or it is closed (slowly sent headers hold a connection).
+    pub header_read_timeout_ms: u64,
+    /// A connection with no request in progress, and no byte of the next one, is closed
+    /// after this time, in milliseconds (idle keep-alive connections hold a descriptor).
+    pub idle_timeout_ms: u64,
+    /// Concurrent HTTP connections; further ones wait in the listen backlog until one
+    /// closes, so that HTTP cannot use the descriptors MQTT needs.
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: None,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 512,
+        }
+    }
+}
+
+/// Limits on logins (MQTT CONNECT and HTTP Basic alike): attempts are charged to token
+/// buckets per source address and per principal name before the password is verified, and
+/// verifications run on a fixed set of threads behind a short queue.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoginConfig {
+    /// Login attempts one source address (an IPv6 /64) may make at once above its rate.
+    pub source_burst: u32,
+    /// Login attempts per minute one source address may make, on average; a successful
+    /// login gives its attempt back, so devices behind one NAT reconnect freely.
+    pub source_per_minute: u32,
+    /// Login attempts for one principal name at once above its rate, from addresses where
+    /// the principal has not logged in before (those are never held back by it).
+    pub principal_burst: u32,
+    /// Login attempts per minute for one principal name, on average, from such addresses.
+    pub principal_per_minute: u32,
+    /// Threads that verify passwords (argon2 is slow on purpose); each keeps one buffer of
+    /// at most 64 MiB.
+    pub verify_threads: usize,
+    /// Logins that may wait for a verification thread; further ones are refused at once
+    /// ("server busy") rather than queued without bound.
+    pub verify_queue: usize,
+}
+
+impl Default for LoginConfig {
+    fn default() -> Self {
+        LoginConfig {
+            source_burst: 20,
+            source_per_minute: 60,
+            principal_burst: 10,
+            principal_per_minute: 30,
+            verify_threads: 2,
+            verify_queue: 32,
+        }
+    }
 }
 
 /// Sizes of the write-ahead log (`DATA_DIR/wal/`).
@@ -246,6 +303,8 @@ pub struct AuthConfig {
     pub acl_reload_ms: u64,
     /// A denied PUBLISH from an MQTT 3.1.1 client: "disconnect" or "drop".
     pub v311_denied_publish: DeniedPublish,
+    /// Throttling of login attempts and the password verification queue.
+    pub login: LoginConfig,
 }
 
 impl Default for AuthConfig {
@@ -255,6 +314,7 @@ impl Default for AuthConfig {
             acl: None,
             acl_reload_ms: 250,
             v311_denied_publish: DeniedPublish::Disconnect,
+            login: LoginConfig::default(),
         }
     }
 }
@@ -597,6 +657,27 @@ impl Config {
                 "mqtt.publish_burst must be at least 1 while mqtt.max_publish_rate is set".into(),
             );
         }
+        if self.http.header_read_timeout_ms == 0
+            || self.http.idle_timeout_ms == 0
+            || self.http.max_connections == 0
+        {
+            return invalid(
+                "http.header_read_timeout_ms, http.idle_timeout_ms and http.max_connections must be at least 1"
+                    .into(),
+            );
+        }
+        let login = &self.auth.login;
+        if login.source_burst == 0
+            || login.source_per_minute == 0
+            || login.principal_burst == 0
+            || login.principal_per_minute == 0
+            || login.verify_threads == 0
+        {
+            return invalid(
+                "auth.login.source_burst, source_per_minute, principal_burst, principal_per_minute and verify_threads must be at least 1"
+                    .into(),
+            );
+        }
         if self.ingest.batch_max == 0 || self.ingest.queue == 0 {
             return invalid("ingest.batch_max and ingest.queue must be at least 1".into());
         }
@@ -800,6 +881,21 @@ mod tests {
         let err = parse("[mqtt]\nlisten = 12\n").expect_err("listen must be an address");
         let text = err.to_string();
         assert!(text.starts_with("kenko.toml:2:10:"), "{text}");
+    }
+
+    #[test]
+    fn connection_and_login_limits_have_defaults_and_refuse_zero() {
+        let config = parse("").expect("defaults");
+        assert_eq!(config.http.max_connections, 512);
+        assert_eq!(config.auth.login.verify_threads, 2);
+        let config = parse("[http]\nidle_timeout_ms = 1500\n\n[auth.login]\nsource_burst = 5\n")
+            .expect("set");
+        assert_eq!(config.http.idle_timeout_ms, 1500);
+        assert_eq!(config.auth.login.source_burst, 5);
+        let err = parse("[http]\nmax_connections = 0\n").expect_err("no connections");
+        assert!(err.to_string().contains("http.max_connections"), "{err}");
+        let err = parse("[auth.login]\nverify_threads = 0\n").expect_err("no threads");
+        assert!(err.to_string().contains("verify_threads"), "{err}");
     }
 
     #[test]

@@ -147,8 +147,31 @@ impl Hub {
     /// Starts `kenko serve` with MQTT on `mqtt` (e.g. the address of a hub that was killed,
     /// so that its clients reconnect to the new one).
     pub fn start_on(dir: &Path, config_path: &Path, mqtt: &str) -> anyhow::Result<Hub> {
+        Hub::start_in(dir, config_path, mqtt, Command::new(KENKO))
+    }
+
+    /// Starts `kenko serve` with `config` in `dir` under an open-file limit of `nofile`
+    /// (soft and hard, through util-linux's `prlimit`), recording no consent.
+    pub fn start_with_nofile(dir: &Path, config: &str, nofile: u64) -> anyhow::Result<Hub> {
+        let config_path = dir.join("kenko.toml");
+        std::fs::write(&config_path, config)?;
+        let mut command = Command::new("prlimit");
+        command
+            .arg(format!("--nofile={nofile}:{nofile}"))
+            .arg(KENKO);
+        Hub::start_in(dir, &config_path, "127.0.0.1:0", command)
+    }
+
+    /// Runs `command` (the `kenko` binary, or a launcher whose last argument is it) as
+    /// `serve` and waits for its listeners.
+    fn start_in(
+        dir: &Path,
+        config_path: &Path,
+        mqtt: &str,
+        mut command: Command,
+    ) -> anyhow::Result<Hub> {
         let data_dir = dir.join("data");
-        let mut child = Command::new(KENKO)
+        let mut child = command
             .args(["serve", "--config"])
             .arg(config_path)
             .arg("--data-dir")
