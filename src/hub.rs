@@ -76,7 +76,8 @@ impl Hub {
                     ingest.consents().clone(),
                     data_dir,
                 )
-                .with_metrics(broker.stats(), ingest.stats().clone());
+                .with_metrics(broker.stats(), ingest.stats().clone())
+                .with_request_limits(&config.http);
                 tokio::spawn(kenko_broker::http::serve(listener, api, shutdown.clone()));
                 Some(local)
             }

@@ -2,12 +2,21 @@
 //! (`/api/v1/observations`), for principals authenticated with HTTP Basic (the same ids and
 //! argon2id hashes as MQTT). Who may read what follows [`query_access`], which `kenko query
 //! --principal` applies too; every query of identified data is written to the audit log.
+//!
+//! Every handler authenticates first (the [`Authenticated`] extractor comes before any
+//! other that can refuse), so a stranger learns nothing about a request's shape; each
+//! principal's requests are limited by a token bucket; a failure inside the hub is answered
+//! with an error id, its details (paths included) going to the log under that id.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use axum::extract::{Query as QueryParams, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequestParts, Query as QueryParams, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -25,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::auth::{verify_password, Directory, Identity};
+use crate::rate::TokenBucket;
 use crate::BrokerStats;
 use kenko_ingest::pipeline::IngestStats;
 
@@ -116,6 +126,7 @@ pub struct HttpApi {
     verify_slots: Arc<tokio::sync::Semaphore>,
     /// The counters `GET /metrics` shows.
     stats: Option<(Arc<BrokerStats>, Arc<IngestStats>)>,
+    limits: Arc<RequestLimits>,
 }
 
 impl HttpApi {
@@ -126,7 +137,16 @@ impl HttpApi {
             data_dir: data_dir.to_owned(),
             verify_slots: Arc::new(tokio::sync::Semaphore::new(2)),
             stats: None,
+            limits: Arc::new(RequestLimits::from_config(
+                &kenko_config::HttpConfig::default(),
+            )),
         }
+    }
+
+    /// Limits each principal's requests as `[http]` says (`requests_per_s`, `request_burst`).
+    pub fn with_request_limits(mut self, config: &kenko_config::HttpConfig) -> HttpApi {
+        self.limits = Arc::new(RequestLimits::from_config(config));
+        self
     }
 
     /// Serves the broker's and the pipeline's counters on `GET /metrics` (operators only).
@@ -157,8 +177,10 @@ pub async fn serve(listener: TcpListener, api: HttpApi, shutdown: CancellationTo
 
 /// The counters in the Prometheus text format, for operators (Prometheus sends Basic
 /// credentials with `basic_auth` in its scrape config).
-async fn metrics(State(api): State<HttpApi>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let who = authenticate(&api, &headers).await?;
+async fn metrics(
+    State(api): State<HttpApi>,
+    Authenticated(who): Authenticated,
+) -> Result<Response, ApiError> {
     if !who.roles.iter().any(|r| r == "operator") {
         return Err(forbidden(format!(
             "{} may not read the hub's metrics; they are for operators",
@@ -166,9 +188,9 @@ async fn metrics(State(api): State<HttpApi>, headers: HeaderMap) -> Result<Respo
         )));
     }
     let Some((broker, ingest)) = &api.stats else {
-        return Err(ApiError(
+        return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "this hub serves no metrics".into(),
+            "this hub serves no metrics",
         ));
     };
     Ok((
@@ -178,33 +200,149 @@ async fn metrics(State(api): State<HttpApi>, headers: HeaderMap) -> Result<Respo
         .into_response())
 }
 
-/// An API error: a status and a message for people.
-struct ApiError(StatusCode, String);
+/// An API error: a status and a message for people; a failure inside the hub carries the id
+/// it is logged under, a refusal for going too fast the seconds to wait.
+struct ApiError {
+    status: StatusCode,
+    message: String,
+    error_id: Option<String>,
+    retry_after_s: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            error_id: None,
+            retry_after_s: None,
+        }
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response();
-        if self.0 == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
+        let body = match &self.error_id {
+            Some(id) => serde_json::json!({ "error": self.message, "error_id": id }),
+            None => serde_json::json!({ "error": self.message }),
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Basic realm=\"kenko\""),
             );
+        }
+        if let Some(seconds) = self.retry_after_s {
+            headers.insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
         }
         response
     }
 }
 
 fn bad(message: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, message.into())
+    ApiError::new(StatusCode::BAD_REQUEST, message)
 }
 
 fn forbidden(message: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::FORBIDDEN, message.into())
+    ApiError::new(StatusCode::FORBIDDEN, message)
 }
 
+/// A failure inside the hub. Its text may carry paths and other details of the machine, so
+/// it goes to the log; the client gets an id to quote, under which the log has it.
 fn internal(e: impl std::fmt::Display) -> ApiError {
-    error!(error = %e, "HTTP API request failed");
-    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    let id = format!("{:08x}", rand::random::<u32>());
+    error!(error_id = %id, error = %e, "HTTP API request failed");
+    ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: format!(
+            "the hub could not answer this request; its log has the details under error id {id}"
+        ),
+        error_id: Some(id),
+        retry_after_s: None,
+    }
+}
+
+/// A text field of a request longer than `max` bytes is refused by name, without echoing it.
+fn short<'a>(field: &str, value: &'a str, max: usize) -> Result<&'a str, ApiError> {
+    if value.len() > max {
+        return Err(bad(format!(
+            "{field} is {} bytes long; at most {max} bytes are allowed",
+            value.len()
+        )));
+    }
+    Ok(value)
+}
+
+/// The longest purpose, change or time a request may give; longer ones are refused before
+/// they are parsed (and before they could be repeated in an error).
+const MAX_WORD: usize = 64;
+
+/// Each principal's token bucket. Only authenticated principals get one, so there are at most
+/// as many as the directory has principals; full ones are swept out now and then.
+struct RequestLimits {
+    per_s: u32,
+    burst: u32,
+    buckets: Mutex<HashMap<String, TokenBucket>>,
+}
+
+/// Buckets kept before full ones are swept out.
+const SWEEP_ABOVE: usize = 1024;
+
+impl RequestLimits {
+    fn from_config(config: &kenko_config::HttpConfig) -> RequestLimits {
+        RequestLimits {
+            per_s: config.requests_per_s,
+            burst: config.request_burst,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one request from `who`'s bucket, or refuses with 429 and the wait.
+    fn take(&self, who: &str) -> Result<(), ApiError> {
+        if self.per_s == 0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() > SWEEP_ABOVE {
+            buckets.retain(|_, b| !b.is_full(now));
+        }
+        let bucket = buckets
+            .entry(who.to_owned())
+            .or_insert_with(|| TokenBucket::new(self.burst, f64::from(self.per_s), now));
+        bucket.try_take(now).map_err(|wait| {
+            let seconds = wait
+                .as_secs()
+                .saturating_add(u64::from(wait.subsec_nanos() > 0));
+            ApiError {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                message: format!(
+                    "{who} made more than {} requests at once or {} a second; try again in {seconds} s",
+                    self.burst, self.per_s
+                ),
+                error_id: None,
+                retry_after_s: Some(seconds.max(1)),
+            }
+        })
+    }
+}
+
+/// The principal of a request, authenticated and within its request limit. Handlers take it
+/// before any extractor that can refuse a request, so that an unauthenticated request gets
+/// 401 whatever its query or body.
+struct Authenticated(Arc<Identity>);
+
+#[axum::async_trait]
+impl FromRequestParts<HttpApi> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, api: &HttpApi) -> Result<Self, ApiError> {
+        let who = authenticate(api, &parts.headers).await?;
+        api.limits.take(&who.id)?;
+        Ok(Authenticated(who))
+    }
 }
 
 fn now_ms() -> i64 {
@@ -213,7 +351,7 @@ fn now_ms() -> i64 {
 
 /// The principal proven by HTTP Basic credentials.
 async fn authenticate(api: &HttpApi, headers: &HeaderMap) -> Result<Arc<Identity>, ApiError> {
-    let unauthorized = |m: &str| ApiError(StatusCode::UNAUTHORIZED, m.to_owned());
+    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m);
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -300,10 +438,10 @@ fn may_manage(who: &Identity, citizen: &str) -> bool {
 
 async fn list_consents(
     State(api): State<HttpApi>,
-    headers: HeaderMap,
-    QueryParams(filter): QueryParams<ConsentFilter>,
+    Authenticated(who): Authenticated,
+    filter: Result<QueryParams<ConsentFilter>, QueryRejection>,
 ) -> Result<Json<Vec<ConsentView>>, ApiError> {
-    let who = authenticate(&api, &headers).await?;
+    let QueryParams(filter) = filter.map_err(|e| bad(format!("query: {}", e.body_text())))?;
     let citizen = match (&filter.citizen, who.citizen.clone()) {
         (Some(c), _) => c.clone(),
         (None, Some(own)) => own,
@@ -349,26 +487,21 @@ struct ConsentBody {
 
 async fn record_consent(
     State(api): State<HttpApi>,
-    headers: HeaderMap,
-    body: Result<Json<ConsentBody>, axum::extract::rejection::JsonRejection>,
+    Authenticated(who): Authenticated,
+    body: Result<Json<ConsentBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<ConsentView>), ApiError> {
-    let who = authenticate(&api, &headers).await?;
-    let Json(body) = body.map_err(|e| bad(format!("body: {e}")))?;
-    let purpose: Purpose = body.purpose.parse().map_err(bad)?;
-    let granted = match body.change.as_deref() {
+    let Json(body) = body.map_err(|e| bad(format!("body: {}", e.body_text())))?;
+    let purpose: Purpose = short("purpose", &body.purpose, MAX_WORD)?
+        .parse()
+        .map_err(bad)?;
+    let change = body.change.as_deref();
+    let granted = match change.map(|c| short("change", c, MAX_WORD)).transpose()? {
         None | Some("grant") => true,
         Some("revoke") => false,
         Some(other) => return Err(bad(format!("change {other:?}: use grant or revoke"))),
     };
     if body.erase && granted {
         return Err(bad("erase goes with change = revoke"));
-    }
-    for id in std::iter::once(&body.citizen).chain(body.grantee.iter()) {
-        kenko_config::check_identifier(id).map_err(|why| bad(format!("{id:?} {why}")))?;
-    }
-    for t in &body.data_types {
-        t.parse::<Metric>()
-            .map_err(|e| bad(format!("data type {t:?}: {e}")))?;
     }
     let grantee = match (purpose, body.grantee) {
         (Purpose::Care, Some(g)) => g,
@@ -382,28 +515,32 @@ async fn record_consent(
             )))
         }
     };
-    if !may_manage(&who, &body.citizen) {
-        return Err(forbidden(format!(
-            "{} may not record consent for {}",
-            who.id, body.citizen
-        )));
-    }
     let now = now_ms();
-    let time = |t: Option<String>| -> Result<Option<i64>, ApiError> {
-        t.map(|t| parse_time(&t, now).map_err(|e| bad(e.to_string())))
-            .transpose()
+    let time = |field: &str, t: Option<String>| -> Result<Option<i64>, ApiError> {
+        t.map(|t| {
+            parse_time(short(field, &t, MAX_WORD)?, now).map_err(|e| bad(format!("{field}: {e}")))
+        })
+        .transpose()
     };
     let new = ConsentChange {
         citizen: body.citizen,
         grantee,
         purpose,
         data_types: body.data_types,
-        valid_from_ms: time(body.valid_from)?,
-        valid_until_ms: time(body.valid_until)?,
+        valid_from_ms: time("valid_from", body.valid_from)?,
+        valid_until_ms: time("valid_until", body.valid_until)?,
         source: body.source.unwrap_or_else(|| format!("http:{}", who.id)),
         granted,
         erase: body.erase,
     };
+    // Checked before anything is stored: a record and its audit entry are kept for good.
+    new.check().map_err(|e| bad(e.to_string()))?;
+    if !may_manage(&who, &new.citizen) {
+        return Err(forbidden(format!(
+            "{} may not record consent for {}",
+            who.id, new.citizen
+        )));
+    }
     let path = api.data_dir.join("registry.db");
     let stored = tokio::task::spawn_blocking(move || {
         ConsentRegistry::open(&path).and_then(|mut r| r.record(new, now))
@@ -439,10 +576,10 @@ struct RowView {
 
 async fn observations(
     State(api): State<HttpApi>,
-    headers: HeaderMap,
-    QueryParams(params): QueryParams<ObservationParams>,
+    Authenticated(who): Authenticated,
+    params: Result<QueryParams<ObservationParams>, QueryRejection>,
 ) -> Result<Json<Vec<RowView>>, ApiError> {
-    let who = authenticate(&api, &headers).await?;
+    let QueryParams(params) = params.map_err(|e| bad(format!("query: {}", e.body_text())))?;
     let metric: Metric = params
         .metric
         .parse()

@@ -11,6 +11,7 @@ mod egress;
 pub mod http;
 pub mod metrics;
 mod packet;
+pub mod rate;
 mod router;
 mod session;
 mod sessions;

@@ -86,10 +86,26 @@ impl Default for WindowsConfig {
 
 /// The HTTP API: `/api/v1/consents` and `/api/v1/observations`, HTTP Basic with the
 /// principals' ids and passwords. Off unless `listen` is set.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: Option<SocketAddr>,
+    /// Requests per second one principal may make, on average; further requests are answered
+    /// 429 with Retry-After. 0 turns the limit off.
+    pub requests_per_s: u32,
+    /// Requests a principal may make at once above `requests_per_s` (an app opening a page
+    /// of several charts).
+    pub request_burst: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: None,
+            requests_per_s: 20,
+            request_burst: 100,
+        }
+    }
 }
 
 /// Sizes of the write-ahead log (`DATA_DIR/wal/`).
@@ -597,6 +613,11 @@ impl Config {
                 "mqtt.publish_burst must be at least 1 while mqtt.max_publish_rate is set".into(),
             );
         }
+        if self.http.requests_per_s > 0 && self.http.request_burst == 0 {
+            return invalid(
+                "http.request_burst must be at least 1 while http.requests_per_s is set".into(),
+            );
+        }
         if self.ingest.batch_max == 0 || self.ingest.queue == 0 {
             return invalid("ingest.batch_max and ingest.queue must be at least 1".into());
         }
@@ -893,6 +914,7 @@ mod tests {
         assert_eq!(config.auth, AuthConfig::default());
         assert_eq!(config.wal, WalConfig::default());
         assert_eq!(config.windows, WindowsConfig::default());
+        assert_eq!(config.http, HttpConfig::default());
         assert_eq!(config.devices.len(), 2);
         assert_eq!(config.principals.len(), 1);
     }

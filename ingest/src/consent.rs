@@ -353,6 +353,70 @@ pub struct ConsentChange {
     pub erase: bool,
 }
 
+/// The longest `source` a record keeps, in bytes. Every record and its audit entry are kept
+/// for good, so a source is a short note (a form number, an app's name), not a document.
+pub const MAX_SOURCE: usize = 256;
+
+/// The longest data type name checked against the catalogue, in bytes; longer names are
+/// refused without being looked up (or repeated in the error).
+const MAX_DATA_TYPE: usize = 64;
+
+/// Why a consent record cannot be stored as given. Messages name the field and the rule, not
+/// the value, which may be megabytes long.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidChange {
+    #[error("{field} is {len} bytes long; at most {max} bytes are allowed")]
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("{field} {why}")]
+    Identifier { field: &'static str, why: String },
+    #[error("data_types: {0}")]
+    UnknownType(String),
+    #[error("data_types names {0} more than once; name each data type once")]
+    Repeated(String),
+}
+
+impl ConsentChange {
+    /// Checks every text the record would store: identifiers by the config's rules, data
+    /// types against the catalogue (each once, so their number is bounded), `source` by
+    /// [`MAX_SOURCE`].
+    pub fn check(&self) -> Result<(), InvalidChange> {
+        for (field, id) in [("citizen", &self.citizen), ("grantee", &self.grantee)] {
+            kenko_config::check_identifier(id)
+                .map_err(|why| InvalidChange::Identifier { field, why })?;
+        }
+        too_long("source", &self.source, MAX_SOURCE)?;
+        let mut seen = Vec::with_capacity(self.data_types.len());
+        for name in &self.data_types {
+            too_long("data_types entry", name, MAX_DATA_TYPE)?;
+            let metric: kenko_devices::Metric =
+                name.parse()
+                    .map_err(|e: kenko_devices::catalogue::UnknownMetric| {
+                        InvalidChange::UnknownType(e.to_string())
+                    })?;
+            if seen.contains(&metric) {
+                return Err(InvalidChange::Repeated(metric.name().to_owned()));
+            }
+            seen.push(metric);
+        }
+        Ok(())
+    }
+}
+
+fn too_long(field: &'static str, value: &str, max: usize) -> Result<(), InvalidChange> {
+    if value.len() > max {
+        return Err(InvalidChange::TooLong {
+            field,
+            len: value.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS consents (
     id             INTEGER PRIMARY KEY,
@@ -414,6 +478,7 @@ impl ConsentRegistry {
 
     /// Adds a record and its audit entry in one transaction; returns the record as stored.
     pub fn record(&mut self, new: ConsentChange, now_ms: i64) -> Result<Consent, StoreError> {
+        new.check()?;
         let path = self.path.clone();
         let tx = self
             .conn

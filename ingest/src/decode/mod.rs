@@ -481,7 +481,10 @@ mod tests {
         let dev = device(None);
         let cases = [
             (r#"{"ts":1764049990000,"hr":"fast-4711"}"#, "fast-4711"),
-            (r#"{"ts":1764049990000,"stage":"dreaming-4711"}"#, "dreaming-4711"),
+            (
+                r#"{"ts":1764049990000,"stage":"dreaming-4711"}"#,
+                "dreaming-4711",
+            ),
             (r#"{"ts":1764049990000,"stage":4711}"#, "4711"),
             (r#"{"ts":1764049990000,"occ":4711.5}"#, "4711"),
             (r#"{"ts":"4711-yesterday","hr":60}"#, "4711"),
@@ -494,8 +497,8 @@ mod tests {
             let err = run(&dev, payload, Plausibility::Reject).expect_err(payload);
             assert!(!err.message.contains(value), "{payload}: {}", err.message);
         }
-        let err = run(&dev, r#"{"ts":1764049990000,"hr":"x"}"#, Plausibility::Flag)
-            .expect_err("string");
+        let err =
+            run(&dev, r#"{"ts":1764049990000,"hr":"x"}"#, Plausibility::Flag).expect_err("string");
         assert!(err.message.contains("field hr"), "{}", err.message);
     }
 
