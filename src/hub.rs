@@ -56,7 +56,13 @@ impl Hub {
             data_dir,
             Some(broker.notices()),
         )
-        .with_context(|| format!("cannot open the stores in {}", data_dir.display()))?;
+        .map_err(|e| match e {
+            // Not a store problem: say what it is (a device of registry.db with a zone this
+            // machine does not know; the config's own zones are checked when it is read).
+            pipeline::IngestError::Zone(zone) => anyhow::Error::new(zone),
+            other => anyhow::Error::new(other)
+                .context(format!("cannot open the stores in {}", data_dir.display())),
+        })?;
         report_recovery(&pipeline.recovery);
         if let Some(influx) = &config.influxdb {
             check_influx(influx).await;

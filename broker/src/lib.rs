@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
-use crate::auth::{BadHash, Directory};
+use crate::auth::{Directory, EntryHash};
 use crate::authz::Authorizer;
 use crate::connection::Transport;
 use crate::router::RouterHandle;
@@ -49,7 +49,7 @@ pub enum BrokerError {
     #[error("cannot start the hub's own router link: {0}")]
     Hub(String),
     #[error(transparent)]
-    Credentials(#[from] BadHash),
+    Credentials(#[from] EntryHash),
     #[error("ACL rules: {0}")]
     Acl(#[from] ConfigError),
     #[error("MQTT over TLS: {0}")]

@@ -106,11 +106,12 @@ pub struct Zones {
     named: HashMap<Arc<str>, TimeZone>,
 }
 
-/// A time zone name in the configuration is not known.
+/// A time zone name is not known: the hub's default, or a device's (`of` names which).
 #[derive(Debug, thiserror::Error)]
-#[error("unknown time zone {name:?}: {source}; use an IANA name such as Asia/Tokyo")]
+#[error("unknown time zone {name:?} ({of}): {source}; use an IANA name such as Asia/Tokyo")]
 pub struct UnknownZone {
     pub name: String,
+    pub of: String,
     source: jiff::Error,
 }
 
@@ -121,9 +122,10 @@ impl Zones {
         default: &str,
         devices: impl IntoIterator<Item = &'a DeviceEntry>,
     ) -> Result<Zones, UnknownZone> {
-        let get = |name: &str| {
+        let get = |name: &str, of: &dyn Fn() -> String| {
             TimeZone::get(name).map_err(|source| UnknownZone {
                 name: name.to_owned(),
+                of: of(),
                 source,
             })
         };
@@ -131,12 +133,13 @@ impl Zones {
         for device in devices {
             if let Some(name) = &device.timezone {
                 if !named.contains_key(name) {
-                    named.insert(name.clone(), get(name)?);
+                    let of = || format!("the timezone of device {}", device.id);
+                    named.insert(name.clone(), get(name, &of)?);
                 }
             }
         }
         Ok(Zones {
-            default: get(default)?,
+            default: get(default, &|| "ingest.default_timezone".to_owned())?,
             named,
         })
     }
