@@ -56,13 +56,7 @@ impl Hub {
             data_dir,
             Some(broker.notices()),
         )
-        .map_err(|e| match e {
-            // Not a store problem: say what it is (a device of registry.db with a zone this
-            // machine does not know; the config's own zones are checked when it is read).
-            pipeline::IngestError::Zone(zone) => anyhow::Error::new(zone),
-            other => anyhow::Error::new(other)
-                .context(format!("cannot open the stores in {}", data_dir.display())),
-        })?;
+        .map_err(|e| start_error(e, data_dir))?;
         report_recovery(&pipeline.recovery);
         if let Some(influx) = &config.influxdb {
             check_influx(influx).await;
@@ -118,6 +112,17 @@ impl Hub {
     /// Waits until the hub has shut down.
     pub async fn wait(self) -> anyhow::Result<()> {
         self.task.await.context("hub task failed")
+    }
+}
+
+/// Why the ingest pipeline did not start, for people: a store that cannot be opened, or what
+/// else it was (a device of registry.db naming a zone this machine does not know; the
+/// config's own zones are checked when it is read).
+pub fn start_error(e: pipeline::IngestError, data_dir: &Path) -> anyhow::Error {
+    match e {
+        pipeline::IngestError::Zone(zone) => anyhow::Error::new(zone),
+        other => anyhow::Error::new(other)
+            .context(format!("cannot open the stores in {}", data_dir.display())),
     }
 }
 
