@@ -447,6 +447,7 @@ async fn list_consents(
         (None, Some(own)) => own,
         (None, None) => return Err(bad("give ?citizen=ID")),
     };
+    kenko_config::check_identifier(&citizen).map_err(|why| bad(format!("citizen {why}")))?;
     if !may_manage(&who, &citizen) {
         return Err(forbidden(format!(
             "{} may not read {citizen}'s consents",
@@ -580,10 +581,21 @@ async fn observations(
     params: Result<QueryParams<ObservationParams>, QueryRejection>,
 ) -> Result<Json<Vec<RowView>>, ApiError> {
     let QueryParams(params) = params.map_err(|e| bad(format!("query: {}", e.body_text())))?;
-    let metric: Metric = params
-        .metric
+    let metric: Metric = short("metric", &params.metric, MAX_WORD)?
         .parse()
         .map_err(|e| bad(format!("metric: {e}")))?;
+    for (field, value) in [
+        ("store", &params.store),
+        ("from", &params.from),
+        ("to", &params.to),
+        ("every", &params.every),
+        ("agg", &params.agg),
+    ] {
+        short(field, value.as_deref().unwrap_or(""), MAX_WORD)?;
+    }
+    if let Some(citizen) = &params.citizen {
+        kenko_config::check_identifier(citizen).map_err(|why| bad(format!("citizen {why}")))?;
+    }
     let store = match params.store.as_deref() {
         None | Some("personal") => StoreKind::Personal,
         Some("shared") => StoreKind::Shared,

@@ -858,6 +858,47 @@ mod tests {
     }
 
     #[test]
+    fn a_record_with_an_unbounded_text_is_refused_before_anything_is_stored() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut registry = ConsentRegistry::open(&dir.path().join("registry.db")).expect("open");
+        let long_source = ConsentChange {
+            source: "s".repeat(MAX_SOURCE + 1),
+            ..grant("c-1", Purpose::Collect, &[])
+        };
+        let repeated = grant(
+            "c-1",
+            Purpose::Collect,
+            &["heart_rate", "spo2", "heart_rate"],
+        );
+        let unknown = grant("c-1", Purpose::Collect, &["x"; 1]);
+        let huge_type = ConsentChange {
+            data_types: vec!["h".repeat(10_000)],
+            ..grant("c-1", Purpose::Collect, &[])
+        };
+        let citizen = grant(&"c".repeat(1_000), Purpose::Collect, &[]);
+        for (change, says) in [
+            (
+                long_source,
+                "source is 257 bytes long; at most 256 bytes are allowed",
+            ),
+            (repeated, "data_types names heart_rate more than once"),
+            (unknown, "data_types: unknown metric \"x\""),
+            (huge_type, "data_types entry is 10000 bytes long"),
+            (citizen, "citizen is longer than 128 bytes"),
+        ] {
+            let err = registry.record(change, 1).expect_err(says);
+            assert!(err.to_string().contains(says), "{err}");
+        }
+        assert!(registry.list(None).expect("list").is_empty());
+        assert_eq!(registry.verify_audit().expect("verify").entries, 0);
+        let at_limit = ConsentChange {
+            source: "s".repeat(MAX_SOURCE),
+            ..grant("c-1", Purpose::Collect, &[])
+        };
+        registry.record(at_limit, 1).expect("at the limit");
+    }
+
+    #[test]
     fn the_latest_record_covering_a_type_decides() {
         let dir = tempfile::tempdir().expect("dir");
         let mut reg = ConsentRegistry::open(&dir.path().join("registry.db")).expect("open");
