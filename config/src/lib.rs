@@ -689,7 +689,14 @@ impl Config {
 
     /// Checks what serde cannot: identifiers, references and ranges.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        // A message about a setting starts with its dotted name, which places it.
+        let invalid = |m: String| {
+            let name = m.split([' ', ':']).next().unwrap_or_default();
+            Err(match self.origin.setting_place(name) {
+                Some(place) => ConfigError::Entry { place, message: m },
+                None => ConfigError::Invalid(m),
+            })
+        };
         if self.mqtt.max_packet_size < 64 {
             return invalid("mqtt.max_packet_size must be at least 64 bytes".into());
         }
@@ -1029,6 +1036,22 @@ mod tests {
         assert_eq!(config.place_of("ok").as_deref(), Some("kenko.toml:1"));
         assert_eq!(config.place_of("d").as_deref(), Some("kenko.toml:5"));
         assert_eq!(config.place_of("nobody"), None);
+    }
+
+    #[test]
+    fn a_setting_out_of_range_names_its_line() {
+        for (text, place) in [
+            ("[mqtt]\nlisten = \"127.0.0.1:1\"\nmax_inflight = 0\n", "kenko.toml:3: mqtt.max_inflight"),
+            ("[http]\n\nrequest_burst = 0\n", "kenko.toml:3: http.request_burst"),
+            ("\n[ingest]\nqueue = 0\n", "kenko.toml:2: ingest.batch_max"),
+            (
+                "[influxdb]\nurl = \"http://h\"\nbucket_shared = \"personal\"\nshared_measurement = \"kenko\"\n",
+                "kenko.toml:1: influxdb:",
+            ),
+        ] {
+            let err = parse(text).expect_err(text);
+            assert!(err.to_string().starts_with(place), "{text}: {err}");
+        }
     }
 
     #[test]

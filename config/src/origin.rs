@@ -1,7 +1,9 @@
 //! Where a configuration's entries are in its file: the line of each `[[principals]]` and
-//! `[[devices]]` entry and of each time zone, so that an error found after parsing (a bad
-//! role, a duplicate id, an unknown zone, a hash the broker cannot use) names file:line.
+//! `[[devices]]` entry, of each time zone and of each setting, so that an error found after
+//! parsing (a bad role, a duplicate id, an unknown zone, a hash the broker cannot use, a
+//! setting out of range) names file:line.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -15,6 +17,8 @@ pub struct Origin {
     devices: Vec<usize>,
     device_timezones: Vec<Option<usize>>,
     default_timezone: Option<usize>,
+    /// Sections and their settings by dotted name ("mqtt", "mqtt.max_inflight").
+    settings: HashMap<String, usize>,
 }
 
 /// An entry of the configuration an error is about.
@@ -59,7 +63,12 @@ impl Origin {
     pub(crate) fn of(text: &str, path: &Path) -> Origin {
         let positions: Positions = toml::from_str(text).unwrap_or_default();
         let line = |offset: usize| crate::line_column(text, offset).0;
+        let mut settings = HashMap::new();
+        if let Ok(document) = toml::de::DeTable::parse(text) {
+            collect_settings(document.get_ref(), "", text, &mut settings);
+        }
         Origin {
+            settings,
             path: Some(path.to_owned()),
             principals: positions
                 .principals
@@ -98,9 +107,54 @@ impl Origin {
                 .or_else(|| self.devices.get(n).copied()),
             Entry::DefaultTimezone => self.default_timezone,
         };
-        Some(match line {
-            Some(line) => format!("{path}:{line}"),
-            None => path,
-        })
+        Some(at(path, line))
+    }
+
+    /// "file:line" of a setting by its dotted name (`mqtt.max_inflight`), else of the nearest
+    /// section that holds it, else just the file; `None` for a configuration from no file.
+    pub fn setting_place(&self, name: &str) -> Option<String> {
+        let path = self.path.as_ref()?.display().to_string();
+        Some(at(path, self.setting(name)))
+    }
+}
+
+fn at(path: String, line: Option<usize>) -> String {
+    match line {
+        Some(line) => format!("{path}:{line}"),
+        None => path,
+    }
+}
+
+impl Origin {
+    /// The line of a setting, or of the nearest section that holds it.
+    fn setting(&self, name: &str) -> Option<usize> {
+        let mut name = name;
+        loop {
+            if let Some(line) = self.settings.get(name) {
+                return Some(*line);
+            }
+            name = &name[..name.rfind('.')?];
+        }
+    }
+}
+
+/// Notes the line of every section and setting of `table` under `prefix`; arrays of tables
+/// are entries (principals, devices, profiles), placed by [`Origin::of`] instead.
+fn collect_settings(
+    table: &toml::de::DeTable<'_>,
+    prefix: &str,
+    text: &str,
+    out: &mut HashMap<String, usize>,
+) {
+    for (key, value) in table {
+        let name = if prefix.is_empty() {
+            key.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", key.get_ref())
+        };
+        out.insert(name.clone(), crate::line_column(text, key.span().start).0);
+        if let toml::de::DeValue::Table(inner) = value.get_ref() {
+            collect_settings(inner, &name, text, out);
+        }
     }
 }
