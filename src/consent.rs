@@ -166,21 +166,13 @@ fn record(change: Change, granted: bool, erase: bool) -> anyhow::Result<()> {
             .transpose()
     };
     let (from, until) = (time(&change.from)?, time(&change.until)?);
-    for t in &change.types {
-        // A misspelt type would be recorded and cover nothing: a withdrawal that withdraws
-        // nothing.
-        t.parse::<kenko_devices::Metric>()
-            .map_err(|e| anyhow::anyhow!("--types {t:?}: {e}"))?;
-    }
-    for id in change.citizen.iter().chain(std::iter::once(&grantee)) {
-        kenko_config::check_identifier(id).map_err(|why| anyhow::anyhow!("{id:?} {why}"))?;
-    }
-    std::fs::create_dir_all(&change.data_dir)
-        .with_context(|| format!("cannot create {}", change.data_dir.display()))?;
-    let mut registry = ConsentRegistry::open(&change.data_dir.join("registry.db"))?;
-    for citizen in &change.citizen {
-        let stored = registry.record(
-            ConsentChange {
+    // Every record is checked before any is stored: a bad one among several citizens leaves
+    // nothing half recorded.
+    let records = change
+        .citizen
+        .iter()
+        .map(|citizen| {
+            let record = ConsentChange {
                 citizen: citizen.clone(),
                 grantee: grantee.clone(),
                 purpose,
@@ -190,9 +182,18 @@ fn record(change: Change, granted: bool, erase: bool) -> anyhow::Result<()> {
                 source: change.source.clone(),
                 granted,
                 erase,
-            },
-            now,
-        )?;
+            };
+            // A misspelt type would be recorded and cover nothing: a withdrawal that
+            // withdraws nothing.
+            record.check().map(|()| record)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    std::fs::create_dir_all(&change.data_dir)
+        .with_context(|| format!("cannot create {}", change.data_dir.display()))?;
+    let mut registry = ConsentRegistry::open(&change.data_dir.join("registry.db"))?;
+    for record in records {
+        let citizen = record.citizen.clone();
+        let stored = registry.record(record, now)?;
         if erase {
             println!("erasure requested: the hub deletes the citizen's rows at once if it is running, otherwise when it starts");
         }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use kenko_devices::Registry;
 use kenko_ingest::deadletter::{DeadLetter, DeadLetterStore, ReplayRequest, Selection};
 use kenko_ingest::pipeline::{self, Settings};
@@ -235,7 +235,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             registry.load_stored(&data_dir.join("registry.db"))?;
             let (handle, pipeline) =
                 pipeline::start(&Settings::from(&config), registry, &data_dir, None)
-                    .with_context(|| format!("cannot open the stores in {}", data_dir.display()))?;
+                    .map_err(|e| crate::hub::start_error(e, &data_dir))?;
             let done = wait_for(&store, id, Duration::from_secs(args.wait.max(600)));
             drop(handle);
             pipeline.join();

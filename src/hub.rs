@@ -66,7 +66,7 @@ impl Hub {
             data_dir,
             Some(broker.notices()),
         )
-        .with_context(|| format!("cannot open the stores in {}", data_dir.display()))?;
+        .map_err(|e| start_error(e, data_dir))?;
         report_recovery(&pipeline.recovery);
         if let Some(influx) = &config.influxdb {
             check_influx(influx).await;
@@ -88,7 +88,8 @@ impl Hub {
                     broker.login_guard(),
                 )
                 .with_metrics(broker.stats(), ingest.stats().clone())
-                .with_health(ingest.health().clone());
+                .with_health(ingest.health().clone())
+                .with_request_limits(&config.http);
                 let (limits, shutdown) = (config.http.clone(), shutdown.clone());
                 tokio::spawn(async move {
                     kenko_broker::http::serve(listener, api, &limits, shutdown).await;
@@ -126,6 +127,17 @@ impl Hub {
     /// Waits until the hub has shut down.
     pub async fn wait(self) -> anyhow::Result<()> {
         self.task.await.context("hub task failed")
+    }
+}
+
+/// Why the ingest pipeline did not start, for people: a store that cannot be opened, or what
+/// else it was (a device of registry.db naming a zone this machine does not know; the
+/// config's own zones are checked when it is read).
+pub fn start_error(e: pipeline::IngestError, data_dir: &Path) -> anyhow::Error {
+    match e {
+        pipeline::IngestError::Zone(zone) => anyhow::Error::new(zone),
+        other => anyhow::Error::new(other)
+            .context(format!("cannot open the stores in {}", data_dir.display())),
     }
 }
 

@@ -67,6 +67,15 @@ pub struct BadHash {
     pub why: String,
 }
 
+/// A configuration entry's password hash could not be used; `place` is the entry's
+/// file:line (or "the configuration" when it came from no file).
+#[derive(Debug, thiserror::Error)]
+#[error("{place}: {source}")]
+pub struct EntryHash {
+    pub place: String,
+    pub source: BadHash,
+}
+
 /// Every principal the hub knows: the configuration's principals, and the devices of the
 /// shared [`Registry`] (configuration devices and `registry.db` devices, which may change while
 /// the hub runs).
@@ -79,13 +88,13 @@ pub struct Directory {
 
 impl Directory {
     /// The devices (role `device`) and other principals of `config`; checks every hash.
-    pub fn from_config(config: &Config) -> Result<Directory, BadHash> {
+    pub fn from_config(config: &Config) -> Result<Directory, EntryHash> {
         Directory::with_devices(config, Registry::new(config))
     }
 
     /// The principals of `config` and the devices of `devices` (role `device`). Checks the
     /// hashes of the configuration; `registry.db` devices are checked when they are added.
-    pub fn with_devices(config: &Config, devices: Registry) -> Result<Directory, BadHash> {
+    pub fn with_devices(config: &Config, devices: Registry) -> Result<Directory, EntryHash> {
         let mut by_id = HashMap::new();
         for p in &config.principals {
             let identity = Identity {
@@ -104,7 +113,12 @@ impl Directory {
             .chain(config.devices.iter().map(|d| (&d.id, &d.password_hash)));
         for (id, hash) in hashes {
             if let Some(hash) = hash {
-                check_hash(id, hash)?;
+                check_hash(id, hash).map_err(|source| EntryHash {
+                    place: config
+                        .place_of(id)
+                        .unwrap_or_else(|| "the configuration".to_owned()),
+                    source,
+                })?;
             }
         }
         let anonymous = config.auth.anonymous.then(|| {
@@ -445,8 +459,10 @@ mod tests {
 
     #[test]
     fn malformed_hash_is_refused_at_start() {
-        let text = "[[principals]]\nid = \"p\"\npassword_hash = \"$argon2id$v=19$garbage\"\n";
+        let text = "[auth]\nanonymous = false\n\n[[principals]]\nid = \"p\"\npassword_hash = \"$argon2id$v=19$garbage\"\n";
         let err = Directory::from_config(&config(text)).expect_err("bad hash");
-        assert!(err.to_string().contains("password_hash of p"), "{err}");
+        let text = err.to_string();
+        assert!(text.starts_with("kenko.toml:4: "), "{text}");
+        assert!(text.contains("password_hash of p"), "{text}");
     }
 }

@@ -2,12 +2,21 @@
 //! (`/api/v1/observations`), for principals authenticated with HTTP Basic (the same ids and
 //! argon2id hashes as MQTT). Who may read what follows [`query_access`], which `kenko query
 //! --principal` applies too; every query of identified data is written to the audit log.
+//!
+//! Every handler authenticates first (the [`Authenticated`] extractor comes before any
+//! other that can refuse), so a stranger learns nothing about a request's shape; each
+//! principal's requests are limited by a token bucket; a failure inside the hub is answered
+//! with an error id, its details (paths included) going to the log under that id.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Query as QueryParams, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{ConnectInfo, FromRequestParts, Query as QueryParams, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -27,6 +36,7 @@ use tracing::{error, info};
 
 use crate::auth::{Directory, Identity};
 use crate::login::{Listener, Login, LoginGuard};
+use crate::rate::TokenBucket;
 use crate::BrokerStats;
 use kenko_ingest::pipeline::IngestStats;
 
@@ -130,6 +140,7 @@ pub struct HttpApi {
     stats: Option<(Arc<BrokerStats>, Arc<IngestStats>)>,
     /// Whether the store files are sound, for `GET /readyz`.
     health: Option<Arc<Health>>,
+    limits: Arc<RequestLimits>,
 }
 
 impl HttpApi {
@@ -146,12 +157,21 @@ impl HttpApi {
             login,
             stats: None,
             health: None,
+            limits: Arc::new(RequestLimits::from_config(
+                &kenko_config::HttpConfig::default(),
+            )),
         }
     }
 
     /// Answers `GET /readyz` from the store files' health.
     pub fn with_health(mut self, health: Arc<Health>) -> HttpApi {
         self.health = Some(health);
+        self
+    }
+
+    /// Limits each principal's requests as `[http]` says (`requests_per_s`, `request_burst`).
+    pub fn with_request_limits(mut self, config: &kenko_config::HttpConfig) -> HttpApi {
+        self.limits = Arc::new(RequestLimits::from_config(config));
         self
     }
 
@@ -205,10 +225,8 @@ async fn readyz(State(api): State<HttpApi>) -> Response {
 /// credentials with `basic_auth` in its scrape config).
 async fn metrics(
     State(api): State<HttpApi>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Authenticated(who): Authenticated,
 ) -> Result<Response, ApiError> {
-    let who = authenticate(&api, peer, &headers).await?;
     if !who.roles.iter().any(|r| r == "operator") {
         return Err(forbidden(format!(
             "{} may not read the hub's metrics; they are for operators",
@@ -216,10 +234,9 @@ async fn metrics(
         )));
     }
     let Some((broker, ingest)) = &api.stats else {
-        return Err(ApiError(
+        return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "this hub serves no metrics".into(),
-            None,
+            "this hub serves no metrics",
         ));
     };
     Ok((
@@ -229,39 +246,166 @@ async fn metrics(
         .into_response())
 }
 
-/// An API error: a status, a message for people and, for "try again later" answers (429 to
-/// a throttled login, 503 when the verification queue is full), a `Retry-After` in seconds.
-struct ApiError(StatusCode, String, Option<u64>);
+/// An API error: a status and a message for people; a failure inside the hub carries the id
+/// it is logged under, a refusal for going too fast the seconds to wait.
+struct ApiError {
+    status: StatusCode,
+    message: String,
+    error_id: Option<String>,
+    retry_after_s: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            error_id: None,
+            retry_after_s: None,
+        }
+    }
+
+    /// A "try again later" answer (429, 503) with a `Retry-After` of `wait`, rounded up to
+    /// whole seconds and at least one.
+    fn retry_after(status: StatusCode, message: impl Into<String>, wait: Duration) -> ApiError {
+        ApiError {
+            retry_after_s: Some(whole_seconds(wait)),
+            ..ApiError::new(status, message)
+        }
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response();
-        if let Some(seconds) = self.2 {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
-        }
-        if self.0 == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
+        let body = match &self.error_id {
+            Some(id) => serde_json::json!({ "error": self.message, "error_id": id }),
+            None => serde_json::json!({ "error": self.message }),
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Basic realm=\"kenko\""),
             );
+        }
+        if let Some(seconds) = self.retry_after_s {
+            headers.insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
         }
         response
     }
 }
 
+/// `wait` rounded up to whole seconds, at least one (what `Retry-After` can say).
+fn whole_seconds(wait: Duration) -> u64 {
+    wait.as_secs()
+        .saturating_add(u64::from(wait.subsec_nanos() > 0))
+        .max(1)
+}
+
 fn bad(message: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, message.into(), None)
+    ApiError::new(StatusCode::BAD_REQUEST, message)
 }
 
 fn forbidden(message: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::FORBIDDEN, message.into(), None)
+    ApiError::new(StatusCode::FORBIDDEN, message)
 }
 
+/// A failure inside the hub. Its text may carry paths and other details of the machine, so
+/// it goes to the log; the client gets an id to quote, under which the log has it.
 fn internal(e: impl std::fmt::Display) -> ApiError {
-    error!(error = %e, "HTTP API request failed");
-    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None)
+    let id = format!("{:08x}", rand::random::<u32>());
+    error!(error_id = %id, error = %e, "HTTP API request failed");
+    ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: format!(
+            "the hub could not answer this request; its log has the details under error id {id}"
+        ),
+        error_id: Some(id),
+        retry_after_s: None,
+    }
+}
+
+/// A text field of a request longer than `max` bytes is refused by name, without echoing it.
+fn short<'a>(field: &str, value: &'a str, max: usize) -> Result<&'a str, ApiError> {
+    if value.len() > max {
+        return Err(bad(format!(
+            "{field} is {} bytes long; at most {max} bytes are allowed",
+            value.len()
+        )));
+    }
+    Ok(value)
+}
+
+/// The longest purpose, change or time a request may give; longer ones are refused before
+/// they are parsed (and before they could be repeated in an error).
+const MAX_WORD: usize = 64;
+
+/// Each principal's token bucket. Only authenticated principals get one, so there are at most
+/// as many as the directory has principals; full ones are swept out now and then.
+struct RequestLimits {
+    per_s: u32,
+    burst: u32,
+    buckets: Mutex<HashMap<String, TokenBucket>>,
+}
+
+/// Buckets kept before full ones are swept out.
+const SWEEP_ABOVE: usize = 1024;
+
+impl RequestLimits {
+    fn from_config(config: &kenko_config::HttpConfig) -> RequestLimits {
+        RequestLimits {
+            per_s: config.requests_per_s,
+            burst: config.request_burst,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one request from `who`'s bucket, or refuses with 429 and the wait.
+    fn take(&self, who: &str) -> Result<(), ApiError> {
+        if self.per_s == 0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() > SWEEP_ABOVE {
+            buckets.retain(|_, b| !b.is_full(now));
+        }
+        let bucket = buckets
+            .entry(who.to_owned())
+            .or_insert_with(|| TokenBucket::new(self.burst, f64::from(self.per_s), now));
+        bucket.try_take(now).map_err(|wait| {
+            ApiError::retry_after(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "{who} made more than {} requests at once or {} a second; try again in {} s",
+                    self.burst,
+                    self.per_s,
+                    whole_seconds(wait)
+                ),
+                wait,
+            )
+        })
+    }
+}
+
+/// The principal of a request, authenticated and within its request limit. Handlers take it
+/// before any extractor that can refuse a request, so that an unauthenticated request gets
+/// 401 whatever its query or body.
+struct Authenticated(Arc<Identity>);
+
+#[axum::async_trait]
+impl FromRequestParts<HttpApi> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, api: &HttpApi) -> Result<Self, ApiError> {
+        let ConnectInfo(peer) = ConnectInfo::<SocketAddr>::from_request_parts(parts, api)
+            .await
+            .map_err(internal)?;
+        let who = authenticate(api, peer, &parts.headers).await?;
+        api.limits.take(&who.id)?;
+        Ok(Authenticated(who))
+    }
 }
 
 fn now_ms() -> i64 {
@@ -274,7 +418,7 @@ async fn authenticate(
     peer: SocketAddr,
     headers: &HeaderMap,
 ) -> Result<Arc<Identity>, ApiError> {
-    let unauthorized = |m: &str| ApiError(StatusCode::UNAUTHORIZED, m.to_owned(), None);
+    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m);
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -305,15 +449,15 @@ async fn authenticate(
     match verdict {
         Login::Accepted(identity) => Ok(identity),
         Login::Refused => Err(unauthorized("bad principal or password")),
-        Login::Throttled(wait) => Err(ApiError(
+        Login::Throttled(wait) => Err(ApiError::retry_after(
             StatusCode::TOO_MANY_REQUESTS,
-            "too many login attempts; wait the Retry-After seconds before trying again".into(),
-            Some(wait.as_secs_f64().ceil().max(1.0) as u64),
+            "too many login attempts; wait the Retry-After seconds before trying again",
+            wait,
         )),
-        Login::Busy => Err(ApiError(
+        Login::Busy => Err(ApiError::retry_after(
             StatusCode::SERVICE_UNAVAILABLE,
-            "too many logins are being verified; try again shortly".into(),
-            Some(1),
+            "too many logins are being verified; try again shortly",
+            Duration::from_secs(1),
         )),
     }
 }
@@ -370,16 +514,16 @@ fn may_manage(who: &Identity, citizen: &str) -> bool {
 
 async fn list_consents(
     State(api): State<HttpApi>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    QueryParams(filter): QueryParams<ConsentFilter>,
+    Authenticated(who): Authenticated,
+    filter: Result<QueryParams<ConsentFilter>, QueryRejection>,
 ) -> Result<Json<Vec<ConsentView>>, ApiError> {
-    let who = authenticate(&api, peer, &headers).await?;
+    let QueryParams(filter) = filter.map_err(|e| bad(format!("query: {}", e.body_text())))?;
     let citizen = match (&filter.citizen, who.citizen.clone()) {
         (Some(c), _) => c.clone(),
         (None, Some(own)) => own,
         (None, None) => return Err(bad("give ?citizen=ID")),
     };
+    kenko_config::check_identifier(&citizen).map_err(|why| bad(format!("citizen {why}")))?;
     if !may_manage(&who, &citizen) {
         return Err(forbidden(format!(
             "{} may not read {citizen}'s consents",
@@ -420,27 +564,21 @@ struct ConsentBody {
 
 async fn record_consent(
     State(api): State<HttpApi>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Result<Json<ConsentBody>, axum::extract::rejection::JsonRejection>,
+    Authenticated(who): Authenticated,
+    body: Result<Json<ConsentBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<ConsentView>), ApiError> {
-    let who = authenticate(&api, peer, &headers).await?;
-    let Json(body) = body.map_err(|e| bad(format!("body: {e}")))?;
-    let purpose: Purpose = body.purpose.parse().map_err(bad)?;
-    let granted = match body.change.as_deref() {
+    let Json(body) = body.map_err(|e| bad(format!("body: {}", e.body_text())))?;
+    let purpose: Purpose = short("purpose", &body.purpose, MAX_WORD)?
+        .parse()
+        .map_err(bad)?;
+    let change = body.change.as_deref();
+    let granted = match change.map(|c| short("change", c, MAX_WORD)).transpose()? {
         None | Some("grant") => true,
         Some("revoke") => false,
         Some(other) => return Err(bad(format!("change {other:?}: use grant or revoke"))),
     };
     if body.erase && granted {
         return Err(bad("erase goes with change = revoke"));
-    }
-    for id in std::iter::once(&body.citizen).chain(body.grantee.iter()) {
-        kenko_config::check_identifier(id).map_err(|why| bad(format!("{id:?} {why}")))?;
-    }
-    for t in &body.data_types {
-        t.parse::<Metric>()
-            .map_err(|e| bad(format!("data type {t:?}: {e}")))?;
     }
     let grantee = match (purpose, body.grantee) {
         (Purpose::Care, Some(g)) => g,
@@ -454,28 +592,32 @@ async fn record_consent(
             )))
         }
     };
-    if !may_manage(&who, &body.citizen) {
-        return Err(forbidden(format!(
-            "{} may not record consent for {}",
-            who.id, body.citizen
-        )));
-    }
     let now = now_ms();
-    let time = |t: Option<String>| -> Result<Option<i64>, ApiError> {
-        t.map(|t| parse_time(&t, now).map_err(|e| bad(e.to_string())))
-            .transpose()
+    let time = |field: &str, t: Option<String>| -> Result<Option<i64>, ApiError> {
+        t.map(|t| {
+            parse_time(short(field, &t, MAX_WORD)?, now).map_err(|e| bad(format!("{field}: {e}")))
+        })
+        .transpose()
     };
     let new = ConsentChange {
         citizen: body.citizen,
         grantee,
         purpose,
         data_types: body.data_types,
-        valid_from_ms: time(body.valid_from)?,
-        valid_until_ms: time(body.valid_until)?,
+        valid_from_ms: time("valid_from", body.valid_from)?,
+        valid_until_ms: time("valid_until", body.valid_until)?,
         source: body.source.unwrap_or_else(|| format!("http:{}", who.id)),
         granted,
         erase: body.erase,
     };
+    // Checked before anything is stored: a record and its audit entry are kept for good.
+    new.check().map_err(|e| bad(e.to_string()))?;
+    if !may_manage(&who, &new.citizen) {
+        return Err(forbidden(format!(
+            "{} may not record consent for {}",
+            who.id, new.citizen
+        )));
+    }
     let path = api.data_dir.join("registry.db");
     let stored = tokio::task::spawn_blocking(move || {
         ConsentRegistry::open(&path).and_then(|mut r| r.record(new, now))
@@ -511,15 +653,25 @@ struct RowView {
 
 async fn observations(
     State(api): State<HttpApi>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    QueryParams(params): QueryParams<ObservationParams>,
+    Authenticated(who): Authenticated,
+    params: Result<QueryParams<ObservationParams>, QueryRejection>,
 ) -> Result<Json<Vec<RowView>>, ApiError> {
-    let who = authenticate(&api, peer, &headers).await?;
-    let metric: Metric = params
-        .metric
+    let QueryParams(params) = params.map_err(|e| bad(format!("query: {}", e.body_text())))?;
+    let metric: Metric = short("metric", &params.metric, MAX_WORD)?
         .parse()
         .map_err(|e| bad(format!("metric: {e}")))?;
+    for (field, value) in [
+        ("store", &params.store),
+        ("from", &params.from),
+        ("to", &params.to),
+        ("every", &params.every),
+        ("agg", &params.agg),
+    ] {
+        short(field, value.as_deref().unwrap_or(""), MAX_WORD)?;
+    }
+    if let Some(citizen) = &params.citizen {
+        kenko_config::check_identifier(citizen).map_err(|why| bad(format!("citizen {why}")))?;
+    }
     let store = match params.store.as_deref() {
         None | Some("personal") => StoreKind::Personal,
         Some("shared") => StoreKind::Shared,

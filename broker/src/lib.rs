@@ -15,6 +15,7 @@ mod http_conn;
 pub mod login;
 pub mod metrics;
 mod packet;
+pub mod rate;
 mod router;
 mod session;
 mod sessions;
@@ -37,7 +38,7 @@ use tracing::info;
 
 pub use crate::accept::check_descriptor_budget;
 use crate::accept::AcceptBackoff;
-use crate::auth::{BadHash, Directory};
+use crate::auth::{Directory, EntryHash};
 use crate::authz::Authorizer;
 use crate::connection::Transport;
 use crate::login::{LoginGuard, LoginStats};
@@ -55,7 +56,7 @@ pub enum BrokerError {
     #[error("cannot start the hub's own router link: {0}")]
     Hub(String),
     #[error(transparent)]
-    Credentials(#[from] BadHash),
+    Credentials(#[from] EntryHash),
     #[error("ACL rules: {0}")]
     Acl(#[from] ConfigError),
     #[error("MQTT over TLS: {0}")]

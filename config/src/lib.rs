@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub mod acl;
+pub mod origin;
 pub mod profile;
 
+pub use origin::{Entry, Origin};
 pub use profile::{FieldConfig, PayloadFormat, ProfileConfig, TimeFormat};
 
 /// Why a configuration could not be used.
@@ -30,6 +32,9 @@ pub enum ConfigError {
     },
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// An entry that parsed but is not valid, at `place` (file:line).
+    #[error("{place}: {message}")]
+    Entry { place: String, message: String },
 }
 
 /// The whole configuration of one hub.
@@ -57,6 +62,9 @@ pub struct Config {
     pub profiles: Vec<ProfileConfig>,
     /// Windowed outputs: sleep summaries and daily step totals.
     pub windows: WindowsConfig,
+    /// Where the entries are in the file this configuration was read from (not a setting).
+    #[serde(skip)]
+    pub origin: Origin,
 }
 
 /// When the stream processor's windows open and close.
@@ -99,12 +107,20 @@ pub struct HttpConfig {
     /// Concurrent HTTP connections; further ones wait in the listen backlog until one
     /// closes, so that HTTP cannot use the descriptors MQTT needs.
     pub max_connections: usize,
+    /// Requests per second one principal may make, on average; further requests are answered
+    /// 429 with Retry-After. 0 turns the limit off.
+    pub requests_per_s: u32,
+    /// Requests a principal may make at once above `requests_per_s` (an app opening a page
+    /// of several charts).
+    pub request_burst: u32,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: None,
+            requests_per_s: 20,
+            request_burst: 100,
             header_read_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             max_connections: 512,
@@ -621,7 +637,7 @@ impl Config {
 
     /// Parses and validates TOML text; `path` is only used in error messages.
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
             let (line, column) = e
                 .span()
                 .map(|span| line_column(text, span.start))
@@ -633,13 +649,106 @@ impl Config {
                 message: e.message().to_owned(),
             }
         })?;
+        config.origin = Origin::of(text, path);
         config.validate()?;
         Ok(config)
     }
 
+    /// "file:line" of the principal or device entry with this id, when the configuration
+    /// came from a file: for errors found in an entry after loading (e.g. by the broker).
+    pub fn place_of(&self, id: &str) -> Option<String> {
+        let entry = match self.principals.iter().position(|p| p.id == id) {
+            Some(n) => Entry::Principal(n),
+            None => Entry::Device(self.devices.iter().position(|d| d.id == id)?),
+        };
+        self.origin.place(entry)
+    }
+
+    /// An error about `entry`, with its file:line when known.
+    fn invalid_at(&self, entry: Entry, message: String) -> ConfigError {
+        match self.origin.place(entry) {
+            Some(place) => ConfigError::Entry { place, message },
+            None => ConfigError::Invalid(message),
+        }
+    }
+
+    /// `error` about `entry`, placed at its file:line when known.
+    fn locate(&self, entry: Entry, error: ConfigError) -> ConfigError {
+        match error {
+            ConfigError::Invalid(message) => self.invalid_at(entry, message),
+            other => other,
+        }
+    }
+
+    /// Time zones, checked here so that a typo is reported as what it is, where it is.
+    fn check_timezones(&self) -> Result<(), ConfigError> {
+        let unknown = |name: &str, of: &str| {
+            format!("{of} {name:?} is not a known time zone; use an IANA name such as Asia/Tokyo")
+        };
+        let default = &self.ingest.default_timezone;
+        if jiff::tz::TimeZone::get(default).is_err() {
+            return Err(self.invalid_at(
+                Entry::DefaultTimezone,
+                unknown(default, "ingest.default_timezone"),
+            ));
+        }
+        for (n, device) in self.devices.iter().enumerate() {
+            if let Some(zone) = &device.timezone {
+                if jiff::tz::TimeZone::get(zone).is_err() {
+                    return Err(self.invalid_at(
+                        Entry::DeviceTimezone(n),
+                        unknown(zone, &format!("timezone of device {}", device.id)),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A principal's own fields: id, roles, citizen, hash.
+    fn check_principal(&self, n: usize, principal: &PrincipalConfig) -> Result<(), ConfigError> {
+        let at = |message: String| Err(self.invalid_at(Entry::Principal(n), message));
+        if let Err(why) = check_identifier(&principal.id) {
+            return at(format!("principal id {:?} {why}", principal.id));
+        }
+        if principal.id == ANONYMOUS {
+            return at(format!(
+                "principal id {ANONYMOUS:?} is reserved for clients without credentials (auth.anonymous)"
+            ));
+        }
+        for role in &principal.roles {
+            if let Err(why) = check_identifier(role) {
+                return at(format!("role {role:?} of principal {} {why}", principal.id));
+            }
+            if RESERVED_ROLES.contains(&role.as_str()) {
+                return at(format!(
+                    "role {role:?} of principal {} is reserved: the hub gives it to devices and to clients without credentials",
+                    principal.id
+                ));
+            }
+        }
+        if let Some(citizen) = &principal.citizen {
+            if let Err(why) = check_identifier(citizen) {
+                return at(format!(
+                    "citizen id {citizen:?} of principal {} {why}",
+                    principal.id
+                ));
+            }
+        }
+        check_password_hash(&principal.id, principal.password_hash.as_deref())
+            .map_err(|e| self.locate(Entry::Principal(n), e))
+    }
+
     /// Checks what serde cannot: identifiers, references and ranges.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        // A message about a setting starts with its dotted name, which places it.
+        let invalid = |m: String| {
+            let name = m.split([' ', ':']).next().unwrap_or_default();
+            Err(match self.origin.setting_place(name) {
+                Some(place) => ConfigError::Entry { place, message: m },
+                None => ConfigError::Invalid(m),
+            })
+        };
         if self.mqtt.max_packet_size < 64 {
             return invalid("mqtt.max_packet_size must be at least 64 bytes".into());
         }
@@ -655,6 +764,11 @@ impl Config {
         if self.mqtt.max_publish_rate > 0 && self.mqtt.publish_burst == 0 {
             return invalid(
                 "mqtt.publish_burst must be at least 1 while mqtt.max_publish_rate is set".into(),
+            );
+        }
+        if self.http.requests_per_s > 0 && self.http.request_burst == 0 {
+            return invalid(
+                "http.request_burst must be at least 1 while http.requests_per_s is set".into(),
             );
         }
         if self.http.header_read_timeout_ms == 0
@@ -747,51 +861,40 @@ impl Config {
         }
         let profiles = profile::all_profiles(&self.profiles)?;
         let mut seen = HashSet::new();
-        for principal in &self.principals {
-            if let Err(why) = check_identifier(&principal.id) {
-                return invalid(format!("principal id {:?} {why}", principal.id));
-            }
-            if principal.id == ANONYMOUS {
-                return invalid(format!(
-                    "principal id {ANONYMOUS:?} is reserved for clients without credentials (auth.anonymous)"
-                ));
-            }
+        for (n, principal) in self.principals.iter().enumerate() {
+            self.check_principal(n, principal)?;
             if !seen.insert(principal.id.as_str()) {
-                return invalid(format!(
-                    "principal {} is listed twice; each principal id must be unique",
-                    principal.id
+                return Err(self.invalid_at(
+                    Entry::Principal(n),
+                    format!(
+                        "principal {} is listed twice; each principal id must be unique",
+                        principal.id
+                    ),
                 ));
             }
-            if let Some(citizen) = &principal.citizen {
-                if let Err(why) = check_identifier(citizen) {
-                    return invalid(format!(
-                        "citizen id {citizen:?} of principal {} {why}",
-                        principal.id
-                    ));
-                }
-            }
-            check_password_hash(&principal.id, principal.password_hash.as_deref())?;
         }
-        for device in &self.devices {
+        for (n, device) in self.devices.iter().enumerate() {
+            let at = |message: String| Err(self.invalid_at(Entry::Device(n), message));
             if let Err(why) = check_identifier(&device.id) {
-                return invalid(format!("device id {:?} {why}", device.id));
+                return at(format!("device id {:?} {why}", device.id));
             }
             if let Err(why) = check_identifier(&device.citizen) {
-                return invalid(format!(
+                return at(format!(
                     "citizen id {:?} of device {} {why}",
                     device.citizen, device.id
                 ));
             }
             if !seen.insert(device.id.as_str()) {
-                return invalid(format!(
+                return at(format!(
                     "device {} is listed twice, or also as a principal; each id must be unique",
                     device.id
                 ));
             }
-            check_password_hash(&device.id, device.password_hash.as_deref())?;
+            check_password_hash(&device.id, device.password_hash.as_deref())
+                .map_err(|e| self.locate(Entry::Device(n), e))?;
             if !profiles.iter().any(|p| p.name == device.profile()) {
                 let names: Vec<&str> = profiles.iter().map(|p| p.name.as_str()).collect();
-                return invalid(format!(
+                return at(format!(
                     "device {} names unknown payload profile {:?}; known profiles: {}",
                     device.id,
                     device.profile(),
@@ -799,9 +902,13 @@ impl Config {
                 ));
             }
         }
-        Ok(())
+        self.check_timezones()
     }
 }
+
+/// Roles the hub gives on its own: a principal of the configuration claiming one would pass
+/// for a device, or for a client without credentials, in the ACL rules.
+const RESERVED_ROLES: [&str; 2] = ["device", ANONYMOUS];
 
 /// The principal of clients without credentials when `auth.anonymous` is on.
 pub const ANONYMOUS: &str = "anonymous";
@@ -981,6 +1088,78 @@ mod tests {
     }
 
     #[test]
+    fn invalid_principal_entries_name_file_and_line() {
+        let ok = "[[principals]]\nid = \"ok\"\nroles = [\"care\"]\n\n";
+        for (entry, says) in [
+            (
+                "[[principals]]\nid = \"p\"\nroles = [\"a b\"]\n",
+                "role \"a b\" of principal p",
+            ),
+            (
+                "[[principals]]\nid = \"p\"\nroles = [\"device\"]\n",
+                "is reserved",
+            ),
+            (
+                "[[principals]]\nid = \"p\"\npassword_hash = \"md5:abc\"\n",
+                "password_hash of p is not an argon2id hash",
+            ),
+            ("[[principals]]\nid = \"ok\"\n", "listed twice"),
+            ("[[principals]]\nid = \"p/1\"\n", "principal id \"p/1\""),
+            (
+                "[[principals]]\nid = \"anonymous\"\n",
+                "reserved for clients",
+            ),
+        ] {
+            let text = format!("[mqtt]\nmax_inflight = 10\n\n{ok}{entry}");
+            let err = parse(&text).expect_err(entry);
+            let message = err.to_string();
+            // The second entry's header is line 8.
+            assert!(message.starts_with("kenko.toml:8: "), "{entry}: {message}");
+            assert!(message.contains(says), "{entry}: {message}");
+        }
+        let config = parse(&format!(
+            "{ok}[[devices]]\nid = \"d\"\nkind = \"bed\"\ncitizen = \"c\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(config.place_of("ok").as_deref(), Some("kenko.toml:1"));
+        assert_eq!(config.place_of("d").as_deref(), Some("kenko.toml:5"));
+        assert_eq!(config.place_of("nobody"), None);
+    }
+
+    #[test]
+    fn a_setting_out_of_range_names_its_line() {
+        for (text, place) in [
+            ("[mqtt]\nlisten = \"127.0.0.1:1\"\nmax_inflight = 0\n", "kenko.toml:3: mqtt.max_inflight"),
+            ("[http]\n\nrequest_burst = 0\n", "kenko.toml:3: http.request_burst"),
+            ("\n[ingest]\nqueue = 0\n", "kenko.toml:2: ingest.batch_max"),
+            (
+                "[influxdb]\nurl = \"http://h\"\nbucket_shared = \"personal\"\nshared_measurement = \"kenko\"\n",
+                "kenko.toml:1: influxdb:",
+            ),
+        ] {
+            let err = parse(text).expect_err(text);
+            assert!(err.to_string().starts_with(place), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_time_zone_is_reported_as_such_where_it_is() {
+        let err = parse("[ingest]\nbatch_max = 10\ndefault_timezone = \"Asia/Tokio\"\n")
+            .expect_err("zone");
+        assert_eq!(
+            err.to_string(),
+            "kenko.toml:3: ingest.default_timezone \"Asia/Tokio\" is not a known time zone; use an IANA name such as Asia/Tokyo"
+        );
+        let device = "[[devices]]\nid = \"d\"\nkind = \"bed\"\ncitizen = \"c\"\ntimezone = \"Mars/Olympus\"\n";
+        let err = parse(device).expect_err("device zone");
+        let message = err.to_string();
+        assert!(
+            message.starts_with("kenko.toml:5: timezone of device d \"Mars/Olympus\""),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn the_example_config_is_valid_and_spells_out_the_defaults() {
         let example = include_str!("../kenko.example.toml");
         let config = parse(example).expect("config/kenko.example.toml parses");
@@ -989,6 +1168,7 @@ mod tests {
         assert_eq!(config.auth, AuthConfig::default());
         assert_eq!(config.wal, WalConfig::default());
         assert_eq!(config.windows, WindowsConfig::default());
+        assert_eq!(config.http, HttpConfig::default());
         assert_eq!(config.devices.len(), 2);
         assert_eq!(config.principals.len(), 1);
     }

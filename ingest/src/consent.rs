@@ -454,6 +454,70 @@ pub struct ConsentChange {
     pub erase: bool,
 }
 
+/// The longest `source` a record keeps, in bytes. Every record and its audit entry are kept
+/// for good, so a source is a short note (a form number, an app's name), not a document.
+pub const MAX_SOURCE: usize = 256;
+
+/// The longest data type name checked against the catalogue, in bytes; longer names are
+/// refused without being looked up (or repeated in the error).
+const MAX_DATA_TYPE: usize = 64;
+
+/// Why a consent record cannot be stored as given. Messages name the field and the rule, not
+/// the value, which may be megabytes long.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidChange {
+    #[error("{field} is {len} bytes long; at most {max} bytes are allowed")]
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("{field} {why}")]
+    Identifier { field: &'static str, why: String },
+    #[error("data_types: {0}")]
+    UnknownType(String),
+    #[error("data_types names {0} more than once; name each data type once")]
+    Repeated(String),
+}
+
+impl ConsentChange {
+    /// Checks every text the record would store: identifiers by the config's rules, data
+    /// types against the catalogue (each once, so their number is bounded), `source` by
+    /// [`MAX_SOURCE`].
+    pub fn check(&self) -> Result<(), InvalidChange> {
+        for (field, id) in [("citizen", &self.citizen), ("grantee", &self.grantee)] {
+            kenko_config::check_identifier(id)
+                .map_err(|why| InvalidChange::Identifier { field, why })?;
+        }
+        too_long("source", &self.source, MAX_SOURCE)?;
+        let mut seen = Vec::with_capacity(self.data_types.len());
+        for name in &self.data_types {
+            too_long("data_types entry", name, MAX_DATA_TYPE)?;
+            let metric: kenko_devices::Metric =
+                name.parse()
+                    .map_err(|e: kenko_devices::catalogue::UnknownMetric| {
+                        InvalidChange::UnknownType(e.to_string())
+                    })?;
+            if seen.contains(&metric) {
+                return Err(InvalidChange::Repeated(metric.name().to_owned()));
+            }
+            seen.push(metric);
+        }
+        Ok(())
+    }
+}
+
+fn too_long(field: &'static str, value: &str, max: usize) -> Result<(), InvalidChange> {
+    if value.len() > max {
+        return Err(InvalidChange::TooLong {
+            field,
+            len: value.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS consents (
     id             INTEGER PRIMARY KEY,
@@ -515,6 +579,7 @@ impl ConsentRegistry {
 
     /// Adds a record and its audit entry in one transaction; returns the record as stored.
     pub fn record(&mut self, new: ConsentChange, now_ms: i64) -> Result<Consent, StoreError> {
+        new.check()?;
         let path = self.path.clone();
         let tx = self
             .conn
@@ -907,6 +972,47 @@ mod tests {
             granted: false,
             ..grant(citizen, purpose, types)
         }
+    }
+
+    #[test]
+    fn a_record_with_an_unbounded_text_is_refused_before_anything_is_stored() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut registry = ConsentRegistry::open(&dir.path().join("registry.db")).expect("open");
+        let long_source = ConsentChange {
+            source: "s".repeat(MAX_SOURCE + 1),
+            ..grant("c-1", Purpose::Collect, &[])
+        };
+        let repeated = grant(
+            "c-1",
+            Purpose::Collect,
+            &["heart_rate", "spo2", "heart_rate"],
+        );
+        let unknown = grant("c-1", Purpose::Collect, &["x"; 1]);
+        let huge_type = ConsentChange {
+            data_types: vec!["h".repeat(10_000)],
+            ..grant("c-1", Purpose::Collect, &[])
+        };
+        let citizen = grant(&"c".repeat(1_000), Purpose::Collect, &[]);
+        for (change, says) in [
+            (
+                long_source,
+                "source is 257 bytes long; at most 256 bytes are allowed",
+            ),
+            (repeated, "data_types names heart_rate more than once"),
+            (unknown, "data_types: unknown metric \"x\""),
+            (huge_type, "data_types entry is 10000 bytes long"),
+            (citizen, "citizen is longer than 128 bytes"),
+        ] {
+            let err = registry.record(change, 1).expect_err(says);
+            assert!(err.to_string().contains(says), "{err}");
+        }
+        assert!(registry.list(None).expect("list").is_empty());
+        assert_eq!(registry.verify_audit().expect("verify").entries, 0);
+        let at_limit = ConsentChange {
+            source: "s".repeat(MAX_SOURCE),
+            ..grant("c-1", Purpose::Collect, &[])
+        };
+        registry.record(at_limit, 1).expect("at the limit");
     }
 
     #[test]

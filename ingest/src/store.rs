@@ -72,6 +72,8 @@ pub enum StoreError {
     },
     #[error("store {path} has schema version {found}, newer than this kenko understands ({SCHEMA_VERSION}); upgrade kenko")]
     NewerSchema { path: PathBuf, found: i64 },
+    #[error("consent record refused: {0}")]
+    InvalidConsent(#[from] crate::consent::InvalidChange),
     #[error("bucket width {0} ms is not positive; pass a positive --every such as 1m")]
     BadBucket(i64),
     #[error("{metric} from device {device} at {time_ms} ms has no finite value ({value}); reject or drop it before it reaches the store")]

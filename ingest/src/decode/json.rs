@@ -32,7 +32,13 @@ pub(super) fn decode(
             top: true,
         })
         .and_then(|top| de.end().map(|()| top))
-        .map_err(|e| Rejection::malformed(format!("payload is not {}: {e}", ctx.profile.name)))?;
+        .map_err(|e| {
+            Rejection::malformed(format!(
+                "payload is not {}: {}",
+                ctx.profile.name,
+                super::redact::without_values(&e.to_string())
+            ))
+        })?;
     let profile = ctx.profile;
     for obs in &mut out[start..] {
         if obs.time_ms == NO_TIME {
@@ -258,7 +264,7 @@ impl ReadingSeed<'_> {
         let metric = self.field.metric;
         if metric == Metric::SleepStage && SleepStage::from_code(raw).is_none() {
             return Err(E::custom(format_args!(
-                "field {} is {raw}; a sleep stage is one of awake, light, deep, rem (or codes 0–3)",
+                "field `{}` is not a sleep stage; a sleep stage is one of awake, light, deep, rem (or codes 0–3)",
                 self.field.key
             )));
         }
@@ -340,7 +346,7 @@ impl TimeSeed<'_> {
             || (!exact && self.format != TimeFormat::EpochS && whole != ms)
         {
             return Err(E::custom(format_args!(
-                "field {} is {v}; expected {}",
+                "field `{}` (the event time) is out of range or not whole; expected {}",
                 self.key,
                 Expecting(self.format)
             )));
@@ -373,7 +379,7 @@ impl<'de> Visitor<'de> for TimeSeed<'_> {
     fn visit_str<E: de::Error>(self, text: &str) -> Result<i64, E> {
         let bad = || {
             E::custom(format_args!(
-                "field {} is {text:?}; expected {}",
+                "field `{}` (the event time) is not a time; expected {}",
                 self.key,
                 Expecting(self.format)
             ))

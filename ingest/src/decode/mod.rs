@@ -10,6 +10,7 @@
 
 mod json;
 mod protobuf;
+mod redact;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -105,11 +106,12 @@ pub struct Zones {
     named: HashMap<Arc<str>, TimeZone>,
 }
 
-/// A time zone name in the configuration is not known.
+/// A time zone name is not known: the hub's default, or a device's (`of` names which).
 #[derive(Debug, thiserror::Error)]
-#[error("unknown time zone {name:?}: {source}; use an IANA name such as Asia/Tokyo")]
+#[error("unknown time zone {name:?} ({of}): {source}; use an IANA name such as Asia/Tokyo")]
 pub struct UnknownZone {
     pub name: String,
+    pub of: String,
     source: jiff::Error,
 }
 
@@ -120,9 +122,10 @@ impl Zones {
         default: &str,
         devices: impl IntoIterator<Item = &'a DeviceEntry>,
     ) -> Result<Zones, UnknownZone> {
-        let get = |name: &str| {
+        let get = |name: &str, of: &dyn Fn() -> String| {
             TimeZone::get(name).map_err(|source| UnknownZone {
                 name: name.to_owned(),
+                of: of(),
                 source,
             })
         };
@@ -130,12 +133,13 @@ impl Zones {
         for device in devices {
             if let Some(name) = &device.timezone {
                 if !named.contains_key(name) {
-                    named.insert(name.clone(), get(name)?);
+                    let of = || format!("the timezone of device {}", device.id);
+                    named.insert(name.clone(), get(name, &of)?);
                 }
             }
         }
         Ok(Zones {
-            default: get(default)?,
+            default: get(default, &|| "ingest.default_timezone".to_owned())?,
             named,
         })
     }
@@ -290,16 +294,16 @@ fn normalize(ctx: &Context<'_>, obs: &mut Observation) -> Result<(), Rejection> 
     let metric = obs.metric;
     if obs.time_ms < MIN_EPOCH_MS {
         return Err(Rejection::malformed(format!(
-            "event time {} of {metric} is before the year 2000; send epoch milliseconds (or the profile's time format), not seconds",
-            obs.time_ms
+            "event time of {} is before the year 2000; send epoch milliseconds (or the profile's time format), not seconds",
+            field_name(ctx, metric)
         )));
     }
     if obs.time_ms > ctx.received_ms.saturating_add(ctx.limits.max_future_ms) {
         return Err(Rejection::new(
             RejectCode::FutureTimestamp,
             format!(
-                "event time is {} s ahead of the hub's clock (at most {} s allowed); check the device's clock",
-                (obs.time_ms - ctx.received_ms) / 1000,
+                "event time of {} is more than {} s ahead of the hub's clock; check the device's clock",
+                field_name(ctx, metric),
                 ctx.limits.max_future_ms / 1000
             ),
         ));
@@ -308,16 +312,16 @@ fn normalize(ctx: &Context<'_>, obs: &mut Observation) -> Result<(), Rejection> 
         return Err(Rejection::new(
             RejectCode::TooOld,
             format!(
-                "event time is {} h old, beyond the hub's late-data horizon of {} h",
-                (ctx.received_ms - obs.time_ms) / 3_600_000,
+                "event time of {} is older than the hub's late-data horizon of {} h",
+                field_name(ctx, metric),
                 ctx.limits.late_horizon_ms / 3_600_000
             ),
         ));
     }
     if !obs.value.is_finite() {
         return Err(Rejection::malformed(format!(
-            "{metric} is {}; readings must be finite numbers",
-            obs.value
+            "{} is not a finite number; readings must be finite numbers",
+            field_name(ctx, metric)
         )));
     }
     let (low, high) = metric.plausible();
@@ -326,8 +330,8 @@ fn normalize(ctx: &Context<'_>, obs: &mut Observation) -> Result<(), Rejection> 
             return Err(Rejection::new(
                 RejectCode::Implausible,
                 format!(
-                    "{metric} = {} {} is outside the plausible range {low}..{high}",
-                    obs.value,
+                    "{} is outside the plausible range {low}..{high} {}",
+                    field_name(ctx, metric),
                     metric.unit()
                 ),
             ));
@@ -335,6 +339,15 @@ fn normalize(ctx: &Context<'_>, obs: &mut Observation) -> Result<(), Rejection> 
         obs.flags |= flags::IMPLAUSIBLE;
     }
     Ok(())
+}
+
+/// How a reason names a reading without its value: the payload's key and the metric, e.g.
+/// "field `hr` (heart_rate)"; the protobuf schema names readings by metric.
+fn field_name(ctx: &Context<'_>, metric: Metric) -> String {
+    match ctx.profile.fields.iter().find(|f| f.metric == metric) {
+        Some(field) => format!("field `{}` ({metric})", field.key),
+        None => format!("reading {metric}"),
+    }
 }
 
 /// A canonical observation of this context's device, before the checks.
@@ -460,11 +473,36 @@ mod tests {
         )
         .expect_err("reject");
         assert_eq!(rejected.code, RejectCode::Implausible);
-        assert!(
-            rejected.message.contains("heart_rate"),
-            "{}",
-            rejected.message
+        assert_eq!(
+            rejected.message,
+            "field `hr` (heart_rate) is outside the plausible range 20..250 /min"
         );
+    }
+
+    #[test]
+    fn reasons_name_the_field_and_never_the_value() {
+        let dev = device(None);
+        let cases = [
+            (r#"{"ts":1764049990000,"hr":"fast-4711"}"#, "fast-4711"),
+            (
+                r#"{"ts":1764049990000,"stage":"dreaming-4711"}"#,
+                "dreaming-4711",
+            ),
+            (r#"{"ts":1764049990000,"stage":4711}"#, "4711"),
+            (r#"{"ts":1764049990000,"occ":4711.5}"#, "4711"),
+            (r#"{"ts":"4711-yesterday","hr":60}"#, "4711"),
+            (r#"{"ts":1764049990000.4711,"hr":60}"#, "4711"),
+            (r#"{"ts":1764049990000,"seq":-4711,"hr":60}"#, "4711"),
+            (r#"4711.25"#, "4711"),
+            (r#"{"ts":1764049990000,"hr":471.1}"#, "471"),
+        ];
+        for (payload, value) in cases {
+            let err = run(&dev, payload, Plausibility::Reject).expect_err(payload);
+            assert!(!err.message.contains(value), "{payload}: {}", err.message);
+        }
+        let err =
+            run(&dev, r#"{"ts":1764049990000,"hr":"x"}"#, Plausibility::Flag).expect_err("string");
+        assert!(err.message.contains("field hr"), "{}", err.message);
     }
 
     #[test]
