@@ -175,13 +175,25 @@ async fn healthz() -> Response {
 /// Whether the hub is acknowledging: 503 with the reason while a store file is missing,
 /// replaced or truncated (for a readiness probe; no credentials).
 async fn readyz(State(api): State<HttpApi>) -> Response {
-    match api.health.as_ref().and_then(|h| h.fault()) {
+    match api.health.as_ref().and_then(|h| h.fault_now()) {
         None => Json(serde_json::json!({ "ready": true })).into_response(),
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({ "ready": false, "reason": reason })),
         )
             .into_response(),
+    }
+}
+
+/// Refuses (503, with the reason) a request that would write to registry.db or read a store
+/// while a store file is missing, replaced or truncated.
+fn ensure_sound_stores(api: &HttpApi) -> Result<(), ApiError> {
+    match api.health.as_ref().and_then(|h| h.fault_now()) {
+        None => Ok(()),
+        Some(reason) => Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the hub's stores are unavailable: {reason}"),
+        )),
     }
 }
 
@@ -383,6 +395,7 @@ async fn record_consent(
     body: Result<Json<ConsentBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<ConsentView>), ApiError> {
     let who = authenticate(&api, &headers).await?;
+    ensure_sound_stores(&api)?;
     let Json(body) = body.map_err(|e| bad(format!("body: {e}")))?;
     let purpose: Purpose = body.purpose.parse().map_err(bad)?;
     let granted = match body.change.as_deref() {
@@ -473,6 +486,8 @@ async fn observations(
     QueryParams(params): QueryParams<ObservationParams>,
 ) -> Result<Json<Vec<RowView>>, ApiError> {
     let who = authenticate(&api, &headers).await?;
+    // A read of identified data is audited in registry.db before it is answered.
+    ensure_sound_stores(&api)?;
     let metric: Metric = params
         .metric
         .parse()

@@ -397,6 +397,7 @@ pub fn start(
     let mut guards = store_guards;
     guards.push(registry_guard);
     guards.push(FileGuard::open(&data_dir.join("deadletter.db"))?);
+    health.watch(&guards);
     let writer = Writer {
         rx,
         registry,
