@@ -268,6 +268,12 @@ async fn damage_under_load(
     let reason = reason["reason"].as_str().unwrap_or_default();
     assert!(reason.contains(file), "readyz names {file}: {reason}");
     assert_eq!(get(http, "/healthz", None)?.0, 200, "alive all the same");
+    let (status, body) = get(
+        http,
+        "/api/v1/observations?metric=heart_rate",
+        Some("operator-1"),
+    )?;
+    assert_eq!(status, 503, "no audited read while a store is lost: {body}");
     assert!(metric(http, "kenko_ingest_store_faults_total")? >= 1);
     assert_eq!(metric(http, "kenko_ingest_stores_unavailable")?, 1);
     let logged = hub.stderr_lines();
@@ -336,6 +342,11 @@ async fn personal_db_moved_away_and_back_resumes_without_a_restart() -> anyhow::
     let acked = fleet.stop().await;
     let data_dir = hub.data_dir.clone();
     tokio::task::block_in_place(|| all_stored(&data_dir, &acked, false))?;
+    // With no traffic, /readyz looks for itself.
+    std::fs::rename(&path, &aside)?;
+    assert_eq!(get(http, "/readyz", None)?.0, 503, "idle, file away");
+    std::fs::rename(&aside, &path)?;
+    assert_eq!(get(http, "/readyz", None)?.0, 200, "idle, file back");
     tokio::task::block_in_place(|| hub.terminate())
 }
 

@@ -211,13 +211,25 @@ async fn healthz() -> Response {
 /// Whether the hub is acknowledging: 503 with the reason while a store file is missing,
 /// replaced or truncated (for a readiness probe; no credentials).
 async fn readyz(State(api): State<HttpApi>) -> Response {
-    match api.health.as_ref().and_then(|h| h.fault()) {
+    match api.health.as_ref().and_then(|h| h.fault_now()) {
         None => Json(serde_json::json!({ "ready": true })).into_response(),
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({ "ready": false, "reason": reason })),
         )
             .into_response(),
+    }
+}
+
+/// Refuses (503, with the reason) a request that would write to registry.db or read a store
+/// while a store file is missing, replaced or truncated.
+fn ensure_sound_stores(api: &HttpApi) -> Result<(), ApiError> {
+    match api.health.as_ref().and_then(|h| h.fault_now()) {
+        None => Ok(()),
+        Some(reason) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the hub's stores are unavailable: {reason}"),
+        )),
     }
 }
 
@@ -567,6 +579,7 @@ async fn record_consent(
     Authenticated(who): Authenticated,
     body: Result<Json<ConsentBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<ConsentView>), ApiError> {
+    ensure_sound_stores(&api)?;
     let Json(body) = body.map_err(|e| bad(format!("body: {}", e.body_text())))?;
     let purpose: Purpose = short("purpose", &body.purpose, MAX_WORD)?
         .parse()
@@ -656,6 +669,8 @@ async fn observations(
     Authenticated(who): Authenticated,
     params: Result<QueryParams<ObservationParams>, QueryRejection>,
 ) -> Result<Json<Vec<RowView>>, ApiError> {
+    // A read of identified data is audited in registry.db before it is answered.
+    ensure_sound_stores(&api)?;
     let QueryParams(params) = params.map_err(|e| bad(format!("query: {}", e.body_text())))?;
     let metric: Metric = short("metric", &params.metric, MAX_WORD)?
         .parse()

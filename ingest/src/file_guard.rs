@@ -209,6 +209,8 @@ fn read_at(file: &File, buf: &mut [u8]) -> io::Result<()> {
 pub struct Health {
     faults: Mutex<BTreeMap<PathBuf, String>>,
     stats: Arc<IngestStats>,
+    /// Every guarded file, for a check on demand (`/readyz`) while no batch comes.
+    watched: Mutex<Vec<Arc<FileGuard>>>,
 }
 
 impl Health {
@@ -216,7 +218,28 @@ impl Health {
         Arc::new(Health {
             faults: Mutex::default(),
             stats,
+            watched: Mutex::default(),
         })
+    }
+
+    /// Adds `guards` to the files [`Health::fault_now`] checks.
+    pub fn watch(&self, guards: &[Arc<FileGuard>]) {
+        self.watched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(guards.iter().cloned());
+    }
+
+    /// Checks every watched file now (a `stat` each) and says why the hub is not ready,
+    /// or `None` when it is.
+    pub fn fault_now(&self) -> Option<String> {
+        let watched = self
+            .watched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        self.check(&watched);
+        self.fault()
     }
 
     /// Checks `guards`, notes what changed (logged and counted once per fault, not per

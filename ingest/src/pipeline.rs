@@ -400,6 +400,7 @@ pub fn start(
     let mut guards = store_guards;
     guards.push(registry_guard);
     guards.push(FileGuard::open(&data_dir.join("deadletter.db"))?);
+    health.watch(&guards);
     let writer = Writer {
         rx,
         registry,
@@ -916,17 +917,17 @@ impl Writer {
     fn append(&mut self) -> bool {
         let mut backoff = FIRST_BACKOFF;
         let mut give_up_at = None;
-        let failing_since = Instant::now();
+        let mut failing_since = None;
         loop {
             match self.wal.append(&self.record) {
                 Ok(_) => {
-                    log_recovered(
-                        give_up_at.is_some() || backoff > FIRST_BACKOFF,
-                        failing_since,
-                    );
+                    if let Some(since) = failing_since {
+                        log_recovered(since);
+                    }
                     return true;
                 }
                 Err(e) => {
+                    failing_since.get_or_insert_with(Instant::now);
                     if !self.retry(&e, &mut backoff, &mut give_up_at) {
                         return false;
                     }
@@ -940,18 +941,18 @@ impl Writer {
     fn sync(&mut self) -> bool {
         let mut backoff = FIRST_BACKOFF;
         let mut give_up_at = None;
-        let failing_since = Instant::now();
+        let mut failing_since = None;
         loop {
             match self.wal.sync() {
                 Ok(()) => {
                     self.durable.advance(self.wal.end());
-                    log_recovered(
-                        give_up_at.is_some() || backoff > FIRST_BACKOFF,
-                        failing_since,
-                    );
+                    if let Some(since) = failing_since {
+                        log_recovered(since);
+                    }
                     return true;
                 }
                 Err(e) => {
+                    failing_since.get_or_insert_with(Instant::now);
                     if !self.retry(&e, &mut backoff, &mut give_up_at) {
                         return false;
                     }
@@ -1188,13 +1189,11 @@ impl Writer {
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Ends a disk-full (or failing-disk) episode in the log, as its start was.
-fn log_recovered(failed: bool, since: Instant) {
-    if failed {
-        info!(
-            after_ms = since.elapsed().as_millis() as u64,
-            "the write-ahead log accepts writes again (the disk recovered); acknowledging resumes"
-        );
-    }
+fn log_recovered(since: Instant) {
+    info!(
+        after_ms = since.elapsed().as_millis() as u64,
+        "the write-ahead log accepts writes again (the disk recovered); acknowledging resumes"
+    );
 }
 
 fn log_full() -> Rejection {
