@@ -1,10 +1,11 @@
 //! Consent under load, measured on the real `kenko` binary (prints figures, asserts none):
 //!
-//! 1. acknowledgement latency of 100 devices publishing at QoS 1, idle and while a citizen's
-//!    app polls its own data over the HTTP API every 10 ms (each poll appends an audit entry
-//!    to `registry.db`);
+//! 1. acknowledgement latency of 100 devices publishing at QoS 1 every 100 ms, idle and
+//!    while a citizen's app polls its own data over the HTTP API every 10 ms (each poll
+//!    appends an audit entry to `registry.db`);
 //! 2. revocation latency, from the commit of a care withdrawal to the hub refusing live
-//!    deliveries to the care service (the last delivery it still made), p50 / p99 / max.
+//!    deliveries to the care service (the last delivery it still made, of a device that
+//!    publishes every 5 ms beside the 100 and the polling app), p50 / p99 / max.
 //!
 //! Both run with `registry.db` bloated first with consent records and audit entries
 //! (`KENKO_BENCH_REGISTRY_MB`, default 100; 0 for a fresh registry).
@@ -31,6 +32,10 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 const PHASE: Duration = Duration::from_secs(15);
 const POLL_EVERY: Duration = Duration::from_millis(10);
 const REVOCATIONS: usize = 40;
+/// The device whose citizen's care consent is granted and withdrawn, beside the others,
+/// and how often it publishes: the resolution of the revocation figure.
+const WATCHED: usize = DEVICES + 1;
+const WATCHED_EVERY: Duration = Duration::from_millis(5);
 
 fn main() -> anyhow::Result<()> {
     let megabytes: u64 = std::env::var("KENKO_BENCH_REGISTRY_MB")
@@ -60,7 +65,7 @@ async fn measure(hub: &Hub, registry: &Path) -> anyhow::Result<()> {
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     for i in 1..=DEVICES {
-        spawn_device(hub.mqtt, i, latencies.clone(), stop.clone());
+        spawn_device(hub.mqtt, i, PUBLISH_EVERY, latencies.clone(), stop.clone());
     }
     tokio::time::sleep(Duration::from_secs(3)).await; // connect and warm up
     latencies.lock().expect("lock").clear();
@@ -83,6 +88,13 @@ async fn measure(hub: &Hub, registry: &Path) -> anyhow::Result<()> {
         polling,
     );
 
+    spawn_device(
+        hub.mqtt,
+        WATCHED,
+        WATCHED_EVERY,
+        Arc::default(),
+        stop.clone(),
+    );
     let revocations = revocation_latencies(hub.mqtt, registry).await?;
     report("revocation, commit to last live delivery", revocations);
     stop.store(true, Ordering::Relaxed);
@@ -115,7 +127,7 @@ fn config_text() -> String {
         "[ingest]\nlive_republish = true\nbatch_linger_ms = 2\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n",
     );
     let hash = |id: &str| hash_password(&password(id), Cost::Token);
-    for i in 1..=DEVICES {
+    for i in 1..=WATCHED {
         let id = format!("bed-{i:03}");
         text.push_str(&format!(
             "[[devices]]\nid = \"{id}\"\nkind = \"bed\"\ncitizen = \"citizen-{i:03}\"\npassword_hash = \"{}\"\n\n",
@@ -141,7 +153,7 @@ fn config_text() -> String {
 /// records of other citizens and audit entries until the file holds about `megabytes`.
 fn prepare_registry(path: &Path, megabytes: u64) -> anyhow::Result<()> {
     let mut registry = ConsentRegistry::open(path)?;
-    for i in 1..=DEVICES {
+    for i in 1..=WATCHED {
         registry.record(
             change(&format!("citizen-{i:03}"), HUB, Purpose::Collect, true),
             now_ms(),
@@ -192,11 +204,12 @@ fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
-/// One device: a reading at QoS 1 every [`PUBLISH_EVERY`], one at a time, timing each
-/// PUBLISH to its PUBACK.
+/// One device: a reading at QoS 1 every `every`, one at a time, timing each PUBLISH to its
+/// PUBACK.
 fn spawn_device(
     hub: SocketAddr,
     i: usize,
+    every: Duration,
     latencies: Arc<Mutex<Vec<Duration>>>,
     stop: Arc<AtomicBool>,
 ) {
@@ -206,7 +219,7 @@ fn spawn_device(
     options.set_keep_alive(Duration::from_secs(30));
     let (client, mut eventloop) = AsyncClient::new(options, 10);
     tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(PUBLISH_EVERY);
+        let mut ticker = tokio::time::interval(every);
         while !stop.load(Ordering::Relaxed) {
             ticker.tick().await;
             let body = format!(r#"{{"ts":{},"hr":62}}"#, now_ms());
@@ -258,13 +271,16 @@ fn poll_own_data(http: SocketAddr, stop: &AtomicBool, polls: &AtomicU64) {
 
 /// Grants care to st-luke, waits for live deliveries, withdraws it (committed to the
 /// registry directly) and takes the time from the commit to the last delivery received;
-/// [`REVOCATIONS`] times, while bed-001 publishes every [`PUBLISH_EVERY`].
+/// [`REVOCATIONS`] times, while the watched device publishes every [`WATCHED_EVERY`].
 async fn revocation_latencies(hub: SocketAddr, registry: &Path) -> anyhow::Result<Vec<Duration>> {
     let mut options = MqttOptions::new("st-luke", hub.ip().to_string(), hub.port());
     options.set_credentials("st-luke", password("st-luke"));
     let (client, mut eventloop) = AsyncClient::new(options, 100);
     client
-        .subscribe("citizens/citizen-001/observations/+", QoS::AtMostOnce)
+        .subscribe(
+            format!("citizens/citizen-{WATCHED:03}/observations/+"),
+            QoS::AtMostOnce,
+        )
         .await?;
     let seen: Arc<Mutex<Vec<Instant>>> = Arc::default();
     let sink = seen.clone();
@@ -277,11 +293,9 @@ async fn revocation_latencies(hub: SocketAddr, registry: &Path) -> anyhow::Resul
     });
     let mut registry = ConsentRegistry::open(registry)?;
     let mut delays = Vec::new();
+    let citizen = format!("citizen-{WATCHED:03}");
     for _ in 0..REVOCATIONS {
-        registry.record(
-            change("citizen-001", "st-luke", Purpose::Care, true),
-            now_ms(),
-        )?;
+        registry.record(change(&citizen, "st-luke", Purpose::Care, true), now_ms())?;
         let before = seen.lock().expect("lock").len();
         let deadline = Instant::now() + Duration::from_secs(10);
         while seen.lock().expect("lock").len() < before + 3 {
@@ -291,10 +305,7 @@ async fn revocation_latencies(hub: SocketAddr, registry: &Path) -> anyhow::Resul
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        registry.record(
-            change("citizen-001", "st-luke", Purpose::Care, false),
-            now_ms(),
-        )?;
+        registry.record(change(&citizen, "st-luke", Purpose::Care, false), now_ms())?;
         let committed = Instant::now();
         tokio::time::sleep(Duration::from_millis(500)).await;
         let last = seen
