@@ -241,11 +241,12 @@ fn a_500_shows_an_error_id_and_the_log_has_the_details() -> anyhow::Result<()> {
     let path = "/api/v1/observations?metric=heart_rate&store=shared";
     assert_eq!(http(api, "GET", path, Some("analyst-1"), None)?.0, 200);
 
-    // The shared store becomes unreadable: a directory takes its name (the hub's own writer
-    // keeps the file it opened).
-    let shared = hub.data_dir.join("shared.db");
-    std::fs::rename(&shared, hub.data_dir.join("shared.db.moved"))?;
-    std::fs::create_dir(&shared)?;
+    // The shared store's write-ahead file becomes unreadable: a directory takes its name.
+    // The store file itself is untouched (the hub's file guard sees nothing wrong) and the
+    // hub's own writer keeps the file it opened, but a new reader cannot open the store.
+    let shared_wal = hub.data_dir.join("shared.db-wal");
+    std::fs::rename(&shared_wal, hub.data_dir.join("shared.db-wal.moved"))?;
+    std::fs::create_dir(&shared_wal)?;
     let (status, err) = http(api, "GET", path, Some("analyst-1"), None)?;
     assert_eq!(status, 500, "{err}");
     let id = err["error_id"].as_str().context("an error id")?.to_owned();

@@ -267,6 +267,7 @@ async fn damage_under_load(
     let reason: serde_json::Value = serde_json::from_str(&body)?;
     let reason = reason["reason"].as_str().unwrap_or_default();
     assert!(reason.contains(file), "readyz names {file}: {reason}");
+    assert!(!reason.contains('/'), "readyz shows no path: {reason}");
     assert_eq!(get(http, "/healthz", None)?.0, 200, "alive all the same");
     let (status, body) = get(
         http,

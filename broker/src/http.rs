@@ -8,7 +8,6 @@
 //! principal's requests are limited by a token bucket; a failure inside the hub is answered
 //! with an error id, its details (paths included) going to the log under that id.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -36,7 +35,7 @@ use tracing::{error, info};
 
 use crate::auth::{Directory, Identity};
 use crate::login::{Listener, Login, LoginGuard};
-use crate::rate::TokenBucket;
+use crate::rate::TokenBuckets;
 use crate::BrokerStats;
 use kenko_ingest::pipeline::IngestStats;
 
@@ -358,18 +357,22 @@ const MAX_WORD: usize = 64;
 struct RequestLimits {
     per_s: u32,
     burst: u32,
-    buckets: Mutex<HashMap<String, TokenBucket>>,
+    buckets: Mutex<TokenBuckets<String>>,
 }
 
-/// Buckets kept before full ones are swept out.
-const SWEEP_ABOVE: usize = 1024;
+/// Principals' buckets kept at once; full ones are forgotten when the table is full.
+const MAX_PRINCIPAL_BUCKETS: usize = 100_000;
 
 impl RequestLimits {
     fn from_config(config: &kenko_config::HttpConfig) -> RequestLimits {
         RequestLimits {
             per_s: config.requests_per_s,
             burst: config.request_burst,
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(TokenBuckets::new(
+                config.request_burst,
+                f64::from(config.requests_per_s),
+                MAX_PRINCIPAL_BUCKETS,
+            )),
         }
     }
 
@@ -380,13 +383,7 @@ impl RequestLimits {
         }
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() > SWEEP_ABOVE {
-            buckets.retain(|_, b| !b.is_full(now));
-        }
-        let bucket = buckets
-            .entry(who.to_owned())
-            .or_insert_with(|| TokenBucket::new(self.burst, f64::from(self.per_s), now));
-        bucket.try_take(now).map_err(|wait| {
+        buckets.take(&who.to_owned(), now).map_err(|wait| {
             ApiError::retry_after(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!(

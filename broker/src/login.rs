@@ -5,7 +5,6 @@
 //! logins counted and logged at a bounded rate.
 
 use std::collections::HashMap;
-use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,6 +15,7 @@ use kenko_config::{Config, LoginConfig};
 use tracing::{info, warn};
 
 use crate::auth::{hash_params, hash_with_params, verify_in, Directory, Identity};
+use crate::rate::TokenBuckets;
 use crate::BrokerStats;
 
 /// Distinct keys a bucket table holds at most. Buckets that have refilled are forgotten
@@ -56,82 +56,6 @@ pub enum Login {
     Busy,
 }
 
-/// Token buckets, one per key: `burst` tokens, refilled at `per_minute`.
-#[derive(Debug)]
-pub struct TokenBuckets<K> {
-    burst: f64,
-    per_sec: f64,
-    buckets: HashMap<K, Bucket>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-impl<K: Hash + Eq + Clone> TokenBuckets<K> {
-    pub fn new(burst: u32, per_minute: u32) -> TokenBuckets<K> {
-        TokenBuckets {
-            burst: f64::from(burst.max(1)),
-            per_sec: f64::from(per_minute.max(1)) / 60.0,
-            buckets: HashMap::new(),
-        }
-    }
-
-    /// Takes a token of `key`'s bucket, or says how long until one is there.
-    pub fn take(&mut self, key: &K, now: Instant) -> Result<(), Duration> {
-        if !self.buckets.contains_key(key) && self.buckets.len() >= MAX_BUCKETS {
-            self.forget_refilled(now);
-            if self.buckets.len() >= MAX_BUCKETS {
-                return Err(Duration::from_secs(1));
-            }
-        }
-        let full = Bucket {
-            tokens: self.burst,
-            at: now,
-        };
-        let (burst, per_sec) = (self.burst, self.per_sec);
-        let bucket = self.buckets.entry(key.clone()).or_insert(full);
-        bucket.tokens = refilled(bucket, burst, per_sec, now);
-        bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            return Ok(());
-        }
-        Err(Duration::from_secs_f64(
-            (1.0 - bucket.tokens) / self.per_sec,
-        ))
-    }
-
-    /// Returns a token taken for an attempt that turned out legitimate or was not made.
-    pub fn give_back(&mut self, key: &K) {
-        if let Some(bucket) = self.buckets.get_mut(key) {
-            bucket.tokens = (bucket.tokens + 1.0).min(self.burst);
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.buckets.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
-    }
-
-    /// A full bucket is the same as none.
-    fn forget_refilled(&mut self, now: Instant) {
-        let (burst, per_sec) = (self.burst, self.per_sec);
-        self.buckets
-            .retain(|_, b| refilled(b, burst, per_sec, now) < burst);
-    }
-}
-
-fn refilled(bucket: &Bucket, burst: f64, per_sec: f64, now: Instant) -> f64 {
-    let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
-    (bucket.tokens + elapsed * per_sec).min(burst)
-}
-
 /// Lets a kind of log line through at most once per interval and counts what it held back.
 #[derive(Debug)]
 pub struct LogThrottle {
@@ -163,6 +87,10 @@ impl LogThrottle {
             }
         }
     }
+}
+
+fn per_second(per_minute: u32) -> f64 {
+    f64::from(per_minute.max(1)) / 60.0
 }
 
 /// A poisoned lock only means a panic elsewhere; the tables stay usable.
@@ -285,11 +213,13 @@ impl LoginGuard {
         LoginGuard {
             sources: Mutex::new(TokenBuckets::new(
                 limits.source_burst,
-                limits.source_per_minute,
+                per_second(limits.source_per_minute),
+                MAX_BUCKETS,
             )),
             principals: Mutex::new(TokenBuckets::new(
                 limits.principal_burst,
-                limits.principal_per_minute,
+                per_second(limits.principal_per_minute),
+                MAX_BUCKETS,
             )),
             familiar: Mutex::new(HashMap::new()),
             verifier: Verifier::start(limits.verify_threads, limits.verify_queue),
@@ -450,38 +380,6 @@ fn most_common_params<'a>(hashes: impl Iterator<Item = &'a str>) -> Params {
 mod tests {
     use super::*;
     use crate::auth::{hash_password, Cost};
-
-    #[test]
-    fn a_bucket_allows_its_burst_then_its_rate() {
-        let mut buckets = TokenBuckets::new(3, 60);
-        let t0 = Instant::now();
-        for _ in 0..3 {
-            assert!(buckets.take(&"a", t0).is_ok());
-        }
-        let wait = buckets.take(&"a", t0).expect_err("burst spent");
-        assert!(wait > Duration::from_millis(900) && wait <= Duration::from_secs(1));
-        assert!(buckets.take(&"b", t0).is_ok(), "keys are apart");
-        assert!(buckets.take(&"a", t0 + Duration::from_secs(1)).is_ok());
-        assert!(buckets.take(&"a", t0 + Duration::from_secs(1)).is_err());
-        buckets.give_back(&"a");
-        assert!(buckets.take(&"a", t0 + Duration::from_secs(1)).is_ok());
-    }
-
-    #[test]
-    fn refilled_buckets_are_forgotten_when_the_table_is_full() {
-        let mut buckets = TokenBuckets::new(1, 60);
-        let t0 = Instant::now();
-        for i in 0..MAX_BUCKETS {
-            assert!(buckets.take(&i, t0).is_ok());
-        }
-        assert!(
-            buckets.take(&MAX_BUCKETS, t0).is_err(),
-            "full: new keys wait"
-        );
-        let later = t0 + Duration::from_secs(2);
-        assert!(buckets.take(&MAX_BUCKETS, later).is_ok());
-        assert_eq!(buckets.len(), 1, "only the new key's bucket is not full");
-    }
 
     #[test]
     fn log_throttle_counts_what_it_holds_back() {

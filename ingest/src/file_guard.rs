@@ -44,6 +44,22 @@ pub enum FileFault {
     Io { path: PathBuf, source: io::Error },
 }
 
+impl FileFault {
+    /// What went wrong, naming the file but not where it lives: for answers to clients
+    /// (`/readyz`, a refused request); the log has the whole story.
+    pub fn summary(&self) -> String {
+        let (path, what) = match self {
+            FileFault::Missing { path } => (path, "is gone"),
+            FileFault::Replaced { path, .. } => (path, "was replaced by another file"),
+            FileFault::Truncated { path, .. } => (path, "was truncated"),
+            FileFault::NotSqlite { path } => (path, "was overwritten"),
+            FileFault::Io { path, .. } => (path, "cannot be checked"),
+        };
+        let name = path.file_name().unwrap_or(path.as_os_str());
+        format!("{} {what}", name.to_string_lossy())
+    }
+}
+
 /// One file the hub writes, held open, with the identity and length it had.
 #[derive(Debug)]
 pub struct FileGuard {
@@ -207,7 +223,8 @@ fn read_at(file: &File, buf: &mut [u8]) -> io::Result<()> {
 /// What the guards have found, by file: the faults in force now.
 #[derive(Debug)]
 pub struct Health {
-    faults: Mutex<BTreeMap<PathBuf, String>>,
+    /// By file: the fault as logged, and its [`FileFault::summary`].
+    faults: Mutex<BTreeMap<PathBuf, (String, String)>>,
     stats: Arc<IngestStats>,
     /// Every guarded file, for a check on demand (`/readyz`) while no batch comes.
     watched: Mutex<Vec<Arc<FileGuard>>>,
@@ -264,10 +281,10 @@ impl Health {
             }
             Err(fault) => {
                 let reason = fault.to_string();
-                if faults.get(path) != Some(&reason) {
+                if faults.get(path).is_none_or(|(known, _)| *known != reason) {
                     error!(error = %reason, "store file at fault: withholding acknowledgements");
                     self.stats.store_faults.fetch_add(1, Ordering::Relaxed);
-                    faults.insert(path.to_owned(), reason);
+                    faults.insert(path.to_owned(), (reason, fault.summary()));
                 }
             }
         }
@@ -276,13 +293,18 @@ impl Health {
             .store(faults.len() as u64, Ordering::Relaxed);
     }
 
-    /// Why the hub is not ready (every fault in force), or `None` when it is.
+    /// Why the hub is not ready (the summary of every fault in force, without paths), or
+    /// `None` when it is.
     pub fn fault(&self) -> Option<String> {
         let faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
         if faults.is_empty() {
             return None;
         }
-        Some(faults.values().cloned().collect::<Vec<_>>().join("; "))
+        let summaries: Vec<&str> = faults.values().map(|(_, s)| s.as_str()).collect();
+        Some(format!(
+            "{}; the hub's log says what to do",
+            summaries.join("; ")
+        ))
     }
 }
 
@@ -353,6 +375,7 @@ mod tests {
         assert!(!health.check(&guards));
         let reason = health.fault().expect("a fault");
         assert!(reason.contains("p.db is gone"), "{reason}");
+        assert!(!reason.contains('/'), "no path for clients: {reason}");
         assert_eq!(stats.store_faults.load(Ordering::Relaxed), 1);
         assert_eq!(stats.stores_unavailable.load(Ordering::Relaxed), 1);
         std::fs::rename(&aside, &path).expect("move back");
