@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use base64::Engine as _;
 use kenko_broker::auth::{hash_password, Cost};
 use kenko_ingest::consent::{ConsentChange, ConsentRegistry, Purpose, HUB};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
@@ -250,7 +251,8 @@ fn spawn_device(
 
 /// The citizen's app reads its own recent data every [`POLL_EVERY`] until `stop`.
 fn poll_own_data(http: SocketAddr, stop: &AtomicBool, polls: &AtomicU64) {
-    let credentials = base64(format!("app-001:{}", password("app-001")).as_bytes());
+    let credentials = base64::engine::general_purpose::STANDARD
+        .encode(format!("app-001:{}", password("app-001")).as_bytes());
     let request = format!(
         "GET /api/v1/observations?metric=heart_rate&from=-10s HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\nAuthorization: Basic {credentials}\r\n\r\n"
     );
@@ -377,22 +379,4 @@ impl Drop for Hub {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Standard base64 with padding (HTTP Basic credentials).
-fn base64(bytes: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n =
-            chunk.iter().fold(0u32, |acc, b| acc << 8 | u32::from(*b)) << (8 * (3 - chunk.len()));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }

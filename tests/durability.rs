@@ -6,15 +6,13 @@ mod common;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use common::fleet::{Fleet, Times};
 use common::raw::{self, Conn};
 use common::vm::VictoriaMetrics;
 use common::{config_with_devices, eventually, now_ms, password, Hub};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use tokio_util::sync::CancellationToken;
 
 /// One heavy test at a time: each drives a hub (and a VictoriaMetrics) hard.
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -28,130 +26,12 @@ fn influx_section(url: &str, extra: &str) -> String {
     )
 }
 
-/// Devices publishing heart rates at QoS 1, one message in flight each, through every
-/// disconnect; each records the sequence numbers the hub acknowledged.
-struct Fleet {
-    acked: Arc<Mutex<HashMap<String, Vec<u64>>>>,
-    stop: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    base_ms: i64,
-}
-
-impl Fleet {
-    fn start(addr: SocketAddr, devices: &[String], pause: Duration) -> Fleet {
-        Fleet::start_from(addr, devices, pause, now_ms() - 6 * 3_600_000)
-    }
-
-    /// Event times start at `base_ms`.
-    fn start_from(addr: SocketAddr, devices: &[String], pause: Duration, base_ms: i64) -> Fleet {
-        let acked = Arc::new(Mutex::new(HashMap::new()));
-        let stop = CancellationToken::new();
-        let tasks = devices
-            .iter()
-            .map(|id| {
-                tokio::spawn(device(
-                    addr,
-                    id.clone(),
-                    base_ms,
-                    acked.clone(),
-                    stop.clone(),
-                    pause,
-                ))
-            })
-            .collect();
-        Fleet {
-            acked,
-            stop,
-            tasks,
-            base_ms,
-        }
-    }
-
-    fn total(&self) -> usize {
-        self.acked
-            .lock()
-            .expect("lock")
-            .values()
-            .map(Vec::len)
-            .sum()
-    }
-
-    async fn stop(self) -> HashMap<String, Vec<u64>> {
-        self.stop.cancel();
-        for task in self.tasks {
-            let _ = task.await;
-        }
-        let acked = self.acked.lock().expect("lock").clone();
-        acked
-    }
-}
-
-async fn device(
-    addr: SocketAddr,
-    id: String,
-    base_ms: i64,
-    acked: Arc<Mutex<HashMap<String, Vec<u64>>>>,
-    stop: CancellationToken,
-    pause: Duration,
-) {
-    let mut options = MqttOptions::new(&id, addr.ip().to_string(), addr.port());
-    options.set_credentials(&id, password(&id));
-    options.set_keep_alive(Duration::from_secs(5));
-    options.set_inflight(1);
-    let topic = format!("devices/{id}/telemetry");
-    let payload = |seq: u64| {
-        format!(
-            r#"{{"ts":{},"seq":{seq},"hr":{}}}"#,
-            base_ms + seq as i64 * STEP_MS,
-            50 + seq % 50
-        )
-    };
-    let mut seq = 0u64;
-    // A new client for each connection: after a disconnect the unacknowledged message is
-    // sent again on the new one, and with one message in flight each PUBACK answers the
-    // message last sent.
-    'connections: while !stop.is_cancelled() {
-        let (client, mut events) = AsyncClient::new(options.clone(), 10);
-        if client
-            .publish(&topic, QoS::AtLeastOnce, false, payload(seq))
-            .await
-            .is_err()
-        {
-            break;
-        }
-        loop {
-            let event = tokio::select! {
-                _ = stop.cancelled() => break 'connections,
-                event = events.poll() => event,
-            };
-            match event {
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
-                    acked
-                        .lock()
-                        .expect("lock")
-                        .entry(id.clone())
-                        .or_default()
-                        .push(seq);
-                    seq += 1;
-                    if !pause.is_zero() {
-                        tokio::time::sleep(pause).await;
-                    }
-                    if client
-                        .publish(&topic, QoS::AtLeastOnce, false, payload(seq))
-                        .await
-                        .is_err()
-                    {
-                        break 'connections;
-                    }
-                }
-                Ok(_) => {}
-                // The hub is down or restarting.
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue 'connections;
-                }
-            }
-        }
+/// Event times step by `STEP_MS` per message from `base_ms`, alike for every device.
+fn times(base_ms: i64) -> Times {
+    Times {
+        base_ms,
+        device_span_ms: 0,
+        step_ms: STEP_MS,
     }
 }
 
@@ -265,7 +145,8 @@ async fn twenty_sigkills_under_load_from_100_devices_lose_nothing_acknowledged(
     let config = config_with_devices(100) + &influx_section(&vm.url(), "");
     let mut hub = Hub::start(dir.path(), &config)?;
     let (addr, config_path, data_dir) = (hub.addr, hub.config.clone(), hub.data_dir.clone());
-    let fleet = Fleet::start(addr, &devices(100), Duration::ZERO);
+    let base_ms = now_ms() - 6 * 3_600_000;
+    let fleet = Fleet::start(addr, &devices(100), Duration::ZERO, times(base_ms));
     let started = Instant::now();
     let mut acked_per_cycle = Vec::new();
     for cycle in 0..20u64 {
@@ -286,7 +167,6 @@ async fn twenty_sigkills_under_load_from_100_devices_lose_nothing_acknowledged(
     eventually(Duration::from_secs(30), || {
         Ok((fleet.total() > last + 100).then_some(()))
     })?;
-    let base_ms = fleet.base_ms;
     let acked = fleet.stop().await;
     let want = expected(&acked, base_ms);
     let elapsed = started.elapsed();
@@ -330,7 +210,13 @@ async fn influxdb_down_for_a_minute_under_load_loses_nothing() -> anyhow::Result
     let mut vm = VictoriaMetrics::start(&dir.path().join("vm"))?;
     let config = config_with_devices(20) + &influx_section(&vm.url(), "");
     let hub = Hub::start(dir.path(), &config)?;
-    let fleet = Fleet::start(hub.addr, &devices(20), Duration::from_millis(10));
+    let base_ms = now_ms() - 6 * 3_600_000;
+    let fleet = Fleet::start(
+        hub.addr,
+        &devices(20),
+        Duration::from_millis(10),
+        times(base_ms),
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let acked_before = fleet.total();
     let written_before = tokio::task::block_in_place(|| {
@@ -346,7 +232,6 @@ async fn influxdb_down_for_a_minute_under_load_loses_nothing() -> anyhow::Result
     let during = fleet.total() - acked_at_stop;
     let ingest_rate = during as f64 / down_at.elapsed().as_secs_f64();
     // The load stops as the server returns; what waits in the log then drains.
-    let base_ms = fleet.base_ms;
     let acked = fleet.stop().await;
     let want = expected(&acked, base_ms);
     let backlog = want.len() - written_before.min(want.len());
@@ -391,7 +276,8 @@ async fn a_full_log_withholds_acknowledgements_until_room_returns() -> anyhow::R
         + "[wal]\nmax_bytes = 65536\nsegment_bytes = 8192\n\n"
         + &influx_section(&vm.url(), "");
     let hub = Hub::start(dir.path(), &config)?;
-    let fleet = Fleet::start(hub.addr, &devices(1), Duration::ZERO);
+    let base_ms = now_ms() - 6 * 3_600_000;
+    let fleet = Fleet::start(hub.addr, &devices(1), Duration::ZERO, times(base_ms));
     let full = eventually(Duration::from_secs(60), || {
         Ok(hub
             .stderr_lines()
@@ -426,7 +312,6 @@ async fn a_full_log_withholds_acknowledgements_until_room_returns() -> anyhow::R
     eventually(Duration::from_secs(60), || {
         Ok((fleet.total() > withheld_at + 200).then_some(()))
     })?;
-    let base_ms = fleet.base_ms;
     let acked = fleet.stop().await;
     let want = expected(&acked, base_ms);
     tokio::task::block_in_place(|| all_arrive(&hub.data_dir, &vm, &want, Duration::from_secs(60)))?;
@@ -468,11 +353,11 @@ async fn a_torn_tail_and_a_damaged_segment_are_handled_at_start() -> anyhow::Res
         config_with_devices(1) + "[wal]\nsegment_bytes = 4096\n\n" + &influx_section(&vm.url(), "");
     let hub = Hub::start(dir.path(), &config)?;
     let (addr, config_path, data_dir) = (hub.addr, hub.config.clone(), hub.data_dir.clone());
-    let fleet = Fleet::start(addr, &devices(1), Duration::ZERO);
+    let base_ms = now_ms() - 6 * 3_600_000;
+    let fleet = Fleet::start(addr, &devices(1), Duration::ZERO, times(base_ms));
     eventually(Duration::from_secs(60), || {
         Ok((fleet.total() >= 300).then_some(()))
     })?;
-    let base_ms = fleet.base_ms;
     let first = fleet.stop().await;
     tokio::task::block_in_place(|| hub.terminate())?;
 
@@ -507,7 +392,7 @@ async fn a_torn_tail_and_a_damaged_segment_are_handled_at_start() -> anyhow::Res
     assert!(damaged.with_extension("corrupt").exists());
     // The hub goes on: new messages are acknowledged and stored.
     let second_base = base_ms - 24 * 3_600_000;
-    let fleet = Fleet::start_from(hub.addr, &devices(1), Duration::ZERO, second_base);
+    let fleet = Fleet::start(hub.addr, &devices(1), Duration::ZERO, times(second_base));
     eventually(Duration::from_secs(30), || {
         Ok((fleet.total() >= 20).then_some(()))
     })?;

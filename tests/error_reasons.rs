@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -20,26 +19,8 @@ async fn a_refused_readings_reason_does_not_contain_the_reading() -> anyhow::Res
     );
     let hub = Hub::start(dir.path(), &config)?;
 
-    let (watcher, mut watch_loop) = hub.device("operator-1");
-    watcher
-        .subscribe("devices/+/errors", QoS::AtLeastOnce)
-        .await?;
-    let errors = tokio::spawn(async move {
-        let mut errors = HashMap::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while errors.len() < 3 && tokio::time::Instant::now() < deadline {
-            if let Ok(Ok(Event::Incoming(Incoming::Publish(p)))) =
-                tokio::time::timeout(Duration::from_secs(1), watch_loop.poll()).await
-            {
-                let body: serde_json::Value =
-                    serde_json::from_slice(&p.payload).unwrap_or_default();
-                errors.insert(p.topic.clone(), body);
-            }
-        }
-        errors
-    });
-    // Wait for the SUBACK before the refused traffic.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (watcher, watch_loop) = hub.device("operator-1");
+    let errors = common::watch_device_errors(&watcher, watch_loop, 3).await?;
 
     let ts = now_ms() - 60_000;
     // Each value is one that would be recognisable in a reason.

@@ -213,26 +213,8 @@ async fn unknown_device_and_malformed_payload_are_dead_lettered_while_others_con
     let hub = Hub::start(dir.path(), &config)?;
 
     // A watcher of error topics, as an operator or the device itself would be.
-    let (watcher, mut watch_loop) = hub.device("operator-1");
-    watcher
-        .subscribe("devices/+/errors", QoS::AtLeastOnce)
-        .await?;
-    let errors = tokio::spawn(async move {
-        let mut errors = HashMap::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while errors.len() < 2 && tokio::time::Instant::now() < deadline {
-            if let Ok(Ok(Event::Incoming(Incoming::Publish(p)))) =
-                tokio::time::timeout(Duration::from_secs(1), watch_loop.poll()).await
-            {
-                let body: serde_json::Value =
-                    serde_json::from_slice(&p.payload).unwrap_or_default();
-                errors.insert(p.topic.clone(), body);
-            }
-        }
-        errors
-    });
-    // Wait for the SUBACK before the bad traffic starts.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (watcher, watch_loop) = hub.device("operator-1");
+    let errors = common::watch_device_errors(&watcher, watch_loop, 2).await?;
 
     // bed-003 keeps publishing valid telemetry throughout.
     let (good, mut good_loop) = hub.device("bed-003");

@@ -6,24 +6,23 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use common::fleet::{Fleet, Times};
 use common::{config_with_devices, eventually, now_ms, password, Hub, KENKO};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use tokio_util::sync::CancellationToken;
 
 /// One test at a time: each drives a hub under load.
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const DEVICES: usize = 3;
-/// Event times of device i start at `base + i * SPAN_MS` and step by `STEP_MS` per message,
-/// so that every reading has an event time of its own, also in the pseudonymized store.
+/// Event times of each device start `SPAN_MS` after the previous one's and step by
+/// `STEP_MS` per message, so that every reading has an event time of its own, also in the
+/// pseudonymized store.
 const SPAN_MS: i64 = 3 * 3_600_000;
 const STEP_MS: i64 = 10;
 
@@ -35,118 +34,31 @@ fn citizens() -> Vec<String> {
     (1..=DEVICES).map(|i| format!("citizen-{i:03}")).collect()
 }
 
-/// Devices publishing heart rates at QoS 1, one message in flight each; each records the
-/// sequence numbers the hub acknowledged.
-struct Fleet {
-    acked: Arc<Mutex<HashMap<usize, Vec<u64>>>>,
-    stop: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    base_ms: i64,
-}
-
-impl Fleet {
-    fn start(addr: SocketAddr) -> Fleet {
-        let acked = Arc::new(Mutex::new(HashMap::new()));
-        let stop = CancellationToken::new();
-        let base_ms = now_ms() - 12 * 3_600_000;
-        let tasks = (1..=DEVICES)
-            .map(|i| tokio::spawn(device(addr, i, base_ms, acked.clone(), stop.clone())))
-            .collect();
-        Fleet {
-            acked,
-            stop,
-            tasks,
-            base_ms,
-        }
-    }
-
-    fn total(&self) -> usize {
-        self.acked
-            .lock()
-            .expect("lock")
-            .values()
-            .map(Vec::len)
-            .sum()
-    }
-
-    /// Stops publishing; every acknowledged reading as (device, event time).
-    async fn stop(self) -> BTreeSet<(String, i64)> {
-        self.stop.cancel();
-        for task in self.tasks {
-            let _ = task.await;
-        }
-        let base = self.base_ms;
-        let acked = self.acked.lock().expect("lock");
-        acked
-            .iter()
-            .flat_map(|(&i, seqs)| {
-                seqs.iter()
-                    .map(move |&s| (format!("bed-{i:03}"), time(base, i, s)))
-            })
-            .collect()
-    }
-}
-
-fn time(base_ms: i64, device: usize, seq: u64) -> i64 {
-    base_ms + device as i64 * SPAN_MS + seq as i64 * STEP_MS
-}
-
-async fn device(
-    addr: SocketAddr,
-    index: usize,
-    base_ms: i64,
-    acked: Arc<Mutex<HashMap<usize, Vec<u64>>>>,
-    stop: CancellationToken,
-) {
-    let id = format!("bed-{index:03}");
-    let mut options = MqttOptions::new(&id, addr.ip().to_string(), addr.port());
-    options.set_credentials(&id, password(&id));
-    options.set_keep_alive(Duration::from_secs(30));
-    options.set_inflight(1);
-    let topic = format!("devices/{id}/telemetry");
-    let payload = |seq: u64| {
-        format!(
-            r#"{{"ts":{},"seq":{seq},"hr":{}}}"#,
-            time(base_ms, index, seq),
-            50 + seq % 50
-        )
+/// Devices bed-001 … publishing heart rates, each reading with an event time of its own.
+fn start_fleet(addr: SocketAddr) -> (Fleet, Times) {
+    let times = Times {
+        base_ms: now_ms() - 12 * 3_600_000,
+        device_span_ms: SPAN_MS,
+        step_ms: STEP_MS,
     };
-    let (client, mut events) = AsyncClient::new(options, 10);
-    let mut seq = 0u64;
-    if client
-        .publish(&topic, QoS::AtLeastOnce, false, payload(seq))
-        .await
-        .is_err()
-    {
-        return;
-    }
-    loop {
-        let event = tokio::select! {
-            _ = stop.cancelled() => break,
-            event = events.poll() => event,
-        };
-        match event {
-            Ok(Event::Incoming(Packet::PubAck(_))) => {
-                acked
-                    .lock()
-                    .expect("lock")
-                    .entry(index)
-                    .or_default()
-                    .push(seq);
-                seq += 1;
-                if client
-                    .publish(&topic, QoS::AtLeastOnce, false, payload(seq))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    let _ = client.disconnect().await;
+    let devices: Vec<String> = (1..=DEVICES).map(|i| format!("bed-{i:03}")).collect();
+    (Fleet::start(addr, &devices, Duration::ZERO, times), times)
+}
+
+/// Stops publishing; every acknowledged reading as (device, event time).
+async fn stop_fleet(fleet: Fleet, times: Times) -> BTreeSet<(String, i64)> {
+    let acked = fleet.stop().await;
+    acked
+        .into_iter()
+        .flat_map(|(device, seqs)| {
+            let index = device
+                .strip_prefix("bed-")
+                .and_then(|n| n.parse::<usize>().ok())
+                .map_or(0, |n| n - 1);
+            seqs.into_iter()
+                .map(move |seq| (device.clone(), times.at(index, seq)))
+        })
+        .collect()
 }
 
 /// (device, event time) of the heart rates in `personal.db`.
@@ -301,12 +213,12 @@ async fn personal_db_deleted_under_load_stops_acks_and_a_restart_rebuilds_it() -
     let _heavy = HEAVY.lock().await;
     let dir = tempfile::tempdir()?;
     let hub = Hub::start(dir.path(), &config())?;
-    let fleet = Fleet::start(hub.addr);
+    let (fleet, times) = start_fleet(hub.addr);
     damage_under_load(&hub, &fleet, "personal.db", |data| {
         Ok(std::fs::remove_file(data.join("personal.db"))?)
     })
     .await?;
-    let acked = fleet.stop().await;
+    let acked = stop_fleet(fleet, times).await;
     let (config_path, data_dir) = (hub.config.clone(), hub.data_dir.clone());
     tokio::task::block_in_place(|| hub.terminate())?;
     assert!(!data_dir.join("personal.db").exists(), "not written anew");
@@ -323,7 +235,7 @@ async fn personal_db_moved_away_and_back_resumes_without_a_restart() -> anyhow::
     let _heavy = HEAVY.lock().await;
     let dir = tempfile::tempdir()?;
     let hub = Hub::start(dir.path(), &config())?;
-    let fleet = Fleet::start(hub.addr);
+    let (fleet, times) = start_fleet(hub.addr);
     let (path, aside) = (
         hub.data_dir.join("personal.db"),
         dir.path().join("personal.db.aside"),
@@ -340,7 +252,7 @@ async fn personal_db_moved_away_and_back_resumes_without_a_restart() -> anyhow::
     let http = hub.http_addr.context("HTTP API")?;
     assert_eq!(get(http, "/readyz", None)?.0, 200, "ready again");
     assert_eq!(metric(http, "kenko_ingest_stores_unavailable")?, 0);
-    let acked = fleet.stop().await;
+    let acked = stop_fleet(fleet, times).await;
     let data_dir = hub.data_dir.clone();
     tokio::task::block_in_place(|| all_stored(&data_dir, &acked, false))?;
     // With no traffic, /readyz looks for itself.
@@ -360,12 +272,12 @@ async fn shared_db_truncated_under_load_stops_acks_and_a_restart_rebuilds_it() -
     let names: Vec<&str> = citizens.iter().map(String::as_str).collect();
     common::consent(&dir.path().join("data"), "grant", &names, "research")?;
     let hub = Hub::start(dir.path(), &config())?;
-    let fleet = Fleet::start(hub.addr);
+    let (fleet, times) = start_fleet(hub.addr);
     damage_under_load(&hub, &fleet, "shared.db", |data| {
         truncate(&data.join("shared.db"))
     })
     .await?;
-    let acked = fleet.stop().await;
+    let acked = stop_fleet(fleet, times).await;
     let (config_path, data_dir) = (hub.config.clone(), hub.data_dir.clone());
     tokio::task::block_in_place(|| hub.terminate())?;
 
@@ -408,12 +320,12 @@ async fn registry_db_truncated_under_load_is_refused_at_start_until_restored() -
     let _heavy = HEAVY.lock().await;
     let dir = tempfile::tempdir()?;
     let hub = Hub::start(dir.path(), &config())?;
-    let fleet = Fleet::start(hub.addr);
+    let (fleet, times) = start_fleet(hub.addr);
     let backup: PathBuf = dir.path().join("registry-backup.db");
     let registry = hub.data_dir.join("registry.db");
     rusqlite::Connection::open(&registry)?.execute("VACUUM INTO ?1", [backup.to_string_lossy()])?;
     damage_under_load(&hub, &fleet, "registry.db", |_| truncate(&registry)).await?;
-    let acked = fleet.stop().await;
+    let acked = stop_fleet(fleet, times).await;
     let (config_path, data_dir) = (hub.config.clone(), hub.data_dir.clone());
     tokio::task::block_in_place(|| hub.terminate())?;
 
@@ -441,7 +353,7 @@ async fn a_store_the_log_cannot_rebuild_is_refused_until_the_loss_is_accepted() 
     // Small segments: the log releases what the sinks have stored.
     let config = config() + "[wal]\nsegment_bytes = 4096\nmax_bytes = 1048576\n";
     let hub = Hub::start(dir.path(), &config)?;
-    let fleet = Fleet::start(hub.addr);
+    let (fleet, _) = start_fleet(hub.addr);
     eventually(Duration::from_secs(30), || {
         Ok((fleet.total() >= 2_000).then_some(()))
     })?;

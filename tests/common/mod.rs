@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod fleet;
 pub mod mqtt311;
 pub mod raw;
 pub mod vm;
@@ -363,22 +364,40 @@ pub fn http(
     Ok((status, json))
 }
 
-/// Standard base64 with padding (HTTP Basic credentials).
-pub fn base64_encode(bytes: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n =
-            chunk.iter().fold(0u32, |acc, b| acc << 8 | u32::from(*b)) << (8 * (3 - chunk.len()));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
+/// Subscribes `watcher` (an operator) to `devices/+/errors` and, once subscribed, gathers
+/// the first error body of each topic until `topics` topics have one or 30 s have passed.
+pub async fn watch_device_errors(
+    watcher: &AsyncClient,
+    mut events: EventLoop,
+    topics: usize,
+) -> anyhow::Result<tokio::task::JoinHandle<std::collections::HashMap<String, serde_json::Value>>> {
+    use rumqttc::{Event, Incoming, QoS};
+    watcher
+        .subscribe("devices/+/errors", QoS::AtLeastOnce)
+        .await?;
+    let errors = tokio::spawn(async move {
+        let mut errors = std::collections::HashMap::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while errors.len() < topics && tokio::time::Instant::now() < deadline {
+            if let Ok(Ok(Event::Incoming(Incoming::Publish(p)))) =
+                tokio::time::timeout(Duration::from_secs(1), events.poll()).await
+            {
+                let body: serde_json::Value =
+                    serde_json::from_slice(&p.payload).unwrap_or_default();
+                errors.insert(p.topic.clone(), body);
             }
         }
-    }
-    out
+        errors
+    });
+    // Wait for the SUBACK before the caller's traffic starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(errors)
+}
+
+/// Standard base64 with padding (HTTP Basic credentials).
+pub fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// `kenko consent grant|revoke --citizen … --purpose P [extra…]` on `data_dir`.
