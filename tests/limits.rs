@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -67,24 +66,7 @@ fn disconnect_reason(conn: &mut Conn) -> anyhow::Result<Option<u8>> {
 
 /// `GET /metrics` as `principal`: status and body.
 fn metrics(addr: SocketAddr, principal: Option<&str>) -> anyhow::Result<(u16, String)> {
-    let mut stream = std::net::TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(p) = principal {
-        let token = common::base64_encode(format!("{p}:{}", common::password(p)).as_bytes());
-        request.push_str(&format!("Authorization: Basic {token}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    Ok((status, body.to_owned()))
+    common::http_text(addr, "GET", "/metrics", principal, None)
 }
 
 /// The value of counter `name` in a metrics body.

@@ -7,14 +7,13 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use common::fleet::{Fleet, Times};
-use common::{config_with_devices, eventually, now_ms, password, Hub, KENKO};
+use common::{config_with_devices, eventually, now_ms, Hub, KENKO};
 
 /// One test at a time: each drives a hub under load.
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -118,24 +117,7 @@ fn all_stored(
 
 /// One HTTP GET; status and body as text.
 fn get(addr: SocketAddr, path: &str, principal: Option<&str>) -> anyhow::Result<(u16, String)> {
-    let mut stream = std::net::TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(p) = principal {
-        let token = common::base64_encode(format!("{p}:{}", password(p)).as_bytes());
-        request.push_str(&format!("Authorization: Basic {token}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .context("no status line")?
-        .parse()?;
-    let (_, body) = response.split_once("\r\n\r\n").context("no body")?;
-    Ok((status, body.to_owned()))
+    common::http_text(addr, "GET", path, principal, None)
 }
 
 /// The value of metric `name` on /metrics.

@@ -336,6 +336,19 @@ pub fn http(
     principal: Option<&str>,
     body: Option<&serde_json::Value>,
 ) -> anyhow::Result<(u16, serde_json::Value)> {
+    let (status, text) = http_text(addr, method, path, principal, body)?;
+    let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    Ok((status, json))
+}
+
+/// As [`http`], with the response body as text (`/metrics`, `/readyz`).
+pub fn http_text(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    principal: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -360,8 +373,7 @@ pub fn http(
         .context("no status line")?
         .parse()?;
     let (_, body) = text.split_once("\r\n\r\n").context("no body")?;
-    let json = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
-    Ok((status, json))
+    Ok((status, body.to_owned()))
 }
 
 /// Subscribes `watcher` (an operator) to `devices/+/errors` and, once subscribed, gathers
