@@ -17,7 +17,8 @@ use tokio::net::{TcpSocket, TcpStream};
 
 /// Wrong passwords sent at once, over each of MQTT and HTTP.
 const GUESSES: usize = 1_000;
-/// Loopback addresses the guesses come from (127.0.1.1 …).
+/// Loopback addresses the guesses of each listener come from (127.0.1.1 … for MQTT,
+/// 127.0.2.1 … for HTTP).
 const ATTACKER_ADDRESSES: u8 = 10;
 /// Logins timed per kind of username.
 const TIMING_SAMPLES: usize = 60;
@@ -164,8 +165,10 @@ fn password_guessing_over_mqtt_and_http_leaves_real_logins_working() -> anyhow::
             }));
         }
         let mut http_guesses = Vec::new();
+        // From other addresses than the MQTT guesses, so that each listener's guesses meet
+        // source buckets of their own and some of each are verified.
         for i in 0..GUESSES {
-            let source = loopback(0, 1, 1 + (i % usize::from(ATTACKER_ADDRESSES)) as u8);
+            let source = loopback(0, 2, 1 + (i % usize::from(ATTACKER_ADDRESSES)) as u8);
             http_guesses.push(tokio::spawn(async move {
                 http_get_metrics(http, source, VICTIM_OPERATOR, "guess").await
             }));
