@@ -13,6 +13,7 @@ pub mod query;
 pub mod rebuild;
 pub mod sink;
 pub mod store;
+pub mod tsdb;
 pub mod wal;
 pub mod windows;
 
