@@ -4,7 +4,9 @@
 MQTT seeds are what real clients send: mosquitto_pub and mosquitto_sub (MQTT 3.1.1 and 5)
 talk to a minimal fake broker here, which answers CONNECT, SUBSCRIBE, PUBLISH and PUBREL and
 records every byte the client sent. Payload seeds are ingest/tests/golden/, topic seeds the
-topics of the default rules and the tests, rule seeds the rule files in config/.
+topics of the default rules and the tests, routing seeds subscriptions, publishes and retained
+messages around wildcards, empty levels, `$` topics and shared filters, rule seeds the rule
+files in config/.
 
 Run from anywhere: python3 fuzz/make_corpus.py   (needs mosquitto-clients)
 """
@@ -284,6 +286,99 @@ def topic_seeds():
         write("topics", f"seed{i:02}", f"{pattern}\n{filt}\n{topic}")
 
 
+# The fragments of fuzz_targets/route_trie.rs, in its order.
+ROUTE_FRAGMENTS = ["a", "b", "/", "/", "+", "#", "$", "$SYS", "c", "é", "\0", "x", "ab",
+                   "$share/g/", "/", "+/"]
+ROUTE_OPS = {"subscribe": 0, "unsubscribe": 1, "publish": 2, "retain": 3, "clear": 4,
+             "take": 5}
+
+
+def route_op(op, arg, *fragments):
+    """One operation of route_trie: its kind, its argument, a string of fragments."""
+    return bytes([ROUTE_OPS[op], arg, len(fragments)] +
+                 [ROUTE_FRAGMENTS.index(f) for f in fragments])
+
+
+ROUTE_SEEDS = {
+    "wildcards": [
+        ("subscribe", 1, "a", "/", "#"), ("subscribe", 2, "#"), ("subscribe", 3, "+", "/", "x"),
+        ("subscribe", 0, "$SYS", "/", "#"), ("subscribe", 1, "+/", "+"),
+        ("publish", 0, "a"), ("publish", 0, "$SYS", "/", "x"), ("publish", 0, "a", "/", "x"),
+        ("publish", 0, "b", "/", "/", "c"), ("unsubscribe", 2, "#"), ("publish", 0, "a"),
+    ],
+    "empty_levels": [
+        ("subscribe", 0, "a", "/", "/", "b"), ("subscribe", 1, "/", "a"),
+        ("subscribe", 2, "a", "/"), ("subscribe", 3, "/", "+"),
+        ("publish", 0, "a", "/", "/", "b"), ("publish", 0, "/", "a"), ("publish", 0, "a", "/"),
+        ("publish", 0, "/"),
+    ],
+    "shared_and_invalid": [
+        ("subscribe", 0, "$share/g/", "a", "/", "+"), ("subscribe", 1, "a", "#"),
+        ("subscribe", 2, "#", "/", "a"), ("subscribe", 3, "a", "\0"),
+        ("publish", 0, "a", "/", "b"), ("unsubscribe", 1, "a", "#"),
+        ("unsubscribe", 0, "$share/g/", "a", "/", "+"), ("publish", 0, "é", "/", "x"),
+    ],
+    "retained": [
+        ("retain", 7, "a"), ("retain", 8, "a", "/", "b"), ("retain", 9, "$SYS", "/", "x"),
+        ("retain", 1, "a", "/", "/", "b"), ("take", 0, "#"), ("take", 0, "a", "/", "#"),
+        ("take", 0, "+", "/", "+"), ("take", 0, "$SYS", "/", "+"), ("clear", 0, "a"),
+        ("take", 0, "a", "/", "#"), ("retain", 2, "a", "+"), ("clear", 0, "a", "/", "b"),
+    ],
+}
+
+
+def route_seeds():
+    for name, ops in ROUTE_SEEDS.items():
+        write("route_trie", name, b"".join(route_op(*op) for op in ops))
+
+
+# The operations of fuzz_targets/router_ops.rs: a line's first byte picks the session (modulo
+# 4) and the operation ((byte / 4) modulo 7); its high bits are the flags (clean start, keep,
+# retain, QoS, subscription options).
+ROUTER_OPS = ["attach", "detach", "end", "subscribe", "unsubscribe", "publish", "drain"]
+
+
+def router_line(op, session, text="", high=0):
+    """One line of router_ops: the first byte with `op` and `session` and as many of the
+    `high` bits (0x80, 0x40, 0x20) as keep them, then the text."""
+    want = ROUTER_OPS.index(op)
+    for head in sorted(range(256), key=lambda b: -bin(b & high).count("1")):
+        if head % 4 == session and (head // 4) % 7 == want:
+            return bytes([head]) + text.encode()
+    raise ValueError(op)
+
+
+ROUTER_SEEDS = {
+    "subscribe_publish_drain": [
+        ("attach", 0), ("attach", 1), ("subscribe", 0, "a/+"), ("subscribe", 1, "a/#"),
+        ("publish", 2, "a/b", 0x80), ("publish", 1, "a/c"), ("drain", 0), ("drain", 1, "", 0x80),
+        ("unsubscribe", 0, "a/+"), ("detach", 0), ("detach", 1, "", 0x80),
+    ],
+    "shared_groups": [
+        ("attach", 0), ("attach", 1), ("attach", 2), ("subscribe", 0, "$share/g/x/+"),
+        ("subscribe", 1, "$share/g/x/+"), ("subscribe", 2, "$share/h/x/#"),
+        ("publish", 3, "x/1", 0x40), ("publish", 3, "x/2", 0x40), ("detach", 0, "", 0x80),
+        ("publish", 3, "x/3", 0x40), ("drain", 1), ("end", 0), ("publish", 3, "x/4"),
+    ],
+    "retained_and_dollar": [
+        ("publish", 0, "$SYS/x", 0x80), ("publish", 0, "a", 0x80), ("publish", 0, "a//b", 0x80),
+        ("attach", 1, "", 0x80), ("subscribe", 1, "#", 0x60), ("subscribe", 1, "$SYS/#"),
+        ("subscribe", 1, "+/+/+", 0x20), ("drain", 1, "", 0x80), ("publish", 2, "é/x", 0x80),
+        ("subscribe", 1, "é/#"), ("detach", 1, "", 0x80), ("attach", 1), ("end", 1),
+    ],
+    "invalid_filters": [
+        ("attach", 0), ("subscribe", 0, "a/#/b"), ("subscribe", 0, "a+"),
+        ("subscribe", 0, "$share/g"), ("subscribe", 0, "$share//x"), ("subscribe", 0, ""),
+        ("unsubscribe", 0, "nothing/here"), ("publish", 1, "a/b"), ("detach", 0),
+    ],
+}
+
+
+def router_seeds():
+    for name, ops in ROUTER_SEEDS.items():
+        write("router_ops", name, b"\n".join(router_line(*op) for op in ops))
+
+
 def rule_seeds():
     for name in ["acl.default.toml", "interop-acl.toml"]:
         with open(os.path.join(ROOT, "config", name), "rb") as f:
@@ -340,6 +435,8 @@ if __name__ == "__main__":
     mqtt_seeds()
     payload_seeds()
     topic_seeds()
+    route_seeds()
+    router_seeds()
     rule_seeds()
     for target in sorted(os.listdir(CORPUS)):
         print(target, len(os.listdir(os.path.join(CORPUS, target))))

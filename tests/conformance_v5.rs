@@ -126,6 +126,23 @@ fn background(hub: &Hub, client_id: &str) -> AsyncClient {
     client
 }
 
+/// A hub with config/interop.toml followed by `extra` (further sections), and the interop
+/// ACL followed by `extra_rules`.
+fn interop_hub_with(extra: &str, extra_rules: &str) -> anyhow::Result<(tempfile::TempDir, Hub)> {
+    let dir = tempfile::tempdir()?;
+    let interop = common::interop_config();
+    let config = std::fs::read_to_string(&interop)?;
+    let rules = std::fs::read_to_string(interop.with_file_name("interop-acl.toml"))?;
+    std::fs::write(
+        dir.path().join("interop-acl.toml"),
+        format!("{extra_rules}\n{rules}"),
+    )?;
+    let path = dir.path().join("kenko.toml");
+    std::fs::write(&path, format!("{config}\n{extra}"))?;
+    let hub = Hub::start_with(dir.path(), &path)?;
+    Ok((dir, hub))
+}
+
 // ---------------------------------------------------------------------------------------------
 // CONNECT and CONNACK
 
@@ -153,13 +170,10 @@ fn mqtt_3_2_2_3_connack_properties_announce_the_hubs_limits() -> anyhow::Result<
     );
     assert_eq!(get(prop::MAXIMUM_PACKET_SIZE), Some(Prop::U32(256 * 1024)));
     assert_eq!(get(prop::TOPIC_ALIAS_MAXIMUM), Some(Prop::U16(32)));
-    assert_eq!(
-        get(prop::SHARED_SUBSCRIPTION_AVAILABLE),
-        Some(Prop::Byte(0))
-    );
-    // Absent means QoS 2, retained messages, wildcards and subscription identifiers are
-    // available, and the client's keep-alive holds.
+    // Absent means QoS 2, retained messages, wildcards, subscription identifiers and shared
+    // subscriptions are available, and the client's keep-alive holds.
     for absent in [
+        prop::SHARED_SUBSCRIPTION_AVAILABLE,
         prop::MAXIMUM_QOS,
         prop::RETAIN_AVAILABLE,
         prop::WILDCARD_SUBSCRIPTION_AVAILABLE,
@@ -578,6 +592,83 @@ fn mqtt_3_14_2_1_server_shutting_down_sends_0x8b() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Subscribes a new persistent session `id` to `filter` at QoS 1 and leaves.
+fn away(hub: &Hub, id: &str, filter: &str) -> anyhow::Result<()> {
+    subscribed_and_gone(hub, id, false, Some(300), filter, &raw::disconnect(true, 0))?;
+    Ok(())
+}
+
+/// 4.1 (the Server may limit what it stores for a session): with `mqtt.max_queued_messages`
+/// and `mqtt.max_queued_bytes`, an absent session keeps at most that much, QoS 0 going first;
+/// the publisher and the other subscribers get everything, unhindered.
+#[test]
+fn mqtt_4_1_an_absent_sessions_queue_is_bounded_and_holds_no_one_back() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub_with(
+        "[mqtt]\nmax_queued_messages = 5\nmax_queued_bytes = 1000\n",
+        "",
+    )?;
+    away(&hub, "bounded-count", "bound/small")?;
+    away(&hub, "bounded-bytes", "bound/big")?;
+    let mut online = open(&hub, "bound-online")?;
+    assert_eq!(
+        subscribe(&mut online, 1, &[("bound/#", 1)], &Props::new())?,
+        vec![1]
+    );
+
+    // Five QoS 0 messages, then ten QoS 1: the QoS 0 ones make room for the first five QoS 1,
+    // the rest find the queue full of QoS 1 and are dropped for that session alone.
+    let mut publisher = open(&hub, "bound-pub")?;
+    for n in 0..5 {
+        let payload = format!("q0-{n}");
+        publisher.send(&publish(
+            "bound/small",
+            0,
+            false,
+            0,
+            &Props::new(),
+            payload.as_bytes(),
+        ))?;
+    }
+    for pkid in 1..=10 {
+        let payload = format!("q1-{pkid}");
+        publisher.send(&publish(
+            "bound/small",
+            1,
+            false,
+            pkid,
+            &Props::new(),
+            payload.as_bytes(),
+        ))?;
+        let ack = publisher
+            .read_kind_within(4, SOON)
+            .expect("the publisher is not held back");
+        assert_eq!(ack.pkid(), pkid);
+    }
+    // Three of 400 bytes where 1000 fit: two are kept.
+    let big = vec![b'b'; 400];
+    for pkid in 11..=13 {
+        publisher.send(&publish("bound/big", 1, false, pkid, &Props::new(), &big))?;
+        assert_eq!(publisher.read_kind(4)?.pkid(), pkid);
+    }
+    let got = drain(&mut online)?;
+    assert_eq!(got.len(), 18, "the online subscriber gets every message");
+
+    let payloads = |id: &str| -> anyhow::Result<Vec<(u8, Vec<u8>)>> {
+        let (mut back, present, _) = session(&hub, id, false, Some(300))?;
+        anyhow::ensure!(present, "{id}'s session kept");
+        Ok(drain(&mut back)?
+            .into_iter()
+            .map(|d| (d.qos, d.payload))
+            .collect())
+    };
+    let expected: Vec<(u8, Vec<u8>)> = (1..=5)
+        .map(|n| (1, format!("q1-{n}").into_bytes()))
+        .collect();
+    assert_eq!(payloads("bounded-count")?, expected);
+    assert_eq!(payloads("bounded-bytes")?, vec![(1, big.clone()), (1, big)]);
+    hub.terminate()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Wills
 
@@ -657,6 +748,31 @@ fn mqtt_3_14_4_3_disconnect_0x00_discards_the_will() -> anyhow::Result<()> {
     hub.terminate()
 }
 
+#[test]
+fn mqtt_3_1_2_12_a_qos_2_will_is_delivered_at_qos_2() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let mut watcher = open(&hub, "w2-watch")?;
+    assert_eq!(
+        subscribe(&mut watcher, 1, &[("w2/#", 2)], &Props::new())?,
+        vec![2]
+    );
+    let will = Will {
+        topic: "w2/gone",
+        payload: b"lost",
+        qos: 2,
+        retain: false,
+        props: Props::new(),
+    };
+    let packet = raw::connect_with(true, "w2-dropper", true, 30, &Props::new(), Some(&will), 0);
+    let (conn, _) = Conn::handshake(hub.addr, true, &packet)?;
+    drop(conn); // closed without DISCONNECT
+    let got = delivery(&mut watcher, SOON).expect("the will");
+    assert_eq!((got.topic.as_str(), got.qos), ("w2/gone", 2));
+    watcher.send(&raw::ack(0x50, got.pkid))?;
+    assert_eq!(watcher.read_kind(6)?.pkid(), got.pkid, "PUBREL");
+    hub.terminate()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Retained messages
 
@@ -730,6 +846,93 @@ fn mqtt_3_3_1_10_retain_handling_1_sends_retained_only_for_a_new_subscription() 
     assert!(
         delivery(&mut subscriber, QUIET).is_none(),
         "existing subscription: not sent again"
+    );
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_3_3_1_8_an_empty_non_retained_publish_leaves_the_retained_message() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let mut publisher = open(&hub, "keep-pub")?;
+    publisher.send(&publish("keep5/x", 1, true, 1, &Props::new(), b"state"))?;
+    publisher.read_kind(4)?;
+    let mut present = open(&hub, "keep-now")?;
+    assert_eq!(
+        subscribe(&mut present, 1, &[("keep5/x", 0)], &Props::new())?,
+        vec![0]
+    );
+    assert_eq!(
+        delivery(&mut present, SOON).expect("retained").payload,
+        b"state"
+    );
+    publisher.send(&publish("keep5/x", 1, false, 2, &Props::new(), b""))?;
+    publisher.read_kind(4)?;
+    let got = delivery(&mut present, SOON).expect("the empty message, delivered as any other");
+    assert!(got.payload.is_empty() && !got.retain);
+    let mut later = open(&hub, "keep-later")?;
+    assert_eq!(
+        subscribe(&mut later, 1, &[("keep5/x", 0)], &Props::new())?,
+        vec![0]
+    );
+    let got = delivery(&mut later, SOON).expect("RETAIN 0: the retained message is left");
+    assert_eq!((&got.payload[..], got.retain), (&b"state"[..], true));
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_3_3_1_11_retain_handling_2_sends_no_retained_messages() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let mut publisher = open(&hub, "rh2-pub")?;
+    publisher.send(&publish("rh2/x", 1, true, 1, &Props::new(), b"state"))?;
+    publisher.read_kind(4)?;
+    let mut subscriber = open(&hub, "rh2-sub")?;
+    let rh2 = 0x20;
+    assert_eq!(
+        subscribe(&mut subscriber, 1, &[("rh2/x", rh2)], &Props::new())?,
+        vec![0]
+    );
+    assert!(
+        delivery(&mut subscriber, QUIET).is_none(),
+        "Retain Handling 2: no retained message on subscribing"
+    );
+    publisher.send(&publish("rh2/x", 0, false, 0, &Props::new(), b"live"))?;
+    let got = delivery(&mut subscriber, SOON).expect("later messages still delivered");
+    assert_eq!(&got.payload[..], b"live");
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_3_3_1_13_retain_as_published_keeps_the_retain_flag() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let mut kept = open(&hub, "rap-1")?;
+    let mut cleared = open(&hub, "rap-0")?;
+    let rap = 0x08;
+    assert_eq!(
+        subscribe(&mut kept, 1, &[("rap/x", rap)], &Props::new())?,
+        vec![0]
+    );
+    assert_eq!(
+        subscribe(&mut cleared, 1, &[("rap/x", 0)], &Props::new())?,
+        vec![0]
+    );
+    let mut publisher = open(&hub, "rap-pub")?;
+    publisher.send(&publish("rap/x", 0, true, 0, &Props::new(), b"retained"))?;
+    publisher.send(&publish("rap/x", 0, false, 0, &Props::new(), b"plain"))?;
+    let flags = |conn: &mut Conn| -> Vec<(Vec<u8>, bool)> {
+        (0..2)
+            .filter_map(|_| delivery(conn, SOON))
+            .map(|d| (d.payload, d.retain))
+            .collect()
+    };
+    assert_eq!(
+        flags(&mut kept),
+        vec![(b"retained".to_vec(), true), (b"plain".to_vec(), false)],
+        "Retain As Published 1: RETAIN as the publisher set it"
+    );
+    assert_eq!(
+        flags(&mut cleared),
+        vec![(b"retained".to_vec(), false), (b"plain".to_vec(), false)],
+        "Retain As Published 0: RETAIN cleared (MQTT-3.3.1-12)"
     );
     hub.terminate()
 }
@@ -875,6 +1078,202 @@ fn mqtt_3_2_2_15_packet_over_maximum_packet_size_gets_disconnect_0x95() -> anyho
     hub.terminate()
 }
 
+#[test]
+fn mqtt_3_8_4_8_delivery_qos_is_the_lower_of_published_and_granted() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let mut subscriber = open(&hub, "minq-sub")?;
+    assert_eq!(
+        subscribe(
+            &mut subscriber,
+            1,
+            &[("minq/2", 2), ("minq/1", 1)],
+            &Props::new()
+        )?,
+        vec![2, 1]
+    );
+    let mut publisher = open(&hub, "minq-pub")?;
+    // (topic, published QoS, delivered QoS)
+    let cases = [
+        ("minq/2", 0, 0),
+        ("minq/2", 1, 1),
+        ("minq/1", 2, 1),
+        ("minq/1", 0, 0),
+    ];
+    for (pkid, (topic, published, delivered)) in (1..).zip(cases) {
+        publisher.send(&publish(topic, published, false, pkid, &Props::new(), b"x"))?;
+        publisher.finish_publish(published, pkid)?;
+        let got = delivery(&mut subscriber, SOON).expect("delivered");
+        assert_eq!(
+            (got.topic.as_str(), got.qos),
+            (topic, delivered),
+            "published at QoS {published}"
+        );
+        if got.qos == 1 {
+            subscriber.send(&raw::ack(0x40, got.pkid))?;
+        }
+    }
+    hub.terminate()
+}
+
+/// Drains a raw connection of what arrives within [`QUIET`] of each other, acknowledging
+/// QoS 1 deliveries; returns the PUBLISHes.
+fn drain(conn: &mut Conn) -> anyhow::Result<Vec<raw::Delivery>> {
+    let mut got = Vec::new();
+    while let Some(d) = delivery(conn, QUIET) {
+        if d.qos == 1 {
+            conn.send(&raw::ack(0x40, d.pkid))?;
+        }
+        got.push(d);
+    }
+    Ok(got)
+}
+
+#[test]
+fn mqtt_3_8_4_3_and_4_a_repeated_subscribe_replaces_the_subscription() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let mut publisher = open(&hub, "again-pub")?;
+    publisher.send(&publish("again/x", 1, true, 1, &Props::new(), b"state"))?;
+    publisher.read_kind(4)?;
+    let mut subscriber = open(&hub, "again-sub")?;
+    assert_eq!(
+        subscribe(&mut subscriber, 1, &[("again/x", 0)], &Props::new())?,
+        vec![0]
+    );
+    let first = drain(&mut subscriber)?;
+    assert_eq!(
+        first.iter().map(|d| (d.qos, d.retain)).collect::<Vec<_>>(),
+        vec![(0, true)],
+        "the retained message at the first subscription's QoS 0"
+    );
+
+    // The same filter again, QoS 1, Retain As Published, Retain Handling 0: the retained
+    // message is sent again (MQTT-3.8.4-4) at the new QoS.
+    let rap = 0x08;
+    assert_eq!(
+        subscribe(&mut subscriber, 2, &[("again/x", 1 | rap)], &Props::new())?,
+        vec![1]
+    );
+    let again = drain(&mut subscriber)?;
+    assert_eq!(
+        again.iter().map(|d| (d.qos, d.retain)).collect::<Vec<_>>(),
+        vec![(1, true)],
+        "Retain Handling 0 sends the retained message again"
+    );
+    // Live messages follow the new options: QoS 1, RETAIN as published, and one copy (the
+    // subscription was replaced, not added).
+    publisher.send(&publish("again/x", 1, true, 2, &Props::new(), b"new state"))?;
+    publisher.read_kind(4)?;
+    let live = drain(&mut subscriber)?;
+    assert_eq!(
+        live.iter()
+            .map(|d| (&d.payload[..], d.qos, d.retain))
+            .collect::<Vec<_>>(),
+        vec![(&b"new state"[..], 1, true)]
+    );
+
+    // Retain Handling 1 on the existing subscription: replaced (back to QoS 0), no retained
+    // message.
+    let rh1 = 0x10;
+    assert_eq!(
+        subscribe(&mut subscriber, 3, &[("again/x", rh1)], &Props::new())?,
+        vec![0]
+    );
+    assert!(
+        drain(&mut subscriber)?.is_empty(),
+        "Retain Handling 1: not sent again"
+    );
+    publisher.send(&publish("again/x", 1, false, 3, &Props::new(), b"later"))?;
+    publisher.read_kind(4)?;
+    let later = drain(&mut subscriber)?;
+    assert_eq!(
+        later.iter().map(|d| (d.qos, d.retain)).collect::<Vec<_>>(),
+        vec![(0, false)],
+        "the third subscription's QoS 0"
+    );
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_3_8_3_3_no_local_keeps_a_clients_own_messages_from_it() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let no_local = 0x04;
+    let mut talker = open(&hub, "nl-talker")?;
+    assert_eq!(
+        subscribe(&mut talker, 1, &[("nl/room", no_local)], &Props::new())?,
+        vec![0]
+    );
+    let mut echo = open(&hub, "nl-echo")?;
+    assert_eq!(
+        subscribe(&mut echo, 1, &[("nl/room", 0)], &Props::new())?,
+        vec![0]
+    );
+    echo.send(&publish("nl/room", 0, false, 0, &Props::new(), b"echo's"))?;
+    talker.send(&publish("nl/room", 0, false, 0, &Props::new(), b"talker's"))?;
+    // The echo (no-local 0) gets its own message and the talker's; the talker only the echo's.
+    let heard = |conn: &mut Conn| -> Vec<Vec<u8>> {
+        std::iter::from_fn(|| delivery(conn, QUIET))
+            .map(|d| d.payload)
+            .collect()
+    };
+    assert_eq!(heard(&mut talker), vec![b"echo's".to_vec()]);
+    let mut echo_heard = heard(&mut echo);
+    echo_heard.sort();
+    assert_eq!(echo_heard, vec![b"echo's".to_vec(), b"talker's".to_vec()]);
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_4_4_0_1_a_resumed_session_gets_unacknowledged_publishes_and_pubrels_again(
+) -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let (mut first, _, _) = session(&hub, "resumer", false, Some(300))?;
+    assert_eq!(
+        subscribe(&mut first, 1, &[("resume/#", 2)], &Props::new())?,
+        vec![2]
+    );
+    let mut publisher = open(&hub, "resume-pub")?;
+    publisher.send(&publish("resume/1", 1, false, 1, &Props::new(), b"one"))?;
+    publisher.read_kind(4)?;
+    for pkid in [2, 3] {
+        let topic = format!("resume/{pkid}");
+        publisher.send(&publish(&topic, 2, false, pkid, &Props::new(), b"two"))?;
+        publisher.finish_publish(2, pkid)?;
+    }
+    let one = delivery(&mut first, SOON).expect("QoS 1 delivery");
+    let two = delivery(&mut first, SOON).expect("QoS 2 delivery, not received");
+    let three = delivery(&mut first, SOON).expect("QoS 2 delivery, received");
+    assert_eq!((one.qos, two.qos, three.qos), (1, 2, 2));
+    assert!(!one.dup && !two.dup && !three.dup);
+    first.send(&raw::ack(0x50, three.pkid))?; // PUBREC for the third only
+    assert_eq!(first.read_kind(6)?.pkid(), three.pkid, "PUBREL");
+    drop(first); // gone without acknowledging the rest, nor PUBCOMP
+
+    let (mut back, present, _) = session(&hub, "resumer", false, Some(300))?;
+    assert!(present);
+    let (publishes, pubrels) = back.read_resent(QUIET);
+    assert_eq!(
+        publishes,
+        vec![
+            (one.pkid, "resume/1".to_owned(), true, 1),
+            (two.pkid, "resume/2".to_owned(), true, 2),
+        ],
+        "the unacknowledged PUBLISHes again, in order, with DUP and their packet ids"
+    );
+    assert_eq!(pubrels, vec![(6, three.pkid)], "the PUBREL again");
+    // The exchanges complete on the new connection, and nothing else is sent again.
+    back.send(&raw::ack(0x40, one.pkid))?;
+    back.send(&raw::ack(0x50, two.pkid))?;
+    assert_eq!(back.read_kind(6)?.pkid(), two.pkid);
+    back.send(&raw::ack(0x70, two.pkid))?;
+    back.send(&raw::ack(0x70, three.pkid))?;
+    back.send(&raw::disconnect(true, 0))?;
+    back.read_to_close(SOON)?;
+    let (mut last, present, _) = session(&hub, "resumer", false, Some(300))?;
+    assert!(present);
+    assert!(last.read_within(QUIET).is_none(), "all acknowledged");
+    hub.terminate()
+}
+
 // ---------------------------------------------------------------------------------------------
 // SUBSCRIBE and UNSUBSCRIBE
 
@@ -899,20 +1298,93 @@ fn mqtt_3_9_3_1_denied_filter_gets_0x87_in_its_place() -> anyhow::Result<()> {
 }
 
 #[test]
-fn mqtt_4_8_2_shared_subscriptions_refused_with_0x9e() -> anyhow::Result<()> {
+fn mqtt_4_8_2_shared_subscription_messages_go_to_one_member_in_turn() -> anyhow::Result<()> {
     let (_dir, hub) = interop_hub()?;
-    let (mut conn, _, props) = open_with(&hub, "sharer", true, &Props::new())?;
+    let mut members = Vec::new();
+    for name in ["sharer-a", "sharer-b"] {
+        let mut member = open(&hub, name)?;
+        assert_eq!(
+            subscribe(&mut member, 1, &[("$share/g/sh/x", 1)], &Props::new())?,
+            vec![1]
+        );
+        members.push(member);
+    }
+    // Another group on the same filter gets every message too; a group of the same name on
+    // another filter is another group.
+    let mut other = open(&hub, "sharer-other")?;
     assert_eq!(
-        find_prop(&props, prop::SHARED_SUBSCRIPTION_AVAILABLE),
-        Some(&Prop::Byte(0))
+        subscribe(
+            &mut other,
+            1,
+            &[("$share/h/sh/x", 1), ("$share/g/sh/y", 1)],
+            &Props::new()
+        )?,
+        vec![1, 1]
     );
-    let codes = subscribe(
-        &mut conn,
-        1,
-        &[("$share/g/sh/x", 1), ("sh/y", 1)],
-        &Props::new(),
-    )?;
-    assert_eq!(codes, vec![0x9e, 1], "Shared Subscriptions not supported");
+    let mut publisher = open(&hub, "sharer-pub")?;
+    for i in 0..4u16 {
+        publisher.send(&publish(
+            "sh/x",
+            1,
+            false,
+            i + 1,
+            &Props::new(),
+            &[b'0' + i as u8],
+        ))?;
+        publisher.read_kind(4)?;
+    }
+    let mut each = Vec::new();
+    let mut payloads = Vec::new();
+    for member in &mut members {
+        let mut got = 0;
+        while let Some(d) = delivery(member, QUIET) {
+            member.send(&raw::ack(0x40, d.pkid))?;
+            payloads.push(d.payload);
+            got += 1;
+        }
+        each.push(got);
+    }
+    payloads.sort();
+    assert_eq!(
+        payloads,
+        [b"0", b"1", b"2", b"3"],
+        "each message to one member only"
+    );
+    assert_eq!(each, [2, 2], "in turn");
+    let mut others = 0;
+    while let Some(d) = delivery(&mut other, QUIET) {
+        other.send(&raw::ack(0x40, d.pkid))?;
+        others += 1;
+    }
+    assert_eq!(
+        others, 4,
+        "group h has its own turn; g on sh/y gets nothing of sh/x"
+    );
+    hub.terminate()
+}
+
+#[test]
+fn mqtt_4_8_2_unacknowledged_shared_delivery_goes_to_another_member() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let mut first = open(&hub, "taker-a")?;
+    assert_eq!(
+        subscribe(&mut first, 1, &[("$share/w/jobs/x", 1)], &Props::new())?,
+        vec![1]
+    );
+    let mut publisher = open(&hub, "taker-pub")?;
+    publisher.send(&publish("jobs/x", 1, false, 1, &Props::new(), b"job"))?;
+    publisher.read_kind(4)?;
+    let got = delivery(&mut first, SOON).expect("the only member gets it");
+    assert_eq!(got.payload, b"job");
+    let mut second = open(&hub, "taker-b")?;
+    assert_eq!(
+        subscribe(&mut second, 1, &[("$share/w/jobs/x", 1)], &Props::new())?,
+        vec![1]
+    );
+    // The first member goes without acknowledging it.
+    drop(first);
+    let again = delivery(&mut second, SOON).expect("handed to the other member");
+    assert_eq!(again.payload, b"job");
     hub.terminate()
 }
 
@@ -940,24 +1412,21 @@ fn mqtt_3_3_4_3_subscription_identifiers_come_with_each_delivery() -> anyhow::Re
     assert_eq!(ids(&got), [Prop::VarInt(7)], "on the retained message too");
     subscriber.send(&raw::ack(0x40, got.pkid))?;
 
-    // Overlapping subscriptions: one copy per subscription, each with its own identifier
-    // (MQTT-3.3.4-5).
+    // Overlapping subscriptions: one copy, at the highest QoS granted, with the identifiers
+    // of both (MQTT-3.3.4-2, MQTT-3.3.4-4).
     assert_eq!(
         subscribe(&mut subscriber, 2, &[("sid/b", 1)], &id(9))?,
         vec![1]
     );
     publisher.send(&publish("sid/b", 1, false, 2, &Props::new(), b"live"))?;
-    let mut seen = Vec::new();
-    for _ in 0..2 {
-        let got = delivery(&mut subscriber, SOON).expect("a copy per subscription");
-        subscriber.send(&raw::ack(0x40, got.pkid))?;
-        seen.extend(ids(&got));
-    }
+    let got = delivery(&mut subscriber, SOON).expect("one copy");
+    subscriber.send(&raw::ack(0x40, got.pkid))?;
+    let mut seen = ids(&got);
     seen.sort_by_key(|p| format!("{p:?}"));
     assert_eq!(seen, [Prop::VarInt(7), Prop::VarInt(9)]);
     assert!(
         delivery(&mut subscriber, QUIET).is_none(),
-        "two copies, no more"
+        "one copy, no more"
     );
     hub.terminate()
 }
@@ -1162,6 +1631,43 @@ fn mqtt_3_10_4_5_and_6_one_unsuback_with_a_reason_code_per_filter() -> anyhow::R
     assert!(
         delivery(&mut conn, QUIET).is_none(),
         "both subscriptions gone"
+    );
+    hub.terminate()
+}
+
+/// 4.7 (MQTT-4.7.3-2 aside, which forbids only U+0000): topics and filters are UTF-8 strings,
+/// whatever their first character.
+#[test]
+fn mqtt_4_7_3_topics_and_filters_may_start_with_any_utf8_character() -> anyhow::Result<()> {
+    let (_dir, hub) = interop_hub()?;
+    let mut subscriber = open(&hub, "utf8-sub")?;
+    assert_eq!(
+        subscribe(
+            &mut subscriber,
+            1,
+            &[("健康/+", 0), ("é/#", 0), ("+/心拍", 0)],
+            &Props::new()
+        )?,
+        vec![0, 0, 0]
+    );
+    let mut publisher = open(&hub, "utf8-pub")?;
+    for topic in ["健康/x", "é/a/b", "x/心拍", "健康x/y"] {
+        publisher.send(&publish(
+            topic,
+            0,
+            false,
+            0,
+            &Props::new(),
+            topic.as_bytes(),
+        ))?;
+    }
+    let got: Vec<String> = std::iter::from_fn(|| delivery(&mut subscriber, QUIET))
+        .map(|d| d.topic)
+        .collect();
+    assert_eq!(
+        got,
+        vec!["健康/x", "é/a/b", "x/心拍"],
+        "健康x/y matches none"
     );
     hub.terminate()
 }
@@ -1382,5 +1888,78 @@ fn mqtt_3_3_2_11_hub_sends_no_topic_aliases() -> anyhow::Result<()> {
         assert_eq!(got.topic, "out/alias", "the full topic every time");
         assert_eq!(find_prop(&got.props, prop::TOPIC_ALIAS), None);
     }
+    hub.terminate()
+}
+
+// ---------------------------------------------------------------------------------------------
+// $SYS topics
+
+/// The `$SYS/broker/…` topics kenko publishes (as Mosquitto does).
+const SYS_TOPICS: [&str; 7] = [
+    "$SYS/broker/clients/connected",
+    "$SYS/broker/messages/received",
+    "$SYS/broker/messages/sent",
+    "$SYS/broker/subscriptions/count",
+    "$SYS/broker/retained messages/count",
+    "$SYS/broker/uptime",
+    "$SYS/broker/load/messages/received/1min",
+];
+
+/// MQTT-4.7.2-1: `#` does not match topics starting with `$`. kenko publishes its statistics
+/// on `$SYS/broker/…` every `mqtt.sys_interval_s`; a principal the ACL allows `$SYS/#` sees
+/// them, a `#` subscriber never does, and one not allowed is refused.
+#[test]
+fn mqtt_4_7_2_1_sys_topics_reach_only_principals_allowed_them() -> anyhow::Result<()> {
+    let rules = "[[rule]]\neffect = \"allow\"\nprincipal = \"sysop\"\naction = \"subscribe\"\ntopic = \"$SYS/#\"\n";
+    let extra = format!(
+        "{}[mqtt]\nsys_interval_s = 1\n",
+        common::principal("sysop", &["sysop"])
+    );
+    let (_dir, hub) = interop_hub_with(&extra, rules)?;
+    let mut everything = open(&hub, "sys-hash")?;
+    assert_eq!(
+        subscribe(&mut everything, 1, &[("#", 0)], &Props::new())?,
+        vec![0]
+    );
+    let mut nosy = open(&hub, "sys-nosy")?;
+    assert_eq!(
+        subscribe(&mut nosy, 1, &[("$SYS/#", 0)], &Props::new())?,
+        vec![0x87],
+        "anonymous is not allowed $SYS/#"
+    );
+
+    let password = common::password("sysop");
+    let connect = raw::connect(true, "sysop", Some(("sysop", &password)), None);
+    let (mut sysop, ack) = Conn::handshake(hub.addr, true, &connect)?;
+    assert_eq!(ack.connack(true).1, 0);
+    assert_eq!(
+        subscribe(&mut sysop, 1, &[("$SYS/#", 0)], &Props::new())?,
+        vec![0]
+    );
+    let mut seen = std::collections::BTreeMap::<String, Vec<String>>::new();
+    let until = Instant::now() + Duration::from_millis(3500);
+    while let Some(d) = delivery(&mut sysop, until.saturating_duration_since(Instant::now())) {
+        let value = String::from_utf8_lossy(&d.payload).into_owned();
+        seen.entry(d.topic).or_default().push(value);
+    }
+    for topic in SYS_TOPICS {
+        assert!(seen.contains_key(topic), "{topic} not published: {seen:?}");
+    }
+    let uptimes = &seen["$SYS/broker/uptime"];
+    assert!(
+        uptimes.len() >= 2 && uptimes.first() != uptimes.last(),
+        "published again every second: {uptimes:?}"
+    );
+    assert_eq!(
+        seen["$SYS/broker/clients/connected"]
+            .last()
+            .map(String::as_str),
+        Some("3")
+    );
+    let sys: Vec<_> = std::iter::from_fn(|| delivery(&mut everything, QUIET))
+        .filter(|d| d.topic.starts_with('$'))
+        .collect();
+    assert!(sys.is_empty(), "# matched $SYS: {sys:?}");
+    assert!(delivery(&mut nosy, QUIET).is_none());
     hub.terminate()
 }

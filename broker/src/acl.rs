@@ -335,7 +335,9 @@ fn matches_topic(pattern: &[Level], topic: &str, p: &Principal<'_>) -> bool {
         let ok = match level {
             Level::Single => !(i == 0 && dollar),
             Level::Literal(s) => s == t,
-            other => matches!(bound(other, p), Some(Some(v)) if v == t),
+            // A client id may start with `$`: a level the client named is no more allowed
+            // to reach a `$` topic than a wildcard is.
+            other => !(i == 0 && dollar) && matches!(bound(other, p), Some(Some(v)) if v == t),
         };
         if !ok {
             return false;
@@ -358,7 +360,7 @@ fn covers(pattern: &[Level], filter: &str, p: &Principal<'_>) -> bool {
             (Level::Single, _) => !(i == 0 && dollar),
             (_, "+") => false,
             (Level::Literal(s), f) => s == f,
-            (other, f) => matches!(bound(other, p), Some(Some(v)) if v == f),
+            (other, f) => !(i == 0 && dollar) && matches!(bound(other, p), Some(Some(v)) if v == f),
         };
         if !ok {
             return false;

@@ -9,6 +9,22 @@ use rumqttd::protocol::{
 };
 
 use crate::packet::check_topic_filter;
+use crate::problem_info::{with_short_reason, without_problem_info};
+
+/// Why [`Codec::write`] wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WriteError {
+    /// rumqttd's encoder refused the packet.
+    #[error("cannot encode the packet: {0}")]
+    Encode(#[from] protocol::Error),
+    /// Larger than the client's Maximum Packet Size even without reason string and user
+    /// properties (MQTT-3.1.2-24): not sent. A delivery is then discarded as if it had been
+    /// sent (MQTT-3.1.2-25), which is for the caller to do.
+    #[error(
+        "the packet ({size} bytes) is larger than the client's Maximum Packet Size ({max} bytes)"
+    )]
+    TooLarge { size: usize, max: usize },
+}
 
 /// Which protocol a connection speaks, learned from its CONNECT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +81,8 @@ pub(crate) struct Codec {
     /// Whether the client takes reason strings and user properties on acknowledgements
     /// (MQTT 5 Request Problem Information; 0 turns them off, MQTT-3.1.2-29).
     problem_info: bool,
+    /// The largest packet the client accepts (MQTT 5 Maximum Packet Size), if it said.
+    client_max_packet_size: Option<usize>,
 }
 
 impl Codec {
@@ -73,7 +91,13 @@ impl Codec {
             version,
             max_packet_size,
             problem_info: true,
+            client_max_packet_size: None,
         }
+    }
+
+    /// The client's Maximum Packet Size (MQTT 5), which [`Codec::write`] keeps to.
+    pub(crate) fn set_client_max_packet_size(&mut self, max: Option<usize>) {
+        self.client_max_packet_size = max;
     }
 
     /// Whether acknowledgements may carry reason strings and user properties (the CONNECT's
@@ -141,8 +165,35 @@ impl Codec {
         }
     }
 
-    /// Appends the encoded packet to `out`.
-    pub(crate) fn write(&self, packet: Packet, out: &mut BytesMut) -> Result<(), protocol::Error> {
+    /// Appends the encoded packet to `out`, as the client may get it: a reason string of at
+    /// most 256 bytes; without reason string and user properties if the packet would
+    /// otherwise be larger than the client's Maximum Packet Size; nothing at all, and
+    /// [`WriteError::TooLarge`], if it is larger even so.
+    pub(crate) fn write(&self, packet: Packet, out: &mut BytesMut) -> Result<(), WriteError> {
+        let packet = with_short_reason(packet);
+        let Some(max) = self.client_max_packet_size else {
+            return Ok(self.encode(packet, out)?);
+        };
+        let start = out.len();
+        // Only a packet that has them is copied without them, in case it is too large.
+        let smaller = without_problem_info(&packet);
+        self.encode(packet, out)?;
+        let mut size = out.len() - start;
+        if size > max {
+            out.truncate(start);
+            if let Some(smaller) = smaller {
+                self.encode(smaller, out)?;
+                size = out.len() - start;
+            }
+        }
+        if size > max {
+            out.truncate(start);
+            return Err(WriteError::TooLarge { size, max });
+        }
+        Ok(())
+    }
+
+    fn encode(&self, packet: Packet, out: &mut BytesMut) -> Result<(), protocol::Error> {
         match (self.version, packet) {
             (Version::V311, packet) => V4.write(without_properties(packet), out)?,
             // rumqttd writes a DISCONNECT with a reason code and no properties as
@@ -648,6 +699,93 @@ mod tests {
         let mut out = BytesMut::new();
         codec.write(refused, &mut out).expect("write");
         assert!(out.windows(7).any(|w| w == b"go away"));
+    }
+
+    fn puback(why: &str) -> Packet {
+        Packet::PubAck(
+            PubAck {
+                pkid: 7,
+                reason: PubAckReason::PayloadFormatInvalid,
+            },
+            Some(PubAckProperties {
+                reason_string: Some(why.to_owned()),
+                user_properties: vec![("k".into(), "v".into())],
+            }),
+        )
+    }
+
+    #[test]
+    fn a_reason_string_is_at_most_256_bytes_and_reads_back() {
+        let codec = Codec::new(Version::V5, 1 << 20);
+        let mut out = BytesMut::new();
+        codec
+            .write(puback(&"é".repeat(50_000)), &mut out)
+            .expect("write");
+        // The client's view: one whole PUBACK, its reason string cut on a char boundary.
+        let Ok(Packet::PubAck(ack, Some(props))) = V5.read_mut(&mut out, 1 << 20) else {
+            panic!("not one PUBACK");
+        };
+        assert!(out.is_empty(), "nothing after it");
+        assert_eq!(ack.pkid, 7);
+        let reason = props.reason_string.expect("a reason string");
+        assert!(reason.len() <= 256, "{}", reason.len());
+        assert!(
+            reason.starts_with("éé") && reason.ends_with('…'),
+            "{reason}"
+        );
+        assert_eq!(props.user_properties, vec![("k".into(), "v".into())]);
+    }
+
+    #[test]
+    fn beyond_the_clients_maximum_packet_size_problem_information_is_left_out() {
+        let mut codec = Codec::new(Version::V5, 1 << 20);
+        codec.set_client_max_packet_size(Some(64));
+        let mut out = BytesMut::new();
+        codec.write(puback("short"), &mut out).expect("write");
+        assert!(out.windows(5).any(|w| w == b"short"), "it fits: kept");
+        let mut out = BytesMut::new();
+        codec
+            .write(puback(&"x".repeat(300)), &mut out)
+            .expect("write");
+        // PUBACK, length 4: packet id, reason code 0x99, property length 0.
+        assert_eq!(&out[..], &[0x40, 0x04, 0, 7, 0x99, 0x00]);
+        // A CONNACK keeps its other properties.
+        let connack = Packet::ConnAck(
+            ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::Success,
+            },
+            Some(ConnAckProperties {
+                assigned_client_identifier: Some("kenko-auto-1".into()),
+                reason_string: Some("y".repeat(200)),
+                ..Default::default()
+            }),
+        );
+        let mut out = BytesMut::new();
+        codec.write(connack, &mut out).expect("write");
+        assert!(out.len() <= 64, "{}", out.len());
+        assert!(out.windows(12).any(|w| w == b"kenko-auto-1"));
+        assert!(!out.windows(3).any(|w| w == b"yyy"));
+        // A delivery larger than that is not written at all; what was buffered stays.
+        let publish = Packet::Publish(
+            rumqttd::protocol::Publish::new(&b"a/b"[..], &[0u8; 100][..], false),
+            None,
+        );
+        let mut out = BytesMut::from(&b"before"[..]);
+        let e = codec.write(publish, &mut out).expect_err("too large");
+        assert!(
+            matches!(e, WriteError::TooLarge { max: 64, size } if size > 100),
+            "{e}"
+        );
+        assert_eq!(&out[..], b"before");
+        // MQTT 3.1.1 has no Maximum Packet Size and no reason strings.
+        let mut codec = Codec::new(Version::V311, 1 << 20);
+        codec.set_client_max_packet_size(None);
+        let mut out = BytesMut::new();
+        codec
+            .write(puback(&"x".repeat(300)), &mut out)
+            .expect("write");
+        assert_eq!(&out[..], &[0x40, 0x02, 0, 7]);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! A new connection up to CONNACK: learn the protocol version from the CONNECT, check the
-//! client id and will, take over a live session with the same id, register with the router.
+//! A new connection up to CONNACK: learn the protocol version from the CONNECT, check what
+//! the packet says (`connect_check`), authenticate, authorize the will, take over a live
+//! session with the same id, register with the router, answer.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,24 +9,25 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use rumqttd::protocol::{
-    ConnAck, ConnAckProperties, Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode,
-    LastWill, LastWillProperties, Login as MqttLogin, Packet,
+    ConnAck, ConnAckProperties, Connect, ConnectProperties, ConnectReturnCode, LastWill,
+    LastWillProperties, Login as MqttLogin, Packet,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, Instrument};
 
 use crate::acl::Request;
 use crate::auth::Identity;
 use crate::authz::AclView;
 use crate::codec::{connack_reason, peek_version, sniff, Codec, Sniff, Version};
+use crate::connect_check::{connect_refusal, v311_code};
+use crate::hub::HUB_CLIENT_ID;
 use crate::login::{Listener, Login};
-use crate::packet::{check_topic_name, telemetry_device};
-use crate::router::HUB_CLIENT_ID;
-use crate::session::{granted_session_expiry, Peer, Session, SessionLife, NEVER};
-use crate::sessions::{router_id, Refused};
+use crate::route;
+use crate::session::{granted_session_expiry, Connected, Peer, Session, SessionLife, Will, NEVER};
+use crate::sessions::{router_id, Refused, Registration};
 use crate::Shared;
 use kenko_config::MqttConfig;
 
@@ -121,14 +123,152 @@ pub(crate) async fn serve(
     .await
 }
 
-/// Reads and answers CONNECT; `None` if the connection was refused or went away.
+/// A decoded CONNECT.
+struct Hello {
+    connect: Connect,
+    props: Option<ConnectProperties>,
+    will: Option<LastWill>,
+    will_props: Option<LastWillProperties>,
+    login: Option<MqttLogin>,
+}
+
+/// How long the session lasts after the connection: what the client asked, what it gets.
+#[derive(Clone, Copy)]
+struct Expiry {
+    requested: u32,
+    granted: u32,
+}
+
+/// The session in the router, and what the connection knows of it.
+struct Attached {
+    route: Arc<route::Session>,
+    resumed: bool,
+    life: SessionLife,
+}
+
+/// Reads and answers CONNECT; `None` if the connection was refused or went away. The steps:
+/// check the packet, authenticate, authorize the will, take over the client id, attach to
+/// the router, answer.
 async fn handshake(
-    mut stream: Stream,
+    stream: Stream,
     certified: Option<String>,
     source: IpAddr,
     shared: &Arc<Shared>,
 ) -> std::io::Result<Option<Session>> {
-    let config = &shared.config;
+    let Some((mut hs, buf, mut hello)) = read_connect(stream, &shared.config).await? else {
+        return Ok(None);
+    };
+    if !hs.check(&hello).await? {
+        return Ok(None);
+    }
+    let expiry = hs.agree(&mut hello, &shared.config);
+    let Some(identity) = hs
+        .authenticate(hello.login.as_ref(), certified.as_deref(), source, shared)
+        .await?
+    else {
+        return Ok(None);
+    };
+    tracing::Span::current().record("principal", identity.id.as_str());
+    let Some((client_id, assigned)) = hs.client_id(&hello.connect, &identity, shared).await? else {
+        return Ok(None);
+    };
+    tracing::Span::current().record("client_id", client_id.as_str());
+    let peer = Peer {
+        identity,
+        client_id: Arc::from(client_id),
+        username: hello.login.take().map(|l| l.username),
+        receive_maximum: hello.props.as_ref().and_then(|p| p.receive_maximum),
+    };
+    let mut acl = AclView::new(shared.authorizer.clone(), shared.ingest.consents().clone());
+    if !hs
+        .authorize_will(hello.will.as_ref(), &peer, &mut acl)
+        .await?
+    {
+        return Ok(None);
+    }
+    let Some(registration) = hs.take_over(&peer, shared).await? else {
+        return Ok(None);
+    };
+    let clean = hello.connect.clean_session;
+    let attached = attach(&peer, clean, expiry.granted, shared);
+    let v5 = hs.codec.version() == Version::V5;
+    let (keep_alive, server_keep_alive) =
+        granted_keep_alive(hello.connect.keep_alive, &shared.config, v5);
+    let connack = connack(
+        attached.resumed,
+        assigned,
+        expiry,
+        server_keep_alive,
+        &shared.config,
+        v5,
+    );
+    if let Err(e) = hs.send(connack).await {
+        leave_unanswered(&attached, &peer, shared);
+        return Err(e);
+    }
+    info!(version = ?hs.codec.version(), keep_alive = hello.connect.keep_alive, clean = clean, "connected");
+    let connected = Connected {
+        stream: hs.stream,
+        codec: hs.codec,
+        read_buf: buf,
+        peer,
+        acl,
+        keep_alive,
+        will: hello.will.map(|will| Will {
+            will,
+            props: hello.will_props,
+        }),
+        registration,
+        life: attached.life,
+        route: attached.route,
+        resumed: attached.resumed,
+    };
+    Ok(Some(Session::new(connected, shared.clone())))
+}
+
+/// Attaches the session to the router: Clean Start discards a session kept under this name
+/// (MQTT-3.1.2-4); otherwise it is resumed.
+fn attach(peer: &Peer, clean: bool, session_expiry: u32, shared: &Shared) -> Attached {
+    let id = router_id(&peer.identity.id, &peer.client_id);
+    let (route, resumed) = shared.router.attach(&id, clean);
+    let life = SessionLife {
+        router_id: id,
+        persistent: !clean || session_expiry != 0,
+        expiry_s: session_expiry,
+    };
+    Attached {
+        route,
+        resumed,
+        life,
+    }
+}
+
+/// A client gone before its CONNACK was written: its session ends or expires as the end of
+/// its connection would have made it.
+fn leave_unanswered(attached: &Attached, peer: &Peer, shared: &Arc<Shared>) {
+    info!("connection closed before its CONNACK was written");
+    let keep = attached.life.persistent && attached.life.expiry_s != 0;
+    shared.router.detach(&attached.route, keep);
+    if keep {
+        crate::session::outlive(shared, &peer.identity.id, &peer.client_id, &attached.life);
+    }
+}
+
+/// The largest packet the client takes (MQTT 5 Maximum Packet Size), if it said. (0 is a
+/// protocol error, refused with a CONNACK it must still get.)
+fn client_max_packet(props: Option<&ConnectProperties>) -> Option<usize> {
+    props
+        .and_then(|p| p.max_packet_size)
+        .filter(|&m| m > 0)
+        .and_then(|m| usize::try_from(m).ok())
+}
+
+/// Reads the CONNECT: the protocol level first, then the whole packet. A CONNECT kenko cannot
+/// read is answered here (where the protocol allows an answer) and gives `None`.
+async fn read_connect(
+    mut stream: Stream,
+    config: &MqttConfig,
+) -> std::io::Result<Option<(Handshake, BytesMut, Hello)>> {
     let mut buf = BytesMut::with_capacity(1024);
     let deadline = Instant::now() + Duration::from_millis(config.connect_timeout_ms);
     let version = loop {
@@ -161,7 +301,8 @@ async fn handshake(
                 let why = format!(
                     "the CONNECT ({size} bytes) is larger than the hub's maximum packet size"
                 );
-                return hs.refuse(ConnectReturnCode::PacketTooLarge, &why).await;
+                hs.refuse(ConnectReturnCode::PacketTooLarge, &why).await?;
+                return Ok(None);
             }
             other => {
                 info!(
@@ -187,61 +328,18 @@ async fn handshake(
         }
     };
     let mut codec = Codec::new(version, config.max_packet_size);
-    let (
-        connect,
-        will,
-        will_props,
-        login,
-        (client_max_packet, receive_maximum),
-        (requested_expiry, session_expiry),
-    ) = match codec.read(&mut buf) {
-        Ok(Some(Packet::Connect(connect, props, will, mut will_props, login))) => {
-            // MQTT-4.12.0-1: enhanced authentication (AUTH) is not offered, so a CONNECT
-            // that asks for a method gets 0x8C and the connection is closed.
-            if let Some(method) = props
-                .as_ref()
-                .and_then(|p| p.authentication_method.as_ref())
-            {
-                let why = format!(
-                    "authentication method {method:?} is not supported; log in with a user name and password or a client certificate"
-                );
-                let mut hs = Handshake { stream, codec };
-                return hs
-                    .refuse(ConnectReturnCode::BadAuthenticationMethod, &why)
-                    .await;
-            }
-            // MQTT-3.1.2-29: Request Problem Information 0 keeps reason strings and user
-            // properties off acknowledgements.
-            if props.as_ref().and_then(|p| p.request_problem_info) == Some(0) {
-                codec.set_problem_info(false);
-            }
-            // MQTT 5: the session lasts this long after the connection (none given: 0, it
-            // ends with the connection); 3.1.1: with clean session 0 it lasts, else it ends.
-            let requested_expiry = match version {
-                Version::V5 => props
-                    .as_ref()
-                    .and_then(|p| p.session_expiry_interval)
-                    .unwrap_or(0),
-                Version::V311 if connect.clean_session => 0,
-                Version::V311 => NEVER,
+    match codec.read(&mut buf) {
+        Ok(Some(Packet::Connect(connect, props, will, will_props, login))) => {
+            // Every answer from here on keeps to it, the CONNACK included (MQTT-3.2.2-19).
+            codec.set_client_max_packet_size(client_max_packet(props.as_ref()));
+            let hello = Hello {
+                connect,
+                props,
+                will,
+                will_props,
+                login,
             };
-            let session_expiry =
-                granted_session_expiry(requested_expiry, config.max_session_expiry_s);
-            // MQTT-3.1.3-9: the will waits for its delay or the end of the session, whichever
-            // comes first.
-            if let Some(p) = will_props.as_mut() {
-                p.delay_interval = p.delay_interval.map(|d| d.min(session_expiry));
-            }
-            let client_max_packet = props.as_ref().and_then(|p| p.max_packet_size);
-            let receive_maximum = props.as_ref().and_then(|p| p.receive_maximum);
-            if receive_maximum == Some(0) {
-                let mut hs = Handshake { stream, codec };
-                let why = "Receive Maximum 0 is a protocol error (3.1.2.11.3)";
-                return hs.refuse(ConnectReturnCode::ProtocolError, why).await;
-            }
-            let limits = (client_max_packet, receive_maximum);
-            let expiry = (requested_expiry, session_expiry);
-            (connect, will, will_props, login, limits, expiry)
+            Ok(Some((Handshake { stream, codec }, buf, hello)))
         }
         Err(e) if version == Version::V5 => {
             // MQTT 5 4.13.1: a CONNECT with an error may get a CONNACK that says which, before
@@ -255,141 +353,26 @@ async fn handshake(
                 _ => format!("malformed CONNECT: {e}"),
             };
             let mut hs = Handshake { stream, codec };
-            return hs.refuse(code, &why).await;
+            hs.refuse(code, &why).await?;
+            Ok(None)
         }
         other => {
             info!(?other, "connection closed: malformed CONNECT");
-            return Ok(None);
-        }
-    };
-    let mut hs = Handshake { stream, codec };
-    let Some(identity) = hs
-        .authenticate(login.as_ref(), certified.as_deref(), source, shared)
-        .await?
-    else {
-        return Ok(None);
-    };
-    tracing::Span::current().record("principal", identity.id.as_str());
-    let Some((client_id, assigned)) = hs.client_id(&connect, &identity, shared).await? else {
-        return Ok(None);
-    };
-    tracing::Span::current().record("client_id", client_id.as_str());
-    let peer = Peer {
-        identity,
-        client_id: Arc::from(client_id),
-        username: login.map(|l| l.username),
-        max_packet_size: client_max_packet.and_then(|m| usize::try_from(m).ok()),
-        receive_maximum,
-    };
-    let mut acl = AclView::new(shared.authorizer.clone(), shared.ingest.consents().clone());
-    if let Some(will) = &will {
-        if let Some(why) = will_problem(will) {
-            let code = match hs.codec.version() {
-                Version::V5 => ConnectReturnCode::TopicNameInvalid,
-                Version::V311 => ConnectReturnCode::NotAuthorized,
-            };
-            return hs.refuse(code, &why).await;
-        }
-        // The will is checked now, so the client learns at once, and again when published.
-        let topic = String::from_utf8_lossy(&will.topic);
-        let request = Request::Publish {
-            topic: &topic,
-            qos: will.qos as u8,
-            retain: will.retain,
-        };
-        if !acl.decide(&peer.principal(), &request).allowed {
-            let why = format!("not authorized to publish the will on {topic}");
-            return hs.refuse(ConnectReturnCode::NotAuthorized, &why).await;
+            Ok(None)
         }
     }
-    if shared.sessions.len() >= config.max_connections {
-        return hs
-            .refuse(
-                busy(hs.codec.version()),
-                "the hub has reached its connection limit; try again later",
-            )
-            .await;
-    }
+}
 
-    let registration = match shared
-        .sessions
-        .register(
-            peer.client_id.clone(),
-            Arc::from(peer.identity.id.as_str()),
-            TAKEOVER_WAIT,
-        )
-        .await
-    {
-        Ok(registration) => registration,
-        Err(Refused::OtherPrincipal) => {
-            return hs
-                .refuse(
-                    ConnectReturnCode::NotAuthorized,
-                    "this client id is connected as another principal; only the same principal may take it over",
-                )
-                .await;
-        }
-        Err(Refused::StillClosing) => {
-            return hs
-                .refuse(
-                    busy(hs.codec.version()),
-                    "the previous connection with this client id is still closing; try again",
-                )
-                .await;
-        }
-    };
-    let router = shared.router.clone();
-    let id = router_id(&peer.identity.id, &peer.client_id);
-    let clean = connect.clean_session;
-    let persistent = !clean || session_expiry != 0;
-    if clean && shared.sessions.forget_kept(&id) {
-        // Clean Start: a session the router kept under this name is discarded first
-        // (MQTT-3.1.2-4).
-        if let Err(e) = shared.router.end_session(id.clone()).await {
-            shared.sessions.keep(&id);
-            warn!(error = %e, "cannot discard the previous session");
-            let why = "the hub's router is not available";
-            return hs.refuse(busy(hs.codec.version()), why).await;
-        }
-    }
-    // A session that ends with its connection is a clean one for the router, which keeps
-    // nothing of it, under a name from the pool; one that may outlive it (a session left from
-    // before is resumed) goes by its own name, and is ended by the session when its time is up.
-    let (link_id, clean_name) = if persistent {
-        shared.sessions.keep(&id);
-        (id.clone(), None)
-    } else {
-        let name = shared.sessions.clean_name();
-        (name.link_id(), Some(name))
-    };
-    let life = SessionLife {
-        router_id: id,
-        persistent,
-        expiry_s: session_expiry,
-        clean_name,
-    };
-    // Registering blocks until the router thread answers.
-    let linked = tokio::task::spawn_blocking(move || router.link(&link_id, !persistent)).await;
-    let Ok(Ok((link_tx, link_rx, notification))) = linked else {
-        return hs
-            .refuse(
-                busy(hs.codec.version()),
-                "the hub's router is not available",
-            )
-            .await;
-    };
-    let Some(Packet::ConnAck(ack, router_props)) = Option::<Packet>::from(notification)
-        .filter(|p| matches!(p, Packet::ConnAck(ack, _) if ack.code == ConnectReturnCode::Success))
-    else {
-        return hs
-            .refuse(
-                busy(hs.codec.version()),
-                "the hub's router refused the connection",
-            )
-            .await;
-    };
-    let v5 = hs.codec.version() == Version::V5;
-    let (keep_alive, server_keep_alive) = granted_keep_alive(connect.keep_alive, config, v5);
+/// The CONNACK of an accepted connection, with what kenko tells an MQTT 5 client about the
+/// session it gets.
+fn connack(
+    session_present: bool,
+    assigned: Option<String>,
+    expiry: Expiry,
+    server_keep_alive: Option<u16>,
+    config: &MqttConfig,
+    v5: bool,
+) -> Packet {
     let props = v5.then(|| ConnAckProperties {
         assigned_client_identifier: assigned,
         receive_max: Some(config.receive_maximum),
@@ -397,45 +380,15 @@ async fn handshake(
         // Incoming aliases are resolved by the session before the ACL sees the topic.
         topic_alias_max: Some(crate::session::TOPIC_ALIAS_MAX),
         max_packet_size: u32::try_from(config.max_packet_size).ok(),
-        // The router's shared-subscription groups are global (one group name, one cursor,
-        // across every filter and principal), so kenko does not offer them.
-        shared_subscription_available: Some(0),
         // 3.2.2.3.2: the server's Session Expiry Interval, when it is not what was asked.
-        session_expiry_interval: (session_expiry != requested_expiry).then_some(session_expiry),
-        ..router_props.unwrap_or_default()
+        session_expiry_interval: (expiry.granted != expiry.requested).then_some(expiry.granted),
+        ..Default::default()
     });
-    if let Err(e) = hs.send(Packet::ConnAck(ack, props)).await {
-        // The client is gone before its CONNACK: the router must hear of it (it does not
-        // notice a dropped link), and the session ends or expires as it would have.
-        info!(error = %e, "connection closed before its CONNACK was written");
-        let mut link_tx = link_tx;
-        let normal = Disconnect {
-            reason_code: DisconnectReasonCode::NormalDisconnection,
-        };
-        if link_tx.send(Packet::Disconnect(normal, None)).await.is_ok() {
-            let mut life = life;
-            if let Some(name) = life.clean_name.take() {
-                shared.sessions.release_clean_name(name);
-            }
-            crate::session::outlive(shared, &peer.identity.id, &peer.client_id, &life).await;
-        }
-        drop(registration);
-        return Err(e);
-    }
-    info!(version = ?hs.codec.version(), keep_alive = connect.keep_alive, clean = clean, "connected");
-    Ok(Some(Session::new(
-        hs.stream,
-        hs.codec,
-        buf,
-        shared.clone(),
-        peer,
-        acl,
-        keep_alive,
-        will.map(|w| (w, will_props)),
-        (link_tx, link_rx),
-        registration,
-        life,
-    )))
+    let ack = ConnAck {
+        session_present,
+        code: ConnectReturnCode::Success,
+    };
+    Packet::ConnAck(ack, props)
 }
 
 /// The keep-alive the session holds the client to, and the Server Keep Alive to announce
@@ -453,38 +406,6 @@ fn busy(version: Version) -> ConnectReturnCode {
     match version {
         Version::V5 => ConnectReturnCode::ServerBusy,
         Version::V311 => ConnectReturnCode::ServiceUnavailable,
-    }
-}
-
-/// The MQTT 3.1.1 return code (3.2.2.3) nearest to an MQTT 5 reason code.
-fn v311_code(code: ConnectReturnCode) -> ConnectReturnCode {
-    use ConnectReturnCode as C;
-    match code {
-        C::Success
-        | C::RefusedProtocolVersion
-        | C::ClientIdentifierNotValid
-        | C::ServiceUnavailable
-        | C::BadUserNamePassword
-        | C::NotAuthorized => code,
-        C::UnsupportedProtocolVersion => C::RefusedProtocolVersion,
-        C::BadAuthenticationMethod => C::BadUserNamePassword,
-        C::Banned | C::TopicNameInvalid | C::ConnectionRateExceeded => C::NotAuthorized,
-        _ => C::ServiceUnavailable,
-    }
-}
-
-/// Why a will cannot be accepted, if it cannot.
-fn will_problem(will: &LastWill) -> Option<String> {
-    match check_topic_name(&will.topic) {
-        Err(why) => Some(format!("will {why}")),
-        Ok(topic) if topic.starts_with('$') => {
-            Some("a will may not be published on a $ topic".into())
-        }
-        // Telemetry goes to the stream processor, which a will never reaches.
-        Ok(topic) if telemetry_device(topic).is_some() => {
-            Some("a will may not be published on a telemetry topic".into())
-        }
-        Ok(_) => None,
     }
 }
 
@@ -575,7 +496,110 @@ impl Handshake {
         Ok(None)
     }
 
-    /// The client id to use and, if kenko chose it, the id to tell the client.
+    /// Refuses a CONNECT that is refused for what it says alone ([`connect_refusal`]);
+    /// `false` if refused.
+    async fn check(&mut self, hello: &Hello) -> std::io::Result<bool> {
+        let refusal = connect_refusal(
+            &hello.connect.client_id,
+            hello.connect.clean_session,
+            hello.props.as_ref(),
+            hello.will.as_ref(),
+        );
+        let Some(refusal) = refusal else {
+            return Ok(true);
+        };
+        self.refuse(refusal.code, &refusal.why).await?;
+        Ok(false)
+    }
+
+    /// What the CONNECT sets for the rest of the connection: reason strings on or off, how
+    /// long the session lasts, how long the will may wait.
+    fn agree(&mut self, hello: &mut Hello, config: &MqttConfig) -> Expiry {
+        let props = hello.props.as_ref();
+        // MQTT-3.1.2-29: Request Problem Information 0 keeps reason strings and user
+        // properties off acknowledgements.
+        if props.and_then(|p| p.request_problem_info) == Some(0) {
+            self.codec.set_problem_info(false);
+        }
+        // MQTT 5: the session lasts this long after the connection (none given: 0, it ends
+        // with the connection); 3.1.1: with clean session 0 it lasts, else it ends.
+        let requested = match self.codec.version() {
+            Version::V5 => props.and_then(|p| p.session_expiry_interval).unwrap_or(0),
+            Version::V311 if hello.connect.clean_session => 0,
+            Version::V311 => NEVER,
+        };
+        let granted = granted_session_expiry(requested, config.max_session_expiry_s);
+        // MQTT-3.1.3-9: the will waits for its delay or the end of the session, whichever
+        // comes first.
+        if let Some(p) = hello.will_props.as_mut() {
+            p.delay_interval = p.delay_interval.map(|d| d.min(granted));
+        }
+        Expiry { requested, granted }
+    }
+
+    /// Whether the client may publish its will, if it has one; `false` if refused. The will
+    /// is checked now, so the client learns at once, and again when published.
+    async fn authorize_will(
+        &mut self,
+        will: Option<&LastWill>,
+        peer: &Peer,
+        acl: &mut AclView,
+    ) -> std::io::Result<bool> {
+        let Some(will) = will else {
+            return Ok(true);
+        };
+        let topic = String::from_utf8_lossy(&will.topic);
+        let request = Request::Publish {
+            topic: &topic,
+            qos: will.qos as u8,
+            retain: will.retain,
+        };
+        if acl.decide(&peer.principal(), &request).allowed {
+            return Ok(true);
+        }
+        let why = format!("not authorized to publish the will on {topic}");
+        self.refuse(ConnectReturnCode::NotAuthorized, &why).await?;
+        Ok(false)
+    }
+
+    /// Makes the client id this connection's, taking it over from a live connection of the
+    /// same principal. `None` if refused.
+    async fn take_over(
+        &mut self,
+        peer: &Peer,
+        shared: &Shared,
+    ) -> std::io::Result<Option<Registration>> {
+        if shared.sessions.len() >= shared.config.max_connections {
+            let why = "the hub has reached its connection limit; try again later";
+            self.refuse(busy(self.codec.version()), why).await?;
+            return Ok(None);
+        }
+        let registered = shared
+            .sessions
+            .register(
+                peer.client_id.clone(),
+                Arc::from(peer.identity.id.as_str()),
+                TAKEOVER_WAIT,
+            )
+            .await;
+        let (code, why) = match registered {
+            Ok(registration) => return Ok(Some(registration)),
+            Err(Refused::OtherPrincipal) => (
+                ConnectReturnCode::NotAuthorized,
+                "this client id is connected as another principal; only the same principal may take it over",
+            ),
+            Err(Refused::StillClosing) => (
+                busy(self.codec.version()),
+                "the previous connection with this client id is still closing; try again",
+            ),
+        };
+        self.refuse(code, why).await?;
+        Ok(None)
+    }
+
+    /// The client id to use and, if kenko chose it, the id to tell the client. Its shape was
+    /// checked with the packet; here, whose it may be: a device's client id is its device
+    /// id, and no one else's.
     async fn client_id(
         &mut self,
         connect: &Connect,
@@ -604,17 +628,9 @@ impl Handshake {
             return Ok(None);
         }
         if connect.client_id.is_empty() {
-            if !connect.clean_session {
-                self.refuse(invalid, "a persistent session needs a client id")
-                    .await?;
-                return Ok(None);
-            }
+            // A persistent session with no id was refused by `connect_refusal`.
             let id = format!("kenko-auto-{}", ASSIGNED.fetch_add(1, Ordering::Relaxed));
             return Ok(Some((id.clone(), Some(id))));
-        }
-        if let Err(why) = kenko_config::check_identifier(&connect.client_id) {
-            self.refuse(invalid, &format!("client id {why}")).await?;
-            return Ok(None);
         }
         if connect.client_id.starts_with(HUB_CLIENT_ID) {
             self.refuse(invalid, "client ids starting with kenko-hub are reserved")

@@ -1,24 +1,28 @@
-//! kenko's MQTT front: its own listener and connection handling (MQTT 3.1.1 and 5, through
-//! rumqttd's codecs) in front of rumqttd's router. kenko owns the connection layer so that it
-//! decides what is acknowledged and when: telemetry is acknowledged only once stored.
+//! kenko's MQTT broker: its own listener, connection handling and routing (MQTT 3.1.1 and
+//! 5), with rumqttd's codecs for the wire. kenko owns all of it so that it decides what is
+//! acknowledged and when (telemetry only once stored) and what each delivery may carry.
 
 mod accept;
 pub mod acl;
 pub mod auth;
 pub mod authz;
 mod codec;
+mod connect_check;
 mod connection;
-mod egress;
 mod event_time;
 pub mod http;
 mod http_conn;
+mod hub;
 pub mod login;
 pub mod metrics;
 mod packet;
+mod problem_info;
 pub mod rate;
-mod router;
+pub mod route;
 mod session;
 mod sessions;
+mod sync;
+mod sys;
 mod tls;
 mod ws;
 
@@ -42,7 +46,7 @@ use crate::auth::{Directory, EntryHash};
 use crate::authz::Authorizer;
 use crate::connection::Transport;
 use crate::login::{LoginGuard, LoginStats};
-use crate::router::RouterHandle;
+use crate::route::{QueueLimits, Router};
 use crate::sessions::Sessions;
 
 /// Why the broker could not start.
@@ -53,8 +57,8 @@ pub enum BrokerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot start the hub's own router link: {0}")]
-    Hub(String),
+    #[error("cannot start the hub's publisher thread: {0}")]
+    Hub(std::io::Error),
     #[error(transparent)]
     Credentials(#[from] EntryHash),
     #[error("ACL rules: {0}")]
@@ -85,6 +89,8 @@ pub struct BrokerStats {
     pub too_large_for_client: AtomicU64,
     /// Logins over MQTT and HTTP: failed, throttled, refused for a full queue.
     pub login: LoginStats,
+    /// The router, for its gauges and per-session drop counts.
+    pub(crate) router: std::sync::OnceLock<Arc<Router>>,
 }
 
 /// State every connection shares.
@@ -95,7 +101,7 @@ pub(crate) struct Shared {
     authorizer: Arc<Authorizer>,
     /// Login limits and password verification, shared with the HTTP API.
     login: Arc<LoginGuard>,
-    router: RouterHandle,
+    router: Arc<Router>,
     sessions: Arc<Sessions>,
     ingest: IngestHandle,
     shutdown: CancellationToken,
@@ -111,7 +117,7 @@ pub struct Broker {
     auth: AuthConfig,
     directory: Directory,
     authorizer: Arc<Authorizer>,
-    router: RouterHandle,
+    router: Arc<Router>,
     notices: flume::Sender<Notice>,
     stats: Arc<BrokerStats>,
     login: Arc<LoginGuard>,
@@ -154,15 +160,15 @@ impl Broker {
             ),
             None => None,
         };
-        let router = RouterHandle::spawn(config.max_connections, config.max_inflight);
+        let router = Arc::new(Router::new(QueueLimits {
+            max_messages: config.max_queued_messages,
+            max_bytes: config.max_queued_bytes,
+        }));
         let stats = Arc::new(BrokerStats::default());
+        let _ = stats.router.set(router.clone());
         let login = Arc::new(LoginGuard::new(full, stats.clone()));
         let (notices, notices_rx) = flume::bounded(16_384);
-        let hub_router = router.clone();
-        tokio::task::spawn_blocking(move || hub_router.spawn_hub(notices_rx))
-            .await
-            .map_err(|e| BrokerError::Hub(e.to_string()))?
-            .map_err(|e| BrokerError::Hub(e.to_string()))?;
+        crate::hub::spawn(router.clone(), notices_rx).map_err(BrokerError::Hub)?;
         Ok(Broker {
             listener,
             tls,
@@ -232,6 +238,14 @@ impl Broker {
             shutdown: shutdown.clone(),
             stats: self.stats,
         });
+        if shared.config.sys_interval_s > 0 {
+            tokio::spawn(crate::sys::publish_every(
+                Duration::from_secs(u64::from(shared.config.sys_interval_s)),
+                shared.router.clone(),
+                shared.stats.clone(),
+                shutdown.clone(),
+            ));
+        }
         let tracker = TaskTracker::new();
         let mut backoff = AcceptBackoff::new("MQTT");
         let (tls_listener, acceptor) = match self.tls {
@@ -285,7 +299,8 @@ async fn accept_or_never(
 pub mod fuzzing {
     use bytes::BytesMut;
     pub use rumqttd::protocol::{
-        matches, valid_filter, DisconnectReasonCode, Error, Packet, Publish,
+        matches, valid_filter, ConnAck, ConnAckProperties, ConnectProperties, ConnectReturnCode,
+        DisconnectReasonCode, Error, LastWill, Packet, Publish, QoS,
     };
 
     use crate::codec::{self, Sniff, Version};
@@ -314,7 +329,10 @@ pub mod fuzzing {
         }
 
         pub fn write(&self, packet: Packet, out: &mut BytesMut) -> Result<(), Error> {
-            self.0.write(packet, out)
+            self.0.write(packet, out).map_err(|e| match e {
+                codec::WriteError::Encode(e) => e,
+                codec::WriteError::TooLarge { size, .. } => Error::PayloadSizeLimitExceeded(size),
+            })
         }
     }
 
@@ -322,6 +340,20 @@ pub mod fuzzing {
     pub fn qos_and_pkid(publish: &Publish) -> (u8, u16) {
         let (qos, pkid) = crate::packet::qos_and_pkid(publish);
         (qos as u8, pkid)
+    }
+
+    /// The CONNACK reason code a decoded CONNECT earns by itself (MQTT 5 code and its 3.1.1
+    /// return code), with the reason string; `None` if the handshake goes on.
+    pub fn connect_refusal(
+        client_id: &str,
+        clean: bool,
+        props: Option<&ConnectProperties>,
+        will: Option<&LastWill>,
+    ) -> Option<(ConnectReturnCode, ConnectReturnCode, String)> {
+        crate::connect_check::connect_refusal(client_id, clean, props, will).map(|r| {
+            let v311 = crate::connect_check::v311_code(r.code);
+            (r.code, v311, r.why)
+        })
     }
 
     pub fn check_topic_name(topic: &[u8]) -> Result<&str, &'static str> {

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use kenko_ingest::pipeline::IngestStats;
 
 use crate::login::{Listener, LoginStats};
+use crate::route::Router;
 use crate::BrokerStats;
 
 enum Kind {
@@ -223,7 +224,51 @@ pub fn render(broker: &BrokerStats, ingest: &IngestStats) -> String {
         let _ = writeln!(out, "kenko_{name} {}", value.load(Ordering::Relaxed));
     }
     render_logins(&broker.login, &mut out);
+    if let Some(router) = broker.router.get() {
+        render_routing(router, &mut out);
+    }
     out
+}
+
+/// The router's gauges and counters, and the drops of each session whose queue overflowed.
+fn render_routing(router: &Router, out: &mut String) {
+    let stats = &router.stats;
+    let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
+    let figures: [(&str, &str, &str, u64); 7] = [
+        ("mqtt_sessions", "gauge", "sessions the router holds (connected or kept)", router.session_count() as u64),
+        ("mqtt_subscriptions", "gauge", "subscriptions in force (each member of a shared group once)", router.subscription_count() as u64),
+        ("mqtt_retained_messages", "gauge", "retained messages held", router.retained_count() as u64),
+        ("mqtt_routed_publishes_total", "counter", "publishes routed (telemetry excluded)", load(&stats.received)),
+        ("mqtt_queued_deliveries_total", "counter", "deliveries queued for sessions", load(&stats.routed)),
+        ("mqtt_queue_dropped_total", "counter", "deliveries dropped because a session's queue was full, or a shared one with no member left", load(&stats.dropped)),
+        ("mqtt_expired_total", "counter", "deliveries dropped because the message expired before it could be sent", load(&stats.expired)),
+    ];
+    for (name, kind, help, value) in figures {
+        let _ = writeln!(out, "# HELP kenko_{name} {help}");
+        let _ = writeln!(out, "# TYPE kenko_{name} {kind}");
+        let _ = writeln!(out, "kenko_{name} {value}");
+    }
+    let name = "mqtt_session_dropped_total";
+    let _ = writeln!(out, "# HELP kenko_{name} deliveries a session's full queue dropped, by QoS (0, or 1 for QoS 1 and 2)");
+    let _ = writeln!(out, "# TYPE kenko_{name} counter");
+    for (key, qos0, qos12) in router.drops() {
+        let (principal, client_id) = key.split_once('\u{1f}').unwrap_or(("", &key));
+        let labels = format!(
+            "principal=\"{}\",client_id=\"{}\"",
+            label_value(principal),
+            label_value(client_id)
+        );
+        let _ = writeln!(out, "kenko_{name}{{{labels},qos=\"0\"}} {qos0}");
+        let _ = writeln!(out, "kenko_{name}{{{labels},qos=\"1\"}} {qos12}");
+    }
+}
+
+/// A Prometheus label value: backslash, double quote and line feed escaped.
+fn label_value(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Login counters, one sample per listener (`listener="mqtt"|"http"`).

@@ -23,8 +23,20 @@ pub(crate) fn qos_and_pkid(publish: &Publish) -> (QoS, u16) {
 
 /// A publish with the given QoS and packet id.
 pub(crate) fn publish(topic: Bytes, payload: Bytes, qos: QoS, pkid: u16, retain: bool) -> Publish {
+    publish_again(topic, payload, qos, pkid, retain, false)
+}
+
+/// A publish with the given QoS and packet id, marked DUP if `dup` (a delivery sent again).
+pub(crate) fn publish_again(
+    topic: Bytes,
+    payload: Bytes,
+    qos: QoS,
+    pkid: u16,
+    retain: bool,
+    dup: bool,
+) -> Publish {
     let mut head = BytesMut::with_capacity(5);
-    head.put_u8(0b0011_0000 | (qos as u8) << 1 | u8::from(retain));
+    head.put_u8(0b0011_0000 | u8::from(dup) << 3 | (qos as u8) << 1 | u8::from(retain));
     head.put_u16(pkid);
     head.put_u16(0);
     let mut publish = Publish::deserialize(head.freeze());
@@ -45,17 +57,8 @@ pub(crate) fn check_topic_name(topic: &[u8]) -> Result<&str, &'static str> {
     if topic.contains('\0') {
         return Err("topic contains a NUL character");
     }
-    if !topic.is_char_boundary(1) {
-        return Err(ROUTER_FIRST_CHARACTER);
-    }
     Ok(topic)
 }
-
-/// rumqttd 0.20's matcher slices the first byte of a topic or filter and panics when the
-/// first character takes more than one (killing the router thread, and with it every
-/// connection), so such topics and filters are refused before they reach it.
-const ROUTER_FIRST_CHARACTER: &str =
-    "topics and filters must start with an ASCII character on this hub (a level of their own, e.g. x/…, is fine)";
 
 /// Why a topic filter in a SUBSCRIBE or UNSUBSCRIBE is not well formed, if it is not: it is
 /// empty, holds a NUL (MQTT-1.5.4-2), has `#` anywhere but as the whole last level
@@ -66,9 +69,6 @@ pub(crate) fn check_topic_filter(filter: &str) -> Result<(), &'static str> {
     }
     if filter.contains('\0') {
         return Err("topic filter contains a NUL character");
-    }
-    if !filter.is_char_boundary(1) {
-        return Err(ROUTER_FIRST_CHARACTER);
     }
     let mut levels = filter.split('/').peekable();
     while let Some(level) = levels.next() {
@@ -118,10 +118,11 @@ mod tests {
     }
 
     #[test]
-    fn a_first_character_the_router_cannot_match_is_refused() {
-        assert!(check_topic_name("é/x".as_bytes()).is_err());
-        assert!(check_topic_name("健康/x".as_bytes()).is_err());
-        assert!(check_topic_filter("é/#").is_err());
+    fn any_utf8_first_character_is_accepted() {
+        assert_eq!(check_topic_name("é/x".as_bytes()), Ok("é/x"));
+        assert_eq!(check_topic_name("健康/x".as_bytes()), Ok("健康/x"));
+        assert!(check_topic_filter("é/#").is_ok());
+        assert!(check_topic_filter("健康/+").is_ok());
         assert_eq!(check_topic_name("x/健康".as_bytes()), Ok("x/健康"));
         assert!(check_topic_filter("x/健康/+").is_ok());
     }

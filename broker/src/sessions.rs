@@ -1,14 +1,17 @@
 //! Which client ids are connected, so that a new CONNECT with the same id takes the session
-//! over: the old connection is told to stop and has finished with the router before the new
-//! one registers (the router reuses connection ids, so the two must never overlap).
+//! over: the old connection is told to stop and has handed its session back to the router
+//! before the new one attaches to it. Also the timers of delayed wills and of sessions
+//! waiting out their expiry.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use crate::sync::locked;
 
 /// The live connection of each client id.
 #[derive(Default)]
@@ -20,36 +23,10 @@ pub(crate) struct Sessions {
     /// Sessions waiting out their expiry interval, by router id ([`router_id`]): a new
     /// connection to the session cancels it.
     expiries: Mutex<HashMap<String, CancellationToken>>,
-    /// Router ids of sessions the router may still keep (persistent ones not ended yet).
-    kept: Mutex<HashSet<String>>,
-    /// Router link names for clean sessions, reused: the router remembers every name it has
-    /// seen (a small record each, for good), so clean sessions, whose names need not last,
-    /// take theirs from this pool rather than one per client id.
-    clean_names: Mutex<CleanNames>,
-}
-
-#[derive(Default)]
-struct CleanNames {
-    free: Vec<u64>,
-    next: u64,
-}
-
-/// A router link name from the pool of clean sessions; [`Sessions::release_clean_name`]
-/// returns it once the router has let go of it. Dropped instead, it is not used again.
-#[derive(Debug)]
-pub(crate) struct CleanName(u64);
-
-impl CleanName {
-    /// The name: `clean` between two of the control characters [`router_id`] joins with,
-    /// so it is never one (its client id part would hold one, which client ids may not) nor
-    /// the hub's own link; the router refuses `+ $ # /` in its names.
-    pub(crate) fn link_id(&self) -> String {
-        format!("\u{1f}clean\u{1f}{}", self.0)
-    }
 }
 
 /// The name of a session in the router: principal and client id, joined by a control
-/// character that neither may contain (and the router accepts). The router keeps persistent
+/// character that neither may contain. The router keeps persistent
 /// sessions by this name alone, so a session left by one principal is never resumed, or
 /// wiped, by another that uses the same client id.
 pub(crate) fn router_id(principal: &str, client_id: &str) -> String {
@@ -229,48 +206,16 @@ impl Sessions {
         }))
     }
 
-    /// Notes that the router keeps the session `router_id` after its connection.
-    pub(crate) fn keep(&self, router_id: &str) {
-        self.lock_kept().insert(router_id.to_owned());
+    fn lock_expiries(&self) -> MutexGuard<'_, HashMap<String, CancellationToken>> {
+        locked(&self.expiries)
     }
 
-    /// Forgets the session `router_id` (it was ended); whether the router might have kept it.
-    pub(crate) fn forget_kept(&self, router_id: &str) -> bool {
-        self.lock_kept().remove(router_id)
+    fn lock_wills(&self) -> MutexGuard<'_, HashMap<Arc<str>, CancellationToken>> {
+        locked(&self.wills)
     }
 
-    /// A router link name for a clean session.
-    pub(crate) fn clean_name(&self) -> CleanName {
-        let mut names = self.clean_names.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = names.free.pop() {
-            return CleanName(n);
-        }
-        names.next += 1;
-        CleanName(names.next)
-    }
-
-    /// Returns `name` to the pool: its connection's DISCONNECT has gone to the router, which
-    /// handles it before any later link with the same name.
-    pub(crate) fn release_clean_name(&self, name: CleanName) {
-        let mut names = self.clean_names.lock().unwrap_or_else(|e| e.into_inner());
-        names.free.push(name.0);
-    }
-
-    fn lock_kept(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.kept.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn lock_expiries(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
-        self.expiries.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn lock_wills(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, CancellationToken>> {
-        self.wills.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Slot>> {
-        // A panic while holding this lock leaves the map itself consistent.
-        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Slot>> {
+        locked(&self.live)
     }
 }
 
@@ -376,24 +321,6 @@ mod tests {
             sessions.claim_expired("q", &client, &token),
             Expired::End(None)
         ));
-    }
-
-    #[test]
-    fn clean_names_are_reused_once_released() {
-        let sessions = Sessions::default();
-        let a = sessions.clean_name();
-        let b = sessions.clean_name();
-        assert_ne!(a.link_id(), b.link_id());
-        let a_id = a.link_id();
-        sessions.release_clean_name(a);
-        assert_eq!(sessions.clean_name().link_id(), a_id, "reused");
-        // Neither b nor the reused a goes back: a fresh name comes next.
-        let next = sessions.clean_name().link_id();
-        assert!(
-            next != a_id && next != b.link_id(),
-            "a name not released is not reused"
-        );
-        assert!(!router_id("p", "c").starts_with('\u{1f}'));
     }
 
     #[tokio::test]

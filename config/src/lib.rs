@@ -386,6 +386,14 @@ pub struct MqttConfig {
     /// without clean session, and the most an MQTT 5 Session Expiry Interval is granted (a
     /// client asking for more is told this value in CONNACK). 0: such sessions never expire.
     pub max_session_expiry_s: u32,
+    /// Deliveries one session may have queued (waiting for its client, or for room in its
+    /// client's Receive Maximum). Beyond it, that session's QoS 0 deliveries are dropped
+    /// first, then new QoS 1/2 ones; each drop is counted per session in `/metrics`.
+    pub max_queued_messages: usize,
+    /// Bytes (topic and payload) one session may have queued; see `max_queued_messages`.
+    pub max_queued_bytes: usize,
+    /// Seconds between the hub's `$SYS/broker/...` statistics; 0 turns them off.
+    pub sys_interval_s: u32,
     /// A second listener for MQTT over TLS, optionally with client certificates.
     pub tls: Option<TlsConfig>,
     /// Address of a listener for MQTT over WebSocket (subprotocol `mqtt`, any path), which
@@ -426,6 +434,9 @@ impl Default for MqttConfig {
             publish_burst: 2_000,
             max_keep_alive_s: 0,
             max_session_expiry_s: 7 * 24 * 3600,
+            max_queued_messages: 1_000,
+            max_queued_bytes: 16 * 1024 * 1024,
+            sys_interval_s: 10,
             tls: None,
             websocket: None,
         }
@@ -755,6 +766,11 @@ impl Config {
         if self.mqtt.max_connections == 0 {
             return invalid("mqtt.max_connections must be at least 1".into());
         }
+        if self.mqtt.max_queued_messages == 0 || self.mqtt.max_queued_bytes == 0 {
+            return invalid(
+                "mqtt.max_queued_messages and mqtt.max_queued_bytes must be at least 1".into(),
+            );
+        }
         if self.mqtt.max_inflight == 0 {
             return invalid("mqtt.max_inflight must be at least 1".into());
         }
@@ -938,6 +954,33 @@ pub fn check_identifier(id: &str) -> Result<(), String> {
     {
         return Err(format!(
             "contains {c:?}; identifiers may not contain '+', '#', '/', '$', spaces or control characters"
+        ));
+    }
+    Ok(())
+}
+
+/// The longest client id MQTT can carry (a two-byte length prefix).
+pub const MAX_CLIENT_ID_BYTES: usize = 65_535;
+
+/// An MQTT client id of a client that is not a device (a device's client id is its device
+/// id, which [`check_identifier`] rules). Any UTF-8 text of 1 to 65,535 bytes, spaces
+/// included, but for `+`, `#`, `/` and control characters: the ACL's `%c` placeholder fills
+/// a whole topic level with the client id, which these would turn into a wildcard or more
+/// levels, and a control character would make the hub's session name (principal, U+001F,
+/// client id) ambiguous.
+pub fn check_client_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("is empty".into());
+    }
+    if id.len() > MAX_CLIENT_ID_BYTES {
+        return Err(format!("is longer than {MAX_CLIENT_ID_BYTES} bytes"));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| matches!(c, '+' | '#' | '/') || c.is_control())
+    {
+        return Err(format!(
+            "contains {c:?}; client ids may not contain '+', '#', '/' or control characters"
         ));
     }
     Ok(())
@@ -1171,5 +1214,37 @@ mod tests {
         assert_eq!(config.http, HttpConfig::default());
         assert_eq!(config.devices.len(), 2);
         assert_eq!(config.principals.len(), 1);
+    }
+
+    #[test]
+    fn client_ids_take_spaces_but_no_wildcards_separators_or_control_characters() {
+        let longest = "c".repeat(MAX_CLIENT_ID_BYTES);
+        for ok in [
+            "clean retained",
+            "app-7",
+            "$dollar",
+            "ü wearable 温度",
+            longest.as_str(),
+        ] {
+            assert_eq!(check_client_id(ok), Ok(()), "{ok:?}");
+        }
+        // Device ids keep the stricter rule.
+        assert!(check_identifier("clean retained").is_err());
+        let too_long = "c".repeat(MAX_CLIENT_ID_BYTES + 1);
+        for (bad, says) in [
+            ("", "is empty"),
+            (too_long.as_str(), "longer than 65535 bytes"),
+            ("a+b", "'+'"),
+            ("a#", "'#'"),
+            ("a/b", "'/'"),
+            ("a\0b", "'\\0'"),
+            ("a\u{1f}b", "'\\u{1f}'"),
+            ("tab\there", "'\\t'"),
+            ("del\u{7f}", "'\\u{7f}'"),
+            ("c1\u{85}", "'\\u{85}'"),
+        ] {
+            let why = check_client_id(bad).expect_err(bad);
+            assert!(why.contains(says), "{bad:?}: {why}");
+        }
     }
 }

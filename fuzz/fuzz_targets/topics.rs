@@ -1,14 +1,14 @@
 //! Topic names and filters: the checks a PUBLISH topic passes (`packet::check_topic_name`,
 //! `packet::telemetry_device`), the ACL's pattern parser and matcher, and the router's own
-//! matcher (rumqttd's `matches`, which decides deliveries), against one another.
+//! matcher (`route::topic::matches`, the reference its subscription trie is checked against
+//! by the `route_trie` target), against one another.
 //!
 //! The input is three lines: an ACL pattern, a subscription filter, a topic name.
 #![no_main]
 
 use kenko_broker::acl::{observation_topic, Acl, Request};
-use kenko_broker::fuzzing::{
-    check_topic_filter, check_topic_name, matches, telemetry_device, valid_filter,
-};
+use kenko_broker::fuzzing::{check_topic_filter, check_topic_name, telemetry_device, valid_filter};
+use kenko_broker::route::topic::matches;
 use kenko_config::acl::{parse_pattern, Action, Effect, Level, Rule, Source};
 use libfuzzer_sys::fuzz_target;
 
@@ -21,12 +21,11 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn check(pattern: &[u8], filter: &[u8], topic: &[u8]) {
-    // The session's check of a PUBLISH topic refuses exactly what MQTT forbids, and (on
-    // purpose, until rumqttd's matcher is fixed) a first character that is not ASCII.
+    // The session's check of a PUBLISH topic refuses exactly what MQTT forbids.
     let checked = check_topic_name(topic);
     let utf8 = std::str::from_utf8(topic).ok();
     let valid =
-        utf8.filter(|t| !t.is_empty() && !t.contains(['+', '#', '\0']) && t.is_char_boundary(1));
+        utf8.filter(|t| !t.is_empty() && !t.contains(['+', '#', '\0']));
     assert_eq!(checked.ok(), valid, "check_topic_name({topic:?})");
     if let Some(t) = valid {
         if let Some(device) = telemetry_device(t) {
@@ -57,19 +56,17 @@ fn check(pattern: &[u8], filter: &[u8], topic: &[u8]) {
         return;
     };
     // The codec refuses a SUBSCRIBE or UNSUBSCRIBE with a filter MQTT does not allow; it and
-    // the router's own check (which nothing calls) agree but for the NUL character.
+    // rumqttd's own check (which nothing calls) agree but for the NUL character.
     let well_formed = check_topic_filter(filter).is_ok();
     assert_eq!(
         well_formed,
-        valid_filter(filter)
-            && !filter.contains('\0')
-            && (filter.is_empty() || filter.is_char_boundary(1)),
+        valid_filter(filter) && !filter.contains('\0'),
         "check_topic_filter({filter:?})"
     );
     // The session forwards a valid topic not starting with '$' to the router, which matches
     // it against every filter subscribed so far.
-    let routed = valid.filter(|t| !t.starts_with('$') && !router_panics_on(t));
-    let delivered = routed.map(|t| matches(t, filter));
+    let routed = valid.filter(|t| !t.starts_with('$'));
+    let delivered = routed.filter(|_| well_formed).map(|t| matches(filter, t));
 
     let Ok(levels) = parse_pattern(pattern) else {
         return;
@@ -121,17 +118,10 @@ fn check(pattern: &[u8], filter: &[u8], topic: &[u8]) {
             if !placeholders && check_topic_filter(pattern).is_ok() {
                 assert_eq!(
                     deliver,
-                    matches(t, pattern),
+                    matches(pattern, t),
                     "ACL and router disagree on {t:?} against {pattern:?}"
                 );
             }
         }
     }
-}
-
-/// rumqttd 0.20's `matches` slices `topic[..1]` to look for a leading '$', which panics when
-/// the topic's first character takes more than one byte ("é/x"): in the router thread, for
-/// every new topic published while any subscription exists. Reported in docs/fuzzing.md.
-fn router_panics_on(topic: &str) -> bool {
-    kenko_fuzz::avoid_known_bugs() && !topic.is_char_boundary(1.min(topic.len()))
 }

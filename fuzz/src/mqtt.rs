@@ -126,7 +126,7 @@ fn normalized(packet: Packet) -> Packet {
 fn inspect(v5: bool, packet: Packet) {
     match packet {
         Packet::Connect(connect, _, will, _, login) => {
-            let _ = kenko_config::check_identifier(&connect.client_id);
+            let _ = kenko_config::check_client_id(&connect.client_id);
             if let Some(login) = &login {
                 let _ = kenko_config::check_identifier(&login.username);
             }

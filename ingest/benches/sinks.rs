@@ -78,10 +78,10 @@ fn main() {
     let base = now - 24 * 3_600_000;
     let started = Instant::now();
     let acknowledged = runtime.block_on(async move {
-        let (to, mut verdicts) = tokio::sync::mpsc::unbounded_channel::<pipeline::Outcome>();
+        let (to, verdicts) = flume::unbounded::<pipeline::Outcome>();
         let counter = tokio::spawn(async move {
             let mut n = 0u64;
-            while let Some(outcome) = verdicts.recv().await {
+            while let Ok(outcome) = verdicts.recv_async().await {
                 assert!(outcome.verdict.is_ok(), "{:?}", outcome.verdict);
                 n += 1;
             }

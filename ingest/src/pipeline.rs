@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use kenko_config::{Config, InfluxConfig, IngestConfig, ProfileConfig, WalConfig, WindowsConfig};
 use kenko_devices::{Profiles, Registry};
-use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::consent::{
@@ -131,7 +130,9 @@ pub enum Origin {
 
 /// A connection's return address for verdicts, with a token it chose (e.g. QoS and packet id).
 pub struct Reply {
-    pub to: mpsc::UnboundedSender<Outcome>,
+    /// Unbounded (one verdict per submission, which the submitter bounds), and allocates
+    /// nothing until used: every connection holds one.
+    pub to: flume::Sender<Outcome>,
     pub token: u32,
     /// The client can be told "not now" (MQTT 5 reason 0x97) when the log is full; an
     /// MQTT 3.1.1 client cannot, so its acknowledgement waits for room instead.
@@ -1009,7 +1010,7 @@ impl Writer {
                 .into_iter()
                 .partition(|(_, l)| l.device.is_some() && l.topic.starts_with("devices/"));
             request.skipped = skipped.len() as u64;
-            let (to, mut verdicts) = mpsc::unbounded_channel();
+            let (to, verdicts) = flume::unbounded();
             let (mut stored, mut refused, mut forget) = (Vec::new(), Vec::new(), Vec::new());
             for chunk in letters.chunks(self.config.batch_max) {
                 let mut batch = Batch::default();
@@ -1231,7 +1232,7 @@ mod tests {
         client: &str,
         payload: &str,
         token: u32,
-        to: &mpsc::UnboundedSender<Outcome>,
+        to: &flume::Sender<Outcome>,
     ) -> Submission {
         Submission {
             client_id: Arc::from(client),
@@ -1278,7 +1279,7 @@ mod tests {
         let (notice_tx, notice_rx) = flume::bounded(16);
         let (handle, pipeline) =
             start(&Settings::default(), registry, dir.path(), Some(notice_tx)).expect("start");
-        let (to, mut verdicts) = mpsc::unbounded_channel();
+        let (to, verdicts) = flume::unbounded();
         let t = jiff::Timestamp::now().as_millisecond() - 60_000;
         let cases = [
             (
@@ -1298,7 +1299,7 @@ mod tests {
         }
         let mut got = std::collections::BTreeMap::new();
         for _ in 0..cases.len() {
-            let outcome = verdicts.recv().await.expect("verdict");
+            let outcome = verdicts.recv_async().await.expect("verdict");
             got.insert(outcome.token, outcome.verdict.map_err(|r| r.code));
         }
         assert_eq!(got[&0], Ok(()));
@@ -1338,13 +1339,13 @@ mod tests {
         body: String,
         token: u32,
     ) -> Result<(), RejectCode> {
-        let (to, mut verdicts) = mpsc::unbounded_channel();
+        let (to, verdicts) = flume::unbounded();
         handle
             .submit(submission(device, device, &body, token, &to))
             .await
             .expect("submit");
         verdicts
-            .recv()
+            .recv_async()
             .await
             .expect("verdict")
             .verdict

@@ -25,7 +25,6 @@ use kenko_devices::{Metric, Registry, SleepStage};
 use kenko_proto::telemetry::{Reading, Sample, Telemetry};
 use prost::Message;
 use rusqlite::{params, Connection};
-use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
 use crate::decode::Zones;
@@ -405,7 +404,7 @@ impl WindowJob {
             }],
         }
         .encode_to_vec();
-        let (reply_tx, mut verdicts) = mpsc::unbounded_channel();
+        let (reply_tx, verdicts) = flume::unbounded();
         let device: Arc<str> = Arc::from(note.device.as_str());
         let submission = Submission {
             client_id: device.clone(),
@@ -423,8 +422,8 @@ impl WindowJob {
         if tx.send(submission).is_err() {
             return Ok(false);
         }
-        match verdicts.blocking_recv() {
-            Some(outcome) => {
+        match verdicts.recv() {
+            Ok(outcome) => {
                 match outcome.verdict {
                     Ok(()) => {
                         self.stats.windows_computed.fetch_add(1, Ordering::Relaxed);
@@ -438,7 +437,7 @@ impl WindowJob {
                 }
                 Ok(true)
             }
-            None => Ok(false),
+            Err(_) => Ok(false),
         }
     }
 

@@ -178,6 +178,41 @@ impl Conn {
         }
     }
 
+    /// Completes the publisher's side of a PUBLISH just sent with `pkid`: reads PUBACK (QoS
+    /// 1), or PUBREC, sends PUBREL and reads PUBCOMP (QoS 2).
+    pub fn finish_publish(&mut self, qos: u8, pkid: u16) -> anyhow::Result<()> {
+        match qos {
+            1 => drop(self.read_kind(4)?),
+            2 => {
+                self.read_kind(5)?;
+                self.send(&ack(0x62, pkid))?;
+                self.read_kind(7)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// What a resumed session is sent again until `quiet` passes without a packet: its
+    /// PUBLISHes as (packet id, topic, DUP, QoS), and every other packet as (kind, packet id).
+    #[allow(clippy::type_complexity)]
+    pub fn read_resent(
+        &mut self,
+        quiet: Duration,
+    ) -> (Vec<(u16, String, bool, u8)>, Vec<(u8, u16)>) {
+        let (mut publishes, mut others) = (Vec::new(), Vec::new());
+        while let Some(p) = self.read_within(quiet) {
+            match p.kind() {
+                3 => {
+                    let d = p.publish(self.v5);
+                    publishes.push((d.pkid, d.topic, d.dup, d.qos));
+                }
+                kind => others.push((kind, p.pkid())),
+            }
+        }
+        (publishes, others)
+    }
+
     /// SUBSCRIBEs and returns the SUBACK's codes, one per filter.
     pub fn subscribe(&mut self, pkid: u16, filters: &[&str]) -> anyhow::Result<Vec<u8>> {
         self.send(&subscribe(self.v5, pkid, filters))?;

@@ -173,6 +173,27 @@ fn wildcards_never_reach_dollar_topics_and_shared_subscriptions_are_unwrapped() 
 }
 
 #[test]
+fn a_client_id_starting_with_dollar_does_not_turn_percent_c_into_a_dollar_topic() {
+    let acl = rules("[[rule]]\neffect = \"allow\"\naction = \"all\"\ntopic = \"%c/#\"\n");
+    let roles = vec![];
+    let client = |client_id| Principal {
+        id: "x",
+        client_id,
+        username: None,
+        roles: &roles,
+        device: None,
+        citizen: None,
+    };
+    let subscribe = |filter| Request::Subscribe { filter, qos: 0 };
+    assert!(acl.decide(&client("app 7"), &subscribe("app 7/#")).allowed);
+    assert!(!acl.decide(&client("$SYS"), &subscribe("$SYS/#")).allowed);
+    let deliver = Request::Deliver {
+        topic: "$SYS/broker/uptime",
+    };
+    assert!(!acl.decide(&client("$SYS"), &deliver).allowed);
+}
+
+#[test]
 fn placeholders_without_a_value_do_not_match() {
     let acl =
         rules("[[rule]]\neffect = \"allow\"\naction = \"all\"\ntopic = \"citizens/{citizen}/#\"\n");
@@ -237,9 +258,14 @@ fn ref_match(filter: &[String], topic: &[&str]) -> bool {
     go(filter, topic)
 }
 
-/// The pattern with placeholders replaced; `None` if one has no value.
+/// The pattern with placeholders replaced; `None` if one has no value, or if a placeholder
+/// in the first level would make it a `$` topic (which only literal levels reach).
 fn expand(pattern: &[Level], p: &Principal<'_>) -> Option<Vec<String>> {
-    pattern
+    let literal_first = matches!(
+        pattern.first(),
+        Some(Level::Literal(_) | Level::Single | Level::Rest)
+    );
+    let expanded: Vec<String> = pattern
         .iter()
         .map(|l| match l {
             Level::Literal(s) => Some(s.clone()),
@@ -250,7 +276,9 @@ fn expand(pattern: &[Level], p: &Principal<'_>) -> Option<Vec<String>> {
             Level::Device => p.device.map(str::to_owned),
             Level::Citizen => p.citizen.map(str::to_owned),
         })
-        .collect()
+        .collect::<Option<_>>()?;
+    let dollar = expanded.first().is_some_and(|l| l.starts_with('$'));
+    (literal_first || !dollar).then_some(expanded)
 }
 
 fn universe() -> Vec<Vec<&'static str>> {
@@ -432,7 +460,7 @@ proptest! {
         rules in prop::collection::vec(rule(), 0..8),
         id in prop::sample::select(vec!["p1", "p2", "p3"]),
         roles in prop::collection::vec(prop::sample::select(vec!["r1".to_owned(), "r2".to_owned()]), 0..3),
-        client in prop::sample::select(vec!["a", "b"]),
+        client in prop::sample::select(vec!["a", "b", "$s"]),
         (username, device, citizen) in (value(), value(), value()),
         (t, f, qos, retain, kind) in (topic(), filter(), 0u8..3, any::<bool>(), 0..3),
     ) {
