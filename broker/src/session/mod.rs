@@ -9,6 +9,7 @@
 
 mod end;
 mod inbound;
+mod keep_alive;
 mod outbound;
 
 use std::sync::atomic::Ordering;
@@ -18,7 +19,6 @@ use std::time::Duration;
 use bytes::BytesMut;
 use rumqttd::protocol::{self, DisconnectReasonCode, LastWill, LastWillProperties, Packet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::{sleep_until, Instant};
 use tracing::{info, warn};
 
 use crate::acl::Principal;
@@ -33,6 +33,7 @@ use crate::Shared;
 pub(crate) use end::{granted_session_expiry, outlive};
 use inbound::InboundPart;
 pub(crate) use inbound::TOPIC_ALIAS_MAX;
+use keep_alive::KeepAlive;
 use outbound::OutboundPart;
 
 /// How long a connection waits, at shutdown, for verdicts on messages it already handed over.
@@ -177,16 +178,17 @@ impl Session {
     }
 
     async fn serve(&mut self) -> End {
-        // MQTT-3.1.2-24: one and a half keep-alive periods without a packet end the connection;
-        // zero turns keep-alive off.
-        let keep_alive =
-            (self.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.keep_alive) * 1500));
-        let mut last_heard = Instant::now();
+        let mut keep_alive = KeepAlive::new(self.keep_alive);
         // Packets that arrived together with CONNECT.
         if let Err(end) = self.on_bytes().await {
             return end;
         }
         let route = self.route.clone();
+        // Waiting on these stays registered across turns of the loop: the shutdown token is
+        // every connection's, and registering anew each turn would have them all queue on it.
+        let shutdown = self.shared.shutdown.clone().cancelled_owned();
+        let takeover = self.registration.takeover.clone().cancelled_owned();
+        tokio::pin!(shutdown, takeover);
         loop {
             let more = self.deliver_queued();
             if let Err(end) = self.flush().await {
@@ -197,16 +199,13 @@ impl Session {
                 tokio::task::yield_now().await;
             }
             if !self.may_read() {
-                last_heard = Instant::now();
+                keep_alive.heard();
             }
-            let expiry = keep_alive.map(|k| last_heard + k);
-            let shutdown = self.shared.shutdown.clone();
-            let takeover = self.registration.takeover.clone();
             tokio::select! {
                 biased;
-                _ = takeover.cancelled() => return End::TakenOver,
-                _ = shutdown.cancelled() => return End::Shutdown,
-                Ok(outcome) = self.inbound.outcomes_rx.recv_async() => {
+                _ = &mut takeover => return End::TakenOver,
+                _ = &mut shutdown => return End::Shutdown,
+                Ok(outcome) = self.inbound.outcomes_rx.recv_async(), if self.inbound.pending > 0 => {
                     self.on_outcome(outcome);
                     while let Ok(outcome) = self.inbound.outcomes_rx.try_recv() {
                         self.on_outcome(outcome);
@@ -216,7 +215,7 @@ impl Session {
                     match read {
                         Ok(0) | Err(_) => return End::Closed,
                         Ok(_) => {
-                            last_heard = Instant::now();
+                            keep_alive.heard();
                             if let Err(end) = self.on_bytes().await {
                                 return end;
                             }
@@ -226,7 +225,7 @@ impl Session {
                 _ = route.outbox.pushed(), if !more => {}
                 _ = std::future::ready(()), if more => {}
                 // While the hub does not read (receive maximum reached), silence is its own doing.
-                _ = sleep_or_never(expiry), if self.may_read() => return End::KeepAliveTimeout,
+                _ = keep_alive.expired(), if self.may_read() => return End::KeepAliveTimeout,
             }
         }
     }
@@ -301,13 +300,6 @@ impl Session {
 async fn write_out(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
     stream.write_all(bytes).await?;
     stream.flush().await
-}
-
-async fn sleep_or_never(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// The read buffer a session starts with: what came after the CONNECT, or, if nothing did,
