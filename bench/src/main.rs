@@ -3,6 +3,7 @@
 
 mod configs;
 mod fanout;
+mod idle;
 mod limits;
 mod load;
 mod mqtt;
@@ -52,6 +53,8 @@ enum Command {
     FanIn(load::FanInArgs),
     /// QoS 1 fan-out: one publisher, many subscribers on one topic, deliveries per second
     FanOut(fanout::FanOutArgs),
+    /// Memory per idle, CONNECTed MQTT 3.1.1 connection
+    Idle(idle::IdleArgs),
 }
 
 impl Command {
@@ -60,6 +63,7 @@ impl Command {
         match self {
             Command::FanIn(args) => args.clients,
             Command::FanOut(args) => args.subscribers + 1,
+            Command::Idle(args) => args.connections,
         }
     }
 
@@ -121,6 +125,7 @@ async fn run(command: &Command, lab: &mut Lab, systems: &[System]) -> anyhow::Re
     match command {
         Command::FanIn(args) => load::run(args, lab, systems).await,
         Command::FanOut(args) => fanout::run(args, lab, systems).await,
+        Command::Idle(args) => idle::run(args, lab, systems).await,
     }
 }
 
