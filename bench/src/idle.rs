@@ -37,11 +37,14 @@ async fn run_once(args: &IdleArgs, lab: &mut Lab, system: System) -> anyhow::Res
     let hub = lab.start(system, &setup).await?;
     tokio::time::sleep(SETTLE).await;
     let before = hub.memory()?;
-    let conns = open_all(hub.port, args.connections).await;
+    let (conns, first_failure) = open_all(hub.port, args.connections).await;
     tokio::time::sleep(SETTLE).await;
     let after = hub.memory()?;
     let open = conns.len();
     drop(conns);
+    if let Some(error) = first_failure {
+        eprintln!("{system}: first failed connection: {error:#}");
+    }
     hub.stop(Duration::from_secs(30)).await?;
     println!(
         "{system:<13} connections={} open={open} failed={} rss_before_mb={:.1} rss_after_mb={:.1} bytes_per_conn={:.0}",
@@ -59,28 +62,37 @@ fn per_connection(before: Memory, after: Memory, open: usize) -> f64 {
     grown_kb * 1024.0 / open.max(1) as f64
 }
 
-/// Opens and CONNECTs `n` connections, `CONNECTING` at a time; failures are left out.
-async fn open_all(port: u16, n: usize) -> Vec<Conn> {
+/// Opens and CONNECTs `n` connections, `CONNECTING` at a time; failures are left out, the
+/// first one's reason is returned.
+async fn open_all(port: u16, n: usize) -> (Vec<Conn>, Option<anyhow::Error>) {
     let gate = Arc::new(Semaphore::new(CONNECTING));
     let mut joins = JoinSet::new();
     for i in 0..n {
         let gate = gate.clone();
         joins.spawn(async move {
-            let _permit = gate.acquire().await.ok()?;
+            let _permit = gate.acquire().await?;
             let client_id = format!("idle-{i}");
             let login = Login {
                 client_id: &client_id,
                 user: None,
                 keep_alive_s: 600,
             };
-            Conn::open(port, &login, Duration::from_secs(60)).await.ok()
+            Conn::open(port, &login, Duration::from_secs(60)).await
         });
     }
-    let mut conns = Vec::with_capacity(n);
+    let (mut conns, mut first_failure) = (Vec::with_capacity(n), None);
     while let Some(joined) = joins.join_next().await {
-        conns.extend(joined.ok().flatten());
+        match joined
+            .map_err(anyhow::Error::from)
+            .and_then(|opened| opened)
+        {
+            Ok(conn) => conns.push(conn),
+            Err(error) => {
+                first_failure.get_or_insert(error);
+            }
+        }
     }
-    conns
+    (conns, first_failure)
 }
 
 #[cfg(test)]
