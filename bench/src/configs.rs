@@ -72,6 +72,9 @@ pub fn kenko(devices: usize, password_hash: &str, max_connections: usize) -> Str
 listen = "127.0.0.1:0"
 max_connections = {max_connections}
 max_publish_rate = 0
+# As deep a queue per subscriber as Mosquitto's max_queued_messages above.
+max_queued_messages = 100000
+max_queued_bytes = 1073741824
 
 [auth]
 anonymous = true
@@ -108,6 +111,7 @@ mod tests {
         assert_eq!(text.matches("[[devices]]").count(), 3);
         assert!(text.contains("id = \"bed-002\"\nkind = \"bed\"\ncitizen = \"citizen-002\""));
         assert!(text.contains("max_connections = 50"));
+        assert!(text.contains("max_queued_messages = 100000"));
     }
 
     #[test]
