@@ -213,6 +213,81 @@ impl Conn {
         (publishes, others)
     }
 
+    /// Reads a QoS 1 delivery and two QoS 2 ones and leaves them unfinished, as a client that
+    /// goes away would: the first unacknowledged, the second not received, the third received
+    /// (PUBREC sent, PUBREL read) but not completed.
+    pub fn leave_unfinished(&mut self) -> anyhow::Result<Unfinished> {
+        let mut next = |what: &str| {
+            self.read_kind_within(3, super::SOON)
+                .map(|p| p.publish(self.v5))
+                .with_context(|| format!("no {what} delivered"))
+        };
+        let one = next("QoS 1")?;
+        let two = next("first QoS 2")?;
+        let three = next("second QoS 2")?;
+        assert_eq!((one.qos, two.qos, three.qos), (1, 2, 2));
+        assert!(
+            !one.dup && !two.dup && !three.dup,
+            "first deliveries have no DUP"
+        );
+        self.send(&ack(0x50, three.pkid))?;
+        assert_eq!(self.read_kind(6)?.pkid(), three.pkid, "PUBREL");
+        Ok(Unfinished { one, two, three })
+    }
+
+    /// On the resumed session of a client that left `unfinished`: expects them sent again in
+    /// order, PUBLISHes with DUP and their packet ids and the PUBREL (MQTT-4.4.0-1), nothing
+    /// else, and completes them.
+    pub fn complete_resent(&mut self, unfinished: &Unfinished) -> anyhow::Result<()> {
+        let Unfinished { one, two, three } = unfinished;
+        let (publishes, pubrels) = self.read_resent(super::QUIET);
+        assert_eq!(
+            publishes,
+            vec![
+                (one.pkid, one.topic.clone(), true, 1),
+                (two.pkid, two.topic.clone(), true, 2),
+            ],
+            "the unacknowledged PUBLISHes again, in order, with DUP and their packet ids"
+        );
+        assert_eq!(pubrels, vec![(6, three.pkid)], "the PUBREL again");
+        self.send(&ack(0x40, one.pkid))?;
+        self.send(&ack(0x50, two.pkid))?;
+        assert_eq!(self.read_kind(6)?.pkid(), two.pkid);
+        self.send(&ack(0x70, two.pkid))?;
+        self.send(&ack(0x70, three.pkid))?;
+        Ok(())
+    }
+
+    /// Publishes on each `(topic, published QoS, expected delivery QoS)` in turn, finishing
+    /// each exchange, and checks that `subscriber` gets it at the expected QoS (acknowledging
+    /// QoS 1 deliveries).
+    pub fn expect_delivery_qos(
+        &mut self,
+        subscriber: &mut Conn,
+        cases: &[(&str, u8, u8)],
+    ) -> anyhow::Result<()> {
+        let no_props = Props::new();
+        for (pkid, &(topic, published, delivered)) in (1..).zip(cases) {
+            self.send(&publish_with(
+                self.v5, topic, published, false, false, pkid, &no_props, b"x",
+            ))?;
+            self.finish_publish(published, pkid)?;
+            let got = subscriber
+                .read_kind_within(3, super::SOON)
+                .map(|p| p.publish(subscriber.v5))
+                .with_context(|| format!("nothing delivered on {topic}"))?;
+            assert_eq!(
+                (got.topic.as_str(), got.qos),
+                (topic, delivered),
+                "published at QoS {published}"
+            );
+            if got.qos == 1 {
+                subscriber.send(&ack(0x40, got.pkid))?;
+            }
+        }
+        Ok(())
+    }
+
     /// SUBSCRIBEs and returns the SUBACK's codes, one per filter.
     pub fn subscribe(&mut self, pkid: u16, filters: &[&str]) -> anyhow::Result<Vec<u8>> {
         self.send(&subscribe(self.v5, pkid, filters))?;
@@ -532,6 +607,14 @@ pub fn disconnect(v5: bool, reason: u8) -> Vec<u8> {
     } else {
         packet(0xe0, &[])
     }
+}
+
+/// What [`Conn::leave_unfinished`] left: a QoS 1 delivery unacknowledged, a QoS 2 one not
+/// received, a QoS 2 one received but not completed.
+pub struct Unfinished {
+    pub one: Delivery,
+    pub two: Delivery,
+    pub three: Delivery,
 }
 
 /// A PUBLISH as read.
