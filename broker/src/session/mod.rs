@@ -11,6 +11,7 @@ mod end;
 mod inbound;
 mod keep_alive;
 mod outbound;
+mod read;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use rumqttd::protocol::{self, DisconnectReasonCode, LastWill, LastWillProperties, Packet};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tracing::{info, warn};
 
 use crate::acl::Principal;
@@ -35,6 +36,7 @@ use inbound::InboundPart;
 pub(crate) use inbound::TOPIC_ALIAS_MAX;
 use keep_alive::KeepAlive;
 use outbound::OutboundPart;
+use read::read_some;
 
 /// How long a connection waits, at shutdown, for verdicts on messages it already handed over.
 const DRAIN_WAIT: Duration = Duration::from_secs(10);
@@ -45,6 +47,8 @@ const LAST_WRITE: Duration = Duration::from_secs(2);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes of deliveries written before the socket is flushed and the client read again.
 const WRITE_BATCH: usize = 64 * 1024;
+/// The output buffer a connection keeps between writes; a larger one is given back.
+const OUT_KEPT: usize = 4 * 1024;
 
 /// Why a connection ended; decides the will and what the client is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,7 +155,7 @@ impl Session {
         let mut session = Session {
             stream: connected.stream,
             codec: connected.codec,
-            read_buf: idle_buffer(connected.read_buf),
+            read_buf: connected.read_buf,
             out: BytesMut::new(),
             peer: connected.peer,
             acl: connected.acl,
@@ -211,7 +215,7 @@ impl Session {
                         self.on_outcome(outcome);
                     }
                 }
-                read = self.stream.read_buf(&mut self.read_buf), if self.may_read() => {
+                read = read_some(&mut self.stream, &mut self.read_buf), if self.may_read() => {
                     match read {
                         Ok(0) | Err(_) => return End::Closed,
                         Ok(_) => {
@@ -240,7 +244,14 @@ impl Session {
                     }
                     self.on_packet(packet).await?
                 }
-                Ok(None) => return Ok(()),
+                Ok(None) => {
+                    if self.read_buf.is_empty() {
+                        // Nothing left over: the next read starts a buffer of its own size,
+                        // and a connection that goes quiet keeps none.
+                        self.read_buf = BytesMut::new();
+                    }
+                    return Ok(());
+                }
                 Err(e) => return Err(self.malformed(e)),
             }
         }
@@ -273,8 +284,8 @@ impl Session {
         };
         self.out.clear();
         self.inbound.unsent_acks = 0;
-        if self.out.capacity() > WRITE_BATCH * 2 {
-            // A burst's buffer is not kept by an idle connection.
+        if self.out.capacity() > OUT_KEPT {
+            // A burst's buffer is not kept by a connection that may now go quiet.
             self.out = BytesMut::new();
         }
         match result {
@@ -300,15 +311,4 @@ impl Session {
 async fn write_out(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
     stream.write_all(bytes).await?;
     stream.flush().await
-}
-
-/// The read buffer a session starts with: what came after the CONNECT, or, if nothing did,
-/// none at all, so that an idle connection does not keep the 1 KiB its handshake read into
-/// (reading grows a new one to what the client sends).
-fn idle_buffer(read: BytesMut) -> BytesMut {
-    if read.is_empty() {
-        BytesMut::new()
-    } else {
-        read
-    }
 }
