@@ -8,6 +8,9 @@ use rumqttd::protocol::QoS;
 
 use super::message::Delivery;
 
+/// Exchanges' room an empty table keeps.
+const KEPT_CAPACITY: usize = 16;
+
 /// Where an outgoing QoS 1 or 2 delivery stands.
 #[derive(Debug, Clone)]
 pub enum Out {
@@ -63,10 +66,7 @@ impl Outbound {
     /// PUBACK: ends a QoS 1 delivery.
     pub fn puback(&mut self, pkid: u16) -> Acked {
         match self.slots.get(&pkid) {
-            Some((_, Out::Published(d))) if d.qos == QoS::AtLeastOnce => {
-                self.slots.remove(&pkid);
-                Acked::Done
-            }
+            Some((_, Out::Published(d))) if d.qos == QoS::AtLeastOnce => self.end(pkid),
             _ => Acked::Unknown,
         }
     }
@@ -77,8 +77,7 @@ impl Outbound {
         match self.slots.get_mut(&pkid) {
             Some((_, out @ Out::Published(_))) => {
                 if refused {
-                    self.slots.remove(&pkid);
-                    return Acked::Done;
+                    return self.end(pkid);
                 }
                 *out = Out::Released;
                 Acked::Release
@@ -92,12 +91,18 @@ impl Outbound {
     /// PUBCOMP: ends a QoS 2 delivery.
     pub fn pubcomp(&mut self, pkid: u16) -> Acked {
         match self.slots.get(&pkid) {
-            Some((_, Out::Released)) => {
-                self.slots.remove(&pkid);
-                Acked::Done
-            }
+            Some((_, Out::Released)) => self.end(pkid),
             _ => Acked::Unknown,
         }
+    }
+
+    /// Ends the exchange on `pkid`. An emptied table gives its memory back beyond a little.
+    fn end(&mut self, pkid: u16) -> Acked {
+        self.slots.remove(&pkid);
+        if self.slots.is_empty() && self.slots.capacity() > KEPT_CAPACITY {
+            self.slots = HashMap::new();
+        }
+        Acked::Done
     }
 
     /// What a resumed session sends again, in the order first sent: PUBLISH with DUP for
@@ -173,5 +178,63 @@ impl Inbound {
     /// sends those again.
     pub fn keep_for_session(&mut self) {
         self.slots.retain(|_, state| *state == In::AwaitingRelease);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::route::message::Message;
+
+    fn delivery(qos: QoS) -> Delivery {
+        let message = Message::new(
+            "a/b".into(),
+            Bytes::from_static(b"x"),
+            qos,
+            false,
+            None,
+            None,
+        );
+        Delivery {
+            message: Arc::new(message),
+            qos,
+            retain: false,
+            subscription_ids: Vec::new(),
+            group: None,
+        }
+    }
+
+    #[test]
+    fn an_emptied_table_gives_back_what_a_full_window_took() {
+        let mut table = Outbound::default();
+        let pkids: Vec<u16> = (0..100)
+            .map(|_| table.insert(delivery(QoS::AtLeastOnce)).expect("free id"))
+            .collect();
+        assert!(table.slots.capacity() >= 100);
+        for pkid in pkids {
+            assert_eq!(table.puback(pkid), Acked::Done);
+        }
+        assert!(table.is_empty());
+        assert!(table.slots.capacity() <= KEPT_CAPACITY);
+    }
+
+    #[test]
+    fn qos_2_goes_through_pubrec_and_pubcomp_once() {
+        let mut table = Outbound::default();
+        let pkid = table.insert(delivery(QoS::ExactlyOnce)).expect("free id");
+        assert_eq!(table.puback(pkid), Acked::Unknown, "not a QoS 1 exchange");
+        assert_eq!(table.pubrec(pkid, false), Acked::Release);
+        assert_eq!(
+            table.pubrec(pkid, false),
+            Acked::Release,
+            "PUBREC again: PUBREL again"
+        );
+        assert_eq!(table.pubcomp(pkid), Acked::Done);
+        assert_eq!(table.pubcomp(pkid), Acked::Unknown);
+        assert!(table.is_empty());
     }
 }

@@ -138,8 +138,9 @@ pub struct Delivery {
     /// Identifiers of the matching subscriptions that carry one.
     pub subscription_ids: Vec<usize>,
     /// Set for a delivery through a shared subscription: another member takes it over if
-    /// this session goes before acknowledging it.
-    pub group: Option<GroupKey>,
+    /// this session goes before acknowledging it. Behind an `Arc`: deliveries are many,
+    /// shared ones few.
+    pub group: Option<Arc<GroupKey>>,
 }
 
 impl Delivery {

@@ -15,6 +15,9 @@ use crate::sync::locked;
 /// The least time between two log lines about one session's dropped deliveries.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
+/// Deliveries' room an empty queue keeps.
+const KEPT_CAPACITY: usize = 16;
+
 /// How much one session's queue may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueLimits {
@@ -110,6 +113,7 @@ impl Outbox {
         };
         let delivery = queue.items.remove(at)?;
         queue.account(&delivery, false);
+        queue.give_back_if_empty();
         Some(delivery)
     }
 
@@ -118,7 +122,7 @@ impl Outbox {
         let mut queue = locked(&self.queue);
         queue.bytes = 0;
         queue.qos0 = 0;
-        queue.items.drain(..).collect()
+        std::mem::take(&mut queue.items).into()
     }
 
     pub fn len(&self) -> usize {
@@ -201,6 +205,14 @@ impl Queue {
         Pushed::QueuedDroppingQos0
     }
 
+    /// An emptied queue gives its memory back beyond a little: a burst to a thousand
+    /// subscribers must not stay allocated a thousand times once delivered.
+    fn give_back_if_empty(&mut self) {
+        if self.items.is_empty() && self.items.capacity() > KEPT_CAPACITY {
+            self.items = VecDeque::new();
+        }
+    }
+
     fn account(&mut self, delivery: &Delivery, added: bool) {
         let qos0 = usize::from(delivery.qos == QoS::AtMostOnce);
         if added {
@@ -210,5 +222,75 @@ impl Queue {
             self.bytes = self.bytes.saturating_sub(delivery.size());
             self.qos0 = self.qos0.saturating_sub(qos0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::route::message::Message;
+
+    fn delivery(qos: QoS) -> Delivery {
+        let message = Message::new(
+            "a/b".into(),
+            Bytes::from_static(b"x"),
+            qos,
+            false,
+            None,
+            None,
+        );
+        Delivery {
+            message: Arc::new(message),
+            qos,
+            retain: false,
+            subscription_ids: Vec::new(),
+            group: None,
+        }
+    }
+
+    fn capacity(outbox: &Outbox) -> usize {
+        locked(&outbox.queue).items.capacity()
+    }
+
+    #[test]
+    fn an_emptied_queue_gives_back_what_a_burst_took() {
+        let limits = QueueLimits {
+            max_messages: 1000,
+            max_bytes: 1 << 20,
+        };
+        let outbox = Outbox::new(1, limits);
+        for _ in 0..500 {
+            assert_eq!(outbox.push(delivery(QoS::AtLeastOnce)), Pushed::Queued);
+        }
+        assert!(capacity(&outbox) >= 500);
+        while outbox.pop(true).is_some() {}
+        assert!(capacity(&outbox) <= KEPT_CAPACITY, "{}", capacity(&outbox));
+        for _ in 0..500 {
+            outbox.push(delivery(QoS::AtMostOnce));
+        }
+        assert_eq!(outbox.take_all().len(), 500);
+        assert!(capacity(&outbox) <= KEPT_CAPACITY, "{}", capacity(&outbox));
+    }
+
+    #[test]
+    fn a_full_queue_drops_qos_0_first_and_counts_it() {
+        let limits = QueueLimits {
+            max_messages: 2,
+            max_bytes: 1 << 20,
+        };
+        let outbox = Outbox::new(1, limits);
+        outbox.push(delivery(QoS::AtMostOnce));
+        outbox.push(delivery(QoS::AtLeastOnce));
+        assert_eq!(
+            outbox.push(delivery(QoS::AtLeastOnce)),
+            Pushed::QueuedDroppingQos0
+        );
+        assert_eq!(outbox.push(delivery(QoS::AtLeastOnce)), Pushed::Dropped);
+        assert_eq!(outbox.dropped(), (1, 1));
+        assert_eq!(outbox.len(), 2);
     }
 }

@@ -43,7 +43,7 @@ struct Member {
 /// A shared subscription's members, served in turn.
 #[derive(Debug)]
 struct Group {
-    key: GroupKey,
+    key: Arc<GroupKey>,
     members: Vec<(SessionId, Member)>,
     next: AtomicUsize,
 }
@@ -285,10 +285,10 @@ impl Router {
                         .groups
                         .entry(Arc::from(group))
                         .or_insert_with(|| Group {
-                            key: GroupKey {
+                            key: Arc::new(GroupKey {
                                 filter: Arc::from(f),
                                 group: Arc::from(group),
-                            },
+                            }),
                             members: Vec::new(),
                             next: AtomicUsize::new(0),
                         });
