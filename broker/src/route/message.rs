@@ -166,3 +166,19 @@ pub fn max_qos(a: QoS, b: QoS) -> QoS {
         b
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deliveries are many (one per subscriber per message, queued and in flight): each byte
+    /// counts a thousand times in a fan-out.
+    #[test]
+    fn a_delivery_stays_small() {
+        assert!(
+            std::mem::size_of::<Delivery>() <= 48,
+            "{}",
+            std::mem::size_of::<Delivery>()
+        );
+    }
+}
