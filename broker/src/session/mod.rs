@@ -188,9 +188,9 @@ impl Session {
             return end;
         }
         let route = self.route.clone();
-        // Waiting on these stays registered across turns of the loop: the shutdown token is
-        // every connection's, and registering anew each turn would have them all queue on it.
-        let shutdown = self.shared.shutdown.clone().cancelled_owned();
+        // Waiting on these stays registered across turns of the loop. The shutdown token is
+        // every connection's: each waits on a child of its own, whose lock is its alone.
+        let shutdown = self.shared.shutdown.child_token().cancelled_owned();
         let takeover = self.registration.takeover.clone().cancelled_owned();
         tokio::pin!(shutdown, takeover);
         loop {
