@@ -147,6 +147,20 @@ impl Delivery {
     pub fn size(&self) -> usize {
         self.message.size()
     }
+
+    /// A delivery of a one-byte message on `a/b` at `qos`, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(qos: QoS) -> Delivery {
+        let payload = Bytes::from_static(b"x");
+        let message = Message::new("a/b".into(), payload, qos, false, None, None);
+        Delivery {
+            message: Arc::new(message),
+            qos,
+            retain: false,
+            subscription_ids: Vec::new(),
+            group: None,
+        }
+    }
 }
 
 /// The lower of two QoS levels.

@@ -227,29 +227,10 @@ impl Queue {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use bytes::Bytes;
-
     use super::*;
-    use crate::route::message::Message;
 
     fn delivery(qos: QoS) -> Delivery {
-        let message = Message::new(
-            "a/b".into(),
-            Bytes::from_static(b"x"),
-            qos,
-            false,
-            None,
-            None,
-        );
-        Delivery {
-            message: Arc::new(message),
-            qos,
-            retain: false,
-            subscription_ids: Vec::new(),
-            group: None,
-        }
+        Delivery::for_test(qos)
     }
 
     fn capacity(outbox: &Outbox) -> usize {
