@@ -43,13 +43,10 @@ struct Outcome {
 }
 
 pub async fn run(args: &FanInArgs, lab: &mut Lab, systems: &[System]) -> anyhow::Result<()> {
-    let mut samples = Samples::default();
-    for _round in 0..args.rounds {
-        for &system in systems {
-            let rate = run_once(args, lab, system).await?;
-            samples.add(system, rate);
-        }
-    }
+    let samples = Samples::alternate(args.rounds, systems, async |system| {
+        run_once(args, lab, system).await
+    })
+    .await?;
     println!("{}", samples.summary("msgs/s"));
     Ok(())
 }

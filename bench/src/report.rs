@@ -12,6 +12,23 @@ pub struct Samples {
 }
 
 impl Samples {
+    /// Runs every system in turn, `rounds` times (so that drift in the machine's load hits
+    /// each alike), and collects the rate each run returns.
+    pub async fn alternate(
+        rounds: usize,
+        systems: &[System],
+        mut run_once: impl AsyncFnMut(System) -> anyhow::Result<f64>,
+    ) -> anyhow::Result<Samples> {
+        let mut samples = Samples::default();
+        for _round in 0..rounds {
+            for &system in systems {
+                let rate = run_once(system).await?;
+                samples.add(system, rate);
+            }
+        }
+        Ok(samples)
+    }
+
     pub fn add(&mut self, system: System, rate: f64) {
         self.rates.entry(system).or_default().push(rate);
     }

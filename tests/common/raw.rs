@@ -288,6 +288,34 @@ impl Conn {
         Ok(())
     }
 
+    /// Publishes at QoS 0 on each topic (its name as payload), then returns the topics
+    /// `subscriber` got, in order, until it has been quiet for `QUIET`.
+    pub fn topics_delivered(
+        &mut self,
+        subscriber: &mut Conn,
+        topics: &[&str],
+    ) -> anyhow::Result<Vec<String>> {
+        let no_props = Props::new();
+        for topic in topics {
+            self.send(&publish_with(
+                self.v5,
+                topic,
+                0,
+                false,
+                false,
+                0,
+                &no_props,
+                topic.as_bytes(),
+            ))?;
+        }
+        let v5 = subscriber.v5;
+        Ok(
+            std::iter::from_fn(|| subscriber.read_kind_within(3, super::QUIET))
+                .map(|p| p.publish(v5).topic)
+                .collect(),
+        )
+    }
+
     /// SUBSCRIBEs and returns the SUBACK's codes, one per filter.
     pub fn subscribe(&mut self, pkid: u16, filters: &[&str]) -> anyhow::Result<Vec<u8>> {
         self.send(&subscribe(self.v5, pkid, filters))?;
