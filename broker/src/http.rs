@@ -37,7 +37,7 @@ use crate::auth::{Directory, Identity};
 use crate::login::{Listener, Login, LoginGuard};
 use crate::rate::TokenBuckets;
 use crate::BrokerStats;
-use kenko_ingest::pipeline::IngestStats;
+use kenko_ingest::stats::IngestStats;
 
 /// Which observation store a query reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

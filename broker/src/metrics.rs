@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use kenko_ingest::pipeline::IngestStats;
+use kenko_ingest::stats::IngestStats;
 
 use crate::login::{Listener, LoginStats};
 use crate::route::Router;

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use tracing::{error, info};
 
-use crate::pipeline::IngestStats;
+use crate::stats::IngestStats;
 
 /// The first bytes of every SQLite database file.
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";

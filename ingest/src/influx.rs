@@ -13,29 +13,27 @@ use std::io;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use influxdb2::api::write::TimestampPrecision;
 use influxdb2::models::WriteDataPoint;
 use influxdb2::RequestError;
 use kenko_config::InfluxConfig;
-use rand::Rng;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
-use crate::consent::ConsentView;
+use crate::backoff::{retry_until_done, Backoff};
 use crate::deadletter::{DeadLetter, DeadLetterStore};
 use crate::observation::Observation;
-use crate::pipeline::IngestStats;
-use crate::sink::{drop_erased, Cursor};
+use crate::sink::{Batch, Batching, Sink, Stop, Stopped};
+use crate::stats::IngestStats;
+use crate::wal::Position;
 
 /// The reason code of rows InfluxDB refused.
 pub const REJECTED: &str = "influx_rejected";
 /// How long a stopping hub keeps trying to deliver what is left before it leaves it in the
 /// log for the next start.
 const DRAIN: Duration = Duration::from_secs(5);
-const IDLE: Duration = Duration::from_millis(100);
 
 /// Why the sink cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -168,148 +166,53 @@ fn classify_status(code: u16, text: &str) -> Failure {
 
 /// The sink; runs on its own thread with a small runtime for the HTTP client.
 pub struct InfluxSink {
-    pub cursor: Cursor,
-    pub client: influxdb2::Client,
-    pub config: InfluxConfig,
-    pub consents: ConsentView,
-    pub dead: DeadLetterStore,
-    pub stats: Arc<IngestStats>,
+    client: influxdb2::Client,
+    config: InfluxConfig,
+    runtime: tokio::runtime::Runtime,
+    dead: DeadLetterStore,
+    stats: Arc<IngestStats>,
 }
 
 impl InfluxSink {
+    pub fn new(
+        config: &InfluxConfig,
+        dead: DeadLetterStore,
+        stats: Arc<IngestStats>,
+    ) -> Result<InfluxSink, InfluxError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| InfluxError::Client(format!("cannot start its runtime: {e}")))?;
+        Ok(InfluxSink {
+            client: client(config)?,
+            config: config.clone(),
+            runtime,
+            dead,
+            stats,
+        })
+    }
+
     /// Opens the dead-letter store the sink writes refused rows to.
     pub fn dead_letters(data_dir: &Path) -> Result<DeadLetterStore, crate::store::StoreError> {
         DeadLetterStore::open(&data_dir.join("deadletter.db"))
     }
 
-    pub fn run(mut self) {
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(r) => r,
-            Err(e) => {
-                error!(error = %e, "cannot start the InfluxDB sink; observations stay in the write-ahead log");
-                return;
-            }
-        };
-        let age = Duration::from_millis(self.config.batch_age_ms);
-        let mut personal = Vec::new();
-        let mut shared = Vec::new();
-        let mut observations = Vec::new();
-        let mut oldest: Option<Instant> = None;
-        loop {
-            let wait = oldest.map_or(IDLE, |t| age.saturating_sub(t.elapsed()));
-            let finished = self.cursor.wait(wait);
-            let consents = self.consents.refresh();
-            while personal.len() + shared.len() < self.config.batch_max {
-                match self.cursor.next_record() {
-                    Ok(Some(record)) => {
-                        observations.clear();
-                        observations.extend(record.personal);
-                        drop_erased(&consents, &mut observations);
-                        lines(&self.config.measurement, &observations, true, &mut personal);
-                        lines(
-                            &self.config.shared_measurement,
-                            &record.shared,
-                            false,
-                            &mut shared,
-                        );
-                        oldest.get_or_insert_with(Instant::now);
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        error!(error = %e, "cannot read the write-ahead log; retrying");
-                        thread::sleep(IDLE);
-                        break;
-                    }
-                }
-            }
-            let pending = personal.len() + shared.len();
-            let due =
-                pending >= self.config.batch_max || oldest.is_some_and(|t| t.elapsed() >= age);
-            if pending > 0 && (due || finished) {
-                if !self.flush(&runtime, &personal, &shared) {
-                    warn!(
-                        points = pending,
-                        "stopping with InfluxDB unreachable; the rest stays in the write-ahead log for the next start"
-                    );
-                    return;
-                }
-                personal.clear();
-                shared.clear();
-                oldest = None;
-                let mut backoff = Duration::from_millis(50);
-                while let Err(e) = self.cursor.commit() {
-                    error!(error = %e, "cannot save the InfluxDB sink's checkpoint; retrying");
-                    thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            } else if finished && pending == 0 {
-                break;
-            }
-        }
-        info!("InfluxDB sink stopped: write-ahead log fully written");
-    }
-
-    /// Writes both buckets' lines; `false` if the hub is stopping and the server does not
-    /// answer (nothing is lost: the checkpoint stays before these lines).
-    fn flush(
-        &mut self,
-        runtime: &tokio::runtime::Runtime,
-        personal: &[Line],
-        shared: &[Line],
-    ) -> bool {
-        let buckets = [
-            (self.config.bucket_personal.clone(), personal),
-            (self.config.bucket_shared.clone(), shared),
-        ];
-        for (bucket, lines) in buckets {
-            if !lines.is_empty() && !self.write(runtime, &bucket, lines) {
-                return false;
-            }
-        }
-        true
-    }
-
-    fn write(&mut self, runtime: &tokio::runtime::Runtime, bucket: &str, lines: &[Line]) -> bool {
+    /// Writes a bucket's lines; [`Stopped`] if the hub is stopping and the server still
+    /// does not answer (nothing is lost: the checkpoint stays before these lines).
+    fn write_bucket(&mut self, bucket: &str, lines: &[Line], stop: &Stop) -> Result<(), Stopped> {
         let max_backoff = Duration::from_millis(self.config.max_backoff_ms);
-        let timeout = Duration::from_millis(self.config.timeout_ms);
+        let mut backoff = Backoff::new(Duration::from_millis(100), max_backoff).with_jitter();
         let mut parts = vec![lines];
-        let mut backoff = Duration::from_millis(100);
-        let mut failing_since: Option<Instant> = None;
-        let mut give_up_at: Option<Instant> = None;
         while let Some(part) = parts.pop() {
-            let result = runtime.block_on(async {
-                let body = futures_util::stream::iter(part.to_vec());
-                match tokio::time::timeout(
-                    timeout,
-                    self.client.write_with_precision(
-                        bucket,
-                        body,
-                        TimestampPrecision::Milliseconds,
-                    ),
-                )
-                .await
-                {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(classify(e)),
-                    Err(_) => Err(Failure::Retry(format!(
-                        "no answer within {} ms",
-                        timeout.as_millis()
-                    ))),
-                }
-            });
-            match result {
+            match self.send(bucket, part) {
                 Ok(()) => {
                     self.stats
                         .influx_points
                         .fetch_add(part.len() as u64, Ordering::Relaxed);
-                    if let Some(since) = failing_since.take() {
-                        info!(url = %self.config.url, after_ms = since.elapsed().as_millis() as u64,
+                    if let Some(after) = backoff.succeeded() {
+                        info!(url = %self.config.url, after_ms = after.as_millis() as u64,
                             "InfluxDB writes succeed again");
                     }
-                    backoff = Duration::from_millis(100);
                 }
                 Err(Failure::Rejected(why)) if part.len() > 1 => {
                     let (first, second) = part.split_at(part.len() / 2);
@@ -324,27 +227,41 @@ impl InfluxSink {
                 Err(Failure::Rejected(why)) => self.dead_letter(bucket, &part[0], why),
                 Err(Failure::Retry(why)) => {
                     self.stats.influx_retries.fetch_add(1, Ordering::Relaxed);
-                    if failing_since.is_none() {
-                        failing_since = Some(Instant::now());
+                    if backoff.failed() {
                         warn!(url = %self.config.url, bucket, why,
                             "cannot write to InfluxDB; retrying with backoff while the write-ahead log holds the data");
                     } else {
                         tracing::debug!(why, "InfluxDB write failed again");
                     }
-                    if self.cursor.closed() {
-                        let at = *give_up_at.get_or_insert_with(|| Instant::now() + DRAIN);
-                        if Instant::now() >= at {
-                            return false;
-                        }
+                    if backoff.give_up(stop.requested(), DRAIN) {
+                        warn!(url = %self.config.url, "stopping with InfluxDB unreachable");
+                        return Err(Stopped);
                     }
-                    let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
-                    thread::sleep(backoff + Duration::from_millis(jitter));
-                    backoff = (backoff * 2).min(max_backoff);
+                    backoff.wait();
                     parts.push(part);
                 }
             }
         }
-        true
+        Ok(())
+    }
+
+    /// One write request, within the configured timeout.
+    fn send(&self, bucket: &str, lines: &[Line]) -> Result<(), Failure> {
+        let timeout = Duration::from_millis(self.config.timeout_ms);
+        self.runtime.block_on(async {
+            let body = futures_util::stream::iter(lines.to_vec());
+            let write =
+                self.client
+                    .write_with_precision(bucket, body, TimestampPrecision::Milliseconds);
+            match tokio::time::timeout(timeout, write).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(classify(e)),
+                Err(_) => Err(Failure::Retry(format!(
+                    "no answer within {} ms",
+                    timeout.as_millis()
+                ))),
+            }
+        })
     }
 
     fn dead_letter(&mut self, bucket: &str, line: &Line, why: String) {
@@ -358,14 +275,53 @@ impl InfluxSink {
             reason: why,
             payload: line.bytes.to_vec(),
         };
-        let mut backoff = Duration::from_millis(50);
-        while let Err(e) = self.dead.record(std::slice::from_ref(&letter)) {
-            error!(error = %e, "cannot record a dead letter; retrying");
-            thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
+        retry_until_done("record a dead letter of InfluxDB", || {
+            self.dead.record(std::slice::from_ref(&letter))
+        });
         self.stats.influx_rejected.fetch_add(1, Ordering::Relaxed);
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Sink for InfluxSink {
+    fn name(&self) -> &'static str {
+        "influxdb"
+    }
+
+    fn batching(&self) -> Batching {
+        Batching {
+            max: self.config.batch_max,
+            linger: Duration::from_millis(self.config.batch_age_ms),
+        }
+    }
+
+    /// Identified observations go to the personal bucket with citizen and device, the
+    /// pseudonymized ones to the shared bucket with their pseudonym only.
+    fn write(&mut self, batch: &Batch, _upto: Position, stop: &Stop) -> Result<(), Stopped> {
+        let mut personal = Vec::with_capacity(batch.personal.len());
+        lines(
+            &self.config.measurement,
+            &batch.personal,
+            true,
+            &mut personal,
+        );
+        let mut shared = Vec::with_capacity(batch.shared.len());
+        lines(
+            &self.config.shared_measurement,
+            &batch.shared,
+            false,
+            &mut shared,
+        );
+        let buckets = [
+            (self.config.bucket_personal.clone(), personal),
+            (self.config.bucket_shared.clone(), shared),
+        ];
+        for (bucket, lines) in buckets {
+            if !lines.is_empty() {
+                self.write_bucket(&bucket, &lines, stop)?;
+            }
+        }
+        Ok(())
     }
 }
 

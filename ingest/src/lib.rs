@@ -1,6 +1,7 @@
 //! kenko's stream processor: decode vendor payloads, normalize them into canonical
 //! observations, write them to the stores in batches, and dead-letter what cannot be stored.
 
+pub mod backoff;
 pub mod consent;
 pub mod deadletter;
 pub mod decode;
@@ -12,6 +13,7 @@ pub mod pseudonym;
 pub mod query;
 pub mod rebuild;
 pub mod sink;
+pub mod stats;
 pub mod store;
 pub mod tsdb;
 pub mod wal;

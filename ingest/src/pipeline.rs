@@ -14,7 +14,7 @@
 
 use std::ops::Range;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -24,6 +24,7 @@ use kenko_config::{Config, InfluxConfig, IngestConfig, ProfileConfig, WalConfig,
 use kenko_devices::{Profiles, Registry};
 use tracing::{debug, error, info, warn};
 
+use crate::backoff::Backoff;
 use crate::consent::{
     ConsentBook, ConsentRegistry, ConsentView, ConsentWatcher, Consents, Purpose, HUB,
 };
@@ -38,7 +39,8 @@ pub const PROTOBUF_PROFILE: &str = "kenko-pb-v1";
 use crate::influx::{InfluxError, InfluxSink};
 use crate::observation::Observation;
 use crate::pseudonym::Pseudonymizer;
-use crate::sink::{self, Cursor, Durable, Progress, StoreSink};
+use crate::sink::{self, Cursor, Driver, Durable, Progress, StoreSink};
+use crate::stats::IngestStats;
 use crate::store::{PersonalStore, StoreError};
 use crate::wal::{self, Recovery, Wal, WalError, WalOptions};
 
@@ -155,56 +157,6 @@ pub struct Notice {
     /// The event time of the observation a live notice carries (epoch ms): the broker
     /// decides consent-gated deliveries by it.
     pub event_ms: Option<i64>,
-}
-
-/// Counters and gauges for progress output and metrics.
-#[derive(Debug, Default)]
-pub struct IngestStats {
-    pub received: AtomicU64,
-    /// Messages whose observations are durable in the write-ahead log (and acknowledged).
-    pub messages_stored: AtomicU64,
-    /// Observations appended to the write-ahead log.
-    pub observations_logged: AtomicU64,
-    /// Observations the store sink wrote to `personal.db`.
-    pub observations_stored: AtomicU64,
-    pub duplicates: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub store_errors: AtomicU64,
-    /// Times a store file was found missing, replaced or truncated.
-    pub store_faults: AtomicU64,
-    /// Store files at fault now (acknowledgements are withheld while this is not 0).
-    pub stores_unavailable: AtomicU64,
-    pub notices_dropped: AtomicU64,
-    /// Observations refused because their citizen has not consented to collection.
-    pub refused_no_consent: AtomicU64,
-    /// Observations deleted (or not stored) on citizens' requests for erasure.
-    pub erased: AtomicU64,
-    /// Pseudonymized observations written to the shared (research) store.
-    pub shared_stored: AtomicU64,
-    /// Bytes the write-ahead log holds.
-    pub wal_bytes: AtomicU64,
-    /// 1 while the log is full and acknowledgements are withheld.
-    pub wal_full: AtomicU64,
-    /// Times the log became full.
-    pub wal_full_episodes: AtomicU64,
-    /// MQTT 5 messages answered 0x97 because the log was full.
-    pub refused_log_full: AtomicU64,
-    /// Failed log writes or fsyncs (retried).
-    pub wal_errors: AtomicU64,
-    /// Log segments set aside as damaged at start.
-    pub wal_quarantined: AtomicU64,
-    /// Bytes of a torn last write cut off at start.
-    pub wal_torn_bytes: AtomicU64,
-    /// Points InfluxDB accepted.
-    pub influx_points: AtomicU64,
-    /// Failed InfluxDB writes that were retried.
-    pub influx_retries: AtomicU64,
-    /// Rows InfluxDB refused (dead-lettered).
-    pub influx_rejected: AtomicU64,
-    /// Windows (sleep days, step days) computed and stored.
-    pub windows_computed: AtomicU64,
-    /// Windowed outputs the pipeline refused (e.g. the citizen withdrew consent).
-    pub windows_refused: AtomicU64,
 }
 
 /// The sending side, cloned into every connection.
@@ -351,36 +303,36 @@ pub fn start(
     let registry_guard = FileGuard::open(&registry_path)?;
     let store_progress = Progress::new("store", store_at);
     progress.push(store_progress.clone());
-    let store_sink = StoreSink {
-        cursor: Cursor::new(
+    let store_sink = Driver::new(
+        Cursor::new(
             wal.reader(store_at),
             &wal_dir,
             durable.clone(),
             store_progress,
         ),
-        store: store.track_windows(),
-        shared,
-        consents: ConsentView::open(&registry_path, consents.clone())?,
-        pseudonyms: Pseudonymizer::open(data_dir)?,
-        stats: stats.clone(),
-        erasures_seen: u64::MAX,
-        guards: store_guards.clone(),
-        registry_guard: registry_guard.clone(),
-        health: health.clone(),
-    };
+        ConsentView::open(&registry_path, consents.clone())?,
+        StoreSink {
+            store: store.track_windows(),
+            shared,
+            consents: ConsentView::open(&registry_path, consents.clone())?,
+            pseudonyms: Pseudonymizer::open(data_dir)?,
+            stats: stats.clone(),
+            erasures_seen: u64::MAX,
+            guards: store_guards.clone(),
+            registry_guard: registry_guard.clone(),
+            health: health.clone(),
+        },
+    );
     let influx_sink = match &settings.influxdb {
         Some(influx) => {
             let at = wal.clamp(wal::load_checkpoint(&wal_dir, "influxdb")?);
             let influx_progress = Progress::new("influxdb", at);
             progress.push(influx_progress.clone());
-            Some(InfluxSink {
-                cursor: Cursor::new(wal.reader(at), &wal_dir, durable.clone(), influx_progress),
-                client: crate::influx::client(influx)?,
-                config: influx.clone(),
-                consents: ConsentView::open(&registry_path, consents.clone())?,
-                dead: InfluxSink::dead_letters(data_dir)?,
-                stats: stats.clone(),
-            })
+            Some(Driver::new(
+                Cursor::new(wal.reader(at), &wal_dir, durable.clone(), influx_progress),
+                ConsentView::open(&registry_path, consents.clone())?,
+                InfluxSink::new(influx, InfluxSink::dead_letters(data_dir)?, stats.clone())?,
+            ))
         }
         None => None,
     };
@@ -916,70 +868,49 @@ impl Writer {
     /// Appends `self.record`, retrying while the disk fails; `false` if the hub is stopping
     /// and the disk still fails.
     fn append(&mut self) -> bool {
-        let mut backoff = FIRST_BACKOFF;
-        let mut give_up_at = None;
-        let mut failing_since = None;
-        loop {
-            match self.wal.append(&self.record) {
-                Ok(_) => {
-                    if let Some(since) = failing_since {
-                        log_recovered(since);
-                    }
-                    return true;
-                }
-                Err(e) => {
-                    failing_since.get_or_insert_with(Instant::now);
-                    if !self.retry(&e, &mut backoff, &mut give_up_at) {
-                        return false;
-                    }
-                }
-            }
-        }
+        let record = std::mem::take(&mut self.record);
+        let appended = self.retry_wal(|wal| wal.append(&record).map(drop));
+        self.record = record;
+        appended
     }
 
     /// Writes and fsyncs what is appended, retrying while the disk fails; `false` if the
     /// hub is stopping and the disk still fails.
     fn sync(&mut self) -> bool {
-        let mut backoff = FIRST_BACKOFF;
-        let mut give_up_at = None;
-        let mut failing_since = None;
+        let synced = self.retry_wal(Wal::sync);
+        if synced {
+            self.durable.advance(self.wal.end());
+        }
+        synced
+    }
+
+    /// Runs a log operation until it succeeds, holding acknowledgements meanwhile; `false`
+    /// if the hub has been stopping for [`STOP_GRACE`] and the disk still fails.
+    fn retry_wal(&mut self, mut operation: impl FnMut(&mut Wal) -> Result<(), WalError>) -> bool {
+        let mut backoff = Backoff::default();
         loop {
-            match self.wal.sync() {
+            match operation(&mut self.wal) {
                 Ok(()) => {
-                    self.durable.advance(self.wal.end());
-                    if let Some(since) = failing_since {
-                        log_recovered(since);
+                    if let Some(after) = backoff.succeeded() {
+                        info!(
+                            after_ms = after.as_millis() as u64,
+                            "the write-ahead log accepts writes again (the disk recovered); acknowledging resumes"
+                        );
                     }
                     return true;
                 }
-                Err(e) => {
-                    failing_since.get_or_insert_with(Instant::now);
-                    if !self.retry(&e, &mut backoff, &mut give_up_at) {
+                Err(error) => {
+                    backoff.failed();
+                    self.stats.wal_errors.fetch_add(1, Ordering::Relaxed);
+                    error!(%error, retry_in_ms = backoff.next_wait().as_millis() as u64,
+                        "cannot write the write-ahead log; holding acknowledgements and retrying");
+                    if backoff.give_up(self.rx.is_disconnected(), STOP_GRACE) {
                         return false;
                     }
+                    backoff.wait();
                 }
             }
         }
-    }
-
-    fn retry(
-        &self,
-        error: &WalError,
-        backoff: &mut Duration,
-        give_up_at: &mut Option<Instant>,
-    ) -> bool {
-        self.stats.wal_errors.fetch_add(1, Ordering::Relaxed);
-        error!(%error, retry_in_ms = backoff.as_millis() as u64,
-            "cannot write the write-ahead log; holding acknowledgements and retrying");
-        if self.rx.is_disconnected() {
-            let at = *give_up_at.get_or_insert_with(|| Instant::now() + STOP_GRACE);
-            if Instant::now() >= at {
-                return false;
-            }
-        }
-        thread::sleep(*backoff);
-        *backoff = (*backoff * 2).min(Duration::from_secs(5));
-        true
     }
 
     /// Carries out `kenko deadletter replay` requests: the selected letters go through the
@@ -1068,18 +999,17 @@ impl Writer {
         if letters.is_empty() {
             return;
         }
-        let mut backoff = FIRST_BACKOFF;
-        let failing_since = Instant::now();
+        let mut backoff = Backoff::default();
         while let Err(e) = self.dead.record(letters) {
+            backoff.failed();
             self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
-            error!(error = %e, letters = letters.len(), retry_in_ms = backoff.as_millis() as u64,
+            error!(error = %e, letters = letters.len(), retry_in_ms = backoff.next_wait().as_millis() as u64,
                 "cannot record dead letters; holding acknowledgements and retrying");
-            thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            backoff.wait();
         }
-        if backoff > FIRST_BACKOFF {
+        if let Some(after) = backoff.succeeded() {
             info!(
-                after_ms = failing_since.elapsed().as_millis() as u64,
+                after_ms = after.as_millis() as u64,
                 "dead letters recorded again; acknowledging resumes"
             );
         }
@@ -1184,17 +1114,6 @@ impl Writer {
             );
         }
     }
-}
-
-/// The first wait before retrying a failed log write.
-const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-
-/// Ends a disk-full (or failing-disk) episode in the log, as its start was.
-fn log_recovered(since: Instant) {
-    info!(
-        after_ms = since.elapsed().as_millis() as u64,
-        "the write-ahead log accepts writes again (the disk recovered); acknowledging resumes"
-    );
 }
 
 fn log_full() -> Rejection {

@@ -28,7 +28,8 @@ use rusqlite::{params, Connection};
 use tracing::{debug, error, warn};
 
 use crate::decode::Zones;
-use crate::pipeline::{IngestStats, Origin, Reply, Submission};
+use crate::pipeline::{Origin, Reply, Submission};
+use crate::stats::IngestStats;
 use crate::store::{open_durable, sqlite, StoreError};
 
 /// How often the job looks for closed windows.
