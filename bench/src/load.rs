@@ -36,10 +36,10 @@ pub struct FanInArgs {
 }
 
 /// What one run of the load did.
-struct Outcome {
-    acked: u64,
-    failed: usize,
-    secs: f64,
+pub struct Outcome {
+    pub acked: u64,
+    pub failed: usize,
+    pub secs: f64,
 }
 
 pub async fn run(args: &FanInArgs, lab: &mut Lab, systems: &[System]) -> anyhow::Result<()> {
@@ -85,7 +85,7 @@ async fn run_once(args: &FanInArgs, lab: &mut Lab, system: System) -> anyhow::Re
 }
 
 /// Runs every client at once and waits for all of them.
-async fn drive(args: &FanInArgs, port: u16, system: System, password: &str) -> Outcome {
+pub async fn drive(args: &FanInArgs, port: u16, system: System, password: &str) -> Outcome {
     let base_ms = now_ms() - args.msgs as i64 * 1000;
     let args = Arc::new(args.clone());
     let password: Arc<str> = password.into();

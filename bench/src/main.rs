@@ -6,6 +6,7 @@ mod fanout;
 mod idle;
 mod limits;
 mod load;
+mod memory;
 mod mqtt;
 mod publisher;
 mod report;
@@ -55,6 +56,8 @@ enum Command {
     FanOut(fanout::FanOutArgs),
     /// Memory per idle, CONNECTed MQTT 3.1.1 connection
     Idle(idle::IdleArgs),
+    /// RSS of one hub across repeated fan-in loads, each followed by an idle pause
+    Memory(memory::MemoryArgs),
 }
 
 impl Command {
@@ -64,13 +67,18 @@ impl Command {
             Command::FanIn(args) => args.clients,
             Command::FanOut(args) => args.subscribers + 1,
             Command::Idle(args) => args.connections,
+            Command::Memory(args) => args.load.clients,
         }
     }
 
     /// The systems this subcommand runs: the ones asked for, or its default set. Only
-    /// fan-in has a kenko-ingest system (`--ingest`).
+    /// fan-in and memory have a kenko-ingest system (`--ingest`).
     fn systems(&self, asked: &[System]) -> Vec<System> {
-        let ingest = matches!(self, Command::FanIn(args) if args.ingest);
+        let ingest = match self {
+            Command::FanIn(args) => args.ingest,
+            Command::Memory(args) => args.load.ingest,
+            _ => false,
+        };
         let mut systems: Vec<System> = if asked.is_empty() {
             vec![
                 System::Mosquitto,
@@ -82,7 +90,7 @@ impl Command {
             asked.to_vec()
         };
         systems.retain(|s| *s != System::KenkoIngest || ingest || !asked.is_empty());
-        if !matches!(self, Command::FanIn(_)) {
+        if !matches!(self, Command::FanIn(_) | Command::Memory(_)) {
             systems.retain(|s| *s != System::KenkoIngest);
         }
         systems.sort();
@@ -126,6 +134,7 @@ async fn run(command: &Command, lab: &mut Lab, systems: &[System]) -> anyhow::Re
         Command::FanIn(args) => load::run(args, lab, systems).await,
         Command::FanOut(args) => fanout::run(args, lab, systems).await,
         Command::Idle(args) => idle::run(args, lab, systems).await,
+        Command::Memory(args) => memory::run(args, lab, systems).await,
     }
 }
 

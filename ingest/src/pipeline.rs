@@ -321,6 +321,7 @@ pub fn start(
             guards: store_guards.clone(),
             registry_guard: registry_guard.clone(),
             health: health.clone(),
+            last_write: None,
         },
     );
     let influx_sink = match &settings.influxdb {

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{error, info};
 
@@ -21,6 +21,8 @@ use crate::wal::Position;
 const FAULT_CHECK: Duration = Duration::from_millis(100);
 /// Observations written to SQLite in one transaction at most.
 const STORE_BATCH: usize = 20_000;
+/// How long after its last write the sink gives the stores' page caches back.
+const QUIET: Duration = Duration::from_secs(5);
 
 pub struct StoreSink {
     pub store: PersonalStore,
@@ -36,6 +38,8 @@ pub struct StoreSink {
     /// `registry.db`, checked before erasures (which are recorded there).
     pub registry_guard: Arc<FileGuard>,
     pub health: Arc<Health>,
+    /// When the sink last wrote, until the stores' memory is given back after it.
+    pub last_write: Option<Instant>,
 }
 
 impl Sink for StoreSink {
@@ -81,11 +85,13 @@ impl Sink for StoreSink {
                 "the stores accept writes again"
             );
         }
+        self.last_write = Some(Instant::now());
         self.wait_for_sound_stores(stop)
     }
 
     fn tend(&mut self) {
         self.erase_if_asked();
+        self.release_memory_when_quiet();
     }
 }
 
@@ -114,6 +120,20 @@ impl StoreSink {
             .shared_stored
             .fetch_add(research.inserted as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Once the sink has not written for [`QUIET`], gives the stores' page caches back, so
+    /// that a hub between loads does not keep the memory of the last one.
+    fn release_memory_when_quiet(&mut self) {
+        if self.last_write.is_none_or(|at| at.elapsed() < QUIET) {
+            return;
+        }
+        self.last_write = None;
+        for store in [&self.store, &self.shared] {
+            if let Err(e) = store.release_memory() {
+                error!(error = %e, "cannot give a store's page cache back");
+            }
+        }
     }
 
     /// Waits while a store file is at fault; [`Stopped`] if the hub stops meanwhile.
