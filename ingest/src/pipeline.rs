@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kenko_config::{Config, InfluxConfig, IngestConfig, ProfileConfig, WalConfig, WindowsConfig};
-use kenko_devices::{Profiles, Registry};
+use kenko_devices::{Metric, Profiles, Registry};
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
@@ -118,16 +118,24 @@ pub struct Submission {
 }
 
 /// Where a submission comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Origin {
     /// A device's publish.
     Device,
     /// A dead letter run through again (`kenko deadletter replay`): a refusal updates the
     /// letter instead of adding one, and nothing is announced to the device.
     Replay,
-    /// A windowed output of the hub (`windows.rs`): it may carry derived metrics and be
-    /// older than the late-data horizon; a refusal is logged and counted, not dead-lettered.
-    Window,
+    /// A windowed output of the hub (`windows.rs`): readings it computed, which may be
+    /// derived metrics and older than the late-data horizon; the submission carries no
+    /// payload. A refusal is logged and counted, not dead-lettered.
+    Window(Derived),
+}
+
+/// Readings the hub computed for a device, at one event time (a window's start).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Derived {
+    pub time_ms: i64,
+    pub readings: Vec<(Metric, f64)>,
 }
 
 /// A connection's return address for verdicts, with a token it chose (e.g. QoS and packet id).
@@ -1035,7 +1043,12 @@ impl Writer {
                 ),
             });
         }
-        let name = if sub.protobuf {
+        let window = match &sub.origin {
+            Origin::Window(derived) => Some(derived),
+            _ => None,
+        };
+        // Computed readings are named by metric, as in the protobuf schema.
+        let name = if sub.protobuf || window.is_some() {
             PROTOBUF_PROFILE
         } else {
             &device.profile
@@ -1056,9 +1069,12 @@ impl Writer {
             received_ms: sub.received_ms,
             plausibility: self.config.plausibility,
             limits: self.limits,
-            derived: sub.origin == Origin::Window,
+            derived: window.is_some(),
         };
-        decode::decode(&ctx, &sub.payload, out)
+        match window {
+            Some(derived) => decode::derived(&ctx, derived.time_ms, &derived.readings, out),
+            None => decode::decode(&ctx, &sub.payload, out),
+        }
     }
 
     fn publish(&self, topic: String, payload: Vec<u8>, event_ms: Option<i64>) {

@@ -22,13 +22,11 @@ use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use kenko_config::WindowsConfig;
 use kenko_devices::{Metric, Registry, SleepStage};
-use kenko_proto::telemetry::{Reading, Sample, Telemetry};
-use prost::Message;
 use rusqlite::{params, Connection};
 use tracing::{debug, error, warn};
 
 use crate::decode::Zones;
-use crate::pipeline::{Origin, Reply, Submission};
+use crate::pipeline::{Derived, Origin, Reply, Submission};
 use crate::stats::IngestStats;
 use crate::store::{open_durable, sqlite, StoreError};
 
@@ -391,34 +389,23 @@ impl WindowJob {
                 None => return Ok(true),
             },
         };
-        let payload = Telemetry {
-            seq: 0,
-            samples: vec![Sample {
-                time_ms: window.start_ms,
-                readings: readings
-                    .iter()
-                    .map(|&(metric, value)| Reading {
-                        metric: metric.name().to_owned(),
-                        value,
-                    })
-                    .collect(),
-            }],
-        }
-        .encode_to_vec();
         let (reply_tx, verdicts) = flume::unbounded();
         let device: Arc<str> = Arc::from(note.device.as_str());
         let submission = Submission {
             client_id: device.clone(),
             device: note.device.as_str().into(),
-            payload: Bytes::from(payload),
+            payload: Bytes::new(),
             received_ms: Self::now_ms(),
             reply: Some(Reply {
                 to: reply_tx,
                 token: 0,
                 refusable: false,
             }),
-            protobuf: true,
-            origin: Origin::Window,
+            protobuf: false,
+            origin: Origin::Window(Derived {
+                time_ms: window.start_ms,
+                readings,
+            }),
         };
         if tx.send(submission).is_err() {
             return Ok(false);

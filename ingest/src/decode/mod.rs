@@ -277,6 +277,33 @@ pub fn decode(
     result
 }
 
+/// Checks readings the hub computed for the context's device at `time_ms` (a windowed
+/// output) as any observation is checked, and appends them to `out`. On rejection nothing
+/// is appended.
+pub fn derived(
+    ctx: &Context<'_>,
+    time_ms: i64,
+    readings: &[(Metric, f64)],
+    out: &mut Vec<Observation>,
+) -> Result<(), Rejection> {
+    if readings.is_empty() {
+        return Err(Rejection::malformed("a windowed output has no readings"));
+    }
+    let start = out.len();
+    out.extend(
+        readings
+            .iter()
+            .map(|&(metric, value)| observation(ctx, metric, value, time_ms)),
+    );
+    let result = out[start..]
+        .iter_mut()
+        .try_for_each(|obs| normalize(ctx, obs));
+    if result.is_err() {
+        out.truncate(start);
+    }
+    result
+}
+
 fn no_readings(profile: &Profile) -> String {
     if profile.fields.is_empty() {
         return "payload has no readings; a Telemetry message needs samples with readings".into();
@@ -404,6 +431,60 @@ mod tests {
 
     fn values(obs: &[Observation]) -> Vec<(Metric, f64)> {
         obs.iter().map(|o| (o.metric, o.value)).collect()
+    }
+
+    fn run_derived(
+        time_ms: i64,
+        readings: &[(Metric, f64)],
+    ) -> Result<Vec<Observation>, Rejection> {
+        let dev = device(None);
+        let zones = Zones::resolve("Asia/Tokyo", [&dev]).expect("zones");
+        let profiles = Profiles::builtin();
+        let ctx = Context {
+            device: &dev,
+            profile: profiles.get("kenko-pb-v1").expect("profile"),
+            zones: &zones,
+            received_ms: NOW,
+            plausibility: Plausibility::Reject,
+            limits: TimeLimits::default(),
+            derived: true,
+        };
+        let mut out = vec![Observation {
+            citizen: Arc::from("someone-else"),
+            ..observation(&ctx, Metric::HeartRate, 60.0, NOW)
+        }];
+        let result = derived(&ctx, time_ms, readings, &mut out);
+        assert_eq!(&*out[0].citizen, "someone-else", "what was there stays");
+        result.map(|()| out.split_off(1))
+    }
+
+    #[test]
+    fn computed_readings_become_the_devices_observations_and_pass_the_same_checks() {
+        let week_ago = NOW - 7 * 86_400_000;
+        let readings = [(Metric::SleepTime, 412.0), (Metric::SleepAwakenings, 3.0)];
+        let obs = run_derived(week_ago, &readings).expect("accepted");
+        assert_eq!(
+            values(&obs),
+            readings,
+            "older than the late horizon, but derived"
+        );
+        assert!(obs
+            .iter()
+            .all(|o| &*o.citizen == "citizen-001" && &*o.device == "bed-001"));
+        assert!(obs
+            .iter()
+            .all(|o| o.time_ms == week_ago && o.received_ms == NOW));
+
+        let implausible = run_derived(
+            week_ago,
+            &[(Metric::SleepTime, 412.0), (Metric::SleepTime, -5.0)],
+        );
+        let rejection = implausible.expect_err("a negative sleep time");
+        assert_eq!(rejection.code, RejectCode::Implausible);
+        let future = run_derived(NOW + 86_400_000, &readings).expect_err("a day ahead");
+        assert_eq!(future.code, RejectCode::FutureTimestamp);
+        let none = run_derived(week_ago, &[]).expect_err("nothing to store");
+        assert_eq!(none.code, RejectCode::MalformedPayload);
     }
 
     #[test]
