@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use kenko_ingest::stats::IngestStats;
+use kenko_ingest::stats::{Histogram, IngestStats, DELAY_BOUNDS_MS};
 
 use crate::login::{Listener, LoginStats};
 use crate::route::Router;
@@ -223,11 +223,33 @@ pub fn render(broker: &BrokerStats, ingest: &IngestStats) -> String {
         let _ = writeln!(out, "# TYPE kenko_{name} {kind}");
         let _ = writeln!(out, "kenko_{name} {}", value.load(Ordering::Relaxed));
     }
+    render_histogram(
+        "ingest_store_delay_seconds",
+        "time from the hub receiving an observation to its commit in personal.db, where queries see it",
+        &ingest.store_delay,
+        &mut out,
+    );
     render_logins(&broker.login, &mut out);
     if let Some(router) = broker.router.get() {
         render_routing(router, &mut out);
     }
     out
+}
+
+/// A histogram of delays, in seconds as Prometheus expects.
+fn render_histogram(name: &str, help: &str, histogram: &Histogram, out: &mut String) {
+    let _ = writeln!(out, "# HELP kenko_{name} {help}");
+    let _ = writeln!(out, "# TYPE kenko_{name} histogram");
+    let cumulative = histogram.cumulative();
+    for (bound_ms, n) in DELAY_BOUNDS_MS.iter().zip(&cumulative) {
+        let le = *bound_ms as f64 / 1000.0;
+        let _ = writeln!(out, "kenko_{name}_bucket{{le=\"{le}\"}} {n}");
+    }
+    let all = cumulative.last().copied().unwrap_or(0);
+    let _ = writeln!(out, "kenko_{name}_bucket{{le=\"+Inf\"}} {all}");
+    let sum = histogram.sum_ms() as f64 / 1000.0;
+    let _ = writeln!(out, "kenko_{name}_sum {sum}");
+    let _ = writeln!(out, "kenko_{name}_count {}", histogram.count());
 }
 
 /// The router's gauges and counters, and the drops of each session whose queue overflowed.
@@ -345,9 +367,11 @@ mod tests {
         );
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
         let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
+        // Each bucket of the one histogram, and its sum and count, are samples of their own.
+        let histogram = DELAY_BOUNDS_MS.len() + 1 + 2;
         assert_eq!(
             samples,
-            types + 3,
+            types + 3 + (histogram - 1),
             "three login counters have a sample per listener"
         );
         for line in text.lines().filter(|l| !l.starts_with('#')) {
@@ -357,7 +381,25 @@ mod tests {
                 name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
                 "{name}"
             );
-            value.parse::<u64>().expect("a number");
+            value.parse::<f64>().expect("a number");
+        }
+    }
+
+    #[test]
+    fn the_store_delay_is_a_cumulative_histogram_in_seconds() {
+        let ingest = IngestStats::default();
+        ingest.store_delay.observe_ms([3, 40, 40, 1_500]);
+        let text = render(&BrokerStats::default(), &ingest);
+        for expected in [
+            "# TYPE kenko_ingest_store_delay_seconds histogram\n",
+            "kenko_ingest_store_delay_seconds_bucket{le=\"0.005\"} 1\n",
+            "kenko_ingest_store_delay_seconds_bucket{le=\"0.05\"} 3\n",
+            "kenko_ingest_store_delay_seconds_bucket{le=\"2.5\"} 4\n",
+            "kenko_ingest_store_delay_seconds_bucket{le=\"+Inf\"} 4\n",
+            "kenko_ingest_store_delay_seconds_sum 1.583\n",
+            "kenko_ingest_store_delay_seconds_count 4\n",
+        ] {
+            assert!(text.contains(expected), "{expected} in:\n{text}");
         }
     }
 }

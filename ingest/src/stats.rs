@@ -1,6 +1,6 @@
 //! The ingest threads' counters and gauges, read for progress output and `/metrics`.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Counters and gauges for progress output and metrics.
 #[derive(Debug, Default)]
@@ -50,4 +50,92 @@ pub struct IngestStats {
     pub windows_computed: AtomicU64,
     /// Windowed outputs the pipeline refused (e.g. the citizen withdrew consent).
     pub windows_refused: AtomicU64,
+    /// From the hub receiving an observation to the store sink committing it to
+    /// `personal.db`, where queries see it.
+    pub store_delay: Histogram,
+}
+
+/// Upper bounds of [`Histogram`]'s buckets, in milliseconds (the last bucket has none).
+pub const DELAY_BOUNDS_MS: [u64; 12] = [
+    5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 60_000,
+];
+
+/// A distribution of delays: counts per bucket of [`DELAY_BOUNDS_MS`] (and one above), the
+/// count and the sum, as Prometheus histograms are read.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; DELAY_BOUNDS_MS.len() + 1],
+    count: AtomicU64,
+    sum_ms: AtomicU64,
+}
+
+impl Histogram {
+    /// Adds delays, counted into buckets first so that a batch costs a few atomic adds.
+    pub fn observe_ms(&self, delays_ms: impl IntoIterator<Item = i64>) {
+        let mut counts = [0u64; DELAY_BOUNDS_MS.len() + 1];
+        let (mut count, mut sum) = (0u64, 0u64);
+        for delay in delays_ms {
+            // A clock stepped back makes a delay negative: it counts as none.
+            let delay = u64::try_from(delay).unwrap_or(0);
+            let bucket = DELAY_BOUNDS_MS.partition_point(|&bound| bound < delay);
+            counts[bucket] += 1;
+            count += 1;
+            sum = sum.saturating_add(delay);
+        }
+        if count == 0 {
+            return;
+        }
+        for (bucket, n) in self.buckets.iter().zip(counts) {
+            if n > 0 {
+                bucket.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(count, Ordering::Relaxed);
+        self.sum_ms.fetch_add(sum, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts: for each bound of [`DELAY_BOUNDS_MS`], how many delays were at
+    /// most that long, then the count of all.
+    pub fn cumulative(&self) -> Vec<u64> {
+        let mut total = 0;
+        self.buckets
+            .iter()
+            .map(|b| {
+                total += b.load(Ordering::Relaxed);
+                total
+            })
+            .collect()
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn sum_ms(&self) -> u64 {
+        self.sum_ms.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_fall_into_the_first_bucket_whose_bound_holds_them() {
+        let h = Histogram::default();
+        h.observe_ms([0, 5, 6, 250, 251, 70_000, -3]);
+        let cumulative = h.cumulative();
+        assert_eq!(cumulative.len(), DELAY_BOUNDS_MS.len() + 1);
+        assert_eq!(
+            cumulative[0], 3,
+            "0, 5 and the negative one are at most 5 ms"
+        );
+        assert_eq!(cumulative[1], 4, "6 ms within 10");
+        assert_eq!(cumulative[5], 5, "250 ms within 250");
+        assert_eq!(cumulative[6], 6, "251 ms within 500");
+        assert_eq!(cumulative[11], 6, "nothing else within a minute");
+        assert_eq!(cumulative[12], 7, "70 s above every bound");
+        assert_eq!(h.count(), 7);
+        assert_eq!(h.sum_ms(), 5 + 6 + 250 + 251 + 70_000);
+    }
 }

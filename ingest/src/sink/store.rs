@@ -108,6 +108,10 @@ impl StoreSink {
         if !*personal_done {
             let personal = self.store.write_batch_upto(&batch.personal, upto)?;
             *personal_done = true;
+            let now = jiff::Timestamp::now().as_millisecond();
+            self.stats
+                .store_delay
+                .observe_ms(batch.personal.iter().map(|o| now - o.received_ms));
             self.stats
                 .observations_stored
                 .fetch_add(personal.inserted as u64, Ordering::Relaxed);
