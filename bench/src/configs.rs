@@ -101,6 +101,16 @@ require_consent = true
     text
 }
 
+/// The operator who reads kenko's `/metrics` in a run with the HTTP API.
+pub const OPERATOR: &str = "bench-operator";
+
+/// kenko's HTTP API on loopback and an operator with the fleet's password.
+pub fn kenko_http(port: u16, password_hash: &str) -> String {
+    format!(
+        "\n[http]\nlisten = \"127.0.0.1:{port}\"\n\n[[principals]]\nid = \"{OPERATOR}\"\nroles = [\"operator\"]\npassword_hash = \"{password_hash}\"\n"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

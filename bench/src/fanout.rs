@@ -56,6 +56,7 @@ async fn run_once(args: &FanOutArgs, lab: &mut Lab, system: System) -> anyhow::R
     let setup = Setup {
         devices: 1,
         max_connections: args.subscribers + 10,
+        http: false,
     };
     let hub = lab.start(system, &setup).await?;
     let outcome = drive(args, hub.port).await?;

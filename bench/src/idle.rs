@@ -33,6 +33,7 @@ async fn run_once(args: &IdleArgs, lab: &mut Lab, system: System) -> anyhow::Res
     let setup = Setup {
         devices: 1,
         max_connections: args.connections + 10,
+        http: false,
     };
     let hub = lab.start(system, &setup).await?;
     tokio::time::sleep(SETTLE).await;

@@ -13,7 +13,7 @@ use crate::report::Samples;
 use crate::systems::{Lab, Setup, System};
 
 /// The silence after which a client counts as failed.
-const SILENCE: Duration = Duration::from_secs(60);
+pub const SILENCE: Duration = Duration::from_secs(60);
 
 #[derive(clap::Args, Clone)]
 pub struct FanInArgs {
@@ -56,6 +56,7 @@ async fn run_once(args: &FanInArgs, lab: &mut Lab, system: System) -> anyhow::Re
     let setup = Setup {
         devices: args.clients,
         max_connections: args.clients + 10,
+        http: false,
     };
     let hub = lab.start(system, &setup).await?;
     let outcome = drive(args, hub.port, system, lab.password()).await;
@@ -164,7 +165,7 @@ pub fn bed_json(n: u64, base_ms: i64, size: usize) -> Vec<u8> {
     text.into_bytes()
 }
 
-fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

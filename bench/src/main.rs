@@ -4,6 +4,7 @@
 mod configs;
 mod fanout;
 mod idle;
+mod latency;
 mod limits;
 mod load;
 mod memory;
@@ -58,6 +59,8 @@ enum Command {
     Idle(idle::IdleArgs),
     /// RSS of one hub across repeated fan-in loads, each followed by an idle pause
     Memory(memory::MemoryArgs),
+    /// kenko only: receive-to-queryable delay at a share of the maximum durable rate
+    Latency(latency::LatencyArgs),
 }
 
 impl Command {
@@ -68,12 +71,16 @@ impl Command {
             Command::FanOut(args) => args.subscribers + 1,
             Command::Idle(args) => args.connections,
             Command::Memory(args) => args.load.clients,
+            Command::Latency(args) => args.clients,
         }
     }
 
     /// The systems this subcommand runs: the ones asked for, or its default set. Only
-    /// fan-in and memory have a kenko-ingest system (`--ingest`).
+    /// fan-in and memory have a kenko-ingest system (`--ingest`); latency has only that.
     fn systems(&self, asked: &[System]) -> Vec<System> {
+        if matches!(self, Command::Latency(_)) {
+            return vec![System::KenkoIngest];
+        }
         let ingest = match self {
             Command::FanIn(args) => args.ingest,
             Command::Memory(args) => args.load.ingest,
@@ -135,6 +142,7 @@ async fn run(command: &Command, lab: &mut Lab, systems: &[System]) -> anyhow::Re
         Command::FanOut(args) => fanout::run(args, lab, systems).await,
         Command::Idle(args) => idle::run(args, lab, systems).await,
         Command::Memory(args) => memory::run(args, lab, systems).await,
+        Command::Latency(args) => latency::run(args, lab).await,
     }
 }
 

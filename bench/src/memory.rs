@@ -34,6 +34,7 @@ async fn run_system(args: &MemoryArgs, lab: &mut Lab, system: System) -> anyhow:
     let setup = Setup {
         devices: args.load.clients,
         max_connections: args.load.clients + 10,
+        http: false,
     };
     let hub = lab.start(system, &setup).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;

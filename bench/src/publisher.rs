@@ -55,3 +55,44 @@ async fn count_pubacks(conn: &mut Conn, wait: Duration) -> anyhow::Result<u64> {
     }
     Ok(acks)
 }
+
+/// How often a paced publisher looks whether more messages are due.
+const TICK: Duration = Duration::from_millis(10);
+
+/// Publishes `msgs` messages at `per_s` a second: every [`TICK`], what has come due since
+/// goes out as [`publish_all`] sends it (at most `inflight` unacknowledged).
+pub async fn publish_paced(
+    conn: &mut Conn,
+    topic: &str,
+    msgs: u64,
+    inflight: u64,
+    per_s: f64,
+    wait: Duration,
+    mut payload: impl FnMut(u64) -> Vec<u8>,
+) -> Published {
+    let started = tokio::time::Instant::now();
+    let mut done = 0u64;
+    while done < msgs {
+        let due = ((started.elapsed().as_secs_f64() * per_s) as u64 + 1).min(msgs);
+        if due <= done {
+            tokio::time::sleep(TICK).await;
+            continue;
+        }
+        let from = done;
+        let burst = publish_all(conn, topic, due - done, inflight, wait, |n| {
+            payload(from + n)
+        })
+        .await;
+        done += burst.acked;
+        if burst.error.is_some() {
+            return Published {
+                acked: done,
+                error: burst.error,
+            };
+        }
+    }
+    Published {
+        acked: done,
+        error: None,
+    }
+}

@@ -89,6 +89,9 @@ pub struct Setup {
     pub devices: usize,
     /// Connections the hub must accept at once.
     pub max_connections: usize,
+    /// kenko only: also serve the HTTP API, with an operator `bench-operator` who has the
+    /// fleet's password (to read `/metrics`).
+    pub http: bool,
 }
 
 /// The shared password of kenko's bench devices and its hash, made once by the kenko binary
@@ -128,10 +131,17 @@ impl Lab {
             .workdir
             .subdir(&format!("{:03}-{}", self.runs, system.name()))?;
         let port = free_port()?;
+        let http_port = match setup.http && system.is_kenko() {
+            true => Some(free_port()?),
+            false => None,
+        };
         let mut command = match system {
             System::Mosquitto => self.mosquitto_command(&dir, port)?,
             System::Rumqttd => self.rumqttd_command(&dir, port, setup)?,
-            _ => self.kenko_command(system, &dir, port, setup).await?,
+            _ => {
+                self.kenko_command(system, &dir, port, http_port, setup)
+                    .await?
+            }
         };
         let log_path = dir.join("hub.log");
         let log = std::fs::File::create(&log_path)?;
@@ -146,6 +156,7 @@ impl Lab {
         let mut hub = Hub {
             system,
             port,
+            http_port,
             child,
             log: log_path,
             data_dir: dir.join("data"),
@@ -176,11 +187,15 @@ impl Lab {
         system: System,
         dir: &Path,
         port: u16,
+        http_port: Option<u16>,
         setup: &Setup,
     ) -> anyhow::Result<Command> {
         let hash = self.fleet_hash().await?;
         let config = dir.join("kenko.toml");
-        let text = configs::kenko(setup.devices, &hash, setup.max_connections + 10);
+        let mut text = configs::kenko(setup.devices, &hash, setup.max_connections + 10);
+        if let Some(http_port) = http_port {
+            text.push_str(&configs::kenko_http(http_port, &hash));
+        }
         std::fs::write(&config, text)?;
         std::fs::write(dir.join("acl.toml"), configs::KENKO_ACL)?;
         let data_dir = dir.join("data");
@@ -291,6 +306,8 @@ impl Memory {
 pub struct Hub {
     pub system: System,
     pub port: u16,
+    /// The HTTP API's port, when the run asked for it ([`Setup::http`]).
+    pub http_port: Option<u16>,
     child: Child,
     log: PathBuf,
     pub data_dir: PathBuf,
