@@ -11,6 +11,12 @@
 //! The writer is a plain thread because file and SQLite calls block; the queue is bounded,
 //! so when the writer falls behind (or the disk is failing) publishers are pushed back
 //! instead of data being dropped.
+//!
+//! The writer's work is split by job: this file takes batches off the queue, decodes and
+//! answers them; `consent_routing` decides what of a message may be kept and what goes to
+//! the shared store; `log_stage` appends, fsyncs, waits for room and releases segments;
+//! `answers` records dead letters and publishes errors and live copies; `replay` runs
+//! `kenko deadletter replay` requests.
 
 use std::ops::Range;
 use std::path::Path;
@@ -22,27 +28,29 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use kenko_config::{Config, InfluxConfig, IngestConfig, ProfileConfig, WalConfig, WindowsConfig};
 use kenko_devices::{Metric, Profiles, Registry};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info};
 
-use crate::backoff::Backoff;
-use crate::consent::{
-    ConsentBook, ConsentRegistry, ConsentView, ConsentWatcher, Consents, Purpose, HUB,
-};
+use crate::consent::{ConsentBook, ConsentRegistry, ConsentView, ConsentWatcher};
 use crate::deadletter::{DeadLetter, DeadLetterStore};
 use crate::decode::{self, Context, RejectCode, Rejection, TimeLimits, Zones};
 use crate::file_guard::{FileFault, FileGuard, Health};
-use crate::rebuild::{self, RebuildError};
-use crate::windows::WindowJob;
-
-/// The profile of messages that say they are protobuf.
-pub const PROTOBUF_PROFILE: &str = "kenko-pb-v1";
 use crate::influx::{InfluxError, InfluxSink};
 use crate::observation::Observation;
 use crate::pseudonym::Pseudonymizer;
-use crate::sink::{self, Cursor, Driver, Durable, Progress, StoreSink};
+use crate::rebuild::{self, RebuildError};
+use crate::sink::{Cursor, Driver, Durable, Progress, StoreSink};
 use crate::stats::IngestStats;
 use crate::store::{PersonalStore, StoreError};
 use crate::wal::{self, Recovery, Wal, WalError, WalOptions};
+use crate::windows::WindowJob;
+
+mod answers;
+mod consent_routing;
+mod log_stage;
+mod replay;
+
+/// The profile of messages that say they are protobuf.
+pub const PROTOBUF_PROFILE: &str = "kenko-pb-v1";
 
 /// Why the pipeline could not start.
 #[derive(Debug, thiserror::Error)]
@@ -527,116 +535,6 @@ impl Writer {
         }
     }
 
-    /// Deletes log segments every sink has passed.
-    fn release_segments(&mut self) {
-        if let Some(oldest) = self.progress.iter().map(|p| p.get()).min() {
-            if let Err(e) = self.wal.release_before(oldest) {
-                error!(error = %e, "cannot delete a write-ahead log segment the sinks have passed");
-            }
-        }
-        self.stats
-            .wal_bytes
-            .store(self.wal.used_bytes(), Ordering::Relaxed);
-    }
-
-    /// `rejection`, or a no-consent refusal if the device's citizen lets the hub collect
-    /// nothing (or asked for erasure since): then nothing of the message is kept.
-    fn without_consent(
-        &self,
-        consents: &Consents,
-        sub: &Submission,
-        rejection: Rejection,
-    ) -> Rejection {
-        let Some(device) = self.registry.get(&sub.device) else {
-            return rejection; // unknown device: no citizen to ask
-        };
-        let citizen = &*device.citizen;
-        if consents.permits_any(citizen, HUB, Purpose::Collect, sub.received_ms)
-            && !consents.erased_after(citizen, sub.received_ms)
-        {
-            return rejection;
-        }
-        self.stats
-            .refused_no_consent
-            .fetch_add(1, Ordering::Relaxed);
-        no_consent()
-    }
-
-    /// Pseudonymized copies of the observations whose citizen's research consent, in force
-    /// when the message was received, covers their time.
-    fn share(
-        &mut self,
-        consents: &Consents,
-        observations: &[Observation],
-        received_ms: i64,
-        out: &mut Vec<Observation>,
-    ) {
-        for o in observations {
-            if !consents.permits(
-                &o.citizen,
-                HUB,
-                Purpose::Research,
-                o.metric.name(),
-                o.time_ms,
-                received_ms,
-            ) {
-                continue;
-            }
-            match self.pseudonyms.pseudonym(&o.citizen) {
-                Ok(pseudonym) => out.push(Observation {
-                    citizen: pseudonym,
-                    device: self.anonymous_device.clone(),
-                    ..o.clone()
-                }),
-                Err(e) => {
-                    // The identified observation is stored; only its research copy is missing.
-                    self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
-                    error!(error = %e, "cannot make a pseudonym; research copy not written");
-                }
-            }
-        }
-    }
-
-    /// Keeps the observations from `start` on that their citizen lets the hub collect (the
-    /// collect consent in force when the message was received covers their time); counts
-    /// the rest. `Err` if nothing of the message may be kept.
-    fn filter_consent(
-        &self,
-        consents: &Consents,
-        out: &mut Vec<Observation>,
-        start: usize,
-        received_ms: i64,
-    ) -> Result<(), Rejection> {
-        let before = out.len() - start;
-        let mut kept = start;
-        for i in start..out.len() {
-            let o = &out[i];
-            let collect = consents.permits(
-                &o.citizen,
-                HUB,
-                Purpose::Collect,
-                o.metric.name(),
-                o.time_ms,
-                received_ms,
-            );
-            if collect && !consents.erased_after(&o.citizen, received_ms) {
-                out.swap(kept, i);
-                kept += 1;
-            }
-        }
-        out.truncate(kept);
-        let refused = before - (kept - start);
-        if refused > 0 {
-            self.stats
-                .refused_no_consent
-                .fetch_add(refused as u64, Ordering::Relaxed);
-        }
-        if refused > 0 && kept == start {
-            return Err(no_consent());
-        }
-        Ok(())
-    }
-
     fn process(&mut self, batch: &mut Batch) {
         // Before anything of the batch is decided: a registry.db lost under the hub would
         // also have taken the devices and consents the batch is judged by.
@@ -748,282 +646,6 @@ impl Writer {
         }
     }
 
-    /// Appends each accepted message's observations to the log as one record and makes
-    /// them durable with one fsync. A message that does not fit while the log is full is
-    /// refused with [`RejectCode::LogFull`] if its client can be told so; otherwise the
-    /// writer waits for the sinks to make room (the queue fills and pushes back).
-    fn log(&mut self, batch: &mut Batch) {
-        let mut appended = Vec::new();
-        for i in 0..batch.submissions.len() {
-            if batch.verdicts[i].is_err() {
-                continue;
-            }
-            let (personal, shared) = batch.spans[i].clone();
-            if personal.is_empty() && shared.is_empty() {
-                continue;
-            }
-            sink::encode(
-                &batch.observations[personal.clone()],
-                &batch.shared[shared],
-                &mut self.record,
-            );
-            if self.record.len() > wal::MAX_RECORD {
-                batch.verdicts[i] = Err(Rejection {
-                    code: RejectCode::TooManyReadings,
-                    message: format!(
-                        "{} readings in one message are more than one log record holds ({} bytes); send them in several messages",
-                        personal.len(),
-                        wal::MAX_RECORD
-                    ),
-                });
-                continue;
-            }
-            let refusable = batch.submissions[i]
-                .reply
-                .as_ref()
-                .is_some_and(|r| r.refusable);
-            if !self.make_room(refusable) {
-                self.stats.refused_log_full.fetch_add(1, Ordering::Relaxed);
-                batch.verdicts[i] = Err(log_full());
-                continue;
-            }
-            if !self.append() {
-                batch.verdicts[i] = Err(log_full());
-                continue;
-            }
-            self.stats
-                .observations_logged
-                .fetch_add(personal.len() as u64, Ordering::Relaxed);
-            appended.push(i);
-        }
-        if !appended.is_empty() && !self.sync() {
-            for i in appended {
-                batch.verdicts[i] = Err(log_full());
-            }
-        }
-    }
-
-    /// Holds the batch while a store file is missing, replaced or truncated: nothing more is
-    /// acknowledged into a file no one will read (the batch before this check is the last).
-    /// A stopping hub gives up waiting (its connections are gone).
-    fn wait_for_sound_stores(&mut self) {
-        while !self.health.check(&self.guards) {
-            if self.rx.is_disconnected() {
-                return;
-            }
-            thread::sleep(IDLE_CHECK);
-        }
-    }
-
-    /// `true` once the log has room for `self.record`; `false` if it is full and the client
-    /// can be refused, or the hub is stopping.
-    fn make_room(&mut self, refusable: bool) -> bool {
-        loop {
-            if self.wal.has_room(self.record.len()) {
-                if let Some(since) = self.full_since.take() {
-                    self.stats.wal_full.store(0, Ordering::Relaxed);
-                    info!(
-                        after_ms = since.elapsed().as_millis() as u64,
-                        "write-ahead log has room again; acknowledging resumes"
-                    );
-                }
-                return true;
-            }
-            if self.full_since.is_none() {
-                self.full_since = Some(Instant::now());
-                self.stats.wal_full.store(1, Ordering::Relaxed);
-                self.stats.wal_full_episodes.fetch_add(1, Ordering::Relaxed);
-                let slowest = self
-                    .progress
-                    .iter()
-                    .min_by_key(|p| p.get())
-                    .map_or("none", |p| p.name);
-                warn!(
-                    used = self.wal.used_bytes(),
-                    slowest_sink = slowest,
-                    "write-ahead log full: withholding acknowledgements (MQTT 5: 0x97) until the sinks catch up; nothing is dropped"
-                );
-            }
-            if refusable || self.rx.is_disconnected() {
-                return false;
-            }
-            // What is appended already becomes durable, and its sinks can move on.
-            self.sync();
-            self.refuse_queued();
-            thread::sleep(ROOM_CHECK);
-            self.release_segments();
-        }
-    }
-
-    /// While the writer waits for room: answers queued messages whose clients can be told
-    /// "not now" (0x97) at once, and holds the rest, in order, up to the queue's size (then
-    /// the queue fills and pushes back).
-    fn refuse_queued(&mut self) {
-        while self.held.len() < self.config.queue {
-            let Ok(sub) = self.rx.try_recv() else { return };
-            match sub.reply {
-                Some(reply) if reply.refusable => {
-                    self.stats.refused_log_full.fetch_add(1, Ordering::Relaxed);
-                    let _ = reply.to.send(Outcome {
-                        token: reply.token,
-                        verdict: Err(log_full()),
-                    });
-                }
-                reply => self.held.push_back(Submission { reply, ..sub }),
-            }
-        }
-    }
-
-    /// Appends `self.record`, retrying while the disk fails; `false` if the hub is stopping
-    /// and the disk still fails.
-    fn append(&mut self) -> bool {
-        let record = std::mem::take(&mut self.record);
-        let appended = self.retry_wal(|wal| wal.append(&record).map(drop));
-        self.record = record;
-        appended
-    }
-
-    /// Writes and fsyncs what is appended, retrying while the disk fails; `false` if the
-    /// hub is stopping and the disk still fails.
-    fn sync(&mut self) -> bool {
-        let synced = self.retry_wal(Wal::sync);
-        if synced {
-            self.durable.advance(self.wal.end());
-        }
-        synced
-    }
-
-    /// Runs a log operation until it succeeds, holding acknowledgements meanwhile; `false`
-    /// if the hub has been stopping for [`STOP_GRACE`] and the disk still fails.
-    fn retry_wal(&mut self, mut operation: impl FnMut(&mut Wal) -> Result<(), WalError>) -> bool {
-        let mut backoff = Backoff::default();
-        loop {
-            match operation(&mut self.wal) {
-                Ok(()) => {
-                    if let Some(after) = backoff.succeeded() {
-                        info!(
-                            after_ms = after.as_millis() as u64,
-                            "the write-ahead log accepts writes again (the disk recovered); acknowledging resumes"
-                        );
-                    }
-                    return true;
-                }
-                Err(error) => {
-                    backoff.failed();
-                    self.stats.wal_errors.fetch_add(1, Ordering::Relaxed);
-                    error!(%error, retry_in_ms = backoff.next_wait().as_millis() as u64,
-                        "cannot write the write-ahead log; holding acknowledgements and retrying");
-                    if backoff.give_up(self.rx.is_disconnected(), STOP_GRACE) {
-                        return false;
-                    }
-                    backoff.wait();
-                }
-            }
-        }
-    }
-
-    /// Carries out `kenko deadletter replay` requests: the selected letters go through the
-    /// pipeline again as they were received; stored ones leave the dead letters, refused
-    /// ones stay with their new reason.
-    fn replay_if_asked(&mut self) {
-        if self.replay_checked.elapsed() < IDLE_CHECK {
-            return;
-        }
-        self.replay_checked = Instant::now();
-        let requests = match self.dead.replay_requests(None) {
-            Ok(r) => r,
-            Err(e) => {
-                error!(error = %e, "cannot read dead-letter replay requests; will retry");
-                return;
-            }
-        };
-        for mut request in requests {
-            let letters = match self.dead.select(&request.selection, usize::MAX) {
-                Ok(l) => l,
-                Err(e) => {
-                    error!(error = %e, "cannot read dead letters to replay; will retry");
-                    return;
-                }
-            };
-            // Only device messages can go through the pipeline again.
-            let (letters, skipped): (Vec<_>, Vec<_>) = letters
-                .into_iter()
-                .partition(|(_, l)| l.device.is_some() && l.topic.starts_with("devices/"));
-            request.skipped = skipped.len() as u64;
-            let (to, verdicts) = flume::unbounded();
-            let (mut stored, mut refused, mut forget) = (Vec::new(), Vec::new(), Vec::new());
-            for chunk in letters.chunks(self.config.batch_max) {
-                let mut batch = Batch::default();
-                for (i, (_, letter)) in chunk.iter().enumerate() {
-                    batch.submissions.push(Submission {
-                        client_id: Arc::from(letter.client_id.as_str()),
-                        device: letter.device.clone().unwrap_or_default().into(),
-                        payload: Bytes::from(letter.payload.clone()),
-                        received_ms: letter.received_ms,
-                        reply: Some(Reply {
-                            to: to.clone(),
-                            token: i as u32,
-                            refusable: false,
-                        }),
-                        protobuf: letter.topic.ends_with("/pb"),
-                        origin: Origin::Replay,
-                    });
-                }
-                self.process(&mut batch);
-                while let Ok(outcome) = verdicts.try_recv() {
-                    let id = chunk[outcome.token as usize].0;
-                    match outcome.verdict {
-                        Ok(()) => stored.push(id),
-                        // Its citizen no longer lets the hub keep it: not even as a letter.
-                        Err(r) if r.code == RejectCode::NoConsent => forget.push(id),
-                        // The hub is stopping with a full log: the letter stays as it was.
-                        Err(r) if r.code == RejectCode::LogFull => {}
-                        Err(r) => refused.push((id, r.code.as_str().to_owned(), r.message)),
-                    }
-                }
-            }
-            let now = jiff::Timestamp::now().as_millisecond();
-            match self
-                .dead
-                .finish_replay(&request, &stored, &refused, &forget, now)
-            {
-                Ok(()) => info!(
-                    request = request.id,
-                    replayed = stored.len(),
-                    refused = refused.len() + forget.len(),
-                    skipped = request.skipped,
-                    "dead letters replayed"
-                ),
-                // Stored ones are stored; a second run stores nothing twice.
-                Err(e) => {
-                    error!(error = %e, "dead letters replayed but not settled; the request runs again")
-                }
-            }
-        }
-    }
-
-    /// Records dead letters; while their store fails, retries with backoff, so nothing is
-    /// answered before its letter is durable.
-    fn record_dead_letters(&mut self, letters: &[DeadLetter]) {
-        if letters.is_empty() {
-            return;
-        }
-        let mut backoff = Backoff::default();
-        while let Err(e) = self.dead.record(letters) {
-            backoff.failed();
-            self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
-            error!(error = %e, letters = letters.len(), retry_in_ms = backoff.next_wait().as_millis() as u64,
-                "cannot record dead letters; holding acknowledgements and retrying");
-            backoff.wait();
-        }
-        if let Some(after) = backoff.succeeded() {
-            info!(
-                after_ms = after.as_millis() as u64,
-                "dead letters recorded again; acknowledging resumes"
-            );
-        }
-    }
-
     fn decode(&self, sub: &Submission, out: &mut Vec<Observation>) -> Result<(), Rejection> {
         let Some(device) = self.registry.get(&sub.device) else {
             return Err(Rejection {
@@ -1076,76 +698,6 @@ impl Writer {
             None => decode::decode(&ctx, &sub.payload, out),
         }
     }
-
-    fn publish(&self, topic: String, payload: Vec<u8>, event_ms: Option<i64>) {
-        let Some(notices) = &self.notices else { return };
-        let notice = Notice {
-            topic,
-            payload: Bytes::from(payload),
-            event_ms,
-        };
-        if notices.try_send(notice).is_err() {
-            // The data itself is stored or dead-lettered; only the live copy is lost.
-            let dropped = self.stats.notices_dropped.fetch_add(1, Ordering::Relaxed);
-            if dropped.is_multiple_of(1000) {
-                warn!(
-                    dropped = dropped + 1,
-                    "hub publish queue full; live notices dropped"
-                );
-            }
-        }
-    }
-
-    fn notify_error(&self, sub: &Submission, rejection: &Rejection) {
-        let body = serde_json::json!({
-            "time": format_ms(sub.received_ms),
-            "topic": format!("devices/{}/telemetry", sub.device),
-            "code": rejection.code.as_str(),
-            "reason": rejection.message,
-        });
-        self.publish(
-            format!("devices/{}/errors", sub.device),
-            body.to_string().into_bytes(),
-            None,
-        );
-    }
-
-    fn republish(&self, observations: &[Observation]) {
-        for obs in observations {
-            let body = serde_json::json!({
-                "time": format_ms(obs.time_ms),
-                "device": &*obs.device,
-                "metric": obs.metric.name(),
-                "value": obs.value,
-                "unit": obs.metric.unit(),
-                "flags": obs.flags,
-            });
-            self.publish(
-                format!(
-                    "citizens/{}/observations/{}",
-                    obs.citizen,
-                    obs.metric.name()
-                ),
-                body.to_string().into_bytes(),
-                Some(obs.time_ms),
-            );
-        }
-    }
-}
-
-fn log_full() -> Rejection {
-    Rejection {
-        code: RejectCode::LogFull,
-        message: "the hub's write-ahead log is full; send this message again later".into(),
-    }
-}
-
-fn no_consent() -> Rejection {
-    Rejection {
-        code: RejectCode::NoConsent,
-        message: "the citizen has not consented to the collection of this data; nothing was stored"
-            .into(),
-    }
 }
 
 #[cfg(test)]
@@ -1153,14 +705,10 @@ fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
-fn format_ms(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consent::ConsentChange;
+    use crate::consent::{ConsentChange, Purpose, HUB};
     use kenko_devices::registry::demo_devices;
 
     fn submission(

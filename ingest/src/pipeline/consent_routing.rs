@@ -1,0 +1,119 @@
+//! The writer's consent routing: which observations of a message the hub may keep, and
+//! which pseudonymized copies go to the shared store.
+
+use std::sync::atomic::Ordering;
+
+use tracing::error;
+
+use super::{Submission, Writer};
+use crate::consent::{Consents, Purpose, HUB};
+use crate::decode::{RejectCode, Rejection};
+use crate::observation::Observation;
+
+impl Writer {
+    /// `rejection`, or a no-consent refusal if the device's citizen lets the hub collect
+    /// nothing (or asked for erasure since): then nothing of the message is kept.
+    pub(super) fn without_consent(
+        &self,
+        consents: &Consents,
+        sub: &Submission,
+        rejection: Rejection,
+    ) -> Rejection {
+        let Some(device) = self.registry.get(&sub.device) else {
+            return rejection; // unknown device: no citizen to ask
+        };
+        let citizen = &*device.citizen;
+        if consents.permits_any(citizen, HUB, Purpose::Collect, sub.received_ms)
+            && !consents.erased_after(citizen, sub.received_ms)
+        {
+            return rejection;
+        }
+        self.stats
+            .refused_no_consent
+            .fetch_add(1, Ordering::Relaxed);
+        no_consent()
+    }
+
+    /// Pseudonymized copies of the observations whose citizen's research consent, in force
+    /// when the message was received, covers their time.
+    pub(super) fn share(
+        &mut self,
+        consents: &Consents,
+        observations: &[Observation],
+        received_ms: i64,
+        out: &mut Vec<Observation>,
+    ) {
+        for o in observations {
+            if !consents.permits(
+                &o.citizen,
+                HUB,
+                Purpose::Research,
+                o.metric.name(),
+                o.time_ms,
+                received_ms,
+            ) {
+                continue;
+            }
+            match self.pseudonyms.pseudonym(&o.citizen) {
+                Ok(pseudonym) => out.push(Observation {
+                    citizen: pseudonym,
+                    device: self.anonymous_device.clone(),
+                    ..o.clone()
+                }),
+                Err(e) => {
+                    // The identified observation is stored; only its research copy is missing.
+                    self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                    error!(error = %e, "cannot make a pseudonym; research copy not written");
+                }
+            }
+        }
+    }
+
+    /// Keeps the observations from `start` on that their citizen lets the hub collect (the
+    /// collect consent in force when the message was received covers their time); counts
+    /// the rest. `Err` if nothing of the message may be kept.
+    pub(super) fn filter_consent(
+        &self,
+        consents: &Consents,
+        out: &mut Vec<Observation>,
+        start: usize,
+        received_ms: i64,
+    ) -> Result<(), Rejection> {
+        let before = out.len() - start;
+        let mut kept = start;
+        for i in start..out.len() {
+            let o = &out[i];
+            let collect = consents.permits(
+                &o.citizen,
+                HUB,
+                Purpose::Collect,
+                o.metric.name(),
+                o.time_ms,
+                received_ms,
+            );
+            if collect && !consents.erased_after(&o.citizen, received_ms) {
+                out.swap(kept, i);
+                kept += 1;
+            }
+        }
+        out.truncate(kept);
+        let refused = before - (kept - start);
+        if refused > 0 {
+            self.stats
+                .refused_no_consent
+                .fetch_add(refused as u64, Ordering::Relaxed);
+        }
+        if refused > 0 && kept == start {
+            return Err(no_consent());
+        }
+        Ok(())
+    }
+}
+
+fn no_consent() -> Rejection {
+    Rejection {
+        code: RejectCode::NoConsent,
+        message: "the citizen has not consented to the collection of this data; nothing was stored"
+            .into(),
+    }
+}
