@@ -207,13 +207,6 @@ fn consents_over_http_decide_who_reads_what() -> anyhow::Result<()> {
     hub.terminate()
 }
 
-/// The value of the metrics line that starts with `prefix` (name and labels).
-fn sample(body: &str, prefix: &str) -> f64 {
-    body.lines()
-        .find_map(|l| l.strip_prefix(prefix)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{prefix} missing from:\n{body}"))
-}
-
 #[test]
 fn metrics_show_how_long_stored_observations_took_to_become_queryable() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -227,14 +220,20 @@ fn metrics_show_how_long_stored_observations_took_to_become_queryable() -> anyho
     let (status, body) = common::http_text(api, "GET", "/metrics", Some("ops"), None)?;
     assert_eq!(status, 200, "{body}");
     let name = "kenko_ingest_store_delay_seconds";
-    let count = sample(&body, &format!("{name}_count"));
-    let stored = sample(&body, "kenko_ingest_observations_stored_total");
+    let count = common::metric(&body, &format!("{name}_count"));
+    let stored = common::metric(&body, "kenko_ingest_observations_stored_total");
     assert_eq!(count, 3.0, "one delay per stored observation:\n{body}");
     assert_eq!(stored, 3.0);
-    assert_eq!(sample(&body, &format!("{name}_bucket{{le=\"+Inf\"}}")), 3.0);
+    assert_eq!(
+        common::metric(&body, &format!("{name}_bucket{{le=\"+Inf\"}}")),
+        3.0
+    );
     // Stored by a hub that is not loaded: within a minute, and not in no time at all.
-    assert_eq!(sample(&body, &format!("{name}_bucket{{le=\"60\"}}")), 3.0);
-    let sum = sample(&body, &format!("{name}_sum"));
+    assert_eq!(
+        common::metric(&body, &format!("{name}_bucket{{le=\"60\"}}")),
+        3.0
+    );
+    let sum = common::metric(&body, &format!("{name}_sum"));
     assert!(sum > 0.0 && sum < 180.0, "{sum}");
     hub.terminate()
 }

@@ -71,9 +71,7 @@ fn metrics(addr: SocketAddr, principal: Option<&str>) -> anyhow::Result<(u16, St
 
 /// The value of counter `name` in a metrics body.
 fn counter(body: &str, name: &str) -> u64 {
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from:\n{body}"))
+    common::metric(body, name) as u64
 }
 
 #[test]

@@ -341,6 +341,13 @@ pub fn http(
     Ok((status, json))
 }
 
+/// The value of the `/metrics` sample whose name (with labels) is `prefix`.
+pub fn metric(body: &str, prefix: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(prefix)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{prefix} missing from:\n{body}"))
+}
+
 /// As [`http`], with the response body as text (`/metrics`, `/readyz`).
 pub fn http_text(
     addr: SocketAddr,

@@ -271,6 +271,21 @@ mod tests {
         )
     }
 
+    /// `citizen` withdraws collection and asks for erasure.
+    fn erasure_of(citizen: &str) -> ConsentChange {
+        ConsentChange {
+            citizen: citizen.into(),
+            grantee: HUB.into(),
+            purpose: Purpose::Collect,
+            data_types: Vec::new(),
+            valid_from_ms: None,
+            valid_until_ms: None,
+            source: "test".into(),
+            granted: false,
+            erase: true,
+        }
+    }
+
     fn recorder(max: usize, give_up: bool) -> (Recorder, Written) {
         let written = Written::default();
         let sink = Recorder {
@@ -310,17 +325,6 @@ mod tests {
     #[test]
     fn observations_received_before_their_citizens_erasure_are_left_out_and_counted() {
         let dir = tempfile::tempdir().expect("dir");
-        let erase = ConsentChange {
-            citizen: "c1".into(),
-            grantee: HUB.into(),
-            purpose: Purpose::Collect,
-            data_types: Vec::new(),
-            valid_from_ms: None,
-            valid_until_ms: None,
-            source: "test".into(),
-            granted: false,
-            erase: true,
-        };
         let record = (
             vec![
                 observation("c1", 500),
@@ -330,7 +334,7 @@ mod tests {
             vec![observation("p-1", 500)],
         );
         let (sink, written) = recorder(100, false);
-        let (end, checkpoint) = drive(dir.path(), &[record], vec![erase], sink);
+        let (end, checkpoint) = drive(dir.path(), &[record], vec![erasure_of("c1")], sink);
         // c1's reading received before the request (at 1,000) goes; the later one stays.
         assert_eq!(written.lock().expect("lock").clone(), [(2, 1, 1)]);
         assert_eq!(checkpoint, end);
@@ -339,20 +343,9 @@ mod tests {
     #[test]
     fn a_record_with_nothing_left_to_write_is_still_passed_and_checkpointed() {
         let dir = tempfile::tempdir().expect("dir");
-        let erase = ConsentChange {
-            citizen: "c1".into(),
-            grantee: HUB.into(),
-            purpose: Purpose::Collect,
-            data_types: Vec::new(),
-            valid_from_ms: None,
-            valid_until_ms: None,
-            source: "test".into(),
-            granted: false,
-            erase: true,
-        };
         let record = (vec![observation("c1", 10)], Vec::new());
         let (sink, written) = recorder(100, false);
-        let (end, checkpoint) = drive(dir.path(), &[record], vec![erase], sink);
+        let (end, checkpoint) = drive(dir.path(), &[record], vec![erasure_of("c1")], sink);
         assert_eq!(written.lock().expect("lock").clone(), [(0, 0, 1)]);
         assert_eq!(checkpoint, end);
     }
