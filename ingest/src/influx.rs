@@ -168,7 +168,10 @@ fn classify_status(code: u16, text: &str) -> Failure {
 pub struct InfluxSink {
     client: influxdb2::Client,
     config: InfluxConfig,
-    runtime: tokio::runtime::Runtime,
+    /// Started by the first write, on the sink's thread: a runtime may not be dropped on a
+    /// thread of another one, which is where the hub builds the sink (and drops it if
+    /// something else fails to start).
+    runtime: Option<tokio::runtime::Runtime>,
     dead: DeadLetterStore,
     stats: Arc<IngestStats>,
 }
@@ -179,14 +182,10 @@ impl InfluxSink {
         dead: DeadLetterStore,
         stats: Arc<IngestStats>,
     ) -> Result<InfluxSink, InfluxError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| InfluxError::Client(format!("cannot start its runtime: {e}")))?;
         Ok(InfluxSink {
             client: client(config)?,
             config: config.clone(),
-            runtime,
+            runtime: None,
             dead,
             stats,
         })
@@ -246,13 +245,21 @@ impl InfluxSink {
     }
 
     /// One write request, within the configured timeout.
-    fn send(&self, bucket: &str, lines: &[Line]) -> Result<(), Failure> {
+    fn send(&mut self, bucket: &str, lines: &[Line]) -> Result<(), Failure> {
         let timeout = Duration::from_millis(self.config.timeout_ms);
-        self.runtime.block_on(async {
+        let runtime = match &mut self.runtime {
+            Some(runtime) => runtime,
+            slot @ None => slot.insert(
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| Failure::Retry(format!("cannot start the sink's runtime: {e}")))?,
+            ),
+        };
+        let client = &self.client;
+        runtime.block_on(async {
             let body = futures_util::stream::iter(lines.to_vec());
-            let write =
-                self.client
-                    .write_with_precision(bucket, body, TimestampPrecision::Milliseconds);
+            let write = client.write_with_precision(bucket, body, TimestampPrecision::Milliseconds);
             match tokio::time::timeout(timeout, write).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(classify(e)),
@@ -356,6 +363,31 @@ mod tests {
             render("kenko_research", &flagged, false),
             "kenko_research,pseudonym=p-1 heart_rate=301.5,heart_rate_flags=1i 1764049990000\n"
         );
+    }
+
+    /// The hub builds the sink on a runtime thread and drops it there if something else
+    /// fails to start: that must not panic, as dropping a runtime there would.
+    #[tokio::test]
+    async fn a_sink_built_and_dropped_on_a_runtime_thread_does_not_panic() {
+        let dir = tempfile::tempdir().expect("dir");
+        let config = InfluxConfig {
+            url: "http://127.0.0.1:9".into(),
+            org: "city".into(),
+            token_env: "KENKO_TEST_NO_SUCH_TOKEN".into(),
+            token_file: None,
+            bucket_personal: "personal".into(),
+            bucket_shared: "shared".into(),
+            measurement: "kenko".into(),
+            shared_measurement: "kenko_research".into(),
+            batch_max: 10,
+            batch_age_ms: 10,
+            timeout_ms: 100,
+            max_backoff_ms: 100,
+            gzip: false,
+        };
+        let dead = InfluxSink::dead_letters(dir.path()).expect("dead letters");
+        let sink = InfluxSink::new(&config, dead, Arc::default()).expect("sink");
+        drop(sink);
     }
 
     #[test]
