@@ -19,7 +19,7 @@ pub fn render(broker: &BrokerStats, ingest: &IngestStats) -> String {
     use Kind::{Counter, Gauge};
     let b = broker;
     let i = ingest;
-    let entries: [(&str, Kind, &str, &AtomicU64); 32] = [
+    let entries: [(&str, Kind, &str, &AtomicU64); 34] = [
         (
             "mqtt_connected_clients",
             Gauge,
@@ -211,6 +211,18 @@ pub fn render(broker: &BrokerStats, ingest: &IngestStats) -> String {
             Counter,
             "windowed outputs the pipeline refused",
             &i.windows_refused,
+        ),
+        (
+            "retention_folded_total",
+            Counter,
+            "raw observations folded into rollups past their retention",
+            &i.retention_folded,
+        ),
+        (
+            "retention_expired_total",
+            Counter,
+            "rollup rows deleted past their retention",
+            &i.retention_expired,
         ),
     ];
     let mut out = String::with_capacity(4096);

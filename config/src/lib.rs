@@ -11,9 +11,11 @@ use serde::{Deserialize, Serialize};
 pub mod acl;
 pub mod origin;
 pub mod profile;
+pub mod retention;
 
 pub use origin::{Entry, Origin};
 pub use profile::{FieldConfig, PayloadFormat, ProfileConfig, TimeFormat};
+pub use retention::{MetricRetention, Periods, RetentionConfig};
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +64,8 @@ pub struct Config {
     pub profiles: Vec<ProfileConfig>,
     /// Windowed outputs: sleep summaries and daily step totals.
     pub windows: WindowsConfig,
+    /// How long raw observations and their rollups are kept in the embedded store.
+    pub retention: RetentionConfig,
     /// Where the entries are in the file this configuration was read from (not a setting).
     #[serde(skip)]
     pub origin: Origin,
@@ -869,6 +873,9 @@ impl Config {
         if self.ingest.late_horizon_s == 0 {
             return invalid("ingest.late_horizon_s must be at least 1".into());
         }
+        self.retention
+            .check(self.ingest.late_horizon_s)
+            .or_else(invalid)?;
         if self.windows.sleep_day_start_hour > 23 {
             return invalid(format!(
                 "windows.sleep_day_start_hour is {}; it must be an hour from 0 to 23",

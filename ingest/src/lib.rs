@@ -12,6 +12,8 @@ pub mod pipeline;
 pub mod pseudonym;
 pub mod query;
 pub mod rebuild;
+pub mod retention;
+pub mod rollup;
 pub mod sink;
 pub mod stats;
 pub mod store;

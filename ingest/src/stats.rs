@@ -50,6 +50,10 @@ pub struct IngestStats {
     pub windows_computed: AtomicU64,
     /// Windowed outputs the pipeline refused (e.g. the citizen withdrew consent).
     pub windows_refused: AtomicU64,
+    /// Raw observations the retention job folded into rollups (and deleted).
+    pub retention_folded: AtomicU64,
+    /// Rollup rows the retention job deleted past their period.
+    pub retention_expired: AtomicU64,
     /// From the hub receiving an observation to the store sink committing it to
     /// `personal.db`, where queries see it.
     pub store_delay: Histogram,

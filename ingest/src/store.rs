@@ -15,6 +15,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::observation::Observation;
 use crate::query::{Agg, Query, Row};
+use crate::rollup;
 use crate::wal::Position;
 
 /// The page cache of a store opened for writing, in KiB. A batch's rows go in in key order,
@@ -23,8 +24,9 @@ use crate::wal::Position;
 /// would hold eight times the memory for as long as the hub runs.
 const WRITER_CACHE_KIB: u32 = 8 * 1024;
 
-/// Schema version kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+/// Schema version kept in `PRAGMA user_version`. 2: rollups, which an older kenko would
+/// leave out of its answers.
+const SCHEMA_VERSION: i64 = 2;
 
 pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS series (
@@ -44,6 +46,18 @@ CREATE TABLE IF NOT EXISTS observations (
     flags       INTEGER NOT NULL,
     PRIMARY KEY (series, time_ms)
 ) WITHOUT ROWID;
+-- Raw observations past their retention, folded into buckets of `width_ms` (1 minute and 1
+-- hour; see rollup.rs). An observation is either raw or in the rollups, never both.
+CREATE TABLE IF NOT EXISTS rollups (
+    series   INTEGER NOT NULL,
+    width_ms INTEGER NOT NULL,
+    start_ms INTEGER NOT NULL,
+    count    INTEGER NOT NULL,
+    min      REAL    NOT NULL,
+    max      REAL    NOT NULL,
+    sum      REAL    NOT NULL,
+    PRIMARY KEY (series, width_ms, start_ms)
+) WITHOUT ROWID;
 -- Series whose window inputs (bed occupancy, sleep stage, steps) changed since their
 -- windows were last computed, with the span of event times that changed; see windows.rs.
 CREATE TABLE IF NOT EXISTS window_dirty (
@@ -60,6 +74,29 @@ CREATE TABLE IF NOT EXISTS log_position (
     offset  INTEGER NOT NULL
 );
 ";
+
+/// Raw observations of the series `series` selects, in a time range. Parameters: ?1 to ?3
+/// as in [`series_filter`], ?4 from (inclusive), ?5 to (exclusive), ?6 limit.
+fn raw_query(series: &str) -> String {
+    format!(
+        "SELECT o.time_ms, s.citizen, s.device, o.value FROM series s
+         JOIN observations o ON o.series = s.id
+         WHERE {series} AND o.time_ms >= ?4 AND o.time_ms < ?5
+         ORDER BY o.time_ms, s.citizen, s.device LIMIT ?6"
+    )
+}
+
+/// The condition on `series` of a query of metric ?1, citizen ?2 and device ?3, naming only
+/// the ones given, so that SQLite can use the index that starts with them (a condition such
+/// as `?2 IS NULL OR citizen = ?2` can use none, and scans every series of the metric).
+fn series_filter(q: &Query) -> &'static str {
+    match (q.citizen.is_some(), q.device.is_some()) {
+        (true, true) => "metric = ?1 AND citizen = ?2 AND device = ?3",
+        (true, false) => "metric = ?1 AND citizen = ?2",
+        (false, true) => "metric = ?1 AND device = ?3",
+        (false, false) => "metric = ?1",
+    }
+}
 
 /// What went wrong with a store.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +145,9 @@ pub struct PersonalStore {
     series: HashMap<SeriesKey, i64>,
     /// Record which series feed windowed outputs (the personal store; not the shared one).
     track_windows: bool,
+    /// The file has the rollups table (one written by an older kenko, opened read-only,
+    /// has not).
+    has_rollups: bool,
 }
 
 impl PersonalStore {
@@ -119,6 +159,7 @@ impl PersonalStore {
             path: path.to_owned(),
             series: HashMap::new(),
             track_windows: false,
+            has_rollups: true,
         };
         // FULL: a committed batch survives power loss, because the broker acknowledges a
         // message as soon as its batch is committed.
@@ -137,11 +178,21 @@ impl PersonalStore {
     /// Opens an existing store for reading, alongside a hub that may be writing it.
     pub fn open_read_only(path: &Path) -> Result<PersonalStore, StoreError> {
         let conn = open_existing(path)?;
+        let has_rollups = conn
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'rollups'",
+                [],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(sqlite(path))?
+            .is_some();
         Ok(PersonalStore {
             conn,
             path: path.to_owned(),
             series: HashMap::new(),
             track_windows: false,
+            has_rollups,
         })
     }
 
@@ -173,11 +224,15 @@ impl PersonalStore {
                 params![citizen],
             )
             .map_err(sqlite(&path))?;
-        tx.execute(
-            "DELETE FROM window_dirty WHERE series IN (SELECT id FROM series WHERE citizen = ?1)",
-            params![citizen],
-        )
-        .map_err(sqlite(&path))?;
+        for table in ["window_dirty", "rollups"] {
+            tx.execute(
+                &format!(
+                    "DELETE FROM {table} WHERE series IN (SELECT id FROM series WHERE citizen = ?1)"
+                ),
+                params![citizen],
+            )
+            .map_err(sqlite(&path))?;
+        }
         tx.execute("DELETE FROM series WHERE citizen = ?1", params![citizen])
             .map_err(sqlite(&path))?;
         tx.commit().map_err(sqlite(&path))?;
@@ -354,50 +409,17 @@ impl PersonalStore {
         put_log_position(&self.conn, at).map_err(sqlite(&self.path))
     }
 
-    /// Raw rows, or bucketed aggregates when `every_ms` is set.
+    /// Raw rows, or bucketed aggregates when `every_ms` is set. Aggregates add what
+    /// retention folded into rollups to what is still raw (see `rollup.rs`).
     pub fn query(&self, q: &Query) -> Result<Vec<Row>, StoreError> {
         let from = q.from_ms.unwrap_or(i64::MIN);
         let to = q.to_ms.unwrap_or(i64::MAX);
         let limit = q.limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
-        let filter =
-            "s.metric = ?1 AND (?2 IS NULL OR s.citizen = ?2) AND (?3 IS NULL OR s.device = ?3)
-                      AND o.time_ms >= ?4 AND o.time_ms < ?5";
-        let (sql, every) = match q.every_ms {
-            None => (
-                format!(
-                    "SELECT o.time_ms, s.citizen, s.device, o.value FROM series s
-                     JOIN observations o ON o.series = s.id WHERE {filter}
-                     ORDER BY o.time_ms, s.citizen, s.device LIMIT ?6"
-                ),
-                1,
-            ),
-            Some(every) if every <= 0 => return Err(StoreError::BadBucket(every)),
-            Some(every) => {
-                let agg = match q.agg {
-                    Agg::Mean => "avg(o.value)",
-                    Agg::Min => "min(o.value)",
-                    Agg::Max => "max(o.value)",
-                    Agg::Count => "count(*)",
-                };
-                (
-                    format!(
-                        // Floor, not SQLite's truncating division, so that buckets before
-                        // 1970 also start at a multiple of the width.
-                        "SELECT o.time_ms - (o.time_ms % ?7) - (CASE WHEN o.time_ms % ?7 < 0 THEN ?7 ELSE 0 END) AS bucket,
-                                s.citizen, s.device, {agg} FROM series s
-                         JOIN observations o ON o.series = s.id WHERE {filter}
-                         GROUP BY s.id, bucket ORDER BY bucket, s.citizen, s.device LIMIT ?6"
-                    ),
-                    every,
-                )
-            }
-        };
         let aggregated = q.every_ms.is_some();
         let unit = match (aggregated, q.agg) {
             (true, Agg::Count) => "{count}",
             _ => q.metric.unit(),
         };
-        let mut stmt = self.conn.prepare_cached(&sql).map_err(sqlite(&self.path))?;
         let metric = q.metric;
         let map = |r: &rusqlite::Row<'_>| {
             Ok(Row {
@@ -410,20 +432,44 @@ impl PersonalStore {
                 aggregated,
             })
         };
-        let rows = if aggregated {
-            stmt.query_map(
-                params![metric.id(), q.citizen, q.device, from, to, limit, every],
-                map,
-            )
-        } else {
-            stmt.query_map(
-                params![metric.id(), q.citizen, q.device, from, to, limit],
-                map,
-            )
-        }
-        .map_err(sqlite(&self.path))?;
-        rows.collect::<Result<Vec<_>, _>>()
-            .map_err(sqlite(&self.path))
+        let rows = match q.every_ms {
+            None => {
+                let mut stmt = self
+                    .conn
+                    .prepare_cached(&raw_query(series_filter(q)))
+                    .map_err(sqlite(&self.path))?;
+                let rows = stmt
+                    .query_map(
+                        params![metric.id(), q.citizen, q.device, from, to, limit],
+                        map,
+                    )
+                    .map_err(sqlite(&self.path))?;
+                rows.collect::<Result<Vec<_>, _>>()
+            }
+            Some(every) if every <= 0 => return Err(StoreError::BadBucket(every)),
+            Some(every) => {
+                let sql = rollup::bucket_query(q.agg, series_filter(q), self.has_rollups);
+                let mut stmt = self.conn.prepare_cached(&sql).map_err(sqlite(&self.path))?;
+                let width = rollup::width_for(every);
+                let rows = stmt
+                    .query_map(
+                        params![
+                            metric.id(),
+                            q.citizen,
+                            q.device,
+                            from,
+                            to,
+                            limit,
+                            every,
+                            width
+                        ],
+                        map,
+                    )
+                    .map_err(sqlite(&self.path))?;
+                rows.collect::<Result<Vec<_>, _>>()
+            }
+        };
+        rows.map_err(sqlite(&self.path))
     }
 
     /// Number of stored observations.
@@ -439,7 +485,14 @@ impl PersonalStore {
     pub fn metrics(&self) -> Result<Vec<Metric>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT DISTINCT metric FROM series s WHERE EXISTS (SELECT 1 FROM observations o WHERE o.series = s.id)")
+            .prepare(if self.has_rollups {
+                "SELECT DISTINCT metric FROM series s
+                 WHERE EXISTS (SELECT 1 FROM observations o WHERE o.series = s.id)
+                    OR EXISTS (SELECT 1 FROM rollups r WHERE r.series = s.id)"
+            } else {
+                "SELECT DISTINCT metric FROM series s
+                 WHERE EXISTS (SELECT 1 FROM observations o WHERE o.series = s.id)"
+            })
             .map_err(sqlite(&self.path))?;
         let ids = stmt
             .query_map([], |r| r.get::<_, u8>(0))

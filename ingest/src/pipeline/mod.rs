@@ -26,7 +26,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kenko_config::{Config, InfluxConfig, IngestConfig, ProfileConfig, WalConfig, WindowsConfig};
+use kenko_config::{
+    Config, InfluxConfig, IngestConfig, ProfileConfig, RetentionConfig, WalConfig, WindowsConfig,
+};
 use kenko_devices::{Metric, Profiles, Registry};
 use tracing::{debug, error, info};
 
@@ -38,6 +40,7 @@ use crate::influx::{InfluxError, InfluxSink};
 use crate::observation::Observation;
 use crate::pseudonym::Pseudonymizer;
 use crate::rebuild::{self, RebuildError};
+use crate::retention::{Policy, PolicyError, Retention, RetentionJob};
 use crate::sink::{Cursor, Driver, Durable, Progress, StoreSink};
 use crate::stats::IngestStats;
 use crate::store::{PersonalStore, StoreError};
@@ -73,6 +76,8 @@ pub enum IngestError {
     #[error(transparent)]
     Zone(#[from] decode::UnknownZone),
     #[error(transparent)]
+    Retention(#[from] PolicyError),
+    #[error(transparent)]
     Config(#[from] kenko_config::ConfigError),
     #[error("invalid payload profile: {0}")]
     Profile(#[from] kenko_devices::profile::ProfileError),
@@ -91,6 +96,7 @@ pub struct Settings {
     /// Payload profiles declared in the configuration, besides the built-in ones.
     pub profiles: Vec<ProfileConfig>,
     pub windows: WindowsConfig,
+    pub retention: RetentionConfig,
     /// Start even when a store lacks records the write-ahead log no longer holds (the loss is
     /// recorded in the audit log); otherwise such a start is refused.
     pub accept_data_loss: bool,
@@ -104,6 +110,7 @@ impl From<&Config> for Settings {
             influxdb: config.influxdb.clone(),
             profiles: config.profiles.clone(),
             windows: config.windows.clone(),
+            retention: config.retention.clone(),
             accept_data_loss: false,
         }
     }
@@ -241,6 +248,29 @@ const ROOM_CHECK: Duration = Duration::from_millis(20);
 /// messages concerned are not acknowledged; their devices send them again).
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// The retention job over both stores, when `[retention]` deletes anything.
+fn retention_job(
+    settings: &Settings,
+    data_dir: &Path,
+    tx: flume::WeakSender<Submission>,
+    stats: &Arc<IngestStats>,
+) -> Result<Option<RetentionJob>, IngestError> {
+    let policy = Policy::from_config(&settings.retention)?;
+    if !policy.deletes_anything() {
+        return Ok(None);
+    }
+    let stores = ["personal.db", "shared.db"]
+        .iter()
+        .map(|name| Retention::open(&data_dir.join(name), policy.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(RetentionJob {
+        stores,
+        every: Duration::from_secs(u64::from(settings.retention.every_min) * 60),
+        tx,
+        stats: stats.clone(),
+    }))
+}
+
 fn spawn(
     name: &'static str,
     f: impl FnOnce() + Send + 'static,
@@ -366,6 +396,7 @@ pub fn start(
     } else {
         None
     };
+    let retention_job = retention_job(settings, data_dir, tx.downgrade(), &stats)?;
     let dead = DeadLetterStore::open(&data_dir.join("deadletter.db"))?;
     let mut guards = store_guards;
     guards.push(registry_guard);
@@ -403,6 +434,9 @@ pub fn start(
     }
     if let Some(job) = window_job {
         threads.push(spawn("windows", move || job.run())?);
+    }
+    if let Some(job) = retention_job {
+        threads.push(spawn("retention", move || job.run())?);
     }
     std::mem::forget(stop_sinks);
     Ok((

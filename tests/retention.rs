@@ -1,0 +1,102 @@
+//! The hub's retention job: raw observations past `[retention] raw_days` are folded into
+//! rollups, which then answer bucketed queries over the time raw data no longer covers.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{eventually, now_ms, Hub};
+use kenko_devices::Metric;
+use kenko_ingest::observation::Observation;
+use kenko_ingest::store::PersonalStore;
+
+const MINUTE_MS: i64 = 60_000;
+const DAY_MS: i64 = 86_400_000;
+const HOUR_MS: i64 = 3_600_000;
+
+/// Two days of one reading a minute of citizen-001's heart rate, ending now.
+fn history(now: i64) -> Vec<Observation> {
+    (0..2 * 1440)
+        .map(|m| {
+            let time_ms = now - 2 * DAY_MS + m * MINUTE_MS;
+            Observation {
+                citizen: Arc::from("citizen-001"),
+                device: Arc::from("bed-001"),
+                metric: Metric::HeartRate,
+                value: 60.0 + (m % 20) as f64,
+                time_ms,
+                received_ms: time_ms,
+                seq: 0,
+                flags: 0,
+            }
+        })
+        .collect()
+}
+
+fn sum_of(rows: &[serde_json::Value]) -> f64 {
+    rows.iter().filter_map(|r| r["value"].as_f64()).sum()
+}
+
+#[test]
+fn the_hub_folds_raw_data_past_raw_days_into_rollups_that_answer_queries() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    let now = now_ms();
+    PersonalStore::open(&data.join("personal.db"))?.write_batch(&history(now))?;
+    let config = format!(
+        "{}\n[http]\nlisten = \"127.0.0.1:0\"\n\n[retention]\nraw_days = 1\nrollup_1m_days = 2\n",
+        common::config_with_devices(1).replace("[ingest]\n", "[ingest]\nlate_horizon_s = 3600\n")
+    );
+    let hub = Hub::start(dir.path(), &config)?;
+    // The job folds whole hours, six at a time: until it is done, the oldest raw reading is
+    // more than an hour older than its cut-off (now less a day, down to the hour).
+    let cutoff = (now - DAY_MS).div_euclid(HOUR_MS) * HOUR_MS;
+    let raw_args = ["--metric", "heart_rate", "--from", "-3d"];
+    let raw = eventually(Duration::from_secs(30), || {
+        let rows = hub.query(&raw_args)?;
+        let oldest = rows
+            .iter()
+            .filter_map(|r| r["time"].as_str()?.parse::<jiff::Timestamp>().ok())
+            .map(|t| t.as_millisecond())
+            .min()
+            .unwrap_or(i64::MAX);
+        Ok((oldest >= cutoff).then_some(rows))
+    })?;
+    assert!(
+        raw.len() <= 1440 + 60,
+        "{} raw readings left of the last day and its partial hour",
+        raw.len()
+    );
+    for every in ["1h", "1m", "1d"] {
+        let counts = hub.query(&[
+            "--metric",
+            "heart_rate",
+            "--from",
+            "-3d",
+            "--every",
+            every,
+            "--agg",
+            "count",
+        ])?;
+        assert_eq!(
+            sum_of(&counts),
+            2.0 * 1440.0,
+            "every reading counts once at --every {every}: {counts:?}"
+        );
+    }
+    let means = hub.query(&["--metric", "heart_rate", "--from", "-3d", "--every", "1h"])?;
+    assert!(means.len() >= 48, "{} hourly means", means.len());
+    assert!(
+        means.iter().all(|r| r["value"]
+            .as_f64()
+            .is_some_and(|v| (60.0..80.0).contains(&v))),
+        "{means:?}"
+    );
+    let api = hub.http_addr.expect("HTTP API");
+    let (_, body) = common::http_text(api, "GET", "/metrics", Some("operator-1"), None)?;
+    let folded = common::metric(&body, "kenko_retention_folded_total");
+    assert_eq!(folded as usize, 2 * 1440 - raw.len(), "{body}");
+    hub.terminate()
+}
