@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use kenko_ingest::consent::{audit_head_path, ConsentChange, ConsentRegistry, Purpose, HUB};
+use kenko_ingest::consent::{
+    audit_head_path, ConsentChange, ConsentRegistry, ErasureSupport, Purpose, HUB,
+};
 use kenko_ingest::query::parse_time;
 
 #[derive(clap::Args)]
@@ -196,6 +198,9 @@ fn record(change: Change, granted: bool, erase: bool) -> anyhow::Result<()> {
         let stored = registry.record(record, now)?;
         if erase {
             println!("erasure requested: the hub deletes the citizen's rows at once if it is running, otherwise when it starts");
+            for support in registry.erasure_support()? {
+                println!("{}", erasure_reach(&support));
+            }
         }
         println!(
             "recorded #{}: {} {} {} for {}",
@@ -207,6 +212,23 @@ fn record(change: Change, granted: bool, erase: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// What an erasure does in a sink besides the embedded store, as the hub last found out.
+fn erasure_reach(support: &ErasureSupport) -> String {
+    let checked = jiff::Timestamp::from_millisecond(support.checked_ms)
+        .map_or_else(|_| support.checked_ms.to_string(), |t| t.to_string());
+    if support.supported {
+        format!(
+            "{} at {}: the hub deletes the citizen's points there too (server checked {checked})",
+            support.sink, support.server
+        )
+    } else {
+        format!(
+            "{} at {} has no delete API ({}; checked {checked}): the citizen's points stored there stay until the server's own retention removes them; the audit log records this as erasure.{} unsupported",
+            support.sink, support.server, support.detail, support.sink
+        )
+    }
 }
 
 pub fn audit(args: AuditArgs) -> anyhow::Result<bool> {

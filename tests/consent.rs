@@ -433,3 +433,75 @@ fn toggling_consent_of_100_citizens_under_load_stores_nothing_from_periods_witho
     );
     Ok(())
 }
+
+/// Erasure reaches the InfluxDB sink too. VictoriaMetrics (the real server the suite runs)
+/// accepts InfluxDB's writes but has no delete API: `kenko consent revoke --erase` says so,
+/// and the audit log records the erasure there as unsupported, with the server's words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_says_when_the_influxdb_server_cannot_delete() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let vm = common::vm::VictoriaMetrics::start(&dir.path().join("vm"))?;
+    let config = format!(
+        "{}[influxdb]\nurl = \"{}\"\norg = \"city\"\nbatch_age_ms = 100\ntimeout_ms = 5000\n",
+        config(),
+        vm.url()
+    );
+    let hub = Hub::start(dir.path(), &config)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    keep_publishing(&hub, "bed-001", stop.clone()).await?;
+    common::eventually(Duration::from_secs(20), || {
+        let series = vm.export("kenko_heart_rate")?;
+        Ok((!series.is_empty()).then_some(()))
+    })?;
+    // The sink asks the server once whether it can delete, and notes the answer.
+    let registry_path = hub.data_dir.join("registry.db");
+    common::eventually(Duration::from_secs(20), || {
+        let support = ConsentRegistry::open_read_only(&registry_path)?.erasure_support()?;
+        Ok((!support.is_empty()).then_some(()))
+    })?;
+    let revoke = Command::new(common::KENKO)
+        .args(["consent", "revoke", "--data-dir"])
+        .arg(&hub.data_dir)
+        .args([
+            "--citizen",
+            "citizen-001",
+            "--purpose",
+            "collect",
+            "--erase",
+        ])
+        .output()?;
+    let said = String::from_utf8_lossy(&revoke.stdout);
+    assert!(revoke.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("influxdb at {} has no delete API", vm.url()))
+            && said.contains("unsupported path"),
+        "{said}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let how = common::eventually(Duration::from_secs(20), || {
+        let registry = ConsentRegistry::open_read_only(&registry_path)?;
+        let request = registry
+            .list(Some("citizen-001"))?
+            .into_iter()
+            .find(|c| c.change.erase)
+            .expect("the request");
+        Ok(registry.sink_erasure(request.id, "influxdb")?)
+    })?;
+    assert_eq!(how.0, "unsupported", "{how:?}");
+    assert!(how.1.contains("unsupported path"), "{how:?}");
+    let audit = rusqlite::Connection::open(&registry_path)?;
+    let body: String = audit.query_row(
+        "SELECT body FROM audit WHERE kind = 'erasure.influxdb'",
+        [],
+        |r| r.get(0),
+    )?;
+    assert!(body.contains("\"citizen\":\"citizen-001\""), "{body}");
+    // The embedded store is erased all the same.
+    common::eventually(Duration::from_secs(10), || {
+        Ok(hub
+            .query(&["--metric", "heart_rate", "--citizen", "citizen-001"])?
+            .is_empty()
+            .then_some(()))
+    })?;
+    hub.terminate()
+}

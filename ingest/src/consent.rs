@@ -538,6 +538,23 @@ CREATE TABLE IF NOT EXISTS erasures_done (
     done_ms    INTEGER NOT NULL,
     rows       INTEGER NOT NULL
 );
+-- Erasures carried out by sinks besides the embedded store (InfluxDB), with their outcome.
+CREATE TABLE IF NOT EXISTS sink_erasures (
+    consent_id INTEGER NOT NULL,
+    sink       TEXT    NOT NULL,
+    done_ms    INTEGER NOT NULL,
+    outcome    TEXT    NOT NULL,
+    detail     TEXT    NOT NULL,
+    PRIMARY KEY (consent_id, sink)
+);
+-- Whether each such sink's server can delete a citizen's data at all, as last checked.
+CREATE TABLE IF NOT EXISTS sink_erasure_support (
+    sink       TEXT    PRIMARY KEY,
+    server     TEXT    NOT NULL,
+    supported  INTEGER NOT NULL,
+    detail     TEXT    NOT NULL,
+    checked_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit (
     seq     INTEGER PRIMARY KEY,
     at_ms   INTEGER NOT NULL,
@@ -945,6 +962,9 @@ fn read_head(registry: &Path) -> Result<Option<(i64, Vec<u8>)>, AuditError> {
         _ => Err(AuditError::Head(path.display().to_string())),
     }
 }
+
+mod sink_erasure;
+pub use sink_erasure::{ErasureSupport, SinkErasure};
 
 #[cfg(test)]
 mod rule_tests;

@@ -23,11 +23,16 @@ use kenko_config::InfluxConfig;
 use tracing::{info, warn};
 
 use crate::backoff::{retry_until_done, Backoff};
+use crate::consent::ConsentView;
 use crate::deadletter::{DeadLetter, DeadLetterStore};
 use crate::observation::Observation;
 use crate::sink::{Batch, Batching, Sink, Stop, Stopped};
 use crate::stats::IngestStats;
 use crate::wal::Position;
+
+mod erasure;
+
+pub use erasure::SINK;
 
 /// The reason code of rows InfluxDB refused.
 pub const REJECTED: &str = "influx_rejected";
@@ -174,12 +179,16 @@ pub struct InfluxSink {
     runtime: Option<tokio::runtime::Runtime>,
     dead: DeadLetterStore,
     stats: Arc<IngestStats>,
+    /// The consent registry, for erasures (`erasure.rs`).
+    consents: ConsentView,
+    erasure: erasure::ErasureState,
 }
 
 impl InfluxSink {
     pub fn new(
         config: &InfluxConfig,
         dead: DeadLetterStore,
+        consents: ConsentView,
         stats: Arc<IngestStats>,
     ) -> Result<InfluxSink, InfluxError> {
         Ok(InfluxSink {
@@ -188,7 +197,21 @@ impl InfluxSink {
             runtime: None,
             dead,
             stats,
+            consents,
+            erasure: erasure::ErasureState::new(Duration::from_millis(config.max_backoff_ms)),
         })
+    }
+
+    /// The sink's runtime, started on first use on the sink's own thread.
+    fn runtime(&mut self) -> Result<&mut tokio::runtime::Runtime, std::io::Error> {
+        match &mut self.runtime {
+            Some(runtime) => Ok(runtime),
+            slot @ None => Ok(slot.insert(
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?,
+            )),
+        }
     }
 
     /// Opens the dead-letter store the sink writes refused rows to.
@@ -247,16 +270,10 @@ impl InfluxSink {
     /// One write request, within the configured timeout.
     fn send(&mut self, bucket: &str, lines: &[Line]) -> Result<(), Failure> {
         let timeout = Duration::from_millis(self.config.timeout_ms);
-        let runtime = match &mut self.runtime {
-            Some(runtime) => runtime,
-            slot @ None => slot.insert(
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| Failure::Retry(format!("cannot start the sink's runtime: {e}")))?,
-            ),
-        };
-        let client = &self.client;
+        let client = self.client.clone();
+        let runtime = self
+            .runtime()
+            .map_err(|e| Failure::Retry(format!("cannot start the sink's runtime: {e}")))?;
         runtime.block_on(async {
             let body = futures_util::stream::iter(lines.to_vec());
             let write = client.write_with_precision(bucket, body, TimestampPrecision::Milliseconds);
@@ -293,6 +310,11 @@ impl InfluxSink {
 impl Sink for InfluxSink {
     fn name(&self) -> &'static str {
         "influxdb"
+    }
+
+    /// Carries out erasures (see `erasure.rs`).
+    fn tend(&mut self) {
+        self.erase_if_asked();
     }
 
     fn batching(&self) -> Batching {
@@ -386,7 +408,11 @@ mod tests {
             gzip: false,
         };
         let dead = InfluxSink::dead_letters(dir.path()).expect("dead letters");
-        let sink = InfluxSink::new(&config, dead, Arc::default()).expect("sink");
+        let registry = dir.path().join("registry.db");
+        crate::consent::ConsentRegistry::open(&registry).expect("registry");
+        let book = Arc::new(crate::consent::ConsentBook::default());
+        let consents = ConsentView::open(&registry, book).expect("consents");
+        let sink = InfluxSink::new(&config, dead, consents, Arc::default()).expect("sink");
         drop(sink);
     }
 

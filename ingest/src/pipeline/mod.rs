@@ -378,7 +378,12 @@ pub fn start(
             Some(Driver::new(
                 Cursor::new(wal.reader(at), &wal_dir, durable.clone(), influx_progress),
                 ConsentView::open(&registry_path, consents.clone())?,
-                InfluxSink::new(influx, InfluxSink::dead_letters(data_dir)?, stats.clone())?,
+                InfluxSink::new(
+                    influx,
+                    InfluxSink::dead_letters(data_dir)?,
+                    ConsentView::open(&registry_path, consents.clone())?,
+                    stats.clone(),
+                )?,
             ))
         }
         None => None,
