@@ -2,20 +2,68 @@
 //! devices (`devices/{id}/errors`) and live copies of stored observations.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
-use super::{Notice, Submission, Writer};
+use super::{Batch, Notice, Origin, Outcome, Submission};
 use crate::backoff::Backoff;
-use crate::deadletter::DeadLetter;
-use crate::decode::Rejection;
+use crate::deadletter::{DeadLetter, DeadLetterStore};
+use crate::decode::{RejectCode, Rejection};
 use crate::observation::Observation;
+use crate::stats::IngestStats;
 
-impl Writer {
+pub(super) struct Answers {
+    pub dead: DeadLetterStore,
+    pub notices: Option<flume::Sender<Notice>>,
+    pub stats: Arc<IngestStats>,
+    /// Publish a live copy of every stored observation (`ingest.live_republish`).
+    pub live_republish: bool,
+}
+
+impl Answers {
+    /// Once a batch's verdicts are final (its records durable): records the dead letters of
+    /// its refused device messages, counts, tells devices their errors, publishes live
+    /// copies, and sends every verdict.
+    pub fn settle(&mut self, batch: &mut Batch) {
+        collect_letters(batch);
+        self.record_dead_letters(&batch.letters);
+        let stored = batch.verdicts.iter().filter(|v| v.is_ok()).count() as u64;
+        self.stats
+            .messages_stored
+            .fetch_add(stored, Ordering::Relaxed);
+        self.stats
+            .dead_lettered
+            .fetch_add(batch.letters.len() as u64, Ordering::Relaxed);
+        for ((sub, verdict), (span, _)) in batch
+            .submissions
+            .drain(..)
+            .zip(batch.verdicts.drain(..))
+            .zip(&batch.spans)
+        {
+            match &verdict {
+                Err(rejection)
+                    if rejection.code != RejectCode::LogFull && sub.origin == Origin::Device =>
+                {
+                    self.notify_error(&sub, rejection)
+                }
+                Ok(()) if self.live_republish => self.republish(&batch.observations[span.clone()]),
+                _ => {}
+            }
+            if let Some(reply) = sub.reply {
+                // A closed connection no longer needs its verdict; the device resends.
+                let _ = reply.to.send(Outcome {
+                    token: reply.token,
+                    verdict,
+                });
+            }
+        }
+    }
+
     /// Records dead letters; while their store fails, retries with backoff, so nothing is
     /// answered before its letter is durable.
-    pub(super) fn record_dead_letters(&mut self, letters: &[DeadLetter]) {
+    pub fn record_dead_letters(&mut self, letters: &[DeadLetter]) {
         if letters.is_empty() {
             return;
         }
@@ -35,7 +83,7 @@ impl Writer {
         }
     }
 
-    pub(super) fn publish(&self, topic: String, payload: Vec<u8>, event_ms: Option<i64>) {
+    pub fn publish(&self, topic: String, payload: Vec<u8>, event_ms: Option<i64>) {
         let Some(notices) = &self.notices else { return };
         let notice = Notice {
             topic,
@@ -54,7 +102,7 @@ impl Writer {
         }
     }
 
-    pub(super) fn notify_error(&self, sub: &Submission, rejection: &Rejection) {
+    pub fn notify_error(&self, sub: &Submission, rejection: &Rejection) {
         let body = serde_json::json!({
             "time": format_ms(sub.received_ms),
             "topic": format!("devices/{}/telemetry", sub.device),
@@ -68,7 +116,7 @@ impl Writer {
         );
     }
 
-    pub(super) fn republish(&self, observations: &[Observation]) {
+    pub fn republish(&self, observations: &[Observation]) {
         for obs in observations {
             let body = serde_json::json!({
                 "time": format_ms(obs.time_ms),
@@ -87,6 +135,39 @@ impl Writer {
                 body.to_string().into_bytes(),
                 Some(obs.time_ms),
             );
+        }
+    }
+}
+
+/// The dead letters of a batch: its device messages refused for what they are.
+fn collect_letters(batch: &mut Batch) {
+    for (sub, verdict) in batch.submissions.iter().zip(&batch.verdicts) {
+        let Err(rejection) = verdict else { continue };
+        if sub.origin != Origin::Device {
+            continue;
+        }
+        match rejection.code {
+            // Answered, and counted in `refused_no_consent`, but its payload is kept
+            // nowhere; one line per message would flood the log while a citizen's device
+            // keeps sending after a withdrawal.
+            RejectCode::NoConsent => {
+                debug!(device = %sub.device, "message refused: no collection consent")
+            }
+            // Not refused for what it is: the device sends it again.
+            RejectCode::LogFull => {}
+            _ => batch.letters.push(DeadLetter {
+                received_ms: sub.received_ms,
+                client_id: sub.client_id.to_string(),
+                topic: format!(
+                    "devices/{}/telemetry{}",
+                    sub.device,
+                    if sub.protobuf { "/pb" } else { "" }
+                ),
+                device: Some(sub.device.to_string()),
+                reason_code: rejection.code.as_str().to_owned(),
+                reason: rejection.message.clone(),
+                payload: sub.payload.to_vec(),
+            }),
         }
     }
 }

@@ -2,18 +2,46 @@
 //! which pseudonymized copies go to the shared store.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
+use kenko_devices::Registry;
 use tracing::error;
 
-use super::{Submission, Writer};
-use crate::consent::{Consents, Purpose, HUB};
+use super::Submission;
+use crate::consent::{ConsentView, Consents, Purpose, HUB};
 use crate::decode::{RejectCode, Rejection};
 use crate::observation::Observation;
+use crate::pseudonym::Pseudonymizer;
+use crate::stats::IngestStats;
 
-impl Writer {
+pub(super) struct ConsentRouting {
+    pub registry: Registry,
+    pub consents: ConsentView,
+    /// The consent generation the pseudonym cache was filled under.
+    pub generation: u64,
+    pub pseudonyms: Pseudonymizer,
+    /// What stands for the device in the shared store.
+    pub anonymous_device: Arc<str>,
+    pub stats: Arc<IngestStats>,
+}
+
+impl ConsentRouting {
+    /// The records in force, reread if anything was committed since: one snapshot decides
+    /// a whole batch.
+    pub fn refresh(&mut self) -> Arc<Consents> {
+        let consents = self.consents.refresh();
+        let generation = self.consents.book().generation();
+        if generation != self.generation {
+            // An erasure elsewhere may have forgotten a salt this cache still holds.
+            self.pseudonyms.clear_cache();
+            self.generation = generation;
+        }
+        consents
+    }
+
     /// `rejection`, or a no-consent refusal if the device's citizen lets the hub collect
     /// nothing (or asked for erasure since): then nothing of the message is kept.
-    pub(super) fn without_consent(
+    pub fn without_consent(
         &self,
         consents: &Consents,
         sub: &Submission,
@@ -36,7 +64,7 @@ impl Writer {
 
     /// Pseudonymized copies of the observations whose citizen's research consent, in force
     /// when the message was received, covers their time.
-    pub(super) fn share(
+    pub fn share(
         &mut self,
         consents: &Consents,
         observations: &[Observation],
@@ -72,7 +100,7 @@ impl Writer {
     /// Keeps the observations from `start` on that their citizen lets the hub collect (the
     /// collect consent in force when the message was received covers their time); counts
     /// the rest. `Err` if nothing of the message may be kept.
-    pub(super) fn filter_consent(
+    pub fn filter_consent(
         &self,
         consents: &Consents,
         out: &mut Vec<Observation>,

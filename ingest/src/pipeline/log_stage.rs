@@ -3,23 +3,42 @@
 //! sinks make room) and releasing segments every sink has passed.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
 use tracing::{error, info, warn};
 
-use super::{Batch, Outcome, Submission, Writer, IDLE_CHECK, ROOM_CHECK, STOP_GRACE};
+use super::intake::Intake;
+use super::{log_full, Batch, IDLE_CHECK, ROOM_CHECK, STOP_GRACE};
 use crate::backoff::Backoff;
 use crate::decode::{RejectCode, Rejection};
-use crate::sink;
+use crate::file_guard::{FileGuard, Health};
+use crate::sink::{self, Durable, Progress};
+use crate::stats::IngestStats;
 use crate::wal::{self, Wal, WalError};
 
-impl Writer {
+pub(super) struct LogStage {
+    pub wal: Wal,
+    pub durable: Arc<Durable>,
+    /// Each sink's checkpoint: segments before the oldest are released.
+    pub progress: Vec<Arc<Progress>>,
+    /// The record being encoded.
+    pub record: Vec<u8>,
+    /// When the log became full, while it is.
+    pub full_since: Option<Instant>,
+    /// The files whose loss stops acknowledgements, checked once per batch.
+    pub guards: Vec<Arc<FileGuard>>,
+    pub health: Arc<Health>,
+    pub stats: Arc<IngestStats>,
+}
+
+impl LogStage {
     /// Appends each accepted message's observations to the log as one record and makes
     /// them durable with one fsync. A message that does not fit while the log is full is
     /// refused with [`RejectCode::LogFull`] if its client can be told so; otherwise the
     /// writer waits for the sinks to make room (the queue fills and pushes back).
-    pub(super) fn log(&mut self, batch: &mut Batch) {
+    pub fn log(&mut self, batch: &mut Batch, intake: &mut Intake) {
         let mut appended = Vec::new();
         for i in 0..batch.submissions.len() {
             if batch.verdicts[i].is_err() {
@@ -49,12 +68,12 @@ impl Writer {
                 .reply
                 .as_ref()
                 .is_some_and(|r| r.refusable);
-            if !self.make_room(refusable) {
+            if !self.make_room(refusable, intake) {
                 self.stats.refused_log_full.fetch_add(1, Ordering::Relaxed);
                 batch.verdicts[i] = Err(log_full());
                 continue;
             }
-            if !self.append() {
+            if !self.append(intake) {
                 batch.verdicts[i] = Err(log_full());
                 continue;
             }
@@ -63,7 +82,7 @@ impl Writer {
                 .fetch_add(personal.len() as u64, Ordering::Relaxed);
             appended.push(i);
         }
-        if !appended.is_empty() && !self.sync() {
+        if !appended.is_empty() && !self.sync(intake) {
             for i in appended {
                 batch.verdicts[i] = Err(log_full());
             }
@@ -73,9 +92,9 @@ impl Writer {
     /// Holds the batch while a store file is missing, replaced or truncated: nothing more is
     /// acknowledged into a file no one will read (the batch before this check is the last).
     /// A stopping hub gives up waiting (its connections are gone).
-    pub(super) fn wait_for_sound_stores(&mut self) {
+    pub fn wait_for_sound_stores(&self, intake: &Intake) {
         while !self.health.check(&self.guards) {
-            if self.rx.is_disconnected() {
+            if intake.stopping() {
                 return;
             }
             thread::sleep(IDLE_CHECK);
@@ -84,7 +103,7 @@ impl Writer {
 
     /// `true` once the log has room for `self.record`; `false` if it is full and the client
     /// can be refused, or the hub is stopping.
-    pub(super) fn make_room(&mut self, refusable: bool) -> bool {
+    pub fn make_room(&mut self, refusable: bool, intake: &mut Intake) -> bool {
         loop {
             if self.wal.has_room(self.record.len()) {
                 if let Some(since) = self.full_since.take() {
@@ -111,49 +130,30 @@ impl Writer {
                     "write-ahead log full: withholding acknowledgements (MQTT 5: 0x97) until the sinks catch up; nothing is dropped"
                 );
             }
-            if refusable || self.rx.is_disconnected() {
+            if refusable || intake.stopping() {
                 return false;
             }
             // What is appended already becomes durable, and its sinks can move on.
-            self.sync();
-            self.refuse_queued();
+            self.sync(intake);
+            intake.refuse_or_hold(&self.stats);
             thread::sleep(ROOM_CHECK);
             self.release_segments();
         }
     }
 
-    /// While the writer waits for room: answers queued messages whose clients can be told
-    /// "not now" (0x97) at once, and holds the rest, in order, up to the queue's size (then
-    /// the queue fills and pushes back).
-    pub(super) fn refuse_queued(&mut self) {
-        while self.held.len() < self.config.queue {
-            let Ok(sub) = self.rx.try_recv() else { return };
-            match sub.reply {
-                Some(reply) if reply.refusable => {
-                    self.stats.refused_log_full.fetch_add(1, Ordering::Relaxed);
-                    let _ = reply.to.send(Outcome {
-                        token: reply.token,
-                        verdict: Err(log_full()),
-                    });
-                }
-                reply => self.held.push_back(Submission { reply, ..sub }),
-            }
-        }
-    }
-
     /// Appends `self.record`, retrying while the disk fails; `false` if the hub is stopping
     /// and the disk still fails.
-    pub(super) fn append(&mut self) -> bool {
+    pub fn append(&mut self, intake: &Intake) -> bool {
         let record = std::mem::take(&mut self.record);
-        let appended = self.retry_wal(|wal| wal.append(&record).map(drop));
+        let appended = self.retry_wal(intake, |wal| wal.append(&record).map(drop));
         self.record = record;
         appended
     }
 
     /// Writes and fsyncs what is appended, retrying while the disk fails; `false` if the
     /// hub is stopping and the disk still fails.
-    pub(super) fn sync(&mut self) -> bool {
-        let synced = self.retry_wal(Wal::sync);
+    pub fn sync(&mut self, intake: &Intake) -> bool {
+        let synced = self.retry_wal(intake, Wal::sync);
         if synced {
             self.durable.advance(self.wal.end());
         }
@@ -162,8 +162,9 @@ impl Writer {
 
     /// Runs a log operation until it succeeds, holding acknowledgements meanwhile; `false`
     /// if the hub has been stopping for [`STOP_GRACE`] and the disk still fails.
-    pub(super) fn retry_wal(
+    pub fn retry_wal(
         &mut self,
+        intake: &Intake,
         mut operation: impl FnMut(&mut Wal) -> Result<(), WalError>,
     ) -> bool {
         let mut backoff = Backoff::default();
@@ -183,7 +184,7 @@ impl Writer {
                     self.stats.wal_errors.fetch_add(1, Ordering::Relaxed);
                     error!(%error, retry_in_ms = backoff.next_wait().as_millis() as u64,
                         "cannot write the write-ahead log; holding acknowledgements and retrying");
-                    if backoff.give_up(self.rx.is_disconnected(), STOP_GRACE) {
+                    if backoff.give_up(intake.stopping(), STOP_GRACE) {
                         return false;
                     }
                     backoff.wait();
@@ -193,7 +194,7 @@ impl Writer {
     }
 
     /// Deletes log segments every sink has passed.
-    pub(super) fn release_segments(&mut self) {
+    pub fn release_segments(&mut self) {
         if let Some(oldest) = self.progress.iter().map(|p| p.get()).min() {
             if let Err(e) = self.wal.release_before(oldest) {
                 error!(error = %e, "cannot delete a write-ahead log segment the sinks have passed");
@@ -202,12 +203,5 @@ impl Writer {
         self.stats
             .wal_bytes
             .store(self.wal.used_bytes(), Ordering::Relaxed);
-    }
-}
-
-fn log_full() -> Rejection {
-    Rejection {
-        code: RejectCode::LogFull,
-        message: "the hub's write-ahead log is full; send this message again later".into(),
     }
 }

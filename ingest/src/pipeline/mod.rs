@@ -12,11 +12,12 @@
 //! so when the writer falls behind (or the disk is failing) publishers are pushed back
 //! instead of data being dropped.
 //!
-//! The writer's work is split by job: this file takes batches off the queue, decodes and
-//! answers them; `consent_routing` decides what of a message may be kept and what goes to
-//! the shared store; `log_stage` appends, fsyncs, waits for room and releases segments;
-//! `answers` records dead letters and publishes errors and live copies; `replay` runs
-//! `kenko deadletter replay` requests.
+//! The writer is made of stages, one job each, which this file runs batch by batch:
+//! `intake` (the queue, and messages held while the log is full), `decoding` (device,
+//! profile, observations), `consent_routing` (what of a message may be kept, and what goes
+//! to the shared store), `log_stage` (append, fsync, waiting for room, releasing segments)
+//! and `answers` (dead letters, verdicts, errors to devices, live copies); `replay` runs
+//! `kenko deadletter replay` requests through the same stages.
 
 use std::ops::Range;
 use std::path::Path;
@@ -30,11 +31,11 @@ use kenko_config::{
     Config, InfluxConfig, IngestConfig, ProfileConfig, RetentionConfig, WalConfig, WindowsConfig,
 };
 use kenko_devices::{Metric, Profiles, Registry};
-use tracing::{debug, error, info};
+use tracing::{error, info};
 
 use crate::consent::{ConsentBook, ConsentRegistry, ConsentView, ConsentWatcher};
 use crate::deadletter::{DeadLetter, DeadLetterStore};
-use crate::decode::{self, Context, RejectCode, Rejection, TimeLimits, Zones};
+use crate::decode::{self, RejectCode, Rejection, TimeLimits, Zones};
 use crate::file_guard::{FileFault, FileGuard, Health};
 use crate::influx::{InfluxError, InfluxSink};
 use crate::observation::Observation;
@@ -49,8 +50,16 @@ use crate::windows::WindowJob;
 
 mod answers;
 mod consent_routing;
+mod decoding;
+mod intake;
 mod log_stage;
 mod replay;
+
+use answers::Answers;
+use consent_routing::ConsentRouting;
+use decoding::Decoder;
+use intake::Intake;
+use log_stage::LogStage;
 
 /// The profile of messages that say they are protobuf.
 pub const PROTOBUF_PROFILE: &str = "kenko-pb-v1";
@@ -408,28 +417,42 @@ pub fn start(
     guards.push(FileGuard::open(&data_dir.join("deadletter.db"))?);
     health.watch(&guards);
     let writer = Writer {
-        rx,
-        registry,
-        zones,
-        profiles,
-        limits: TimeLimits::from_config(config),
-        dead,
-        notices,
-        stats: stats.clone(),
-        config: config.clone(),
-        consents: ConsentView::open(&registry_path, consents.clone())?,
-        consent_generation: u64::MAX,
-        pseudonyms: Pseudonymizer::open(data_dir)?,
-        anonymous_device: Arc::from("-"),
-        wal,
-        durable: durable.clone(),
-        progress,
-        record: Vec::new(),
-        full_since: None,
+        intake: Intake::new(rx, config.batch_max, config.queue),
+        decoder: Decoder {
+            registry: registry.clone(),
+            zones,
+            profiles,
+            limits: TimeLimits::from_config(config),
+            plausibility: config.plausibility,
+        },
+        routing: ConsentRouting {
+            registry,
+            consents: ConsentView::open(&registry_path, consents.clone())?,
+            generation: u64::MAX,
+            pseudonyms: Pseudonymizer::open(data_dir)?,
+            anonymous_device: Arc::from("-"),
+            stats: stats.clone(),
+        },
+        log: LogStage {
+            wal,
+            durable: durable.clone(),
+            progress,
+            record: Vec::new(),
+            full_since: None,
+            guards,
+            health: health.clone(),
+            stats: stats.clone(),
+        },
+        answers: Answers {
+            dead,
+            notices,
+            stats: stats.clone(),
+            live_republish: config.live_republish,
+        },
+        require_consent: config.require_consent,
+        batch_max: config.batch_max,
+        linger: Duration::from_millis(config.batch_linger_ms),
         replay_checked: Instant::now() - IDLE_CHECK,
-        held: std::collections::VecDeque::new(),
-        guards,
-        health: health.clone(),
     };
     threads.push(spawn("ingest", move || writer.run())?);
     let stop_sinks = CloseOnDrop(durable.clone());
@@ -469,38 +492,20 @@ impl Drop for CloseOnDrop {
     }
 }
 
+/// The writer thread: its stages, and what it needs to run them batch by batch.
 struct Writer {
-    rx: flume::Receiver<Submission>,
-    registry: Registry,
-    zones: Zones,
-    profiles: Profiles,
-    limits: TimeLimits,
-    dead: DeadLetterStore,
-    notices: Option<flume::Sender<Notice>>,
-    stats: Arc<IngestStats>,
-    config: IngestConfig,
-    consents: ConsentView,
-    /// The consent generation the pseudonym cache was filled under.
-    consent_generation: u64,
-    pseudonyms: Pseudonymizer,
-    /// What stands for the device in the shared store.
-    anonymous_device: Arc<str>,
-    wal: Wal,
-    durable: Arc<Durable>,
-    /// Each sink's checkpoint: segments before the oldest are released.
-    progress: Vec<Arc<Progress>>,
-    /// The record being encoded.
-    record: Vec<u8>,
-    /// When the log became full, while it is.
-    full_since: Option<Instant>,
+    intake: Intake,
+    decoder: Decoder,
+    routing: ConsentRouting,
+    log: LogStage,
+    answers: Answers,
+    /// Keep only what the citizen consented to collect (`ingest.require_consent`).
+    require_consent: bool,
+    batch_max: usize,
+    /// How long a small batch waits for more (`ingest.batch_linger_ms`).
+    linger: Duration,
     /// When `deadletter.db` was last asked for replay requests.
     replay_checked: Instant,
-    /// Messages taken off the queue while the log was full, in order, to be processed
-    /// before anything queued after them.
-    held: std::collections::VecDeque<Submission>,
-    /// The files whose loss stops acknowledgements, checked once per batch.
-    guards: Vec<Arc<FileGuard>>,
-    health: Arc<Health>,
 }
 
 /// A batch and the buffers reused from one batch to the next.
@@ -529,22 +534,17 @@ impl Batch {
 
 impl Writer {
     fn run(mut self) {
-        let _close = CloseOnDrop(self.durable.clone());
+        let _close = CloseOnDrop(self.log.durable.clone());
         let mut batch = Batch::default();
-        let linger = Duration::from_millis(self.config.batch_linger_ms);
         // Waits for messages, releasing log segments now and then; ends when every sender
         // is gone and the queue is empty.
         loop {
-            self.release_segments();
+            self.log.release_segments();
             self.replay_if_asked();
-            let next = match self.held.pop_front() {
-                Some(held) => Ok(held),
-                None => self.rx.recv_timeout(IDLE_CHECK),
-            };
-            match next {
+            match self.intake.next(IDLE_CHECK) {
                 Ok(first) => {
                     batch.submissions.push(first);
-                    self.fill(&mut batch, linger);
+                    self.intake.fill(&mut batch, self.linger);
                     self.process(&mut batch);
                     batch.clear();
                 }
@@ -555,44 +555,26 @@ impl Writer {
         info!("ingest writer stopped: queue drained, log synced");
     }
 
-    /// Takes what is already queued, and waits up to `linger` for more while the batch is small.
-    fn fill(&mut self, batch: &mut Batch, linger: Duration) {
-        let deadline = Instant::now() + linger;
-        while batch.submissions.len() < self.config.batch_max {
-            if let Some(held) = self.held.pop_front() {
-                batch.submissions.push(held);
-                continue;
-            }
-            match self.rx.try_recv() {
-                Ok(s) => batch.submissions.push(s),
-                Err(flume::TryRecvError::Disconnected) => return,
-                Err(flume::TryRecvError::Empty) => match self.rx.recv_deadline(deadline) {
-                    Ok(s) => batch.submissions.push(s),
-                    Err(_) => return,
-                },
-            }
-        }
-    }
-
+    /// One batch through the stages: decided, logged and made durable, then answered.
     fn process(&mut self, batch: &mut Batch) {
         // Before anything of the batch is decided: a registry.db lost under the hub would
         // also have taken the devices and consents the batch is judged by.
-        self.wait_for_sound_stores();
-        // One snapshot, reread if anything was committed since, decides the whole batch.
-        let consents = self.consents.refresh();
-        let generation = self.consents.book().generation();
-        if generation != self.consent_generation {
-            // An erasure elsewhere may have forgotten a salt this cache still holds.
-            self.pseudonyms.clear_cache();
-            self.consent_generation = generation;
-        }
+        self.log.wait_for_sound_stores(&self.intake);
+        self.decide(batch);
+        self.log.log(batch, &mut self.intake);
+        self.answers.settle(batch);
+    }
+
+    /// Each message's verdict so far, its observations and their shared copies.
+    fn decide(&mut self, batch: &mut Batch) {
+        let consents = self.routing.refresh();
         for sub in &batch.submissions {
             let start = batch.observations.len();
             let shared_start = batch.shared.len();
-            let mut verdict = self.decode(sub, &mut batch.observations);
-            if self.config.require_consent {
+            let mut verdict = self.decoder.decode(sub, &mut batch.observations);
+            if self.require_consent {
                 verdict = match verdict {
-                    Ok(()) => self.filter_consent(
+                    Ok(()) => self.routing.filter_consent(
                         &consents,
                         &mut batch.observations,
                         start,
@@ -600,11 +582,11 @@ impl Writer {
                     ),
                     // A refused message of a citizen who does not let the hub collect is not
                     // kept as a dead letter either: its payload holds their readings.
-                    Err(rejection) => Err(self.without_consent(&consents, sub, rejection)),
+                    Err(rejection) => Err(self.routing.without_consent(&consents, sub, rejection)),
                 };
             }
             if verdict.is_ok() {
-                self.share(
+                self.routing.share(
                     &consents,
                     &batch.observations[start..],
                     sub.received_ms,
@@ -619,123 +601,14 @@ impl Writer {
             ));
             batch.verdicts.push(verdict);
         }
-        self.log(batch);
-        for (sub, verdict) in batch.submissions.iter().zip(&batch.verdicts) {
-            let Err(rejection) = verdict else { continue };
-            if sub.origin != Origin::Device {
-                continue;
-            }
-            match rejection.code {
-                // Answered, and counted in `refused_no_consent`, but its payload is kept
-                // nowhere; one line per message would flood the log while a citizen's
-                // device keeps sending after a withdrawal.
-                RejectCode::NoConsent => {
-                    debug!(device = %sub.device, "message refused: no collection consent")
-                }
-                // Not refused for what it is: the device sends it again.
-                RejectCode::LogFull => {}
-                _ => batch.letters.push(DeadLetter {
-                    received_ms: sub.received_ms,
-                    client_id: sub.client_id.to_string(),
-                    topic: format!(
-                        "devices/{}/telemetry{}",
-                        sub.device,
-                        if sub.protobuf { "/pb" } else { "" }
-                    ),
-                    device: Some(sub.device.to_string()),
-                    reason_code: rejection.code.as_str().to_owned(),
-                    reason: rejection.message.clone(),
-                    payload: sub.payload.to_vec(),
-                }),
-            }
-        }
-        self.record_dead_letters(&batch.letters);
-
-        let stored = batch.verdicts.iter().filter(|v| v.is_ok()).count() as u64;
-        self.stats
-            .messages_stored
-            .fetch_add(stored, Ordering::Relaxed);
-        self.stats
-            .dead_lettered
-            .fetch_add(batch.letters.len() as u64, Ordering::Relaxed);
-        for ((sub, verdict), (span, _)) in batch
-            .submissions
-            .drain(..)
-            .zip(batch.verdicts.drain(..))
-            .zip(&batch.spans)
-        {
-            match &verdict {
-                Err(rejection)
-                    if rejection.code != RejectCode::LogFull && sub.origin == Origin::Device =>
-                {
-                    self.notify_error(&sub, rejection)
-                }
-                Ok(()) if self.config.live_republish => {
-                    self.republish(&batch.observations[span.clone()])
-                }
-                _ => {}
-            }
-            if let Some(reply) = sub.reply {
-                // A closed connection no longer needs its verdict; the device resends.
-                let _ = reply.to.send(Outcome {
-                    token: reply.token,
-                    verdict,
-                });
-            }
-        }
     }
+}
 
-    fn decode(&self, sub: &Submission, out: &mut Vec<Observation>) -> Result<(), Rejection> {
-        let Some(device) = self.registry.get(&sub.device) else {
-            return Err(Rejection {
-                code: RejectCode::UnknownDevice,
-                message: format!(
-                    "device {} is not registered; add it to the [[devices]] of the hub's config",
-                    sub.device
-                ),
-            });
-        };
-        if *sub.client_id != *sub.device {
-            return Err(Rejection {
-                code: RejectCode::ClientMismatch,
-                message: format!(
-                    "client {} may publish only on devices/{}/telemetry; connect with client id {}",
-                    sub.client_id, sub.client_id, sub.device
-                ),
-            });
-        }
-        let window = match &sub.origin {
-            Origin::Window(derived) => Some(derived),
-            _ => None,
-        };
-        // Computed readings are named by metric, as in the protobuf schema.
-        let name = if sub.protobuf || window.is_some() {
-            PROTOBUF_PROFILE
-        } else {
-            &device.profile
-        };
-        let Some(profile) = self.profiles.get(name) else {
-            return Err(Rejection {
-                code: RejectCode::MalformedPayload,
-                message: format!(
-                    "device {} has payload profile {name:?}, which this hub does not know; declare it under [[profiles]]",
-                    device.id
-                ),
-            });
-        };
-        let ctx = Context {
-            device: &device,
-            profile,
-            zones: &self.zones,
-            received_ms: sub.received_ms,
-            plausibility: self.config.plausibility,
-            limits: self.limits,
-            derived: window.is_some(),
-        };
-        match window {
-            Some(derived) => decode::derived(&ctx, derived.time_ms, &derived.readings, out),
-            None => decode::decode(&ctx, &sub.payload, out),
-        }
+/// The refusal of a message the full log has no room for.
+fn log_full() -> Rejection {
+    Rejection {
+        code: RejectCode::LogFull,
+        message: "the hub's write-ahead log is full; send this message again later".into(),
     }
 }
 

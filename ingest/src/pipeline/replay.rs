@@ -19,7 +19,7 @@ impl Writer {
             return;
         }
         self.replay_checked = Instant::now();
-        let requests = match self.dead.replay_requests(None) {
+        let requests = match self.answers.dead.replay_requests(None) {
             Ok(r) => r,
             Err(e) => {
                 error!(error = %e, "cannot read dead-letter replay requests; will retry");
@@ -27,7 +27,7 @@ impl Writer {
             }
         };
         for mut request in requests {
-            let letters = match self.dead.select(&request.selection, usize::MAX) {
+            let letters = match self.answers.dead.select(&request.selection, usize::MAX) {
                 Ok(l) => l,
                 Err(e) => {
                     error!(error = %e, "cannot read dead letters to replay; will retry");
@@ -41,7 +41,7 @@ impl Writer {
             request.skipped = skipped.len() as u64;
             let (to, verdicts) = flume::unbounded();
             let (mut stored, mut refused, mut forget) = (Vec::new(), Vec::new(), Vec::new());
-            for chunk in letters.chunks(self.config.batch_max) {
+            for chunk in letters.chunks(self.batch_max) {
                 let mut batch = Batch::default();
                 for (i, (_, letter)) in chunk.iter().enumerate() {
                     batch.submissions.push(Submission {
@@ -73,6 +73,7 @@ impl Writer {
             }
             let now = jiff::Timestamp::now().as_millisecond();
             match self
+                .answers
                 .dead
                 .finish_replay(&request, &stored, &refused, &forget, now)
             {
