@@ -5,6 +5,7 @@ use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::output::{out, outln};
 use anyhow::{bail, Context as _};
 use kenko_broker::acl::{Acl, Decision, Principal, Reason, Request};
 use kenko_broker::auth::{hash_password, Cost, Directory, Identity};
@@ -98,7 +99,7 @@ pub fn hash(args: HashPasswordArgs) -> anyhow::Result<()> {
     } else {
         Cost::Password
     };
-    println!("{}", hash_stdin_password(cost, "kenko hash-password")?);
+    outln!("{}", hash_stdin_password(cost, "kenko hash-password")?);
     Ok(())
 }
 
@@ -172,7 +173,7 @@ fn explain(args: ExplainArgs) -> anyhow::Result<()> {
         (None, None) => bail!("give --publish TOPIC or --subscribe FILTER"),
     };
     let decision = acl.decide(&principal, &request);
-    print!("{}", render(&acl, &principal, &request, &decision));
+    out!("{}", render(&acl, &principal, &request, &decision));
     Ok(())
 }
 
@@ -300,16 +301,16 @@ fn test(args: TestArgs) -> anyhow::Result<bool> {
             continue;
         }
         failed += 1;
-        println!(
+        outln!(
             "FAIL {}: expected {}, got:",
             case.source,
             if expected { "ALLOW" } else { "DENY" }
         );
         for line in render(&acl, &principal, &request, &decision).lines() {
-            println!("  {line}");
+            outln!("  {line}");
         }
     }
-    println!(
+    outln!(
         "{} cases, {} passed, {failed} failed",
         cases.len(),
         cases.len() - failed

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use crate::output::{out, outln};
 use anyhow::Context as _;
 use kenko_ingest::consent::{
     audit_head_path, ConsentChange, ConsentRegistry, ErasureSupport, Purpose, HUB,
@@ -108,7 +109,7 @@ pub fn run(args: ConsentArgs) -> anyhow::Result<()> {
             kenko_ingest::pseudonym::write_new_key(&data_dir)?;
             let mut registry = ConsentRegistry::open(&data_dir.join("registry.db"))?;
             registry.audit(now_ms(), "pseudonym.rotate", "{}")?;
-            println!(
+            outln!(
                 "new pseudonym key written to {}; it takes effect when the hub (re)starts",
                 data_dir.join("pseudonym.key").display()
             );
@@ -116,7 +117,7 @@ pub fn run(args: ConsentArgs) -> anyhow::Result<()> {
         }
         ConsentCommand::List(list) => {
             let registry = ConsentRegistry::open_read_only(&list.data_dir.join("registry.db"))?;
-            println!("id\trecorded\tcitizen\tgrantee\tpurpose\tchange\ttypes\tfrom\tuntil\tsource");
+            outln!("id\trecorded\tcitizen\tgrantee\tpurpose\tchange\ttypes\tfrom\tuntil\tsource");
             let time = |ms: Option<i64>| {
                 ms.and_then(|m| jiff::Timestamp::from_millisecond(m).ok())
                     .map_or_else(|| "-".to_owned(), |t| t.to_string())
@@ -128,7 +129,7 @@ pub fn run(args: ConsentArgs) -> anyhow::Result<()> {
                     (false, false) => "revoke",
                     (false, true) => "revoke+erase",
                 };
-                println!(
+                outln!(
                     "{}\t{}\t{}\t{}\t{}\t{change}\t{}\t{}\t{}\t{}",
                     record.id,
                     time(Some(record.recorded_ms)),
@@ -197,12 +198,12 @@ fn record(change: Change, granted: bool, erase: bool) -> anyhow::Result<()> {
         let citizen = record.citizen.clone();
         let stored = registry.record(record, now)?;
         if erase {
-            println!("erasure requested: the hub deletes the citizen's rows at once if it is running, otherwise when it starts");
+            outln!("erasure requested: the hub deletes the citizen's rows at once if it is running, otherwise when it starts");
             for support in registry.erasure_support()? {
-                println!("{}", erasure_reach(&support));
+                outln!("{}", erasure_reach(&support));
             }
         }
-        println!(
+        outln!(
             "recorded #{}: {} {} {} for {}",
             stored.id,
             citizen,
@@ -237,14 +238,14 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<bool> {
             let registry = ConsentRegistry::open_read_only(&data_dir.join("registry.db"))?;
             match registry.verify_audit() {
                 Ok(report) => {
-                    println!("audit log verified: {} entries", report.entries);
+                    outln!("audit log verified: {} entries", report.entries);
                     if let Some((seq, hash)) = report.head {
-                        println!("head: {seq} {hash}");
+                        outln!("head: {seq} {hash}");
                     }
                     Ok(true)
                 }
                 Err(e) => {
-                    println!("audit log FAILED verification: {e}");
+                    outln!("audit log FAILED verification: {e}");
                     Ok(false)
                 }
             }
@@ -253,7 +254,7 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<bool> {
             let path = audit_head_path(&data_dir.join("registry.db"));
             let head = std::fs::read_to_string(&path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
-            print!("{head}");
+            out!("{head}");
             Ok(true)
         }
     }

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::output::outln;
 use anyhow::bail;
 use kenko_devices::Registry;
 use kenko_ingest::deadletter::{DeadLetter, DeadLetterStore, ReplayRequest, Selection};
@@ -124,24 +125,27 @@ fn list(args: ListArgs) -> anyhow::Result<()> {
                     })
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&rows)?);
+            outln!("{}", serde_json::to_string_pretty(&rows)?);
         }
         "table" => {
             let counts = store.count_by_reason()?;
             let total: u64 = counts.iter().map(|(_, n)| n).sum();
-            println!("{total} dead letters");
+            outln!("{total} dead letters");
             for (code, n) in &counts {
-                println!("  {code}: {n}");
+                outln!("  {code}: {n}");
             }
             if !letters.is_empty() {
-                println!();
-                println!(
+                outln!();
+                outln!(
                     "{:>8}  {:<24}  {:<14}  {:<20}  reason",
-                    "id", "received", "device", "code"
+                    "id",
+                    "received",
+                    "device",
+                    "code"
                 );
             }
             for (id, l) in &letters {
-                println!(
+                outln!(
                     "{id:>8}  {:<24}  {:<14}  {:<20}  {}",
                     time(l.received_ms),
                     l.device.as_deref().unwrap_or("-"),
@@ -169,20 +173,20 @@ fn show(data_dir: &Path, id: i64) -> anyhow::Result<()> {
 }
 
 fn print_letter(id: i64, l: &DeadLetter) {
-    println!("id:          {id}");
-    println!("received:    {}", time(l.received_ms));
-    println!("client id:   {}", l.client_id);
-    println!("topic:       {}", l.topic);
-    println!("device:      {}", l.device.as_deref().unwrap_or("-"));
-    println!("reason code: {}", l.reason_code);
-    println!("reason:      {}", l.reason);
-    println!("payload:     {} bytes", l.payload.len());
+    outln!("id:          {id}");
+    outln!("received:    {}", time(l.received_ms));
+    outln!("client id:   {}", l.client_id);
+    outln!("topic:       {}", l.topic);
+    outln!("device:      {}", l.device.as_deref().unwrap_or("-"));
+    outln!("reason code: {}", l.reason_code);
+    outln!("reason:      {}", l.reason);
+    outln!("payload:     {} bytes", l.payload.len());
     match std::str::from_utf8(&l.payload) {
-        Ok(text) => println!("{text}"),
+        Ok(text) => outln!("{text}"),
         Err(_) => {
             for chunk in l.payload.chunks(32) {
                 let hex: Vec<String> = chunk.iter().map(|b| format!("{b:02x}")).collect();
-                println!("{}", hex.join(" "));
+                outln!("{}", hex.join(" "));
             }
         }
     }
@@ -209,7 +213,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let selection = args.select.selection();
     let matching = store.select(&selection, usize::MAX)?.len();
     if matching == 0 {
-        println!("no dead letters match; nothing to replay");
+        outln!("no dead letters match; nothing to replay");
         return Ok(());
     }
     let now = jiff::Timestamp::now().as_millisecond();
@@ -228,7 +232,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         Err(_) => None,
     };
     let id = store.request_replay(&selection, now)?;
-    println!("replaying {matching} dead letters (request {id})");
+    outln!("replaying {matching} dead letters (request {id})");
     let done = match local {
         Some((_lock, config)) => {
             let registry = Registry::new(&config);
@@ -242,19 +246,22 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             done?
         }
         None => {
-            println!(
+            outln!(
                 "a hub is running on {}; it carries out the request",
                 data_dir.display()
             );
             wait_for(&store, id, Duration::from_secs(args.wait))?
         }
     };
-    println!(
+    outln!(
         "replayed {}: stored {}, refused again {}, not replayable {}",
-        matching, done.replayed, done.failed, done.skipped
+        matching,
+        done.replayed,
+        done.failed,
+        done.skipped
     );
     if done.failed > 0 {
-        println!("see `kenko deadletter list` for the reasons of those refused again");
+        outln!("see `kenko deadletter list` for the reasons of those refused again");
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::output::{out, outln};
 use anyhow::{bail, Context as _};
 use kenko_broker::auth::{hash_password, new_token, Cost};
 use kenko_config::{Config, DeviceKind};
@@ -155,7 +156,7 @@ fn add(args: AddArgs) -> anyhow::Result<()> {
     ConsentRegistry::open(&path)?
         .audit(now, "device.add", &body.to_string())
         .context("the device was added, but its audit entry could not be written")?;
-    println!(
+    outln!(
         "added device {} ({}, citizen {}, profile {}, time zone {}) to {}",
         device.id,
         device.kind,
@@ -166,9 +167,9 @@ fn add(args: AddArgs) -> anyhow::Result<()> {
     );
     match (generated, device.password_hash.is_some()) {
         (Some(token), _) => {
-            println!("password (shown only now; only its argon2id hash is stored): {token}")
+            outln!("password (shown only now; only its argon2id hash is stored): {token}")
         }
-        (None, false) => println!(
+        (None, false) => outln!(
             "it has no password: it can authenticate only with a client certificate (CN {})",
             device.id
         ),
@@ -226,7 +227,7 @@ fn list(args: ListArgs) -> anyhow::Result<()> {
         "id", "kind", "citizen", "profile", "timezone", "source", "password",
     ]
     .map(String::from);
-    print!("{}", table(&header, &rows));
+    out!("{}", table(&header, &rows));
     Ok(())
 }
 
@@ -290,12 +291,13 @@ fn remove(args: RemoveArgs) -> anyhow::Result<()> {
         .audit(now_ms(), "device.remove", &body.to_string())
         .context("the device was removed, but its audit entry could not be written")?;
     if in_config {
-        println!(
+        outln!(
             "removed the unused registry.db row of device {}; the config file's device {} stays",
-            device.id, device.id
+            device.id,
+            device.id
         );
     } else {
-        println!(
+        outln!(
             "removed device {} (citizen {}) from {}; a running hub refuses its new connections and its telemetry within a second",
             device.id,
             device.citizen,

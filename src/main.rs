@@ -7,6 +7,7 @@ mod deadletter;
 mod demo;
 mod device;
 mod hub;
+mod output;
 mod query;
 mod simulate;
 
@@ -102,6 +103,8 @@ fn main() -> ExitCode {
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
+        // The reader of the output went away (`| head`): nothing went wrong.
+        Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kenko: {e:#}");
             ExitCode::FAILURE

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::output::outln;
 use anyhow::Context as _;
 use jiff::Timestamp;
 use kenko_config::DeviceKind;
@@ -159,14 +160,14 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
     };
     let kinds: Vec<&str> = args.kinds.iter().map(|k| k.as_str()).collect();
     match &replay {
-        None => println!(
+        None => outln!(
             "simulating {} devices of each of {} against {} at {} msg/s each",
             args.devices,
             kinds.join(","),
             args.broker,
             args.rate
         ),
-        Some(r) => println!(
+        Some(r) => outln!(
             "replaying {} devices of each of {} against {}: {} until {} every {} s",
             args.devices,
             kinds.join(","),
@@ -182,7 +183,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
         ticker.tick().await;
         loop {
             ticker.tick().await;
-            println!(
+            outln!(
                 "connected {:>4} | published {:>9} | acknowledged {:>9} | faults {:>6} | errors {}",
                 progress_stats.connected.load(Ordering::Relaxed),
                 progress_stats.published.load(Ordering::Relaxed),
@@ -216,7 +217,7 @@ fn write_faults_log(path: &Path, report: &SimReport) -> anyhow::Result<()> {
 }
 
 fn print_report(report: &SimReport) {
-    println!(
+    outln!(
         "done in {:.1} s: {} published, {} acknowledged, {} errors",
         report.elapsed.as_secs_f64(),
         report.published,
@@ -224,7 +225,7 @@ fn print_report(report: &SimReport) {
         report.errors
     );
     for d in &report.devices {
-        println!(
+        outln!(
             "device {} {}: {} good messages, {} samples, {} readings, {} duplicates, {} faults{}",
             d.id,
             d.profile,
@@ -246,6 +247,6 @@ fn print_report(report: &SimReport) {
     }
     if !by_reason.is_empty() {
         let counts: Vec<String> = by_reason.iter().map(|(r, n)| format!("{r} {n}")).collect();
-        println!("faults injected: {}", counts.join(", "));
+        outln!("faults injected: {}", counts.join(", "));
     }
 }

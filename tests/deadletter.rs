@@ -146,3 +146,52 @@ fn dead_letters_are_listed_shown_and_replayed_after_the_cause_is_fixed() -> anyh
     assert_eq!(rows[0]["value"], 300.0);
     Ok(())
 }
+
+/// Runs `kenko ARGS` with its stdout's reader gone before it writes (as `| head` does once
+/// it has its lines): it must end quietly, with success.
+fn with_reader_gone(args: &[&str]) -> anyhow::Result<()> {
+    let mut child = Command::new(KENKO)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    drop(child.stdout.take());
+    let out = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    anyhow::ensure!(
+        out.status.success() && stderr.is_empty(),
+        "kenko {}: {} {stderr}",
+        args.join(" "),
+        out.status
+    );
+    Ok(())
+}
+
+#[test]
+fn listings_end_quietly_when_their_reader_goes_away() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = Hub::start(dir.path(), &config_with_devices(1))?;
+    publish(&hub, "{oops")?;
+    let data = hub.data_dir.to_str().context("path")?.to_owned();
+    common::eventually(std::time::Duration::from_secs(10), || {
+        Ok((!letters(&hub.data_dir)?.is_empty()).then_some(()))
+    })?;
+    hub.terminate()?;
+    for args in [
+        vec!["deadletter", "list", "--data-dir", &data],
+        vec![
+            "deadletter",
+            "list",
+            "--data-dir",
+            &data,
+            "--format",
+            "json",
+        ],
+        vec!["query", "--data-dir", &data, "--metric", "heart_rate"],
+        vec!["consent", "list", "--data-dir", &data],
+        vec!["audit", "verify", "--data-dir", &data],
+    ] {
+        with_reader_gone(&args)?;
+    }
+    Ok(())
+}
