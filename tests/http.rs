@@ -93,6 +93,12 @@ fn consents_over_http_decide_who_reads_what() -> anyhow::Result<()> {
     })?;
     let (_, rows) = http(api, "GET", q, Some("st-luke"), None)?;
     assert_eq!(rows[0]["citizen"], "citizen-001");
+    // Each observation carries its LOINC code, UCUM unit and implausible flag.
+    assert_eq!(
+        (&rows[0]["loinc"], &rows[0]["unit"], &rows[0]["implausible"]),
+        (&json!("8867-4"), &json!("/min"), &json!(false)),
+        "{rows}"
+    );
     let spo2 = "/api/v1/observations?metric=bed_occupancy&citizen=citizen-001";
     assert_eq!(
         http(api, "GET", spo2, Some("st-luke"), None)?.0,

@@ -659,6 +659,11 @@ struct RowView {
     metric: &'static str,
     value: f64,
     unit: String,
+    /// The metric's LOINC code.
+    loinc: &'static str,
+    /// Outside the metric's physiological bounds; absent for an aggregate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    implausible: Option<bool>,
 }
 
 async fn observations(
@@ -766,9 +771,11 @@ async fn observations(
         rows.into_iter()
             .map(|r| RowView {
                 time: rfc3339(r.time_ms),
+                implausible: r.implausible(),
                 citizen: r.citizen,
                 device: r.device,
                 metric: r.metric.name(),
+                loinc: r.metric.loinc(),
                 value: r.value,
                 unit: r.unit,
             })

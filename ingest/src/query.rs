@@ -47,6 +47,8 @@ pub struct Row {
     pub value: f64,
     pub unit: String,
     pub aggregated: bool,
+    /// The observation's flags (`observation::flags`); 0 for an aggregate.
+    pub flags: u32,
 }
 
 /// A query argument that cannot be understood.
@@ -167,6 +169,20 @@ impl Row {
         }
     }
 
+    /// Whether the observation lies outside its metric's physiological bounds; `None` for
+    /// an aggregate.
+    pub fn implausible(&self) -> Option<bool> {
+        (!self.aggregated).then_some(self.flags & crate::observation::flags::IMPLAUSIBLE != 0)
+    }
+
+    fn implausible_text(&self) -> &'static str {
+        match self.implausible() {
+            Some(true) => "true",
+            Some(false) => "false",
+            None => "",
+        }
+    }
+
     fn value_json(&self) -> serde_json::Value {
         if !self.aggregated && self.metric == Metric::SleepStage {
             serde_json::Value::String(self.metric.display_value(self.value))
@@ -180,7 +196,10 @@ impl Row {
 pub fn render(rows: &[Row], format: Format, out: &mut impl Write) -> std::io::Result<()> {
     match format {
         Format::Csv => {
-            writeln!(out, "time,citizen,device,metric,value,unit")?;
+            writeln!(
+                out,
+                "time,citizen,device,metric,value,unit,loinc,implausible"
+            )?;
             for r in rows {
                 let fields = [
                     format_time(r.time_ms),
@@ -189,6 +208,8 @@ pub fn render(rows: &[Row], format: Format, out: &mut impl Write) -> std::io::Re
                     r.metric.name().to_owned(),
                     r.value_text(),
                     r.unit.clone(),
+                    r.metric.loinc().to_owned(),
+                    r.implausible_text().to_owned(),
                 ];
                 let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
                 writeln!(out, "{}", line.join(","))?;
@@ -206,14 +227,26 @@ pub fn render(rows: &[Row], format: Format, out: &mut impl Write) -> std::io::Re
                     metric: r.metric.name(),
                     value: r.value_json(),
                     unit: &r.unit,
+                    loinc: r.metric.loinc(),
+                    implausible: r.implausible(),
                 })
                 .collect();
             serde_json::to_writer_pretty(&mut *out, &items)?;
             writeln!(out)?;
         }
         Format::Table => {
-            let header = ["time", "citizen", "device", "metric", "value", "unit"].map(String::from);
-            let body: Vec<[String; 6]> = rows
+            let header = [
+                "time",
+                "citizen",
+                "device",
+                "metric",
+                "value",
+                "unit",
+                "loinc",
+                "implausible",
+            ]
+            .map(String::from);
+            let body: Vec<[String; 8]> = rows
                 .iter()
                 .map(|r| {
                     [
@@ -223,6 +256,8 @@ pub fn render(rows: &[Row], format: Format, out: &mut impl Write) -> std::io::Re
                         r.metric.name().to_owned(),
                         r.value_short(),
                         r.unit.clone(),
+                        r.metric.loinc().to_owned(),
+                        r.implausible_text().to_owned(),
                     ]
                 })
                 .collect();
@@ -254,6 +289,10 @@ struct JsonRow<'a> {
     metric: &'static str,
     value: serde_json::Value,
     unit: &'a str,
+    loinc: &'static str,
+    /// Absent for an aggregate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    implausible: Option<bool>,
 }
 
 fn csv_field(field: &str) -> String {
@@ -279,6 +318,7 @@ mod tests {
             value,
             unit: metric.unit().into(),
             aggregated,
+            flags: 0,
         }
     }
 
@@ -329,15 +369,19 @@ mod tests {
 
     #[test]
     fn csv_has_the_documented_header_and_utc_times() {
+        let mut implausible = row(Metric::HeartRate, 290.0, NOW + 1000, false);
+        implausible.flags = crate::observation::flags::IMPLAUSIBLE;
         let rows = [
             row(Metric::HeartRate, 58.5, NOW, false),
             row(Metric::SleepStage, 2.0, NOW + 123, false),
+            implausible,
         ];
         assert_eq!(
             rendered(&rows, Format::Csv),
-            "time,citizen,device,metric,value,unit\n\
-             2025-11-25T05:53:20Z,citizen-001,bed-001,heart_rate,58.5,/min\n\
-             2025-11-25T05:53:20.123Z,citizen-001,bed-001,sleep_stage,deep,{stage}\n"
+            "time,citizen,device,metric,value,unit,loinc,implausible\n\
+             2025-11-25T05:53:20Z,citizen-001,bed-001,heart_rate,58.5,/min,8867-4,false\n\
+             2025-11-25T05:53:20.123Z,citizen-001,bed-001,sleep_stage,deep,{stage},local,false\n\
+             2025-11-25T05:53:21Z,citizen-001,bed-001,heart_rate,290,/min,8867-4,true\n"
         );
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
@@ -351,13 +395,13 @@ mod tests {
         odd.citizen = "Sato, \"Hana\"".into();
         assert_eq!(
             rendered(&[count, odd], Format::Csv),
-            "time,citizen,device,metric,value,unit\n\
-             2025-11-25T05:53:20Z,citizen-001,bed-001,sleep_stage,2,{count}\n\
-             2025-11-25T05:53:20Z,\"Sato, \"\"Hana\"\"\",bed-001,heart_rate,59.5,/min\n"
+            "time,citizen,device,metric,value,unit,loinc,implausible\n\
+             2025-11-25T05:53:20Z,citizen-001,bed-001,sleep_stage,2,{count},local,\n\
+             2025-11-25T05:53:20Z,\"Sato, \"\"Hana\"\"\",bed-001,heart_rate,59.5,/min,8867-4,\n"
         );
         assert_eq!(
             rendered(&[], Format::Csv),
-            "time,citizen,device,metric,value,unit\n"
+            "time,citizen,device,metric,value,unit,loinc,implausible\n"
         );
     }
 
@@ -376,7 +420,9 @@ mod tests {
     "device": "bed-001",
     "metric": "sleep_stage",
     "value": "deep",
-    "unit": "{stage}"
+    "unit": "{stage}",
+    "loinc": "local",
+    "implausible": false
   },
   {
     "time": "2025-11-25T05:53:20Z",
@@ -384,7 +430,8 @@ mod tests {
     "device": "bed-001",
     "metric": "heart_rate",
     "value": 61.25,
-    "unit": "/min"
+    "unit": "/min",
+    "loinc": "8867-4"
   }
 ]
 "#
@@ -410,8 +457,8 @@ mod tests {
         let table = rendered(&rows[..1], Format::Table);
         assert_eq!(
             table,
-            "time                  citizen      device   metric       value  unit\n\
-             2025-11-25T05:53:20Z  citizen-001  bed-001  sleep_stage  rem    {stage}\n\
+            "time                  citizen      device   metric       value  unit     loinc  implausible\n\
+             2025-11-25T05:53:20Z  citizen-001  bed-001  sleep_stage  rem    {stage}  local  false\n\
              (1 rows)\n"
         );
     }

@@ -79,7 +79,7 @@ CREATE TABLE IF NOT EXISTS log_position (
 /// as in [`series_filter`], ?4 from (inclusive), ?5 to (exclusive), ?6 limit.
 fn raw_query(series: &str) -> String {
     format!(
-        "SELECT o.time_ms, s.citizen, s.device, o.value FROM series s
+        "SELECT o.time_ms, s.citizen, s.device, o.value, o.flags FROM series s
          JOIN observations o ON o.series = s.id
          WHERE {series} AND o.time_ms >= ?4 AND o.time_ms < ?5
          ORDER BY o.time_ms, s.citizen, s.device LIMIT ?6"
@@ -430,6 +430,7 @@ impl PersonalStore {
                 value: r.get(3)?,
                 unit: unit.to_owned(),
                 aggregated,
+                flags: if aggregated { 0 } else { r.get(4)? },
             })
         };
         let rows = match q.every_ms {
@@ -745,6 +746,25 @@ mod tests {
         let rows = store.query(&query(Metric::HeartRate)).expect("query");
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].value, 60.0, "the first write wins");
+        assert_eq!(rows[0].implausible(), Some(false));
+    }
+
+    #[test]
+    fn raw_rows_carry_their_flags_and_aggregates_none() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = PersonalStore::open(&dir.path().join("p.db")).expect("open");
+        let mut flagged = obs("c1", "d1", Metric::HeartRate, 290.0, 1_000);
+        flagged.flags = flags::IMPLAUSIBLE;
+        store
+            .write_batch(&[flagged, obs("c1", "d1", Metric::HeartRate, 60.0, 2_000)])
+            .expect("write");
+        let rows = store.query(&query(Metric::HeartRate)).expect("query");
+        let flags: Vec<Option<bool>> = rows.iter().map(Row::implausible).collect();
+        assert_eq!(flags, vec![Some(true), Some(false)]);
+        let mut every = query(Metric::HeartRate);
+        every.every_ms = Some(60_000);
+        let buckets = store.query(&every).expect("query");
+        assert_eq!(buckets[0].implausible(), None);
     }
 
     #[test]
