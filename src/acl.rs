@@ -68,6 +68,10 @@ struct ExplainArgs {
     /// A retained publish
     #[arg(long)]
     retain: bool,
+    /// For rules that need consent: the time of the observation delivered (RFC 3339, now, or
+    /// relative like -1h); the consent in force now decides whether it covers that time
+    #[arg(long, allow_hyphen_values = true, default_value = "now")]
+    at: String,
 }
 
 #[derive(clap::Args)]
@@ -118,9 +122,9 @@ pub fn hash_stdin_password(cost: Cost, command: &str) -> anyhow::Result<String> 
     Ok(hash_password(password, cost))
 }
 
-/// The directory and rules named by `source`; the devices of the data directory's
-/// `registry.db` (`kenko device add`) are known too.
-fn load(source: &Source) -> anyhow::Result<(Directory, Acl)> {
+/// The directory and rules named by `source`, and its data directory; the devices of the
+/// data directory's `registry.db` (`kenko device add`) are known too.
+fn load(source: &Source) -> anyhow::Result<(Directory, Acl, PathBuf)> {
     let config = match &source.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
@@ -133,7 +137,7 @@ fn load(source: &Source) -> anyhow::Result<(Directory, Acl)> {
         Some(path) => kenko_config::acl::read_rules(path)?,
         None => config.acl_rules()?,
     };
-    Ok((directory, Acl::new(rules)))
+    Ok((directory, Acl::new(rules), data_dir))
 }
 
 fn identity(
@@ -156,7 +160,7 @@ fn identity(
 
 fn explain(args: ExplainArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.qos <= 2, "--qos must be 0, 1 or 2");
-    let (directory, acl) = load(&args.source)?;
+    let (directory, acl, data_dir) = load(&args.source)?;
     let who = identity(&directory, &args.principal, args.source.config.as_deref())?;
     let client_id = args.client_id.as_deref().unwrap_or(&who.id);
     let principal = who.principal(client_id, Some(&who.id));
@@ -174,6 +178,26 @@ fn explain(args: ExplainArgs) -> anyhow::Result<()> {
     };
     let decision = acl.decide(&principal, &request);
     out!("{}", render(&acl, &principal, &request, &decision));
+    let need = decision
+        .rule
+        .filter(|_| decision.allowed)
+        .and_then(|i| acl.rules().get(i))
+        .and_then(|rule| rule.consent);
+    if let (Some(need), Request::Subscribe { filter, .. }) = (need, &request) {
+        let now = jiff::Timestamp::now().as_millisecond();
+        let at = kenko_ingest::query::parse_time(&args.at, now).map_err(anyhow::Error::msg)?;
+        out!(
+            "{}",
+            crate::acl_consent::explain(
+                &data_dir.join("registry.db"),
+                need,
+                &who.id,
+                filter,
+                at,
+                now
+            )?
+        );
+    }
     Ok(())
 }
 
@@ -273,7 +297,7 @@ fn consent_name(need: ConsentNeed) -> &'static str {
 
 /// Runs the cases; `Ok(false)` if any failed.
 fn test(args: TestArgs) -> anyhow::Result<bool> {
-    let (directory, acl) = load(&args.source)?;
+    let (directory, acl, _) = load(&args.source)?;
     let cases = kenko_config::acl::read_cases(&args.cases)?;
     if cases.is_empty() {
         bail!("{} has no [[case]] entries", args.cases.display());

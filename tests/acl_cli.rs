@@ -216,3 +216,102 @@ fn hash_password_makes_a_hash_the_hub_accepts() -> anyhow::Result<()> {
     assert!(!kenko_broker::auth::verify_password(&p, b"s3cret\n"));
     Ok(())
 }
+
+/// A care service may subscribe to citizens' observations under the built-in rule, but each
+/// delivery needs the citizen's care consent: explain evaluates it and names the record.
+#[test]
+fn explain_evaluates_the_consent_a_rule_needs_and_names_the_deciding_record() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    setup(dir.path())?;
+    let config = std::fs::read_to_string(dir.path().join("kenko.toml"))?
+        + &common::principal("st-luke", &["care"]);
+    std::fs::write(dir.path().join("kenko.toml"), config)?;
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("path");
+    let explain = |filter: &str, at: &str| -> anyhow::Result<String> {
+        let out = kenko(
+            &[
+                "acl",
+                "explain",
+                "--config",
+                "kenko.toml",
+                "--data-dir",
+                data,
+                "--principal",
+                "st-luke",
+                "--subscribe",
+                filter,
+                "--at",
+                at,
+            ],
+            dir.path(),
+        )?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(stdout(&out))
+    };
+    let one = "citizens/citizen-001/observations/heart_rate";
+    let all = "citizens/+/observations/heart_rate";
+
+    // No registry yet: nothing is recorded, nothing delivered.
+    let text = explain(one, "now")?;
+    assert!(text.starts_with("ALLOW: subscribe"), "{text}");
+    assert!(
+        text.contains("no consent is recorded: nothing is delivered"),
+        "{text}"
+    );
+
+    // A grant from an hour ago on, for heart rate.
+    common::consent_with(
+        std::path::Path::new(data),
+        "grant",
+        &["citizen-001"],
+        "care",
+        &[
+            "--grantee",
+            "st-luke",
+            "--types",
+            "heart_rate",
+            "--from",
+            "-1h",
+        ],
+    )?;
+    let text = explain(one, "now")?;
+    assert!(
+        text.contains("needs citizen-001's care consent to st-luke for heart_rate"),
+        "{text}"
+    );
+    assert!(text.contains(": in force: record #1 "), "{text}");
+    assert!(text.contains("grants it for heart_rate"), "{text}");
+    // An observation from before the grant's window is not delivered.
+    let text = explain(one, "-2h")?;
+    assert!(text.contains(": NOT in force: record #1 "), "{text}");
+    assert!(text.contains("which does not hold"), "{text}");
+    // Another data type has no record.
+    let text = explain("citizens/citizen-001/observations/spo2", "now")?;
+    assert!(
+        text.contains("NOT in force: no care record of citizen-001 to st-luke names spo2"),
+        "{text}"
+    );
+    let text = explain(all, "now")?;
+    assert!(text.contains("in force for citizen-001 (#1)"), "{text}");
+
+    // Withdrawn: the withdrawal decides.
+    common::consent_with(
+        std::path::Path::new(data),
+        "revoke",
+        &["citizen-001"],
+        "care",
+        &["--grantee", "st-luke", "--types", "heart_rate"],
+    )?;
+    let text = explain(one, "now")?;
+    assert!(text.contains("NOT in force: record #2 "), "{text}");
+    assert!(text.contains("withdraws it"), "{text}");
+    let text = explain(all, "now")?;
+    assert!(text.contains("in force for no citizen"), "{text}");
+    Ok(())
+}

@@ -75,7 +75,7 @@ impl Consent {
     }
 
     /// Does the record's validity window hold data from `event_ms`?
-    fn covers_time(&self, event_ms: i64) -> bool {
+    pub fn covers_time(&self, event_ms: i64) -> bool {
         self.change
             .valid_from_ms
             .is_none_or(|from| event_ms >= from)
@@ -208,7 +208,7 @@ impl Consents {
 
     /// The record that decides for (citizen, grantee, purpose, data type) at `at_ms`: the
     /// latest that covers the type among those recorded by then.
-    fn deciding(
+    pub fn deciding(
         &self,
         citizen: &str,
         grantee: &str,
