@@ -161,20 +161,16 @@ fn grant_demo_consent(data_dir: &Path, config: &Config) -> anyhow::Result<()> {
     let mut registry = ConsentRegistry::open(&data_dir.join("registry.db"))?;
     let now = jiff::Timestamp::now().as_millisecond();
     let consents = registry.consents()?;
-    for device in &config.devices {
-        if consents.permits(
-            &device.citizen,
-            HUB,
-            Purpose::Collect,
-            "heart_rate",
-            now,
-            now,
-        ) {
+    // Once per citizen, however many devices they have.
+    let citizens: std::collections::BTreeSet<&str> =
+        config.devices.iter().map(|d| d.citizen.as_str()).collect();
+    for citizen in citizens {
+        if consents.permits(citizen, HUB, Purpose::Collect, "heart_rate", now, now) {
             continue;
         }
         registry.record(
             ConsentChange {
-                citizen: device.citizen.clone(),
+                citizen: citizen.to_owned(),
                 grantee: HUB.to_owned(),
                 purpose: Purpose::Collect,
                 data_types: Vec::new(),

@@ -98,6 +98,20 @@ fn demo_stores_simulated_telemetry_and_stops_on_ctrl_c() -> anyhow::Result<()> {
         .find(|l| l.starts_with("simulator stopped"))
         .expect("simulator summary");
     assert!(summary.contains("acknowledged"), "{summary}");
+    // Collection consent is recorded once per citizen, not once per device.
+    let records =
+        kenko_ingest::consent::ConsentRegistry::open_read_only(&data_dir.join("registry.db"))?
+            .list(None)?;
+    let mut citizens: Vec<&str> = records.iter().map(|r| r.change.citizen.as_str()).collect();
+    let recorded = citizens.len();
+    citizens.sort_unstable();
+    citizens.dedup();
+    assert_eq!(
+        recorded,
+        citizens.len(),
+        "one record per citizen: {records:?}"
+    );
+    assert!(recorded >= 20, "{recorded} citizens consented");
     Ok(())
 }
 
