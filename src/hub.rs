@@ -6,9 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use kenko_api::http::HttpApi;
 use kenko_broker::auth::Directory;
 use kenko_broker::authz::Authorizer;
-use kenko_broker::http::HttpApi;
 use kenko_broker::{Broker, BrokerStats};
 use kenko_config::Config;
 use kenko_devices::registry::{DeviceWatcher, Registry};
@@ -78,7 +78,7 @@ impl Hub {
         let broker_stats = broker.stats();
         let http_addr = match config.http.listen {
             Some(addr) => {
-                let listener = kenko_broker::http::bind(addr)
+                let listener = kenko_api::http::bind(addr)
                     .await
                     .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
                 let local = listener.local_addr().unwrap_or(addr);
@@ -93,7 +93,7 @@ impl Hub {
                 .with_request_limits(&config.http);
                 let (limits, shutdown) = (config.http.clone(), shutdown.clone());
                 tokio::spawn(async move {
-                    kenko_broker::http::serve(listener, api, &limits, shutdown).await;
+                    kenko_api::http::serve(listener, api, &limits, shutdown).await;
                 });
                 Some(local)
             }

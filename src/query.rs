@@ -4,8 +4,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
+use kenko_api::http::{filter_rows, query_access, Access, StoreKind};
 use kenko_broker::auth::Directory;
-use kenko_broker::http::{filter_rows, query_access, Access, StoreKind};
 use kenko_devices::Metric;
 use kenko_ingest::consent::ConsentRegistry;
 use kenko_ingest::query::{parse_duration, parse_time, render, Agg, Format, Query};

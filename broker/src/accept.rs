@@ -18,14 +18,14 @@ pub const FILES_RESERVE: u64 = 128;
 
 /// The pause after a failed accept, for one listener loop. Each listener loop has its own,
 /// so a full descriptor table pauses neither loop for longer than a second.
-pub(crate) struct AcceptBackoff {
+pub struct AcceptBackoff {
     what: &'static str,
     pause: Duration,
     log: LogThrottle,
 }
 
 impl AcceptBackoff {
-    pub(crate) fn new(what: &'static str) -> AcceptBackoff {
+    pub fn new(what: &'static str) -> AcceptBackoff {
         AcceptBackoff {
             what,
             pause: FIRST_PAUSE,
@@ -33,13 +33,13 @@ impl AcceptBackoff {
         }
     }
 
-    pub(crate) fn accepted(&mut self) {
+    pub fn accepted(&mut self) {
         self.pause = FIRST_PAUSE;
     }
 
     /// Logs (at most every 5 s, with the count of failures not logged) and waits: out of
     /// descriptors, accepting again at once would fail again, spinning a core.
-    pub(crate) async fn failed(&mut self, e: &std::io::Error, shutdown: &CancellationToken) {
+    pub async fn failed(&mut self, e: &std::io::Error, shutdown: &CancellationToken) {
         if let Some(held_back) = self.log.allow(Instant::now()) {
             let out_of_descriptors = matches!(e.raw_os_error(), Some(23 | 24));
             if out_of_descriptors {

@@ -2,7 +2,7 @@
 //! 5), with rumqttd's codecs for the wire. kenko owns all of it so that it decides what is
 //! acknowledged and when (telemetry only once stored) and what each delivery may carry.
 
-mod accept;
+pub mod accept;
 pub mod acl;
 pub mod auth;
 pub mod authz;
@@ -10,11 +10,8 @@ mod codec;
 mod connect_check;
 mod connection;
 mod event_time;
-pub mod http;
-mod http_conn;
 mod hub;
 pub mod login;
-pub mod metrics;
 mod packet;
 mod problem_info;
 pub mod rate;
@@ -90,7 +87,7 @@ pub struct BrokerStats {
     /// Logins over MQTT and HTTP: failed, throttled, refused for a full queue.
     pub login: LoginStats,
     /// The router, for its gauges and per-session drop counts.
-    pub(crate) router: std::sync::OnceLock<Arc<Router>>,
+    pub router: std::sync::OnceLock<Arc<Router>>,
 }
 
 /// State every connection shares.

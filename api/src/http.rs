@@ -33,10 +33,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::auth::{Directory, Identity};
-use crate::login::{Listener, Login, LoginGuard};
-use crate::rate::TokenBuckets;
-use crate::BrokerStats;
+use kenko_broker::auth::{Directory, Identity};
+use kenko_broker::login::{Listener, Login, LoginGuard};
+use kenko_broker::rate::TokenBuckets;
+use kenko_broker::BrokerStats;
 use kenko_ingest::stats::IngestStats;
 
 /// Which observation store a query reads.
@@ -199,7 +199,7 @@ pub async fn serve(
     limits: &kenko_config::HttpConfig,
     shutdown: CancellationToken,
 ) {
-    crate::http_conn::accept_loop(listener, api.router(), limits.into(), shutdown).await;
+    crate::conn::accept_loop(listener, api.router(), limits.into(), shutdown).await;
 }
 
 /// The process is alive and serving HTTP (for a liveness probe; no credentials).

@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use kenko_ingest::stats::{Histogram, IngestStats, DELAY_BOUNDS_MS};
 
-use crate::login::{Listener, LoginStats};
-use crate::route::Router;
-use crate::BrokerStats;
+use kenko_broker::login::{Listener, LoginStats};
+use kenko_broker::route::Router;
+use kenko_broker::BrokerStats;
 
 enum Kind {
     Counter,

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::accept::AcceptBackoff;
+use kenko_broker::accept::AcceptBackoff;
 
 /// The connection limits of `[http]`.
 #[derive(Debug, Clone, Copy)]

@@ -1,0 +1,7 @@
+//! kenko's HTTP API, beside the MQTT broker: consents and observations under HTTP Basic
+//! (`http`), the connection handling that bounds slow and idle clients (`conn`), and the
+//! operators' `/metrics` (`metrics`), `/healthz` and `/readyz`.
+
+pub mod conn;
+pub mod http;
+pub mod metrics;
