@@ -28,6 +28,7 @@ pub struct Hub {
     pub tls_addr: Option<SocketAddr>,
     pub websocket_addr: Option<SocketAddr>,
     pub http_addr: Option<SocketAddr>,
+    pub https_addr: Option<SocketAddr>,
     pub broker_stats: Arc<BrokerStats>,
     pub ingest_stats: Arc<IngestStats>,
     task: JoinHandle<()>,
@@ -76,29 +77,28 @@ impl Hub {
         let tls_addr = broker.tls_addr();
         let websocket_addr = broker.websocket_addr();
         let broker_stats = broker.stats();
-        let http_addr = match config.http.listen {
-            Some(addr) => {
-                let listener = kenko_api::http::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
-                let local = listener.local_addr().unwrap_or(addr);
-                let api = HttpApi::new(
-                    Directory::with_devices(&config, registry.clone())?,
-                    ingest.consents().clone(),
-                    data_dir,
-                    broker.login_guard(),
-                )
-                .with_metrics(broker.stats(), ingest.stats().clone())
-                .with_health(ingest.health().clone())
-                .with_request_limits(&config.http);
-                let (limits, shutdown) = (config.http.clone(), shutdown.clone());
-                tokio::spawn(async move {
-                    kenko_api::http::serve(listener, api, &limits, shutdown).await;
-                });
-                Some(local)
+        let (mut http_addr, mut https_addr) = (None, None);
+        if config.http.listen.is_some() || config.http.tls.is_some() {
+            let api = HttpApi::new(
+                Directory::with_devices(&config, registry.clone())?,
+                ingest.consents().clone(),
+                data_dir,
+                broker.login_guard(),
+            )
+            .with_metrics(broker.stats(), ingest.stats().clone())
+            .with_health(ingest.health().clone())
+            .with_request_limits(&config.http);
+            if let Some(addr) = config.http.listen {
+                http_addr = Some(serve_http(addr, &api, &config.http, None, &shutdown).await?);
             }
-            None => None,
-        };
+            if let Some(tls) = &config.http.tls {
+                let acceptor =
+                    kenko_broker::tls::acceptor(tls).context("cannot set up HTTPS ([http.tls])")?;
+                let addr =
+                    serve_http(tls.listen, &api, &config.http, Some(acceptor), &shutdown).await?;
+                https_addr = Some(addr);
+            }
+        }
         let ingest_stats = ingest.stats().clone();
         let task = tokio::spawn(async move {
             broker.run(ingest, shutdown).await;
@@ -119,6 +119,7 @@ impl Hub {
             tls_addr,
             websocket_addr,
             http_addr,
+            https_addr,
             broker_stats,
             ingest_stats,
             task,
@@ -140,6 +141,27 @@ pub fn start_error(e: pipeline::IngestError, data_dir: &Path) -> anyhow::Error {
         other => anyhow::Error::new(other)
             .context(format!("cannot open the stores in {}", data_dir.display())),
     }
+}
+
+/// Binds `addr` and serves the HTTP API there until `shutdown`, over HTTPS with `tls`;
+/// returns the address bound.
+async fn serve_http(
+    addr: SocketAddr,
+    api: &HttpApi,
+    limits: &kenko_config::HttpConfig,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let scheme = if tls.is_some() { "HTTPS" } else { "HTTP" };
+    let listener = kenko_api::http::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for {scheme} on {addr}"))?;
+    let local = listener.local_addr().unwrap_or(addr);
+    let (api, limits, shutdown) = (api.clone(), limits.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        kenko_api::http::serve(listener, api, &limits, tls, shutdown).await;
+    });
+    Ok(local)
 }
 
 /// Holds the data directory for this process: two hubs (or a hub and a local dead-letter

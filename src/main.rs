@@ -154,6 +154,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.mqtt.websocket = Some(addr);
     }
     if let Some(addr) = args.http {
+        config
+            .http
+            .check_plain_listen(addr)
+            .map_err(anyhow::Error::msg)?;
         config.http.listen = Some(addr);
     }
     let data_dir = args
@@ -175,6 +179,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(addr) = hub.http_addr {
         println!("kenko serve: HTTP API on {addr}");
+    }
+    if let Some(addr) = hub.https_addr {
+        println!("kenko serve: HTTPS API on {addr}");
     }
     println!("stop with Ctrl-C or SIGTERM");
     hub.wait().await

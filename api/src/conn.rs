@@ -1,6 +1,7 @@
-//! The HTTP API's listener: a cap on connections and, per connection, an idle timeout (no
-//! request in progress and no byte of the next one) and a header timeout (the headers of a
-//! request that has begun must be complete in time), which `axum::serve` does not have.
+//! The HTTP API's listeners, plain and HTTPS: a cap on connections and, per connection, an
+//! idle timeout (no request in progress and no byte of the next one) and a header timeout
+//! (the headers of a request that has begun must be complete in time; a TLS handshake too),
+//! which `axum::serve` does not have.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -20,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -45,10 +47,12 @@ impl From<&HttpConfig> for Limits {
 
 /// Accepts connections until `shutdown`, at most `max_connections` at once: the others
 /// wait in the listen backlog, which costs the hub no descriptor.
+/// With `tls`, each connection is HTTPS.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -68,7 +72,14 @@ pub(crate) async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 backoff.accepted();
-                let conn = serve_connection(stream, peer, app.clone(), limits, shutdown.clone());
+                let conn = open(
+                    stream,
+                    peer,
+                    app.clone(),
+                    limits,
+                    tls.clone(),
+                    shutdown.clone(),
+                );
                 tokio::spawn(hold(permit, conn));
             }
             Err(e) => backoff.failed(&e, &shutdown).await,
@@ -78,6 +89,27 @@ pub(crate) async fn accept_loop(
 
 async fn hold(_permit: OwnedSemaphorePermit, conn: impl std::future::Future<Output = ()>) {
     conn.await;
+}
+
+/// Serves one accepted connection, after its TLS handshake when `tls` is set; a handshake
+/// not done within the header timeout closes it.
+async fn open(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    limits: Limits,
+    tls: Option<TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let Some(tls) = tls else {
+        return serve_connection(stream, peer, app, limits, shutdown).await;
+    };
+    match tokio::time::timeout(limits.header, tls.accept(stream)).await {
+        Ok(Ok(stream)) => serve_connection(stream, peer, app, limits, shutdown).await,
+        Ok(Err(e)) => debug!(%peer, error = %e, "HTTPS handshake failed"),
+        Err(_) => debug!(%peer, "HTTPS connection closed: handshake not complete in time"),
+    }
 }
 
 /// What the watchdog of one connection needs to know.
@@ -146,13 +178,13 @@ impl Activity {
     }
 }
 
-/// A TCP stream that tells its [`Activity`] when bytes arrive.
-struct Watched {
-    stream: TcpStream,
+/// A stream (TCP, or TLS over TCP) that tells its [`Activity`] when bytes arrive.
+struct Watched<S> {
+    stream: S,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -167,7 +199,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -186,14 +218,15 @@ impl AsyncWrite for Watched {
 }
 
 /// Serves one connection until it ends, times out, or the hub stops.
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     peer: SocketAddr,
     app: Router,
     limits: Limits,
     shutdown: CancellationToken,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Watched {
         stream,

@@ -193,13 +193,15 @@ impl HttpApi {
 
 /// Serves the API on `listener` until `shutdown`, within the connection limits of `limits`
 /// (a cap on connections, idle and header timeouts).
+/// With `tls`, over HTTPS.
 pub async fn serve(
     listener: TcpListener,
     api: HttpApi,
     limits: &kenko_config::HttpConfig,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
-    crate::conn::accept_loop(listener, api.router(), limits.into(), shutdown).await;
+    crate::conn::accept_loop(listener, api.router(), limits.into(), tls, shutdown).await;
 }
 
 /// The process is alive and serving HTTP (for a liveness probe; no credentials).

@@ -20,7 +20,7 @@ mod session;
 mod sessions;
 mod sync;
 mod sys;
-mod tls;
+pub mod tls;
 mod ws;
 
 use std::net::SocketAddr;

@@ -48,7 +48,7 @@ fn certificates(
 }
 
 /// The acceptor for `config`.
-pub(crate) fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
+pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
     let chain = certificates(&config.cert, "the server certificate")?;
     let key = PrivateKeyDer::from_pem_file(&config.key).map_err(|e| TlsError::Pem {
         what: "the server's private key",

@@ -117,6 +117,24 @@ pub struct HttpConfig {
     /// Requests a principal may make at once above `requests_per_s` (an app opening a page
     /// of several charts).
     pub request_burst: u32,
+    /// HTTPS (rustls) on a listener of its own, same shape as `[mqtt.tls]` (client
+    /// certificates are not used for HTTP: clients log in with passwords).
+    pub tls: Option<TlsConfig>,
+    /// Serve plain HTTP on an address other than loopback (passwords then cross the network
+    /// in clear): only behind a proxy that terminates TLS on the same machine or network.
+    pub plain_on_network: bool,
+}
+
+impl HttpConfig {
+    /// Plain HTTP only on loopback, unless the operator says otherwise.
+    pub fn check_plain_listen(&self, addr: SocketAddr) -> Result<(), String> {
+        if addr.ip().is_loopback() || self.plain_on_network {
+            return Ok(());
+        }
+        Err(format!(
+            "http.listen {addr} is not a loopback address: passwords would cross the network in clear; serve HTTPS with [http.tls] (listen, cert, key) and keep http.listen on 127.0.0.1, or set http.plain_on_network = true behind a proxy that terminates TLS"
+        ))
+    }
 }
 
 impl Default for HttpConfig {
@@ -128,6 +146,8 @@ impl Default for HttpConfig {
             header_read_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             max_connections: 512,
+            tls: None,
+            plain_on_network: false,
         }
     }
 }
@@ -632,7 +652,10 @@ impl Config {
         if let Some(file) = config.influxdb.as_mut().and_then(|i| i.token_file.as_mut()) {
             resolve(file);
         }
-        if let Some(tls) = &mut config.mqtt.tls {
+        for tls in [&mut config.mqtt.tls, &mut config.http.tls]
+            .into_iter()
+            .flatten()
+        {
             resolve(&mut tls.cert);
             resolve(&mut tls.key);
             if let Some(ca) = &mut tls.client_ca {
@@ -819,6 +842,17 @@ impl Config {
             if tls.require_client_cert && tls.client_ca.is_none() {
                 return invalid(
                     "mqtt.tls.require_client_cert needs mqtt.tls.client_ca to verify the certificates"
+                        .into(),
+                );
+            }
+        }
+        if let Some(addr) = self.http.listen {
+            self.http.check_plain_listen(addr).or_else(invalid)?;
+        }
+        if let Some(tls) = &self.http.tls {
+            if tls.client_ca.is_some() || tls.require_client_cert {
+                return invalid(
+                    "http.tls.client_ca: client certificates are not used for HTTP (clients log in with a principal's password); remove client_ca and require_client_cert from [http.tls]"
                         .into(),
                 );
             }
@@ -1207,6 +1241,18 @@ mod tests {
             message.starts_with("kenko.toml:5: timezone of device d \"Mars/Olympus\""),
             "{message}"
         );
+    }
+
+    #[test]
+    fn plain_http_is_for_loopback_unless_the_operator_says_otherwise() {
+        let err = parse("[http]\nlisten = \"0.0.0.0:8080\"\n").expect_err("refused");
+        assert!(err.to_string().contains("not a loopback address"), "{err}");
+        assert!(parse("[http]\nlisten = \"[::1]:8080\"\n").is_ok());
+        assert!(parse("[http]\nlisten = \"0.0.0.0:8080\"\nplain_on_network = true\n").is_ok());
+        let tls = "[http.tls]\nlisten = \"0.0.0.0:8443\"\ncert = \"c\"\nkey = \"k\"\n";
+        assert!(parse(tls).is_ok());
+        let err = parse(&format!("{tls}client_ca = \"ca.pem\"\n")).expect_err("refused");
+        assert!(err.to_string().contains("not used for HTTP"), "{err}");
     }
 
     #[test]

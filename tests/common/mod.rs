@@ -111,6 +111,8 @@ pub struct Hub {
     pub websocket_addr: Option<SocketAddr>,
     /// The HTTP API, when the config has `http.listen`.
     pub http_addr: Option<SocketAddr>,
+    /// The HTTPS API, when the config has `[http.tls]`.
+    pub https_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub config: PathBuf,
     _stdout: mpsc::Receiver<String>,
@@ -212,7 +214,8 @@ impl Hub {
             }
         };
         // Further listeners are announced before "stop with Ctrl-C".
-        let (mut tls_addr, mut websocket_addr, mut http_addr) = (None, None, None);
+        let (mut tls_addr, mut websocket_addr, mut http_addr, mut https_addr) =
+            (None, None, None, None);
         while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
             if let Some(addr) = line.strip_prefix("kenko serve: MQTT over TLS on ") {
                 tls_addr = Some(addr.trim().parse::<SocketAddr>()?);
@@ -220,6 +223,8 @@ impl Hub {
                 websocket_addr = Some(addr.trim().parse::<SocketAddr>()?);
             } else if let Some(addr) = line.strip_prefix("kenko serve: HTTP API on ") {
                 http_addr = Some(addr.trim().parse::<SocketAddr>()?);
+            } else if let Some(addr) = line.strip_prefix("kenko serve: HTTPS API on ") {
+                https_addr = Some(addr.trim().parse::<SocketAddr>()?);
             } else if line.starts_with("stop with") {
                 break;
             }
@@ -230,6 +235,7 @@ impl Hub {
             tls_addr,
             websocket_addr,
             http_addr,
+            https_addr,
             data_dir,
             config: config_path.to_owned(),
             _stdout: rx,
