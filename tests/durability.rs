@@ -427,3 +427,83 @@ async fn a_torn_tail_and_a_damaged_segment_are_handled_at_start() -> anyhow::Res
     assert!(!said.contains("damaged segment"), "{said}");
     tokio::task::block_in_place(|| hub.terminate())
 }
+
+/// Publishes `n` bed readings from bed-001 over one connection (`mosquitto_pub -l`), QoS 1.
+fn publish_lines(hub: &Hub, first: i64, n: i64) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &hub.port().to_string(),
+            "-q",
+            "1",
+            "-l",
+        ])
+        .args(["-i", "bed-001", "-u", "bed-001", "-P", &password("bed-001")])
+        .args(["-t", "devices/bed-001/telemetry"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .context("mosquitto_pub not found; install mosquitto-clients")?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    let base = now_ms() - 3_600_000;
+    for i in first..first + n {
+        writeln!(
+            stdin,
+            r#"{{"ts":{},"hr":{},"rr":14,"occ":true,"mv":3}}"#,
+            base + i * 1000,
+            55 + i % 30
+        )?;
+    }
+    drop(stdin);
+    anyhow::ensure!(child.wait()?.success(), "mosquitto_pub failed");
+    Ok(())
+}
+
+/// `/readyz`: status and body.
+fn readyz(hub: &Hub) -> anyhow::Result<(u16, serde_json::Value)> {
+    common::http(hub.http_addr.context("HTTP")?, "GET", "/readyz", None, None)
+}
+
+/// A sink that falls behind by half the log makes the hub not ready, before the log fills
+/// and acknowledgements stop; once it catches up the hub is ready again.
+#[test]
+fn readiness_says_when_a_sink_falls_behind_and_returns_when_it_catches_up() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut vm = VictoriaMetrics::stopped(&dir.path().join("vm"))?;
+    let config = config_with_devices(1)
+        + &influx_section(&vm.url(), "")
+        + "[wal]\nsegment_bytes = 4096\nmax_bytes = 65536\n\n[http]\nlisten = \"127.0.0.1:0\"\n";
+    let hub = Hub::start(dir.path(), &config)?;
+    let (status, body) = readyz(&hub)?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["sink_lag_bound_bytes"], 32768, "{body}");
+    let mut sent = 0;
+    let (status, body) = loop {
+        publish_lines(&hub, sent, 50)?;
+        sent += 50;
+        let (status, body) = readyz(&hub)?;
+        if status != 200 || sent >= 2_000 {
+            break (status, body);
+        }
+    };
+    assert_eq!(status, 503, "{sent} messages sent: {body}");
+    let reason = body["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("the influxdb sink is "), "{body}");
+    let sinks = body["sinks"].as_array().context("sinks")?;
+    let lag_of = |name: &str| {
+        sinks
+            .iter()
+            .find(|s| s["sink"] == name)
+            .and_then(|s| s["lag_bytes"].as_u64())
+    };
+    assert!(lag_of("influxdb") > Some(32768), "{body}");
+    assert!(lag_of("store") < Some(32768), "the store keeps up: {body}");
+    // InfluxDB comes up; the sink catches up and the hub is ready again.
+    vm.resume()?;
+    eventually(Duration::from_secs(30), || {
+        Ok((readyz(&hub)?.0 == 200).then_some(()))
+    })?;
+    hub.terminate()
+}

@@ -27,6 +27,7 @@ use kenko_ingest::consent::{
 };
 use kenko_ingest::file_guard::Health;
 use kenko_ingest::query::{parse_duration, parse_time, Agg, Query, Row};
+use kenko_ingest::sink::SinkLags;
 use kenko_ingest::store::PersonalStore;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -136,9 +137,11 @@ pub struct HttpApi {
     /// Login limits and password verification, shared with MQTT.
     login: Arc<LoginGuard>,
     /// The counters `GET /metrics` shows.
-    stats: Option<(Arc<BrokerStats>, Arc<IngestStats>)>,
+    pub(crate) stats: Option<(Arc<BrokerStats>, Arc<IngestStats>)>,
     /// Whether the store files are sound, for `GET /readyz`.
-    health: Option<Arc<Health>>,
+    pub(crate) health: Option<Arc<Health>>,
+    /// How far each sink is behind the log, for `GET /readyz` and `/metrics`.
+    pub(crate) lags: Option<Arc<SinkLags>>,
     limits: Arc<RequestLimits>,
 }
 
@@ -156,6 +159,7 @@ impl HttpApi {
             login,
             stats: None,
             health: None,
+            lags: None,
             limits: Arc::new(RequestLimits::from_config(
                 &kenko_config::HttpConfig::default(),
             )),
@@ -165,6 +169,12 @@ impl HttpApi {
     /// Answers `GET /readyz` from the store files' health.
     pub fn with_health(mut self, health: Arc<Health>) -> HttpApi {
         self.health = Some(health);
+        self
+    }
+
+    /// Answers `GET /readyz` from each sink's lag too, and shows the lags in `/metrics`.
+    pub fn with_sink_lags(mut self, lags: Arc<SinkLags>) -> HttpApi {
+        self.lags = Some(lags);
         self
     }
 
@@ -185,8 +195,8 @@ impl HttpApi {
             .route("/api/v1/consents", get(list_consents).post(record_consent))
             .route("/api/v1/observations", get(observations))
             .route("/metrics", get(metrics))
-            .route("/healthz", get(healthz))
-            .route("/readyz", get(readyz))
+            .route("/healthz", get(crate::health::healthz))
+            .route("/readyz", get(crate::health::readyz))
             .with_state(self)
     }
 }
@@ -202,24 +212,6 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     crate::conn::accept_loop(listener, api.router(), limits.into(), tls, shutdown).await;
-}
-
-/// The process is alive and serving HTTP (for a liveness probe; no credentials).
-async fn healthz() -> Response {
-    Json(serde_json::json!({ "alive": true })).into_response()
-}
-
-/// Whether the hub is acknowledging: 503 with the reason while a store file is missing,
-/// replaced or truncated (for a readiness probe; no credentials).
-async fn readyz(State(api): State<HttpApi>) -> Response {
-    match api.health.as_ref().and_then(|h| h.fault_now()) {
-        None => Json(serde_json::json!({ "ready": true })).into_response(),
-        Some(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "ready": false, "reason": reason })),
-        )
-            .into_response(),
-    }
 }
 
 /// Refuses (503, with the reason) a request that would write to registry.db or read a store
@@ -254,7 +246,7 @@ async fn metrics(
     };
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::render(broker, ingest),
+        crate::metrics::render(broker, ingest, api.lags.as_deref()),
     )
         .into_response())
 }

@@ -3,5 +3,6 @@
 //! operators' `/metrics` (`metrics`), `/healthz` and `/readyz`.
 
 pub mod conn;
+mod health;
 pub mod http;
 pub mod metrics;

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use kenko_ingest::sink::SinkLags;
 use kenko_ingest::stats::{Histogram, IngestStats, DELAY_BOUNDS_MS};
 
 use kenko_broker::login::{Listener, LoginStats};
@@ -15,11 +16,11 @@ enum Kind {
 }
 
 /// Renders every counter and gauge of the broker and the ingest pipeline.
-pub fn render(broker: &BrokerStats, ingest: &IngestStats) -> String {
+pub fn render(broker: &BrokerStats, ingest: &IngestStats, lags: Option<&SinkLags>) -> String {
     use Kind::{Counter, Gauge};
     let b = broker;
     let i = ingest;
-    let entries: [(&str, Kind, &str, &AtomicU64); 34] = [
+    let entries: [(&str, Kind, &str, &AtomicU64); 35] = [
         (
             "mqtt_connected_clients",
             Gauge,
@@ -159,6 +160,12 @@ pub fn render(broker: &BrokerStats, ingest: &IngestStats) -> String {
             &i.wal_full,
         ),
         (
+            "wal_failing",
+            Gauge,
+            "1 while the write-ahead log cannot be written and acknowledgements are withheld",
+            &i.wal_failing,
+        ),
+        (
             "wal_full_episodes_total",
             Counter,
             "times the write-ahead log became full",
@@ -241,6 +248,9 @@ pub fn render(broker: &BrokerStats, ingest: &IngestStats) -> String {
         &ingest.store_delay,
         &mut out,
     );
+    if let Some(lags) = lags {
+        render_lags(lags, &mut out);
+    }
     render_logins(&broker.login, &mut out);
     if let Some(router) = broker.router.get() {
         render_routing(router, &mut out);
@@ -265,6 +275,18 @@ fn render_histogram(name: &str, help: &str, histogram: &Histogram, out: &mut Str
 }
 
 /// The router's gauges and counters, and the drops of each session whose queue overflowed.
+fn render_lags(lags: &SinkLags, out: &mut String) {
+    out.push_str("# HELP kenko_sink_lag_bytes bytes of log records each sink has yet to write\n");
+    out.push_str("# TYPE kenko_sink_lag_bytes gauge\n");
+    for lag in lags.lags() {
+        let _ = writeln!(
+            out,
+            "kenko_sink_lag_bytes{{sink=\"{}\"}} {}",
+            lag.sink, lag.bytes
+        );
+    }
+}
+
 fn render_routing(router: &Router, out: &mut String) {
     let stats = &router.stats;
     let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
@@ -358,7 +380,7 @@ mod tests {
         broker.receive_maximum_exceeded.store(3, Ordering::Relaxed);
         let ingest = IngestStats::default();
         ingest.wal_full.store(1, Ordering::Relaxed);
-        let text = render(&broker, &ingest);
+        let text = render(&broker, &ingest, None);
         assert!(
             text.contains("kenko_mqtt_receive_maximum_exceeded_total 3\n"),
             "{text}"
@@ -368,7 +390,7 @@ mod tests {
             "{text}"
         );
         broker.login.failures[Listener::Http as usize].store(7, Ordering::Relaxed);
-        let text = render(&broker, &ingest);
+        let text = render(&broker, &ingest, None);
         assert!(
             text.contains("kenko_login_failures_total{listener=\"http\"} 7\n"),
             "{text}"
@@ -401,7 +423,7 @@ mod tests {
     fn the_store_delay_is_a_cumulative_histogram_in_seconds() {
         let ingest = IngestStats::default();
         ingest.store_delay.observe_ms([3, 40, 40, 1_500]);
-        let text = render(&BrokerStats::default(), &ingest);
+        let text = render(&BrokerStats::default(), &ingest, None);
         for expected in [
             "# TYPE kenko_ingest_store_delay_seconds histogram\n",
             "kenko_ingest_store_delay_seconds_bucket{le=\"0.005\"} 1\n",

@@ -36,6 +36,9 @@ pub struct IngestStats {
     pub refused_log_full: AtomicU64,
     /// Failed log writes or fsyncs (retried).
     pub wal_errors: AtomicU64,
+    /// 1 while the writer cannot write or fsync the log (it retries, holding
+    /// acknowledgements), else 0.
+    pub wal_failing: AtomicU64,
     /// Log segments set aside as damaged at start.
     pub wal_quarantined: AtomicU64,
     /// Bytes of a torn last write cut off at start.

@@ -172,6 +172,7 @@ impl LogStage {
             match operation(&mut self.wal) {
                 Ok(()) => {
                     if let Some(after) = backoff.succeeded() {
+                        self.stats.wal_failing.store(0, Ordering::Relaxed);
                         info!(
                             after_ms = after.as_millis() as u64,
                             "the write-ahead log accepts writes again (the disk recovered); acknowledging resumes"
@@ -182,6 +183,7 @@ impl LogStage {
                 Err(error) => {
                     backoff.failed();
                     self.stats.wal_errors.fetch_add(1, Ordering::Relaxed);
+                    self.stats.wal_failing.store(1, Ordering::Relaxed);
                     error!(%error, retry_in_ms = backoff.next_wait().as_millis() as u64,
                         "cannot write the write-ahead log; holding acknowledgements and retrying");
                     if backoff.give_up(intake.stopping(), STOP_GRACE) {

@@ -42,7 +42,7 @@ use crate::observation::Observation;
 use crate::pseudonym::Pseudonymizer;
 use crate::rebuild::{self, RebuildError};
 use crate::retention::{Policy, PolicyError, Retention, RetentionJob};
-use crate::sink::{Cursor, Driver, Durable, Progress, StoreSink};
+use crate::sink::{Cursor, Driver, Durable, Progress, SinkLags, StoreSink};
 use crate::stats::IngestStats;
 use crate::store::{PersonalStore, StoreError};
 use crate::wal::{self, Recovery, Wal, WalError, WalOptions};
@@ -198,6 +198,7 @@ pub struct IngestHandle {
     stats: Arc<IngestStats>,
     consents: Arc<ConsentBook>,
     health: Arc<Health>,
+    lags: Arc<SinkLags>,
 }
 
 impl IngestHandle {
@@ -222,6 +223,11 @@ impl IngestHandle {
     /// Whether the store files are sound (`GET /readyz`).
     pub fn health(&self) -> &Arc<Health> {
         &self.health
+    }
+
+    /// How far each sink is behind the log.
+    pub fn sink_lags(&self) -> &Arc<SinkLags> {
+        &self.lags
     }
 }
 
@@ -416,6 +422,12 @@ pub fn start(
     guards.push(registry_guard);
     guards.push(FileGuard::open(&data_dir.join("deadletter.db"))?);
     health.watch(&guards);
+    let lags = Arc::new(SinkLags::new(
+        durable.clone(),
+        progress.clone(),
+        settings.wal.segment_bytes,
+        settings.wal.max_bytes,
+    ));
     let writer = Writer {
         intake: Intake::new(rx, config.batch_max, config.queue),
         decoder: Decoder {
@@ -473,6 +485,7 @@ pub fn start(
             stats,
             consents,
             health,
+            lags,
         },
         Pipeline {
             threads,

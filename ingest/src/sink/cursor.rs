@@ -33,6 +33,11 @@ impl Durable {
         self.moved.notify_all();
     }
 
+    /// The end of what is durable now.
+    pub fn end(&self) -> Position {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
     /// The writer has stopped: nothing more will be appended.
     pub fn close(&self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());

@@ -7,10 +7,12 @@
 
 mod cursor;
 mod driver;
+mod lag;
 mod record;
 mod store;
 
 pub use cursor::{Cursor, Durable, Progress};
 pub use driver::{drop_erased, Batch, Batching, Driver, Sink, Stop, Stopped};
+pub use lag::{Lag, SinkLags};
 pub use record::{decode, encode, Record, RecordError};
 pub use store::StoreSink;
