@@ -13,6 +13,16 @@ use common::Hub;
 use kenko_ingest::consent::{ConsentChange, ConsentRegistry, Purpose};
 use rumqttc::{AsyncClient, Event, Incoming, QoS};
 
+/// Waits until the store holds no heart rate of `citizen` (10 s at most).
+fn until_no_heart_rate_of(hub: &Hub, citizen: &str) -> anyhow::Result<()> {
+    common::eventually(Duration::from_secs(10), || {
+        Ok(hub
+            .query(&["--metric", "heart_rate", "--citizen", citizen])?
+            .is_empty()
+            .then_some(()))
+    })
+}
+
 /// Devices bed-001/002, care service st-luke, live republishing on.
 fn config() -> String {
     format!(
@@ -225,12 +235,7 @@ async fn erasure_empties_the_personal_store_and_the_audit_log_verifies() -> anyh
         "collect",
         &["--erase"],
     )?;
-    common::eventually(Duration::from_secs(10), || {
-        Ok(hub
-            .query(&["--metric", "heart_rate", "--citizen", "citizen-001"])?
-            .is_empty()
-            .then_some(()))
-    })?;
+    until_no_heart_rate_of(&hub, "citizen-001")?;
     // Still empty while the device keeps publishing: its data is refused now.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(hub
@@ -459,19 +464,13 @@ async fn erasure_says_when_the_influxdb_server_cannot_delete() -> anyhow::Result
         let support = ConsentRegistry::open_read_only(&registry_path)?.erasure_support()?;
         Ok((!support.is_empty()).then_some(()))
     })?;
-    let revoke = Command::new(common::KENKO)
-        .args(["consent", "revoke", "--data-dir"])
-        .arg(&hub.data_dir)
-        .args([
-            "--citizen",
-            "citizen-001",
-            "--purpose",
-            "collect",
-            "--erase",
-        ])
-        .output()?;
-    let said = String::from_utf8_lossy(&revoke.stdout);
-    assert!(revoke.status.success(), "{said}");
+    let said = common::consent_with(
+        &hub.data_dir,
+        "revoke",
+        &["citizen-001"],
+        "collect",
+        &["--erase"],
+    )?;
     assert!(
         said.contains(&format!("influxdb at {} has no delete API", vm.url()))
             && said.contains("unsupported path"),
@@ -497,11 +496,6 @@ async fn erasure_says_when_the_influxdb_server_cannot_delete() -> anyhow::Result
     )?;
     assert!(body.contains("\"citizen\":\"citizen-001\""), "{body}");
     // The embedded store is erased all the same.
-    common::eventually(Duration::from_secs(10), || {
-        Ok(hub
-            .query(&["--metric", "heart_rate", "--citizen", "citizen-001"])?
-            .is_empty()
-            .then_some(()))
-    })?;
+    until_no_heart_rate_of(&hub, "citizen-001")?;
     hub.terminate()
 }

@@ -86,6 +86,24 @@ impl Consent {
     }
 }
 
+#[cfg(test)]
+impl ConsentChange {
+    /// For tests: `citizen` withdraws collection and asks for erasure.
+    pub(crate) fn erasure_of(citizen: &str) -> ConsentChange {
+        ConsentChange {
+            citizen: citizen.into(),
+            grantee: HUB.into(),
+            purpose: Purpose::Collect,
+            data_types: Vec::new(),
+            valid_from_ms: None,
+            valid_until_ms: None,
+            source: "test".into(),
+            granted: false,
+            erase: true,
+        }
+    }
+}
+
 /// Records kept past this many in a snapshot's newer part are folded into its older part:
 /// a change copies only the newer part, so putting a withdrawal in force costs the same
 /// whatever the size of the registry, and folding happens once per this many changes.

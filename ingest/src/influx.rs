@@ -387,13 +387,10 @@ mod tests {
         );
     }
 
-    /// The hub builds the sink on a runtime thread and drops it there if something else
-    /// fails to start: that must not panic, as dropping a runtime there would.
-    #[tokio::test]
-    async fn a_sink_built_and_dropped_on_a_runtime_thread_does_not_panic() {
-        let dir = tempfile::tempdir().expect("dir");
+    /// A sink of `url` in `dir`, with its dead letters and a consent registry there.
+    pub(super) fn sink_in(dir: &Path, url: &str, timeout_ms: u64) -> InfluxSink {
         let config = InfluxConfig {
-            url: "http://127.0.0.1:9".into(),
+            url: url.into(),
             org: "city".into(),
             token_env: "KENKO_TEST_NO_SUCH_TOKEN".into(),
             token_file: None,
@@ -403,17 +400,24 @@ mod tests {
             shared_measurement: "kenko_research".into(),
             batch_max: 10,
             batch_age_ms: 10,
-            timeout_ms: 100,
+            timeout_ms,
             max_backoff_ms: 100,
             gzip: false,
         };
-        let dead = InfluxSink::dead_letters(dir.path()).expect("dead letters");
-        let registry = dir.path().join("registry.db");
+        let dead = InfluxSink::dead_letters(dir).expect("dead letters");
+        let registry = dir.join("registry.db");
         crate::consent::ConsentRegistry::open(&registry).expect("registry");
         let book = Arc::new(crate::consent::ConsentBook::default());
         let consents = ConsentView::open(&registry, book).expect("consents");
-        let sink = InfluxSink::new(&config, dead, consents, Arc::default()).expect("sink");
-        drop(sink);
+        InfluxSink::new(&config, dead, consents, Arc::default()).expect("sink")
+    }
+
+    /// The hub builds the sink on a runtime thread and drops it there if something else
+    /// fails to start: that must not panic, as dropping a runtime there would.
+    #[tokio::test]
+    async fn a_sink_built_and_dropped_on_a_runtime_thread_does_not_panic() {
+        let dir = tempfile::tempdir().expect("dir");
+        drop(sink_in(dir.path(), "http://127.0.0.1:9", 100));
     }
 
     #[test]

@@ -181,14 +181,9 @@ impl Retention {
         cutoff: i64,
     ) -> Result<Option<usize>, StoreError> {
         let path = self.path.clone();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sqlite(&path))?;
-        // The series may have been erased (and its id given out again) since it was listed.
-        if !still(&tx, series, metric_id).map_err(sqlite(&path))? {
+        let Some(tx) = self.series_tx(series, metric_id)? else {
             return Ok(None);
-        }
+        };
         let oldest: Option<i64> = tx
             .query_row(
                 "SELECT min(time_ms) FROM observations WHERE series = ?1",
@@ -206,6 +201,28 @@ impl Retention {
         Ok(Some(folded))
     }
 
+    /// A write transaction on `series`, or `None` if it is no longer a series of
+    /// `metric_id`: it may have been erased (and its id given out again) since it was listed.
+    fn series_tx(
+        &mut self,
+        series: i64,
+        metric_id: u8,
+    ) -> Result<Option<rusqlite::Transaction<'_>>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sqlite(&self.path))?;
+        let metric: Option<u8> = tx
+            .query_row(
+                "SELECT metric FROM series WHERE id = ?1",
+                params![series],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sqlite(&self.path))?;
+        Ok((metric == Some(metric_id)).then_some(tx))
+    }
+
     fn expire(
         &mut self,
         series: i64,
@@ -217,13 +234,9 @@ impl Retention {
             return Ok(0);
         }
         let path = self.path.clone();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sqlite(&path))?;
-        if !still(&tx, series, metric_id).map_err(sqlite(&path))? {
+        let Some(tx) = self.series_tx(series, metric_id)? else {
             return Ok(0);
-        }
+        };
         let mut expired = 0;
         for (width, period) in rollup::WIDTHS.into_iter().zip(keep.rollup_ms) {
             if let Some(period) = period {
@@ -234,18 +247,6 @@ impl Retention {
         tx.commit().map_err(sqlite(&path))?;
         Ok(expired)
     }
-}
-
-/// Whether `series` still is a series of `metric_id`.
-fn still(tx: &rusqlite::Transaction<'_>, series: i64, metric_id: u8) -> rusqlite::Result<bool> {
-    let metric: Option<u8> = tx
-        .query_row(
-            "SELECT metric FROM series WHERE id = ?1",
-            params![series],
-            |r| r.get(0),
-        )
-        .optional()?;
-    Ok(metric == Some(metric_id))
 }
 
 /// The thread that runs passes over both stores every `every` until the pipeline stops.

@@ -432,16 +432,17 @@ pub fn consent(
     citizens: &[&str],
     purpose: &str,
 ) -> anyhow::Result<()> {
-    consent_with(data_dir, change, citizens, purpose, &[])
+    consent_with(data_dir, change, citizens, purpose, &[]).map(drop)
 }
 
+/// Runs `kenko consent CHANGE` with `extra` arguments; returns what it printed.
 pub fn consent_with(
     data_dir: &Path,
     change: &str,
     citizens: &[&str],
     purpose: &str,
     extra: &[&str],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     let mut command = Command::new(KENKO);
     command
         .args(["consent", change, "--data-dir"])
@@ -457,7 +458,7 @@ pub fn consent_with(
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 pub fn query(data_dir: &Path, args: &[&str]) -> anyhow::Result<Vec<serde_json::Value>> {

@@ -162,21 +162,12 @@ impl ConsentRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consent::{ConsentChange, Purpose};
+    use crate::consent::ConsentChange;
 
     fn withdrawal(registry: &mut ConsentRegistry, citizen: &str) -> Consent {
-        let change = ConsentChange {
-            citizen: citizen.into(),
-            grantee: "kenko".into(),
-            purpose: Purpose::Collect,
-            data_types: Vec::new(),
-            valid_from_ms: None,
-            valid_until_ms: None,
-            source: "test".into(),
-            granted: false,
-            erase: true,
-        };
-        registry.record(change, 1_000).expect("record")
+        registry
+            .record(ConsentChange::erasure_of(citizen), 1_000)
+            .expect("record")
     }
 
     #[test]

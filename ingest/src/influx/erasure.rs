@@ -200,9 +200,7 @@ mod tests {
     use std::net::TcpListener;
     use std::sync::{Arc, Mutex};
 
-    use kenko_config::InfluxConfig;
-
-    use crate::consent::{ConsentBook, ConsentChange, ConsentRegistry, ConsentView, Purpose};
+    use crate::consent::{ConsentChange, ConsentRegistry};
 
     /// Each request's line and body, as received.
     type Requests = Arc<Mutex<Vec<(String, String)>>>;
@@ -247,43 +245,12 @@ mod tests {
     fn a_citizens_points_are_deleted_by_measurement_and_citizen_and_the_deletion_recorded() {
         let dir = tempfile::tempdir().expect("dir");
         let (url, seen) = delete_api();
+        let mut sink = super::super::tests::sink_in(dir.path(), &url, 5_000);
         let registry_path = dir.path().join("registry.db");
-        let mut registry = ConsentRegistry::open(&registry_path).expect("registry");
-        let request = registry
-            .record(
-                ConsentChange {
-                    citizen: "c1".into(),
-                    grantee: "kenko".into(),
-                    purpose: Purpose::Collect,
-                    data_types: Vec::new(),
-                    valid_from_ms: None,
-                    valid_until_ms: None,
-                    source: "test".into(),
-                    granted: false,
-                    erase: true,
-                },
-                1_000,
-            )
+        let request = ConsentRegistry::open(&registry_path)
+            .expect("registry")
+            .record(ConsentChange::erasure_of("c1"), 1_000)
             .expect("record");
-        let config = InfluxConfig {
-            url,
-            org: "city".into(),
-            token_env: "KENKO_TEST_NO_SUCH_TOKEN".into(),
-            token_file: None,
-            bucket_personal: "personal".into(),
-            bucket_shared: "shared".into(),
-            measurement: "kenko".into(),
-            shared_measurement: "kenko_research".into(),
-            batch_max: 10,
-            batch_age_ms: 10,
-            timeout_ms: 5_000,
-            max_backoff_ms: 100,
-            gzip: false,
-        };
-        let consents =
-            ConsentView::open(&registry_path, Arc::new(ConsentBook::default())).expect("view");
-        let dead = InfluxSink::dead_letters(dir.path()).expect("dead letters");
-        let mut sink = InfluxSink::new(&config, dead, consents, Arc::default()).expect("sink");
         sink.erase_if_asked();
         let requests = seen.lock().expect("lock").clone();
         assert_eq!(

@@ -184,7 +184,7 @@ mod tests {
     use kenko_devices::Metric;
 
     use super::*;
-    use crate::consent::{ConsentBook, ConsentChange, ConsentRegistry, Purpose, HUB};
+    use crate::consent::{ConsentBook, ConsentChange, ConsentRegistry};
     use crate::sink::{encode, Durable, Progress};
     use crate::wal::{self, Wal, WalOptions};
 
@@ -271,21 +271,6 @@ mod tests {
         )
     }
 
-    /// `citizen` withdraws collection and asks for erasure.
-    fn erasure_of(citizen: &str) -> ConsentChange {
-        ConsentChange {
-            citizen: citizen.into(),
-            grantee: HUB.into(),
-            purpose: Purpose::Collect,
-            data_types: Vec::new(),
-            valid_from_ms: None,
-            valid_until_ms: None,
-            source: "test".into(),
-            granted: false,
-            erase: true,
-        }
-    }
-
     fn recorder(max: usize, give_up: bool) -> (Recorder, Written) {
         let written = Written::default();
         let sink = Recorder {
@@ -334,7 +319,12 @@ mod tests {
             vec![observation("p-1", 500)],
         );
         let (sink, written) = recorder(100, false);
-        let (end, checkpoint) = drive(dir.path(), &[record], vec![erasure_of("c1")], sink);
+        let (end, checkpoint) = drive(
+            dir.path(),
+            &[record],
+            vec![ConsentChange::erasure_of("c1")],
+            sink,
+        );
         // c1's reading received before the request (at 1,000) goes; the later one stays.
         assert_eq!(written.lock().expect("lock").clone(), [(2, 1, 1)]);
         assert_eq!(checkpoint, end);
@@ -345,7 +335,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let record = (vec![observation("c1", 10)], Vec::new());
         let (sink, written) = recorder(100, false);
-        let (end, checkpoint) = drive(dir.path(), &[record], vec![erasure_of("c1")], sink);
+        let (end, checkpoint) = drive(
+            dir.path(),
+            &[record],
+            vec![ConsentChange::erasure_of("c1")],
+            sink,
+        );
         assert_eq!(written.lock().expect("lock").clone(), [(0, 0, 1)]);
         assert_eq!(checkpoint, end);
     }
