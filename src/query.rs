@@ -56,6 +56,10 @@ pub struct QueryArgs {
     /// At most this many rows
     #[arg(long)]
     limit: Option<usize>,
+    /// With --every: one aggregate per bucket over all citizens (and devices) selected,
+    /// not one per citizen and device; citizen and device show as "*"
+    #[arg(long, requires = "every", conflicts_with = "principal")]
+    across: bool,
 }
 
 pub fn run(args: QueryArgs) -> anyhow::Result<()> {
@@ -89,6 +93,7 @@ pub fn run(args: QueryArgs) -> anyhow::Result<()> {
         every_ms,
         agg,
         limit: args.limit,
+        across: args.across,
         ..Query::new(metric)
     };
     let file = format!("{}.db", args.store);

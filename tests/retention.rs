@@ -87,6 +87,20 @@ fn the_hub_folds_raw_data_past_raw_days_into_rollups_that_answer_queries() -> an
         );
     }
     let means = hub.query(&["--metric", "heart_rate", "--from", "-3d", "--every", "1h"])?;
+    // Across citizens (one here): the same buckets under "*".
+    let across = hub.query(&[
+        "--metric",
+        "heart_rate",
+        "--from",
+        "-3d",
+        "--every",
+        "1d",
+        "--agg",
+        "count",
+        "--across",
+    ])?;
+    assert_eq!(sum_of(&across), 2.0 * 1440.0, "{across:?}");
+    assert!(across.iter().all(|r| r["citizen"] == "*"), "{across:?}");
     assert!(means.len() >= 48, "{} hourly means", means.len());
     assert!(
         means.iter().all(|r| r["value"]

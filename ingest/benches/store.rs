@@ -137,6 +137,16 @@ fn main() {
         },
         &reader,
     );
+    time(
+        "whole span, --every 1h mean across all citizens",
+        10,
+        |_| Query {
+            every_ms: Some(3_600_000),
+            across: true,
+            ..base.clone()
+        },
+        &reader,
+    );
 }
 
 fn time(label: &str, runs: usize, make: impl Fn(usize) -> Query, store: &PersonalStore) {

@@ -19,6 +19,9 @@ pub struct Query {
     pub every_ms: Option<i64>,
     pub agg: Agg,
     pub limit: Option<usize>,
+    /// With `every_ms`: one aggregate per bucket over every series the query selects (all
+    /// citizens of the metric, say), not one per citizen and device.
+    pub across: bool,
 }
 
 impl Query {
@@ -33,6 +36,7 @@ impl Query {
             every_ms: None,
             agg: Agg::Mean,
             limit: None,
+            across: false,
         }
     }
 }

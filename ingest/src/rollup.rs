@@ -45,7 +45,9 @@ fn floor_sql(column: &str, width: &str) -> String {
 /// (exclusive), ?6 limit, ?7 bucket width, ?8 rollup width (`width_for`) or NULL. A file
 /// without the rollups table (written by an older kenko, read-only) is read as if it had an
 /// empty one.
-pub(crate) fn bucket_query(agg: Agg, series: &str, with_rollups: bool) -> String {
+///
+/// `across`: one row per bucket over all the selected series (citizen and device `*`).
+pub(crate) fn bucket_query(agg: Agg, series: &str, with_rollups: bool, across: bool) -> String {
     let value = match agg {
         Agg::Mean => "sum(p.total) / sum(p.n)",
         Agg::Min => "min(p.lo)",
@@ -56,6 +58,16 @@ pub(crate) fn bucket_query(agg: Agg, series: &str, with_rollups: bool) -> String
         "rollups"
     } else {
         "(SELECT 0 AS series, 0 AS width_ms, 0 AS start_ms, 0 AS count, 0.0 AS min, 0.0 AS max, 0.0 AS sum WHERE 0)"
+    };
+    let outer = if across {
+        format!(
+            "SELECT p.bucket, '*', '*', {value} FROM parts p GROUP BY p.bucket ORDER BY p.bucket"
+        )
+    } else {
+        format!(
+            "SELECT p.bucket, p.citizen, p.device, {value} FROM parts p
+             GROUP BY p.series, p.bucket ORDER BY p.bucket, p.citizen, p.device"
+        )
     };
     let raw_bucket = floor_sql("o.time_ms", "?7");
     let rollup_bucket = floor_sql("r.start_ms", "?7");
@@ -76,8 +88,7 @@ pub(crate) fn bucket_query(agg: Agg, series: &str, with_rollups: bool) -> String
             WHERE r.width_ms = ?8 AND r.start_ms >= ?4 AND r.start_ms < ?5
             GROUP BY r.series, bucket
         )
-        SELECT p.bucket, p.citizen, p.device, {value} FROM parts p
-        GROUP BY p.series, p.bucket ORDER BY p.bucket, p.citizen, p.device LIMIT ?6"
+        {outer} LIMIT ?6"
     )
 }
 

@@ -119,6 +119,8 @@ pub enum StoreError {
     InvalidConsent(#[from] crate::consent::InvalidChange),
     #[error("bucket width {0} ms is not positive; pass a positive --every such as 1m")]
     BadBucket(i64),
+    #[error("aggregating across citizens needs buckets; add --every (such as 1h or 1d)")]
+    AcrossNeedsBuckets,
     #[error("{metric} from device {device} at {time_ms} ms has no finite value ({value}); reject or drop it before it reaches the store")]
     NotFinite {
         device: String,
@@ -434,6 +436,7 @@ impl PersonalStore {
             })
         };
         let rows = match q.every_ms {
+            None if q.across => return Err(StoreError::AcrossNeedsBuckets),
             None => {
                 let mut stmt = self
                     .conn
@@ -449,7 +452,7 @@ impl PersonalStore {
             }
             Some(every) if every <= 0 => return Err(StoreError::BadBucket(every)),
             Some(every) => {
-                let sql = rollup::bucket_query(q.agg, series_filter(q), self.has_rollups);
+                let sql = rollup::bucket_query(q.agg, series_filter(q), self.has_rollups, q.across);
                 let mut stmt = self.conn.prepare_cached(&sql).map_err(sqlite(&self.path))?;
                 let width = rollup::width_for(every);
                 let rows = stmt
@@ -747,6 +750,32 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].value, 60.0, "the first write wins");
         assert_eq!(rows[0].implausible(), Some(false));
+    }
+
+    #[test]
+    fn aggregates_across_citizens_need_buckets_and_merge_every_series() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = PersonalStore::open(&dir.path().join("p.db")).expect("open");
+        store
+            .write_batch(&[
+                obs("c1", "d1", Metric::HeartRate, 60.0, 1_000),
+                obs("c2", "d2", Metric::HeartRate, 80.0, 2_000),
+                obs("c2", "d2", Metric::HeartRate, 70.0, 61_000),
+            ])
+            .expect("write");
+        let mut across = query(Metric::HeartRate);
+        across.across = true;
+        assert!(matches!(
+            store.query(&across),
+            Err(StoreError::AcrossNeedsBuckets)
+        ));
+        across.every_ms = Some(60_000);
+        let rows = store.query(&across).expect("query");
+        let seen: Vec<(i64, &str, f64)> = rows
+            .iter()
+            .map(|r| (r.time_ms, r.citizen.as_str(), r.value))
+            .collect();
+        assert_eq!(seen, vec![(0, "*", 70.0), (60_000, "*", 70.0)]);
     }
 
     #[test]

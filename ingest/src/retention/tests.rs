@@ -64,15 +64,34 @@ fn buckets(store: &PersonalStore, metric: Metric, every_ms: i64, agg: Agg) -> Ve
     store.query(&q).expect("query")
 }
 
+fn buckets_across(store: &PersonalStore, metric: Metric, every_ms: i64, agg: Agg) -> Vec<Row> {
+    let mut q = Query::new(metric);
+    q.every_ms = Some(every_ms);
+    q.agg = agg;
+    q.across = true;
+    store.query(&q).expect("query")
+}
+
 /// What a bucket query must answer, computed over every reading as if none were folded.
 fn reference(readings: &[Observation], every_ms: i64, agg: Agg) -> Vec<(i64, String, f64)> {
+    reference_by(readings, every_ms, agg, |r| r.citizen.to_string())
+}
+
+/// The same, over all citizens at once (`Query::across`).
+fn reference_across(readings: &[Observation], every_ms: i64, agg: Agg) -> Vec<(i64, String, f64)> {
+    reference_by(readings, every_ms, agg, |_| "*".to_owned())
+}
+
+fn reference_by(
+    readings: &[Observation],
+    every_ms: i64,
+    agg: Agg,
+    group: impl Fn(&Observation) -> String,
+) -> Vec<(i64, String, f64)> {
     let mut groups: BTreeMap<(i64, String), Vec<f64>> = BTreeMap::new();
     for r in readings {
         let bucket = r.time_ms.div_euclid(every_ms) * every_ms;
-        groups
-            .entry((bucket, r.citizen.to_string()))
-            .or_default()
-            .push(r.value);
+        groups.entry((bucket, group(r))).or_default().push(r.value);
     }
     groups
         .into_iter()
@@ -141,6 +160,11 @@ proptest! {
                     &buckets(&f.store, Metric::HeartRate, every, agg),
                     &reference(&readings, every, agg),
                     &format!("every {every} ms, {agg:?}"),
+                );
+                assert_same(
+                    &buckets_across(&f.store, Metric::HeartRate, every, agg),
+                    &reference_across(&readings, every, agg),
+                    &format!("across citizens, every {every} ms, {agg:?}"),
                 );
             }
         }
