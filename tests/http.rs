@@ -243,3 +243,113 @@ fn metrics_show_how_long_stored_observations_took_to_become_queryable() -> anyho
     assert!(sum > 0.0 && sum < 180.0, "{sum}");
     hub.terminate()
 }
+
+#[test]
+fn several_metrics_come_in_one_answer_as_json_csv_or_ndjson() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = Hub::start(dir.path(), &config())?;
+    let api = hub.http_addr.expect("HTTP API announced");
+    let t = common::now_ms() - 60_000;
+    let out = std::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &hub.port().to_string(), "-q", "1"])
+        .args([
+            "-i",
+            "bed-001",
+            "-u",
+            "bed-001",
+            "-P",
+            &common::password("bed-001"),
+        ])
+        .args(["-t", "devices/bed-001/telemetry"])
+        .args(["-m", &format!(r#"{{"ts":{t},"hr":66,"rr":14}}"#)])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let both = "/api/v1/observations?metric=heart_rate,respiratory_rate";
+    let rows = common::eventually(Duration::from_secs(10), || {
+        let (_, rows) = http(api, "GET", both, Some("app-001"), None)?;
+        Ok((rows.as_array().map(Vec::len) == Some(2)).then_some(rows))
+    })?;
+    let metrics: Vec<&str> = rows
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["metric"].as_str())
+        .collect();
+    assert_eq!(metrics, vec!["heart_rate", "respiratory_rate"], "{rows}");
+
+    let (status, csv) = common::http_text(
+        api,
+        "GET",
+        &format!("{both}&format=csv"),
+        Some("app-001"),
+        None,
+    )?;
+    assert_eq!(status, 200, "{csv}");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "time,citizen,device,metric,value,unit,loinc,implausible"
+    );
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert!(lines[2].contains(",respiratory_rate,14,"), "{csv}");
+
+    let (status, ndjson) = common::http_text(
+        api,
+        "GET",
+        &format!("{both}&format=ndjson"),
+        Some("app-001"),
+        None,
+    )?;
+    assert_eq!(status, 200, "{ndjson}");
+    let objects: Vec<serde_json::Value> = ndjson
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(objects.len(), 2);
+    assert_eq!(objects[1]["loinc"], "9279-1", "{ndjson}");
+
+    // Every metric must be readable: care consent for heart rate alone refuses the pair.
+    common::consent_with(
+        &hub.data_dir,
+        "grant",
+        &["citizen-001"],
+        "care",
+        &["--grantee", "st-luke", "--types", "heart_rate"],
+    )?;
+    let heart = "/api/v1/observations?metric=heart_rate&citizen=citizen-001";
+    common::eventually(Duration::from_secs(5), || {
+        Ok((http(api, "GET", heart, Some("st-luke"), None)?.0 == 200).then_some(()))
+    })?;
+    let named = format!("{both}&citizen=citizen-001");
+    let (status, err) = http(api, "GET", &named, Some("st-luke"), None)?;
+    assert_eq!(status, 403, "{err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("respiratory_rate"),
+        "{err}"
+    );
+    for (query, says) in [
+        ("metric=heart_rate,heart_rate", "named twice"),
+        ("metric=heart_rate&format=xml", "use json, csv or ndjson"),
+    ] {
+        let (status, err) = http(
+            api,
+            "GET",
+            &format!("/api/v1/observations?{query}"),
+            Some("app-001"),
+            None,
+        )?;
+        assert_eq!(status, 400, "{query}: {err}");
+        assert!(
+            err["error"].as_str().unwrap_or("").contains(says),
+            "{query}: {err}"
+        );
+    }
+    hub.terminate()
+}

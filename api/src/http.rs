@@ -21,14 +21,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine as _;
-use kenko_devices::Metric;
 use kenko_ingest::consent::{
     Consent, ConsentBook, ConsentChange, ConsentRegistry, Consents, Purpose, HUB,
 };
 use kenko_ingest::file_guard::Health;
-use kenko_ingest::query::{parse_duration, parse_time, Agg, Query, Row};
+use kenko_ingest::query::{parse_time, Row};
 use kenko_ingest::sink::SinkLags;
-use kenko_ingest::store::PersonalStore;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -132,8 +130,8 @@ pub fn filter_rows(
 #[derive(Clone)]
 pub struct HttpApi {
     directory: Arc<Directory>,
-    consents: Arc<ConsentBook>,
-    data_dir: PathBuf,
+    pub(crate) consents: Arc<ConsentBook>,
+    pub(crate) data_dir: PathBuf,
     /// Login limits and password verification, shared with MQTT.
     login: Arc<LoginGuard>,
     /// The counters `GET /metrics` shows.
@@ -193,7 +191,10 @@ impl HttpApi {
     fn router(self) -> Router {
         Router::new()
             .route("/api/v1/consents", get(list_consents).post(record_consent))
-            .route("/api/v1/observations", get(observations))
+            .route(
+                "/api/v1/observations",
+                get(crate::observations::observations),
+            )
             .route("/metrics", get(metrics))
             .route("/healthz", get(crate::health::healthz))
             .route("/readyz", get(crate::health::readyz))
@@ -216,7 +217,7 @@ pub async fn serve(
 
 /// Refuses (503, with the reason) a request that would write to registry.db or read a store
 /// while a store file is missing, replaced or truncated.
-fn ensure_sound_stores(api: &HttpApi) -> Result<(), ApiError> {
+pub(crate) fn ensure_sound_stores(api: &HttpApi) -> Result<(), ApiError> {
     match api.health.as_ref().and_then(|h| h.fault_now()) {
         None => Ok(()),
         Some(reason) => Err(ApiError::new(
@@ -253,7 +254,7 @@ async fn metrics(
 
 /// An API error: a status and a message for people; a failure inside the hub carries the id
 /// it is logged under, a refusal for going too fast the seconds to wait.
-struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     message: String,
     error_id: Option<String>,
@@ -308,17 +309,17 @@ fn whole_seconds(wait: Duration) -> u64 {
         .max(1)
 }
 
-fn bad(message: impl Into<String>) -> ApiError {
+pub(crate) fn bad(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, message)
 }
 
-fn forbidden(message: impl Into<String>) -> ApiError {
+pub(crate) fn forbidden(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, message)
 }
 
 /// A failure inside the hub. Its text may carry paths and other details of the machine, so
 /// it goes to the log; the client gets an id to quote, under which the log has it.
-fn internal(e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
     let id = format!("{:08x}", rand::random::<u32>());
     error!(error_id = %id, error = %e, "HTTP API request failed");
     ApiError {
@@ -332,7 +333,7 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 }
 
 /// A text field of a request longer than `max` bytes is refused by name, without echoing it.
-fn short<'a>(field: &str, value: &'a str, max: usize) -> Result<&'a str, ApiError> {
+pub(crate) fn short<'a>(field: &str, value: &'a str, max: usize) -> Result<&'a str, ApiError> {
     if value.len() > max {
         return Err(bad(format!(
             "{field} is {} bytes long; at most {max} bytes are allowed",
@@ -344,7 +345,7 @@ fn short<'a>(field: &str, value: &'a str, max: usize) -> Result<&'a str, ApiErro
 
 /// The longest purpose, change or time a request may give; longer ones are refused before
 /// they are parsed (and before they could be repeated in an error).
-const MAX_WORD: usize = 64;
+pub(crate) const MAX_WORD: usize = 64;
 
 /// Each principal's token bucket. Only authenticated principals get one, so there are at most
 /// as many as the directory has principals; full ones are swept out now and then.
@@ -395,7 +396,7 @@ impl RequestLimits {
 /// The principal of a request, authenticated and within its request limit. Handlers take it
 /// before any extractor that can refuse a request, so that an unauthenticated request gets
 /// 401 whatever its query or body.
-struct Authenticated(Arc<Identity>);
+pub(crate) struct Authenticated(pub(crate) Arc<Identity>);
 
 #[axum::async_trait]
 impl FromRequestParts<HttpApi> for Authenticated {
@@ -411,7 +412,7 @@ impl FromRequestParts<HttpApi> for Authenticated {
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
@@ -486,7 +487,7 @@ struct ConsentView {
     erase: bool,
 }
 
-fn rfc3339(ms: i64) -> String {
+pub(crate) fn rfc3339(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.to_string())
 }
 
@@ -631,150 +632,6 @@ async fn record_consent(
     .map_err(internal)?;
     info!(principal = %who.id, consent = stored.id, "consent recorded over HTTP");
     Ok((StatusCode::CREATED, Json(stored.into())))
-}
-
-#[derive(Deserialize)]
-struct ObservationParams {
-    metric: String,
-    citizen: Option<String>,
-    from: Option<String>,
-    to: Option<String>,
-    every: Option<String>,
-    agg: Option<String>,
-    limit: Option<usize>,
-    store: Option<String>,
-}
-
-#[derive(Serialize)]
-struct RowView {
-    time: String,
-    citizen: String,
-    device: String,
-    metric: &'static str,
-    value: f64,
-    unit: String,
-    /// The metric's LOINC code.
-    loinc: &'static str,
-    /// Outside the metric's physiological bounds; absent for an aggregate.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    implausible: Option<bool>,
-}
-
-async fn observations(
-    State(api): State<HttpApi>,
-    Authenticated(who): Authenticated,
-    params: Result<QueryParams<ObservationParams>, QueryRejection>,
-) -> Result<Json<Vec<RowView>>, ApiError> {
-    // A read of identified data is audited in registry.db before it is answered.
-    ensure_sound_stores(&api)?;
-    let QueryParams(params) = params.map_err(|e| bad(format!("query: {}", e.body_text())))?;
-    let metric: Metric = short("metric", &params.metric, MAX_WORD)?
-        .parse()
-        .map_err(|e| bad(format!("metric: {e}")))?;
-    for (field, value) in [
-        ("store", &params.store),
-        ("from", &params.from),
-        ("to", &params.to),
-        ("every", &params.every),
-        ("agg", &params.agg),
-    ] {
-        short(field, value.as_deref().unwrap_or(""), MAX_WORD)?;
-    }
-    if let Some(citizen) = &params.citizen {
-        kenko_config::check_identifier(citizen).map_err(|why| bad(format!("citizen {why}")))?;
-    }
-    let store = match params.store.as_deref() {
-        None | Some("personal") => StoreKind::Personal,
-        Some("shared") => StoreKind::Shared,
-        Some(other) => return Err(bad(format!("store {other:?}: use personal or shared"))),
-    };
-    let now = now_ms();
-    let consents = api.consents.current();
-    let access = query_access(
-        &who,
-        store,
-        params.citizen.as_deref(),
-        metric.name(),
-        &consents,
-        now,
-    )
-    .map_err(forbidden)?;
-    let time = |t: &Option<String>| -> Result<Option<i64>, ApiError> {
-        t.as_deref()
-            .map(|t| parse_time(t, now).map_err(|e| bad(e.to_string())))
-            .transpose()
-    };
-    let mut query = Query::new(metric);
-    query.citizen = match &access {
-        Access::Citizen(c) | Access::CareCitizen(c) => Some(c.clone()),
-        _ => params.citizen.clone(),
-    };
-    query.from_ms = time(&params.from)?;
-    query.to_ms = time(&params.to)?;
-    query.every_ms = params
-        .every
-        .as_deref()
-        .map(parse_duration)
-        .transpose()
-        .map_err(|e| bad(e.to_string()))?;
-    if let Some(agg) = &params.agg {
-        query.agg = agg.parse::<Agg>().map_err(|e| bad(e.to_string()))?;
-    }
-    query.limit = params.limit;
-    let file = match store {
-        StoreKind::Personal => "personal.db",
-        StoreKind::Shared => "shared.db",
-    };
-    let (path, registry) = (api.data_dir.join(file), api.data_dir.join("registry.db"));
-    let principal = who.id.clone();
-    let every_ms = query.every_ms;
-    let rows = tokio::task::spawn_blocking(move || -> Result<Vec<Row>, ApiError> {
-        let mut rows = PersonalStore::open_read_only(&path)
-            .and_then(|s| s.query(&query))
-            .map_err(internal)?;
-        filter_rows(
-            &access,
-            &principal,
-            metric.name(),
-            &mut rows,
-            &consents,
-            now,
-            every_ms,
-        );
-        if store == StoreKind::Personal {
-            // Every read of identified data is accounted for.
-            let mut citizens: Vec<&str> = rows.iter().map(|r| r.citizen.as_str()).collect();
-            citizens.sort_unstable();
-            citizens.dedup();
-            let body = serde_json::json!({
-                "principal": principal,
-                "metric": metric.name(),
-                "citizens": citizens,
-                "rows": rows.len(),
-            })
-            .to_string();
-            ConsentRegistry::open(&registry)
-                .and_then(|mut r| r.audit(now, "access.identified", &body))
-                .map_err(internal)?;
-        }
-        Ok(rows)
-    })
-    .await
-    .map_err(internal)??;
-    Ok(Json(
-        rows.into_iter()
-            .map(|r| RowView {
-                time: rfc3339(r.time_ms),
-                implausible: r.implausible(),
-                citizen: r.citizen,
-                device: r.device,
-                metric: r.metric.name(),
-                loinc: r.metric.loinc(),
-                value: r.value,
-                unit: r.unit,
-            })
-            .collect(),
-    ))
 }
 
 /// Binds the API's listener.

@@ -6,3 +6,4 @@ pub mod conn;
 mod health;
 pub mod http;
 pub mod metrics;
+mod observations;
