@@ -353,3 +353,104 @@ fn several_metrics_come_in_one_answer_as_json_csv_or_ndjson() -> anyhow::Result<
     }
     hub.terminate()
 }
+
+/// The value of header `name` (lower case) among `headers`.
+fn header<'a>(headers: &'a [String], name: &str) -> Option<&'a str> {
+    headers.iter().find_map(|h| {
+        let (n, v) = h.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[test]
+fn long_answers_come_in_pages_that_a_cursor_walks_through() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = Hub::start(dir.path(), &config())?;
+    let api = hub.http_addr.expect("HTTP API announced");
+    let t = common::now_ms() - 600_000;
+    for i in 0..5 {
+        let out = std::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &hub.port().to_string(), "-q", "1"])
+            .args([
+                "-i",
+                "bed-001",
+                "-u",
+                "bed-001",
+                "-P",
+                &common::password("bed-001"),
+            ])
+            .args(["-t", "devices/bed-001/telemetry"])
+            .args([
+                "-m",
+                &format!(r#"{{"ts":{},"hr":{},"rr":14}}"#, t + i * 1000, 60 + i),
+            ])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let all_path = "/api/v1/observations?metric=heart_rate,respiratory_rate";
+    let all = common::eventually(Duration::from_secs(10), || {
+        let (_, rows) = http(api, "GET", all_path, Some("app-001"), None)?;
+        Ok((rows.as_array().map(Vec::len) == Some(10)).then_some(rows))
+    })?;
+    let (_, headers, _) = common::http_response(api, "GET", all_path, Some("app-001"), None)?;
+    assert_eq!(
+        header(&headers, "x-next-cursor"),
+        None,
+        "one page holds it all"
+    );
+
+    let mut walked = Vec::new();
+    let mut path = format!("{all_path}&limit=3");
+    let mut pages = 0;
+    loop {
+        let (status, headers, body) =
+            common::http_response(api, "GET", &path, Some("app-001"), None)?;
+        assert_eq!(status, 200, "{body}");
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&body)?;
+        assert!(rows.len() <= 3, "{body}");
+        walked.extend(rows);
+        pages += 1;
+        let Some(link) = header(&headers, "link") else {
+            break;
+        };
+        let cursor = header(&headers, "x-next-cursor").expect("a cursor with the link");
+        assert!(
+            link.ends_with(&format!("cursor={cursor}>; rel=\"next\"")),
+            "{link}"
+        );
+        path = link
+            .trim_start_matches('<')
+            .split('>')
+            .next()
+            .expect("a URL")
+            .to_owned();
+        anyhow::ensure!(pages < 10, "the cursor does not move on: {path}");
+    }
+    assert_eq!(pages, 4, "3 + 3 + 3 + 1 rows");
+    assert_eq!(
+        serde_json::Value::from(walked),
+        all,
+        "the pages add up to the whole answer"
+    );
+
+    let bad = format!("{all_path}&cursor=nonsense");
+    let (status, err) = http(api, "GET", &bad, Some("app-001"), None)?;
+    assert_eq!(status, 400, "{err}");
+    assert!(
+        err["error"].as_str().unwrap_or("").contains("cursor"),
+        "{err}"
+    );
+    let (status, _) = http(
+        api,
+        "GET",
+        &format!("{all_path}&limit=0"),
+        Some("app-001"),
+        None,
+    )?;
+    assert_eq!(status, 400);
+    hub.terminate()
+}

@@ -2,15 +2,21 @@
 //! buckets, as JSON (an array), CSV (the columns of `kenko query`) or NDJSON (one object a
 //! line). Who reads what is `query_access` and `filter_rows`, decided per metric; a read of
 //! identified data is written to the audit log before it is answered.
+//!
+//! Answers come in pages of `limit` rows (10,000 unless asked; 100,000 at most), in (time,
+//! citizen, device, metric) order. When more rows follow, the answer's `Link` header holds
+//! the URL of the next page (`rel="next"`) and `X-Next-Cursor` its cursor: the same request
+//! with `cursor=` that value.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query as QueryParams, State};
-use axum::http::header;
+use axum::http::{header, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use base64::Engine as _;
 use kenko_devices::Metric;
 use kenko_ingest::consent::{ConsentRegistry, Consents};
-use kenko_ingest::query::{parse_duration, parse_time, render, Agg, Format, Query, Row};
+use kenko_ingest::query::{parse_duration, parse_time, render, Agg, Format, Query, Resume, Row};
 use kenko_ingest::store::PersonalStore;
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +27,10 @@ use crate::http::{
 
 /// Metrics one request may ask for at most.
 const MAX_METRICS: usize = 16;
+/// Rows of a page unless `limit` says otherwise.
+const DEFAULT_PAGE: usize = 10_000;
+/// Rows of a page at most.
+const MAX_PAGE: usize = 100_000;
 
 #[derive(Deserialize)]
 pub(crate) struct ObservationParams {
@@ -30,8 +40,10 @@ pub(crate) struct ObservationParams {
     to: Option<String>,
     every: Option<String>,
     agg: Option<String>,
-    /// At most this many rows per metric.
+    /// Rows of a page.
     limit: Option<usize>,
+    /// Where the page starts: `X-Next-Cursor` of the page before.
+    cursor: Option<String>,
     store: Option<String>,
     /// json (default), csv or ndjson.
     format: Option<String>,
@@ -75,11 +87,14 @@ struct Read {
     queries: Vec<(Query, Access)>,
     format: Format,
     ndjson: bool,
+    /// Rows of a page.
+    page: usize,
 }
 
 pub(crate) async fn observations(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,
+    uri: Uri,
     params: Result<QueryParams<ObservationParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     ensure_sound_stores(&api)?;
@@ -94,35 +109,160 @@ pub(crate) async fn observations(
     let (path, registry) = (api.data_dir.join(file), api.data_dir.join("registry.db"));
     let principal = who.id.clone();
     let (format, ndjson) = (read.format, read.ndjson);
-    let rows = tokio::task::spawn_blocking(move || -> Result<Vec<Row>, ApiError> {
+    let (rows, next) = tokio::task::spawn_blocking(move || {
         let store = PersonalStore::open_read_only(&path).map_err(internal)?;
-        let mut rows = Vec::new();
+        let found = read
+            .queries
+            .iter()
+            .map(|(query, _)| store.query(query).map_err(internal))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (mut page, next) = page_of(found, read.page);
+        // Each metric's rows are filtered by what its access allows; the cursor has moved
+        // past the rows left out too.
+        let mut rows = Vec::with_capacity(page.len());
         for (query, access) in &read.queries {
-            let mut found = store.query(query).map_err(internal)?;
-            let metric = query.metric.name();
+            let (mut mine, rest): (Vec<Row>, Vec<Row>) =
+                page.into_iter().partition(|r| r.metric == query.metric);
+            page = rest;
+            let name = query.metric.name();
             filter_rows(
                 access,
                 &principal,
-                metric,
-                &mut found,
+                name,
+                &mut mine,
                 &consents,
                 now,
                 query.every_ms,
             );
-            rows.append(&mut found);
+            rows.append(&mut mine);
         }
-        // Several metrics come in one time order, as one metric's do.
-        rows.sort_by(|a, b| {
-            (a.time_ms, &a.citizen, &a.device).cmp(&(b.time_ms, &b.citizen, &b.device))
-        });
+        rows.sort_by(|a, b| position(a).cmp(&position(b)));
         if read.store == StoreKind::Personal {
             audit_identified_read(&registry, &principal, &read.metrics, &rows, now)?;
         }
-        Ok(rows)
+        Ok::<_, ApiError>((rows, next))
     })
     .await
     .map_err(internal)??;
-    answer(rows, format, ndjson)
+    let mut response = answer(rows, format, ndjson)?;
+    if let Some(next) = next {
+        link_next(&mut response, &uri, &next.encode());
+    }
+    Ok(response)
+}
+
+/// Where a row stands in an answer's order.
+fn position(r: &Row) -> (i64, &str, &str, &'static str) {
+    (r.time_ms, &r.citizen, &r.device, r.metric.name())
+}
+
+/// The first `page` rows of the metrics' answers (each asked for `page + 1` rows), merged
+/// in order, and where the next page starts if more rows follow. A metric whose answer was
+/// cut may have rows beyond its last one: the page stops there.
+fn page_of(found: Vec<Vec<Row>>, page: usize) -> (Vec<Row>, Option<PageCursor>) {
+    let mut horizon: Option<PageCursor> = None;
+    let mut merged = Vec::new();
+    let mut cut = false;
+    for mut rows in found {
+        if rows.len() > page {
+            cut = true;
+            rows.truncate(page);
+            if let Some(last) = rows.last().map(PageCursor::at) {
+                if horizon.as_ref().is_none_or(|h| last.key() < h.key()) {
+                    horizon = Some(last);
+                }
+            }
+        }
+        merged.append(&mut rows);
+    }
+    merged.sort_by(|a, b| position(a).cmp(&position(b)));
+    if let Some(h) = &horizon {
+        merged.retain(|r| position(r) <= h.key());
+    }
+    let more = cut || merged.len() > page;
+    merged.truncate(page);
+    let next = if more {
+        merged.last().map(PageCursor::at)
+    } else {
+        None
+    };
+    (merged, next)
+}
+
+/// The last row of a page: the next page starts after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct PageCursor {
+    #[serde(rename = "t")]
+    time_ms: i64,
+    #[serde(rename = "c")]
+    citizen: String,
+    #[serde(rename = "d")]
+    device: String,
+    #[serde(rename = "m")]
+    metric: String,
+}
+
+impl PageCursor {
+    fn at(r: &Row) -> PageCursor {
+        PageCursor {
+            time_ms: r.time_ms,
+            citizen: r.citizen.clone(),
+            device: r.device.clone(),
+            metric: r.metric.name().to_owned(),
+        }
+    }
+
+    fn key(&self) -> (i64, &str, &str, &str) {
+        (self.time_ms, &self.citizen, &self.device, &self.metric)
+    }
+
+    fn encode(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    }
+
+    fn decode(text: &str) -> Result<PageCursor, ApiError> {
+        let refused =
+            || bad("cursor: not one this API gave; use the X-Next-Cursor of the page before");
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .map_err(|_| refused())?;
+        serde_json::from_slice(&json).map_err(|_| refused())
+    }
+
+    /// Where `metric`'s rows of the next page start: after the cursor's row, or at its
+    /// (time, citizen, device) already for a metric ordered after the cursor's.
+    fn resume_for(&self, metric: Metric) -> Resume {
+        Resume {
+            time_ms: self.time_ms,
+            citizen: self.citizen.clone(),
+            device: self.device.clone(),
+            inclusive: metric.name() > self.metric.as_str(),
+        }
+    }
+}
+
+/// Adds the next page's `Link` (the request's URL with `cursor=` replaced) and
+/// `X-Next-Cursor` headers.
+fn link_next(response: &mut Response, uri: &Uri, cursor: &str) {
+    let kept: Vec<&str> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("cursor="))
+        .collect();
+    let mut query = kept.join("&");
+    if !query.is_empty() {
+        query.push('&');
+    }
+    let link = format!("<{}?{query}cursor={cursor}>; rel=\"next\"", uri.path());
+    let headers = response.headers_mut();
+    if let Ok(value) = header::HeaderValue::from_str(&link) {
+        headers.insert(header::LINK, value);
+    }
+    if let Ok(value) = header::HeaderValue::from_str(cursor) {
+        headers.insert("x-next-cursor", value);
+    }
 }
 
 /// Checks the parameters and decides, per metric, what `who` may read.
@@ -174,7 +314,19 @@ fn check(
     if let Some(agg) = &params.agg {
         template.agg = agg.parse::<Agg>().map_err(|e| bad(e.to_string()))?;
     }
-    template.limit = params.limit;
+    let page = params.limit.unwrap_or(DEFAULT_PAGE);
+    if page == 0 || page > MAX_PAGE {
+        return Err(bad(format!(
+            "limit {page}: a page holds 1 to {MAX_PAGE} rows"
+        )));
+    }
+    // One more than a page: whether more follow.
+    template.limit = Some(page + 1);
+    let cursor = params
+        .cursor
+        .as_deref()
+        .map(|c| short("cursor", c, 4 * MAX_WORD).and_then(PageCursor::decode))
+        .transpose()?;
     let mut queries = Vec::with_capacity(metrics.len());
     for &metric in &metrics {
         let access = query_access(
@@ -188,6 +340,7 @@ fn check(
         .map_err(forbidden)?;
         let mut query = template.clone();
         query.metric = metric;
+        query.resume = cursor.as_ref().map(|c| c.resume_for(metric));
         query.citizen = match &access {
             Access::Citizen(c) | Access::CareCitizen(c) => Some(c.clone()),
             _ => params.citizen.clone(),
@@ -200,6 +353,7 @@ fn check(
         queries,
         format,
         ndjson,
+        page,
     })
 }
 
@@ -267,5 +421,76 @@ fn answer(rows: Vec<Row>, format: Format, ndjson: bool) -> Result<Response, ApiE
             Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response())
         }
         _ => Ok(Json(rows.into_iter().map(RowView::from).collect::<Vec<_>>()).into_response()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(metric: Metric, time_ms: i64, citizen: &str) -> Row {
+        Row {
+            time_ms,
+            citizen: citizen.into(),
+            device: format!("{citizen}-dev"),
+            metric,
+            value: 1.0,
+            unit: metric.unit().into(),
+            aggregated: false,
+            flags: 0,
+        }
+    }
+
+    fn keys(rows: &[Row]) -> Vec<(i64, &str, &str)> {
+        rows.iter()
+            .map(|r| (r.time_ms, r.citizen.as_str(), r.metric.name()))
+            .collect()
+    }
+
+    #[test]
+    fn a_page_stops_where_a_cut_answer_may_have_more() {
+        let hr = Metric::HeartRate;
+        let rr = Metric::RespiratoryRate;
+        // Heart rate was asked for 3 rows (a page of 2, plus one) and got them: cut after
+        // its second. Respiratory rate has only one row, later than that.
+        let found = vec![
+            vec![row(hr, 1, "c1"), row(hr, 2, "c1"), row(hr, 3, "c1")],
+            vec![row(rr, 5, "c1")],
+        ];
+        let (page, next) = page_of(found, 2);
+        assert_eq!(
+            keys(&page),
+            vec![(1, "c1", "heart_rate"), (2, "c1", "heart_rate")]
+        );
+        let next = next.expect("more follow");
+        assert_eq!(next.key(), (2, "c1", "c1-dev", "heart_rate"));
+        // Nothing was cut and everything fits: no next page.
+        let (page, next) = page_of(vec![vec![row(hr, 1, "c1")], vec![row(rr, 1, "c1")]], 2);
+        assert_eq!(page.len(), 2);
+        assert_eq!(next, None);
+        // Not cut, but more than a page in all: the next page starts after the last row.
+        let found = vec![
+            vec![row(hr, 1, "c1"), row(hr, 2, "c1")],
+            vec![row(rr, 1, "c1")],
+        ];
+        let (page, next) = page_of(found, 2);
+        assert_eq!(
+            keys(&page),
+            vec![(1, "c1", "heart_rate"), (1, "c1", "respiratory_rate")]
+        );
+        let next = next.expect("more follow");
+        assert_eq!(next.key(), (1, "c1", "c1-dev", "respiratory_rate"));
+        // The next page of heart rate starts after (1, c1) and includes nothing at it; one of a
+        // metric ordered after respiratory rate would include (1, c1) itself.
+        assert!(!next.resume_for(hr).inclusive);
+        assert!(next.resume_for(Metric::Spo2).inclusive);
+    }
+
+    #[test]
+    fn cursors_round_trip_and_foreign_ones_are_refused() {
+        let cursor = PageCursor::at(&row(Metric::HeartRate, 42, "c1"));
+        assert_eq!(PageCursor::decode(&cursor.encode()).ok(), Some(cursor));
+        assert!(PageCursor::decode("not-a-cursor").is_err());
+        assert!(PageCursor::decode("e30").is_err(), "{{}} is no cursor");
     }
 }

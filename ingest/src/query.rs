@@ -22,6 +22,18 @@ pub struct Query {
     /// With `every_ms`: one aggregate per bucket over every series the query selects (all
     /// citizens of the metric, say), not one per citizen and device.
     pub across: bool,
+    /// Where a page of the answer starts (the answer's order is time, citizen, device).
+    pub resume: Option<Resume>,
+}
+
+/// Rows after this (time, citizen, device) in an answer's order, or at it and after when
+/// `inclusive` (a page that stopped between metrics of one time, citizen and device).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    pub time_ms: i64,
+    pub citizen: String,
+    pub device: String,
+    pub inclusive: bool,
 }
 
 impl Query {
@@ -37,6 +49,7 @@ impl Query {
             agg: Agg::Mean,
             limit: None,
             across: false,
+            resume: None,
         }
     }
 }

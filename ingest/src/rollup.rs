@@ -40,9 +40,18 @@ fn floor_sql(column: &str, width: &str) -> String {
     format!("({column} - ({column} % {width}) - (CASE WHEN {column} % {width} < 0 THEN {width} ELSE 0 END))")
 }
 
+/// The condition that keeps the rows of a page: those after (?9, ?10, ?11) in (time,
+/// citizen, device) order, and at it too when ?12; every row when ?9 is NULL.
+pub(crate) fn resume_sql(time: &str, citizen: &str, device: &str) -> String {
+    format!(
+        "(?9 IS NULL OR ({time}, {citizen}, {device}) > (?9, ?10, ?11)
+          OR (?12 AND ({time}, {citizen}, {device}) = (?9, ?10, ?11)))"
+    )
+}
+
 /// The bucketed query of `PersonalStore::query`. Parameters: ?1 metric, ?2 citizen, ?3
 /// device (both as `series` says: `store::series_filter`), ?4 from (inclusive), ?5 to
-/// (exclusive), ?6 limit, ?7 bucket width, ?8 rollup width (`width_for`) or NULL. A file
+/// (exclusive), ?6 limit, ?7 bucket width, ?8 rollup width (`width_for`) or NULL, ?9 to ?12 a page's start (`resume_sql`). A file
 /// without the rollups table (written by an older kenko, read-only) is read as if it had an
 /// empty one.
 ///
@@ -60,13 +69,17 @@ pub(crate) fn bucket_query(agg: Agg, series: &str, with_rollups: bool, across: b
         "(SELECT 0 AS series, 0 AS width_ms, 0 AS start_ms, 0 AS count, 0.0 AS min, 0.0 AS max, 0.0 AS sum WHERE 0)"
     };
     let outer = if across {
+        let resume = resume_sql("p.bucket", "'*'", "'*'");
         format!(
-            "SELECT p.bucket, '*', '*', {value} FROM parts p GROUP BY p.bucket ORDER BY p.bucket"
+            "SELECT p.bucket, '*', '*', {value} FROM parts p GROUP BY p.bucket
+             HAVING {resume} ORDER BY p.bucket"
         )
     } else {
+        let resume = resume_sql("p.bucket", "p.citizen", "p.device");
         format!(
             "SELECT p.bucket, p.citizen, p.device, {value} FROM parts p
-             GROUP BY p.series, p.bucket ORDER BY p.bucket, p.citizen, p.device"
+             GROUP BY p.series, p.bucket HAVING {resume}
+             ORDER BY p.bucket, p.citizen, p.device"
         )
     };
     let raw_bucket = floor_sql("o.time_ms", "?7");

@@ -76,12 +76,14 @@ CREATE TABLE IF NOT EXISTS log_position (
 ";
 
 /// Raw observations of the series `series` selects, in a time range. Parameters: ?1 to ?3
-/// as in [`series_filter`], ?4 from (inclusive), ?5 to (exclusive), ?6 limit.
+/// as in [`series_filter`], ?4 from (inclusive), ?5 to (exclusive), ?6 limit, ?9 to ?12 a
+/// page's start ([`rollup::resume_sql`]).
 fn raw_query(series: &str) -> String {
+    let resume = rollup::resume_sql("o.time_ms", "s.citizen", "s.device");
     format!(
         "SELECT o.time_ms, s.citizen, s.device, o.value, o.flags FROM series s
          JOIN observations o ON o.series = s.id
-         WHERE {series} AND o.time_ms >= ?4 AND o.time_ms < ?5
+         WHERE {series} AND o.time_ms >= ?4 AND o.time_ms < ?5 AND {resume}
          ORDER BY o.time_ms, s.citizen, s.device LIMIT ?6"
     )
 }
@@ -414,7 +416,20 @@ impl PersonalStore {
     /// Raw rows, or bucketed aggregates when `every_ms` is set. Aggregates add what
     /// retention folded into rollups to what is still raw (see `rollup.rs`).
     pub fn query(&self, q: &Query) -> Result<Vec<Row>, StoreError> {
-        let from = q.from_ms.unwrap_or(i64::MIN);
+        // A page of raw rows starts its index range at its first time.
+        let resume_from = q
+            .resume
+            .as_ref()
+            .filter(|_| q.every_ms.is_none())
+            .map_or(i64::MIN, |r| r.time_ms);
+        let from = q.from_ms.unwrap_or(i64::MIN).max(resume_from);
+        let resume = q.resume.as_ref();
+        let (after_ms, after_citizen, after_device, inclusive) = (
+            resume.map(|r| r.time_ms),
+            resume.map(|r| r.citizen.as_str()),
+            resume.map(|r| r.device.as_str()),
+            resume.is_some_and(|r| r.inclusive),
+        );
         let to = q.to_ms.unwrap_or(i64::MAX);
         let limit = q.limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
         let aggregated = q.every_ms.is_some();
@@ -444,7 +459,20 @@ impl PersonalStore {
                     .map_err(sqlite(&self.path))?;
                 let rows = stmt
                     .query_map(
-                        params![metric.id(), q.citizen, q.device, from, to, limit],
+                        params![
+                            metric.id(),
+                            q.citizen,
+                            q.device,
+                            from,
+                            to,
+                            limit,
+                            None::<i64>,
+                            None::<i64>,
+                            after_ms,
+                            after_citizen,
+                            after_device,
+                            inclusive
+                        ],
                         map,
                     )
                     .map_err(sqlite(&self.path))?;
@@ -465,7 +493,11 @@ impl PersonalStore {
                             to,
                             limit,
                             every,
-                            width
+                            width,
+                            after_ms,
+                            after_citizen,
+                            after_device,
+                            inclusive
                         ],
                         map,
                     )
@@ -776,6 +808,51 @@ mod tests {
             .map(|r| (r.time_ms, r.citizen.as_str(), r.value))
             .collect();
         assert_eq!(seen, vec![(0, "*", 70.0), (60_000, "*", 70.0)]);
+    }
+
+    #[test]
+    fn a_page_resumes_after_a_row_or_at_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = PersonalStore::open(&dir.path().join("p.db")).expect("open");
+        let mut batch = Vec::new();
+        for t in [1_000, 61_000, 121_000] {
+            batch.push(obs("c1", "d1", Metric::HeartRate, 60.0, t));
+            batch.push(obs("c2", "d2", Metric::HeartRate, 70.0, t));
+        }
+        store.write_batch(&batch).expect("write");
+        let key = |rows: Vec<Row>| -> Vec<(i64, String)> {
+            rows.into_iter().map(|r| (r.time_ms, r.citizen)).collect()
+        };
+        let mut q = query(Metric::HeartRate);
+        q.limit = Some(2);
+        q.resume = Some(crate::query::Resume {
+            time_ms: 61_000,
+            citizen: "c1".into(),
+            device: "d1".into(),
+            inclusive: false,
+        });
+        assert_eq!(
+            key(store.query(&q).expect("raw")),
+            vec![(61_000, "c2".into()), (121_000, "c1".into())]
+        );
+        if let Some(r) = q.resume.as_mut() {
+            r.inclusive = true;
+        }
+        assert_eq!(
+            key(store.query(&q).expect("raw, inclusive")),
+            vec![(61_000, "c1".into()), (61_000, "c2".into())]
+        );
+        q.every_ms = Some(60_000);
+        q.resume = Some(crate::query::Resume {
+            time_ms: 60_000,
+            citizen: "c2".into(),
+            device: "d2".into(),
+            inclusive: false,
+        });
+        assert_eq!(
+            key(store.query(&q).expect("buckets")),
+            vec![(120_000, "c1".into()), (120_000, "c2".into())]
+        );
     }
 
     #[test]

@@ -362,6 +362,18 @@ pub fn http_text(
     principal: Option<&str>,
     body: Option<&serde_json::Value>,
 ) -> anyhow::Result<(u16, String)> {
+    let (status, _, body) = http_response(addr, method, path, principal, body)?;
+    Ok((status, body))
+}
+
+/// As [`http_text`], with the response's header lines too (`name: value`, as sent).
+pub fn http_response(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    principal: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<(u16, Vec<String>, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -385,8 +397,9 @@ pub fn http_text(
         .nth(1)
         .context("no status line")?
         .parse()?;
-    let (_, body) = text.split_once("\r\n\r\n").context("no body")?;
-    Ok((status, body.to_owned()))
+    let (head, body) = text.split_once("\r\n\r\n").context("no body")?;
+    let headers = head.lines().skip(1).map(str::to_owned).collect();
+    Ok((status, headers, body.to_owned()))
 }
 
 /// Subscribes `watcher` (an operator) to `devices/+/errors` and, once subscribed, gathers
