@@ -64,7 +64,7 @@ fn main() {
     );
 
     let config: RetentionConfig = toml::from_str("raw_days = 1").expect("config");
-    let policy = Policy::from_config(&config).expect("policy");
+    let policy = Policy::from_config(&config, 3_600).expect("policy");
     let mut retention = Retention::open(&path, policy).expect("retention");
     let started = Instant::now();
     let done = retention.pass(NOW, &mut |_| true).expect("pass");

@@ -27,6 +27,9 @@ use crate::stats::IngestStats;
 use crate::store::{open_durable, sqlite, StoreError};
 
 const DAY_MS: i64 = 86_400_000;
+/// How much longer than the late horizon window inputs stay raw: a sleep day's window (24
+/// hours) and its grace, rounded up.
+pub const WINDOW_MARGIN_MS: i64 = 2 * DAY_MS;
 /// Raw time folded per transaction: 21,600 observations of a 1 Hz series.
 const SLICE_MS: i64 = 6 * HOUR_MS;
 /// The first pass runs this long after start, when the hub's start-up work is done.
@@ -71,17 +74,34 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn from_config(config: &RetentionConfig) -> Result<Policy, PolicyError> {
+    /// The policy of `config`. Metrics that windows are computed from (bed occupancy, sleep
+    /// stages, steps) keep their raw data at least `late_horizon_s` and [`WINDOW_MARGIN_MS`]
+    /// longer, whatever `raw_days` says: a late reading computes its whole window again from
+    /// raw data, and that window may start a day before the reading.
+    pub fn from_config(
+        config: &RetentionConfig,
+        late_horizon_s: u64,
+    ) -> Result<Policy, PolicyError> {
         for name in config.metrics.keys() {
             let metric = Metric::from_str(name)?;
             if metric.is_derived() {
                 return Err(PolicyError::Derived(metric));
             }
         }
+        let window_inputs_ms = i64::try_from(late_horizon_s)
+            .unwrap_or(i64::MAX / 1000)
+            .saturating_mul(1000)
+            .saturating_add(WINDOW_MARGIN_MS);
         let keep = Metric::ALL
             .iter()
             .filter(|m| !m.is_derived())
-            .map(|&m| (m.id(), Keep::of(config.periods(m.name()))))
+            .map(|&m| {
+                let mut keep = Keep::of(config.periods(m.name()));
+                if m.feeds_window() {
+                    keep.raw_ms = keep.raw_ms.map(|raw| raw.max(window_inputs_ms));
+                }
+                (m.id(), keep)
+            })
             .filter(|(_, keep)| keep.deletes_anything())
             .collect();
         Ok(Policy { keep })

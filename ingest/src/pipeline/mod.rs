@@ -270,7 +270,7 @@ fn retention_job(
     tx: flume::WeakSender<Submission>,
     stats: &Arc<IngestStats>,
 ) -> Result<Option<RetentionJob>, IngestError> {
-    let policy = Policy::from_config(&settings.retention)?;
+    let policy = Policy::from_config(&settings.retention, settings.ingest.late_horizon_s)?;
     if !policy.deletes_anything() {
         return Ok(None);
     }

@@ -27,9 +27,12 @@ fn reading(citizen: &str, metric: Metric, time_ms: i64, value: f64) -> Observati
     }
 }
 
+/// The late horizon of these tests: an hour.
+const LATE_HORIZON_S: u64 = 3_600;
+
 fn policy(toml_text: &str) -> Policy {
     let config: RetentionConfig = toml::from_str(toml_text).expect("config");
-    Policy::from_config(&config).expect("policy")
+    Policy::from_config(&config, LATE_HORIZON_S).expect("policy")
 }
 
 struct Fixture {
@@ -272,13 +275,13 @@ fn a_pass_asked_to_stop_stops_between_transactions_and_the_next_goes_on() {
 fn unknown_and_derived_metrics_in_the_policy_are_refused() {
     let config: RetentionConfig =
         toml::from_str("[metrics.hart_rate]\nraw_days = 9").expect("toml");
-    let err = Policy::from_config(&config)
+    let err = Policy::from_config(&config, LATE_HORIZON_S)
         .expect_err("refused")
         .to_string();
     assert!(err.contains("unknown metric \"hart_rate\""), "{err}");
     let config: RetentionConfig =
         toml::from_str("[metrics.sleep_time]\nraw_days = 9").expect("toml");
-    let err = Policy::from_config(&config)
+    let err = Policy::from_config(&config, LATE_HORIZON_S)
         .expect_err("refused")
         .to_string();
     assert!(err.contains("always kept raw"), "{err}");
@@ -330,4 +333,21 @@ fn a_reading_stored_into_a_folded_bucket_is_added_to_its_rollups() {
             &format!("{agg:?}"),
         );
     }
+}
+
+#[test]
+fn window_inputs_stay_raw_while_a_late_reading_may_compute_their_window_again() {
+    let mut readings = minutely("c1", Metric::BedOccupancy, 4);
+    readings.extend(minutely("c1", Metric::HeartRate, 4));
+    let mut f = fixture("raw_days = 1", &readings);
+    run(&mut f.retention, NOW);
+    let raw = |metric| f.store.query(&Query::new(metric)).expect("raw").len() as i64;
+    assert_eq!(raw(Metric::HeartRate), 1440, "a day, as configured");
+    // The late horizon (an hour) and two days, on a whole hour.
+    let kept_ms = LATE_HORIZON_S as i64 * 1000 + WINDOW_MARGIN_MS;
+    assert_eq!(
+        raw(Metric::BedOccupancy),
+        kept_ms / MINUTE_MS,
+        "{kept_ms} ms raw"
+    );
 }
