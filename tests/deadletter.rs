@@ -9,28 +9,6 @@ use std::process::Command;
 use anyhow::Context as _;
 use common::{config_with_devices, now_ms, Hub, KENKO};
 
-fn publish(hub: &Hub, payload: &str) -> anyhow::Result<()> {
-    let out = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &hub.port().to_string(), "-q", "1"])
-        .args([
-            "-i",
-            "bed-001",
-            "-u",
-            "bed-001",
-            "-P",
-            &common::password("bed-001"),
-        ])
-        .args(["-t", "devices/bed-001/telemetry", "-m", payload])
-        .output()
-        .context("mosquitto_pub not found; install mosquitto-clients")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
 fn kenko(args: &[&str]) -> anyhow::Result<(bool, String)> {
     let out = Command::new(KENKO).args(args).output()?;
     let text =
@@ -56,8 +34,8 @@ fn dead_letters_are_listed_shown_and_replayed_after_the_cause_is_fixed() -> anyh
     );
     let hub = Hub::start(dir.path(), &strict)?;
     let t = now_ms() - 60_000;
-    publish(&hub, &format!(r#"{{"ts":{t},"hr":300}}"#))?;
-    publish(&hub, "{oops")?;
+    hub.publish_as("bed-001", &format!(r#"{{"ts":{t},"hr":300}}"#))?;
+    hub.publish_as("bed-001", "{oops")?;
     let data = hub.data_dir.clone();
     let d = data.to_str().context("path")?;
 
@@ -171,7 +149,7 @@ fn with_reader_gone(args: &[&str]) -> anyhow::Result<()> {
 fn listings_end_quietly_when_their_reader_goes_away() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let hub = Hub::start(dir.path(), &config_with_devices(1))?;
-    publish(&hub, "{oops")?;
+    hub.publish_as("bed-001", "{oops")?;
     let data = hub.data_dir.to_str().context("path")?.to_owned();
     common::eventually(std::time::Duration::from_secs(10), || {
         Ok((!letters(&hub.data_dir)?.is_empty()).then_some(()))

@@ -20,18 +20,7 @@ fn config() -> String {
 }
 
 fn publish(hub: &Hub, device: &str, ts: i64) -> anyhow::Result<()> {
-    let out = std::process::Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &hub.port().to_string(), "-q", "1"])
-        .args(["-i", device, "-u", device, "-P", &common::password(device)])
-        .args(["-t", &format!("devices/{device}/telemetry")])
-        .args(["-m", &format!(r#"{{"ts":{ts},"hr":66}}"#)])
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
+    hub.publish_as(device, &format!(r#"{{"ts":{ts},"hr":66}}"#))
 }
 
 #[test]
@@ -250,24 +239,7 @@ fn several_metrics_come_in_one_answer_as_json_csv_or_ndjson() -> anyhow::Result<
     let hub = Hub::start(dir.path(), &config())?;
     let api = hub.http_addr.expect("HTTP API announced");
     let t = common::now_ms() - 60_000;
-    let out = std::process::Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &hub.port().to_string(), "-q", "1"])
-        .args([
-            "-i",
-            "bed-001",
-            "-u",
-            "bed-001",
-            "-P",
-            &common::password("bed-001"),
-        ])
-        .args(["-t", "devices/bed-001/telemetry"])
-        .args(["-m", &format!(r#"{{"ts":{t},"hr":66,"rr":14}}"#)])
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    hub.publish_as("bed-001", &format!(r#"{{"ts":{t},"hr":66,"rr":14}}"#))?;
     let both = "/api/v1/observations?metric=heart_rate,respiratory_rate";
     let rows = common::eventually(Duration::from_secs(10), || {
         let (_, rows) = http(api, "GET", both, Some("app-001"), None)?;
@@ -369,27 +341,8 @@ fn long_answers_come_in_pages_that_a_cursor_walks_through() -> anyhow::Result<()
     let api = hub.http_addr.expect("HTTP API announced");
     let t = common::now_ms() - 600_000;
     for i in 0..5 {
-        let out = std::process::Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &hub.port().to_string(), "-q", "1"])
-            .args([
-                "-i",
-                "bed-001",
-                "-u",
-                "bed-001",
-                "-P",
-                &common::password("bed-001"),
-            ])
-            .args(["-t", "devices/bed-001/telemetry"])
-            .args([
-                "-m",
-                &format!(r#"{{"ts":{},"hr":{},"rr":14}}"#, t + i * 1000, 60 + i),
-            ])
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let payload = format!(r#"{{"ts":{},"hr":{},"rr":14}}"#, t + i * 1000, 60 + i);
+        hub.publish_as("bed-001", &payload)?;
     }
     let all_path = "/api/v1/observations?metric=heart_rate,respiratory_rate";
     let all = common::eventually(Duration::from_secs(10), || {

@@ -402,6 +402,25 @@ pub fn http_response(
     Ok((status, headers, body.to_owned()))
 }
 
+impl Hub {
+    /// `mosquitto_pub` of `payload` from `device` (its test password) on its telemetry
+    /// topic, QoS 1: the message is acknowledged, so stored or dead-lettered, when it returns.
+    pub fn publish_as(&self, device: &str, payload: &str) -> anyhow::Result<()> {
+        let out = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &self.port().to_string(), "-q", "1"])
+            .args(["-i", device, "-u", device, "-P", &password(device)])
+            .args(["-t", &format!("devices/{device}/telemetry"), "-m", payload])
+            .output()
+            .context("mosquitto_pub not found; install mosquitto-clients")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+}
+
 /// Subscribes `watcher` (an operator) to `devices/+/errors` and, once subscribed, gathers
 /// the first error body of each topic until `topics` topics have one or 30 s have passed.
 pub async fn watch_device_errors(
