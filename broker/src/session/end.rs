@@ -23,7 +23,17 @@ impl Session {
         if end == End::Shutdown {
             self.drain_verdicts().await;
         }
+        // The session is settled before the socket closes: a client that sees the close and
+        // connects again at once finds the session as this end left it (ended, after a
+        // DISCONNECT with expiry 0), not the old connection still holding it.
+        self.settle_session(end);
         self.say_goodbye(end).await;
+        info!(?end, "disconnected");
+        // Dropping the registration lets a connection that takes this client id over proceed.
+    }
+
+    /// The will (now, later or not at all), and the session kept, left to expire, or ended.
+    fn settle_session(&mut self, end: End) {
         // 3.14.2.2.2: a DISCONNECT may change the Session Expiry Interval (from 0 to more is
         // refused when the DISCONNECT is read).
         if let End::Disconnect {
@@ -42,7 +52,6 @@ impl Session {
             || self.registration.takeover.is_cancelled();
         let keep = goes_on || (self.life.persistent && self.life.expiry_s != 0);
         self.shared.router.detach(&self.route, keep);
-        info!(?end, "disconnected");
         if keep && !goes_on {
             outlive(
                 &self.shared,
@@ -51,7 +60,6 @@ impl Session {
                 &self.life,
             );
         }
-        // Dropping the registration lets a connection that takes this client id over proceed.
     }
 
     /// Tells an MQTT 5 client why the hub ends the connection, then closes it.
