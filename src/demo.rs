@@ -1,4 +1,7 @@
-//! `kenko demo`: a hub on embedded defaults with simulated devices of every kind, for trying kenko.
+//! `kenko demo`: a hub on embedded defaults with simulated devices of every kind, and people
+//! of every role to look at their data over HTTP, for trying kenko.
+
+mod people;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,7 +15,6 @@ use kenko_broker::auth::{hash_password, new_token, Cost};
 use kenko_config::Config;
 use kenko_config::{DeviceConfig, DeviceKind};
 use kenko_devices::sim::{self, SimConfig, SimStats};
-use kenko_ingest::consent::{ConsentChange, ConsentRegistry, Purpose, HUB};
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{self, Hub};
@@ -25,6 +27,9 @@ pub struct DemoArgs {
     /// MQTT listen address
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:1883")]
     mqtt: SocketAddr,
+    /// HTTP API listen address (plain HTTP: keep it on loopback)
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
     /// Number of simulated devices of each kind (bed-001, wearable-001, ... of citizen-001, ...)
     #[arg(long, default_value_t = 20)]
     devices: usize,
@@ -45,6 +50,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!args.kinds.is_empty(), "--kinds needs at least one kind");
     let mut config = Config::default();
     config.mqtt.listen = args.mqtt;
+    config.http.listen = Some(args.http);
     // Each device is registered with the payload profile its simulator speaks.
     config.devices = sim::fleet(&args.kinds, args.devices)
         .into_iter()
@@ -64,16 +70,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     config.auth.acl = Some(demo_acl(&args.data_dir)?);
-    // Each simulated device gets a fresh random token for this run.
+    // Each simulated device gets a fresh random token for this run, and so does each person.
     let mut passwords = HashMap::new();
     for device in &mut config.devices {
         let token = new_token();
         device.password_hash = Some(hash_password(&token, Cost::Token));
         passwords.insert(device.id.clone(), token);
     }
-    grant_demo_consent(&args.data_dir, &config)?;
+    let citizens = people::citizens(&config);
+    let people_passwords = people::add_principals(&mut config, &citizens);
+    people::record_consents(&args.data_dir, &people::consents(&citizens))?;
     let passwords_file = args.data_dir.join("demo-passwords.txt");
-    write_passwords(&passwords_file, &passwords)?;
+    write_passwords(&passwords_file, &passwords, &people_passwords)?;
     // The demo's configuration as a file, for `kenko acl explain --config` and `kenko serve`.
     let config_file = args.data_dir.join("demo.toml");
     let text = toml::to_string(&config).context("cannot write the demo configuration")?;
@@ -87,7 +95,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let hub_shutdown = CancellationToken::new();
     let hub = Hub::start(config, &args.data_dir, hub_shutdown.clone(), false).await?;
     let addr = hub.mqtt_addr;
-    print_banner(&args, addr, passwords.get("bed-001").map(String::as_str));
+    let mut everyone = passwords.clone();
+    everyone.extend(people_passwords.iter().map(|(k, v)| (k.clone(), v.clone())));
+    print_banner(&args, &hub, &everyone);
 
     let sim_stats = Arc::new(SimStats::default());
     let sim_cancel = shutdown.child_token();
@@ -155,44 +165,20 @@ fn demo_acl(data_dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// The demo's citizens consent to collection (recorded once, source "demo"), so that their
-/// synthetic data is stored; withdraw with `kenko consent revoke` to watch it stop.
-fn grant_demo_consent(data_dir: &Path, config: &Config) -> anyhow::Result<()> {
-    let mut registry = ConsentRegistry::open(&data_dir.join("registry.db"))?;
-    let now = jiff::Timestamp::now().as_millisecond();
-    let consents = registry.consents()?;
-    // Once per citizen, however many devices they have.
-    let citizens: std::collections::BTreeSet<&str> =
-        config.devices.iter().map(|d| d.citizen.as_str()).collect();
-    for citizen in citizens {
-        if consents.permits(citizen, HUB, Purpose::Collect, "heart_rate", now, now) {
-            continue;
+/// Writes `id password` lines, devices first, then people; readable by the owner only.
+fn write_passwords(
+    path: &Path,
+    devices: &HashMap<String, String>,
+    people: &HashMap<String, String>,
+) -> anyhow::Result<()> {
+    let mut text =
+        String::from("# id password (this demo run's device tokens, then people's passwords)\n");
+    for group in [devices, people] {
+        let mut ids: Vec<&String> = group.keys().collect();
+        ids.sort();
+        for id in ids {
+            text.push_str(&format!("{id} {}\n", group[id]));
         }
-        registry.record(
-            ConsentChange {
-                citizen: citizen.to_owned(),
-                grantee: HUB.to_owned(),
-                purpose: Purpose::Collect,
-                data_types: Vec::new(),
-                valid_from_ms: None,
-                valid_until_ms: None,
-                source: "demo".to_owned(),
-                granted: true,
-                erase: false,
-            },
-            now,
-        )?;
-    }
-    Ok(())
-}
-
-/// Writes `device password` lines, readable by the owner only.
-fn write_passwords(path: &Path, passwords: &HashMap<String, String>) -> anyhow::Result<()> {
-    let mut ids: Vec<&String> = passwords.keys().collect();
-    ids.sort();
-    let mut text = String::from("# device password (this demo run's tokens)\n");
-    for id in ids {
-        text.push_str(&format!("{id} {}\n", passwords[id]));
     }
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
@@ -206,7 +192,7 @@ fn write_passwords(path: &Path, passwords: &HashMap<String, String>) -> anyhow::
     Ok(())
 }
 
-fn print_banner(args: &DemoArgs, addr: SocketAddr, bed_001: Option<&str>) {
+fn print_banner(args: &DemoArgs, hub: &Hub, passwords: &HashMap<String, String>) {
     let dir = args.data_dir.display();
     let kinds: Vec<&str> = args.kinds.iter().map(|k| k.as_str()).collect();
     println!(
@@ -214,30 +200,57 @@ fn print_banner(args: &DemoArgs, addr: SocketAddr, bed_001: Option<&str>) {
         args.devices,
         kinds.join(", ")
     );
-    println!("  Demo data is synthetic. Device passwords for this run: {dir}/demo-passwords.txt;");
+    println!("  Demo data is synthetic. Passwords of this run's devices and people: {dir}/demo-passwords.txt;");
     println!("  ACL rules: {dir}/acl.toml (edit it while the demo runs: it is reloaded); config: {dir}/demo.toml");
-    println!("  MQTT broker:  {addr} (MQTT 3.1.1 and 5)");
+    println!("  MQTT broker:  {} (MQTT 3.1.1 and 5)", hub.mqtt_addr);
+    if let Some(http) = hub.http_addr {
+        println!("  HTTP API:     http://{http}/api/v1/ (HTTP Basic, ids and passwords as above)");
+    }
+    println!(
+        "  people:       app-citizen-001 ... (each citizen's app), {} (care consent from the first half of the citizens),",
+        people::CARE
+    );
+    println!(
+        "                {} (the shared store: research consent from every second citizen), {}",
+        people::ANALYST,
+        people::OPERATOR
+    );
     println!(
         "  data:         {dir}/personal.db (observations), {dir}/deadletter.db (refused messages)"
     );
     println!("Try, in another terminal:");
+    print_cli_examples(args, hub, passwords);
+    println!("Stop with Ctrl-C. Progress every 2 s:");
+}
+
+fn print_cli_examples(args: &DemoArgs, hub: &Hub, passwords: &HashMap<String, String>) {
+    let dir = args.data_dir.display();
+    let (host, port) = (hub.mqtt_addr.ip(), hub.mqtt_addr.port());
+    let password = |id: &str| passwords.get(id).map_or("PASSWORD", String::as_str);
     println!(
         "  kenko query --data-dir {dir} --metric heart_rate --citizen citizen-001 --from -10m"
     );
     println!(
         "  kenko query --data-dir {dir} --metric heart_rate --every 1m --agg mean --format table"
     );
+    if let Some(http) = hub.http_addr {
+        println!(
+            "  curl -u app-citizen-001:{} 'http://{http}/api/v1/observations?metric=heart_rate&from=-10m&format=csv'",
+            password("app-citizen-001")
+        );
+        println!(
+            "  curl -u {}:{} 'http://{http}/api/v1/observations?metric=spo2&every=1m&format=csv'",
+            people::CARE,
+            password(people::CARE)
+        );
+    }
+    println!("  mosquitto_sub -h {host} -p {port} -t 'citizens/+/observations/heart_rate' -v");
+    let tokyo = jiff::tz::TimeZone::get("Asia/Tokyo").unwrap_or(jiff::tz::TimeZone::UTC);
+    let now = jiff::Zoned::now().with_time_zone(tokyo);
     println!(
-        "  mosquitto_sub -h {} -p {} -t 'citizens/+/observations/heart_rate' -v",
-        addr.ip(),
-        addr.port()
+        "  mosquitto_pub -h {host} -p {port} -i bed-001 -u bed-001 -P {} -q 1 -t devices/bed-001/telemetry -m '{{\"ts\":\"{}\",\"hr\":61,\"occ\":true}}'",
+        password("bed-001"),
+        now.strftime("%Y-%m-%dT%H:%M:%S%:z")
     );
-    println!("  mosquitto_pub -h {} -p {} -i bed-001 -u bed-001 -P {} -q 1 -t devices/bed-001/telemetry -m '{{\"ts\":\"{}\",\"hr\":61,\"occ\":true}}'",
-        addr.ip(), addr.port(), bed_001.unwrap_or("PASSWORD"), jiff::Zoned::now().with_time_zone(jiff::tz::TimeZone::get("Asia/Tokyo").unwrap_or(jiff::tz::TimeZone::UTC)).strftime("%Y-%m-%dT%H:%M:%S%:z"));
-    println!(
-        "  mosquitto_sub -h {} -p {} -t 'devices/+/errors' -v",
-        addr.ip(),
-        addr.port()
-    );
-    println!("Stop with Ctrl-C. Progress every 2 s:");
+    println!("  mosquitto_sub -h {host} -p {port} -t 'devices/+/errors' -v");
 }

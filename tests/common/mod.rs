@@ -374,6 +374,20 @@ pub fn http_response(
     principal: Option<&str>,
     body: Option<&serde_json::Value>,
 ) -> anyhow::Result<(u16, Vec<String>, String)> {
+    let password = principal.map(password);
+    let credentials = principal.zip(password.as_deref());
+    http_exchange(addr, method, path, credentials, body)
+}
+
+/// One HTTP/1.1 request, with Basic `credentials` (id, password) if given; returns the
+/// status code, the response's header lines and its body.
+pub fn http_exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    credentials: Option<(&str, &str)>,
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<(u16, Vec<String>, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -382,8 +396,8 @@ pub fn http_response(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()
     );
-    if let Some(p) = principal {
-        let token = base64_encode(format!("{p}:{}", password(p)).as_bytes());
+    if let Some((id, password)) = credentials {
+        let token = base64_encode(format!("{id}:{password}").as_bytes());
         request.push_str(&format!("Authorization: Basic {token}\r\n"));
     }
     request.push_str("\r\n");
