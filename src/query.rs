@@ -47,7 +47,8 @@ pub struct QueryArgs {
     /// Aggregate into buckets of this width (30s, 1m, 1h, 1d)
     #[arg(long)]
     every: Option<String>,
-    /// Aggregate function with --every: mean, min, max, count
+    /// Aggregate function with --every: mean, min, max, count; with --across also citizens
+    /// (how many have readings) and percentiles of the citizens' means (median, p90, p1..p99)
     #[arg(long, default_value = "mean")]
     agg: String,
     /// Output format: table, csv, json

@@ -407,3 +407,78 @@ fn long_answers_come_in_pages_that_a_cursor_walks_through() -> anyhow::Result<()
     assert_eq!(status, 400);
     hub.terminate()
 }
+
+#[test]
+fn aggregates_across_citizens_come_from_the_shared_store() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    common::consent(
+        &dir.path().join("data"),
+        "grant",
+        &["citizen-001", "citizen-002"],
+        "research",
+    )?;
+    let hub = Hub::start(dir.path(), &config())?;
+    let api = hub.http_addr.expect("HTTP API announced");
+    let t = common::now_ms();
+    hub.publish_as("bed-001", &format!(r#"{{"ts":{t},"hr":60}}"#))?;
+    hub.publish_as("bed-002", &format!(r#"{{"ts":{t},"hr":80}}"#))?;
+    hub.publish_as("bed-002", &format!(r#"{{"ts":{},"hr":70}}"#, t + 1))?;
+    let across = "/api/v1/observations?metric=heart_rate&store=shared&across=true&every=1d";
+    let value = |agg: &str| -> anyhow::Result<Option<f64>> {
+        let (status, rows) = http(
+            api,
+            "GET",
+            &format!("{across}&agg={agg}"),
+            Some("analyst-1"),
+            None,
+        )?;
+        assert_eq!(status, 200, "{agg}: {rows}");
+        let rows = rows.as_array().cloned().unwrap_or_default();
+        assert!(rows.len() <= 1, "one bucket: {rows:?}");
+        Ok(rows.first().map(|r| {
+            assert_eq!((&r["citizen"], &r["device"]), (&json!("*"), &json!("*")));
+            r["value"].as_f64().unwrap_or(f64::NAN)
+        }))
+    };
+    common::eventually(Duration::from_secs(10), || {
+        Ok((value("count")? == Some(3.0)).then_some(()))
+    })?;
+    assert_eq!(value("citizens")?, Some(2.0));
+    assert_eq!(value("mean")?, Some(70.0), "over readings");
+    // Citizens' means are 60 and 75: each citizen counts once.
+    assert_eq!(value("median")?, Some(67.5));
+    assert_eq!(value("p90")?, Some(73.5));
+    assert_eq!(value("max")?, Some(80.0));
+
+    for (who, path, status, says) in [
+        ("app-001", across.to_owned(), 403, "shared store"),
+        (
+            "analyst-1",
+            across.replace("store=shared", "store=personal"),
+            403,
+            "shared store",
+        ),
+        ("analyst-1", across.replace("&every=1d", ""), 400, "every"),
+        (
+            "analyst-1",
+            format!("{across}&citizen=citizen-001"),
+            400,
+            "citizen",
+        ),
+        (
+            "analyst-1",
+            "/api/v1/observations?metric=heart_rate&store=shared&every=1d&agg=p90".to_owned(),
+            400,
+            "across=true",
+        ),
+        ("analyst-1", format!("{across}&agg=p100"), 400, "p1 to p99"),
+    ] {
+        let (got, err) = http(api, "GET", &path, Some(who), None)?;
+        assert_eq!(got, status, "{who} {path}: {err}");
+        assert!(
+            err["error"].as_str().unwrap_or("").contains(says),
+            "{who} {path}: {err}"
+        );
+    }
+    hub.terminate()
+}

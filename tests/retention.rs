@@ -101,6 +101,23 @@ fn the_hub_folds_raw_data_past_raw_days_into_rollups_that_answer_queries() -> an
     ])?;
     assert_eq!(sum_of(&across), 2.0 * 1440.0, "{across:?}");
     assert!(across.iter().all(|r| r["citizen"] == "*"), "{across:?}");
+    // Percentiles across citizens read the rollups too: with one citizen, the median of the
+    // citizens' daily means is that citizen's daily mean.
+    let daily = ["--metric", "heart_rate", "--from", "-3d", "--every", "1d"];
+    let values = |rows: &[serde_json::Value]| -> Vec<(String, i64)> {
+        rows.iter()
+            .map(|r| {
+                let v = r["value"].as_f64().unwrap_or(f64::NAN);
+                (r["time"].to_string(), (v * 1e6).round() as i64)
+            })
+            .collect()
+    };
+    let median = hub.query(&[&daily[..], &["--agg", "median", "--across"]].concat())?;
+    let mean = hub.query(&daily)?;
+    assert!(median.len() >= 2, "{median:?}");
+    assert_eq!(values(&median), values(&mean));
+    let citizens = hub.query(&[&daily[..], &["--agg", "citizens", "--across"]].concat())?;
+    assert!(citizens.iter().all(|r| r["value"] == 1.0), "{citizens:?}");
     assert!(means.len() >= 48, "{} hourly means", means.len());
     assert!(
         means.iter().all(|r| r["value"]

@@ -3,6 +3,10 @@
 //! line). Who reads what is `query_access` and `filter_rows`, decided per metric; a read of
 //! identified data is written to the audit log before it is answered.
 //!
+//! `across=true` (with `every`, on `store=shared`) gives one row per bucket over every
+//! citizen: `agg` mean, min, max, count, `citizens` (how many have readings) or a percentile
+//! of the citizens' means (`median`, `p90`, any `p1` to `p99`).
+//!
 //! Answers come in pages of `limit` rows (10,000 unless asked; 100,000 at most), in (time,
 //! citizen, device, metric) order. When more rows follow, the answer's `Link` header holds
 //! the URL of the next page (`rel="next"`) and `X-Next-Cursor` its cursor: the same request
@@ -40,6 +44,8 @@ pub(crate) struct ObservationParams {
     to: Option<String>,
     every: Option<String>,
     agg: Option<String>,
+    /// One aggregate per bucket over every citizen (the shared store only).
+    across: Option<bool>,
     /// Rows of a page.
     limit: Option<usize>,
     /// Where the page starts: `X-Next-Cursor` of the page before.
@@ -314,6 +320,8 @@ fn check(
     if let Some(agg) = &params.agg {
         template.agg = agg.parse::<Agg>().map_err(|e| bad(e.to_string()))?;
     }
+    template.across = params.across.unwrap_or(false);
+    check_across(&template, store, params.citizen.as_deref())?;
     let page = params.limit.unwrap_or(DEFAULT_PAGE);
     if page == 0 || page > MAX_PAGE {
         return Err(bad(format!(
@@ -355,6 +363,35 @@ fn check(
         ndjson,
         page,
     })
+}
+
+/// Aggregates across citizens: per bucket, of the shared store, over every citizen in it.
+fn check_across(query: &Query, store: StoreKind, citizen: Option<&str>) -> Result<(), ApiError> {
+    if !query.across {
+        if query.agg.needs_across() {
+            return Err(bad(format!(
+                "agg {}: an aggregate across citizens; add across=true",
+                query.agg
+            )));
+        }
+        return Ok(());
+    }
+    if query.every_ms.is_none() {
+        return Err(bad(
+            "across=true: aggregates across citizens need buckets; add every (such as 1h or 1d)",
+        ));
+    }
+    if citizen.is_some() {
+        return Err(bad(
+            "across=true aggregates over every citizen; leave citizen out",
+        ));
+    }
+    if store != StoreKind::Shared {
+        return Err(forbidden(
+            "aggregates across citizens are read from the shared store (store=shared): it holds the citizens who consented to research",
+        ));
+    }
+    Ok(())
 }
 
 /// `heart_rate` or `heart_rate,spo2`: known metrics, each once, at most [`MAX_METRICS`].

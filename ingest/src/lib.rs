@@ -1,6 +1,7 @@
 //! kenko's stream processor: decode vendor payloads, normalize them into canonical
 //! observations, write them to the stores in batches, and dead-letter what cannot be stored.
 
+pub mod across;
 pub mod backoff;
 pub mod consent;
 pub mod deadletter;

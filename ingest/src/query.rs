@@ -75,7 +75,7 @@ pub enum QueryError {
     Time(String),
     #[error("cannot read duration {0:?}; use a positive number with s, m, h or d, such as 30s, 1m, 1h, 1d")]
     Duration(String),
-    #[error("unknown aggregate {0:?}; use mean, min, max or count")]
+    #[error("unknown aggregate {0:?}; use mean, min, max or count, or across citizens also citizens, median or a percentile p1 to p99 (p90)")]
     Agg(String),
     #[error("unknown format {0:?}; use table, csv or json")]
     Format(String),
@@ -87,6 +87,31 @@ pub enum Agg {
     Min,
     Max,
     Count,
+    /// Across citizens only: how many citizens have readings in the bucket.
+    Citizens,
+    /// Across citizens only: this percentile (1 to 99) of the citizens' means in the bucket
+    /// (each citizen counts once, however many readings or devices they have).
+    Percentile(u8),
+}
+
+impl Agg {
+    /// Only meaningful over several citizens' series (`Query::across`).
+    pub fn needs_across(self) -> bool {
+        matches!(self, Agg::Citizens | Agg::Percentile(_))
+    }
+}
+
+impl std::fmt::Display for Agg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Agg::Mean => f.write_str("mean"),
+            Agg::Min => f.write_str("min"),
+            Agg::Max => f.write_str("max"),
+            Agg::Count => f.write_str("count"),
+            Agg::Citizens => f.write_str("citizens"),
+            Agg::Percentile(p) => write!(f, "p{p}"),
+        }
+    }
 }
 
 impl FromStr for Agg {
@@ -97,7 +122,14 @@ impl FromStr for Agg {
             "min" => Ok(Agg::Min),
             "max" => Ok(Agg::Max),
             "count" => Ok(Agg::Count),
-            other => Err(QueryError::Agg(other.to_owned())),
+            "citizens" => Ok(Agg::Citizens),
+            "median" => Ok(Agg::Percentile(50)),
+            other => other
+                .strip_prefix('p')
+                .and_then(|n| n.parse::<u8>().ok())
+                .filter(|n| (1..=99).contains(n))
+                .map(Agg::Percentile)
+                .ok_or_else(|| QueryError::Agg(other.to_owned())),
         }
     }
 }
@@ -379,7 +411,24 @@ mod tests {
             .map(|a| a.parse().expect("agg"))
             .collect();
         assert_eq!(aggs, vec![Agg::Mean, Agg::Min, Agg::Max, Agg::Count]);
-        assert!("median".parse::<Agg>().is_err());
+        let across: Vec<Agg> = ["citizens", "median", "p1", "p90", "p99"]
+            .iter()
+            .map(|a| a.parse().expect("agg"))
+            .collect();
+        assert_eq!(
+            across,
+            [
+                Agg::Citizens,
+                Agg::Percentile(50),
+                Agg::Percentile(1),
+                Agg::Percentile(90),
+                Agg::Percentile(99)
+            ]
+        );
+        assert!(across.iter().all(|a| a.needs_across()));
+        for bad in ["p0", "p100", "p", "p-5", "p9x", "med"] {
+            assert!(bad.parse::<Agg>().is_err(), "{bad}");
+        }
         assert_eq!("json".parse::<Format>(), Ok(Format::Json));
         assert!("xml".parse::<Format>().is_err());
     }

@@ -51,22 +51,19 @@ pub(crate) fn resume_sql(time: &str, citizen: &str, device: &str) -> String {
 
 /// The bucketed query of `PersonalStore::query`. Parameters: ?1 metric, ?2 citizen, ?3
 /// device (both as `series` says: `store::series_filter`), ?4 from (inclusive), ?5 to
-/// (exclusive), ?6 limit, ?7 bucket width, ?8 rollup width (`width_for`) or NULL, ?9 to ?12 a page's start (`resume_sql`). A file
-/// without the rollups table (written by an older kenko, read-only) is read as if it had an
-/// empty one.
+/// (exclusive), ?6 limit, ?7 bucket width, ?8 rollup width (`width_for`) or NULL, ?9 to ?12
+/// a page's start (`resume_sql`). A file without the rollups table (written by an older
+/// kenko, read-only) is read as if it had an empty one.
 ///
 /// `across`: one row per bucket over all the selected series (citizen and device `*`).
+/// Percentiles are not computed here: see [`citizen_means_query`].
 pub(crate) fn bucket_query(agg: Agg, series: &str, with_rollups: bool, across: bool) -> String {
     let value = match agg {
-        Agg::Mean => "sum(p.total) / sum(p.n)",
+        Agg::Mean | Agg::Percentile(_) => "sum(p.total) / sum(p.n)",
         Agg::Min => "min(p.lo)",
         Agg::Max => "max(p.hi)",
         Agg::Count => "sum(p.n)",
-    };
-    let rollups = if with_rollups {
-        "rollups"
-    } else {
-        "(SELECT 0 AS series, 0 AS width_ms, 0 AS start_ms, 0 AS count, 0.0 AS min, 0.0 AS max, 0.0 AS sum WHERE 0)"
+        Agg::Citizens => "count(DISTINCT p.citizen)",
     };
     let outer = if across {
         let resume = resume_sql("p.bucket", "'*'", "'*'");
@@ -81,6 +78,32 @@ pub(crate) fn bucket_query(agg: Agg, series: &str, with_rollups: bool, across: b
              GROUP BY p.series, p.bucket HAVING {resume}
              ORDER BY p.bucket, p.citizen, p.device"
         )
+    };
+    format!("{} {outer} LIMIT ?6", parts_sql(series, with_rollups))
+}
+
+/// Each citizen's mean per bucket, for the first ?6 buckets of the page (parameters as
+/// [`bucket_query`]'s), ordered by bucket: what percentiles across citizens are taken of.
+pub(crate) fn citizen_means_query(series: &str, with_rollups: bool) -> String {
+    let resume = resume_sql("bucket", "'*'", "'*'");
+    format!(
+        "{}, page AS (
+            SELECT DISTINCT bucket FROM parts WHERE {resume} ORDER BY bucket LIMIT ?6
+        )
+        SELECT p.bucket, p.citizen, sum(p.total) / sum(p.n)
+        FROM parts p JOIN page USING (bucket)
+        GROUP BY p.bucket, p.citizen ORDER BY p.bucket",
+        parts_sql(series, with_rollups)
+    )
+}
+
+/// The `chosen` series and their `parts`: per series and bucket, count, min, max and sum of
+/// the raw observations still kept plus those of the rollup level that answers the width.
+fn parts_sql(series: &str, with_rollups: bool) -> String {
+    let rollups = if with_rollups {
+        "rollups"
+    } else {
+        "(SELECT 0 AS series, 0 AS width_ms, 0 AS start_ms, 0 AS count, 0.0 AS min, 0.0 AS max, 0.0 AS sum WHERE 0)"
     };
     let raw_bucket = floor_sql("o.time_ms", "?7");
     let rollup_bucket = floor_sql("r.start_ms", "?7");
@@ -100,8 +123,7 @@ pub(crate) fn bucket_query(agg: Agg, series: &str, with_rollups: bool, across: b
             FROM chosen c JOIN {rollups} r ON r.series = c.id
             WHERE r.width_ms = ?8 AND r.start_ms >= ?4 AND r.start_ms < ?5
             GROUP BY r.series, bucket
-        )
-        {outer} LIMIT ?6"
+        )"
     )
 }
 

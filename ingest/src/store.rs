@@ -123,6 +123,8 @@ pub enum StoreError {
     BadBucket(i64),
     #[error("aggregating across citizens needs buckets; add --every (such as 1h or 1d)")]
     AcrossNeedsBuckets,
+    #[error("{0} is an aggregate across citizens; add --across")]
+    NeedsAcross(Agg),
     #[error("{metric} from device {device} at {time_ms} ms has no finite value ({value}); reject or drop it before it reaches the store")]
     NotFinite {
         device: String,
@@ -435,6 +437,7 @@ impl PersonalStore {
         let aggregated = q.every_ms.is_some();
         let unit = match (aggregated, q.agg) {
             (true, Agg::Count) => "{count}",
+            (true, Agg::Citizens) => "{citizen}",
             _ => q.metric.unit(),
         };
         let metric = q.metric;
@@ -479,33 +482,64 @@ impl PersonalStore {
                 rows.collect::<Result<Vec<_>, _>>()
             }
             Some(every) if every <= 0 => return Err(StoreError::BadBucket(every)),
+            Some(_) if q.agg.needs_across() && !q.across => {
+                return Err(StoreError::NeedsAcross(q.agg))
+            }
             Some(every) => {
+                let bound = params![
+                    metric.id(),
+                    q.citizen,
+                    q.device,
+                    from,
+                    to,
+                    limit,
+                    every,
+                    rollup::width_for(every),
+                    after_ms,
+                    after_citizen,
+                    after_device,
+                    inclusive
+                ];
+                if let Agg::Percentile(p) = q.agg {
+                    return self.percentile_rows(q, p, bound);
+                }
                 let sql = rollup::bucket_query(q.agg, series_filter(q), self.has_rollups, q.across);
                 let mut stmt = self.conn.prepare_cached(&sql).map_err(sqlite(&self.path))?;
-                let width = rollup::width_for(every);
-                let rows = stmt
-                    .query_map(
-                        params![
-                            metric.id(),
-                            q.citizen,
-                            q.device,
-                            from,
-                            to,
-                            limit,
-                            every,
-                            width,
-                            after_ms,
-                            after_citizen,
-                            after_device,
-                            inclusive
-                        ],
-                        map,
-                    )
-                    .map_err(sqlite(&self.path))?;
+                let rows = stmt.query_map(bound, map).map_err(sqlite(&self.path))?;
                 rows.collect::<Result<Vec<_>, _>>()
             }
         };
         rows.map_err(sqlite(&self.path))
+    }
+
+    /// Per bucket, the `p`th percentile of the citizens' means (`across`); `bound` as for
+    /// `rollup::bucket_query`.
+    fn percentile_rows(
+        &self,
+        q: &Query,
+        p: u8,
+        bound: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<Row>, StoreError> {
+        let sql = rollup::citizen_means_query(series_filter(q), self.has_rollups);
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(sqlite(&self.path))?;
+        let means = stmt
+            .query_map(bound, |r| Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(2)?)))
+            .map_err(sqlite(&self.path))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sqlite(&self.path))?;
+        Ok(crate::across::by_bucket(means, p)
+            .into_iter()
+            .map(|(time_ms, value)| Row {
+                time_ms,
+                citizen: "*".to_owned(),
+                device: "*".to_owned(),
+                metric: q.metric,
+                value,
+                unit: q.metric.unit().to_owned(),
+                aggregated: true,
+                flags: 0,
+            })
+            .collect())
     }
 
     /// Number of stored observations.
@@ -808,6 +842,53 @@ mod tests {
             .map(|r| (r.time_ms, r.citizen.as_str(), r.value))
             .collect();
         assert_eq!(seen, vec![(0, "*", 70.0), (60_000, "*", 70.0)]);
+    }
+
+    #[test]
+    fn citizens_and_percentiles_across_count_each_citizen_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = PersonalStore::open(&dir.path().join("p.db")).expect("open");
+        store
+            .write_batch(&[
+                // c1 has two devices: its mean over both is (50 + 70 + 60) / 3 = 60.
+                obs("c1", "d1", Metric::HeartRate, 50.0, 1_000),
+                obs("c1", "d1", Metric::HeartRate, 70.0, 2_000),
+                obs("c1", "d1b", Metric::HeartRate, 60.0, 3_000),
+                obs("c2", "d2", Metric::HeartRate, 80.0, 1_000),
+                obs("c3", "d3", Metric::HeartRate, 100.0, 1_000),
+                obs("c3", "d3", Metric::HeartRate, 90.0, 61_000),
+                obs("c2", "d2", Metric::HeartRate, 70.0, 121_000),
+            ])
+            .expect("write");
+        let mut q = query(Metric::HeartRate);
+        q.every_ms = Some(60_000);
+        let values = |q: &Query| -> Vec<(i64, f64)> {
+            let rows = store.query(q).expect("query");
+            assert!(rows.iter().all(|r| r.citizen == "*" && r.aggregated));
+            rows.iter().map(|r| (r.time_ms, r.value)).collect()
+        };
+        for agg in [Agg::Citizens, Agg::Percentile(50)] {
+            q.agg = agg;
+            assert!(matches!(store.query(&q), Err(StoreError::NeedsAcross(a)) if a == agg));
+        }
+        q.across = true;
+        q.agg = Agg::Citizens;
+        assert_eq!(values(&q), [(0, 3.0), (60_000, 1.0), (120_000, 1.0)]);
+        q.agg = Agg::Percentile(50);
+        // Citizens' means in the first minute: 60, 80, 100.
+        assert_eq!(values(&q), [(0, 80.0), (60_000, 90.0), (120_000, 70.0)]);
+        q.agg = Agg::Percentile(90);
+        assert_eq!(values(&q)[0], (0, 96.0));
+        // Pages count buckets, and resume after the last one.
+        q.limit = Some(2);
+        assert_eq!(values(&q).len(), 2);
+        q.resume = Some(crate::query::Resume {
+            time_ms: 60_000,
+            citizen: "*".to_owned(),
+            device: "*".to_owned(),
+            inclusive: false,
+        });
+        assert_eq!(values(&q), [(120_000, 70.0)]);
     }
 
     #[test]

@@ -104,6 +104,7 @@ fn reference_by(
                 Agg::Min => values.iter().copied().fold(f64::INFINITY, f64::min),
                 Agg::Max => values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
                 Agg::Count => values.len() as f64,
+                other => panic!("the reference computes {AGGS:?}, not {other}"),
             };
             (bucket, citizen, value)
         })
