@@ -942,11 +942,13 @@ fn assert_memory_bounded(case: &str, before: Memory, during_kb: u64, after: Memo
 }
 
 const IDLE_CONNECTIONS: usize = 10_000;
+/// Rounds of [`IDLE_CONNECTIONS`]: the allocator settles in the first ones.
+const ROUNDS: usize = 3;
 
 /// 10,000 connections that never send CONNECT are all closed by the hub once
 /// `mqtt.connect_timeout_ms` (2 s here) has passed, not before; the hub serves well-behaved
-/// clients meanwhile and its memory stays bounded. Done twice: the second round must not
-/// leave the hub holding more than the first did (the memory is reused, not leaked).
+/// clients meanwhile and its memory stays bounded. Done three times: the last round must not
+/// leave the hub holding more than the one before did (the memory is reused, not leaked).
 ///
 /// File descriptors: this process and the hub each hold one per connection. Both inherit the
 /// soft RLIMIT_NOFILE of the shell running the tests (20,000 where this was written); rather
@@ -977,7 +979,7 @@ async fn ten_thousand_connections_without_connect_are_closed_after_the_connect_t
     );
     let sampler = Sampler::start(pid);
     let mut settled = Vec::new();
-    for round in 1..=2 {
+    for round in 1..=ROUNDS {
         idle_connections(&hub, wave).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let after = hub.memory()?;
@@ -986,20 +988,21 @@ async fn ten_thousand_connections_without_connect_are_closed_after_the_connect_t
     }
     let during_kb = sampler.peak_kb();
     drop(sampler);
-    assert_memory_bounded("10,000 idle connections", before, during_kb, settled[1]);
-    // A leak would hold the first round's connections and add the second's: the hub would
-    // settle a whole round's cost above the first round's high-water mark. How much the
-    // allocator hands back to the system in between, and which of its arenas the second
-    // round lands in, varies from run to run (by up to 11 MB in 10,000 connections seen
-    // here), so the bound leaves half a round's cost for that.
-    let round_kb = settled[0].hwm_kb.saturating_sub(before.rss_kb);
+    let (first, last) = (&settled[0], &settled[ROUNDS - 1]);
+    assert_memory_bounded("10,000 idle connections", before, during_kb, *last);
+    // A leak would hold every round's connections: the hub would settle a whole round's
+    // cost higher each round. How much the allocator hands back to the system in between,
+    // and which of its arenas a round lands in, varies from run to run (by up to 17 MB in
+    // 10,000 connections seen here, in the second round, as the arenas of busier threads
+    // fill), so the last round is compared with the one before it, and the bound leaves half
+    // a round's cost for that.
+    let round_kb = first.hwm_kb.saturating_sub(before.rss_kb);
+    let previous = &settled[ROUNDS - 2];
     assert!(
-        settled[1].rss_kb < settled[0].hwm_kb + round_kb / 2,
-        "the second round left the hub holding more than the first needed at its peak plus \
-         half a round ({} kB): {} then {}",
+        last.rss_kb < previous.hwm_kb + round_kb / 2,
+        "the last round left the hub holding more than the one before needed at its peak \
+         plus half a round ({} kB): {previous} then {last}",
         round_kb / 2,
-        settled[0],
-        settled[1]
     );
     tokio::task::block_in_place(|| {
         assert_still_serves(&hub)?;
