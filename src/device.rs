@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::output::{out, outln};
+use crate::output::{out, outln, table};
 use anyhow::{bail, Context as _};
 use kenko_broker::auth::{hash_password, new_token, Cost};
 use kenko_config::{Config, DeviceKind};
@@ -225,31 +225,9 @@ fn list(args: ListArgs) -> anyhow::Result<()> {
     rows.sort();
     let header = [
         "id", "kind", "citizen", "profile", "timezone", "source", "password",
-    ]
-    .map(String::from);
-    out!("{}", table(&header, &rows));
+    ];
+    out!("{}", table(header, &rows));
     Ok(())
-}
-
-/// Columns padded to their widest cell.
-fn table(header: &[String; 7], rows: &[[String; 7]]) -> String {
-    let mut widths = header.clone().map(|h| h.len());
-    for r in rows {
-        for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for r in std::iter::once(header).chain(rows) {
-        let cells: Vec<String> = r
-            .iter()
-            .zip(widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 fn remove(args: RemoveArgs) -> anyhow::Result<()> {

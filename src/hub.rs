@@ -11,7 +11,7 @@ use kenko_broker::auth::Directory;
 use kenko_broker::authz::Authorizer;
 use kenko_broker::{Broker, BrokerStats};
 use kenko_config::Config;
-use kenko_devices::registry::{DeviceWatcher, Registry};
+use kenko_devices::registry::{Registry, RegistryWatcher};
 use kenko_ingest::consent::{audit_head_path, ConsentRegistry};
 use kenko_ingest::pipeline::{self, Settings};
 use kenko_ingest::stats::IngestStats;
@@ -50,7 +50,7 @@ impl Hub {
         // Configuration devices and those of registry.db (`kenko device add`), kept current
         // while the hub runs; broker and pipeline share it.
         let registry = Registry::new(&config);
-        let watcher = DeviceWatcher::start(&registry_path, registry.clone(), DEVICE_POLL)
+        let watcher = RegistryWatcher::start(&registry_path, registry.clone(), DEVICE_POLL)
             .with_context(|| format!("cannot read the devices of {}", registry_path.display()))?;
         if registry.is_empty() {
             tracing::warn!("no devices are registered (config file or `kenko device add`); telemetry is dead-lettered as unknown_device until one is added");

@@ -9,6 +9,7 @@ mod demo;
 mod device;
 mod hub;
 mod output;
+mod principal;
 mod query;
 mod simulate;
 
@@ -44,6 +45,9 @@ enum Command {
     Consent(consent::ConsentArgs),
     /// Add, list and remove devices in registry.db (beside the config file's)
     Device(device::DeviceArgs),
+    /// Add, list, remove principals (people and services) in registry.db, or change their
+    /// passwords
+    Principal(principal::PrincipalArgs),
     /// Verify the audit log of consent changes
     Audit(consent::AuditArgs),
     /// List, show and replay messages the hub refused to store
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
         Command::HashPassword(args) => acl::hash(args).map(|()| true),
         Command::Consent(args) => consent::run(args).map(|()| true),
         Command::Device(args) => device::run(args).map(|()| true),
+        Command::Principal(args) => principal::run(args).map(|()| true),
         Command::Audit(args) => consent::audit(args),
         Command::Deadletter(args) => deadletter::run(args).map(|()| true),
         command => runtime().and_then(|rt| rt.block_on(run_async(command)).map(|()| true)),
@@ -129,6 +134,7 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
         | Command::HashPassword(_)
         | Command::Consent(_)
         | Command::Device(_)
+        | Command::Principal(_)
         | Command::Audit(_)
         | Command::Deadletter(_) => {
             unreachable!("runs without a runtime")

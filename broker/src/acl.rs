@@ -55,6 +55,9 @@ pub enum Reason {
     NoConsent(ConsentNeed),
     /// No rule matched: default deny.
     NoRule,
+    /// The connection's principal was removed, or its roles, citizen or password changed,
+    /// after it connected: nothing more is allowed to it.
+    PrincipalChanged,
 }
 
 /// Answers "has `citizen` given `need` consent for `metric` to principal `grantee`?" for the

@@ -76,9 +76,9 @@ pub struct EntryHash {
     pub source: BadHash,
 }
 
-/// Every principal the hub knows: the configuration's principals, and the devices of the
-/// shared [`Registry`] (configuration devices and `registry.db` devices, which may change while
-/// the hub runs).
+/// Every principal the hub knows: the configuration's principals, and the principals and
+/// devices of the shared [`Registry`] (`registry.db` principals, configuration devices and
+/// `registry.db` devices; those of `registry.db` may change while the hub runs).
 #[derive(Debug, Default)]
 pub struct Directory {
     by_id: HashMap<String, Arc<Identity>>,
@@ -143,6 +143,15 @@ impl Directory {
         if let Some(identity) = self.by_id.get(id) {
             return Some(identity.clone());
         }
+        if let Some(p) = self.devices.principal(id) {
+            return Some(Arc::new(Identity {
+                id: p.id.clone(),
+                roles: p.roles.clone(),
+                device: None,
+                citizen: p.citizen.clone(),
+                password_hash: Some(p.password_hash.clone()),
+            }));
+        }
         if let Some(device) = self.devices.lookup(id) {
             return Some(Arc::new(Identity {
                 id: device.entry.id.to_string(),
@@ -162,12 +171,29 @@ impl Directory {
 
     /// Is `client_id` the id of a registered device? Such ids belong to that device alone.
     pub fn is_device(&self, client_id: &str) -> bool {
-        !self.by_id.contains_key(client_id) && self.devices.get(client_id).is_some()
+        !self.by_id.contains_key(client_id)
+            && self.devices.principal(client_id).is_none()
+            && self.devices.get(client_id).is_some()
     }
 
     /// Principals and devices known now.
     pub fn len(&self) -> usize {
-        self.by_id.len() + self.devices.len()
+        self.by_id.len() + self.devices.principals().len() + self.devices.len()
+    }
+
+    /// Changes each time the principals or devices of `registry.db` in force change.
+    pub fn generation(&self) -> u64 {
+        self.devices.generation()
+    }
+
+    /// Is `identity` still the principal the directory knows by its id, with the same roles
+    /// and citizen? A connection made before its principal was removed or changed is not.
+    pub fn still_current(&self, identity: &Identity) -> bool {
+        self.get(&identity.id).is_some_and(|now| {
+            now.roles == identity.roles
+                && now.citizen == identity.citizen
+                && now.password_hash == identity.password_hash
+        })
     }
 
     pub fn is_empty(&self) -> bool {

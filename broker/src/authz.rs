@@ -15,6 +15,8 @@ use kenko_config::acl::ConsentNeed;
 use kenko_ingest::consent::{ConsentBook, Consents, Purpose, HUB};
 
 use crate::acl::{Acl, ConsentCheck, Decision, Principal, Request};
+use crate::auth::Identity;
+use crate::Shared;
 
 /// Denial log lines per second before the rest are only counted.
 const DENIAL_LOGS_PER_SECOND: u32 = 20;
@@ -223,6 +225,42 @@ impl ConsentCheck for ConsentsFor<'_> {
     }
 }
 
+/// Whether a connection's principal is still the one it logged in as: checked again only
+/// when the principals or devices of `registry.db` change.
+pub(crate) struct Standing {
+    shared: Arc<Shared>,
+    identity: Arc<Identity>,
+    generation: u64,
+    current: bool,
+}
+
+impl Standing {
+    pub(crate) fn new(shared: Arc<Shared>, identity: Arc<Identity>) -> Standing {
+        let generation = shared.directory.generation();
+        Standing {
+            shared,
+            identity,
+            generation,
+            current: true,
+        }
+    }
+
+    fn current(&mut self) -> bool {
+        let generation = self.shared.directory.generation();
+        if generation != self.generation {
+            self.generation = generation;
+            self.current = self.shared.directory.still_current(&self.identity);
+            if !self.current {
+                warn!(
+                    principal = self.identity.id,
+                    "principal removed or changed since it connected: nothing more is allowed to this connection"
+                );
+            }
+        }
+        self.current
+    }
+}
+
 /// One connection's view of the rules and consents: refreshed when new ones take force, so
 /// a decision costs no lock.
 pub(crate) struct AclView {
@@ -232,6 +270,8 @@ pub(crate) struct AclView {
     book: Arc<ConsentBook>,
     consent_generation: u64,
     consents: Arc<Consents>,
+    /// The connection's principal, when it is known (after authentication).
+    standing: Option<Standing>,
 }
 
 impl AclView {
@@ -247,7 +287,14 @@ impl AclView {
             book,
             consent_generation,
             consents,
+            standing: None,
         }
+    }
+
+    /// From now on, decides nothing in favour of a principal that is no longer current.
+    pub(crate) fn held_by(mut self, standing: Standing) -> AclView {
+        self.standing = Some(standing);
+        self
     }
 
     /// Decides, and counts and logs a denial.
@@ -271,6 +318,17 @@ impl AclView {
         request: &Request<'_>,
         event_ms: Option<i64>,
     ) -> Decision {
+        if let Some(standing) = &mut self.standing {
+            if !standing.current() {
+                let decision = Decision {
+                    allowed: false,
+                    rule: None,
+                    reason: crate::acl::Reason::PrincipalChanged,
+                };
+                self.authorizer.denied.fetch_add(1, Ordering::Relaxed);
+                return decision;
+            }
+        }
         let generation = self.authorizer.generation();
         if generation != self.generation {
             self.acl = self.authorizer.current();

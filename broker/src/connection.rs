@@ -20,7 +20,7 @@ use tracing::{debug, info, info_span, Instrument};
 
 use crate::acl::Request;
 use crate::auth::Identity;
-use crate::authz::AclView;
+use crate::authz::{AclView, Standing};
 use crate::codec::{connack_reason, peek_version, sniff, Codec, Sniff, Version};
 use crate::connect_check::{connect_refusal, v311_code};
 use crate::hub::HUB_CLIENT_ID;
@@ -179,7 +179,8 @@ async fn handshake(
         username: hello.login.take().map(|l| l.username),
         receive_maximum: hello.props.as_ref().and_then(|p| p.receive_maximum),
     };
-    let mut acl = AclView::new(shared.authorizer.clone(), shared.ingest.consents().clone());
+    let mut acl = AclView::new(shared.authorizer.clone(), shared.ingest.consents().clone())
+        .held_by(Standing::new(shared.clone(), peer.identity.clone()));
     if !hs
         .authorize_will(hello.will.as_ref(), &peer, &mut acl)
         .await?

@@ -965,7 +965,7 @@ impl Config {
 
 /// Roles the hub gives on its own: a principal of the configuration claiming one would pass
 /// for a device, or for a client without credentials, in the ACL rules.
-const RESERVED_ROLES: [&str; 2] = ["device", ANONYMOUS];
+pub const RESERVED_ROLES: [&str; 2] = ["device", ANONYMOUS];
 
 /// The principal of clients without credentials when `auth.anonymous` is on.
 pub const ANONYMOUS: &str = "anonymous";

@@ -1,12 +1,15 @@
 //! The device registry: which citizen a device belongs to, how to read its payloads and how it
 //! proves who it is. Devices come from the configuration file (`[[devices]]`, fixed while the
 //! hub runs) and from the `devices` table of `registry.db` (`kenko device add`), which a
-//! running hub rereads when the file changes ([`DeviceWatcher`]).
+//! running hub rereads when the file changes ([`RegistryWatcher`]), and so are the principals
+//! added with `kenko principal add` (the `principals` table).
 //!
 //! The broker (authentication) and the ingest writer (every telemetry message) share one
 //! [`Registry`]. A change swaps in a whole new map, so a lookup is a read lock held for one hash
 //! lookup and an `Arc` clone, and never across an await.
 
+mod db;
+mod principals;
 mod store;
 mod watch;
 
@@ -18,8 +21,9 @@ use std::sync::{Arc, RwLock};
 
 use kenko_config::{Config, DeviceConfig, DeviceKind, ANONYMOUS};
 
+pub use principals::{NewPrincipal, PrincipalError, PrincipalStore, StoredPrincipal, CITIZEN_ROLE};
 pub use store::{DeviceError, DeviceStore, NewDevice, StoredDevice};
-pub use watch::DeviceWatcher;
+pub use watch::RegistryWatcher;
 
 /// What the hub knows of one registered device.
 #[derive(Debug, Clone, PartialEq)]
@@ -137,6 +141,8 @@ struct Shared {
     /// Ids a `registry.db` device may not take: the configuration's other principals.
     reserved: HashSet<String>,
     current: RwLock<Arc<Devices>>,
+    /// Principals of `registry.db` (`kenko principal add`), by id.
+    principals: RwLock<Arc<HashMap<String, Arc<StoredPrincipal>>>>,
     generation: AtomicU64,
 }
 
@@ -147,7 +153,7 @@ impl Registry {
     }
 
     /// The configuration's devices, with its principals' ids kept from `registry.db` devices;
-    /// add those with [`Registry::set_stored`] or a [`DeviceWatcher`].
+    /// add those with [`Registry::set_stored`] or a [`RegistryWatcher`].
     pub fn new(config: &Config) -> Registry {
         let reserved = config
             .principals
@@ -169,6 +175,7 @@ impl Registry {
                 config,
                 reserved,
                 current: RwLock::new(Arc::new(Devices { by_id })),
+                principals: RwLock::default(),
                 generation: AtomicU64::new(0),
             }),
         }
@@ -197,7 +204,7 @@ impl Registry {
         self.read().is_empty()
     }
 
-    /// Changes each time another set of devices takes force.
+    /// Changes each time another set of devices or principals takes force.
     pub fn generation(&self) -> u64 {
         self.shared.generation.load(Ordering::Acquire)
     }
@@ -242,7 +249,54 @@ impl Registry {
         true
     }
 
-    /// Reads the devices of `registry.db` at `path` once and puts them in force (for a
+    /// The principal of `registry.db` with this id, as it is in force now.
+    pub fn principal(&self, id: &str) -> Option<Arc<StoredPrincipal>> {
+        self.read_principals().get(id).cloned()
+    }
+
+    /// The principals of `registry.db` in force now.
+    pub fn principals(&self) -> Arc<HashMap<String, Arc<StoredPrincipal>>> {
+        self.read_principals().clone()
+    }
+
+    fn read_principals(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, Arc<HashMap<String, Arc<StoredPrincipal>>>> {
+        self.shared
+            .principals
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Puts `stored` (the principals of `registry.db`) in force. A row whose id the
+    /// configuration or a device uses is left out (and logged). Returns whether anything
+    /// changed.
+    pub fn set_principals(&self, stored: &[StoredPrincipal]) -> bool {
+        let devices = self.snapshot();
+        let mut by_id = HashMap::new();
+        for row in stored {
+            if self.shared.reserved.contains(&row.id) || devices.get(&row.id).is_some() {
+                tracing::warn!(
+                    principal = %row.id,
+                    "registry.db principal left out: the config file or a device uses its id; remove it with `kenko principal remove`"
+                );
+                continue;
+            }
+            by_id.insert(row.id.clone(), Arc::new(row.clone()));
+        }
+        if **self.read_principals() == by_id {
+            return false;
+        }
+        *self
+            .shared
+            .principals
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(by_id);
+        self.shared.generation.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+
+    /// Reads the devices and principals of `registry.db` at `path` once and puts them in force (for a
     /// process that runs the pipeline without a watcher). A missing file adds none.
     pub fn load_stored(&self, path: &Path) -> Result<(), DeviceError> {
         if !path.exists() {
@@ -250,6 +304,9 @@ impl Registry {
         }
         let stored = DeviceStore::open_read_only(path)?.list()?;
         self.set_stored(&stored);
+        if let Some(principals) = PrincipalStore::open_read_only(path)? {
+            self.set_principals(&principals.list()?);
+        }
         Ok(())
     }
 }

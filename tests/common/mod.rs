@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod fleet;
 pub mod mqtt311;
 pub mod raw;

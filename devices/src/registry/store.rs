@@ -1,28 +1,14 @@
 //! The `devices` table of `registry.db`: devices added with `kenko device add`, checked as the
-//! configuration checks its `[[devices]]`. The consent records and the audit log (kenko-ingest)
-//! live in the same file; every statement here is `IF NOT EXISTS`, so either side may create
-//! the file first.
+//! configuration checks its `[[devices]]`.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use kenko_config::{
     check_identifier, check_password_hash, Config, ConfigError, DeviceKind, ANONYMOUS,
 };
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection};
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS devices (
-    id            TEXT    PRIMARY KEY,
-    kind          TEXT    NOT NULL,
-    citizen       TEXT    NOT NULL,
-    profile       TEXT    NOT NULL,
-    timezone      TEXT,
-    password_hash TEXT,
-    added_at      INTEGER NOT NULL  -- epoch milliseconds
-);
-CREATE INDEX IF NOT EXISTS devices_by_citizen ON devices (citizen);
-";
+use super::db;
 
 /// Why a device could not be added, listed or removed.
 #[derive(Debug, thiserror::Error)]
@@ -60,12 +46,16 @@ pub enum DeviceError {
     InConfig(String),
     #[error("{0} is a principal of the config file; a device id may not be a principal id")]
     Principal(String),
+    #[error("{0} is a principal of registry.db (`kenko principal add`); a device id may not be a principal id")]
+    StoredPrincipal(String),
     #[error("\"anonymous\" is reserved for clients without credentials; choose another device id")]
     Reserved,
     #[error("device {0} is not registered in registry.db")]
     NotFound(String),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    PrincipalTable(#[from] super::PrincipalError),
     #[error("cannot start the thread that watches registry.db: {0}")]
     Thread(std::io::Error),
 }
@@ -183,32 +173,19 @@ pub struct DeviceStore {
 }
 
 impl DeviceStore {
-    /// Opens (or creates) `registry.db` in WAL mode and creates the table if it is missing.
+    /// Opens (or creates) `registry.db` in WAL mode and creates its tables if missing.
     pub fn open(path: &Path) -> Result<DeviceStore, DeviceError> {
-        let conn = Connection::open(path).map_err(sqlite(path))?;
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(sqlite(path))?;
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
-            .map_err(sqlite(path))?;
-        conn.execute_batch(SCHEMA).map_err(sqlite(path))?;
         Ok(DeviceStore {
-            conn,
+            conn: db::open(path).map_err(sqlite(path))?,
             path: path.to_owned(),
         })
     }
 
     /// Opens an existing `registry.db` for reading; a file without the table lists no device.
     pub fn open_read_only(path: &Path) -> Result<DeviceStore, DeviceError> {
-        if !path.exists() {
-            return Err(DeviceError::Missing(path.to_owned()));
-        }
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(sqlite(path))?;
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(sqlite(path))?;
+        let conn = db::open_read_only(path)
+            .map_err(sqlite(path))?
+            .ok_or_else(|| DeviceError::Missing(path.to_owned()))?;
         Ok(DeviceStore {
             conn,
             path: path.to_owned(),
@@ -224,19 +201,11 @@ impl DeviceStore {
     ) -> Result<StoredDevice, DeviceError> {
         let device = new.check(config, now_ms)?;
         let path = self.path.clone();
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(sqlite(&path))?;
-        let taken = tx
-            .query_row("SELECT 1 FROM devices WHERE id = ?1", [&device.id], |_| {
-                Ok(())
-            })
-            .optional()
-            .map_err(sqlite(&path))?
-            .is_some();
-        if taken {
-            return Err(DeviceError::Duplicate(device.id));
+        let tx = db::immediate(&mut self.conn).map_err(sqlite(&path))?;
+        match db::holder(&tx, &device.id).map_err(sqlite(&path))? {
+            Some(db::Holder::Device) => return Err(DeviceError::Duplicate(device.id)),
+            Some(db::Holder::Principal) => return Err(DeviceError::StoredPrincipal(device.id)),
+            None => {}
         }
         tx.execute(
             "INSERT INTO devices (id, kind, citizen, profile, timezone, password_hash, added_at)
@@ -259,17 +228,7 @@ impl DeviceStore {
     /// Every device in the table, by id.
     pub fn list(&self) -> Result<Vec<StoredDevice>, DeviceError> {
         let path = &self.path;
-        let exists = self
-            .conn
-            .query_row(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'devices'",
-                [],
-                |_| Ok(()),
-            )
-            .optional()
-            .map_err(sqlite(path))?
-            .is_some();
-        if !exists {
+        if !db::has_table(&self.conn, "devices").map_err(sqlite(path))? {
             return Ok(Vec::new());
         }
         let mut stmt = self

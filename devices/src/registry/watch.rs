@@ -1,69 +1,83 @@
 //! The thread that keeps a running hub's [`Registry`] in step with `registry.db`: it polls
 //! SQLite's `PRAGMA data_version` (a cheap query that changes when another connection commits)
-//! and rereads the `devices` table when it changes.
+//! and rereads the `devices` and `principals` tables when it changes.
 
 use std::path::Path;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use super::{DeviceError, DeviceStore, Registry};
+use super::{DeviceError, DeviceStore, PrincipalStore, Registry};
 
 /// Stops (and joins) its thread when dropped.
-pub struct DeviceWatcher {
+pub struct RegistryWatcher {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
-impl DeviceWatcher {
-    /// Opens `registry.db` at `path` (creating the table if needed), puts its devices in
-    /// force in `registry` before returning, then checks for changes every `every`.
+impl RegistryWatcher {
+    /// Opens `registry.db` at `path` (creating the tables if needed), puts its devices and
+    /// principals in force in `registry` before returning, then checks for changes every
+    /// `every`.
     pub fn start(
         path: &Path,
         registry: Registry,
         every: Duration,
-    ) -> Result<DeviceWatcher, DeviceError> {
-        let store = DeviceStore::open(path)?;
-        let mut seen = store.data_version()?;
-        registry.set_stored(&store.list()?);
+    ) -> Result<RegistryWatcher, DeviceError> {
+        let devices = DeviceStore::open(path)?;
+        let principals = PrincipalStore::open(path)?;
+        let mut seen = devices.data_version()?;
+        reload(&devices, &principals, &registry)?;
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = thread::Builder::new()
-            .name("kenko-devices".into())
+            .name("kenko-registry".into())
             .spawn(move || {
                 // Ends when the sender is dropped.
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-                    let version = match store.data_version() {
+                    let version = match devices.data_version() {
                         Ok(v) if v == seen => continue,
                         Ok(v) => v,
                         Err(e) => {
-                            tracing::error!(error = %e, "cannot check registry.db for device changes");
+                            tracing::error!(error = %e, "cannot check registry.db for changes");
                             continue;
                         }
                     };
-                    match store.list() {
-                        Ok(devices) => {
-                            seen = version;
-                            if registry.set_stored(&devices) {
-                                tracing::info!(
-                                    devices = registry.len(),
-                                    "device registry reloaded"
-                                );
-                            }
-                        }
+                    match reload(&devices, &principals, &registry) {
+                        Ok(()) => seen = version,
                         Err(e) => tracing::error!(error = %e,
-                            "cannot reread the devices of registry.db; the devices in force stay"),
+                            "cannot reread registry.db; the devices and principals in force stay"),
                     }
                 }
             })
             .map_err(DeviceError::Thread)?;
-        Ok(DeviceWatcher {
+        Ok(RegistryWatcher {
             stop: Some(stop),
             thread: Some(thread),
         })
     }
 }
 
-impl Drop for DeviceWatcher {
+/// Puts the file's devices, then its principals, in force (a principal is checked against
+/// the devices in force).
+fn reload(
+    devices: &DeviceStore,
+    principals: &PrincipalStore,
+    registry: &Registry,
+) -> Result<(), DeviceError> {
+    let (devices, principals) = (devices.list()?, principals.list()?);
+    if registry.set_stored(&devices) {
+        tracing::info!(devices = registry.len(), "device registry reloaded");
+    }
+    if registry.set_principals(&principals) {
+        tracing::info!(
+            principals = registry.principals().len(),
+            "principals of registry.db reloaded"
+        );
+    }
+    Ok(())
+}
+
+impl Drop for RegistryWatcher {
     fn drop(&mut self) {
         drop(self.stop.take());
         if let Some(t) = self.thread.take() {
@@ -80,7 +94,7 @@ mod tests {
     use crate::registry::NewDevice;
 
     #[test]
-    fn a_device_added_or_removed_elsewhere_takes_force() {
+    fn a_device_or_principal_added_or_removed_elsewhere_takes_force() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("registry.db");
         let config = kenko_config::Config::default();
@@ -93,7 +107,7 @@ mod tests {
         };
         cli.add(&config, new("bed-a"), 1).expect("add");
         let registry = Registry::new(&config);
-        let watcher = DeviceWatcher::start(&path, registry.clone(), Duration::from_millis(10))
+        let watcher = RegistryWatcher::start(&path, registry.clone(), Duration::from_millis(10))
             .expect("start");
         assert!(
             registry.get("bed-a").is_some(),
@@ -111,6 +125,18 @@ mod tests {
         until("bed-b added", &|| registry.get("bed-b").is_some());
         cli.remove("bed-a").expect("remove");
         until("bed-a removed", &|| registry.get("bed-a").is_none());
+
+        let mut people = PrincipalStore::open(&path).expect("open");
+        let ops = crate::registry::NewPrincipal {
+            id: "ops-9".into(),
+            roles: vec!["operator".into()],
+            citizen: None,
+            password_hash: "$argon2id$v=19$m=256,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".into(),
+        };
+        people.add(&config, ops, 3).expect("add");
+        until("ops-9 added", &|| registry.principal("ops-9").is_some());
+        people.remove("ops-9").expect("remove");
+        until("ops-9 removed", &|| registry.principal("ops-9").is_none());
         drop(watcher);
     }
 }
