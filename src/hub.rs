@@ -88,7 +88,8 @@ impl Hub {
             .with_metrics(broker.stats(), ingest.stats().clone())
             .with_health(ingest.health().clone())
             .with_sink_lags(ingest.sink_lags().clone())
-            .with_request_limits(&config.http);
+            .with_request_limits(&config.http)
+            .with_config(&config);
             if let Some(addr) = config.http.listen {
                 http_addr = Some(serve_http(addr, &api, &config.http, None, &shutdown).await?);
             }

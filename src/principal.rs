@@ -8,10 +8,13 @@ use std::path::PathBuf;
 use crate::device::data_dir;
 use crate::output::{out, outln, table};
 use anyhow::{bail, Context as _};
+use kenko_api::principals as admin;
 use kenko_broker::auth::{hash_password, new_token, Cost};
 use kenko_config::Config;
 use kenko_devices::registry::{NewPrincipal, PrincipalError, PrincipalStore, Registry};
-use kenko_ingest::consent::ConsentRegistry;
+
+/// Who made a change, in the audit log.
+const BY: &str = "cli";
 
 #[derive(clap::Args)]
 pub struct PrincipalArgs {
@@ -123,10 +126,6 @@ fn load(config: Option<&PathBuf>) -> anyhow::Result<Config> {
     })
 }
 
-fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
-}
-
 /// The hash of the password asked for, and the password itself when it was generated (to
 /// print once).
 fn new_password(password: &Password, command: &str) -> anyhow::Result<(String, Option<String>)> {
@@ -137,14 +136,6 @@ fn new_password(password: &Password, command: &str) -> anyhow::Result<(String, O
     }
     let hash = crate::acl::hash_stdin_password(Cost::Password, command)?;
     Ok((hash, None))
-}
-
-fn audit(path: &std::path::Path, kind: &str, body: serde_json::Value) -> anyhow::Result<()> {
-    ConsentRegistry::open(path)?
-        .audit(now_ms(), kind, &body.to_string())
-        .with_context(|| {
-            format!("the change was made, but its audit entry ({kind}) could not be written")
-        })
 }
 
 fn add(args: AddArgs) -> anyhow::Result<()> {
@@ -168,14 +159,7 @@ fn add(args: AddArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let path = data_dir.join("registry.db");
-    let principal = PrincipalStore::open(&path)?.add(&config, new, now_ms())?;
-    audit(
-        &path,
-        "principal.add",
-        serde_json::json!({
-            "principal": principal.id, "roles": principal.roles, "citizen": principal.citizen,
-        }),
-    )?;
+    let principal = admin::add(&path, &config, new, BY)?;
     outln!(
         "added principal {} (roles {}{}) to {}; a running hub lets it in within a second",
         principal.id,
@@ -245,19 +229,13 @@ fn passwd(args: PasswdArgs) -> anyhow::Result<()> {
             path.display()
         );
     }
-    let mut store = PrincipalStore::open(&path)?;
     // Known before a password is asked for.
-    if store.get(&args.id)?.is_none() {
+    if PrincipalStore::open(&path)?.get(&args.id)?.is_none() {
         return Err(PrincipalError::NotFound(args.id).into());
     }
     let command = format!("kenko principal passwd --id {} --password-stdin", args.id);
     let (hash, generated) = new_password(&args.password, &command)?;
-    let principal = store.set_password(&args.id, &hash, now_ms())?;
-    audit(
-        &path,
-        "principal.passwd",
-        serde_json::json!({ "principal": principal.id }),
-    )?;
+    let principal = admin::set_password(&path, &args.id, &hash, BY)?;
     outln!(
         "changed the password of principal {}; a running hub refuses the old one, and cuts off connections made with it, within a second",
         principal.id
@@ -280,12 +258,7 @@ fn remove(args: RemoveArgs) -> anyhow::Result<()> {
     if !path.exists() {
         bail!("principal {} is not in {}", args.id, path.display());
     }
-    let principal = PrincipalStore::open(&path)?.remove(&args.id)?;
-    audit(
-        &path,
-        "principal.remove",
-        serde_json::json!({ "principal": principal.id, "roles": principal.roles }),
-    )?;
+    let principal = admin::remove(&path, &args.id, BY)?;
     outln!(
         "removed principal {} from {}; a running hub refuses it, and nothing more reaches its connections, within a second",
         principal.id,

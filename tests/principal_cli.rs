@@ -223,3 +223,191 @@ fn a_principal_that_cannot_be_added_is_refused_with_its_reason() -> anyhow::Resu
     assert!(text(&bare).contains("--password-stdin"), "{}", text(&bare));
     Ok(())
 }
+
+/// `METHOD path` with `body` as `id` with `password`: status and JSON answer.
+fn call(
+    hub: &Hub,
+    method: &str,
+    path: &str,
+    who: (&str, &str),
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let api = hub.http_addr.expect("HTTP API announced");
+    let (status, _, text) = http_exchange(api, method, path, Some(who), body.as_ref())?;
+    Ok((status, serde_json::from_str(&text).unwrap_or_default()))
+}
+
+#[test]
+fn operators_manage_principals_over_http() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = common::config_with_devices(1)
+        + &common::principal("analyst-1", &["analyst"])
+        + "[http]\nlisten = \"127.0.0.1:0\"\n\n[auth.login]\nsource_burst = 100000\n\
+           source_per_minute = 100000\nprincipal_burst = 100000\nprincipal_per_minute = 100000\n";
+    let hub = Hub::start(dir.path(), &config)?;
+    let ops_password = common::password("operator-1");
+    let ops = ("operator-1", ops_password.as_str());
+    let analyst_password = common::password("analyst-1");
+    let analyst = ("analyst-1", analyst_password.as_str());
+    let principals = "/api/v1/principals";
+
+    let (status, listed) = call(&hub, "GET", principals, ops, None)?;
+    assert_eq!(status, 200, "{listed}");
+    assert!(
+        listed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p["id"] == "operator-1" && p["source"] == "config"),
+        "{listed}"
+    );
+    for (method, path, body) in [
+        ("GET", principals, None),
+        (
+            "POST",
+            principals,
+            Some(serde_json::json!({"id": "x", "roles": ["care"], "generate_password": true})),
+        ),
+        ("DELETE", "/api/v1/principals/x", None),
+        (
+            "PUT",
+            "/api/v1/principals/x/password",
+            Some(serde_json::json!({"generate_password": true})),
+        ),
+    ] {
+        let (status, err) = call(&hub, method, path, analyst, body)?;
+        assert_eq!(status, 403, "{method} {path}: {err}");
+    }
+
+    let (status, added) = call(
+        &hub,
+        "POST",
+        principals,
+        ops,
+        Some(serde_json::json!({"id": "nurse-9", "roles": ["care"], "generate_password": true})),
+    )?;
+    assert_eq!(status, 201, "{added}");
+    assert_eq!(added["principal"]["source"], "registry");
+    let first = added["password"]
+        .as_str()
+        .expect("a generated password")
+        .to_owned();
+    let read = "/api/v1/observations?metric=heart_rate";
+    let nurse_reads = |password: &str| -> anyhow::Result<u16> {
+        Ok(call(&hub, "GET", read, ("nurse-9", password), None)?.0)
+    };
+    common::eventually(Duration::from_secs(5), || {
+        Ok((nurse_reads(&first)? == 200).then_some(()))
+    })?;
+
+    for (body, status, says) in [
+        (
+            serde_json::json!({"id": "nurse-9", "roles": ["care"], "password": "long enough"}),
+            409,
+            "already",
+        ),
+        (
+            serde_json::json!({"id": "bed-001", "roles": ["care"], "password": "long enough"}),
+            409,
+            "device id",
+        ),
+        (
+            serde_json::json!({"id": "app-3", "roles": ["citizen"], "password": "long enough"}),
+            400,
+            "--citizen",
+        ),
+        (
+            serde_json::json!({"id": "app-3", "roles": ["care"], "password": "short"}),
+            400,
+            "8 to 1024 bytes",
+        ),
+        (
+            serde_json::json!({"id": "app-3", "roles": ["care"]}),
+            400,
+            "generate_password",
+        ),
+        (
+            serde_json::json!({"id": "app-3", "roles": ["care"], "password": "long enough", "admin": true}),
+            400,
+            "unknown field",
+        ),
+    ] {
+        let (got, err) = call(&hub, "POST", principals, ops, Some(body.clone()))?;
+        assert_eq!(got, status, "{body}: {err}");
+        assert!(
+            err["error"].as_str().unwrap_or("").contains(says),
+            "{body}: {err}"
+        );
+    }
+
+    let password_path = "/api/v1/principals/nurse-9/password";
+    let body = serde_json::json!({"password": "a new long password"});
+    let (status, changed) = call(&hub, "PUT", password_path, ops, Some(body))?;
+    assert_eq!(status, 200, "{changed}");
+    assert!(
+        changed.get("password").is_none(),
+        "a chosen password is not echoed: {changed}"
+    );
+    common::eventually(Duration::from_secs(5), || {
+        Ok((nurse_reads(&first)? == 401).then_some(()))
+    })?;
+    assert_eq!(nurse_reads("a new long password")?, 200);
+    let body = Some(serde_json::json!({"generate_password": true}));
+    assert_eq!(
+        call(
+            &hub,
+            "PUT",
+            "/api/v1/principals/nobody/password",
+            ops,
+            body.clone()
+        )?
+        .0,
+        404
+    );
+    assert_eq!(
+        call(
+            &hub,
+            "PUT",
+            "/api/v1/principals/operator-1/password",
+            ops,
+            body
+        )?
+        .0,
+        409
+    );
+
+    let (status, removed) = call(&hub, "DELETE", "/api/v1/principals/nurse-9", ops, None)?;
+    assert_eq!(
+        (status, &removed["id"]),
+        (200, &serde_json::json!("nurse-9")),
+        "{removed}"
+    );
+    common::eventually(Duration::from_secs(5), || {
+        Ok((nurse_reads("a new long password")? == 401).then_some(()))
+    })?;
+    assert_eq!(
+        call(&hub, "DELETE", "/api/v1/principals/nurse-9", ops, None)?.0,
+        404
+    );
+    assert_eq!(
+        call(&hub, "DELETE", "/api/v1/principals/operator-1", ops, None)?.0,
+        409
+    );
+
+    let bodies: Vec<String> = rusqlite::Connection::open(hub.data_dir.join("registry.db"))?
+        .prepare("SELECT body FROM audit WHERE kind LIKE 'principal.%' ORDER BY seq")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    assert_eq!(bodies.len(), 3, "{bodies:?}");
+    assert!(
+        bodies.iter().all(|b| b.contains("\"by\":\"operator-1\"")),
+        "{bodies:?}"
+    );
+    assert!(
+        bodies
+            .iter()
+            .all(|b| !b.contains("argon2") && !b.contains("a new long password")),
+        "no password or hash in the audit log: {bodies:?}"
+    );
+    hub.terminate()
+}

@@ -129,7 +129,10 @@ pub fn filter_rows(
 /// The API's state.
 #[derive(Clone)]
 pub struct HttpApi {
-    directory: Arc<Directory>,
+    pub(crate) directory: Arc<Directory>,
+    /// The configuration new principals are checked against (its principals and devices
+    /// keep their ids).
+    pub(crate) config: Arc<kenko_config::Config>,
     pub(crate) consents: Arc<ConsentBook>,
     pub(crate) data_dir: PathBuf,
     /// Login limits and password verification, shared with MQTT.
@@ -152,6 +155,7 @@ impl HttpApi {
     ) -> HttpApi {
         HttpApi {
             directory: Arc::new(directory),
+            config: Arc::new(kenko_config::Config::default()),
             consents,
             data_dir: data_dir.to_owned(),
             login,
@@ -162,6 +166,12 @@ impl HttpApi {
                 &kenko_config::HttpConfig::default(),
             )),
         }
+    }
+
+    /// Checks principals added over the API against `config` (its principals and devices).
+    pub fn with_config(mut self, config: &kenko_config::Config) -> HttpApi {
+        self.config = Arc::new(config.clone());
+        self
     }
 
     /// Answers `GET /readyz` from the store files' health.
@@ -194,6 +204,18 @@ impl HttpApi {
             .route(
                 "/api/v1/observations",
                 get(crate::observations::observations),
+            )
+            .route(
+                "/api/v1/principals",
+                get(crate::principals::list).post(crate::principals::create),
+            )
+            .route(
+                "/api/v1/principals/:id",
+                axum::routing::delete(crate::principals::delete),
+            )
+            .route(
+                "/api/v1/principals/:id/password",
+                axum::routing::put(crate::principals::change_password),
             )
             .route("/metrics", get(metrics))
             .route("/healthz", get(crate::health::healthz))
@@ -262,7 +284,7 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             message: message.into(),

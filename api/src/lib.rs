@@ -1,5 +1,5 @@
 //! kenko's HTTP API, beside the MQTT broker: consents and observations under HTTP Basic
-//! (`http`), the connection handling that bounds slow and idle clients (`conn`), and the
+//! (`http`), principals managed at runtime (`principals`), the connection handling that bounds slow and idle clients (`conn`), and the
 //! operators' `/metrics` (`metrics`), `/healthz` and `/readyz`.
 
 pub mod conn;
@@ -7,3 +7,4 @@ mod health;
 pub mod http;
 pub mod metrics;
 mod observations;
+pub mod principals;

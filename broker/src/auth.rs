@@ -181,6 +181,11 @@ impl Directory {
         self.by_id.len() + self.devices.principals().len() + self.devices.len()
     }
 
+    /// The devices and `registry.db` principals the directory looks up.
+    pub fn registry(&self) -> &Registry {
+        &self.devices
+    }
+
     /// Changes each time the principals or devices of `registry.db` in force change.
     pub fn generation(&self) -> u64 {
         self.devices.generation()
