@@ -227,6 +227,30 @@ fn the_http_api_is_served_over_https_with_the_operators_certificate() -> anyhow:
     let (code, body) = curl(dir.path(), &metrics, &["--user", &login])?;
     assert_eq!(code, "200", "{body}");
     assert!(body.contains("kenko_"), "{body}");
+    // A browser session started over HTTPS gets a cookie only HTTPS carries.
+    let credentials = serde_json::json!({ "id": "ops", "password": common::password("ops") });
+    let (code, answer) = curl(
+        dir.path(),
+        &format!("https://127.0.0.1:{}/api/v1/session", addr.port()),
+        &[
+            "--include",
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            &credentials.to_string(),
+        ],
+    )?;
+    assert_eq!(code, "201", "{answer}");
+    let cookie = answer
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_default();
+    assert!(
+        cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict")
+            && cookie.contains("; Secure"),
+        "{answer}"
+    );
     // Plain HTTP on the HTTPS port gets no answer from the API.
     let (code, _) = curl(
         dir.path(),

@@ -91,6 +91,10 @@ async fn hold(_permit: OwnedSemaphorePermit, conn: impl std::future::Future<Outp
     conn.await;
 }
 
+/// Whether a request came over HTTPS, in its extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Secure(pub bool);
+
 /// Serves one accepted connection, after its TLS handshake when `tls` is set; a handshake
 /// not done within the header timeout closes it.
 async fn open(
@@ -103,10 +107,12 @@ async fn open(
 ) {
     let _ = stream.set_nodelay(true);
     let Some(tls) = tls else {
-        return serve_connection(stream, peer, app, limits, shutdown).await;
+        return serve_connection(stream, peer, Secure(false), app, limits, shutdown).await;
     };
     match tokio::time::timeout(limits.header, tls.accept(stream)).await {
-        Ok(Ok(stream)) => serve_connection(stream, peer, app, limits, shutdown).await,
+        Ok(Ok(stream)) => {
+            serve_connection(stream, peer, Secure(true), app, limits, shutdown).await;
+        }
         Ok(Err(e)) => debug!(%peer, error = %e, "HTTPS handshake failed"),
         Err(_) => debug!(%peer, "HTTPS connection closed: handshake not complete in time"),
     }
@@ -221,6 +227,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 async fn serve_connection<S>(
     stream: S,
     peer: SocketAddr,
+    secure: Secure,
     app: Router,
     limits: Limits,
     shutdown: CancellationToken,
@@ -237,6 +244,8 @@ async fn serve_connection<S>(
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         // Handlers learn the client's address (login limits per source) from this.
         request.extensions_mut().insert(ConnectInfo(peer));
+        // Session cookies are marked Secure when the request came over HTTPS.
+        request.extensions_mut().insert(secure);
         counted.request_started();
         let answer = tower.call(request);
         let counted = counted.clone();

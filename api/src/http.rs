@@ -136,7 +136,9 @@ pub struct HttpApi {
     pub(crate) consents: Arc<ConsentBook>,
     pub(crate) data_dir: PathBuf,
     /// Login limits and password verification, shared with MQTT.
-    login: Arc<LoginGuard>,
+    pub(crate) login: Arc<LoginGuard>,
+    /// Browser sessions in force.
+    pub(crate) sessions: Arc<crate::session::SessionBook>,
     /// The counters `GET /metrics` shows.
     pub(crate) stats: Option<(Arc<BrokerStats>, Arc<IngestStats>)>,
     /// Whether the store files are sound, for `GET /readyz`.
@@ -159,6 +161,9 @@ impl HttpApi {
             consents,
             data_dir: data_dir.to_owned(),
             login,
+            sessions: Arc::new(crate::session::SessionBook::new(
+                &kenko_config::HttpConfig::default(),
+            )),
             stats: None,
             health: None,
             lags: None,
@@ -186,9 +191,11 @@ impl HttpApi {
         self
     }
 
-    /// Limits each principal's requests as `[http]` says (`requests_per_s`, `request_burst`).
+    /// Limits each principal's requests as `[http]` says (`requests_per_s`, `request_burst`),
+    /// and ends browser sessions when it says (`session_idle_s`, `session_max_s`).
     pub fn with_request_limits(mut self, config: &kenko_config::HttpConfig) -> HttpApi {
         self.limits = Arc::new(RequestLimits::from_config(config));
+        self.sessions = Arc::new(crate::session::SessionBook::new(config));
         self
     }
 
@@ -217,6 +224,14 @@ impl HttpApi {
                 "/api/v1/principals/:id/password",
                 axum::routing::put(crate::principals::change_password),
             )
+            .route(
+                "/api/v1/session",
+                get(crate::session::current)
+                    .post(crate::session::login)
+                    .delete(crate::session::logout),
+            )
+            .route("/login", get(crate::session::login_page))
+            .route("/logout", axum::routing::post(crate::session::logout_form))
             .route("/metrics", get(metrics))
             .route("/healthz", get(crate::health::healthz))
             .route("/readyz", get(crate::health::readyz))
@@ -428,7 +443,18 @@ impl FromRequestParts<HttpApi> for Authenticated {
         let ConnectInfo(peer) = ConnectInfo::<SocketAddr>::from_request_parts(parts, api)
             .await
             .map_err(internal)?;
-        let who = authenticate(api, peer, &parts.headers).await?;
+        let who = if parts.headers.contains_key(header::AUTHORIZATION) {
+            crate::session::same_origin(&parts.method, &parts.headers)?;
+            authenticate(api, peer, &parts.headers).await?
+        } else if let Some(who) = crate::session::authenticate(api, &parts.method, &parts.headers)?
+        {
+            who
+        } else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "log in: HTTP Basic credentials (principal id and password), or a session from POST /api/v1/session",
+            ));
+        };
         api.limits.take(&who.id)?;
         Ok(Authenticated(who))
     }
@@ -474,17 +500,26 @@ async fn authenticate(
         .await;
     match verdict {
         Login::Accepted(identity) => Ok(identity),
-        Login::Refused => Err(unauthorized("bad principal or password")),
-        Login::Throttled(wait) => Err(ApiError::retry_after(
+        refused => Err(login_refusal(refused)),
+    }
+}
+
+/// The answer to a login that was not accepted.
+pub(crate) fn login_refusal(verdict: Login) -> ApiError {
+    match verdict {
+        Login::Accepted(_) | Login::Refused => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "bad principal or password")
+        }
+        Login::Throttled(wait) => ApiError::retry_after(
             StatusCode::TOO_MANY_REQUESTS,
             "too many login attempts; wait the Retry-After seconds before trying again",
             wait,
-        )),
-        Login::Busy => Err(ApiError::retry_after(
+        ),
+        Login::Busy => ApiError::retry_after(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many logins are being verified; try again shortly",
             Duration::from_secs(1),
-        )),
+        ),
     }
 }
 

@@ -1,5 +1,6 @@
 //! kenko's HTTP API, beside the MQTT broker: consents and observations under HTTP Basic
-//! (`http`), principals managed at runtime (`principals`), the connection handling that bounds slow and idle clients (`conn`), and the
+//! (`http`), principals managed at runtime (`principals`), browser sessions with
+//! cookies and CSRF tokens (`session`), the connection handling that bounds slow and idle clients (`conn`), and the
 //! operators' `/metrics` (`metrics`), `/healthz` and `/readyz`.
 
 pub mod conn;
@@ -8,3 +9,4 @@ pub mod http;
 pub mod metrics;
 mod observations;
 pub mod principals;
+pub mod session;

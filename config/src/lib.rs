@@ -123,6 +123,10 @@ pub struct HttpConfig {
     /// Serve plain HTTP on an address other than loopback (passwords then cross the network
     /// in clear): only behind a proxy that terminates TLS on the same machine or network.
     pub plain_on_network: bool,
+    /// A browser session (`POST /api/v1/session`) not used for this many seconds ends.
+    pub session_idle_s: u64,
+    /// A browser session ends this many seconds after its login, however much it is used.
+    pub session_max_s: u64,
 }
 
 impl HttpConfig {
@@ -148,6 +152,8 @@ impl Default for HttpConfig {
             max_connections: 512,
             tls: None,
             plain_on_network: false,
+            session_idle_s: 30 * 60,
+            session_max_s: 12 * 3600,
         }
     }
 }
@@ -807,6 +813,12 @@ impl Config {
         if self.mqtt.max_publish_rate > 0 && self.mqtt.publish_burst == 0 {
             return invalid(
                 "mqtt.publish_burst must be at least 1 while mqtt.max_publish_rate is set".into(),
+            );
+        }
+        if self.http.session_idle_s == 0 || self.http.session_max_s < self.http.session_idle_s {
+            return invalid(
+                "http.session_idle_s must be at least 1 and http.session_max_s at least as long"
+                    .into(),
             );
         }
         if self.http.requests_per_s > 0 && self.http.request_burst == 0 {

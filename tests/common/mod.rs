@@ -389,20 +389,41 @@ pub fn http_exchange(
     credentials: Option<(&str, &str)>,
     body: Option<&serde_json::Value>,
 ) -> anyhow::Result<(u16, Vec<String>, String)> {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let token = credentials.map(|(id, password)| {
+        format!(
+            "Basic {}",
+            base64_encode(format!("{id}:{password}").as_bytes())
+        )
+    });
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(token) = &token {
+        headers.push(("Authorization", token));
+    }
+    http_request(addr, method, path, &headers, &body)
+}
+
+/// One HTTP/1.1 request with these extra header lines and body; returns the status code, the
+/// response's header lines (`name: value`, as sent) and its body.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> anyhow::Result<(u16, Vec<String>, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
     let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
-    if let Some((id, password)) = credentials {
-        let token = base64_encode(format!("{id}:{password}").as_bytes());
-        request.push_str(&format!("Authorization: Basic {token}\r\n"));
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");
-    request.push_str(&body);
+    request.push_str(body);
     stream.write_all(request.as_bytes())?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
