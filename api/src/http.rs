@@ -8,6 +8,7 @@
 //! principal's requests are limited by a token bucket; a failure inside the hub is answered
 //! with an error id, its details (paths included) going to the log under that id.
 
+use crate::openapi::ErrorBody;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -230,6 +231,8 @@ impl HttpApi {
                     .post(crate::session::login)
                     .delete(crate::session::logout),
             )
+            .route("/api/v1/openapi.json", get(crate::openapi::openapi_json))
+            .route("/api/v1/docs", get(crate::openapi::docs_page))
             .route("/login", get(crate::session::login_page))
             .route("/logout", axum::routing::post(crate::session::logout_form))
             .route("/metrics", get(metrics))
@@ -266,7 +269,9 @@ pub(crate) fn ensure_sound_stores(api: &HttpApi) -> Result<(), ApiError> {
 
 /// The counters in the Prometheus text format, for operators (Prometheus sends Basic
 /// credentials with `basic_auth` in its scrape config).
-async fn metrics(
+#[utoipa::path(get, path = "/metrics", tag = "operators", security(("basic" = []), ("session" = [])),
+    responses((status = 200, description = "The counters in the Prometheus text format", content_type = "text/plain", body = String), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Not for this principal (or no CSRF token)", body = ErrorBody), (status = 429, description = "Too many requests or logins; see Retry-After", body = ErrorBody)))]
+pub(crate) async fn metrics(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,
 ) -> Result<Response, ApiError> {
@@ -523,14 +528,15 @@ pub(crate) fn login_refusal(verdict: Login) -> ApiError {
     }
 }
 
-#[derive(Deserialize)]
-struct ConsentFilter {
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ConsentFilter {
     citizen: Option<String>,
 }
 
 /// A consent record as the API shows it.
-#[derive(Serialize)]
-struct ConsentView {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ConsentView {
     id: i64,
     citizen: String,
     grantee: String,
@@ -573,7 +579,9 @@ fn may_manage(who: &Identity, citizen: &str) -> bool {
         || (who.roles.iter().any(|r| r == "citizen") && who.citizen.as_deref() == Some(citizen))
 }
 
-async fn list_consents(
+#[utoipa::path(get, path = "/api/v1/consents", tag = "consents", params(ConsentFilter), security(("basic" = []), ("session" = [])),
+    responses((status = 200, description = "The citizen's consent records, oldest first", body = [ConsentView]), (status = 400, description = "A parameter or the body cannot be used", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Not for this principal (or no CSRF token)", body = ErrorBody), (status = 429, description = "Too many requests or logins; see Retry-After", body = ErrorBody)))]
+pub(crate) async fn list_consents(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,
     filter: Result<QueryParams<ConsentFilter>, QueryRejection>,
@@ -601,9 +609,9 @@ async fn list_consents(
     Ok(Json(records.into_iter().map(ConsentView::from).collect()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ConsentBody {
+pub(crate) struct ConsentBody {
     citizen: String,
     purpose: String,
     #[serde(default)]
@@ -623,7 +631,9 @@ struct ConsentBody {
     source: Option<String>,
 }
 
-async fn record_consent(
+#[utoipa::path(post, path = "/api/v1/consents", tag = "consents", request_body = ConsentBody, security(("basic" = []), ("session" = [])),
+    responses((status = 201, description = "Recorded", body = ConsentView), (status = 400, description = "A parameter or the body cannot be used", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Not for this principal (or no CSRF token)", body = ErrorBody), (status = 429, description = "Too many requests or logins; see Retry-After", body = ErrorBody), (status = 503, description = "The stores are unavailable", body = ErrorBody)))]
+pub(crate) async fn record_consent(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,
     body: Result<Json<ConsentBody>, JsonRejection>,

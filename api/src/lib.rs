@@ -8,5 +8,6 @@ mod health;
 pub mod http;
 pub mod metrics;
 mod observations;
+pub mod openapi;
 pub mod principals;
 pub mod session;

@@ -8,6 +8,7 @@
 //! - `PUT /api/v1/principals/{id}/password` (`password` or `generate_password: true`).
 //! - `DELETE /api/v1/principals/{id}`.
 
+use crate::openapi::ErrorBody;
 use std::path::Path;
 
 use axum::extract::rejection::JsonRejection;
@@ -90,7 +91,7 @@ pub fn remove(path: &Path, id: &str, by: &str) -> Result<StoredPrincipal, AdminE
 }
 
 /// A principal as the API shows it (never its hash).
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct PrincipalView {
     id: String,
     roles: Vec<String>,
@@ -115,14 +116,14 @@ impl From<&StoredPrincipal> for PrincipalView {
 }
 
 /// An answer that may carry a password made for the request, shown only this once.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct WithPassword {
     principal: PrincipalView,
     #[serde(skip_serializing_if = "Option::is_none")]
     password: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewBody {
     id: String,
@@ -135,7 +136,7 @@ pub(crate) struct NewBody {
     generate_password: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PasswordBody {
     #[serde(default)]
@@ -218,6 +219,8 @@ async fn blocking<T: Send + 'static>(
         .map_err(refused)
 }
 
+#[utoipa::path(get, path = "/api/v1/principals", tag = "principals", security(("basic" = []), ("session" = [])),
+    responses((status = 200, description = "The config file's and registry.db's principals", body = [PrincipalView]), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Not for this principal (or no CSRF token)", body = ErrorBody), (status = 429, description = "Too many requests or logins; see Retry-After", body = ErrorBody)))]
 pub(crate) async fn list(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,
@@ -247,6 +250,8 @@ pub(crate) async fn list(
     Ok(Json(all))
 }
 
+#[utoipa::path(post, path = "/api/v1/principals", tag = "principals", request_body = NewBody, security(("basic" = []), ("session" = [])),
+    responses((status = 201, description = "Added; a generated password is shown this once", body = WithPassword), (status = 400, description = "A parameter or the body cannot be used", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Not for this principal (or no CSRF token)", body = ErrorBody), (status = 409, description = "The id is taken, or a principal of the config file", body = ErrorBody), (status = 429, description = "Too many requests or logins; see Retry-After", body = ErrorBody), (status = 503, description = "The stores are unavailable", body = ErrorBody)))]
 pub(crate) async fn create(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,
@@ -292,6 +297,8 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, Json(answer)))
 }
 
+#[utoipa::path(put, path = "/api/v1/principals/{id}/password", tag = "principals", params(("id" = String, Path, description = "Principal id")), request_body = PasswordBody, security(("basic" = []), ("session" = [])),
+    responses((status = 200, description = "Changed; a generated password is shown this once", body = WithPassword), (status = 400, description = "A parameter or the body cannot be used", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Not for this principal (or no CSRF token)", body = ErrorBody), (status = 404, description = "No such principal", body = ErrorBody), (status = 409, description = "The id is taken, or a principal of the config file", body = ErrorBody), (status = 429, description = "Too many requests or logins; see Retry-After", body = ErrorBody), (status = 503, description = "The stores are unavailable", body = ErrorBody)))]
 pub(crate) async fn change_password(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,
@@ -303,11 +310,15 @@ pub(crate) async fn change_password(
     let Json(body) = body.map_err(|e| bad(format!("body: {}", e.body_text())))?;
     short("id", &id, MAX_WORD)?;
     in_config(&api, &id)?;
-    if api.directory.registry().principal(&id).is_none() {
+    // Known (in the file, which a running hub's registry follows) before the password is
+    // hashed.
+    let path = api.data_dir.join("registry.db");
+    let (file, asked) = (path.clone(), id.clone());
+    let known = blocking(move || Ok(PrincipalStore::open(&file)?.get(&asked)?.is_some())).await?;
+    if !known {
         return Err(refused(PrincipalError::NotFound(id).into()));
     }
     let (hash, shown) = body.hash().await?;
-    let path = api.data_dir.join("registry.db");
     let by = who.id.clone();
     let changed = blocking(move || set_password(&path, &id, &hash, &by)).await?;
     info!(principal = %who.id, changed = %changed.id, "principal's password changed over HTTP");
@@ -317,6 +328,8 @@ pub(crate) async fn change_password(
     }))
 }
 
+#[utoipa::path(delete, path = "/api/v1/principals/{id}", tag = "principals", params(("id" = String, Path, description = "Principal id")), security(("basic" = []), ("session" = [])),
+    responses((status = 200, description = "Removed", body = PrincipalView), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Not for this principal (or no CSRF token)", body = ErrorBody), (status = 404, description = "No such principal", body = ErrorBody), (status = 409, description = "The id is taken, or a principal of the config file", body = ErrorBody), (status = 429, description = "Too many requests or logins; see Retry-After", body = ErrorBody), (status = 503, description = "The stores are unavailable", body = ErrorBody)))]
 pub(crate) async fn delete(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,

@@ -11,6 +11,7 @@
 //! A state-changing request whose `Origin` is another site is refused whatever its
 //! credentials: a browser that remembers Basic credentials sends them anywhere.
 
+use crate::openapi::ErrorBody;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -201,7 +202,7 @@ pub(crate) fn authenticate(
     Ok(Some(identity))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Credentials {
     id: String,
@@ -209,7 +210,7 @@ pub(crate) struct Credentials {
 }
 
 /// What a login or `GET /api/v1/session` answers.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct SessionView {
     principal: String,
     roles: Vec<String>,
@@ -270,6 +271,8 @@ async fn credentials(request: Request, api: &HttpApi) -> Result<(Credentials, bo
 }
 
 /// `POST /api/v1/session`: logs in and starts a session.
+#[utoipa::path(post, path = "/api/v1/session", tag = "session", request_body(content((Credentials = "application/json"), (Credentials = "application/x-www-form-urlencoded"))),
+    responses((status = 201, description = "Logged in: the session cookie is set", body = SessionView), (status = 303, description = "Logged in from the form: back to /login"), (status = 400, description = "A parameter or the body cannot be used", body = ErrorBody), (status = 401, description = "Bad principal or password", body = ErrorBody), (status = 403, description = "From another site's page", body = ErrorBody), (status = 429, description = "Too many requests or logins; see Retry-After", body = ErrorBody)))]
 pub(crate) async fn login(
     State(api): State<HttpApi>,
     request: Request,
@@ -313,6 +316,8 @@ pub(crate) async fn login(
 }
 
 /// `GET /api/v1/session`: who the request is, and for a session its CSRF token.
+#[utoipa::path(get, path = "/api/v1/session", tag = "session", security(("basic" = []), ("session" = [])),
+    responses((status = 200, description = "Who is logged in, and the session's CSRF token", body = SessionView), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 429, description = "Too many requests or logins; see Retry-After", body = ErrorBody)))]
 pub(crate) async fn current(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,
@@ -326,6 +331,8 @@ pub(crate) async fn current(
 }
 
 /// `DELETE /api/v1/session`: logs out (the CSRF token was checked on the way in).
+#[utoipa::path(delete, path = "/api/v1/session", tag = "session", security(("basic" = []), ("session" = [])),
+    responses((status = 204, description = "Logged out"), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Not for this principal (or no CSRF token)", body = ErrorBody), (status = 429, description = "Too many requests or logins; see Retry-After", body = ErrorBody)))]
 pub(crate) async fn logout(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,

@@ -1,0 +1,523 @@
+//! The API describes itself truthfully: `GET /api/v1/openapi.json` is an OpenAPI 3.1
+//! document, every operation in it is walked with real requests as principals of every role
+//! (and every operation the test walks is in it), and every answer's status is one the
+//! document declares for the operation, its content type one it declares for that status,
+//! and a JSON body matches the declared schema, with no undocumented field. The walk also
+//! checks that each role is refused (403) another citizen's or another role's data.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{http_exchange, http_request, Hub};
+use serde_json::{json, Value};
+
+fn config() -> String {
+    let app = common::principal("app-001", &["citizen"])
+        .replace("password_hash", "citizen = \"citizen-001\"\npassword_hash");
+    format!(
+        "{}{}{}{app}[http]\nlisten = \"127.0.0.1:0\"\nrequests_per_s = 0\n\n[auth.login]\n\
+         source_burst = 100000\nsource_per_minute = 100000\nprincipal_burst = 100000\n\
+         principal_per_minute = 100000\n",
+        common::config_with_devices(2),
+        common::principal("st-luke", &["care"]),
+        common::principal("analyst-1", &["analyst"]),
+    )
+}
+
+/// One request of the walk: the document's operation it exercises, who sends it, the
+/// concrete path and body, and the status it must get.
+struct Case {
+    operation: &'static str,
+    who: Option<&'static str>,
+    path: String,
+    body: Option<Value>,
+    status: u16,
+}
+
+fn case(
+    operation: &'static str,
+    who: &'static str,
+    path: &str,
+    body: Option<Value>,
+    status: u16,
+) -> Case {
+    Case {
+        operation,
+        who: Some(who),
+        path: path.to_owned(),
+        body,
+        status,
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let obs = "GET /api/v1/observations";
+    let heart = "/api/v1/observations?metric=heart_rate";
+    let consents = "GET /api/v1/consents";
+    let record = "POST /api/v1/consents";
+    let research = |citizen: &str| json!({"citizen": citizen, "purpose": "research"});
+    let principals = "GET /api/v1/principals";
+    let add = "POST /api/v1/principals";
+    let passwd = "PUT /api/v1/principals/{id}/password";
+    let remove = "DELETE /api/v1/principals/{id}";
+    let new_principal = json!({"id": "nurse-1", "roles": ["care"], "generate_password": true});
+    let generate = json!({"generate_password": true});
+    let mut cases = vec![
+        // Observations: each role its own part, and 403 for the rest.
+        case(obs, "app-001", heart, None, 200),
+        case(obs, "app-001", &format!("{heart}&format=csv"), None, 200),
+        case(obs, "app-001", &format!("{heart}&format=ndjson"), None, 200),
+        case(obs, "app-001", &format!("{heart}&every=1h"), None, 200),
+        case(
+            obs,
+            "app-001",
+            &format!("{heart}&citizen=citizen-002"),
+            None,
+            403,
+        ),
+        case(obs, "app-001", &format!("{heart}&store=shared"), None, 403),
+        case(
+            obs,
+            "st-luke",
+            &format!("{heart}&citizen=citizen-001"),
+            None,
+            200,
+        ),
+        case(
+            obs,
+            "st-luke",
+            &format!("{heart}&citizen=citizen-002"),
+            None,
+            403,
+        ),
+        case(obs, "st-luke", &format!("{heart}&store=shared"), None, 403),
+        case(
+            obs,
+            "analyst-1",
+            &format!("{heart}&store=shared"),
+            None,
+            200,
+        ),
+        case(
+            obs,
+            "analyst-1",
+            &format!("{heart}&store=shared&across=true&every=1d&agg=p90"),
+            None,
+            200,
+        ),
+        case(obs, "analyst-1", heart, None, 403),
+        case(obs, "operator-1", heart, None, 403),
+        case(obs, "bed-001", heart, None, 403),
+        case(
+            obs,
+            "app-001",
+            "/api/v1/observations?metric=pulse_of_the_moon",
+            None,
+            400,
+        ),
+        // Consents: a citizen's app its own citizen's, operators anyone's.
+        case(consents, "app-001", "/api/v1/consents", None, 200),
+        case(
+            consents,
+            "app-001",
+            "/api/v1/consents?citizen=citizen-002",
+            None,
+            403,
+        ),
+        case(
+            consents,
+            "st-luke",
+            "/api/v1/consents?citizen=citizen-001",
+            None,
+            403,
+        ),
+        case(
+            consents,
+            "analyst-1",
+            "/api/v1/consents?citizen=citizen-001",
+            None,
+            403,
+        ),
+        case(
+            consents,
+            "operator-1",
+            "/api/v1/consents?citizen=citizen-002",
+            None,
+            200,
+        ),
+        case(
+            record,
+            "app-001",
+            "/api/v1/consents",
+            Some(research("citizen-001")),
+            201,
+        ),
+        case(
+            record,
+            "app-001",
+            "/api/v1/consents",
+            Some(research("citizen-002")),
+            403,
+        ),
+        case(
+            record,
+            "st-luke",
+            "/api/v1/consents",
+            Some(research("citizen-001")),
+            403,
+        ),
+        case(
+            record,
+            "analyst-1",
+            "/api/v1/consents",
+            Some(research("citizen-001")),
+            403,
+        ),
+        case(
+            record,
+            "operator-1",
+            "/api/v1/consents",
+            Some(json!({"citizen": "citizen-002"})),
+            400,
+        ),
+        // Principals: operators only.
+        case(principals, "operator-1", "/api/v1/principals", None, 200),
+        case(
+            add,
+            "operator-1",
+            "/api/v1/principals",
+            Some(new_principal.clone()),
+            201,
+        ),
+        case(
+            add,
+            "operator-1",
+            "/api/v1/principals",
+            Some(new_principal.clone()),
+            409,
+        ),
+        case(
+            passwd,
+            "operator-1",
+            "/api/v1/principals/nurse-1/password",
+            Some(generate.clone()),
+            200,
+        ),
+        case(
+            passwd,
+            "operator-1",
+            "/api/v1/principals/nobody/password",
+            Some(generate.clone()),
+            404,
+        ),
+        case(
+            remove,
+            "operator-1",
+            "/api/v1/principals/nurse-1",
+            None,
+            200,
+        ),
+        case(
+            remove,
+            "operator-1",
+            "/api/v1/principals/nurse-1",
+            None,
+            404,
+        ),
+        case("GET /metrics", "operator-1", "/metrics", None, 200),
+        case(
+            "GET /api/v1/session",
+            "app-001",
+            "/api/v1/session",
+            None,
+            200,
+        ),
+        case(
+            "DELETE /api/v1/session",
+            "app-001",
+            "/api/v1/session",
+            None,
+            204,
+        ),
+        Case {
+            operation: "DELETE /api/v1/session",
+            who: None,
+            path: "/api/v1/session".into(),
+            body: None,
+            status: 401,
+        },
+        Case {
+            operation: "GET /healthz",
+            who: None,
+            path: "/healthz".into(),
+            body: None,
+            status: 200,
+        },
+        Case {
+            operation: "GET /readyz",
+            who: None,
+            path: "/readyz".into(),
+            body: None,
+            status: 200,
+        },
+        Case {
+            operation: "POST /api/v1/session",
+            who: None,
+            path: "/api/v1/session".into(),
+            body: Some(json!({"id": "app-001", "password": common::password("app-001")})),
+            status: 201,
+        },
+        Case {
+            operation: "POST /api/v1/session",
+            who: None,
+            path: "/api/v1/session".into(),
+            body: Some(json!({"id": "app-001", "password": "wrong"})),
+            status: 401,
+        },
+        Case {
+            operation: "GET /api/v1/observations",
+            who: None,
+            path: heart.into(),
+            body: None,
+            status: 401,
+        },
+    ];
+    // Every other role is refused the operators' operations.
+    for who in ["app-001", "st-luke", "analyst-1", "bed-001"] {
+        cases.push(case(principals, who, "/api/v1/principals", None, 403));
+        cases.push(case(
+            add,
+            who,
+            "/api/v1/principals",
+            Some(new_principal.clone()),
+            403,
+        ));
+        cases.push(case(
+            passwd,
+            who,
+            "/api/v1/principals/nurse-1/password",
+            Some(generate.clone()),
+            403,
+        ));
+        cases.push(case(remove, who, "/api/v1/principals/nurse-1", None, 403));
+        cases.push(case("GET /metrics", who, "/metrics", None, 403));
+    }
+    cases
+}
+
+/// `(status, content type, body)` of one case.
+fn send(api: SocketAddr, c: &Case) -> anyhow::Result<(u16, String, String)> {
+    let method = c.operation.split(' ').next().unwrap_or("GET");
+    let password = c.who.map(common::password);
+    let credentials = c.who.zip(password.as_deref());
+    let (status, headers, body) = match &c.body {
+        Some(b) => http_exchange(api, method, &c.path, credentials, Some(b))?,
+        None if credentials.is_some() => http_exchange(api, method, &c.path, credentials, None)?,
+        None => http_request(api, method, &c.path, &[], "")?,
+    };
+    let content_type = headers
+        .iter()
+        .find_map(|h| {
+            let (n, v) = h.split_once(':')?;
+            n.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    Ok((status, content_type, body))
+}
+
+#[test]
+fn every_operation_answers_as_its_openapi_document_says() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    common::consent(
+        &dir.path().join("data"),
+        "grant",
+        &["citizen-001"],
+        "research",
+    )?;
+    common::consent_with(
+        &dir.path().join("data"),
+        "grant",
+        &["citizen-001"],
+        "care",
+        &["--grantee", "st-luke"],
+    )?;
+    let hub = Hub::start(dir.path(), &config())?;
+    let api = hub.http_addr.expect("HTTP API announced");
+    hub.publish_as(
+        "bed-001",
+        &format!(r#"{{"ts":{},"hr":66,"rr":14}}"#, common::now_ms()),
+    )?;
+    common::eventually(Duration::from_secs(10), || {
+        Ok(hub.query(&["--metric", "heart_rate"])?.first().cloned())
+    })?;
+
+    let (status, _, text) = http_request(api, "GET", "/api/v1/openapi.json", &[], "")?;
+    assert_eq!(status, 200);
+    let doc: Value = serde_json::from_str(&text)?;
+    assert!(
+        doc["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1.")),
+        "{}",
+        doc["openapi"]
+    );
+    assert!(doc["components"]["securitySchemes"]["basic"].is_object());
+
+    let documented: BTreeSet<String> = operations(&doc);
+    let cases = cases();
+    let walked: BTreeSet<String> = cases.iter().map(|c| c.operation.to_owned()).collect();
+    assert_eq!(
+        documented, walked,
+        "the walk and the document name the same operations"
+    );
+
+    for c in &cases {
+        let (status, content_type, body) = send(api, c)?;
+        let label = format!("{} as {:?} ({})", c.operation, c.who, c.path);
+        assert_eq!(status, c.status, "{label}: {body}");
+        let (method, path) = c.operation.split_once(' ').expect("METHOD path");
+        let op = &doc["paths"][path][method.to_lowercase()];
+        let response = &op["responses"][status.to_string()];
+        assert!(
+            response.is_object(),
+            "{label}: status {status} is not in the document"
+        );
+        let Some(content) = response["content"].as_object() else {
+            assert!(
+                body.is_empty(),
+                "{label}: an answer the document says has no body: {body}"
+            );
+            continue;
+        };
+        let media = content_type.split(';').next().unwrap_or_default().trim();
+        let declared = content.get(media);
+        assert!(
+            declared.is_some(),
+            "{label}: content type {media:?} not among {:?}",
+            content.keys()
+        );
+        if media == "application/json" {
+            let value: Value = serde_json::from_str(&body)?;
+            let schema = &declared.expect("declared")["schema"];
+            if let Err(why) = matches(&doc, schema, &value, "$") {
+                panic!("{label}: {why}\nbody: {body}\nschema: {schema}");
+            }
+        }
+    }
+
+    // People can read it too.
+    let (status, _, page) = http_request(api, "GET", "/api/v1/docs", &[], "")?;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("<code>GET /api/v1/observations</code>"),
+        "{page}"
+    );
+    hub.terminate()
+}
+
+/// "METHOD path" of every operation in the document.
+fn operations(doc: &Value) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+        for method in ["get", "post", "put", "delete", "patch"] {
+            if item.get(method).is_some() {
+                out.insert(format!("{} {path}", method.to_uppercase()));
+            }
+        }
+    }
+    out
+}
+
+/// Does `value` match `schema` (the subset of JSON Schema the document uses)? Objects are
+/// closed: a field the schema does not name is an undocumented field.
+fn matches(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
+    if let Some(reference) = schema["$ref"].as_str() {
+        let name = reference.rsplit('/').next().unwrap_or_default();
+        let target = &doc["components"]["schemas"][name];
+        if target.is_null() {
+            return Err(format!("{at}: unresolved {reference}"));
+        }
+        return matches(doc, target, value, at);
+    }
+    for key in ["oneOf", "anyOf"] {
+        if let Some(options) = schema[key].as_array() {
+            return options
+                .iter()
+                .find(|s| matches(doc, s, value, at).is_ok())
+                .map(|_| ())
+                .ok_or_else(|| format!("{at}: matches none of {key} {schema}"));
+        }
+    }
+    if let Some(all) = schema["allOf"].as_array() {
+        return all.iter().try_for_each(|s| matches(doc, s, value, at));
+    }
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => return Ok(()),
+    };
+    let fits = |t: &str| match t {
+        "null" => value.is_null(),
+        "boolean" => value.is_boolean(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        "string" => value.is_string(),
+        "array" => value.is_array(),
+        "object" => value.is_object(),
+        _ => false,
+    };
+    if !types.iter().any(|t| fits(t)) {
+        return Err(format!("{at}: {value} is not {types:?}"));
+    }
+    if let Some(items) = value.as_array() {
+        for (i, item) in items.iter().enumerate() {
+            matches(doc, &schema["items"], item, &format!("{at}[{i}]"))?;
+        }
+    }
+    if let Some(fields) = value.as_object() {
+        let properties = schema["properties"].as_object();
+        for required in schema["required"].as_array().into_iter().flatten() {
+            let name = required.as_str().unwrap_or_default();
+            if !fields.contains_key(name) {
+                return Err(format!("{at}: required field {name} missing"));
+            }
+        }
+        for (name, field) in fields {
+            let Some(property) = properties.and_then(|p| p.get(name)) else {
+                return Err(format!("{at}: field {name} is not in the document"));
+            };
+            matches(doc, property, field, &format!("{at}.{name}"))?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_checker_refuses_what_a_schema_does_not_say() {
+    let doc = json!({"components": {"schemas": {"Row": {
+        "type": "object",
+        "properties": {"v": {"type": "number"}, "why": {"type": ["string", "null"]}},
+        "required": ["v"],
+    }}}});
+    let rows = json!({"type": "array", "items": {"$ref": "#/components/schemas/Row"}});
+    assert!(matches(
+        &doc,
+        &rows,
+        &json!([{"v": 1.5}, {"v": 2, "why": null}]),
+        "$"
+    )
+    .is_ok());
+    for bad in [
+        json!([{"v": "1"}]),
+        json!([{}]),
+        json!([{"v": 1, "extra": true}]),
+        json!({"v": 1}),
+        json!([{"v": 1, "why": 3}]),
+    ] {
+        assert!(matches(&doc, &rows, &bad, "$").is_err(), "{bad}");
+    }
+}
