@@ -12,10 +12,9 @@
 //!
 //! `cargo bench --bench consent`
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,10 +22,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use base64::Engine as _;
 use kenko_broker::auth::{hash_password, Cost};
+
+mod common;
+use common::{report, Hub};
 use kenko_ingest::consent::{ConsentChange, ConsentRegistry, Purpose, HUB};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 
-const KENKO: &str = env!("CARGO_BIN_EXE_kenko");
 const DEVICES: usize = 100;
 /// Each device publishes this often (1,000 messages a second in all).
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
@@ -101,22 +102,6 @@ async fn measure(hub: &Hub, registry: &Path) -> anyhow::Result<()> {
     stop.store(true, Ordering::Relaxed);
     let _ = poller.join();
     Ok(())
-}
-
-/// Prints count, p50, p99 and max of `samples`.
-fn report(what: &str, mut samples: Vec<Duration>) {
-    samples.sort();
-    let at = |q: f64| {
-        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
-        samples.get(i).map_or(0.0, |d| d.as_secs_f64() * 1e3)
-    };
-    println!(
-        "{what}: n={} p50={:.1} ms p99={:.1} ms max={:.1} ms",
-        samples.len(),
-        at(0.5),
-        at(0.99),
-        at(1.0)
-    );
 }
 
 fn password(id: &str) -> String {
@@ -319,64 +304,4 @@ async fn revocation_latencies(hub: SocketAddr, registry: &Path) -> anyhow::Resul
         delays.push(last.saturating_duration_since(committed));
     }
     Ok(delays)
-}
-
-/// A `kenko serve` process, killed when dropped.
-struct Hub {
-    child: Child,
-    mqtt: SocketAddr,
-    http: SocketAddr,
-}
-
-impl Hub {
-    fn start(config: &Path, data: &Path) -> anyhow::Result<Hub> {
-        let mut child = Command::new(KENKO)
-            .args(["serve", "--config"])
-            .arg(config)
-            .arg("--data-dir")
-            .arg(data)
-            .args(["--mqtt", "127.0.0.1:0"])
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("cannot start kenko")?;
-        match addresses(&mut child) {
-            Ok((mqtt, http)) => Ok(Hub { child, mqtt, http }),
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Err(e)
-            }
-        }
-    }
-}
-
-/// The MQTT and HTTP addresses `kenko serve` announces on its standard output.
-fn addresses(child: &mut Child) -> anyhow::Result<(SocketAddr, SocketAddr)> {
-    let stdout = child.stdout.take().context("no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let (mut mqtt, mut http) = (None, None);
-    while let Some(line) = lines.next().transpose()? {
-        if let Some(rest) = line.strip_prefix("kenko serve: MQTT on ") {
-            mqtt = Some(rest.split(',').next().context("address")?.parse()?);
-        } else if let Some(addr) = line.strip_prefix("kenko serve: HTTP API on ") {
-            http = Some(addr.trim().parse()?);
-        } else if line.starts_with("stop with") {
-            break;
-        }
-    }
-    // Keep reading so that the hub never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    Ok((
-        mqtt.context("kenko serve printed no MQTT address")?,
-        http.context("kenko serve printed no HTTP address")?,
-    ))
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
