@@ -89,7 +89,8 @@ impl Hub {
             .with_health(ingest.health().clone())
             .with_sink_lags(ingest.sink_lags().clone())
             .with_request_limits(&config.http)
-            .with_config(&config);
+            .with_config(&config)
+            .with_authorizer(broker.authorizer());
             if let Some(addr) = config.http.listen {
                 http_addr = Some(serve_http(addr, &api, &config.http, None, &shutdown).await?);
             }

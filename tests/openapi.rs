@@ -65,6 +65,9 @@ fn cases() -> Vec<Case> {
     let remove = "DELETE /api/v1/principals/{id}";
     let new_principal = json!({"id": "nurse-1", "roles": ["care"], "generate_password": true});
     let generate = json!({"generate_password": true});
+    let letters = "GET /api/v1/deadletters";
+    let replay = "POST /api/v1/deadletters/replay";
+    let replay_status = "GET /api/v1/deadletters/replay/{id}";
     let mut cases = vec![
         // Observations: each role its own part, and 403 for the rest.
         case(obs, "app-001", heart, None, 200),
@@ -229,6 +232,49 @@ fn cases() -> Vec<Case> {
         ),
         case("GET /metrics", "operator-1", "/metrics", None, 200),
         case(
+            letters,
+            "operator-1",
+            "/api/v1/deadletters?reason=malformed_payload",
+            None,
+            200,
+        ),
+        case(
+            letters,
+            "operator-1",
+            "/api/v1/deadletters?limit=0",
+            None,
+            400,
+        ),
+        case(
+            replay,
+            "operator-1",
+            "/api/v1/deadletters/replay",
+            Some(json!({"reason": "malformed_payload"})),
+            202,
+        ),
+        case(
+            replay_status,
+            "operator-1",
+            "/api/v1/deadletters/replay/1",
+            None,
+            200,
+        ),
+        case(
+            replay_status,
+            "operator-1",
+            "/api/v1/deadletters/replay/999",
+            None,
+            404,
+        ),
+        case("GET /api/v1/log", "operator-1", "/api/v1/log", None, 200),
+        case(
+            "GET /api/v1/acl/denials",
+            "operator-1",
+            "/api/v1/acl/denials",
+            None,
+            200,
+        ),
+        case(
             "GET /api/v1/session",
             "app-001",
             "/api/v1/session",
@@ -304,6 +350,29 @@ fn cases() -> Vec<Case> {
         ));
         cases.push(case(remove, who, "/api/v1/principals/nurse-1", None, 403));
         cases.push(case("GET /metrics", who, "/metrics", None, 403));
+        cases.push(case(letters, who, "/api/v1/deadletters", None, 403));
+        cases.push(case(
+            replay,
+            who,
+            "/api/v1/deadletters/replay",
+            Some(json!({})),
+            403,
+        ));
+        cases.push(case(
+            replay_status,
+            who,
+            "/api/v1/deadletters/replay/1",
+            None,
+            403,
+        ));
+        cases.push(case("GET /api/v1/log", who, "/api/v1/log", None, 403));
+        cases.push(case(
+            "GET /api/v1/acl/denials",
+            who,
+            "/api/v1/acl/denials",
+            None,
+            403,
+        ));
     }
     cases
 }
@@ -351,6 +420,7 @@ fn every_operation_answers_as_its_openapi_document_says() -> anyhow::Result<()> 
         "bed-001",
         &format!(r#"{{"ts":{},"hr":66,"rr":14}}"#, common::now_ms()),
     )?;
+    hub.publish_as("bed-002", "not json")?;
     common::eventually(Duration::from_secs(10), || {
         Ok(hub.query(&["--metric", "heart_rate"])?.first().cloned())
     })?;

@@ -54,15 +54,7 @@ pub(crate) async fn healthz() -> Response {
     (status = 503, description = "Not ready, with the reasons", body = Readiness)))]
 pub(crate) async fn readyz(State(api): State<HttpApi>) -> Response {
     let reasons = not_ready(&api);
-    let sinks = api
-        .lags
-        .iter()
-        .flat_map(|lags| lags.lags())
-        .map(|lag| SinkLagView {
-            sink: lag.sink.to_string(),
-            lag_bytes: lag.bytes,
-        })
-        .collect();
+    let sinks = sink_lags(&api);
     let ready = reasons.is_empty();
     let body = Readiness {
         ready,
@@ -77,6 +69,18 @@ pub(crate) async fn readyz(State(api): State<HttpApi>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
+}
+
+/// How far each sink is behind the write-ahead log.
+pub(crate) fn sink_lags(api: &HttpApi) -> Vec<SinkLagView> {
+    api.lags
+        .iter()
+        .flat_map(|lags| lags.lags())
+        .map(|lag| SinkLagView {
+            sink: lag.sink.to_string(),
+            lag_bytes: lag.bytes,
+        })
+        .collect()
 }
 
 /// Why the hub is not ready, most basic first; empty when it is.

@@ -146,6 +146,8 @@ pub struct HttpApi {
     pub(crate) health: Option<Arc<Health>>,
     /// How far each sink is behind the log, for `GET /readyz` and `/metrics`.
     pub(crate) lags: Option<Arc<SinkLags>>,
+    /// The broker's rules in force, for `GET /api/v1/acl/denials`.
+    pub(crate) authorizer: Option<Arc<kenko_broker::authz::Authorizer>>,
     limits: Arc<RequestLimits>,
 }
 
@@ -168,10 +170,17 @@ impl HttpApi {
             stats: None,
             health: None,
             lags: None,
+            authorizer: None,
             limits: Arc::new(RequestLimits::from_config(
                 &kenko_config::HttpConfig::default(),
             )),
         }
+    }
+
+    /// Shows the denials counted per rule of `authorizer`'s rules.
+    pub fn with_authorizer(mut self, authorizer: Arc<kenko_broker::authz::Authorizer>) -> HttpApi {
+        self.authorizer = Some(authorizer);
+        self
     }
 
     /// Checks principals added over the API against `config` (its principals and devices).
@@ -231,6 +240,17 @@ impl HttpApi {
                     .post(crate::session::login)
                     .delete(crate::session::logout),
             )
+            .route("/api/v1/deadletters", get(crate::operators::dead_letters))
+            .route(
+                "/api/v1/deadletters/replay",
+                axum::routing::post(crate::operators::replay),
+            )
+            .route(
+                "/api/v1/deadletters/replay/:id",
+                get(crate::operators::replay_status),
+            )
+            .route("/api/v1/log", get(crate::operators::log))
+            .route("/api/v1/acl/denials", get(crate::operators::denials))
             .route("/api/v1/openapi.json", get(crate::openapi::openapi_json))
             .route("/api/v1/docs", get(crate::openapi::docs_page))
             .route("/login", get(crate::session::login_page))

@@ -9,5 +9,6 @@ pub mod http;
 pub mod metrics;
 mod observations;
 pub mod openapi;
+mod operators;
 pub mod principals;
 pub mod session;

@@ -1,0 +1,328 @@
+//! What operators look at and act on over HTTP (role `operator` only):
+//!
+//! - `GET /api/v1/deadletters` (`reason`, `device`, `limit`): how many letters there are per
+//!   reason, and the newest ones (without payloads);
+//! - `POST /api/v1/deadletters/replay` (`id`, `reason`, `device`, each optional): asks the
+//!   hub's writer to run the letters selected through the pipeline again, as
+//!   `kenko deadletter replay` does; answered 202 with the request, whose outcome
+//!   `GET /api/v1/deadletters/replay/{id}` tells;
+//! - `GET /api/v1/log`: the write-ahead log (bytes, full, failing) and each sink's lag;
+//! - `GET /api/v1/acl/denials`: denials counted per rule of the rules in force.
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path as UrlPath, Query as QueryParams, State};
+use axum::http::StatusCode;
+use axum::Json;
+use kenko_broker::auth::Identity;
+use kenko_ingest::deadletter::{DeadLetterStore, ReplayRequest, Selection};
+use serde::{Deserialize, Serialize};
+
+use crate::http::{
+    bad, forbidden, internal, now_ms, rfc3339, short, ApiError, Authenticated, HttpApi, MAX_WORD,
+};
+use crate::openapi::ErrorBody;
+
+/// Letters a listing shows unless `limit` says otherwise, and at most.
+const DEFAULT_LETTERS: usize = 100;
+const MAX_LETTERS: usize = 1_000;
+
+fn operator(who: &Identity) -> Result<(), ApiError> {
+    if who.roles.iter().any(|r| r == "operator") {
+        return Ok(());
+    }
+    Err(forbidden(format!(
+        "{} may not do this; operators may",
+        who.id
+    )))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct LetterFilter {
+    /// Only letters with this reason code (unknown_device, malformed_payload, ...).
+    reason: Option<String>,
+    /// Only letters from this device.
+    device: Option<String>,
+    /// Newest letters shown (100 unless asked; 1,000 at most).
+    limit: Option<usize>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ReasonCount {
+    reason: String,
+    count: u64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct LetterView {
+    id: i64,
+    received: String,
+    client_id: String,
+    topic: String,
+    device: Option<String>,
+    reason_code: String,
+    reason: String,
+    /// Size of the refused payload (`kenko deadletter show` prints it).
+    payload_bytes: usize,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct DeadLetters {
+    /// Every letter, per reason.
+    counts: Vec<ReasonCount>,
+    /// The newest letters selected, newest first.
+    letters: Vec<LetterView>,
+}
+
+fn dead_letter_store(api: &HttpApi) -> std::path::PathBuf {
+    api.data_dir.join("deadletter.db")
+}
+
+#[utoipa::path(get, path = "/api/v1/deadletters", tag = "operators", params(LetterFilter),
+    security(("basic" = []), ("session" = [])), responses(
+    (status = 200, description = "Counts per reason and the newest letters", body = DeadLetters),
+    (status = 400, description = "A parameter cannot be used", body = ErrorBody),
+    (status = 401, description = "No or bad credentials", body = ErrorBody),
+    (status = 403, description = "Not an operator", body = ErrorBody),
+    (status = 429, description = "Too many requests; see Retry-After", body = ErrorBody)))]
+pub(crate) async fn dead_letters(
+    State(api): State<HttpApi>,
+    Authenticated(who): Authenticated,
+    filter: Result<QueryParams<LetterFilter>, QueryRejection>,
+) -> Result<Json<DeadLetters>, ApiError> {
+    operator(&who)?;
+    let QueryParams(filter) = filter.map_err(|e| bad(format!("query: {}", e.body_text())))?;
+    let limit = filter.limit.unwrap_or(DEFAULT_LETTERS);
+    if limit == 0 || limit > MAX_LETTERS {
+        return Err(bad(format!("limit {limit}: 1 to {MAX_LETTERS}")));
+    }
+    let selection = selection(None, filter.reason, filter.device)?;
+    let path = dead_letter_store(&api);
+    let answer = tokio::task::spawn_blocking(move || {
+        if !path.exists() {
+            return Ok(DeadLetters {
+                counts: Vec::new(),
+                letters: Vec::new(),
+            });
+        }
+        let store = DeadLetterStore::open_read_only(&path)?;
+        let counts = store
+            .count_by_reason()?
+            .into_iter()
+            .map(|(reason, count)| ReasonCount { reason, count })
+            .collect();
+        let letters = store
+            .select(&selection, limit)?
+            .into_iter()
+            .map(|(id, l)| LetterView {
+                id,
+                received: rfc3339(l.received_ms),
+                client_id: l.client_id,
+                topic: l.topic,
+                device: l.device,
+                reason_code: l.reason_code,
+                reason: l.reason,
+                payload_bytes: l.payload.len(),
+            })
+            .collect();
+        Ok::<_, kenko_ingest::store::StoreError>(DeadLetters { counts, letters })
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)?;
+    Ok(Json(answer))
+}
+
+fn selection(
+    id: Option<i64>,
+    reason: Option<String>,
+    device: Option<String>,
+) -> Result<Selection, ApiError> {
+    for (field, value) in [("reason", &reason), ("device", &device)] {
+        short(field, value.as_deref().unwrap_or(""), MAX_WORD)?;
+    }
+    Ok(Selection {
+        id,
+        reason_code: reason,
+        device,
+    })
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReplayBody {
+    /// Only this letter.
+    #[serde(default)]
+    id: Option<i64>,
+    /// Only letters with this reason code.
+    #[serde(default)]
+    reason: Option<String>,
+    /// Only letters from this device.
+    #[serde(default)]
+    device: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ReplayView {
+    id: i64,
+    /// When the writer carried it out; absent while it waits.
+    done: Option<String>,
+    /// Letters now stored (and gone from the dead letters).
+    replayed: u64,
+    /// Letters refused again (kept, with the new reason).
+    failed: u64,
+    /// Letters that cannot go through the pipeline again.
+    skipped: u64,
+}
+
+impl From<ReplayRequest> for ReplayView {
+    fn from(r: ReplayRequest) -> ReplayView {
+        ReplayView {
+            id: r.id,
+            done: r.done_ms.map(rfc3339),
+            replayed: r.replayed,
+            failed: r.failed,
+            skipped: r.skipped,
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/deadletters/replay", tag = "operators",
+    request_body = ReplayBody, security(("basic" = []), ("session" = [])), responses(
+    (status = 202, description = "The hub's writer will replay the letters selected", body = ReplayView),
+    (status = 400, description = "The body cannot be used", body = ErrorBody),
+    (status = 401, description = "No or bad credentials", body = ErrorBody),
+    (status = 403, description = "Not an operator (or no CSRF token)", body = ErrorBody),
+    (status = 429, description = "Too many requests; see Retry-After", body = ErrorBody)))]
+pub(crate) async fn replay(
+    State(api): State<HttpApi>,
+    Authenticated(who): Authenticated,
+    body: Result<Json<ReplayBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<ReplayView>), ApiError> {
+    operator(&who)?;
+    crate::http::ensure_sound_stores(&api)?;
+    let Json(body) = body.map_err(|e| bad(format!("body: {}", e.body_text())))?;
+    let selection = selection(body.id, body.reason, body.device)?;
+    let path = dead_letter_store(&api);
+    let request = tokio::task::spawn_blocking(move || {
+        let mut store = DeadLetterStore::open(&path)?;
+        let id = store.request_replay(&selection, now_ms())?;
+        Ok::<_, kenko_ingest::store::StoreError>(ReplayRequest {
+            id,
+            selection,
+            ..ReplayRequest::default()
+        })
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)?;
+    tracing::info!(principal = %who.id, request = request.id, "dead-letter replay requested over HTTP");
+    Ok((StatusCode::ACCEPTED, Json(request.into())))
+}
+
+#[utoipa::path(get, path = "/api/v1/deadletters/replay/{id}", tag = "operators",
+    params(("id" = i64, Path, description = "The replay request's id")),
+    security(("basic" = []), ("session" = [])), responses(
+    (status = 200, description = "The request and, once carried out, its outcome", body = ReplayView),
+    (status = 401, description = "No or bad credentials", body = ErrorBody),
+    (status = 403, description = "Not an operator", body = ErrorBody),
+    (status = 404, description = "No such request", body = ErrorBody),
+    (status = 429, description = "Too many requests; see Retry-After", body = ErrorBody)))]
+pub(crate) async fn replay_status(
+    State(api): State<HttpApi>,
+    Authenticated(who): Authenticated,
+    UrlPath(id): UrlPath<i64>,
+) -> Result<Json<ReplayView>, ApiError> {
+    operator(&who)?;
+    let path = dead_letter_store(&api);
+    let found = tokio::task::spawn_blocking(move || {
+        if !path.exists() {
+            return Ok(Vec::new());
+        }
+        DeadLetterStore::open_read_only(&path)?.replay_requests(Some(id))
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)?;
+    let request = found
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no replay request {id}")))?;
+    Ok(Json(request.into()))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct LogView {
+    /// Bytes the write-ahead log holds.
+    bytes: u64,
+    /// The log is full: acknowledgements wait until the sinks catch up.
+    full: bool,
+    /// The log cannot be written: acknowledgements wait.
+    failing: bool,
+    /// How far each sink is behind the log.
+    sinks: Vec<crate::health::SinkLagView>,
+    /// The lag at which the hub stops being ready.
+    sink_lag_bound_bytes: Option<u64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/log", tag = "operators",
+    security(("basic" = []), ("session" = [])), responses(
+    (status = 200, description = "The write-ahead log and the sinks' lags", body = LogView),
+    (status = 401, description = "No or bad credentials", body = ErrorBody),
+    (status = 403, description = "Not an operator", body = ErrorBody),
+    (status = 429, description = "Too many requests; see Retry-After", body = ErrorBody)))]
+pub(crate) async fn log(
+    State(api): State<HttpApi>,
+    Authenticated(who): Authenticated,
+) -> Result<Json<LogView>, ApiError> {
+    operator(&who)?;
+    let gauge = |read: fn(&kenko_ingest::stats::IngestStats) -> u64| {
+        api.stats.as_ref().map_or(0, |(_, i)| read(i))
+    };
+    Ok(Json(LogView {
+        bytes: gauge(|i| i.wal_bytes.load(Ordering::Relaxed)),
+        full: gauge(|i| i.wal_full.load(Ordering::Relaxed)) == 1,
+        failing: gauge(|i| i.wal_failing.load(Ordering::Relaxed)) == 1,
+        sinks: crate::health::sink_lags(&api),
+        sink_lag_bound_bytes: api.lags.as_ref().map(|l| l.bound_bytes()),
+    }))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct DenialView {
+    /// The rule (file:line and what it says), or the default deny.
+    rule: String,
+    count: u64,
+}
+
+#[utoipa::path(get, path = "/api/v1/acl/denials", tag = "operators",
+    security(("basic" = []), ("session" = [])), responses(
+    (status = 200, description = "Denials per rule of the rules in force, most first", body = [DenialView]),
+    (status = 401, description = "No or bad credentials", body = ErrorBody),
+    (status = 403, description = "Not an operator", body = ErrorBody),
+    (status = 429, description = "Too many requests; see Retry-After", body = ErrorBody)))]
+pub(crate) async fn denials(
+    State(api): State<HttpApi>,
+    Authenticated(who): Authenticated,
+) -> Result<Json<Vec<DenialView>>, ApiError> {
+    operator(&who)?;
+    let Some(authorizer) = &api.authorizer else {
+        return Ok(Json(Vec::new()));
+    };
+    let acl = authorizer.current();
+    let mut out: Vec<DenialView> = acl
+        .denials()
+        .into_iter()
+        .map(|(rule, count)| DenialView {
+            rule: rule.and_then(|i| acl.rules().get(i)).map_or_else(
+                || "default deny (no rule matched)".to_owned(),
+                |r| r.source.to_string(),
+            ),
+            count,
+        })
+        .collect();
+    out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.rule.cmp(&b.rule)));
+    Ok(Json(out))
+}
