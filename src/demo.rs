@@ -205,6 +205,7 @@ fn print_banner(args: &DemoArgs, hub: &Hub, passwords: &HashMap<String, String>)
     println!("  MQTT broker:  {} (MQTT 3.1.1 and 5)", hub.mqtt_addr);
     if let Some(http) = hub.http_addr {
         println!("  HTTP API:     http://{http}/api/v1/ (HTTP Basic, ids and passwords as above)");
+        println!("                its description: http://{http}/api/v1/docs; a browser signs in at http://{http}/login");
     }
     println!(
         "  people:       app-citizen-001 ... (each citizen's app), {} (care consent from the first half of the citizens),",
