@@ -27,11 +27,12 @@ enum DeviceCommand {
     Remove(RemoveArgs),
 }
 
+/// Where the data directory is, for the commands that change `registry.db`.
 #[derive(clap::Args)]
-struct Place {
+pub(crate) struct Place {
     /// Data directory; overrides `data_dir` of the config file [default: ./kenko-data]
     #[arg(long)]
-    data_dir: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]

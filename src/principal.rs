@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use crate::device::data_dir;
+use crate::device::{data_dir, Place};
 use crate::output::{out, outln, table};
 use anyhow::{bail, Context as _};
 use kenko_api::principals as admin;
@@ -33,13 +33,6 @@ enum PrincipalCommand {
     Passwd(PasswdArgs),
     /// Remove a principal added with `kenko principal add`
     Remove(RemoveArgs),
-}
-
-#[derive(clap::Args)]
-struct Place {
-    /// Data directory; overrides `data_dir` of the config file [default: ./kenko-data]
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]

@@ -295,12 +295,7 @@ pub(crate) async fn metrics(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,
 ) -> Result<Response, ApiError> {
-    if !who.roles.iter().any(|r| r == "operator") {
-        return Err(forbidden(format!(
-            "{} may not read the hub's metrics; they are for operators",
-            who.id
-        )));
-    }
+    operator_only(&who, "read the hub's metrics")?;
     let Some((broker, ingest)) = &api.stats else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -377,6 +372,17 @@ pub(crate) fn bad(message: impl Into<String>) -> ApiError {
 
 pub(crate) fn forbidden(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, message)
+}
+
+/// Refuses (403) anyone but an operator `what` ("read the hub's metrics", say).
+pub(crate) fn operator_only(who: &Identity, what: &str) -> Result<(), ApiError> {
+    if who.roles.iter().any(|r| r == "operator") {
+        return Ok(());
+    }
+    Err(forbidden(format!(
+        "{} may not {what}; operators may",
+        who.id
+    )))
 }
 
 /// A failure inside the hub. Its text may carry paths and other details of the machine, so
@@ -513,13 +519,23 @@ async fn authenticate(
     let (user, password) = decoded
         .split_once(':')
         .ok_or_else(|| unauthorized("malformed Basic credentials"))?;
+    log_in(api, peer, user, password).await
+}
+
+/// `id` and `password` checked within the login limits of `peer`, as for MQTT.
+pub(crate) async fn log_in(
+    api: &HttpApi,
+    peer: SocketAddr,
+    id: &str,
+    password: &str,
+) -> Result<Arc<Identity>, ApiError> {
     let verdict = api
         .login
         .login(
             Listener::Http,
             peer.ip(),
             &api.directory,
-            user,
+            id,
             password.as_bytes(),
         )
         .await;
@@ -530,7 +546,7 @@ async fn authenticate(
 }
 
 /// The answer to a login that was not accepted.
-pub(crate) fn login_refusal(verdict: Login) -> ApiError {
+fn login_refusal(verdict: Login) -> ApiError {
     match verdict {
         Login::Accepted(_) | Login::Refused => {
             ApiError::new(StatusCode::UNAUTHORIZED, "bad principal or password")

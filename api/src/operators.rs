@@ -15,28 +15,18 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path as UrlPath, Query as QueryParams, State};
 use axum::http::StatusCode;
 use axum::Json;
-use kenko_broker::auth::Identity;
 use kenko_ingest::deadletter::{DeadLetterStore, ReplayRequest, Selection};
 use serde::{Deserialize, Serialize};
 
 use crate::http::{
-    bad, forbidden, internal, now_ms, rfc3339, short, ApiError, Authenticated, HttpApi, MAX_WORD,
+    bad, internal, now_ms, operator_only, rfc3339, short, ApiError, Authenticated, HttpApi,
+    MAX_WORD,
 };
 use crate::openapi::ErrorBody;
 
 /// Letters a listing shows unless `limit` says otherwise, and at most.
 const DEFAULT_LETTERS: usize = 100;
 const MAX_LETTERS: usize = 1_000;
-
-fn operator(who: &Identity) -> Result<(), ApiError> {
-    if who.roles.iter().any(|r| r == "operator") {
-        return Ok(());
-    }
-    Err(forbidden(format!(
-        "{} may not do this; operators may",
-        who.id
-    )))
-}
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -92,7 +82,7 @@ pub(crate) async fn dead_letters(
     Authenticated(who): Authenticated,
     filter: Result<QueryParams<LetterFilter>, QueryRejection>,
 ) -> Result<Json<DeadLetters>, ApiError> {
-    operator(&who)?;
+    operator_only(&who, "see or act on the hub's operations")?;
     let QueryParams(filter) = filter.map_err(|e| bad(format!("query: {}", e.body_text())))?;
     let limit = filter.limit.unwrap_or(DEFAULT_LETTERS);
     if limit == 0 || limit > MAX_LETTERS {
@@ -201,7 +191,7 @@ pub(crate) async fn replay(
     Authenticated(who): Authenticated,
     body: Result<Json<ReplayBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<ReplayView>), ApiError> {
-    operator(&who)?;
+    operator_only(&who, "see or act on the hub's operations")?;
     crate::http::ensure_sound_stores(&api)?;
     let Json(body) = body.map_err(|e| bad(format!("body: {}", e.body_text())))?;
     let selection = selection(body.id, body.reason, body.device)?;
@@ -235,7 +225,7 @@ pub(crate) async fn replay_status(
     Authenticated(who): Authenticated,
     UrlPath(id): UrlPath<i64>,
 ) -> Result<Json<ReplayView>, ApiError> {
-    operator(&who)?;
+    operator_only(&who, "see or act on the hub's operations")?;
     let path = dead_letter_store(&api);
     let found = tokio::task::spawn_blocking(move || {
         if !path.exists() {
@@ -277,7 +267,7 @@ pub(crate) async fn log(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,
 ) -> Result<Json<LogView>, ApiError> {
-    operator(&who)?;
+    operator_only(&who, "see or act on the hub's operations")?;
     let gauge = |read: fn(&kenko_ingest::stats::IngestStats) -> u64| {
         api.stats.as_ref().map_or(0, |(_, i)| read(i))
     };
@@ -307,7 +297,7 @@ pub(crate) async fn denials(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,
 ) -> Result<Json<Vec<DenialView>>, ApiError> {
-    operator(&who)?;
+    operator_only(&who, "see or act on the hub's operations")?;
     let Some(authorizer) = &api.authorizer else {
         return Ok(Json(Vec::new()));
     };

@@ -15,7 +15,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::Json;
-use kenko_broker::auth::{hash_password, new_token, Cost, Identity};
+use kenko_broker::auth::{hash_password, new_token, Cost};
 use kenko_config::Config;
 use kenko_devices::registry::{NewPrincipal, PrincipalError, PrincipalStore, StoredPrincipal};
 use kenko_ingest::consent::ConsentRegistry;
@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::http::{
-    bad, ensure_sound_stores, forbidden, internal, now_ms, rfc3339, short, ApiError, Authenticated,
-    HttpApi, MAX_WORD,
+    bad, ensure_sound_stores, internal, now_ms, operator_only, rfc3339, short, ApiError,
+    Authenticated, HttpApi, MAX_WORD,
 };
 
 /// Shortest and longest password a person may choose over the API.
@@ -174,16 +174,6 @@ impl PasswordBody {
     }
 }
 
-fn operator(who: &Identity) -> Result<(), ApiError> {
-    if who.roles.iter().any(|r| r == "operator") {
-        return Ok(());
-    }
-    Err(forbidden(format!(
-        "{} may not manage principals; operators may",
-        who.id
-    )))
-}
-
 /// A principal of the config file is changed by editing the file, not over the API.
 fn in_config(api: &HttpApi, id: &str) -> Result<(), ApiError> {
     if api.config.principals.iter().any(|p| p.id == id) {
@@ -225,7 +215,7 @@ pub(crate) async fn list(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,
 ) -> Result<Json<Vec<PrincipalView>>, ApiError> {
-    operator(&who)?;
+    operator_only(&who, "manage principals")?;
     let mut all: Vec<PrincipalView> = api
         .config
         .principals
@@ -257,7 +247,7 @@ pub(crate) async fn create(
     Authenticated(who): Authenticated,
     body: Result<Json<NewBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<WithPassword>), ApiError> {
-    operator(&who)?;
+    operator_only(&who, "manage principals")?;
     ensure_sound_stores(&api)?;
     let Json(body) = body.map_err(|e| bad(format!("body: {}", e.body_text())))?;
     let new = NewPrincipal {
@@ -305,7 +295,7 @@ pub(crate) async fn change_password(
     UrlPath(id): UrlPath<String>,
     body: Result<Json<PasswordBody>, JsonRejection>,
 ) -> Result<Json<WithPassword>, ApiError> {
-    operator(&who)?;
+    operator_only(&who, "manage principals")?;
     ensure_sound_stores(&api)?;
     let Json(body) = body.map_err(|e| bad(format!("body: {}", e.body_text())))?;
     short("id", &id, MAX_WORD)?;
@@ -335,7 +325,7 @@ pub(crate) async fn delete(
     Authenticated(who): Authenticated,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<PrincipalView>, ApiError> {
-    operator(&who)?;
+    operator_only(&who, "manage principals")?;
     ensure_sound_stores(&api)?;
     short("id", &id, MAX_WORD)?;
     in_config(&api, &id)?;

@@ -23,12 +23,11 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use kenko_broker::auth::{new_token, Directory, Identity};
-use kenko_broker::login::{Listener, Login};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::conn::Secure;
-use crate::http::{bad, forbidden, login_refusal, short, ApiError, Authenticated, HttpApi};
+use crate::http::{bad, forbidden, log_in, short, ApiError, Authenticated, HttpApi};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "kenko_session";
@@ -285,20 +284,7 @@ pub(crate) async fn login(
         .ok_or_else(|| crate::http::internal("no peer address on the request"))?;
     let secure = request.extensions().get::<Secure>().is_some_and(|s| s.0);
     let (credentials, form) = credentials(request, &api).await?;
-    let verdict = api
-        .login
-        .login(
-            Listener::Http,
-            peer.ip(),
-            &api.directory,
-            &credentials.id,
-            credentials.password.as_bytes(),
-        )
-        .await;
-    let identity = match verdict {
-        Login::Accepted(identity) => identity,
-        refused => return Err(login_refusal(refused)),
-    };
+    let identity = log_in(&api, peer, &credentials.id, &credentials.password).await?;
     let (token, csrf) = api.sessions.open(identity.clone());
     info!(principal = %identity.id, "browser session started");
     let cookie = set_cookie(Some(&token), secure, api.sessions.max);
