@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use kenko_config::acl::{self, Rule};
+use kenko_config::poll::Poller;
 use kenko_config::ConfigError;
-use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use kenko_config::acl::ConsentNeed;
@@ -163,26 +163,21 @@ impl Authorizer {
         );
     }
 
-    /// Watches the rule file and reloads it when its contents change, until `shutdown`.
-    pub async fn watch(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+    /// Watches the rule file (a [`Poller`]) and reloads it when its contents change, until
+    /// the poller is dropped; `None` for the built-in rules, which never change.
+    pub fn watch(self: Arc<Self>, every: Duration) -> std::io::Result<Option<Poller>> {
         let Some(path) = self.source.clone() else {
-            return;
+            return Ok(None);
         };
         let mut seen = fingerprint(&path);
-        let mut ticker = tokio::time::interval(every);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = ticker.tick() => {}
-            }
+        Poller::spawn("kenko-acl", every, move || {
             let now = fingerprint(&path);
             if now != seen {
                 seen = now;
-                let this = self.clone();
-                // Reading and parsing a file is blocking work.
-                let _ = tokio::task::spawn_blocking(move || this.reload()).await;
+                let _ = self.reload();
             }
-        }
+        })
+        .map(Some)
     }
 }
 

@@ -219,10 +219,18 @@ impl Broker {
     /// Accepts connections until `shutdown` is cancelled, then lets every connection finish
     /// its in-flight work (acknowledging what the pipeline stores) and returns.
     pub async fn run(self, ingest: IngestHandle, shutdown: CancellationToken) {
-        tokio::spawn(self.authorizer.clone().watch(
-            Duration::from_millis(self.auth.acl_reload_ms),
-            shutdown.clone(),
-        ));
+        // Reloads the ACL file while the broker runs; stops when `run` returns.
+        let _acl_watch = match self
+            .authorizer
+            .clone()
+            .watch(Duration::from_millis(self.auth.acl_reload_ms))
+        {
+            Ok(poller) => poller,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start watching the ACL file; SIGHUP still reloads it");
+                None
+            }
+        };
         let shared = Arc::new(Shared {
             config: self.config,
             auth: self.auth,

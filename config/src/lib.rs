@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod acl;
 pub mod origin;
+pub mod poll;
 pub mod profile;
 pub mod retention;
 

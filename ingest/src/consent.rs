@@ -10,11 +10,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::thread;
 use std::time::Duration;
 
+use kenko_config::poll::Poller;
 use tracing::{debug, error};
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -409,10 +409,10 @@ impl ConsentView {
     }
 }
 
-/// The thread that keeps a [`ConsentBook`] up with `registry.db`.
+/// The thread that keeps a [`ConsentBook`] up with `registry.db` (a [`Poller`]); stops
+/// when dropped.
 pub struct ConsentWatcher {
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
+    _poller: Poller,
 }
 
 impl ConsentWatcher {
@@ -424,37 +424,19 @@ impl ConsentWatcher {
         every: Duration,
     ) -> Result<ConsentWatcher, StoreError> {
         let mut follower = ConsentFollower::open(path)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = thread::Builder::new()
-            .name("kenko-consent".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    match follower.catch_up(&book) {
-                        Ok(true) => debug!("new consent records in force"),
-                        Ok(false) => {}
-                        Err(e) => error!(error = %e, "cannot read new consent records; the previous ones stay in force"),
-                    }
-                    thread::sleep(every);
-                }
-            })
-            .map_err(|e| StoreError::Io {
-                path: path.to_owned(),
-                source: e,
-            })?;
-        Ok(ConsentWatcher {
-            stop,
-            thread: Some(thread),
+        follower.catch_up(&book)?;
+        let poller = Poller::spawn("kenko-consent", every, move || {
+            match follower.catch_up(&book) {
+                Ok(true) => debug!("new consent records in force"),
+                Ok(false) => {}
+                Err(e) => error!(error = %e, "cannot read new consent records; the previous ones stay in force"),
+            }
         })
-    }
-}
-
-impl Drop for ConsentWatcher {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        .map_err(|e| StoreError::Io {
+            path: path.to_owned(),
+            source: e,
+        })?;
+        Ok(ConsentWatcher { _poller: poller })
     }
 }
 
@@ -1191,7 +1173,7 @@ mod tests {
                 .expect("audit");
             view.refresh();
         }
-        thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50));
         assert_eq!(book.generation(), generation, "no consent record was added");
         assert!(Arc::ptr_eq(&book.current(), &snapshot), "the same snapshot");
 
@@ -1208,7 +1190,7 @@ mod tests {
                 std::time::Instant::now() < deadline,
                 "the watcher took the withdrawal"
             );
-            thread::sleep(Duration::from_millis(1));
+            std::thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(other.current().len(), 52, "only the new record was added");
         drop(watcher);

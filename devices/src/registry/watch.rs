@@ -1,18 +1,17 @@
 //! The thread that keeps a running hub's [`Registry`] in step with `registry.db`: it polls
 //! SQLite's `PRAGMA data_version` (a cheap query that changes when another connection commits)
-//! and rereads the `devices` and `principals` tables when it changes.
+//! and rereads the `devices` and `principals` tables when it changes (a [`Poller`]).
 
 use std::path::Path;
-use std::sync::mpsc;
-use std::thread;
 use std::time::Duration;
+
+use kenko_config::poll::Poller;
 
 use super::{DeviceError, DeviceStore, PrincipalStore, Registry};
 
 /// Stops (and joins) its thread when dropped.
 pub struct RegistryWatcher {
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<thread::JoinHandle<()>>,
+    _poller: Poller,
 }
 
 impl RegistryWatcher {
@@ -28,32 +27,22 @@ impl RegistryWatcher {
         let principals = PrincipalStore::open(path)?;
         let mut seen = devices.data_version()?;
         reload(&devices, &principals, &registry)?;
-        let (stop, stopped) = mpsc::channel::<()>();
-        let thread = thread::Builder::new()
-            .name("kenko-registry".into())
-            .spawn(move || {
-                // Ends when the sender is dropped.
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-                    let version = match devices.data_version() {
-                        Ok(v) if v == seen => continue,
-                        Ok(v) => v,
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot check registry.db for changes");
-                            continue;
-                        }
-                    };
-                    match reload(&devices, &principals, &registry) {
-                        Ok(()) => seen = version,
-                        Err(e) => tracing::error!(error = %e,
-                            "cannot reread registry.db; the devices and principals in force stay"),
-                    }
+        let poller = Poller::spawn("kenko-registry", every, move || {
+            let version = match devices.data_version() {
+                Ok(v) if v == seen => return,
+                Ok(v) => v,
+                Err(e) => {
+                    return tracing::error!(error = %e, "cannot check registry.db for changes")
                 }
-            })
-            .map_err(DeviceError::Thread)?;
-        Ok(RegistryWatcher {
-            stop: Some(stop),
-            thread: Some(thread),
+            };
+            match reload(&devices, &principals, &registry) {
+                Ok(()) => seen = version,
+                Err(e) => tracing::error!(error = %e,
+                    "cannot reread registry.db; the devices and principals in force stay"),
+            }
         })
+        .map_err(DeviceError::Thread)?;
+        Ok(RegistryWatcher { _poller: poller })
     }
 }
 
@@ -75,15 +64,6 @@ fn reload(
         );
     }
     Ok(())
-}
-
-impl Drop for RegistryWatcher {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 #[cfg(test)]
@@ -118,7 +98,7 @@ mod tests {
             let deadline = Instant::now() + Duration::from_secs(5);
             while !done() {
                 assert!(Instant::now() < deadline, "{what} within 5 s");
-                thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(Duration::from_millis(5));
             }
         };
         cli.add(&config, new("bed-b"), 2).expect("add");
