@@ -557,6 +557,36 @@ fn operators_see_dead_letters_the_log_and_denials_and_replay_letters() -> anyhow
     assert!(denials[0]["rule"].is_string(), "{denials:?}");
 
     publish(&hub, "bed-001", common::now_ms())?;
+    let (status, devices) = http(api, "GET", "/api/v1/devices", Some("ops"), None)?;
+    assert_eq!(status, 200, "{devices}");
+    let heard: Vec<(&str, u64, bool)> = devices
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            let id = d["id"].as_str().unwrap_or_default();
+            (
+                id,
+                d["messages"].as_u64().unwrap_or(0),
+                d["last_seen"].is_string(),
+            )
+        })
+        .collect();
+    // Two messages of its own; the replay of its dead letter is not one.
+    assert_eq!(
+        heard,
+        [("bed-001", 2, true), ("bed-002", 0, false)],
+        "{devices}"
+    );
+    let (_, silent) = http(
+        api,
+        "GET",
+        "/api/v1/devices?silent_for=1h",
+        Some("ops"),
+        None,
+    )?;
+    assert_eq!(silent.as_array().map(Vec::len), Some(1), "{silent}");
+    assert_eq!(silent[0]["id"], "bed-002");
     let (status, log) = http(api, "GET", "/api/v1/log", Some("ops"), None)?;
     assert_eq!(status, 200, "{log}");
     assert!(log["bytes"].as_u64() > Some(0), "{log}");

@@ -266,6 +266,20 @@ fn cases() -> Vec<Case> {
             None,
             404,
         ),
+        case(
+            "GET /api/v1/devices",
+            "operator-1",
+            "/api/v1/devices",
+            None,
+            200,
+        ),
+        case(
+            "GET /api/v1/devices",
+            "operator-1",
+            "/api/v1/devices?silent_for=1w",
+            None,
+            400,
+        ),
         case("GET /api/v1/log", "operator-1", "/api/v1/log", None, 200),
         case(
             "GET /api/v1/acl/denials",
@@ -366,6 +380,13 @@ fn cases() -> Vec<Case> {
             403,
         ));
         cases.push(case("GET /api/v1/log", who, "/api/v1/log", None, 403));
+        cases.push(case(
+            "GET /api/v1/devices",
+            who,
+            "/api/v1/devices",
+            None,
+            403,
+        ));
         cases.push(case(
             "GET /api/v1/acl/denials",
             who,

@@ -63,6 +63,7 @@ impl Modify for Credentials {
         crate::operators::replay,
         crate::operators::replay_status,
         crate::operators::log,
+        crate::operators::devices,
         crate::operators::denials,
         crate::http::metrics,
         crate::health::healthz,

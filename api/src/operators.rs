@@ -7,6 +7,8 @@
 //!   `kenko deadletter replay` does; answered 202 with the request, whose outcome
 //!   `GET /api/v1/deadletters/replay/{id}` tells;
 //! - `GET /api/v1/log`: the write-ahead log (bytes, full, failing) and each sink's lag;
+//! - `GET /api/v1/devices` (`silent_for`): registered devices, when each was last heard from
+//!   and how many messages it sends;
 //! - `GET /api/v1/acl/denials`: denials counted per rule of the rules in force.
 
 use std::sync::atomic::Ordering;
@@ -314,5 +316,87 @@ pub(crate) async fn denials(
         })
         .collect();
     out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.rule.cmp(&b.rule)));
+    Ok(Json(out))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct DeviceFilter {
+    /// Only devices that sent nothing for at least this long (30m, 1h, 1d), or nothing
+    /// since the hub started.
+    silent_for: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct DeviceView {
+    id: String,
+    kind: String,
+    citizen: String,
+    profile: String,
+    timezone: Option<String>,
+    /// `config` (the config file's) or `registry` (`kenko device add`).
+    source: String,
+    /// When the hub last received a message from it (since the hub started).
+    last_seen: Option<String>,
+    /// Messages since the hub started.
+    messages: u64,
+    /// Messages in the last whole minute.
+    per_minute: u64,
+}
+
+#[utoipa::path(get, path = "/api/v1/devices", tag = "operators", params(DeviceFilter),
+    security(("basic" = []), ("session" = [])), responses(
+    (status = 200, description = "Registered devices with when they were last heard from, by id", body = [DeviceView]),
+    (status = 400, description = "A parameter cannot be used", body = ErrorBody),
+    (status = 401, description = "No or bad credentials", body = ErrorBody),
+    (status = 403, description = "Not an operator", body = ErrorBody),
+    (status = 429, description = "Too many requests; see Retry-After", body = ErrorBody)))]
+pub(crate) async fn devices(
+    State(api): State<HttpApi>,
+    Authenticated(who): Authenticated,
+    filter: Result<QueryParams<DeviceFilter>, QueryRejection>,
+) -> Result<Json<Vec<DeviceView>>, ApiError> {
+    operator_only(&who, "see or act on the hub's operations")?;
+    let QueryParams(filter) = filter.map_err(|e| bad(format!("query: {}", e.body_text())))?;
+    let silent_ms = filter
+        .silent_for
+        .as_deref()
+        .map(|d| {
+            kenko_ingest::query::parse_duration(short("silent_for", d, MAX_WORD)?)
+                .map_err(|e| bad(format!("silent_for: {e}")))
+        })
+        .transpose()?;
+    let now = now_ms();
+    let activity = api.stats.as_ref().map(|(_, ingest)| &ingest.activity);
+    let mut out: Vec<DeviceView> = api
+        .directory
+        .registry()
+        .snapshot()
+        .registered()
+        .map(|d| {
+            let seen = activity.and_then(|a| a.of(&d.entry.id));
+            let e = &d.entry;
+            (
+                seen.map(|s| s.last_ms),
+                DeviceView {
+                    id: e.id.to_string(),
+                    kind: e.kind.to_string(),
+                    citizen: e.citizen.to_string(),
+                    profile: e.profile.to_string(),
+                    timezone: e.timezone.as_deref().map(str::to_owned),
+                    source: d.source.to_string(),
+                    last_seen: seen.map(|s| rfc3339(s.last_ms)),
+                    messages: seen.map_or(0, |s| s.messages),
+                    per_minute: seen.map_or(0, |s| s.per_minute(now)),
+                },
+            )
+        })
+        .filter(|(last, _)| match (silent_ms, last) {
+            (None, _) | (Some(_), None) => true,
+            (Some(silent), Some(last)) => now - last >= silent,
+        })
+        .map(|(_, view)| view)
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(Json(out))
 }

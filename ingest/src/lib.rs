@@ -2,6 +2,7 @@
 //! observations, write them to the stores in batches, and dead-letter what cannot be stored.
 
 pub mod across;
+pub mod activity;
 pub mod backoff;
 pub mod consent;
 pub mod deadletter;

@@ -60,6 +60,8 @@ pub struct IngestStats {
     /// From the hub receiving an observation to the store sink committing it to
     /// `personal.db`, where queries see it.
     pub store_delay: Histogram,
+    /// When each device last sent a message, and how many it sends.
+    pub activity: crate::activity::DeviceActivity,
 }
 
 /// Upper bounds of [`Histogram`]'s buckets, in milliseconds (the last bucket has none).

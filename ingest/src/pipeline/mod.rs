@@ -462,6 +462,7 @@ pub fn start(
             live_republish: config.live_republish,
         },
         require_consent: config.require_consent,
+        stats: stats.clone(),
         batch_max: config.batch_max,
         linger: Duration::from_millis(config.batch_linger_ms),
         replay_checked: Instant::now() - IDLE_CHECK,
@@ -514,6 +515,8 @@ struct Writer {
     answers: Answers,
     /// Keep only what the citizen consented to collect (`ingest.require_consent`).
     require_consent: bool,
+    /// Where each device's activity is noted.
+    stats: Arc<IngestStats>,
     batch_max: usize,
     /// How long a small batch waits for more (`ingest.batch_linger_ms`).
     linger: Duration,
@@ -573,6 +576,7 @@ impl Writer {
         // Before anything of the batch is decided: a registry.db lost under the hub would
         // also have taken the devices and consents the batch is judged by.
         self.log.wait_for_sound_stores(&self.intake);
+        self.stats.activity.note(&batch.submissions);
         self.decide(batch);
         self.log.log(batch, &mut self.intake);
         self.answers.settle(batch);
