@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use crate::output::{out, outln};
 use anyhow::{bail, Context as _};
-use kenko_broker::acl::{Acl, Decision, Principal, Reason, Request};
+use kenko_broker::acl::{Acl, Request};
 use kenko_broker::auth::{hash_password, Cost, Directory, Identity};
-use kenko_config::acl::{Action, ConsentNeed, Effect, Rule};
+use kenko_config::acl::Effect;
 use kenko_config::Config;
 use kenko_devices::Registry;
 
@@ -176,123 +176,12 @@ fn explain(args: ExplainArgs) -> anyhow::Result<()> {
         },
         (None, None) => bail!("give --publish TOPIC or --subscribe FILTER"),
     };
-    let decision = acl.decide(&principal, &request);
-    out!("{}", render(&acl, &principal, &request, &decision));
-    let need = decision
-        .rule
-        .filter(|_| decision.allowed)
-        .and_then(|i| acl.rules().get(i))
-        .and_then(|rule| rule.consent);
-    if let (Some(need), Request::Subscribe { filter, .. }) = (need, &request) {
-        let now = jiff::Timestamp::now().as_millisecond();
-        let at = kenko_ingest::query::parse_time(&args.at, now).map_err(anyhow::Error::msg)?;
-        out!(
-            "{}",
-            crate::acl_consent::explain(
-                &data_dir.join("registry.db"),
-                need,
-                &who.id,
-                filter,
-                at,
-                now
-            )?
-        );
-    }
+    let now = jiff::Timestamp::now().as_millisecond();
+    let at = kenko_ingest::query::parse_time(&args.at, now).map_err(anyhow::Error::msg)?;
+    let registry = data_dir.join("registry.db");
+    let (_, text) = kenko_api::explain::explain(&acl, &principal, &request, &registry, at, now)?;
+    out!("{text}");
     Ok(())
-}
-
-/// The explanation `kenko acl explain` prints.
-fn render(acl: &Acl, p: &Principal<'_>, request: &Request<'_>, decision: &Decision) -> String {
-    let mut out = String::new();
-    let verdict = if decision.allowed { "ALLOW" } else { "DENY" };
-    let (action, topic) = kenko_broker::authz::describe(request);
-    out.push_str(&format!("{verdict}: {action} {topic}\n"));
-    out.push_str(&format!(
-        "principal: {} (roles: {}; client id {}; device {}; citizen {})\n",
-        p.id,
-        if p.roles.is_empty() {
-            "none".to_owned()
-        } else {
-            p.roles.join(", ")
-        },
-        p.client_id,
-        p.device.unwrap_or("-"),
-        p.citizen.unwrap_or("-"),
-    ));
-    match decision
-        .rule
-        .and_then(|i| acl.rules().get(i).map(|r| (i, r)))
-    {
-        Some((i, rule)) => {
-            out.push_str(&format!("rule: {} {}\n", rule.source, describe_rule(rule)));
-            let expanded = acl.expand(i, p).unwrap_or_default();
-            if expanded != rule.topic {
-                out.push_str(&format!("placeholders: {} -> {expanded}\n", rule.topic));
-            }
-            match decision.reason {
-                Reason::QosAbove(max) => out.push_str(&format!(
-                    "why: the rule matches but allows QoS {max} at most\n"
-                )),
-                Reason::RetainNotAllowed => {
-                    out.push_str("why: the rule matches but forbids retained publishes\n")
-                }
-                Reason::NoConsent(need) => out.push_str(&format!(
-                    "why: the rule needs the citizen's {} consent for the data type, in force and covering the observation's time, which it is not\n",
-                    consent_name(need)
-                )),
-                _ => {}
-            }
-        }
-        None => {
-            out.push_str("rule: none matched; the default is deny\n");
-            let mine = acl.rules_for(p);
-            if mine.is_empty() {
-                out.push_str("no rule selects this principal (by id, role or everyone)\n");
-            } else {
-                out.push_str("rules that select this principal, none of which matched:\n");
-                for i in mine {
-                    let rule = &acl.rules()[i];
-                    let expanded = acl.expand(i, p).unwrap_or_default();
-                    out.push_str(&format!(
-                        "  {} {} (for this principal: {expanded})\n",
-                        rule.source,
-                        describe_rule(rule)
-                    ));
-                }
-            }
-        }
-    }
-    out
-}
-
-fn describe_rule(rule: &Rule) -> String {
-    let effect = match rule.effect {
-        Effect::Allow => "allow",
-        Effect::Deny => "deny",
-    };
-    let action = match rule.action {
-        Action::Publish => "publish",
-        Action::Subscribe => "subscribe",
-        Action::All => "publish+subscribe",
-    };
-    let mut text = format!("{effect} {action} {}", rule.topic);
-    if let Some(q) = rule.max_qos {
-        text.push_str(&format!(" max_qos {q}"));
-    }
-    if rule.retain == Some(false) {
-        text.push_str(" no-retain");
-    }
-    if let Some(need) = rule.consent {
-        text.push_str(&format!(" consent {}", consent_name(need)));
-    }
-    text
-}
-
-fn consent_name(need: ConsentNeed) -> &'static str {
-    match need {
-        ConsentNeed::Care => "care",
-        ConsentNeed::Research => "research",
-    }
 }
 
 /// Runs the cases; `Ok(false)` if any failed.
@@ -330,7 +219,7 @@ fn test(args: TestArgs) -> anyhow::Result<bool> {
             case.source,
             if expected { "ALLOW" } else { "DENY" }
         );
-        for line in render(&acl, &principal, &request, &decision).lines() {
+        for line in kenko_api::explain::render(&acl, &principal, &request, &decision).lines() {
             outln!("  {line}");
         }
     }

@@ -2,7 +2,6 @@
 //! devices (`device`) and read what it stored (`query`).
 
 mod acl;
-mod acl_consent;
 mod consent;
 mod deadletter;
 mod demo;

@@ -556,6 +556,28 @@ fn operators_see_dead_letters_the_log_and_denials_and_replay_letters() -> anyhow
     assert!(denials[0]["count"].as_u64() >= Some(1), "{denials:?}");
     assert!(denials[0]["rule"].is_string(), "{denials:?}");
 
+    // Why: the rules in force, over HTTP as `kenko acl explain` says it, consent included.
+    let explain = |query: &str| -> anyhow::Result<serde_json::Value> {
+        let path = format!("/api/v1/acl/explain?{query}");
+        let (status, answer) = http(api, "GET", &path, Some("ops"), None)?;
+        assert_eq!(status, 200, "{answer}");
+        Ok(answer)
+    };
+    let other = explain("principal=bed-001&publish=devices/bed-002/telemetry&qos=1")?;
+    assert_eq!(other["allowed"], false, "{other}");
+    let text = other["text"].as_str().unwrap_or("");
+    assert!(
+        text.starts_with("DENY: publish devices/bed-002/telemetry"),
+        "{other}"
+    );
+    let care = explain("principal=st-luke&subscribe=citizens/citizen-001/observations/heart_rate")?;
+    assert_eq!(care["allowed"], true, "{care}");
+    assert!(care["rule"].is_string(), "{care}");
+    let text = care["text"].as_str().unwrap_or("");
+    assert!(
+        text.contains("consent at") && text.contains("NOT in force"),
+        "no care consent yet: {text}"
+    );
     publish(&hub, "bed-001", common::now_ms())?;
     let (status, devices) = http(api, "GET", "/api/v1/devices", Some("ops"), None)?;
     assert_eq!(status, 200, "{devices}");

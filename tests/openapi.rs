@@ -65,6 +65,8 @@ fn cases() -> Vec<Case> {
     let remove = "DELETE /api/v1/principals/{id}";
     let new_principal = json!({"id": "nurse-1", "roles": ["care"], "generate_password": true});
     let generate = json!({"generate_password": true});
+    let explain = "GET /api/v1/acl/explain";
+    let explain_path = "/api/v1/acl/explain";
     let letters = "GET /api/v1/deadletters";
     let replay = "POST /api/v1/deadletters/replay";
     let replay_status = "GET /api/v1/deadletters/replay/{id}";
@@ -280,6 +282,10 @@ fn cases() -> Vec<Case> {
             None,
             400,
         ),
+        case(explain, "operator-1", &format!("{explain_path}?principal=st-luke&subscribe=citizens/citizen-001/observations/heart_rate"), None, 200),
+        case(explain, "operator-1", &format!("{explain_path}?principal=bed-001&publish=devices/bed-002/telemetry&qos=1"), None, 200),
+        case(explain, "operator-1", &format!("{explain_path}?principal=st-luke"), None, 400),
+        case(explain, "operator-1", &format!("{explain_path}?principal=nobody&subscribe=x"), None, 404),
         case("GET /api/v1/log", "operator-1", "/api/v1/log", None, 200),
         case(
             "GET /api/v1/acl/denials",
@@ -380,6 +386,8 @@ fn cases() -> Vec<Case> {
             403,
         ));
         cases.push(case("GET /api/v1/log", who, "/api/v1/log", None, 403));
+        let denied = format!("{explain_path}?principal=st-luke&subscribe=x");
+        cases.push(case(explain, who, &denied, None, 403));
         cases.push(case(
             "GET /api/v1/devices",
             who,
@@ -458,6 +466,9 @@ fn every_operation_answers_as_its_openapi_document_says() -> anyhow::Result<()> 
     );
     assert!(doc["components"]["securitySchemes"]["basic"].is_object());
 
+    if let Err(why) = well_formed(&doc) {
+        panic!("the document is not well formed: {why}");
+    }
     let documented: BTreeSet<String> = operations(&doc);
     let cases = cases();
     let walked: BTreeSet<String> = cases.iter().map(|c| c.operation.to_owned()).collect();
@@ -508,6 +519,64 @@ fn every_operation_answers_as_its_openapi_document_says() -> anyhow::Result<()> 
         "{page}"
     );
     hub.terminate()
+}
+
+/// What OpenAPI 3.1 asks of the document that the walk does not already show: `info` with
+/// title and version, every `$ref` resolving, every operation with answers, and every `{name}`
+/// of a path declared as a path parameter of each of its operations.
+fn well_formed(doc: &Value) -> Result<(), String> {
+    for field in ["title", "version"] {
+        if !doc["info"][field].is_string() {
+            return Err(format!("info.{field} missing"));
+        }
+    }
+    let mut refs = Vec::new();
+    collect_refs(doc, &mut refs);
+    for r in refs {
+        let name = r
+            .strip_prefix("#/components/schemas/")
+            .ok_or(format!("odd $ref {r}"))?;
+        if doc["components"]["schemas"][name].is_null() {
+            return Err(format!("{r} does not resolve"));
+        }
+    }
+    for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+        let names: Vec<&str> = path
+            .split('/')
+            .filter_map(|level| level.strip_prefix('{')?.strip_suffix('}'))
+            .collect();
+        for (method, op) in item.as_object().into_iter().flatten() {
+            if op["responses"].as_object().is_none_or(|r| r.is_empty()) {
+                return Err(format!("{method} {path} has no responses"));
+            }
+            for name in &names {
+                let declared = op["parameters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|p| p["name"] == *name && p["in"] == "path" && p["required"] == true);
+                if !declared {
+                    return Err(format!(
+                        "{method} {path}: path parameter {name} not declared"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn collect_refs<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(r) = map.get("$ref").and_then(Value::as_str) {
+                out.push(r);
+            }
+            map.values().for_each(|v| collect_refs(v, out));
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_refs(v, out)),
+        _ => {}
+    }
 }
 
 /// "METHOD path" of every operation in the document.

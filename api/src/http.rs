@@ -252,6 +252,7 @@ impl HttpApi {
             .route("/api/v1/log", get(crate::operators::log))
             .route("/api/v1/devices", get(crate::operators::devices))
             .route("/api/v1/acl/denials", get(crate::operators::denials))
+            .route("/api/v1/acl/explain", get(crate::operators::explain))
             .route("/api/v1/openapi.json", get(crate::openapi::openapi_json))
             .route("/api/v1/docs", get(crate::openapi::docs_page))
             .route("/login", get(crate::session::login_page))

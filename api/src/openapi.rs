@@ -65,6 +65,7 @@ impl Modify for Credentials {
         crate::operators::log,
         crate::operators::devices,
         crate::operators::denials,
+        crate::operators::explain,
         crate::http::metrics,
         crate::health::healthz,
         crate::health::readyz,

@@ -9,9 +9,13 @@
 //! - `GET /api/v1/log`: the write-ahead log (bytes, full, failing) and each sink's lag;
 //! - `GET /api/v1/devices` (`silent_for`): registered devices, when each was last heard from
 //!   and how many messages it sends;
-//! - `GET /api/v1/acl/denials`: denials counted per rule of the rules in force.
+//! - `GET /api/v1/acl/denials`: denials counted per rule of the rules in force;
+//! - `GET /api/v1/acl/explain` (`principal`, `publish` or `subscribe`, `qos`, `retain`,
+//!   `client_id`, `at`): what the rules in force decide and why, consent included, as
+//!   `kenko acl explain` says it.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path as UrlPath, Query as QueryParams, State};
@@ -399,4 +403,100 @@ pub(crate) async fn devices(
         .collect();
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(Json(out))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ExplainParams {
+    /// The principal asking (a device, or any other principal).
+    principal: String,
+    /// The topic it publishes on (or give `subscribe`).
+    publish: Option<String>,
+    /// The filter it subscribes to.
+    subscribe: Option<String>,
+    /// 0, 1 or 2 (default 0).
+    qos: Option<u8>,
+    /// A retained publish.
+    retain: Option<bool>,
+    /// Its client id (default: the principal id).
+    client_id: Option<String>,
+    /// The observation time consent is judged for (default now).
+    at: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ExplainView {
+    allowed: bool,
+    /// The deciding rule (file:line and what it says), if one matched.
+    rule: Option<String>,
+    /// The explanation `kenko acl explain` prints, a line a fact.
+    text: String,
+}
+
+#[utoipa::path(get, path = "/api/v1/acl/explain", tag = "operators", params(ExplainParams),
+    security(("basic" = []), ("session" = [])), responses(
+    (status = 200, description = "The decision of the rules in force, and why", body = ExplainView),
+    (status = 400, description = "A parameter cannot be used", body = ErrorBody),
+    (status = 401, description = "No or bad credentials", body = ErrorBody),
+    (status = 403, description = "Not an operator", body = ErrorBody),
+    (status = 404, description = "No such principal", body = ErrorBody),
+    (status = 429, description = "Too many requests; see Retry-After", body = ErrorBody)))]
+pub(crate) async fn explain(
+    State(api): State<HttpApi>,
+    Authenticated(who): Authenticated,
+    params: Result<QueryParams<ExplainParams>, QueryRejection>,
+) -> Result<Json<ExplainView>, ApiError> {
+    operator_only(&who, "see or act on the hub's operations")?;
+    let QueryParams(p) = params.map_err(|e| bad(format!("query: {}", e.body_text())))?;
+    for (field, value) in [
+        ("principal", Some(&p.principal)),
+        ("publish", p.publish.as_ref()),
+        ("subscribe", p.subscribe.as_ref()),
+        ("client_id", p.client_id.as_ref()),
+        ("at", p.at.as_ref()),
+    ] {
+        short(field, value.map_or("", String::as_str), 4 * MAX_WORD)?;
+    }
+    let qos = p.qos.unwrap_or(0);
+    if qos > 2 {
+        return Err(bad("qos: 0, 1 or 2"));
+    }
+    let request = match (&p.publish, &p.subscribe) {
+        (Some(topic), None) => kenko_broker::acl::Request::Publish {
+            topic,
+            qos,
+            retain: p.retain.unwrap_or(false),
+        },
+        (None, Some(filter)) => kenko_broker::acl::Request::Subscribe { filter, qos },
+        _ => return Err(bad("give publish=TOPIC or subscribe=FILTER, one of them")),
+    };
+    let Some(identity) = api.directory.get(&p.principal) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no principal or device {}", p.principal),
+        ));
+    };
+    let now = now_ms();
+    let at = match &p.at {
+        Some(t) => kenko_ingest::query::parse_time(t, now).map_err(|e| bad(format!("at: {e}")))?,
+        None => now,
+    };
+    let acl = match &api.authorizer {
+        Some(authorizer) => authorizer.current(),
+        None => Arc::new(kenko_broker::acl::Acl::default()),
+    };
+    let client_id = p.client_id.as_deref().unwrap_or(&identity.id);
+    let principal = identity.principal(client_id, Some(&identity.id));
+    let registry = api.data_dir.join("registry.db");
+    let (decision, text) = crate::explain::explain(&acl, &principal, &request, &registry, at, now)
+        .map_err(internal)?;
+    let rule = decision
+        .rule
+        .and_then(|i| acl.rules().get(i))
+        .map(|r| r.source.to_string());
+    Ok(Json(ExplainView {
+        allowed: decision.allowed,
+        rule,
+        text,
+    }))
 }

@@ -1,4 +1,4 @@
-//! What `kenko acl explain` says about a rule that needs consent (`consent = "care"` or
+//! What an explanation says about a rule that needs consent (`consent = "care"` or
 //! `"research"`): such a rule lets a principal subscribe, and each delivery then needs the
 //! citizen's consent in force for the observation's time. The explanation evaluates it from
 //! `registry.db` at a given time and names the record that decides.
@@ -22,7 +22,7 @@ fn grant_of(need: ConsentNeed, principal: &str) -> (&str, Purpose) {
 
 /// The lines explaining deliveries on `filter` under a rule that needs `need`, for events
 /// at `at_ms`, decided now (`now_ms`).
-pub fn explain(
+pub(super) fn explain(
     registry_path: &Path,
     need: ConsentNeed,
     principal: &str,
