@@ -90,7 +90,8 @@ impl Hub {
             .with_sink_lags(ingest.sink_lags().clone())
             .with_request_limits(&config.http)
             .with_config(&config)
-            .with_authorizer(broker.authorizer());
+            .with_authorizer(broker.authorizer())
+            .with_connected_clients(broker.connected_clients());
             if let Some(addr) = config.http.listen {
                 http_addr = Some(serve_http(addr, &api, &config.http, None, &shutdown).await?);
             }

@@ -578,6 +578,50 @@ fn operators_see_dead_letters_the_log_and_denials_and_replay_letters() -> anyhow
         text.contains("consent at") && text.contains("NOT in force"),
         "no care consent yet: {text}"
     );
+    // Who is connected now: a watcher that stays.
+    let mut watcher = std::process::Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &hub.port().to_string(),
+            "-V",
+            "mqttv5",
+        ])
+        .args([
+            "-i",
+            "ops-watch",
+            "-u",
+            "ops",
+            "-P",
+            &common::password("ops"),
+        ])
+        .args(["-t", "devices/+/errors", "-W", "30"])
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let listed = common::eventually(Duration::from_secs(10), || {
+        let (_, s) = http(
+            api,
+            "GET",
+            "/api/v1/mqtt/sessions?principal=ops",
+            Some("ops"),
+            None,
+        )?;
+        Ok(s.as_array().filter(|a| !a.is_empty()).cloned())
+    });
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    let listed = listed?;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        (
+            &listed[0]["client_id"],
+            &listed[0]["protocol"],
+            &listed[0]["address"]
+        ),
+        (&json!("ops-watch"), &json!("5"), &json!("127.0.0.1")),
+        "{listed:?}"
+    );
     publish(&hub, "bed-001", common::now_ms())?;
     let (status, devices) = http(api, "GET", "/api/v1/devices", Some("ops"), None)?;
     assert_eq!(status, 200, "{devices}");

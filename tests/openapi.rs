@@ -65,6 +65,7 @@ fn cases() -> Vec<Case> {
     let remove = "DELETE /api/v1/principals/{id}";
     let new_principal = json!({"id": "nurse-1", "roles": ["care"], "generate_password": true});
     let generate = json!({"generate_password": true});
+    let sessions = "GET /api/v1/mqtt/sessions";
     let explain = "GET /api/v1/acl/explain";
     let explain_path = "/api/v1/acl/explain";
     let letters = "GET /api/v1/deadletters";
@@ -286,6 +287,8 @@ fn cases() -> Vec<Case> {
         case(explain, "operator-1", &format!("{explain_path}?principal=bed-001&publish=devices/bed-002/telemetry&qos=1"), None, 200),
         case(explain, "operator-1", &format!("{explain_path}?principal=st-luke"), None, 400),
         case(explain, "operator-1", &format!("{explain_path}?principal=nobody&subscribe=x"), None, 404),
+        case(sessions, "operator-1", "/api/v1/mqtt/sessions", None, 200),
+        case(sessions, "operator-1", "/api/v1/mqtt/sessions?principal=bed-001", None, 200),
         case("GET /api/v1/log", "operator-1", "/api/v1/log", None, 200),
         case(
             "GET /api/v1/acl/denials",
@@ -386,6 +389,7 @@ fn cases() -> Vec<Case> {
             403,
         ));
         cases.push(case("GET /api/v1/log", who, "/api/v1/log", None, 403));
+        cases.push(case(sessions, who, "/api/v1/mqtt/sessions", None, 403));
         let denied = format!("{explain_path}?principal=st-luke&subscribe=x");
         cases.push(case(explain, who, &denied, None, 403));
         cases.push(case(

@@ -148,6 +148,8 @@ pub struct HttpApi {
     pub(crate) lags: Option<Arc<SinkLags>>,
     /// The broker's rules in force, for `GET /api/v1/acl/denials`.
     pub(crate) authorizer: Option<Arc<kenko_broker::authz::Authorizer>>,
+    /// The MQTT clients connected now, for `GET /api/v1/mqtt/sessions`.
+    pub(crate) clients: Option<kenko_broker::sessions::ConnectedClients>,
     limits: Arc<RequestLimits>,
 }
 
@@ -171,6 +173,7 @@ impl HttpApi {
             health: None,
             lags: None,
             authorizer: None,
+            clients: None,
             limits: Arc::new(RequestLimits::from_config(
                 &kenko_config::HttpConfig::default(),
             )),
@@ -180,6 +183,15 @@ impl HttpApi {
     /// Shows the denials counted per rule of `authorizer`'s rules.
     pub fn with_authorizer(mut self, authorizer: Arc<kenko_broker::authz::Authorizer>) -> HttpApi {
         self.authorizer = Some(authorizer);
+        self
+    }
+
+    /// Lists the broker's connected clients.
+    pub fn with_connected_clients(
+        mut self,
+        clients: kenko_broker::sessions::ConnectedClients,
+    ) -> HttpApi {
+        self.clients = Some(clients);
         self
     }
 
@@ -251,6 +263,10 @@ impl HttpApi {
             )
             .route("/api/v1/log", get(crate::operators::log))
             .route("/api/v1/devices", get(crate::operators::devices))
+            .route(
+                "/api/v1/mqtt/sessions",
+                get(crate::operators::mqtt_sessions),
+            )
             .route("/api/v1/acl/denials", get(crate::operators::denials))
             .route("/api/v1/acl/explain", get(crate::operators::explain))
             .route("/api/v1/openapi.json", get(crate::openapi::openapi_json))

@@ -64,6 +64,7 @@ impl Modify for Credentials {
         crate::operators::replay_status,
         crate::operators::log,
         crate::operators::devices,
+        crate::operators::mqtt_sessions,
         crate::operators::denials,
         crate::operators::explain,
         crate::http::metrics,

@@ -9,6 +9,7 @@
 //! - `GET /api/v1/log`: the write-ahead log (bytes, full, failing) and each sink's lag;
 //! - `GET /api/v1/devices` (`silent_for`): registered devices, when each was last heard from
 //!   and how many messages it sends;
+//! - `GET /api/v1/mqtt/sessions` (`principal`): the MQTT clients connected now;
 //! - `GET /api/v1/acl/denials`: denials counted per rule of the rules in force;
 //! - `GET /api/v1/acl/explain` (`principal`, `publish` or `subscribe`, `qos`, `retain`,
 //!   `client_id`, `at`): what the rules in force decide and why, consent included, as
@@ -499,4 +500,55 @@ pub(crate) async fn explain(
         rule,
         text,
     }))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct SessionFilter {
+    /// Only the connections of this principal.
+    principal: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct MqttSessionView {
+    client_id: String,
+    principal: String,
+    /// When the hub accepted the connection.
+    connected: String,
+    /// The client's address.
+    address: String,
+    /// "3.1.1" or "5".
+    protocol: String,
+}
+
+#[utoipa::path(get, path = "/api/v1/mqtt/sessions", tag = "operators", params(SessionFilter),
+    security(("basic" = []), ("session" = [])), responses(
+    (status = 200, description = "The MQTT clients connected now, by client id", body = [MqttSessionView]),
+    (status = 400, description = "A parameter cannot be used", body = ErrorBody),
+    (status = 401, description = "No or bad credentials", body = ErrorBody),
+    (status = 403, description = "Not an operator", body = ErrorBody),
+    (status = 429, description = "Too many requests; see Retry-After", body = ErrorBody)))]
+pub(crate) async fn mqtt_sessions(
+    State(api): State<HttpApi>,
+    Authenticated(who): Authenticated,
+    filter: Result<QueryParams<SessionFilter>, QueryRejection>,
+) -> Result<Json<Vec<MqttSessionView>>, ApiError> {
+    operator_only(&who, "see or act on the hub's operations")?;
+    let QueryParams(filter) = filter.map_err(|e| bad(format!("query: {}", e.body_text())))?;
+    let principal = filter.principal.as_deref();
+    short("principal", principal.unwrap_or(""), MAX_WORD)?;
+    let connected = api.clients.as_ref().map(|c| c.list()).unwrap_or_default();
+    Ok(Json(
+        connected
+            .into_iter()
+            .filter(|c| principal.is_none_or(|p| *c.principal == *p))
+            .map(|c| MqttSessionView {
+                client_id: c.client_id.to_string(),
+                principal: c.principal.to_string(),
+                connected: rfc3339(c.about.since_ms),
+                address: c.about.source.to_string(),
+                protocol: c.about.protocol.to_owned(),
+            })
+            .collect(),
+    ))
 }

@@ -190,6 +190,14 @@ async fn handshake(
     let Some(registration) = hs.take_over(&peer, shared).await? else {
         return Ok(None);
     };
+    registration.describe(crate::sessions::About {
+        since_ms: jiff::Timestamp::now().as_millisecond(),
+        source,
+        protocol: match hs.codec.version() {
+            Version::V5 => "5",
+            _ => "3.1.1",
+        },
+    });
     let clean = hello.connect.clean_session;
     let attached = attach(&peer, clean, expiry.granted, shared);
     let v5 = hs.codec.version() == Version::V5;

@@ -17,7 +17,7 @@ mod problem_info;
 pub mod rate;
 pub mod route;
 mod session;
-mod sessions;
+pub mod sessions;
 mod sync;
 mod sys;
 pub mod tls;
@@ -118,6 +118,7 @@ pub struct Broker {
     notices: flume::Sender<Notice>,
     stats: Arc<BrokerStats>,
     login: Arc<LoginGuard>,
+    sessions: Arc<Sessions>,
 }
 
 impl Broker {
@@ -178,7 +179,13 @@ impl Broker {
             notices,
             stats,
             login,
+            sessions: Arc::default(),
         })
+    }
+
+    /// The clients connected now, for the HTTP API.
+    pub fn connected_clients(&self) -> sessions::ConnectedClients {
+        sessions::ConnectedClients(self.sessions.clone())
     }
 
     /// The address the listener is bound to (useful with port 0).
@@ -238,7 +245,7 @@ impl Broker {
             authorizer: self.authorizer,
             login: self.login,
             router: self.router,
-            sessions: Arc::default(),
+            sessions: self.sessions,
             ingest,
             shutdown: shutdown.clone(),
             stats: self.stats,

@@ -46,6 +46,50 @@ struct Slot {
     principal: Arc<str>,
     takeover: CancellationToken,
     done: watch::Receiver<bool>,
+    /// Said once the connection is accepted (none for an expiring session's hold).
+    about: Option<About>,
+}
+
+/// What operators see of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct About {
+    /// When the hub accepted it, epoch ms.
+    pub since_ms: i64,
+    pub source: std::net::IpAddr,
+    /// "3.1.1" or "5".
+    pub protocol: &'static str,
+}
+
+/// A connected client, as `GET /api/v1/mqtt/sessions` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connected {
+    pub client_id: Arc<str>,
+    pub principal: Arc<str>,
+    pub about: About,
+}
+
+/// A read-only handle on the connected clients, for the HTTP API.
+#[derive(Clone)]
+pub struct ConnectedClients(pub(crate) Arc<Sessions>);
+
+impl ConnectedClients {
+    /// The clients connected now, by client id.
+    pub fn list(&self) -> Vec<Connected> {
+        let mut out: Vec<Connected> = self
+            .0
+            .lock()
+            .iter()
+            .filter_map(|(client_id, slot)| {
+                Some(Connected {
+                    client_id: client_id.clone(),
+                    principal: slot.principal.clone(),
+                    about: slot.about?,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        out
+    }
 }
 
 /// A connection's registration; dropping it marks the connection finished.
@@ -108,6 +152,7 @@ impl Sessions {
                     principal,
                     takeover: takeover.clone(),
                     done: done_rx,
+                    about: None,
                 },
             )
         };
@@ -195,6 +240,7 @@ impl Sessions {
                 principal: Arc::from(principal),
                 takeover: takeover.clone(),
                 done: done_rx,
+                about: None,
             },
         );
         Expired::End(Some(Registration {
@@ -216,6 +262,19 @@ impl Sessions {
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Slot>> {
         locked(&self.live)
+    }
+}
+
+impl Registration {
+    /// Notes what operators see of the accepted connection.
+    pub(crate) fn describe(&self, about: About) {
+        let mut live = self.sessions.lock();
+        if let Some(slot) = live
+            .get_mut(&self.client_id)
+            .filter(|s| s.serial == self.serial)
+        {
+            slot.about = Some(about);
+        }
     }
 }
 
