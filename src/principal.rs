@@ -207,14 +207,22 @@ fn list(args: ListArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Refuses a principal of the config file's `[[principals]]`: those change by editing it, as
+/// `what_to_do` says.
+fn not_in_config(config: &Config, id: &str, what_to_do: &str) -> anyhow::Result<()> {
+    if config.principals.iter().any(|p| p.id == id) {
+        bail!("principal {id} is a [[principals]] entry of the config file; {what_to_do}");
+    }
+    Ok(())
+}
+
 fn passwd(args: PasswdArgs) -> anyhow::Result<()> {
     let config = load(args.config.as_ref())?;
-    if config.principals.iter().any(|p| p.id == args.id) {
-        bail!(
-            "principal {} is a [[principals]] entry of the config file; change its password_hash there (`kenko hash-password`)",
-            args.id
-        );
-    }
+    not_in_config(
+        &config,
+        &args.id,
+        "change its password_hash there (`kenko hash-password`)",
+    )?;
     let path = data_dir(args.place.data_dir.as_deref(), &config).join("registry.db");
     if !path.exists() {
         bail!(
@@ -241,12 +249,11 @@ fn passwd(args: PasswdArgs) -> anyhow::Result<()> {
 
 fn remove(args: RemoveArgs) -> anyhow::Result<()> {
     let config = load(args.config.as_ref())?;
-    if config.principals.iter().any(|p| p.id == args.id) {
-        bail!(
-            "principal {} is a [[principals]] entry of the config file; remove it by editing that file (`kenko principal remove` removes only principals added with `kenko principal add`)",
-            args.id
-        );
-    }
+    not_in_config(
+        &config,
+        &args.id,
+        "remove it by editing that file (`kenko principal remove` removes only principals added with `kenko principal add`)",
+    )?;
     let path = data_dir(args.place.data_dir.as_deref(), &config).join("registry.db");
     if !path.exists() {
         bail!("principal {} is not in {}", args.id, path.display());

@@ -8,7 +8,7 @@
 //! principal's requests are limited by a token bucket; a failure inside the hub is answered
 //! with an error id, its details (paths included) going to the log under that id.
 
-use crate::openapi::ErrorBody;
+use crate::openapi::{ErrorBody, Refusals};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -308,7 +308,7 @@ pub(crate) fn ensure_sound_stores(api: &HttpApi) -> Result<(), ApiError> {
 /// The counters in the Prometheus text format, for operators (Prometheus sends Basic
 /// credentials with `basic_auth` in its scrape config).
 #[utoipa::path(get, path = "/metrics", tag = "operators", security(("basic" = []), ("session" = [])),
-    responses((status = 200, description = "The counters in the Prometheus text format", content_type = "text/plain", body = String), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Not for this principal (or no CSRF token)", body = ErrorBody), (status = 429, description = "Too many requests or logins; see Retry-After", body = ErrorBody)))]
+    responses((status = 200, description = "The counters in the Prometheus text format", content_type = "text/plain", body = String), Refusals))]
 pub(crate) async fn metrics(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,
@@ -634,7 +634,7 @@ fn may_manage(who: &Identity, citizen: &str) -> bool {
 }
 
 #[utoipa::path(get, path = "/api/v1/consents", tag = "consents", params(ConsentFilter), security(("basic" = []), ("session" = [])),
-    responses((status = 200, description = "The citizen's consent records, oldest first", body = [ConsentView]), (status = 400, description = "A parameter or the body cannot be used", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Not for this principal (or no CSRF token)", body = ErrorBody), (status = 429, description = "Too many requests or logins; see Retry-After", body = ErrorBody)))]
+    responses((status = 200, description = "The citizen's consent records, oldest first", body = [ConsentView]), (status = 400, description = "A parameter or the body cannot be used", body = ErrorBody), Refusals))]
 pub(crate) async fn list_consents(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,
@@ -686,7 +686,7 @@ pub(crate) struct ConsentBody {
 }
 
 #[utoipa::path(post, path = "/api/v1/consents", tag = "consents", request_body = ConsentBody, security(("basic" = []), ("session" = [])),
-    responses((status = 201, description = "Recorded", body = ConsentView), (status = 400, description = "A parameter or the body cannot be used", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Not for this principal (or no CSRF token)", body = ErrorBody), (status = 429, description = "Too many requests or logins; see Retry-After", body = ErrorBody), (status = 503, description = "The stores are unavailable", body = ErrorBody)))]
+    responses((status = 201, description = "Recorded", body = ConsentView), (status = 400, description = "A parameter or the body cannot be used", body = ErrorBody), (status = 503, description = "The stores are unavailable", body = ErrorBody), Refusals))]
 pub(crate) async fn record_consent(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,

@@ -12,7 +12,7 @@
 //! the URL of the next page (`rel="next"`) and `X-Next-Cursor` its cursor: the same request
 //! with `cursor=` that value.
 
-use crate::openapi::ErrorBody;
+use crate::openapi::{ErrorBody, Refusals};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query as QueryParams, State};
 use axum::http::{header, Uri};
@@ -100,7 +100,7 @@ struct Read {
 }
 
 #[utoipa::path(get, path = "/api/v1/observations", tag = "observations", params(ObservationParams), security(("basic" = []), ("session" = [])),
-    responses((status = 200, description = "A page of rows in time order; Link rel=next and X-Next-Cursor while more follow", content((Vec<RowView> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson"))), (status = 400, description = "A parameter or the body cannot be used", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Not for this principal (or no CSRF token)", body = ErrorBody), (status = 429, description = "Too many requests or logins; see Retry-After", body = ErrorBody), (status = 503, description = "The stores are unavailable", body = ErrorBody)))]
+    responses((status = 200, description = "A page of rows in time order; Link rel=next and X-Next-Cursor while more follow", content((Vec<RowView> = "application/json"), (String = "text/csv"), (String = "application/x-ndjson"))), (status = 400, description = "A parameter or the body cannot be used", body = ErrorBody), (status = 503, description = "The stores are unavailable", body = ErrorBody), Refusals))]
 pub(crate) async fn observations(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,

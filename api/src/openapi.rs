@@ -21,6 +21,25 @@ pub(crate) struct ErrorBody {
     error_id: Option<String>,
 }
 
+/// The refusals every operation that needs credentials may answer, declared once. It
+/// describes answers for the document only; `ApiError` builds them.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(crate) enum Refusals {
+    #[response(status = 401, description = "No or bad credentials")]
+    Unauthenticated(ErrorBody),
+    #[response(
+        status = 403,
+        description = "Not for this principal (or no CSRF token)"
+    )]
+    Forbidden(ErrorBody),
+    #[response(
+        status = 429,
+        description = "Too many requests or logins; see Retry-After"
+    )]
+    TooMany(ErrorBody),
+}
+
 /// HTTP Basic (API clients) and the session cookie (browsers).
 struct Credentials;
 

@@ -29,7 +29,7 @@ use crate::http::{
     bad, internal, now_ms, operator_only, rfc3339, short, ApiError, Authenticated, HttpApi,
     MAX_WORD,
 };
-use crate::openapi::ErrorBody;
+use crate::openapi::{ErrorBody, Refusals};
 
 /// Letters a listing shows unless `limit` says otherwise, and at most.
 const DEFAULT_LETTERS: usize = 100;
@@ -80,10 +80,7 @@ fn dead_letter_store(api: &HttpApi) -> std::path::PathBuf {
 #[utoipa::path(get, path = "/api/v1/deadletters", tag = "operators", params(LetterFilter),
     security(("basic" = []), ("session" = [])), responses(
     (status = 200, description = "Counts per reason and the newest letters", body = DeadLetters),
-    (status = 400, description = "A parameter cannot be used", body = ErrorBody),
-    (status = 401, description = "No or bad credentials", body = ErrorBody),
-    (status = 403, description = "Not an operator", body = ErrorBody),
-    (status = 429, description = "Too many requests; see Retry-After", body = ErrorBody)))]
+    (status = 400, description = "A parameter cannot be used", body = ErrorBody), Refusals))]
 pub(crate) async fn dead_letters(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,
@@ -189,10 +186,7 @@ impl From<ReplayRequest> for ReplayView {
 #[utoipa::path(post, path = "/api/v1/deadletters/replay", tag = "operators",
     request_body = ReplayBody, security(("basic" = []), ("session" = [])), responses(
     (status = 202, description = "The hub's writer will replay the letters selected", body = ReplayView),
-    (status = 400, description = "The body cannot be used", body = ErrorBody),
-    (status = 401, description = "No or bad credentials", body = ErrorBody),
-    (status = 403, description = "Not an operator (or no CSRF token)", body = ErrorBody),
-    (status = 429, description = "Too many requests; see Retry-After", body = ErrorBody)))]
+    (status = 400, description = "The body cannot be used", body = ErrorBody), Refusals))]
 pub(crate) async fn replay(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,
@@ -223,10 +217,7 @@ pub(crate) async fn replay(
     params(("id" = i64, Path, description = "The replay request's id")),
     security(("basic" = []), ("session" = [])), responses(
     (status = 200, description = "The request and, once carried out, its outcome", body = ReplayView),
-    (status = 401, description = "No or bad credentials", body = ErrorBody),
-    (status = 403, description = "Not an operator", body = ErrorBody),
-    (status = 404, description = "No such request", body = ErrorBody),
-    (status = 429, description = "Too many requests; see Retry-After", body = ErrorBody)))]
+    (status = 404, description = "No such request", body = ErrorBody), Refusals))]
 pub(crate) async fn replay_status(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,
@@ -266,10 +257,7 @@ pub(crate) struct LogView {
 
 #[utoipa::path(get, path = "/api/v1/log", tag = "operators",
     security(("basic" = []), ("session" = [])), responses(
-    (status = 200, description = "The write-ahead log and the sinks' lags", body = LogView),
-    (status = 401, description = "No or bad credentials", body = ErrorBody),
-    (status = 403, description = "Not an operator", body = ErrorBody),
-    (status = 429, description = "Too many requests; see Retry-After", body = ErrorBody)))]
+    (status = 200, description = "The write-ahead log and the sinks' lags", body = LogView), Refusals))]
 pub(crate) async fn log(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,
@@ -296,10 +284,7 @@ pub(crate) struct DenialView {
 
 #[utoipa::path(get, path = "/api/v1/acl/denials", tag = "operators",
     security(("basic" = []), ("session" = [])), responses(
-    (status = 200, description = "Denials per rule of the rules in force, most first", body = [DenialView]),
-    (status = 401, description = "No or bad credentials", body = ErrorBody),
-    (status = 403, description = "Not an operator", body = ErrorBody),
-    (status = 429, description = "Too many requests; see Retry-After", body = ErrorBody)))]
+    (status = 200, description = "Denials per rule of the rules in force, most first", body = [DenialView]), Refusals))]
 pub(crate) async fn denials(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,
@@ -352,10 +337,7 @@ pub(crate) struct DeviceView {
 #[utoipa::path(get, path = "/api/v1/devices", tag = "operators", params(DeviceFilter),
     security(("basic" = []), ("session" = [])), responses(
     (status = 200, description = "Registered devices with when they were last heard from, by id", body = [DeviceView]),
-    (status = 400, description = "A parameter cannot be used", body = ErrorBody),
-    (status = 401, description = "No or bad credentials", body = ErrorBody),
-    (status = 403, description = "Not an operator", body = ErrorBody),
-    (status = 429, description = "Too many requests; see Retry-After", body = ErrorBody)))]
+    (status = 400, description = "A parameter cannot be used", body = ErrorBody), Refusals))]
 pub(crate) async fn devices(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,
@@ -438,10 +420,7 @@ pub(crate) struct ExplainView {
     security(("basic" = []), ("session" = [])), responses(
     (status = 200, description = "The decision of the rules in force, and why", body = ExplainView),
     (status = 400, description = "A parameter cannot be used", body = ErrorBody),
-    (status = 401, description = "No or bad credentials", body = ErrorBody),
-    (status = 403, description = "Not an operator", body = ErrorBody),
-    (status = 404, description = "No such principal", body = ErrorBody),
-    (status = 429, description = "Too many requests; see Retry-After", body = ErrorBody)))]
+    (status = 404, description = "No such principal", body = ErrorBody), Refusals))]
 pub(crate) async fn explain(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,
@@ -524,10 +503,7 @@ pub(crate) struct MqttSessionView {
 #[utoipa::path(get, path = "/api/v1/mqtt/sessions", tag = "operators", params(SessionFilter),
     security(("basic" = []), ("session" = [])), responses(
     (status = 200, description = "The MQTT clients connected now, by client id", body = [MqttSessionView]),
-    (status = 400, description = "A parameter cannot be used", body = ErrorBody),
-    (status = 401, description = "No or bad credentials", body = ErrorBody),
-    (status = 403, description = "Not an operator", body = ErrorBody),
-    (status = 429, description = "Too many requests; see Retry-After", body = ErrorBody)))]
+    (status = 400, description = "A parameter cannot be used", body = ErrorBody), Refusals))]
 pub(crate) async fn mqtt_sessions(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,

@@ -8,7 +8,7 @@
 //! - `PUT /api/v1/principals/{id}/password` (`password` or `generate_password: true`).
 //! - `DELETE /api/v1/principals/{id}`.
 
-use crate::openapi::ErrorBody;
+use crate::openapi::{ErrorBody, Refusals};
 use std::path::Path;
 
 use axum::extract::rejection::JsonRejection;
@@ -210,7 +210,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 #[utoipa::path(get, path = "/api/v1/principals", tag = "principals", security(("basic" = []), ("session" = [])),
-    responses((status = 200, description = "The config file's and registry.db's principals", body = [PrincipalView]), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Not for this principal (or no CSRF token)", body = ErrorBody), (status = 429, description = "Too many requests or logins; see Retry-After", body = ErrorBody)))]
+    responses((status = 200, description = "The config file's and registry.db's principals", body = [PrincipalView]), Refusals))]
 pub(crate) async fn list(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,
@@ -241,7 +241,7 @@ pub(crate) async fn list(
 }
 
 #[utoipa::path(post, path = "/api/v1/principals", tag = "principals", request_body = NewBody, security(("basic" = []), ("session" = [])),
-    responses((status = 201, description = "Added; a generated password is shown this once", body = WithPassword), (status = 400, description = "A parameter or the body cannot be used", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Not for this principal (or no CSRF token)", body = ErrorBody), (status = 409, description = "The id is taken, or a principal of the config file", body = ErrorBody), (status = 429, description = "Too many requests or logins; see Retry-After", body = ErrorBody), (status = 503, description = "The stores are unavailable", body = ErrorBody)))]
+    responses((status = 201, description = "Added; a generated password is shown this once", body = WithPassword), (status = 400, description = "A parameter or the body cannot be used", body = ErrorBody), (status = 409, description = "The id is taken, or a principal of the config file", body = ErrorBody), (status = 503, description = "The stores are unavailable", body = ErrorBody), Refusals))]
 pub(crate) async fn create(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,
@@ -288,7 +288,7 @@ pub(crate) async fn create(
 }
 
 #[utoipa::path(put, path = "/api/v1/principals/{id}/password", tag = "principals", params(("id" = String, Path, description = "Principal id")), request_body = PasswordBody, security(("basic" = []), ("session" = [])),
-    responses((status = 200, description = "Changed; a generated password is shown this once", body = WithPassword), (status = 400, description = "A parameter or the body cannot be used", body = ErrorBody), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Not for this principal (or no CSRF token)", body = ErrorBody), (status = 404, description = "No such principal", body = ErrorBody), (status = 409, description = "The id is taken, or a principal of the config file", body = ErrorBody), (status = 429, description = "Too many requests or logins; see Retry-After", body = ErrorBody), (status = 503, description = "The stores are unavailable", body = ErrorBody)))]
+    responses((status = 200, description = "Changed; a generated password is shown this once", body = WithPassword), (status = 400, description = "A parameter or the body cannot be used", body = ErrorBody), (status = 404, description = "No such principal", body = ErrorBody), (status = 409, description = "The id is taken, or a principal of the config file", body = ErrorBody), (status = 503, description = "The stores are unavailable", body = ErrorBody), Refusals))]
 pub(crate) async fn change_password(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,
@@ -319,7 +319,7 @@ pub(crate) async fn change_password(
 }
 
 #[utoipa::path(delete, path = "/api/v1/principals/{id}", tag = "principals", params(("id" = String, Path, description = "Principal id")), security(("basic" = []), ("session" = [])),
-    responses((status = 200, description = "Removed", body = PrincipalView), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Not for this principal (or no CSRF token)", body = ErrorBody), (status = 404, description = "No such principal", body = ErrorBody), (status = 409, description = "The id is taken, or a principal of the config file", body = ErrorBody), (status = 429, description = "Too many requests or logins; see Retry-After", body = ErrorBody), (status = 503, description = "The stores are unavailable", body = ErrorBody)))]
+    responses((status = 200, description = "Removed", body = PrincipalView), (status = 404, description = "No such principal", body = ErrorBody), (status = 409, description = "The id is taken, or a principal of the config file", body = ErrorBody), (status = 503, description = "The stores are unavailable", body = ErrorBody), Refusals))]
 pub(crate) async fn delete(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,

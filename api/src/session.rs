@@ -11,7 +11,7 @@
 //! A state-changing request whose `Origin` is another site is refused whatever its
 //! credentials: a browser that remembers Basic credentials sends them anywhere.
 
-use crate::openapi::ErrorBody;
+use crate::openapi::{ErrorBody, Refusals};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -303,7 +303,7 @@ pub(crate) async fn login(
 
 /// `GET /api/v1/session`: who the request is, and for a session its CSRF token.
 #[utoipa::path(get, path = "/api/v1/session", tag = "session", security(("basic" = []), ("session" = [])),
-    responses((status = 200, description = "Who is logged in, and the session's CSRF token", body = SessionView), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 429, description = "Too many requests or logins; see Retry-After", body = ErrorBody)))]
+    responses((status = 200, description = "Who is logged in, and the session's CSRF token", body = SessionView), Refusals))]
 pub(crate) async fn current(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,
@@ -318,7 +318,7 @@ pub(crate) async fn current(
 
 /// `DELETE /api/v1/session`: logs out (the CSRF token was checked on the way in).
 #[utoipa::path(delete, path = "/api/v1/session", tag = "session", security(("basic" = []), ("session" = [])),
-    responses((status = 204, description = "Logged out"), (status = 401, description = "No or bad credentials", body = ErrorBody), (status = 403, description = "Not for this principal (or no CSRF token)", body = ErrorBody), (status = 429, description = "Too many requests or logins; see Retry-After", body = ErrorBody)))]
+    responses((status = 204, description = "Logged out"), Refusals))]
 pub(crate) async fn logout(
     State(api): State<HttpApi>,
     Authenticated(who): Authenticated,
