@@ -6,7 +6,11 @@
 //!    minute each, 1.44 million rows): hourly mean, hourly p90 of the citizens' means, and
 //!    minute means.
 //!
-//! Each request is sent on a new connection with HTTP Basic credentials, one at a time;
+//! 3. the same citizen's console page (`/console`, signed in with a session cookie) with
+//!    its charts over a day, a week and a month.
+//!
+//! Each request is sent on a new connection with HTTP Basic credentials (the console's with
+//! the session cookie), one at a time;
 //! p50 / p99 / max of the whole request (connect to last byte) and the answer's size.
 //!
 //! `cargo bench --bench api -- [REPEATS]` (default 30 per figure)
@@ -79,15 +83,34 @@ fn main() -> anyhow::Result<()> {
             format!("{across}&every=1m&agg=mean"),
         ),
     ] {
-        let mut samples = Vec::with_capacity(repeats);
-        let mut bytes = 0;
-        for _ in 0..repeats {
-            let (took, size) = get(hub.http, who, &path)?;
-            samples.push(took);
-            bytes = size;
-        }
-        report(&format!("{what} ({bytes} bytes)"), samples);
+        let auth = format!("Authorization: Basic {}", basic(who));
+        measure(hub.http, what, &auth, &path, repeats)?;
     }
+    let cookie = format!("Cookie: {}", log_in(hub.http, "app-001")?);
+    for range in ["day", "week", "month"] {
+        let what = format!("citizen's console page, charts over a {range}");
+        let path = format!("/console?range={range}&lang=en");
+        measure(hub.http, &what, &cookie, &path, repeats)?;
+    }
+    Ok(())
+}
+
+/// Sends `GET path` with the header `auth` `repeats` times; prints the figures.
+fn measure(
+    http: SocketAddr,
+    what: &str,
+    auth: &str,
+    path: &str,
+    repeats: usize,
+) -> anyhow::Result<()> {
+    let mut samples = Vec::with_capacity(repeats);
+    let mut bytes = 0;
+    for _ in 0..repeats {
+        let (took, size) = get(http, auth, path)?;
+        samples.push(took);
+        bytes = size;
+    }
+    report(&format!("{what} ({bytes} bytes)"), samples);
     Ok(())
 }
 
@@ -142,19 +165,41 @@ fn config_text() -> String {
     )
 }
 
-/// One GET as `who`; how long it took and how many bytes the answer had.
-fn get(http: SocketAddr, who: &str, path: &str) -> anyhow::Result<(Duration, usize)> {
-    let credentials = base64::engine::general_purpose::STANDARD
-        .encode(format!("{who}:{}", password(who)).as_bytes());
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\nAuthorization: Basic {credentials}\r\n\r\n"
-    );
+fn basic(who: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(format!("{who}:{}", password(who)).as_bytes())
+}
+
+/// One request on a new connection: the whole response and how long it took.
+fn exchange(http: SocketAddr, request: &str) -> anyhow::Result<(Vec<u8>, Duration)> {
     let started = Instant::now();
     let mut stream = std::net::TcpStream::connect(http)?;
     stream.write_all(request.as_bytes())?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
-    let took = started.elapsed();
+    Ok((response, started.elapsed()))
+}
+
+/// Logs `who` in; its session cookie (`kenko_session=...`).
+fn log_in(http: SocketAddr, who: &str) -> anyhow::Result<String> {
+    let body = format!("{{\"id\":\"{who}\",\"password\":\"{}\"}}", password(who));
+    let request = format!(
+        "POST /api/v1/session HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (response, _) = exchange(http, &request)?;
+    let text = String::from_utf8_lossy(&response);
+    text.lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .map(str::to_owned)
+        .with_context(|| format!("no session cookie: {text}"))
+}
+
+/// One GET with the header `auth`; how long it took and how many bytes the answer had.
+fn get(http: SocketAddr, auth: &str, path: &str) -> anyhow::Result<(Duration, usize)> {
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n{auth}\r\n\r\n");
+    let (response, took) = exchange(http, &request)?;
     anyhow::ensure!(
         response.starts_with(b"HTTP/1.1 200"),
         "{path}: {}",

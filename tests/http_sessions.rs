@@ -308,7 +308,7 @@ fn the_login_page_signs_in_and_out_with_forms() -> anyhow::Result<()> {
         &form,
     )?;
     assert_eq!(status, 303);
-    assert_eq!(header(&headers, "location"), Some("/login"));
+    assert_eq!(header(&headers, "location"), Some("/console"));
     let cookie = header(&headers, "set-cookie")
         .and_then(|c| c.split(';').next())
         .expect("a session cookie")

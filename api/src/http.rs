@@ -227,8 +227,14 @@ impl HttpApi {
         self
     }
 
+    /// Counts one request of `who` against its limit (`[http] requests_per_s`).
+    pub(crate) fn within_limits(&self, who: &str) -> Result<(), ApiError> {
+        self.limits.take(who)
+    }
+
     fn router(self) -> Router {
         Router::new()
+            .merge(crate::console::routes())
             .route("/api/v1/consents", get(list_consents).post(record_consent))
             .route(
                 "/api/v1/observations",
@@ -736,9 +742,21 @@ pub(crate) async fn record_consent(
         granted,
         erase: body.erase,
     };
+    let stored = store_consent(&api, &who, new, now).await?;
+    Ok((StatusCode::CREATED, Json(stored.into())))
+}
+
+/// Records a consent change `who` makes (over the API or from the console), if `who` may
+/// manage that citizen's consent.
+pub(crate) async fn store_consent(
+    api: &HttpApi,
+    who: &Identity,
+    new: ConsentChange,
+    now: i64,
+) -> Result<Consent, ApiError> {
     // Checked before anything is stored: a record and its audit entry are kept for good.
     new.check().map_err(|e| bad(e.to_string()))?;
-    if !may_manage(&who, &new.citizen) {
+    if !may_manage(who, &new.citizen) {
         return Err(forbidden(format!(
             "{} may not record consent for {}",
             who.id, new.citizen
@@ -752,7 +770,7 @@ pub(crate) async fn record_consent(
     .map_err(internal)?
     .map_err(internal)?;
     info!(principal = %who.id, consent = stored.id, "consent recorded over HTTP");
-    Ok((StatusCode::CREATED, Json(stored.into())))
+    Ok(stored)
 }
 
 /// Binds the API's listener.

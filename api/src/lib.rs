@@ -4,6 +4,7 @@
 //! operators' `/metrics` (`metrics`), `/healthz` and `/readyz`.
 
 pub mod conn;
+mod console;
 pub mod explain;
 mod health;
 pub mod http;

@@ -432,12 +432,25 @@ fn audit_identified_read(
     let mut citizens: Vec<&str> = rows.iter().map(|r| r.citizen.as_str()).collect();
     citizens.sort_unstable();
     citizens.dedup();
+    audit_read(registry, principal, metrics, &citizens, rows.len(), now)
+}
+
+/// Writes one read of identified data to the audit log: who, which metrics, whose, how many
+/// rows (what a citizen's "who read my data" shows).
+pub(crate) fn audit_read(
+    registry: &std::path::Path,
+    principal: &str,
+    metrics: &[Metric],
+    citizens: &[&str],
+    rows: usize,
+    now: i64,
+) -> Result<(), ApiError> {
     let names: Vec<&str> = metrics.iter().map(|m| m.name()).collect();
     let body = serde_json::json!({
         "principal": principal,
         "metric": names.join(","),
         "citizens": citizens,
-        "rows": rows.len(),
+        "rows": rows,
     })
     .to_string();
     ConsentRegistry::open(registry)

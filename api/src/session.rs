@@ -140,6 +140,16 @@ fn cookie(headers: &HeaderMap) -> Option<&str> {
         .find_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('='))
 }
 
+/// The session of a request and its CSRF token, if it sent the cookie of one in force.
+pub(crate) fn session_of(api: &HttpApi, headers: &HeaderMap) -> Option<(Arc<Identity>, String)> {
+    cookie(headers).and_then(|t| api.sessions.resume(t, &api.directory))
+}
+
+/// Whether a form's `csrf_token` field is the session's.
+pub(crate) fn form_token_matches(sent: &str, csrf: &str) -> bool {
+    same_secret(sent, csrf)
+}
+
 /// Does the method change something (and so need a CSRF token from a session)?
 fn changes_something(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
@@ -271,7 +281,7 @@ async fn credentials(request: Request, api: &HttpApi) -> Result<(Credentials, bo
 
 /// `POST /api/v1/session`: logs in and starts a session.
 #[utoipa::path(post, path = "/api/v1/session", tag = "session", request_body(content((Credentials = "application/json"), (Credentials = "application/x-www-form-urlencoded"))),
-    responses((status = 201, description = "Logged in: the session cookie is set", body = SessionView), (status = 303, description = "Logged in from the form: back to /login"), (status = 400, description = "A parameter or the body cannot be used", body = ErrorBody), (status = 401, description = "Bad principal or password", body = ErrorBody), (status = 403, description = "From another site's page", body = ErrorBody), (status = 429, description = "Too many requests or logins; see Retry-After", body = ErrorBody)))]
+    responses((status = 201, description = "Logged in: the session cookie is set", body = SessionView), (status = 303, description = "Logged in from the form: on to /console"), (status = 400, description = "A parameter or the body cannot be used", body = ErrorBody), (status = 401, description = "Bad principal or password", body = ErrorBody), (status = 403, description = "From another site's page", body = ErrorBody), (status = 429, description = "Too many requests or logins; see Retry-After", body = ErrorBody)))]
 pub(crate) async fn login(
     State(api): State<HttpApi>,
     request: Request,
@@ -291,7 +301,7 @@ pub(crate) async fn login(
     let mut response = if form {
         let mut r = StatusCode::SEE_OTHER.into_response();
         r.headers_mut()
-            .insert(header::LOCATION, HeaderValue::from_static("/login"));
+            .insert(header::LOCATION, HeaderValue::from_static("/console"));
         r
     } else {
         let view = SessionView::of(&identity, Some(csrf), Some(api.sessions.idle));
@@ -309,9 +319,7 @@ pub(crate) async fn current(
     Authenticated(who): Authenticated,
     headers: HeaderMap,
 ) -> Json<SessionView> {
-    let csrf = cookie(&headers)
-        .and_then(|t| api.sessions.resume(t, &api.directory))
-        .map(|(_, csrf)| csrf);
+    let csrf = session_of(&api, &headers).map(|(_, csrf)| csrf);
     let idle = csrf.as_ref().map(|_| api.sessions.idle);
     Json(SessionView::of(&who, csrf, idle))
 }
@@ -365,10 +373,11 @@ pub(crate) async fn logout_form(
 
 /// `GET /login`: the login form, or who is logged in with a logout button.
 pub(crate) async fn login_page(State(api): State<HttpApi>, headers: HeaderMap) -> Response {
-    let session = cookie(&headers).and_then(|t| api.sessions.resume(t, &api.directory));
+    let session = session_of(&api, &headers);
     let body = match session {
         Some((who, csrf)) => format!(
             "<p>Signed in as <strong>{}</strong> ({}).</p>\
+             <p><a href=\"/console\">Open the console</a></p>\
              <form method=\"post\" action=\"/logout\">\
              <input type=\"hidden\" name=\"csrf_token\" value=\"{}\">\
              <button type=\"submit\">Sign out</button></form>",

@@ -440,6 +440,15 @@ impl ConsentWatcher {
     }
 }
 
+/// One read of a citizen's identified data, from the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentifiedRead {
+    pub at_ms: i64,
+    pub principal: String,
+    /// The metrics read, comma-separated.
+    pub metrics: String,
+}
+
 /// A record to add.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsentChange {
@@ -667,6 +676,36 @@ impl ConsentRegistry {
              FROM consents WHERE ?1 IS NULL OR citizen = ?1 ORDER BY id",
             params![citizen],
         )
+    }
+
+    /// The reads of `citizen`'s identified data written to the audit log since `since_ms`
+    /// (`access.identified` entries naming them), newest first, at most `limit`.
+    pub fn identified_reads(
+        &self,
+        citizen: &str,
+        since_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<IdentifiedRead>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT at_ms, json_extract(body, '$.principal'), json_extract(body, '$.metric')
+                 FROM audit
+                 WHERE kind = 'access.identified' AND at_ms >= ?2
+                   AND EXISTS (SELECT 1 FROM json_each(body, '$.citizens') WHERE value = ?1)
+                 ORDER BY seq DESC LIMIT ?3",
+            )
+            .map_err(sqlite(&self.path))?;
+        let rows = stmt
+            .query_map(params![citizen, since_ms, limit as i64], |r| {
+                Ok(IdentifiedRead {
+                    at_ms: r.get(0)?,
+                    principal: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    metrics: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                })
+            })
+            .map_err(sqlite(&self.path))?;
+        rows.collect::<Result<_, _>>().map_err(sqlite(&self.path))
     }
 
     /// The records with an id above `last_id`, oldest first: those added since a reader
@@ -1033,6 +1072,40 @@ mod tests {
             ..grant("c-1", Purpose::Collect, &[])
         };
         registry.record(at_limit, 1).expect("at the limit");
+    }
+
+    #[test]
+    fn a_citizen_sees_the_reads_that_named_them_newest_first() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut reg = ConsentRegistry::open(&dir.path().join("registry.db")).expect("open");
+        let read = |who: &str, citizens: &[&str]| {
+            serde_json::json!({"principal": who, "metric": "heart_rate", "citizens": citizens, "rows": 3})
+                .to_string()
+        };
+        reg.audit(100, "access.identified", &read("care-a", &["c-1", "c-2"]))
+            .expect("audit");
+        reg.audit(200, "access.identified", &read("care-b", &["c-2"]))
+            .expect("audit");
+        reg.audit(300, "access.identified", &read("app-c-1", &["c-1"]))
+            .expect("audit");
+        reg.audit(400, "consent.recorded", &read("x", &["c-1"]))
+            .expect("audit");
+        let mine = reg.identified_reads("c-1", 0, 10).expect("reads");
+        let who: Vec<(i64, &str)> = mine
+            .iter()
+            .map(|r| (r.at_ms, r.principal.as_str()))
+            .collect();
+        assert_eq!(who, vec![(300, "app-c-1"), (100, "care-a")]);
+        assert_eq!(mine[0].metrics, "heart_rate");
+        assert_eq!(
+            reg.identified_reads("c-1", 150, 10).expect("since").len(),
+            1
+        );
+        assert_eq!(reg.identified_reads("c-1", 0, 1).expect("limit").len(), 1);
+        assert!(reg
+            .identified_reads("c-", 0, 10)
+            .expect("no prefix match")
+            .is_empty());
     }
 
     #[test]

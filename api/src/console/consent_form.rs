@@ -1,0 +1,78 @@
+//! `POST /console/consents`: a citizen's consent buttons. The form carries the session's
+//! CSRF token; the change is recorded as over the API (checked, audited, in force for MQTT
+//! and HTTP within the consent book's poll), then the browser goes back to its page.
+
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Form, State};
+use axum::http::{HeaderMap, Method};
+use axum::response::{IntoResponse, Redirect, Response};
+use kenko_ingest::consent::{ConsentChange, Purpose, HUB};
+use serde::Deserialize;
+
+use crate::http::{bad, forbidden, now_ms, short, store_consent, ApiError, HttpApi, MAX_WORD};
+
+#[derive(Deserialize)]
+pub(crate) struct ConsentForm {
+    csrf_token: String,
+    purpose: String,
+    grantee: String,
+    /// `grant` or `revoke`.
+    change: String,
+}
+
+pub(crate) async fn submit(
+    State(api): State<HttpApi>,
+    headers: HeaderMap,
+    form: Result<Form<ConsentForm>, FormRejection>,
+) -> Response {
+    match record(&api, &headers, form).await {
+        Ok(()) => Redirect::to("/console#consents").into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn record(
+    api: &HttpApi,
+    headers: &HeaderMap,
+    form: Result<Form<ConsentForm>, FormRejection>,
+) -> Result<(), ApiError> {
+    crate::session::same_origin(&Method::POST, headers)?;
+    let Some((who, csrf)) = crate::session::session_of(api, headers) else {
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNAUTHORIZED,
+            "the session has ended; sign in again at /login",
+        ));
+    };
+    api.within_limits(&who.id)?;
+    let Form(form) = form.map_err(|e| bad(format!("form: {}", e.body_text())))?;
+    if !crate::session::form_token_matches(&form.csrf_token, &csrf) {
+        return Err(forbidden("wrong CSRF token: reload the page and try again"));
+    }
+    let Some(citizen) = who.citizen.clone() else {
+        return Err(forbidden(format!("{} is not a citizen's login", who.id)));
+    };
+    let purpose: Purpose = short("purpose", &form.purpose, MAX_WORD)?
+        .parse()
+        .map_err(bad)?;
+    let granted = match short("change", &form.change, MAX_WORD)? {
+        "grant" => true,
+        "revoke" => false,
+        other => return Err(bad(format!("change {other:?}: use grant or revoke"))),
+    };
+    let grantee = short("grantee", &form.grantee, MAX_WORD)?.to_owned();
+    if purpose != Purpose::Care && grantee != HUB {
+        return Err(bad(format!("{} is granted to the hub", purpose.as_str())));
+    }
+    let change = ConsentChange {
+        citizen,
+        grantee,
+        purpose,
+        data_types: Vec::new(),
+        valid_from_ms: None,
+        valid_until_ms: None,
+        source: format!("console:{}", who.id),
+        granted,
+        erase: false,
+    };
+    store_consent(api, &who, change, now_ms()).await.map(|_| ())
+}

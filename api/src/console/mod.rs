@@ -1,0 +1,171 @@
+//! The web console, served by the hub itself: server-rendered HTML (maud, which escapes
+//! every value it is given), charts as SVG drawn on the server, no script. A browser signs
+//! in at `/login` (a session, see `session.rs`) and lands on `/console`, which shows what its
+//! principal's role may see. Forms that change something carry the session's CSRF token.
+//!
+//! Pages: `GET /console` (a citizen's own data: last night's sleep, measurements by day,
+//! week or month against their own 4-week baseline, consents to withdraw or grant, who read
+//! their data), `POST /console/consents` (its consent buttons), `GET /console/style.css`.
+//! `?lang=ja|en` on any page switches the language and keeps the choice in a cookie.
+
+mod chart;
+mod citizen;
+mod consent_form;
+mod i18n;
+
+use axum::extract::{Query as QueryParams, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use kenko_broker::auth::Identity;
+use maud::{html, Markup, DOCTYPE};
+use serde::Deserialize;
+
+use crate::http::{ApiError, HttpApi};
+use i18n::{Lang, Text};
+
+/// The console's routes.
+pub(crate) fn routes() -> Router<HttpApi> {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/console") }))
+        .route("/console", get(home))
+        .route("/console/consents", post(consent_form::submit))
+        .route("/console/style.css", get(style))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct PageParams {
+    /// `ja` or `en`: switches the language (kept in a cookie).
+    lang: Option<String>,
+    /// `day`, `week` (default) or `month`: the span of the measurement charts.
+    range: Option<String>,
+}
+
+/// A signed-in browser: who, the session's CSRF token, and the page's language.
+pub(crate) struct Viewer {
+    who: std::sync::Arc<Identity>,
+    csrf: String,
+    lang: Lang,
+}
+
+/// Why a console request has no viewer: no session (sign in first), or over its limit.
+enum NoViewer {
+    SignIn,
+    Refused(ApiError),
+}
+
+impl IntoResponse for NoViewer {
+    fn into_response(self) -> Response {
+        match self {
+            NoViewer::SignIn => Redirect::to("/login").into_response(),
+            NoViewer::Refused(e) => e.into_response(),
+        }
+    }
+}
+
+/// The session of a console request, within its principal's request limit.
+fn viewer(api: &HttpApi, headers: &HeaderMap, lang: Lang) -> Result<Viewer, NoViewer> {
+    let Some((who, csrf)) = crate::session::session_of(api, headers) else {
+        return Err(NoViewer::SignIn);
+    };
+    api.within_limits(&who.id).map_err(NoViewer::Refused)?;
+    Ok(Viewer { who, csrf, lang })
+}
+
+/// `GET /console`: the page of the signed-in principal's role.
+async fn home(
+    State(api): State<HttpApi>,
+    headers: HeaderMap,
+    params: Result<QueryParams<PageParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let params = params.map(|QueryParams(p)| p).unwrap_or(PageParams {
+        lang: None,
+        range: None,
+    });
+    let chosen = params.lang.as_deref().and_then(Lang::parse);
+    let lang = chosen.unwrap_or_else(|| Lang::of(&headers));
+    let viewer = match viewer(&api, &headers, lang) {
+        Ok(v) => v,
+        Err(no) => return no.into_response(),
+    };
+    let body = match viewer.who.citizen.clone() {
+        Some(citizen) if viewer.who.roles.iter().any(|r| r == "citizen") => {
+            let range = citizen::Range::parse(params.range.as_deref());
+            match citizen::page(&api, &viewer, &citizen, range).await {
+                Ok(markup) => markup,
+                Err(e) => return e.into_response(),
+            }
+        }
+        _ => html! { p { (lang.t(Text::NotCitizen)) } },
+    };
+    let mut response = respond(&viewer, body);
+    if let Some(lang) = chosen {
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, lang.cookie());
+    }
+    response
+}
+
+/// A whole page: the header (who is signed in, sign out, the other language) around `body`.
+fn shell(viewer: &Viewer, body: Markup) -> Markup {
+    let lang = viewer.lang;
+    let other = lang.other();
+    html! {
+        (DOCTYPE)
+        html lang=(lang.code()) {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { "kenko: " (lang.t(Text::Console)) }
+                link rel="stylesheet" href="/console/style.css";
+            }
+            body {
+                header {
+                    h1 { "kenko " span class="sub" { (lang.t(Text::Console)) } }
+                    nav {
+                        span { (lang.t(Text::SignedInAs)) " " strong { (viewer.who.id) } }
+                        a href=(format!("?lang={}", other.code())) lang=(other.code()) { (other.name()) }
+                        form method="post" action="/logout" class="inline" {
+                            input type="hidden" name="csrf_token" value=(viewer.csrf);
+                            button type="submit" { (lang.t(Text::SignOut)) }
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+/// The page as a response, with the headers every console page carries: nothing but this
+/// site's stylesheet may load, forms post only here, no framing, no caching.
+fn respond(viewer: &Viewer, body: Markup) -> Response {
+    let mut response = Html(shell(viewer, body).into_string()).into_response();
+    let headers = response.headers_mut();
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// `GET /console/style.css`.
+async fn style() -> Response {
+    let mut response = (StatusCode::OK, include_str!("style.css")).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/css; charset=utf-8"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=3600"),
+    );
+    response
+}

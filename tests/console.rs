@@ -1,0 +1,247 @@
+//! The web console in a real browser: Debian's Chromium, headless, driven over WebDriver
+//! (chromedriver) against a running `kenko serve`. A citizen signs in, sees last night's
+//! sleep and a heart-rate chart of the simulator's data, switches language, and withdraws
+//! care consent; the care service then can no longer read the citizen.
+//!
+//! Needs `chromium` and `chromium-driver` (`.ci/run` installs them).
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::cli::{path, text};
+use common::{http_request, Hub};
+use fantoccini::{Client, ClientBuilder, Locator};
+use jiff::tz::TimeZone;
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+const DAY_MS: i64 = 24 * 3_600_000;
+
+fn config() -> String {
+    let app = common::principal("app-citizen-001", &["citizen"])
+        .replace("password_hash", "citizen = \"citizen-001\"\npassword_hash");
+    let care = common::principal("care-team", &["care"]);
+    format!(
+        "{}{app}{care}[windows]\ngrace_min = 0\n\n[http]\nlisten = \"127.0.0.1:0\"\n",
+        common::config_for_simulation(1)
+    )
+}
+
+/// A headless Chromium under chromedriver, stopped when dropped.
+struct Browser {
+    driver: Child,
+    client: Client,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn start() -> anyhow::Result<Browser> {
+        for tool in [CHROMEDRIVER, CHROMIUM] {
+            anyhow::ensure!(
+                std::path::Path::new(tool).exists(),
+                "{tool} is missing: install Debian's chromium and chromium-driver (.ci/run does)"
+            );
+        }
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let profile = tempfile::tempdir()?;
+        let options = serde_json::json!({
+            "binary": CHROMIUM,
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--disable-quic", "--no-first-run", "--lang=en-US",
+                format!("--user-data-dir={}", profile.path().display()),
+            ],
+        });
+        let mut caps = serde_json::Map::new();
+        caps.insert("goog:chromeOptions".into(), options);
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let client = loop {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match ClientBuilder::new(connector)
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(client) => break client,
+                Err(e) if std::time::Instant::now() > deadline => {
+                    anyhow::bail!("chromedriver on {url} did not start a browser: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        Ok(Browser {
+            driver,
+            client,
+            _profile: profile,
+        })
+    }
+
+    async fn text(&self, css: &str) -> anyhow::Result<String> {
+        Ok(self.client.find(Locator::Css(css)).await?.text().await?)
+    }
+
+    async fn close(mut self) -> anyhow::Result<()> {
+        self.client.clone().close().await?;
+        self.driver.kill()?;
+        self.driver.wait()?;
+        Ok(())
+    }
+}
+
+/// 18:00 in Tokyo two days ago: a sleep day the hub has closed.
+fn sleep_day_start() -> jiff::Zoned {
+    let jst = TimeZone::get("Asia/Tokyo").expect("tz");
+    let then = jiff::Timestamp::from_millisecond(common::now_ms() - 2 * DAY_MS)
+        .expect("time")
+        .to_zoned(jst.clone());
+    then.date()
+        .at(18, 0, 0, 0)
+        .to_zoned(jst)
+        .expect("local time")
+}
+
+/// Replays one sleep day of bed-001 (a reading every 30 s) through `kenko simulate`.
+fn replay_a_night(hub: &Hub, dir: &std::path::Path) -> anyhow::Result<()> {
+    let passwords = common::password_file(dir, 1)?;
+    let from = sleep_day_start();
+    let until = from.checked_add(jiff::Span::new().hours(24))?;
+    let output = Command::new(common::KENKO)
+        .args(["simulate", "--broker", &hub.addr.to_string()])
+        .args(["--passwords", &path(&passwords)])
+        .args(["--kinds", "bed", "--devices", "1", "--step", "30"])
+        .args(["--from", &from.timestamp().to_string()])
+        .args(["--until", &until.timestamp().to_string()])
+        .output()?;
+    anyhow::ensure!(output.status.success(), "simulate: {}", text(&output));
+    Ok(())
+}
+
+/// What the care service gets for citizen-001's heart rate over the API.
+fn care_reads(api: std::net::SocketAddr) -> anyhow::Result<u16> {
+    let auth = format!(
+        "Basic {}",
+        common::base64_encode(format!("care-team:{}", common::password("care-team")).as_bytes())
+    );
+    let (status, _, _) = http_request(
+        api,
+        "GET",
+        "/api/v1/observations?metric=heart_rate&citizen=citizen-001&from=-4d&limit=1",
+        &[("Authorization", &auth)],
+        "",
+    )?;
+    Ok(status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_citizen_sees_their_night_and_withdraws_care_consent_in_a_browser() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let hub = Hub::start(dir.path(), &config())?;
+    let api = hub.http_addr.expect("http listener");
+    common::consent_with(
+        &dir.path().join("data"),
+        "grant",
+        &["citizen-001"],
+        "care",
+        &["--grantee", "care-team"],
+    )?;
+    replay_a_night(&hub, dir.path())?;
+    let night = common::eventually(Duration::from_secs(60), || {
+        let rows = hub.query(&[
+            "--metric",
+            "sleep_time",
+            "--citizen",
+            "citizen-001",
+            "--from",
+            "-4d",
+        ])?;
+        Ok(rows.last().and_then(|r| r["value"].as_f64()))
+    })?;
+    // The consent is in force once the hub's consent book has read it.
+    common::eventually(Duration::from_secs(10), || {
+        Ok((care_reads(api)? == 200).then_some(()))
+    })?;
+
+    let browser = Browser::start().await?;
+    let base = format!("http://{api}");
+    let c = &browser.client;
+    c.goto(&format!("{base}/console")).await?;
+    assert!(
+        c.current_url().await?.path().ends_with("/login"),
+        "no session: to the login page"
+    );
+    c.find(Locator::Css("#id"))
+        .await?
+        .send_keys("app-citizen-001")
+        .await?;
+    c.find(Locator::Css("#password"))
+        .await?
+        .send_keys(&common::password("app-citizen-001"))
+        .await?;
+    c.find(Locator::Css("button[type=submit]"))
+        .await?
+        .click()
+        .await?;
+    c.wait().for_element(Locator::Css("#sleep-h")).await?;
+    assert_eq!(c.current_url().await?.path(), "/console");
+
+    // English, as the browser asks; last night's sleep as the hub computed it.
+    c.goto(&format!("{base}/console?lang=en")).await?;
+    let minutes = night.round() as i64;
+    assert_eq!(
+        browser.text("dd[data-metric=sleep_time]").await?,
+        format!("{} h {} min", minutes / 60, minutes % 60)
+    );
+    let points = c
+        .find(Locator::Css("article[data-metric=heart_rate] svg polyline"))
+        .await?
+        .attr("points")
+        .await?
+        .unwrap_or_default();
+    assert!(
+        points.split(' ').count() > 10,
+        "a heart-rate line: {points}"
+    );
+    assert!(
+        browser.text("#reads").await?.contains("care-team"),
+        "the care service's read is listed"
+    );
+
+    // Japanese, kept in a cookie for the next page.
+    c.goto(&format!("{base}/console?lang=ja")).await?;
+    c.goto(&format!("{base}/console")).await?;
+    let heading = browser.text("#sleep-h").await?;
+    assert_eq!(heading, "昨夜の睡眠");
+    let html_lang = c.find(Locator::Css("html")).await?.attr("lang").await?;
+    assert_eq!(html_lang.as_deref(), Some("ja"));
+
+    // Withdraw care consent with the button of that row.
+    let row = "tr[data-purpose=care][data-grantee=care-team]";
+    c.find(Locator::Css(&format!("{row} button")))
+        .await?
+        .click()
+        .await?;
+    c.wait()
+        .for_element(Locator::Css(&format!("{row} form input[value=grant]")))
+        .await?;
+    assert_eq!(c.current_url().await?.path(), "/console");
+    assert!(
+        browser.text(row).await?.contains("撤回済み"),
+        "shown as withdrawn"
+    );
+    common::eventually(Duration::from_secs(10), || {
+        Ok((care_reads(api)? == 403).then_some(()))
+    })?;
+    browser.close().await?;
+    hub.terminate()
+}
