@@ -46,9 +46,11 @@ fn the_hub_folds_raw_data_past_raw_days_into_rollups_that_answer_queries() -> an
     let now = now_ms();
     PersonalStore::open(&data.join("personal.db"))?.write_batch(&history(now))?;
     let config = format!(
-        "{}\n[http]\nlisten = \"127.0.0.1:0\"\n\n[retention]\nraw_days = 1\nrollup_1m_days = 2\n",
+        "{}\n[http]\nlisten = \"127.0.0.1:0\"\n\n[retention]\nraw_days = 1\nrollup_1m_days = 3\n",
         common::config_with_devices(1).replace("[ingest]\n", "[ingest]\nlate_horizon_s = 3600\n")
     );
+    // 1-minute rollups are kept 3 days: with 2, the bucket of the first reading (now less two
+    // days) expires as soon as the job runs in the next minute.
     let hub = Hub::start(dir.path(), &config)?;
     // The job folds whole hours, six at a time: until it is done, the oldest raw reading is
     // more than an hour older than its cut-off (now less a day, down to the hour).
