@@ -238,7 +238,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             let registry = Registry::new(&config);
             registry.load_stored(&data_dir.join("registry.db"))?;
             let (handle, pipeline) =
-                pipeline::start(&Settings::from(&config), registry, &data_dir, None)
+                pipeline::start(&Settings::try_from(&config)?, registry, &data_dir, None)
                     .map_err(|e| crate::hub::start_error(e, &data_dir))?;
             let done = wait_for(&store, id, Duration::from_secs(args.wait.max(600)));
             drop(handle);

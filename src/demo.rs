@@ -66,6 +66,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     // Demo data is synthetic, so it can be watched live by anyone on this machine: anonymous
     // clients may subscribe to observations and device errors (rules in the data directory).
     config.ingest.live_republish = true;
+    // The care service sees alerts of the citizens who consented to it (docs/alerts.md).
+    config.alerts = vec![kenko_config::AlertConfig {
+        name: "low-spo2".into(),
+        metric: "spo2".into(),
+        below: Some(90.0),
+        above: None,
+        silent_h: None,
+        for_min: 5,
+    }];
     config.auth.anonymous = true;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;

@@ -60,7 +60,7 @@ impl Hub {
         reload_on_sighup(broker.authorizer(), shutdown.clone());
         let settings = Settings {
             accept_data_loss,
-            ..Settings::from(&config)
+            ..Settings::try_from(&config)?
         };
         let (ingest, pipeline) = pipeline::start(
             &settings,

@@ -52,3 +52,29 @@ fn invalid_principals_and_zones_are_reported_at_their_file_and_line() -> anyhow:
     assert!(!stderr.contains("cannot open the stores"), "{stderr}");
     Ok(())
 }
+
+#[test]
+fn alert_rules_that_cannot_work_are_reported_at_their_file_and_line() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("kenko.toml").display().to_string();
+    let good = "[[alerts]]\nname = \"low-spo2\"\nmetric = \"spo2\"\nbelow = 90.0\nfor_min = 5\n\n";
+    // `good` takes lines 1-6; the entry at fault starts on line 7.
+    for (entry, says) in [
+        (
+            "[[alerts]]\nname = \"hot\"\nmetric = \"temperature\"\nabove = 38.0\n",
+            "alert hot watches unknown metric \"temperature\"; known metrics: heart_rate",
+        ),
+        (
+            "[[alerts]]\nname = \"both\"\nmetric = \"spo2\"\nbelow = 90.0\nabove = 99.0\n",
+            "alert both: give only one of below, above and silent_h",
+        ),
+        (
+            "[[alerts]]\nname = \"low-spo2\"\nmetric = \"spo2\"\nsilent_h = 24\n",
+            "alert low-spo2 is listed twice",
+        ),
+    ] {
+        let stderr = refused(dir.path(), &format!("{good}{entry}"))?;
+        assert!(stderr.contains(&format!("{file}:7: {says}")), "{stderr}");
+    }
+    Ok(())
+}

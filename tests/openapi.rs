@@ -18,7 +18,8 @@ fn config() -> String {
     let app = common::principal("app-001", &["citizen"])
         .replace("password_hash", "citizen = \"citizen-001\"\npassword_hash");
     format!(
-        "{}{}{}{app}[http]\nlisten = \"127.0.0.1:0\"\nrequests_per_s = 0\n\n[auth.login]\n\
+        "{}{}{}{app}[[alerts]]\nname = \"any-heart-rate\"\nmetric = \"heart_rate\"\nabove = 0.0\n\n\
+         [http]\nlisten = \"127.0.0.1:0\"\nrequests_per_s = 0\n\n[auth.login]\n\
          source_burst = 100000\nsource_per_minute = 100000\nprincipal_burst = 100000\n\
          principal_per_minute = 100000\n",
         common::config_with_devices(2),
@@ -287,6 +288,14 @@ fn cases() -> Vec<Case> {
         case(explain, "operator-1", &format!("{explain_path}?principal=bed-001&publish=devices/bed-002/telemetry&qos=1"), None, 200),
         case(explain, "operator-1", &format!("{explain_path}?principal=st-luke"), None, 400),
         case(explain, "operator-1", &format!("{explain_path}?principal=nobody&subscribe=x"), None, 404),
+        case("GET /api/v1/alerts", "st-luke", "/api/v1/alerts", None, 200),
+        case("GET /api/v1/alerts", "st-luke", "/api/v1/alerts?state=all&limit=5", None, 200),
+        case("GET /api/v1/alerts", "st-luke", "/api/v1/alerts?state=closed", None, 400),
+        case("GET /api/v1/alerts", "operator-1", "/api/v1/alerts", None, 403),
+        case("POST /api/v1/alerts/{id}/ack", "st-luke", "/api/v1/alerts/1/ack", None, 200),
+        case("POST /api/v1/alerts/{id}/ack", "st-luke", "/api/v1/alerts/999/ack", None, 404),
+        case("POST /api/v1/alerts/{id}/ack", "st-luke", "/api/v1/alerts/one/ack", None, 400),
+        case("POST /api/v1/alerts/{id}/ack", "analyst-1", "/api/v1/alerts/1/ack", None, 403),
         case(sessions, "operator-1", "/api/v1/mqtt/sessions", None, 200),
         case(sessions, "operator-1", "/api/v1/mqtt/sessions?principal=bed-001", None, 200),
         case("GET /api/v1/log", "operator-1", "/api/v1/log", None, 200),
@@ -456,6 +465,14 @@ fn every_operation_answers_as_its_openapi_document_says() -> anyhow::Result<()> 
     hub.publish_as("bed-002", "not json")?;
     common::eventually(Duration::from_secs(10), || {
         Ok(hub.query(&["--metric", "heart_rate"])?.first().cloned())
+    })?;
+    // The heart rate raised an alert for st-luke (alert 1), which the walk acknowledges.
+    common::eventually(Duration::from_secs(10), || {
+        let (_, alerts) = common::http(api, "GET", "/api/v1/alerts", Some("st-luke"), None)?;
+        Ok(alerts
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+            .then_some(()))
     })?;
 
     let (status, _, text) = http_request(api, "GET", "/api/v1/openapi.json", &[], "")?;

@@ -258,6 +258,11 @@ impl HttpApi {
                     .post(crate::session::login)
                     .delete(crate::session::logout),
             )
+            .route("/api/v1/alerts", get(crate::alerts::list))
+            .route(
+                "/api/v1/alerts/:id/ack",
+                axum::routing::post(crate::alerts::ack),
+            )
             .route("/api/v1/deadletters", get(crate::operators::dead_letters))
             .route(
                 "/api/v1/deadletters/replay",

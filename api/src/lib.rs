@@ -3,6 +3,7 @@
 //! cookies and CSRF tokens (`session`), the connection handling that bounds slow and idle clients (`conn`), and the
 //! operators' `/metrics` (`metrics`), `/healthz` and `/readyz`.
 
+mod alerts;
 pub mod conn;
 mod console;
 pub mod explain;

@@ -20,7 +20,7 @@ pub fn render(broker: &BrokerStats, ingest: &IngestStats, lags: Option<&SinkLags
     use Kind::{Counter, Gauge};
     let b = broker;
     let i = ingest;
-    let entries: [(&str, Kind, &str, &AtomicU64); 35] = [
+    let entries: [(&str, Kind, &str, &AtomicU64); 37] = [
         (
             "mqtt_connected_clients",
             Gauge,
@@ -230,6 +230,18 @@ pub fn render(broker: &BrokerStats, ingest: &IngestStats, lags: Option<&SinkLags
             Counter,
             "rollup rows deleted past their retention",
             &i.retention_expired,
+        ),
+        (
+            "alerts_raised_total",
+            Counter,
+            "alerts recorded for care services (one per service told)",
+            &i.alerts_raised,
+        ),
+        (
+            "alerts_unaddressed_total",
+            Counter,
+            "alert conditions met for citizens without care consent for the metric (nobody told)",
+            &i.alerts_unaddressed,
         ),
     ];
     let mut out = String::with_capacity(4096);

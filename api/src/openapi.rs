@@ -65,7 +65,7 @@ impl Modify for Credentials {
     info(
         title = "kenko",
         description = "The HTTP API of kenko, a city's health-IoT hub: consents, observations, \
-                       principals, sessions, health and metrics."
+                       alerts, principals, sessions, health and metrics."
     ),
     paths(
         crate::http::list_consents,
@@ -78,6 +78,8 @@ impl Modify for Credentials {
         crate::session::login,
         crate::session::current,
         crate::session::logout,
+        crate::alerts::list,
+        crate::alerts::ack,
         crate::operators::dead_letters,
         crate::operators::replay,
         crate::operators::replay_status,

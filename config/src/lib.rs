@@ -9,11 +9,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub mod acl;
+pub mod alerts;
 pub mod origin;
 pub mod poll;
 pub mod profile;
 pub mod retention;
 
+pub use alerts::{AlertConfig, Condition};
 pub use origin::{Entry, Origin};
 pub use profile::{FieldConfig, PayloadFormat, ProfileConfig, TimeFormat};
 pub use retention::{MetricRetention, Periods, RetentionConfig};
@@ -67,6 +69,8 @@ pub struct Config {
     pub windows: WindowsConfig,
     /// How long raw observations and their rollups are kept in the embedded store.
     pub retention: RetentionConfig,
+    /// Alert rules for care services (`[[alerts]]`), evaluated as data arrives.
+    pub alerts: Vec<AlertConfig>,
     /// Where the entries are in the file this configuration was read from (not a setting).
     #[serde(skip)]
     pub origin: Origin,
@@ -972,7 +976,35 @@ impl Config {
                 ));
             }
         }
+        self.check_alerts()?;
         self.check_timezones()
+    }
+
+    /// Alert rules: names usable in topics and payloads, unique, one condition each (their
+    /// metrics are checked against the catalogue where it is known: the ingest pipeline).
+    fn check_alerts(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        for (n, alert) in self.alerts.iter().enumerate() {
+            let at = |message: String| Err(self.invalid_at(Entry::Alert(n), message));
+            if let Err(why) = check_identifier(&alert.name) {
+                return at(format!("alert name {:?} {why}", alert.name));
+            }
+            if !names.insert(alert.name.as_str()) {
+                return at(format!(
+                    "alert {} is listed twice; names must be unique",
+                    alert.name
+                ));
+            }
+            if let Err(why) = alert.condition() {
+                return at(why);
+            }
+        }
+        Ok(())
+    }
+
+    /// "file:line" of the n-th `[[alerts]]` entry, when the configuration came from a file.
+    pub fn alert_place(&self, n: usize) -> Option<String> {
+        self.origin.place(Entry::Alert(n))
     }
 }
 

@@ -15,6 +15,7 @@ pub struct Origin {
     path: Option<PathBuf>,
     principals: Vec<usize>,
     devices: Vec<usize>,
+    alerts: Vec<usize>,
     device_timezones: Vec<Option<usize>>,
     default_timezone: Option<usize>,
     /// Sections and their settings by dotted name ("mqtt", "mqtt.max_inflight").
@@ -32,6 +33,8 @@ pub enum Entry {
     DeviceTimezone(usize),
     /// `ingest.default_timezone`.
     DefaultTimezone,
+    /// The n-th `[[alerts]]` entry.
+    Alert(usize),
 }
 
 /// Only what carries a position; everything else in the file is ignored here.
@@ -41,6 +44,8 @@ struct Positions {
     principals: Vec<Spanned<toml::Table>>,
     #[serde(default)]
     devices: Vec<Spanned<DevicePositions>>,
+    #[serde(default)]
+    alerts: Vec<Spanned<toml::Table>>,
     #[serde(default)]
     ingest: Option<IngestPositions>,
 }
@@ -80,6 +85,11 @@ impl Origin {
                 .iter()
                 .map(|d| line(d.span().start))
                 .collect(),
+            alerts: positions
+                .alerts
+                .iter()
+                .map(|a| line(a.span().start))
+                .collect(),
             device_timezones: positions
                 .devices
                 .iter()
@@ -106,6 +116,7 @@ impl Origin {
                 .flatten()
                 .or_else(|| self.devices.get(n).copied()),
             Entry::DefaultTimezone => self.default_timezone,
+            Entry::Alert(n) => self.alerts.get(n).copied(),
         };
         Some(at(path, line))
     }

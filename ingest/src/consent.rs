@@ -263,6 +263,47 @@ impl Consents {
             .is_some_and(|r| r.change.granted && r.covers_time(event_ms))
     }
 
+    /// Every citizen who asked for erasure, with the time of their latest request.
+    pub fn erasures(&self) -> Vec<(&str, i64)> {
+        let mut all: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+        for (citizen, &at) in self.base.erasures.iter().chain(&self.recent.erasures) {
+            let latest = all.entry(citizen.as_str()).or_insert(at);
+            *latest = (*latest).max(at);
+        }
+        all.into_iter().collect()
+    }
+
+    /// The grantees `citizen` has named for `purpose` in any record (in force or not), each
+    /// once, in the order first named.
+    pub fn grantees(&self, citizen: &str, purpose: Purpose) -> Vec<&str> {
+        let mut found: Vec<&str> = Vec::new();
+        let records = self.base.of(citizen).iter().chain(self.recent.of(citizen));
+        for r in records.filter(|r| r.change.purpose == purpose) {
+            if !found.contains(&r.change.grantee.as_str()) {
+                found.push(&r.change.grantee);
+            }
+        }
+        found
+    }
+
+    /// The citizens who let `grantee` use some data type for `purpose` at `at_ms` (as
+    /// [`Consents::permits_any`]), sorted.
+    pub fn citizens_permitting(&self, grantee: &str, purpose: Purpose, at_ms: i64) -> Vec<String> {
+        let mut citizens: Vec<&String> = self
+            .base
+            .by_citizen
+            .keys()
+            .chain(self.recent.by_citizen.keys())
+            .collect();
+        citizens.sort_unstable();
+        citizens.dedup();
+        citizens
+            .into_iter()
+            .filter(|c| self.permits_any(c, grantee, purpose, at_ms))
+            .cloned()
+            .collect()
+    }
+
     /// Was erasure of `citizen`'s data asked for at or after `received_ms`? Data received
     /// before an erasure request must not be stored after it, even if it was still queued.
     pub fn erased_after(&self, citizen: &str, received_ms: i64) -> bool {
@@ -1072,6 +1113,49 @@ mod tests {
             ..grant("c-1", Purpose::Collect, &[])
         };
         registry.record(at_limit, 1).expect("at the limit");
+    }
+
+    #[test]
+    fn grantees_and_the_citizens_who_permit_one_follow_the_records() {
+        let care = |citizen: &str, grantee: &str, granted: bool, id: i64| Consent {
+            id,
+            recorded_ms: id * 10,
+            change: ConsentChange {
+                grantee: grantee.into(),
+                granted,
+                ..grant(citizen, Purpose::Care, &[])
+            },
+        };
+        let consents = Consents::new(vec![
+            care("c-1", "st-luke", true, 1),
+            care("c-1", "home-care", true, 2),
+            care("c-2", "st-luke", true, 3),
+            care("c-2", "st-luke", false, 4),
+            care("c-3", "st-luke", true, 5),
+        ]);
+        assert_eq!(
+            consents.grantees("c-1", Purpose::Care),
+            vec!["st-luke", "home-care"]
+        );
+        assert_eq!(consents.grantees("c-2", Purpose::Care), vec!["st-luke"]);
+        assert!(consents.grantees("c-1", Purpose::Research).is_empty());
+        assert_eq!(
+            consents.citizens_permitting("st-luke", Purpose::Care, 100),
+            vec!["c-1".to_owned(), "c-3".to_owned()]
+        );
+        assert_eq!(
+            consents.citizens_permitting("st-luke", Purpose::Care, 35),
+            vec!["c-1".to_owned(), "c-2".to_owned()],
+            "c-2's withdrawal at 40 and c-3's grant at 50 are not yet recorded at 35"
+        );
+        // Newer records are found too (they live apart until folded).
+        let later = consents.with(vec![care("c-4", "st-luke", true, 6)]);
+        assert_eq!(
+            later
+                .citizens_permitting("st-luke", Purpose::Care, 100)
+                .len(),
+            3
+        );
     }
 
     #[test]

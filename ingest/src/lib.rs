@@ -3,6 +3,7 @@
 
 pub mod across;
 pub mod activity;
+pub mod alerts;
 pub mod backoff;
 pub mod consent;
 pub mod deadletter;

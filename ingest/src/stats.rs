@@ -57,6 +57,11 @@ pub struct IngestStats {
     pub retention_folded: AtomicU64,
     /// Rollup rows the retention job deleted past their period.
     pub retention_expired: AtomicU64,
+    /// Alerts recorded for care services (one per service an alert goes to).
+    pub alerts_raised: AtomicU64,
+    /// Alert conditions met for citizens with no care consent to any service for the metric
+    /// (nobody may be told; nothing is recorded).
+    pub alerts_unaddressed: AtomicU64,
     /// From the hub receiving an observation to the store sink committing it to
     /// `personal.db`, where queries see it.
     pub store_delay: Histogram,

@@ -551,6 +551,62 @@ impl PersonalStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    /// The latest raw observation of `citizen`'s `metric` at or after `since_ms`, from any of
+    /// their devices: one index lookup per series, however long the series.
+    pub fn latest(
+        &self,
+        citizen: &str,
+        metric: Metric,
+        since_ms: i64,
+    ) -> Result<Option<Row>, StoreError> {
+        let mut series = self
+            .conn
+            .prepare_cached("SELECT id, device FROM series WHERE metric = ?1 AND citizen = ?2")
+            .map_err(sqlite(&self.path))?;
+        let found = series
+            .query_map(params![metric.id(), citizen], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(sqlite(&self.path))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sqlite(&self.path))?;
+        let mut last = self
+            .conn
+            .prepare_cached(
+                "SELECT time_ms, value, flags FROM observations
+                 WHERE series = ?1 AND time_ms >= ?2 ORDER BY time_ms DESC LIMIT 1",
+            )
+            .map_err(sqlite(&self.path))?;
+        let mut best: Option<Row> = None;
+        for (id, device) in found {
+            let row = last
+                .query_row(params![id, since_ms], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, f64>(1)?,
+                        r.get::<_, u32>(2)?,
+                    ))
+                })
+                .optional()
+                .map_err(sqlite(&self.path))?;
+            if let Some((time_ms, value, flags)) = row {
+                if best.as_ref().is_none_or(|b| time_ms > b.time_ms) {
+                    best = Some(Row {
+                        time_ms,
+                        citizen: citizen.to_owned(),
+                        device,
+                        metric,
+                        value,
+                        unit: metric.unit().to_owned(),
+                        aggregated: false,
+                        flags,
+                    });
+                }
+            }
+        }
+        Ok(best)
+    }
+
     /// Metrics that have at least one stored observation.
     pub fn metrics(&self) -> Result<Vec<Metric>, StoreError> {
         let mut stmt = self
@@ -786,6 +842,37 @@ mod tests {
         assert_eq!(
             store.metrics().expect("metrics"),
             vec![Metric::HeartRate, Metric::RespiratoryRate]
+        );
+    }
+
+    #[test]
+    fn the_latest_reading_comes_from_whichever_device_sent_it_last() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut store = PersonalStore::open(&dir.path().join("p.db")).expect("open");
+        store
+            .write_batch(&[
+                obs("c1", "bed", Metric::HeartRate, 60.0, 1_000),
+                obs("c1", "bed", Metric::HeartRate, 61.0, 3_000),
+                obs("c1", "watch", Metric::HeartRate, 70.0, 2_000),
+                obs("c1", "watch", Metric::HeartRate, 71.0, 4_000),
+                obs("c2", "bed-2", Metric::HeartRate, 50.0, 9_000),
+            ])
+            .expect("write");
+        let latest = store
+            .latest("c1", Metric::HeartRate, 0)
+            .expect("latest")
+            .expect("found");
+        assert_eq!(
+            (latest.time_ms, latest.device.as_str(), latest.value),
+            (4_000, "watch", 71.0)
+        );
+        assert_eq!(
+            store.latest("c1", Metric::HeartRate, 5_000).expect("since"),
+            None
+        );
+        assert_eq!(
+            store.latest("c1", Metric::Spo2, 0).expect("other metric"),
+            None
         );
     }
 

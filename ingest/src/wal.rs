@@ -549,6 +549,11 @@ pub fn load_checkpoint(dir: &Path, sink: &str) -> Result<Position, WalError> {
     Ok(load_position(&dir.join(format!("{sink}.checkpoint")))?.unwrap_or_default())
 }
 
+/// A sink's checkpoint in `dir`, or `start` for a sink that has none yet.
+pub fn load_checkpoint_or(dir: &Path, sink: &str, start: Position) -> Result<Position, WalError> {
+    Ok(load_position(&dir.join(format!("{sink}.checkpoint")))?.unwrap_or(start))
+}
+
 /// Saves a position durably in a file of its own (write, fsync, rename).
 pub fn save_position(path: &Path, position: Position) -> Result<(), WalError> {
     let tmp = path.with_extension("new");

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod fleet;
 pub mod mqtt311;
 pub mod raw;
+pub mod readings;
 pub mod vm;
 
 use std::io::{BufRead, BufReader};

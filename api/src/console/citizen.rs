@@ -303,7 +303,7 @@ fn consent_lines(
 }
 
 /// How a metric's values read to people: the unit, and the decimals worth showing.
-fn shown(metric: Metric, lang: Lang, value: f64) -> String {
+pub(super) fn shown(metric: Metric, lang: Lang, value: f64) -> String {
     let (decimals, unit) = match (metric, lang) {
         (Metric::HeartRate | Metric::PulseRate, Lang::Ja) => (0, "拍/分"),
         (Metric::HeartRate | Metric::PulseRate, Lang::En) => (0, "bpm"),
@@ -493,7 +493,7 @@ fn consent_button(viewer: &Viewer, purpose: Purpose, grantee: &str, grant: bool)
 }
 
 /// A time in the hub's zone, formatted with strftime directives.
-fn local(ms: i64, zone: &TimeZone, format: &str) -> String {
+pub(super) fn local(ms: i64, zone: &TimeZone, format: &str) -> String {
     jiff::Timestamp::from_millisecond(ms)
         .map(|t| t.to_zoned(zone.clone()).strftime(format).to_string())
         .unwrap_or_else(|_| ms.to_string())

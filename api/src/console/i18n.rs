@@ -26,6 +26,8 @@ pub(crate) enum Change {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Text {
     Console,
+    CareTitle,
+    ConsoleTitle,
     SignedInAs,
     SignOut,
     LastNight,
@@ -56,7 +58,16 @@ pub(crate) enum Text {
     Who,
     What,
     BloodPressure,
-    NotCitizen,
+    NoPagesYet,
+    Alerts,
+    NoAlerts,
+    Citizen,
+    Rule,
+    Reading,
+    NoReadings,
+    Acknowledge,
+    InYourCare,
+    NobodyInCare,
 }
 
 impl Lang {
@@ -215,6 +226,8 @@ impl Lang {
 fn words(text: Text) -> (&'static str, &'static str) {
     match text {
         Text::Console => ("健康データ", "Your health data"),
+        Text::CareTitle => ("ケア", "Care"),
+        Text::ConsoleTitle => ("コンソール", "Console"),
         Text::SignedInAs => ("ログイン中:", "Signed in as"),
         Text::SignOut => ("ログアウト", "Sign out"),
         Text::LastNight => ("昨夜の睡眠", "Last night's sleep"),
@@ -242,15 +255,30 @@ fn words(text: Text) -> (&'static str, &'static str) {
         Text::Withdraw => ("撤回する", "Withdraw"),
         Text::GrantAgain => ("再び同意する", "Grant again"),
         Text::GrantResearch => ("研究への提供に同意する", "Allow research use"),
-        Text::Reads => ("あなたのデータを見た人 (30日)", "Who else read your data (30 days)"),
+        Text::Reads => (
+            "あなたのデータを見た人 (30日)",
+            "Who else read your data (30 days)",
+        ),
         Text::NoReads => ("記録はありません。", "Nobody."),
         Text::When => ("日時", "When"),
         Text::Who => ("だれが", "Who"),
         Text::What => ("データ", "What"),
         Text::BloodPressure => ("血圧", "Blood pressure"),
-        Text::NotCitizen => (
-            "このコンソールの画面は、いまは市民の方のみが使えます。API は /api/v1/docs にあります。",
-            "This console has pages for citizens only so far; the API is described at /api/v1/docs.",
+        Text::NoPagesYet => (
+            "この役割の画面はまだありません。API は /api/v1/docs にあります。",
+            "This console has no pages for your role yet; the API is described at /api/v1/docs.",
+        ),
+        Text::Alerts => ("アラート", "Alerts"),
+        Text::NoAlerts => ("未確認のアラートはありません。", "No open alerts."),
+        Text::Citizen => ("市民", "Citizen"),
+        Text::Rule => ("ルール", "Rule"),
+        Text::Reading => ("測定値", "Reading"),
+        Text::NoReadings => ("データが届いていません", "no readings"),
+        Text::Acknowledge => ("確認済みにする", "Acknowledge"),
+        Text::InYourCare => ("担当の市民", "Citizens in your care"),
+        Text::NobodyInCare => (
+            "あなたのサービスにケアの同意をしている市民はいません。",
+            "No citizen has given your service care consent.",
         ),
     }
 }

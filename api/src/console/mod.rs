@@ -5,9 +5,14 @@
 //!
 //! Pages: `GET /console` (a citizen's own data: last night's sleep, measurements by day,
 //! week or month against their own 4-week baseline, consents to withdraw or grant, who read
-//! their data), `POST /console/consents` (its consent buttons), `GET /console/style.css`.
+//! their data; a care service's open alerts and the citizens in its care with their latest
+//! vitals), `POST /console/consents` (a citizen's consent buttons),
+//! `POST /console/alerts/{id}/ack` (a care service's acknowledge buttons),
+//! `GET /console/style.css`.
 //! `?lang=ja|en` on any page switches the language and keeps the choice in a cookie.
 
+mod alert_form;
+mod care;
 mod chart;
 mod citizen;
 mod consent_form;
@@ -31,6 +36,7 @@ pub(crate) fn routes() -> Router<HttpApi> {
         .route("/", get(|| async { Redirect::to("/console") }))
         .route("/console", get(home))
         .route("/console/consents", post(consent_form::submit))
+        .route("/console/alerts/:id/ack", post(alert_form::submit))
         .route("/console/style.css", get(style))
 }
 
@@ -47,6 +53,23 @@ pub(crate) struct Viewer {
     who: std::sync::Arc<Identity>,
     csrf: String,
     lang: Lang,
+}
+
+impl Viewer {
+    fn has(&self, role: &str) -> bool {
+        self.who.roles.iter().any(|r| r == role)
+    }
+
+    /// The page's title: what the viewer's role sees here.
+    fn title(&self) -> Text {
+        if self.who.citizen.is_some() && self.has("citizen") {
+            Text::Console
+        } else if self.has("care") {
+            Text::CareTitle
+        } else {
+            Text::ConsoleTitle
+        }
+    }
 }
 
 /// Why a console request has no viewer: no session (sign in first), or over its limit.
@@ -90,14 +113,18 @@ async fn home(
         Err(no) => return no.into_response(),
     };
     let body = match viewer.who.citizen.clone() {
-        Some(citizen) if viewer.who.roles.iter().any(|r| r == "citizen") => {
+        Some(citizen) if viewer.has("citizen") => {
             let range = citizen::Range::parse(params.range.as_deref());
             match citizen::page(&api, &viewer, &citizen, range).await {
                 Ok(markup) => markup,
                 Err(e) => return e.into_response(),
             }
         }
-        _ => html! { p { (lang.t(Text::NotCitizen)) } },
+        _ if viewer.has("care") => match care::page(&api, &viewer).await {
+            Ok(markup) => markup,
+            Err(e) => return e.into_response(),
+        },
+        _ => html! { p { (lang.t(Text::NoPagesYet)) } },
     };
     let mut response = respond(&viewer, body);
     if let Some(lang) = chosen {
@@ -118,12 +145,12 @@ fn shell(viewer: &Viewer, body: Markup) -> Markup {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "kenko: " (lang.t(Text::Console)) }
+                title { "kenko: " (lang.t(viewer.title())) }
                 link rel="stylesheet" href="/console/style.css";
             }
             body {
                 header {
-                    h1 { "kenko " span class="sub" { (lang.t(Text::Console)) } }
+                    h1 { "kenko " span class="sub" { (lang.t(viewer.title())) } }
                     nav {
                         span { (lang.t(Text::SignedInAs)) " " strong { (viewer.who.id) } }
                         a href=(format!("?lang={}", other.code())) lang=(other.code()) { (other.name()) }

@@ -33,6 +33,7 @@ use kenko_config::{
 use kenko_devices::{Metric, Profiles, Registry};
 use tracing::{error, info};
 
+use crate::alerts::{AlertSink, AlertStore, Evaluator};
 use crate::consent::{ConsentBook, ConsentRegistry, ConsentView, ConsentWatcher};
 use crate::deadletter::{DeadLetter, DeadLetterStore};
 use crate::decode::{self, RejectCode, Rejection, TimeLimits, Zones};
@@ -90,6 +91,8 @@ pub enum IngestError {
     Config(#[from] kenko_config::ConfigError),
     #[error("invalid payload profile: {0}")]
     Profile(#[from] kenko_devices::profile::ProfileError),
+    #[error("{0}")]
+    Alerts(String),
     #[error("cannot start an ingest thread: {0}")]
     Thread(std::io::Error),
     #[error("the ingest pipeline has stopped")]
@@ -106,14 +109,20 @@ pub struct Settings {
     pub profiles: Vec<ProfileConfig>,
     pub windows: WindowsConfig,
     pub retention: RetentionConfig,
+    /// Alert rules for care services (`[[alerts]]`); none: no alerts sink.
+    pub alerts: Vec<crate::alerts::Rule>,
     /// Start even when a store lacks records the write-ahead log no longer holds (the loss is
     /// recorded in the audit log); otherwise such a start is refused.
     pub accept_data_loss: bool,
 }
 
-impl From<&Config> for Settings {
-    fn from(config: &Config) -> Settings {
-        Settings {
+impl TryFrom<&Config> for Settings {
+    type Error = IngestError;
+
+    /// The pipeline's part of `config`, with its alert rules checked against the catalogue.
+    fn try_from(config: &Config) -> Result<Settings, IngestError> {
+        Ok(Settings {
+            alerts: crate::alerts::compile(config).map_err(IngestError::Alerts)?,
             ingest: config.ingest.clone(),
             wal: config.wal.clone(),
             influxdb: config.influxdb.clone(),
@@ -121,7 +130,7 @@ impl From<&Config> for Settings {
             windows: config.windows.clone(),
             retention: config.retention.clone(),
             accept_data_loss: false,
-        }
+        })
     }
 }
 
@@ -403,6 +412,25 @@ pub fn start(
         }
         None => None,
     };
+    let alert_sink = if settings.alerts.is_empty() {
+        None
+    } else {
+        // A new alerts sink starts at the log's end: alerts are about what arrives now.
+        let at = wal.clamp(wal::load_checkpoint_or(&wal_dir, "alerts", wal.end())?);
+        let alerts_progress = Progress::new("alerts", at);
+        progress.push(alerts_progress.clone());
+        Some(Driver::new(
+            Cursor::new(wal.reader(at), &wal_dir, durable.clone(), alerts_progress),
+            ConsentView::open(&registry_path, consents.clone())?,
+            AlertSink::new(
+                Evaluator::new(settings.alerts.clone()),
+                AlertStore::open(&data_dir.join(crate::alerts::FILE))?,
+                ConsentView::open(&registry_path, consents.clone())?,
+                notices.clone(),
+                stats.clone(),
+            ),
+        ))
+    };
     let (tx, rx) = flume::bounded(config.queue);
     let window_job = if settings.windows.enabled {
         Some(WindowJob::open(
@@ -472,6 +500,9 @@ pub fn start(
     threads.push(spawn("store-sink", move || store_sink.run())?);
     if let Some(sink) = influx_sink {
         threads.push(spawn("influxdb-sink", move || sink.run())?);
+    }
+    if let Some(sink) = alert_sink {
+        threads.push(spawn("alerts-sink", move || sink.run())?);
     }
     if let Some(job) = window_job {
         threads.push(spawn("windows", move || job.run())?);

@@ -1,0 +1,318 @@
+//! Alert rules evaluated per citizen as observations arrive, in the write-ahead log's order.
+//!
+//! - `below` / `above` with `for_min`: a run starts at the first reading past the threshold
+//!   and ends at the next reading that is not; the alert is raised once per run, by the
+//!   reading that makes the run last `for_min` (the first reading when it is 0).
+//! - `silent_h`: raised once when no reading of the metric came for that long after the
+//!   latest one (checked by [`Evaluator::tick`]); a new reading ends the silence.
+//!
+//! A reading older than the latest one seen for its run or silence is late and changes
+//! nothing; a reading flagged implausible is a device's error, not the citizen's state, and
+//! is left out.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use kenko_config::Condition;
+use kenko_devices::Metric;
+
+use crate::observation::{flags, Observation};
+
+/// A compiled alert rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub name: Arc<str>,
+    pub metric: Metric,
+    pub condition: Condition,
+    /// How long a below/above run must last, in ms.
+    pub for_ms: i64,
+}
+
+/// A rule's condition met for a citizen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Raised {
+    /// Index of the rule.
+    pub rule: usize,
+    pub citizen: Arc<str>,
+    pub device: Arc<str>,
+    /// When the condition began: the run's first reading, or the last reading before the
+    /// silence.
+    pub started_ms: i64,
+    /// The event time the alert is about: the reading that raised it, or for a silence the
+    /// last reading.
+    pub event_ms: i64,
+    /// The reading that raised it (none for a silence).
+    pub value: Option<f64>,
+}
+
+#[derive(Debug)]
+struct Run {
+    started_ms: i64,
+    latest_ms: i64,
+    raised: bool,
+}
+
+#[derive(Debug)]
+struct Seen {
+    latest_ms: i64,
+    device: Arc<str>,
+    raised: bool,
+}
+
+/// The rules and each citizen's state under them.
+#[derive(Debug, Default)]
+pub struct Evaluator {
+    rules: Vec<Rule>,
+    runs: HashMap<(usize, Arc<str>), Run>,
+    seen: HashMap<(usize, Arc<str>), Seen>,
+}
+
+impl Evaluator {
+    pub fn new(rules: Vec<Rule>) -> Evaluator {
+        Evaluator {
+            rules,
+            ..Evaluator::default()
+        }
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Takes one observation; adds what it raises to `out`.
+    pub fn observe(&mut self, o: &Observation, out: &mut Vec<Raised>) {
+        if o.flags & flags::IMPLAUSIBLE != 0 {
+            return;
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            if rule.metric != o.metric {
+                continue;
+            }
+            let key = (i, o.citizen.clone());
+            match rule.condition {
+                Condition::Below(limit) => {
+                    track_run(&mut self.runs, key, o, o.value < limit, rule.for_ms, out)
+                }
+                Condition::Above(limit) => {
+                    track_run(&mut self.runs, key, o, o.value > limit, rule.for_ms, out)
+                }
+                Condition::Silent(_) => {
+                    let seen = self.seen.entry(key).or_insert(Seen {
+                        latest_ms: o.time_ms,
+                        device: o.device.clone(),
+                        raised: false,
+                    });
+                    if o.time_ms >= seen.latest_ms {
+                        seen.latest_ms = o.time_ms;
+                        seen.device = o.device.clone();
+                        seen.raised = false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Raises the silences that have lasted their rule's time by `now_ms`.
+    pub fn tick(&mut self, now_ms: i64, out: &mut Vec<Raised>) {
+        for ((rule, citizen), seen) in &mut self.seen {
+            let Condition::Silent(quiet_ms) = self.rules[*rule].condition else {
+                continue;
+            };
+            if !seen.raised && now_ms - seen.latest_ms >= quiet_ms {
+                seen.raised = true;
+                out.push(Raised {
+                    rule: *rule,
+                    citizen: citizen.clone(),
+                    device: seen.device.clone(),
+                    started_ms: seen.latest_ms,
+                    event_ms: seen.latest_ms,
+                    value: None,
+                });
+            }
+        }
+    }
+}
+
+/// One reading of a below/above rule: starts, extends, raises or ends the citizen's run.
+fn track_run(
+    runs: &mut HashMap<(usize, Arc<str>), Run>,
+    key: (usize, Arc<str>),
+    o: &Observation,
+    past: bool,
+    for_ms: i64,
+    out: &mut Vec<Raised>,
+) {
+    if runs.get(&key).is_some_and(|r| o.time_ms < r.latest_ms) {
+        return; // late: changes nothing
+    }
+    if !past {
+        runs.remove(&key);
+        return;
+    }
+    let rule = key.0;
+    let run = runs.entry(key.clone()).or_insert(Run {
+        started_ms: o.time_ms,
+        latest_ms: o.time_ms,
+        raised: false,
+    });
+    run.latest_ms = o.time_ms;
+    if !run.raised && run.latest_ms - run.started_ms >= for_ms {
+        run.raised = true;
+        out.push(Raised {
+            rule,
+            citizen: key.1,
+            device: o.device.clone(),
+            started_ms: run.started_ms,
+            event_ms: o.time_ms,
+            value: Some(o.value),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+
+    fn rule(metric: Metric, condition: Condition, for_min: i64) -> Rule {
+        Rule {
+            name: Arc::from("r"),
+            metric,
+            condition,
+            for_ms: for_min * MIN,
+        }
+    }
+
+    fn reading(citizen: &str, metric: Metric, minute: i64, value: f64) -> Observation {
+        Observation {
+            citizen: Arc::from(citizen),
+            device: Arc::from(format!("dev-{citizen}").as_str()),
+            metric,
+            value,
+            time_ms: minute * MIN,
+            received_ms: minute * MIN,
+            seq: 0,
+            flags: 0,
+        }
+    }
+
+    fn run(eval: &mut Evaluator, readings: &[Observation]) -> Vec<Raised> {
+        let mut out = Vec::new();
+        for r in readings {
+            eval.observe(r, &mut out);
+        }
+        out
+    }
+
+    fn spo2(citizen: &str, values: &[(i64, f64)]) -> Vec<Observation> {
+        values
+            .iter()
+            .map(|&(m, v)| reading(citizen, Metric::Spo2, m, v))
+            .collect()
+    }
+
+    #[test]
+    fn below_for_five_minutes_raises_once_when_the_run_has_lasted() {
+        let mut eval = Evaluator::new(vec![rule(Metric::Spo2, Condition::Below(90.0), 5)]);
+        let out = run(
+            &mut eval,
+            &spo2(
+                "c",
+                &[
+                    (0, 95.0),
+                    (1, 89.0),
+                    (3, 88.0),
+                    (5, 87.0),
+                    (6, 86.0),
+                    (7, 85.0),
+                    (8, 84.0),
+                ],
+            ),
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!((out[0].started_ms, out[0].event_ms), (MIN, 6 * MIN));
+        assert_eq!(out[0].value, Some(86.0));
+        assert_eq!(&*out[0].device, "dev-c");
+    }
+
+    #[test]
+    fn a_reading_back_in_range_ends_the_run_and_a_new_run_raises_again() {
+        let mut eval = Evaluator::new(vec![rule(Metric::Spo2, Condition::Below(90.0), 2)]);
+        let out = run(
+            &mut eval,
+            &spo2(
+                "c",
+                &[
+                    (0, 89.0),
+                    (1, 88.0),
+                    (2, 95.0),
+                    (3, 88.0),
+                    (4, 88.0),
+                    (5, 88.0),
+                    (6, 87.0),
+                ],
+            ),
+        );
+        assert_eq!(
+            out.len(),
+            1,
+            "the run at 0–1 ended at 2 before lasting 2 min: {out:?}"
+        );
+        assert_eq!(out[0].started_ms, 3 * MIN);
+        let again = run(&mut eval, &spo2("c", &[(7, 96.0), (8, 80.0), (10, 80.0)]));
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].started_ms, 8 * MIN);
+    }
+
+    #[test]
+    fn zero_minutes_raises_on_the_first_reading_and_above_works_alike() {
+        let mut eval = Evaluator::new(vec![
+            rule(Metric::Spo2, Condition::Below(90.0), 0),
+            rule(Metric::HeartRate, Condition::Above(120.0), 0),
+        ]);
+        let mut readings = spo2("c", &[(0, 85.0), (1, 84.0)]);
+        readings.push(reading("c", Metric::HeartRate, 2, 121.0));
+        readings.push(reading("c", Metric::HeartRate, 3, 120.0));
+        let out = run(&mut eval, &readings);
+        let rules: Vec<usize> = out.iter().map(|r| r.rule).collect();
+        assert_eq!(rules, vec![0, 1]);
+    }
+
+    #[test]
+    fn citizens_have_runs_of_their_own_and_late_or_implausible_readings_change_nothing() {
+        let mut eval = Evaluator::new(vec![rule(Metric::Spo2, Condition::Below(90.0), 2)]);
+        let mut readings = spo2("a", &[(0, 88.0), (1, 88.0)]);
+        readings.extend(spo2("b", &[(1, 88.0)]));
+        // Late, in range: does not end a's run.
+        readings.extend(spo2("a", &[(0, 97.0)]));
+        let mut glitch = reading("a", Metric::Spo2, 2, 99.0);
+        glitch.flags = flags::IMPLAUSIBLE;
+        readings.push(glitch);
+        readings.extend(spo2("a", &[(2, 88.0)]));
+        readings.extend(spo2("b", &[(2, 88.0)]));
+        let out = run(&mut eval, &readings);
+        let who: Vec<&str> = out.iter().map(|r| &*r.citizen).collect();
+        assert_eq!(who, vec!["a"], "b's run lasted 1 minute only: {out:?}");
+    }
+
+    #[test]
+    fn silence_is_raised_once_after_its_time_and_a_new_reading_ends_it() {
+        let mut eval = Evaluator::new(vec![rule(
+            Metric::HeartRate,
+            Condition::Silent(24 * 60 * MIN),
+            0,
+        )]);
+        run(&mut eval, &[reading("c", Metric::HeartRate, 10, 60.0)]);
+        let mut out = Vec::new();
+        eval.tick(10 * MIN + 24 * 60 * MIN - 1, &mut out);
+        assert!(out.is_empty(), "not yet");
+        eval.tick(10 * MIN + 24 * 60 * MIN, &mut out);
+        eval.tick(10 * MIN + 48 * 60 * MIN, &mut out);
+        assert_eq!(out.len(), 1, "once: {out:?}");
+        assert_eq!((out[0].started_ms, out[0].value), (10 * MIN, None));
+        run(&mut eval, &[reading("c", Metric::HeartRate, 3_000, 61.0)]);
+        eval.tick(3_000 * MIN + 24 * 60 * MIN, &mut out);
+        assert_eq!(out.len(), 2, "a new silence after the new reading");
+    }
+}

@@ -1,0 +1,214 @@
+//! The alerts sink: follows the write-ahead log like the stores do (its own checkpoint,
+//! `alerts`), evaluates the rules on each identified observation, and records what they
+//! raise for every care service the citizen's care consent for the metric lets see it, then
+//! publishes each on `care/{service}/alerts`. No care consent, no alert.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tracing::{error, info, warn};
+
+use super::eval::{Evaluator, Raised};
+use super::store::{Alert, AlertStore, NewAlert};
+use crate::backoff::Backoff;
+use crate::consent::{ConsentView, Consents, Purpose};
+use crate::pipeline::Notice;
+use crate::sink::{Batch, Batching, Sink, Stop, Stopped};
+use crate::stats::IngestStats;
+use crate::wal::Position;
+
+/// How often silences are looked for.
+const TICK: Duration = Duration::from_secs(1);
+
+pub struct AlertSink {
+    pub eval: Evaluator,
+    pub store: AlertStore,
+    pub consents: ConsentView,
+    /// The broker's queue of hub messages; `None` without a broker (tests, rebuilds).
+    pub notices: Option<flume::Sender<Notice>>,
+    pub stats: Arc<IngestStats>,
+    last_tick: Instant,
+    erasures_seen: u64,
+}
+
+impl AlertSink {
+    pub fn new(
+        eval: Evaluator,
+        store: AlertStore,
+        consents: ConsentView,
+        notices: Option<flume::Sender<Notice>>,
+        stats: Arc<IngestStats>,
+    ) -> AlertSink {
+        AlertSink {
+            eval,
+            store,
+            consents,
+            notices,
+            stats,
+            last_tick: Instant::now(),
+            erasures_seen: u64::MAX,
+        }
+    }
+
+    /// The alerts `raised` makes, one per care service that may see each.
+    fn address(&self, raised: &[Raised], consents: &Consents, now_ms: i64) -> Vec<NewAlert> {
+        let mut alerts = Vec::new();
+        for r in raised {
+            let rule = &self.eval.rules()[r.rule];
+            let metric = rule.metric.name();
+            let services: Vec<&str> = consents
+                .grantees(&r.citizen, Purpose::Care)
+                .into_iter()
+                .filter(|g| {
+                    consents.permits(&r.citizen, g, Purpose::Care, metric, r.event_ms, now_ms)
+                })
+                .collect();
+            if services.is_empty() {
+                self.stats
+                    .alerts_unaddressed
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            for service in services {
+                alerts.push(NewAlert {
+                    rule: rule.name.to_string(),
+                    citizen: r.citizen.to_string(),
+                    grantee: service.to_owned(),
+                    device: r.device.to_string(),
+                    metric: metric.to_owned(),
+                    started_ms: r.started_ms,
+                    event_ms: r.event_ms,
+                    raised_ms: now_ms,
+                    value: r.value,
+                });
+            }
+        }
+        alerts
+    }
+
+    /// Records what `raised` makes (retrying while alerts.db fails) and publishes the new
+    /// ones; [`Stopped`] if the hub stops while it still fails.
+    fn raise(&mut self, raised: &[Raised], stop: Option<&Stop>) -> Result<(), Stopped> {
+        if raised.is_empty() {
+            return Ok(());
+        }
+        let now_ms = jiff::Timestamp::now().as_millisecond();
+        let consents = self.consents.refresh();
+        let alerts = self.address(raised, &consents, now_ms);
+        if alerts.is_empty() {
+            return Ok(());
+        }
+        let mut backoff = Backoff::default();
+        let added = loop {
+            match self.store.record(&alerts) {
+                Ok(added) => break added,
+                Err(e) => {
+                    backoff.failed();
+                    error!(error = %e, alerts = alerts.len(), retry_in_ms = backoff.next_wait().as_millis() as u64,
+                        "cannot record alerts; retrying");
+                    if stop.is_some_and(Stop::requested) {
+                        return Err(Stopped);
+                    }
+                    backoff.wait();
+                }
+            }
+        };
+        self.stats
+            .alerts_raised
+            .fetch_add(added.len() as u64, Ordering::Relaxed);
+        for alert in &added {
+            info!(alert = alert.id, rule = %alert.new.rule, service = %alert.new.grantee, "alert raised");
+            self.publish(alert);
+        }
+        Ok(())
+    }
+
+    fn publish(&self, alert: &Alert) {
+        let Some(notices) = &self.notices else { return };
+        let notice = Notice {
+            topic: format!("care/{}/alerts", alert.new.grantee),
+            payload: Bytes::from(payload(alert).into_bytes()),
+            event_ms: None,
+        };
+        if notices.try_send(notice).is_err() {
+            // Recorded all the same: the care view and the API list it.
+            warn!(
+                alert = alert.id,
+                "hub publish queue full; the alert's MQTT message was dropped"
+            );
+        }
+    }
+
+    /// Deletes the alerts of citizens who asked for erasure, when the records changed.
+    fn erase_if_asked(&mut self) {
+        let generation = self.consents.book().generation();
+        if generation == self.erasures_seen {
+            return;
+        }
+        let consents = self.consents.refresh();
+        for (citizen, at) in consents.erasures() {
+            if let Err(e) = self.store.erase(citizen, at) {
+                error!(error = %e, "cannot erase a citizen's alerts; will retry");
+                return;
+            }
+        }
+        self.erasures_seen = generation;
+    }
+}
+
+/// An alert as published and as the API shows it (JSON).
+pub fn payload(alert: &Alert) -> String {
+    let a = &alert.new;
+    let time = |ms: i64| {
+        jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.to_string())
+    };
+    serde_json::json!({
+        "id": alert.id,
+        "rule": a.rule,
+        "citizen": a.citizen,
+        "device": a.device,
+        "metric": a.metric,
+        "value": a.value,
+        "started": time(a.started_ms),
+        "event_time": time(a.event_ms),
+        "raised": time(a.raised_ms),
+        "acknowledged": alert.acked.as_ref().map(|(at, _)| time(*at)),
+        "acknowledged_by": alert.acked.as_ref().map(|(_, by)| by),
+    })
+    .to_string()
+}
+
+impl Sink for AlertSink {
+    fn name(&self) -> &'static str {
+        "alerts"
+    }
+
+    fn batching(&self) -> Batching {
+        Batching {
+            max: 10_000,
+            linger: Duration::ZERO,
+        }
+    }
+
+    fn write(&mut self, batch: &Batch, _upto: Position, stop: &Stop) -> Result<(), Stopped> {
+        let mut raised = Vec::new();
+        for o in &batch.personal {
+            self.eval.observe(o, &mut raised);
+        }
+        self.raise(&raised, Some(stop))
+    }
+
+    fn tend(&mut self) {
+        self.erase_if_asked();
+        if self.last_tick.elapsed() < TICK {
+            return;
+        }
+        self.last_tick = Instant::now();
+        let mut raised = Vec::new();
+        self.eval
+            .tick(jiff::Timestamp::now().as_millisecond(), &mut raised);
+        // Outside a batch nothing waits in the log for these: a failure is retried here.
+        let _ = self.raise(&raised, None);
+    }
+}
