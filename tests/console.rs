@@ -3,7 +3,8 @@
 //! sleep and a heart-rate chart of the simulator's data, switches language, and withdraws
 //! care consent; the care service then can no longer read the citizen. A care service sees
 //! the alert a desaturation raised, for its consented citizen only, and acknowledges it; a
-//! device id holding `<script>` shows as text.
+//! device id holding `<script>` shows as text. An operator sees a device go offline when its
+//! simulator stops, replays a dead letter, and asks the ACL rules about a publish.
 //!
 //! Needs `chromium` and `chromium-driver` (`.ci/run` installs them).
 
@@ -373,6 +374,129 @@ async fn a_care_service_sees_and_acknowledges_the_alert_of_its_consented_citizen
         None,
     )?;
     assert_eq!(all[0]["acknowledged_by"], "care-team", "{all}");
+    browser.close().await?;
+    hub.terminate()
+}
+
+/// Reloads `/console` until `ready` holds of the browser's page, for up to 30 s.
+async fn reload_until(
+    browser: &Browser,
+    url: &str,
+    what: &str,
+    ready: impl AsyncFn(&Browser) -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        browser.client.goto(url).await?;
+        if ready(browser).await? {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            let main = browser.text("main").await.unwrap_or_default();
+            anyhow::bail!("{what} within 30 s; the page says:\n{main}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn online(browser: &Browser, device: &str) -> anyhow::Result<Option<String>> {
+    let css = format!("#devices tr[data-device={device}]");
+    Ok(browser
+        .client
+        .find(Locator::Css(&css))
+        .await?
+        .attr("data-online")
+        .await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_sees_a_device_go_offline_and_replays_a_dead_letter() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = format!(
+        "{}[http]\nlisten = \"127.0.0.1:0\"\n",
+        common::config_for_simulation(2)
+    );
+    let hub = Hub::start(dir.path(), &config)?;
+    let api = hub.http_addr.expect("http listener");
+    let passwords = common::password_file(dir.path(), 1)?;
+    let mut simulator = Command::new(common::KENKO)
+        .args(["simulate", "--broker", &hub.addr.to_string()])
+        .args(["--passwords", &path(&passwords)])
+        .args(["--kinds", "bed", "--devices", "1", "--rate", "5"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    hub.publish_as("bed-002", "{oops")?;
+
+    let browser = Browser::start().await?;
+    let base = format!("http://{api}");
+    let page = format!("{base}/console?lang=en");
+    browser.sign_in(&base, "operator-1").await?;
+    reload_until(&browser, &page, "bed-001 online", async |b| {
+        Ok(online(b, "bed-001").await?.as_deref() == Some("true"))
+    })
+    .await?;
+    assert_eq!(online(&browser, "bed-002").await?.as_deref(), Some("false"));
+    let letter = browser.text("#deadletters tr[data-letter]").await?;
+    assert!(
+        letter.contains("bed-002") && letter.contains("malformed_payload"),
+        "{letter}"
+    );
+
+    // Replay the letter: the writer runs it again and it is refused again (still malformed).
+    let c = &browser.client;
+    c.find(Locator::Css("#deadletters tr[data-letter] button"))
+        .await?
+        .click()
+        .await?;
+    c.wait().for_element(Locator::Css("p[data-replay]")).await?;
+    // Reloaded without the #deadletters fragment (a fragment alone does not reload).
+    let request = c
+        .find(Locator::Css("p[data-replay]"))
+        .await?
+        .attr("data-replay")
+        .await?
+        .unwrap_or_default();
+    let replayed = format!("{page}&replay={request}");
+    reload_until(&browser, &replayed, "the replay carried out", async |b| {
+        Ok(b.text("p[data-replay]").await?.contains("refused again 1"))
+    })
+    .await?;
+
+    // The explain form, as `kenko acl explain`.
+    c.goto(&page).await?;
+    c.find(Locator::Css("#principal"))
+        .await?
+        .send_keys("bed-001")
+        .await?;
+    c.find(Locator::Css("#topic"))
+        .await?
+        .send_keys("devices/bed-002/telemetry")
+        .await?;
+    c.find(Locator::Css("#explain button"))
+        .await?
+        .click()
+        .await?;
+    c.wait()
+        .for_element(Locator::Css("#explain p[data-allowed]"))
+        .await?;
+    assert_eq!(
+        c.find(Locator::Css("#explain p[data-allowed]"))
+            .await?
+            .attr("data-allowed")
+            .await?
+            .as_deref(),
+        Some("false"),
+        "a device may not publish as another"
+    );
+
+    // The simulator stops: its device goes offline.
+    simulator.kill()?;
+    simulator.wait()?;
+    reload_until(&browser, &page, "bed-001 offline", async |b| {
+        Ok(online(b, "bed-001").await?.as_deref() == Some("false"))
+    })
+    .await?;
     browser.close().await?;
     hub.terminate()
 }

@@ -35,8 +35,8 @@ pub(crate) struct Readiness {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct SinkLagView {
-    sink: String,
-    lag_bytes: u64,
+    pub(crate) sink: String,
+    pub(crate) lag_bytes: u64,
 }
 
 /// The process is alive and serving HTTP (for a liveness probe).

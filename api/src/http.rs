@@ -357,6 +357,11 @@ impl ApiError {
         }
     }
 
+    /// The message for people.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+
     /// A "try again later" answer (429, 503) with a `Retry-After` of `wait`, rounded up to
     /// whole seconds and at least one.
     fn retry_after(status: StatusCode, message: impl Into<String>, wait: Duration) -> ApiError {

@@ -22,6 +22,7 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path as UrlPath, Query as QueryParams, State};
 use axum::http::StatusCode;
 use axum::Json;
+use kenko_broker::auth::Identity;
 use kenko_ingest::deadletter::{DeadLetterStore, ReplayRequest, Selection};
 use serde::{Deserialize, Serialize};
 
@@ -48,29 +49,29 @@ pub(crate) struct LetterFilter {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct ReasonCount {
-    reason: String,
-    count: u64,
+    pub(crate) reason: String,
+    pub(crate) count: u64,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct LetterView {
-    id: i64,
-    received: String,
-    client_id: String,
-    topic: String,
-    device: Option<String>,
-    reason_code: String,
-    reason: String,
+    pub(crate) id: i64,
+    pub(crate) received: String,
+    pub(crate) client_id: String,
+    pub(crate) topic: String,
+    pub(crate) device: Option<String>,
+    pub(crate) reason_code: String,
+    pub(crate) reason: String,
     /// Size of the refused payload (`kenko deadletter show` prints it).
-    payload_bytes: usize,
+    pub(crate) payload_bytes: usize,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct DeadLetters {
     /// Every letter, per reason.
-    counts: Vec<ReasonCount>,
+    pub(crate) counts: Vec<ReasonCount>,
     /// The newest letters selected, newest first.
-    letters: Vec<LetterView>,
+    pub(crate) letters: Vec<LetterView>,
 }
 
 fn dead_letter_store(api: &HttpApi) -> std::path::PathBuf {
@@ -93,7 +94,16 @@ pub(crate) async fn dead_letters(
         return Err(bad(format!("limit {limit}: 1 to {MAX_LETTERS}")));
     }
     let selection = selection(None, filter.reason, filter.device)?;
-    let path = dead_letter_store(&api);
+    Ok(Json(dead_letter_views(&api, selection, limit).await?))
+}
+
+/// Counts per reason, and the newest `limit` letters of `selection`.
+pub(crate) async fn dead_letter_views(
+    api: &HttpApi,
+    selection: Selection,
+    limit: usize,
+) -> Result<DeadLetters, ApiError> {
+    let path = dead_letter_store(api);
     let answer = tokio::task::spawn_blocking(move || {
         if !path.exists() {
             return Ok(DeadLetters {
@@ -126,10 +136,10 @@ pub(crate) async fn dead_letters(
     .await
     .map_err(internal)?
     .map_err(internal)?;
-    Ok(Json(answer))
+    Ok(answer)
 }
 
-fn selection(
+pub(crate) fn selection(
     id: Option<i64>,
     reason: Option<String>,
     device: Option<String>,
@@ -160,15 +170,15 @@ pub(crate) struct ReplayBody {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct ReplayView {
-    id: i64,
+    pub(crate) id: i64,
     /// When the writer carried it out; absent while it waits.
-    done: Option<String>,
+    pub(crate) done: Option<String>,
     /// Letters now stored (and gone from the dead letters).
-    replayed: u64,
+    pub(crate) replayed: u64,
     /// Letters refused again (kept, with the new reason).
-    failed: u64,
+    pub(crate) failed: u64,
     /// Letters that cannot go through the pipeline again.
-    skipped: u64,
+    pub(crate) skipped: u64,
 }
 
 impl From<ReplayRequest> for ReplayView {
@@ -196,7 +206,17 @@ pub(crate) async fn replay(
     crate::http::ensure_sound_stores(&api)?;
     let Json(body) = body.map_err(|e| bad(format!("body: {}", e.body_text())))?;
     let selection = selection(body.id, body.reason, body.device)?;
-    let path = dead_letter_store(&api);
+    let request = request_replay(&api, &who, selection).await?;
+    Ok((StatusCode::ACCEPTED, Json(request.into())))
+}
+
+/// Asks the hub's writer to replay the letters of `selection` (recorded for it to find).
+pub(crate) async fn request_replay(
+    api: &HttpApi,
+    who: &Identity,
+    selection: Selection,
+) -> Result<ReplayRequest, ApiError> {
+    let path = dead_letter_store(api);
     let request = tokio::task::spawn_blocking(move || {
         let mut store = DeadLetterStore::open(&path)?;
         let id = store.request_replay(&selection, now_ms())?;
@@ -210,7 +230,7 @@ pub(crate) async fn replay(
     .map_err(internal)?
     .map_err(internal)?;
     tracing::info!(principal = %who.id, request = request.id, "dead-letter replay requested over HTTP");
-    Ok((StatusCode::ACCEPTED, Json(request.into())))
+    Ok(request)
 }
 
 #[utoipa::path(get, path = "/api/v1/deadletters/replay/{id}", tag = "operators",
@@ -224,7 +244,12 @@ pub(crate) async fn replay_status(
     UrlPath(id): UrlPath<i64>,
 ) -> Result<Json<ReplayView>, ApiError> {
     operator_only(&who, "see or act on the hub's operations")?;
-    let path = dead_letter_store(&api);
+    Ok(Json(replay_request(&api, id).await?))
+}
+
+/// Replay request `id` and, once carried out, its outcome.
+pub(crate) async fn replay_request(api: &HttpApi, id: i64) -> Result<ReplayView, ApiError> {
+    let path = dead_letter_store(api);
     let found = tokio::task::spawn_blocking(move || {
         if !path.exists() {
             return Ok(Vec::new());
@@ -238,21 +263,21 @@ pub(crate) async fn replay_status(
         .into_iter()
         .next()
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no replay request {id}")))?;
-    Ok(Json(request.into()))
+    Ok(request.into())
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct LogView {
     /// Bytes the write-ahead log holds.
-    bytes: u64,
+    pub(crate) bytes: u64,
     /// The log is full: acknowledgements wait until the sinks catch up.
-    full: bool,
+    pub(crate) full: bool,
     /// The log cannot be written: acknowledgements wait.
-    failing: bool,
+    pub(crate) failing: bool,
     /// How far each sink is behind the log.
-    sinks: Vec<crate::health::SinkLagView>,
+    pub(crate) sinks: Vec<crate::health::SinkLagView>,
     /// The lag at which the hub stops being ready.
-    sink_lag_bound_bytes: Option<u64>,
+    pub(crate) sink_lag_bound_bytes: Option<u64>,
 }
 
 #[utoipa::path(get, path = "/api/v1/log", tag = "operators",
@@ -263,23 +288,28 @@ pub(crate) async fn log(
     Authenticated(who): Authenticated,
 ) -> Result<Json<LogView>, ApiError> {
     operator_only(&who, "see or act on the hub's operations")?;
+    Ok(Json(log_view(&api)))
+}
+
+/// The write-ahead log's size and state, and each sink's lag.
+pub(crate) fn log_view(api: &HttpApi) -> LogView {
     let gauge = |read: fn(&kenko_ingest::stats::IngestStats) -> u64| {
         api.stats.as_ref().map_or(0, |(_, i)| read(i))
     };
-    Ok(Json(LogView {
+    LogView {
         bytes: gauge(|i| i.wal_bytes.load(Ordering::Relaxed)),
         full: gauge(|i| i.wal_full.load(Ordering::Relaxed)) == 1,
         failing: gauge(|i| i.wal_failing.load(Ordering::Relaxed)) == 1,
-        sinks: crate::health::sink_lags(&api),
+        sinks: crate::health::sink_lags(api),
         sink_lag_bound_bytes: api.lags.as_ref().map(|l| l.bound_bytes()),
-    }))
+    }
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct DenialView {
     /// The rule (file:line and what it says), or the default deny.
-    rule: String,
-    count: u64,
+    pub(crate) rule: String,
+    pub(crate) count: u64,
 }
 
 #[utoipa::path(get, path = "/api/v1/acl/denials", tag = "operators",
@@ -290,8 +320,13 @@ pub(crate) async fn denials(
     Authenticated(who): Authenticated,
 ) -> Result<Json<Vec<DenialView>>, ApiError> {
     operator_only(&who, "see or act on the hub's operations")?;
+    Ok(Json(denial_views(&api)))
+}
+
+/// Denials per rule of the rules in force, most first.
+pub(crate) fn denial_views(api: &HttpApi) -> Vec<DenialView> {
     let Some(authorizer) = &api.authorizer else {
-        return Ok(Json(Vec::new()));
+        return Vec::new();
     };
     let acl = authorizer.current();
     let mut out: Vec<DenialView> = acl
@@ -306,7 +341,7 @@ pub(crate) async fn denials(
         })
         .collect();
     out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.rule.cmp(&b.rule)));
-    Ok(Json(out))
+    out
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -319,19 +354,19 @@ pub(crate) struct DeviceFilter {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct DeviceView {
-    id: String,
-    kind: String,
-    citizen: String,
-    profile: String,
-    timezone: Option<String>,
+    pub(crate) id: String,
+    pub(crate) kind: String,
+    pub(crate) citizen: String,
+    pub(crate) profile: String,
+    pub(crate) timezone: Option<String>,
     /// `config` (the config file's) or `registry` (`kenko device add`).
-    source: String,
+    pub(crate) source: String,
     /// When the hub last received a message from it (since the hub started).
-    last_seen: Option<String>,
+    pub(crate) last_seen: Option<String>,
     /// Messages since the hub started.
-    messages: u64,
+    pub(crate) messages: u64,
     /// Messages in the last whole minute.
-    per_minute: u64,
+    pub(crate) per_minute: u64,
 }
 
 #[utoipa::path(get, path = "/api/v1/devices", tag = "operators", params(DeviceFilter),
@@ -353,6 +388,12 @@ pub(crate) async fn devices(
                 .map_err(|e| bad(format!("silent_for: {e}")))
         })
         .transpose()?;
+    Ok(Json(device_views(&api, silent_ms)))
+}
+
+/// Registered devices with when each was last heard from, by id; only those silent for
+/// `silent_ms` when given.
+pub(crate) fn device_views(api: &HttpApi, silent_ms: Option<i64>) -> Vec<DeviceView> {
     let now = now_ms();
     let activity = api.stats.as_ref().map(|(_, ingest)| &ingest.activity);
     let mut out: Vec<DeviceView> = api
@@ -385,35 +426,35 @@ pub(crate) async fn devices(
         .map(|(_, view)| view)
         .collect();
     out.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(Json(out))
+    out
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct ExplainParams {
     /// The principal asking (a device, or any other principal).
-    principal: String,
+    pub(crate) principal: String,
     /// The topic it publishes on (or give `subscribe`).
-    publish: Option<String>,
+    pub(crate) publish: Option<String>,
     /// The filter it subscribes to.
-    subscribe: Option<String>,
+    pub(crate) subscribe: Option<String>,
     /// 0, 1 or 2 (default 0).
-    qos: Option<u8>,
+    pub(crate) qos: Option<u8>,
     /// A retained publish.
-    retain: Option<bool>,
+    pub(crate) retain: Option<bool>,
     /// Its client id (default: the principal id).
-    client_id: Option<String>,
+    pub(crate) client_id: Option<String>,
     /// The observation time consent is judged for (default now).
-    at: Option<String>,
+    pub(crate) at: Option<String>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct ExplainView {
-    allowed: bool,
+    pub(crate) allowed: bool,
     /// The deciding rule (file:line and what it says), if one matched.
-    rule: Option<String>,
+    pub(crate) rule: Option<String>,
     /// The explanation `kenko acl explain` prints, a line a fact.
-    text: String,
+    pub(crate) text: String,
 }
 
 #[utoipa::path(get, path = "/api/v1/acl/explain", tag = "operators", params(ExplainParams),
@@ -428,6 +469,11 @@ pub(crate) async fn explain(
 ) -> Result<Json<ExplainView>, ApiError> {
     operator_only(&who, "see or act on the hub's operations")?;
     let QueryParams(p) = params.map_err(|e| bad(format!("query: {}", e.body_text())))?;
+    Ok(Json(explain_view(&api, &p)?))
+}
+
+/// What the rules in force decide for `p`, and why.
+pub(crate) fn explain_view(api: &HttpApi, p: &ExplainParams) -> Result<ExplainView, ApiError> {
     for (field, value) in [
         ("principal", Some(&p.principal)),
         ("publish", p.publish.as_ref()),
@@ -474,11 +520,11 @@ pub(crate) async fn explain(
         .rule
         .and_then(|i| acl.rules().get(i))
         .map(|r| r.source.to_string());
-    Ok(Json(ExplainView {
+    Ok(ExplainView {
         allowed: decision.allowed,
         rule,
         text,
-    }))
+    })
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -490,14 +536,14 @@ pub(crate) struct SessionFilter {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct MqttSessionView {
-    client_id: String,
-    principal: String,
+    pub(crate) client_id: String,
+    pub(crate) principal: String,
     /// When the hub accepted the connection.
-    connected: String,
+    pub(crate) connected: String,
     /// The client's address.
-    address: String,
+    pub(crate) address: String,
     /// "3.1.1" or "5".
-    protocol: String,
+    pub(crate) protocol: String,
 }
 
 #[utoipa::path(get, path = "/api/v1/mqtt/sessions", tag = "operators", params(SessionFilter),
@@ -513,18 +559,21 @@ pub(crate) async fn mqtt_sessions(
     let QueryParams(filter) = filter.map_err(|e| bad(format!("query: {}", e.body_text())))?;
     let principal = filter.principal.as_deref();
     short("principal", principal.unwrap_or(""), MAX_WORD)?;
+    Ok(Json(session_views(&api, principal)))
+}
+
+/// The MQTT clients connected now (only `principal`'s when given), by client id.
+pub(crate) fn session_views(api: &HttpApi, principal: Option<&str>) -> Vec<MqttSessionView> {
     let connected = api.clients.as_ref().map(|c| c.list()).unwrap_or_default();
-    Ok(Json(
-        connected
-            .into_iter()
-            .filter(|c| principal.is_none_or(|p| *c.principal == *p))
-            .map(|c| MqttSessionView {
-                client_id: c.client_id.to_string(),
-                principal: c.principal.to_string(),
-                connected: rfc3339(c.about.since_ms),
-                address: c.about.source.to_string(),
-                protocol: c.about.protocol.to_owned(),
-            })
-            .collect(),
-    ))
+    connected
+        .into_iter()
+        .filter(|c| principal.is_none_or(|p| *c.principal == *p))
+        .map(|c| MqttSessionView {
+            client_id: c.client_id.to_string(),
+            principal: c.principal.to_string(),
+            connected: rfc3339(c.about.since_ms),
+            address: c.about.source.to_string(),
+            protocol: c.about.protocol.to_owned(),
+        })
+        .collect()
 }

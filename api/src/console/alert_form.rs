@@ -4,11 +4,11 @@
 
 use axum::extract::rejection::{FormRejection, PathRejection};
 use axum::extract::{Form, Path as UrlPath, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
-use crate::http::{bad, forbidden, ApiError, HttpApi};
+use crate::http::{bad, ApiError, HttpApi};
 
 #[derive(Deserialize)]
 pub(crate) struct AckForm {
@@ -33,18 +33,8 @@ async fn acknowledge(
     id: Result<UrlPath<i64>, PathRejection>,
     form: Result<Form<AckForm>, FormRejection>,
 ) -> Result<(), ApiError> {
-    crate::session::same_origin(&Method::POST, headers)?;
-    let Some((who, csrf)) = crate::session::session_of(api, headers) else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "the session has ended; sign in again at /login",
-        ));
-    };
-    api.within_limits(&who.id)?;
     let Form(form) = form.map_err(|e| bad(format!("form: {}", e.body_text())))?;
-    if !crate::session::form_token_matches(&form.csrf_token, &csrf) {
-        return Err(forbidden("wrong CSRF token: reload the page and try again"));
-    }
+    let who = super::form_session(api, headers, &form.csrf_token)?;
     crate::alerts::care_only(&who)?;
     let UrlPath(id) = id.map_err(|e| bad(format!("alert id: {}", e.body_text())))?;
     crate::alerts::acknowledge(api, &who, id).await.map(|_| ())

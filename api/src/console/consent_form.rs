@@ -4,7 +4,7 @@
 
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, State};
-use axum::http::{HeaderMap, Method};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use kenko_ingest::consent::{ConsentChange, Purpose, HUB};
 use serde::Deserialize;
@@ -36,18 +36,8 @@ async fn record(
     headers: &HeaderMap,
     form: Result<Form<ConsentForm>, FormRejection>,
 ) -> Result<(), ApiError> {
-    crate::session::same_origin(&Method::POST, headers)?;
-    let Some((who, csrf)) = crate::session::session_of(api, headers) else {
-        return Err(ApiError::new(
-            axum::http::StatusCode::UNAUTHORIZED,
-            "the session has ended; sign in again at /login",
-        ));
-    };
-    api.within_limits(&who.id)?;
     let Form(form) = form.map_err(|e| bad(format!("form: {}", e.body_text())))?;
-    if !crate::session::form_token_matches(&form.csrf_token, &csrf) {
-        return Err(forbidden("wrong CSRF token: reload the page and try again"));
-    }
+    let who = super::form_session(api, headers, &form.csrf_token)?;
     let Some(citizen) = who.citizen.clone() else {
         return Err(forbidden(format!("{} is not a citizen's login", who.id)));
     };

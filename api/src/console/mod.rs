@@ -6,9 +6,10 @@
 //! Pages: `GET /console` (a citizen's own data: last night's sleep, measurements by day,
 //! week or month against their own 4-week baseline, consents to withdraw or grant, who read
 //! their data; a care service's open alerts and the citizens in its care with their latest
-//! vitals), `POST /console/consents` (a citizen's consent buttons),
-//! `POST /console/alerts/{id}/ack` (a care service's acknowledge buttons),
-//! `GET /console/style.css`.
+//! vitals; an operator's devices, connections, log, dead letters, denials and ACL questions),
+//! `POST /console/consents` (a citizen's consent buttons), `POST /console/alerts/{id}/ack`
+//! (a care service's acknowledge buttons), `POST /console/deadletters/replay` (an
+//! operator's replay buttons), `GET /console/style.css`.
 //! `?lang=ja|en` on any page switches the language and keeps the choice in a cookie.
 
 mod alert_form;
@@ -17,6 +18,8 @@ mod chart;
 mod citizen;
 mod consent_form;
 mod i18n;
+mod operator;
+mod replay_form;
 
 use axum::extract::{Query as QueryParams, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -37,15 +40,22 @@ pub(crate) fn routes() -> Router<HttpApi> {
         .route("/console", get(home))
         .route("/console/consents", post(consent_form::submit))
         .route("/console/alerts/:id/ack", post(alert_form::submit))
+        .route("/console/deadletters/replay", post(replay_form::submit))
         .route("/console/style.css", get(style))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 pub(crate) struct PageParams {
     /// `ja` or `en`: switches the language (kept in a cookie).
     lang: Option<String>,
     /// `day`, `week` (default) or `month`: the span of the measurement charts.
     range: Option<String>,
+    /// An operator's dead-letter replay request to show.
+    replay: Option<i64>,
+    /// An operator's explain form: principal, `publish` or `subscribe`, topic.
+    principal: Option<String>,
+    action: Option<String>,
+    topic: Option<String>,
 }
 
 /// A signed-in browser: who, the session's CSRF token, and the page's language.
@@ -66,6 +76,8 @@ impl Viewer {
             Text::Console
         } else if self.has("care") {
             Text::CareTitle
+        } else if self.has("operator") {
+            Text::OperatorTitle
         } else {
             Text::ConsoleTitle
         }
@@ -102,10 +114,7 @@ async fn home(
     headers: HeaderMap,
     params: Result<QueryParams<PageParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let params = params.map(|QueryParams(p)| p).unwrap_or(PageParams {
-        lang: None,
-        range: None,
-    });
+    let params = params.map(|QueryParams(p)| p).unwrap_or_default();
     let chosen = params.lang.as_deref().and_then(Lang::parse);
     let lang = chosen.unwrap_or_else(|| Lang::of(&headers));
     let viewer = match viewer(&api, &headers, lang) {
@@ -124,6 +133,10 @@ async fn home(
             Ok(markup) => markup,
             Err(e) => return e.into_response(),
         },
+        _ if viewer.has("operator") => match operator::page(&api, &viewer, &params).await {
+            Ok(markup) => markup,
+            Err(e) => return e.into_response(),
+        },
         _ => html! { p { (lang.t(Text::NoPagesYet)) } },
     };
     let mut response = respond(&viewer, body);
@@ -133,6 +146,29 @@ async fn home(
             .append(header::SET_COOKIE, lang.cookie());
     }
     response
+}
+
+/// The principal of a console form that changes something: a session in force, within
+/// its request limit, from this site, with the session's CSRF token in the form.
+pub(crate) fn form_session(
+    api: &HttpApi,
+    headers: &HeaderMap,
+    csrf_token: &str,
+) -> Result<std::sync::Arc<Identity>, ApiError> {
+    crate::session::same_origin(&axum::http::Method::POST, headers)?;
+    let Some((who, csrf)) = crate::session::session_of(api, headers) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "the session has ended; sign in again at /login",
+        ));
+    };
+    api.within_limits(&who.id)?;
+    if !crate::session::form_token_matches(csrf_token, &csrf) {
+        return Err(crate::http::forbidden(
+            "wrong CSRF token: reload the page and try again",
+        ));
+    }
+    Ok(who)
 }
 
 /// A whole page: the header (who is signed in, sign out, the other language) around `body`.

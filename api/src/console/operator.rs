@@ -1,0 +1,235 @@
+//! An operator's page (role `operator`): the devices with when each was last heard from,
+//! its rate and whether it is connected now; the MQTT connections; the write-ahead log and
+//! each sink's lag; dead letters per reason and the newest ones, each with a replay button;
+//! denials per ACL rule; and a form that asks the rules in force what they decide, and why.
+//! The same figures as the operator endpoints of the API (`operators.rs`), read the same way.
+
+use std::collections::HashSet;
+
+use jiff::tz::TimeZone;
+use kenko_ingest::deadletter::Selection;
+use maud::{html, Markup};
+
+use super::citizen::local;
+use super::i18n::{Lang, Text};
+use super::{PageParams, Viewer};
+use crate::http::{ApiError, HttpApi};
+use crate::operators::{
+    dead_letter_views, denial_views, device_views, explain_view, log_view, replay_request,
+    session_views, ExplainParams, ExplainView,
+};
+
+/// Dead letters listed on the page.
+const LETTERS: usize = 20;
+
+pub(crate) async fn page(
+    api: &HttpApi,
+    viewer: &Viewer,
+    params: &PageParams,
+) -> Result<Markup, ApiError> {
+    let devices = device_views(api, None);
+    let sessions = session_views(api, None);
+    let online: HashSet<&str> = sessions.iter().map(|s| s.client_id.as_str()).collect();
+    let log = log_view(api);
+    let letters = dead_letter_views(api, Selection::default(), LETTERS).await?;
+    let denials = denial_views(api);
+    let replay = match params.replay {
+        Some(id) => Some(replay_request(api, id).await?),
+        None => None,
+    };
+    let explained = explain(api, params);
+    let zone = TimeZone::get(&api.config.ingest.default_timezone).unwrap_or(TimeZone::UTC);
+    let lang = viewer.lang;
+    let when = |t: &str| {
+        t.parse::<jiff::Timestamp>()
+            .map(|t| local(t.as_millisecond(), &zone, "%m-%d %H:%M:%S"))
+            .unwrap_or_else(|_| t.to_owned())
+    };
+    Ok(html! {
+        section id="devices" aria-labelledby="devices-h" {
+            h2 id="devices-h" { (lang.t(Text::Devices)) " (" (devices.len()) ")" }
+            table {
+                thead { tr {
+                    th scope="col" { "ID" }
+                    th scope="col" { (lang.t(Text::Kind)) }
+                    th scope="col" { (lang.t(Text::Citizen)) }
+                    th scope="col" { (lang.t(Text::State)) }
+                    th scope="col" { (lang.t(Text::LastSeen)) }
+                    th scope="col" { (lang.t(Text::PerMinute)) }
+                    th scope="col" { (lang.t(Text::Messages)) }
+                } }
+                tbody {
+                    @for d in &devices {
+                        @let on = online.contains(d.id.as_str());
+                        tr data-device=(d.id) data-online=(on) {
+                            td { (d.id) }
+                            td { (d.kind) }
+                            td { (d.citizen) }
+                            td class=(if on { "online" } else { "offline" }) {
+                                (lang.t(if on { Text::Online } else { Text::Offline }))
+                            }
+                            td { @if let Some(t) = &d.last_seen { (when(t)) } @else { "–" } }
+                            td { (d.per_minute) }
+                            td { (d.messages) }
+                        }
+                    }
+                }
+            }
+        }
+        section id="connections" aria-labelledby="connections-h" {
+            h2 id="connections-h" { (lang.t(Text::Connections)) " (" (sessions.len()) ")" }
+            table {
+                thead { tr {
+                    th scope="col" { (lang.t(Text::ClientId)) }
+                    th scope="col" { (lang.t(Text::Principal)) }
+                    th scope="col" { "MQTT" }
+                    th scope="col" { (lang.t(Text::Address)) }
+                    th scope="col" { (lang.t(Text::Since)) }
+                } }
+                tbody {
+                    @for s in &sessions {
+                        tr { td { (s.client_id) } td { (s.principal) } td { (s.protocol) } td { (s.address) } td { (when(&s.connected)) } }
+                    }
+                }
+            }
+        }
+        section id="log" aria-labelledby="log-h" {
+            h2 id="log-h" { (lang.t(Text::Log)) }
+            p {
+                (lang.t(Text::LogHolds)) " " strong { (mib(log.bytes)) }
+                @if log.full { " · " strong class="bad" { (lang.t(Text::LogFull)) } }
+                @if log.failing { " · " strong class="bad" { (lang.t(Text::LogFailing)) } }
+            }
+            ul {
+                @for s in &log.sinks {
+                    li data-sink=(s.sink) { (s.sink) ": " (lang.t(Text::Behind)) " " (mib(s.lag_bytes)) }
+                }
+            }
+        }
+        (dead_letters(viewer, &letters, replay.as_ref(), &when))
+        section id="denials" aria-labelledby="denials-h" {
+            h2 id="denials-h" { (lang.t(Text::Denials)) }
+            @if denials.is_empty() { p { (lang.t(Text::NoneYet)) } }
+            @else {
+                table {
+                    thead { tr { th scope="col" { (lang.t(Text::Rule)) } th scope="col" { (lang.t(Text::Count)) } } }
+                    tbody { @for d in &denials { tr { td { code { (d.rule) } } td { (d.count) } } } }
+                }
+            }
+        }
+        (explain_form(lang, params, explained))
+    })
+}
+
+/// The explain form's answer, when the form was sent.
+fn explain(api: &HttpApi, params: &PageParams) -> Option<Result<ExplainView, String>> {
+    let principal = params.principal.clone().filter(|p| !p.is_empty())?;
+    let topic = params.topic.clone().unwrap_or_default();
+    let subscribe = params.action.as_deref() == Some("subscribe");
+    let asked = ExplainParams {
+        principal,
+        publish: (!subscribe).then(|| topic.clone()),
+        subscribe: subscribe.then_some(topic),
+        qos: Some(1),
+        retain: None,
+        client_id: None,
+        at: None,
+    };
+    Some(explain_view(api, &asked).map_err(|e| e.message().to_owned()))
+}
+
+fn dead_letters(
+    viewer: &Viewer,
+    letters: &crate::operators::DeadLetters,
+    replay: Option<&crate::operators::ReplayView>,
+    when: &impl Fn(&str) -> String,
+) -> Markup {
+    let lang = viewer.lang;
+    html! {
+        section id="deadletters" aria-labelledby="deadletters-h" {
+            h2 id="deadletters-h" { (lang.t(Text::DeadLetters)) }
+            @if let Some(r) = replay {
+                p class="notice" role="status" data-replay=(r.id) {
+                    (lang.t(Text::ReplayRequest)) " " (r.id) ": "
+                    @match &r.done {
+                        None => (lang.t(Text::Waiting)),
+                        Some(_) => { (lang.t(Text::Replayed)) " " (r.replayed) ", " (lang.t(Text::RefusedAgain)) " " (r.failed) ", " (lang.t(Text::Skipped)) " " (r.skipped) }
+                    }
+                }
+            }
+            @if letters.counts.is_empty() { p { (lang.t(Text::NoneYet)) } }
+            @else {
+                ul class="counts" { @for c in &letters.counts { li { code { (c.reason) } ": " (c.count) } } }
+                table {
+                    thead { tr {
+                        th scope="col" { (lang.t(Text::When)) }
+                        th scope="col" { (lang.t(Text::Device)) }
+                        th scope="col" { (lang.t(Text::Reason)) }
+                        th scope="col" { "" }
+                    } }
+                    tbody {
+                        @for l in &letters.letters {
+                            tr data-letter=(l.id) {
+                                td { (when(&l.received)) }
+                                td { (l.device.as_deref().unwrap_or(&l.client_id)) }
+                                td { code { (l.reason_code) } " " (l.reason) }
+                                td {
+                                    form method="post" action="/console/deadletters/replay" class="inline" {
+                                        input type="hidden" name="csrf_token" value=(viewer.csrf);
+                                        input type="hidden" name="id" value=(l.id);
+                                        button type="submit" { (lang.t(Text::Replay)) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn explain_form(
+    lang: Lang,
+    params: &PageParams,
+    explained: Option<Result<ExplainView, String>>,
+) -> Markup {
+    let subscribe = params.action.as_deref() == Some("subscribe");
+    html! {
+        section id="explain" aria-labelledby="explain-h" {
+            h2 id="explain-h" { (lang.t(Text::Explain)) }
+            form method="get" action="/console#explain" {
+                p {
+                    label for="principal" { (lang.t(Text::Principal)) } " "
+                    input id="principal" name="principal" value=(params.principal.as_deref().unwrap_or("")) required;
+                    " "
+                    label for="action" { (lang.t(Text::Action)) } " "
+                    select id="action" name="action" {
+                        option value="publish" selected[!subscribe] { "publish" }
+                        option value="subscribe" selected[subscribe] { "subscribe" }
+                    }
+                    " "
+                    label for="topic" { (lang.t(Text::Topic)) } " "
+                    input id="topic" name="topic" value=(params.topic.as_deref().unwrap_or("")) required;
+                    " "
+                    button type="submit" { (lang.t(Text::Ask)) }
+                }
+            }
+            @match explained {
+                None => {}
+                Some(Ok(view)) => {
+                    p class=(if view.allowed { "allowed" } else { "denied" }) data-allowed=(view.allowed) {
+                        strong { (lang.t(if view.allowed { Text::Allowed } else { Text::Denied })) }
+                    }
+                    pre { (view.text) }
+                }
+                Some(Err(why)) => p class="bad" { (why) },
+            }
+        }
+    }
+}
+
+/// Bytes as MiB with one decimal.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
