@@ -500,3 +500,90 @@ async fn an_operator_sees_a_device_go_offline_and_replays_a_dead_letter() -> any
     browser.close().await?;
     hub.terminate()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_analyst_downloads_the_csv_that_kenko_query_prints() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = format!(
+        "{}{}[http]\nlisten = \"127.0.0.1:0\"\n",
+        common::config_with_devices(2),
+        common::principal("analyst-1", &["analyst"])
+    );
+    common::consent(
+        &dir.path().join("data"),
+        "grant",
+        &["citizen-001", "citizen-002"],
+        "research",
+    )?;
+    let hub = Hub::start(dir.path(), &config)?;
+    let api = hub.http_addr.expect("http listener");
+    // Two citizens' heart rate, every 20 minutes over the last 6 hours.
+    let now = common::now_ms();
+    for (device, base) in [("bed-001", 60), ("bed-002", 70)] {
+        for i in 1..=18 {
+            let t = now - i * 20 * 60_000;
+            hub.publish_as(device, &format!(r#"{{"ts":{t},"hr":{}}}"#, base + i % 5))?;
+        }
+    }
+    common::eventually(Duration::from_secs(30), || {
+        let rows = hub.query(&[
+            "--store",
+            "shared",
+            "--metric",
+            "heart_rate",
+            "--from",
+            "-1d",
+        ])?;
+        Ok((rows.len() == 36).then_some(()))
+    })?;
+
+    let browser = Browser::start().await?;
+    let base = format!("http://{api}");
+    let c = &browser.client;
+    browser.sign_in(&base, "analyst-1").await?;
+    c.goto(&format!(
+        "{base}/console?lang=en&metric=heart_rate&agg=median&every=1h&from=-1d"
+    ))
+    .await?;
+    assert!(
+        c.find(Locator::Css("#across svg polyline")).await.is_ok(),
+        "a chart"
+    );
+    let href = c
+        .find(Locator::Css("a#csv"))
+        .await?
+        .attr("href")
+        .await?
+        .unwrap_or_default();
+    let cookie = c.get_named_cookie("kenko_session").await?;
+    let cookie = format!("kenko_session={}", cookie.value());
+    let (status, _, csv) = http_request(api, "GET", &href, &[("Cookie", &cookie)], "")?;
+    assert_eq!(status, 200, "{csv}");
+    let printed = common::cli::kenko(
+        &[
+            "query",
+            "--data-dir",
+            &path(&hub.data_dir),
+            "--store",
+            "shared",
+            "--metric",
+            "heart_rate",
+            "--across",
+            "--every",
+            "1h",
+            "--agg",
+            "median",
+            "--from",
+            "-1d",
+            "--format",
+            "csv",
+        ],
+        None,
+    )?;
+    assert!(printed.status.success(), "{}", text(&printed));
+    let printed = String::from_utf8_lossy(&printed.stdout).into_owned();
+    assert!(printed.lines().count() > 5, "{printed}");
+    assert_eq!(csv, printed, "the page's CSV is what kenko query prints");
+    browser.close().await?;
+    hub.terminate()
+}

@@ -6,13 +6,15 @@
 //! Pages: `GET /console` (a citizen's own data: last night's sleep, measurements by day,
 //! week or month against their own 4-week baseline, consents to withdraw or grant, who read
 //! their data; a care service's open alerts and the citizens in its care with their latest
-//! vitals; an operator's devices, connections, log, dead letters, denials and ACL questions),
+//! vitals; an operator's devices, connections, log, dead letters, denials and ACL questions;
+//! an analyst's aggregates across citizens of the shared store, as a chart, table and CSV),
 //! `POST /console/consents` (a citizen's consent buttons), `POST /console/alerts/{id}/ack`
 //! (a care service's acknowledge buttons), `POST /console/deadletters/replay` (an
 //! operator's replay buttons), `GET /console/style.css`.
 //! `?lang=ja|en` on any page switches the language and keeps the choice in a cookie.
 
 mod alert_form;
+mod analyst;
 mod care;
 mod chart;
 mod citizen;
@@ -56,6 +58,11 @@ pub(crate) struct PageParams {
     principal: Option<String>,
     action: Option<String>,
     topic: Option<String>,
+    /// An analyst's aggregate: metric, `agg`, `every` (1h or 1d), `from`.
+    metric: Option<String>,
+    agg: Option<String>,
+    every: Option<String>,
+    from: Option<String>,
 }
 
 /// A signed-in browser: who, the session's CSRF token, and the page's language.
@@ -76,6 +83,8 @@ impl Viewer {
             Text::Console
         } else if self.has("care") {
             Text::CareTitle
+        } else if self.has("analyst") {
+            Text::AnalystTitle
         } else if self.has("operator") {
             Text::OperatorTitle
         } else {
@@ -130,6 +139,10 @@ async fn home(
             }
         }
         _ if viewer.has("care") => match care::page(&api, &viewer).await {
+            Ok(markup) => markup,
+            Err(e) => return e.into_response(),
+        },
+        _ if viewer.has("analyst") => match analyst::page(&api, &viewer, &params).await {
             Ok(markup) => markup,
             Err(e) => return e.into_response(),
         },
