@@ -244,6 +244,61 @@ async fn a_citizen_sees_their_night_and_withdraws_care_consent_in_a_browser() ->
         "the care service's read is listed"
     );
 
+    // All of the citizen's data from the download link: per metric, what kenko query prints.
+    let href = c
+        .find(Locator::Css("a#export-csv"))
+        .await?
+        .attr("href")
+        .await?
+        .unwrap_or_default();
+    let cookie = format!(
+        "kenko_session={}",
+        c.get_named_cookie("kenko_session").await?.value()
+    );
+    let (status, _, export) = http_request(api, "GET", &href, &[("Cookie", &cookie)], "")?;
+    assert_eq!(status, 200, "{export}");
+    let json_href = href.replace("format=csv", "format=ndjson");
+    let (_, _, json_lines) = http_request(api, "GET", &json_href, &[("Cookie", &cookie)], "")?;
+    let objects: Vec<serde_json::Value> = json_lines
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(
+        objects.len() + 1,
+        export.lines().count(),
+        "the same rows as JSON lines"
+    );
+    let mut lines = export.lines();
+    let header = lines.next().unwrap_or_default().to_owned();
+    let exported: Vec<&str> = lines.collect();
+    for metric in ["heart_rate", "sleep_time", "sleep_stage"] {
+        let printed = common::cli::kenko(
+            &[
+                "query",
+                "--data-dir",
+                &path(&hub.data_dir),
+                "--metric",
+                metric,
+                "--citizen",
+                "citizen-001",
+                "--from",
+                "-30d",
+            ],
+            None,
+        )?;
+        let printed = String::from_utf8_lossy(&printed.stdout).into_owned();
+        let mut printed = printed.lines();
+        assert_eq!(printed.next(), Some(header.as_str()));
+        let expected: Vec<&str> = printed.collect();
+        let mine: Vec<&str> = exported
+            .iter()
+            .copied()
+            .filter(|l| l.split(',').nth(3) == Some(metric))
+            .collect();
+        assert!(!expected.is_empty(), "{metric} stored");
+        assert_eq!(mine, expected, "{metric} exported as kenko query prints it");
+    }
+
     // Japanese, kept in a cookie for the next page.
     c.goto(&format!("{base}/console?lang=ja")).await?;
     c.goto(&format!("{base}/console")).await?;

@@ -241,28 +241,34 @@ impl Row {
     }
 }
 
+/// The first line of a CSV answer.
+pub const CSV_HEADER: &str = "time,citizen,device,metric,value,unit,loinc,implausible";
+
+/// Rows as CSV lines, without the header: for answers written a page at a time.
+pub fn render_csv_rows(rows: &[Row], out: &mut impl Write) -> std::io::Result<()> {
+    for r in rows {
+        let fields = [
+            format_time(r.time_ms),
+            r.citizen.clone(),
+            r.device.clone(),
+            r.metric.name().to_owned(),
+            r.value_text(),
+            r.unit.clone(),
+            r.metric.loinc().to_owned(),
+            r.implausible_text().to_owned(),
+        ];
+        let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+        writeln!(out, "{}", line.join(","))?;
+    }
+    Ok(())
+}
+
 /// Prints rows in the chosen format.
 pub fn render(rows: &[Row], format: Format, out: &mut impl Write) -> std::io::Result<()> {
     match format {
         Format::Csv => {
-            writeln!(
-                out,
-                "time,citizen,device,metric,value,unit,loinc,implausible"
-            )?;
-            for r in rows {
-                let fields = [
-                    format_time(r.time_ms),
-                    r.citizen.clone(),
-                    r.device.clone(),
-                    r.metric.name().to_owned(),
-                    r.value_text(),
-                    r.unit.clone(),
-                    r.metric.loinc().to_owned(),
-                    r.implausible_text().to_owned(),
-                ];
-                let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
-                writeln!(out, "{}", line.join(","))?;
-            }
+            writeln!(out, "{CSV_HEADER}")?;
+            render_csv_rows(rows, out)?;
         }
         Format::Json => {
             // A struct rather than `json!`, whose map would sort the keys: objects keep the

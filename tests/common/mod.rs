@@ -428,15 +428,45 @@ pub fn http_request(
     stream.write_all(request.as_bytes())?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
-    let text = String::from_utf8_lossy(&response);
-    let status: u16 = text
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no body")?;
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let status: u16 = head
         .split_whitespace()
         .nth(1)
         .context("no status line")?
         .parse()?;
-    let (head, body) = text.split_once("\r\n\r\n").context("no body")?;
-    let headers = head.lines().skip(1).map(str::to_owned).collect();
-    Ok((status, headers, body.to_owned()))
+    let headers: Vec<String> = head.lines().skip(1).map(str::to_owned).collect();
+    let chunked = headers.iter().any(|h| {
+        h.to_ascii_lowercase()
+            .replace(' ', "")
+            .starts_with("transfer-encoding:chunked")
+    });
+    let raw = &response[split + 4..];
+    let body = if chunked { unchunk(raw)? } else { raw.to_vec() };
+    Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// The body of a `Transfer-Encoding: chunked` response.
+fn unchunk(mut raw: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = raw
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .context("chunk size line")?;
+        let size_text = String::from_utf8_lossy(&raw[..line_end]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)?;
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return Ok(body);
+        }
+        anyhow::ensure!(raw.len() >= size + 2, "a chunk runs past the response");
+        body.extend_from_slice(&raw[..size]);
+        raw = &raw[size + 2..];
+    }
 }
 
 impl Hub {

@@ -423,6 +423,14 @@ fn render(viewer: &Viewer, data: &CitizenData, range: Range, now: i64, zone: &Ti
             h2 id="consents-h" { (lang.t(Text::Consents)) }
             (consent_table(viewer, &data.consents, &date))
         }
+        section id="download" aria-labelledby="download-h" {
+            h2 id="download-h" { (lang.t(Text::Download)) }
+            p {
+                a id="export-csv" href="/console/export?format=csv" download { "CSV" }
+                " · "
+                a id="export-ndjson" href="/console/export?format=ndjson" download { (lang.t(Text::JsonLines)) }
+            }
+        }
         section id="reads" aria-labelledby="reads-h" {
             h2 id="reads-h" { (lang.t(Text::Reads)) }
             @if data.reads.is_empty() {

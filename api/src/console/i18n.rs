@@ -59,6 +59,8 @@ pub(crate) enum Text {
     What,
     BloodPressure,
     NoPagesYet,
+    Download,
+    JsonLines,
     AnalystTitle,
     AcrossCitizens,
     Metric,
@@ -358,6 +360,8 @@ fn words(text: Text) -> (&'static str, &'static str) {
         Text::From => ("開始", "From"),
         Text::Show => ("表示", "Show"),
         Text::DownloadCsv => ("CSV をダウンロード", "Download CSV"),
+        Text::Download => ("すべてのデータをダウンロード", "Download all your data"),
+        Text::JsonLines => ("JSON (1行に1件)", "JSON, one reading a line"),
         Text::NoPagesYet => (
             "この役割の画面はまだありません。API は /api/v1/docs にあります。",
             "This console has no pages for your role yet; the API is described at /api/v1/docs.",

@@ -10,7 +10,8 @@
 //! an analyst's aggregates across citizens of the shared store, as a chart, table and CSV),
 //! `POST /console/consents` (a citizen's consent buttons), `POST /console/alerts/{id}/ack`
 //! (a care service's acknowledge buttons), `POST /console/deadletters/replay` (an
-//! operator's replay buttons), `GET /console/style.css`.
+//! operator's replay buttons), `GET /console/export` (all of a citizen's data, CSV or
+//! NDJSON), `GET /console/style.css`.
 //! `?lang=ja|en` on any page switches the language and keeps the choice in a cookie.
 
 mod alert_form;
@@ -19,6 +20,7 @@ mod care;
 mod chart;
 mod citizen;
 mod consent_form;
+mod export;
 mod i18n;
 mod operator;
 mod replay_form;
@@ -43,6 +45,7 @@ pub(crate) fn routes() -> Router<HttpApi> {
         .route("/console/consents", post(consent_form::submit))
         .route("/console/alerts/:id/ack", post(alert_form::submit))
         .route("/console/deadletters/replay", post(replay_form::submit))
+        .route("/console/export", get(export::export))
         .route("/console/style.css", get(style))
 }
 
