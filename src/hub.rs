@@ -91,7 +91,8 @@ impl Hub {
             .with_request_limits(&config.http)
             .with_config(&config)
             .with_authorizer(broker.authorizer())
-            .with_connected_clients(broker.connected_clients());
+            .with_connected_clients(broker.connected_clients())
+            .with_live(ingest.live().clone());
             if let Some(addr) = config.http.listen {
                 http_addr = Some(serve_http(addr, &api, &config.http, None, &shutdown).await?);
             }

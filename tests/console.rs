@@ -359,21 +359,21 @@ async fn a_care_service_sees_and_acknowledges_the_alert_of_its_consented_citizen
         "care",
         &["--grantee", "care-team"],
     )?;
-    publish(&hub, "bed-002", desaturation("bed-002", 4, 84.0)).await?;
-    publish(&hub, "<script>x", desaturation("<script>x", 4, 85.0)).await?;
-    common::eventually(Duration::from_secs(30), || {
-        let (_, alerts) = common::http(api, "GET", "/api/v1/alerts", Some("care-team"), None)?;
-        Ok(alerts
-            .as_array()
-            .is_some_and(|a| !a.is_empty())
-            .then_some(()))
-    })?;
-
     let browser = Browser::start().await?;
     let base = format!("http://{api}");
     let c = &browser.client;
     browser.sign_in(&base, "care-team").await?;
     c.goto(&format!("{base}/console?lang=en")).await?;
+    assert!(browser.text("#alerts").await?.contains("No open alerts."));
+
+    // The desaturations come while the page is open: it shows the alert by itself (the live
+    // view reloads it), without anyone reloading.
+    publish(&hub, "bed-002", desaturation("bed-002", 4, 84.0)).await?;
+    publish(&hub, "<script>x", desaturation("<script>x", 4, 85.0)).await?;
+    c.wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css("#alerts tr[data-alert]"))
+        .await?;
     let rows = c.find_all(Locator::Css("#alerts tr[data-alert]")).await?;
     assert_eq!(rows.len(), 1, "one alert, of the consented citizen");
     let row = rows[0].text().await?;
@@ -383,9 +383,14 @@ async fn a_care_service_sees_and_acknowledges_the_alert_of_its_consented_citizen
     );
     assert!(row.contains("85 %"), "{row}");
     assert!(row.contains("<script>x"), "the device id as text: {row}");
-    assert!(
-        c.find_all(Locator::Css("script")).await?.is_empty(),
-        "no script element on the page"
+    let mut scripts = Vec::new();
+    for script in c.find_all(Locator::Css("script")).await? {
+        scripts.push(script.attr("src").await?.unwrap_or_default());
+    }
+    assert_eq!(
+        scripts,
+        vec!["/console/live.js".to_owned()],
+        "no script element but the console's own"
     );
     let cared: Vec<String> = {
         let mut ids = Vec::new();
@@ -454,6 +459,41 @@ async fn reload_until(
     }
 }
 
+/// Opens bed-001's live tail from the devices table and waits for readings to arrive.
+async fn c_tail(browser: &Browser, base: &str) -> anyhow::Result<()> {
+    let c = &browser.client;
+    c.goto(&format!("{base}/console?lang=en")).await?;
+    c.find(Locator::Css("#devices tr[data-device=bed-001] a"))
+        .await?
+        .click()
+        .await?;
+    c.wait().for_element(Locator::Css("#tail table")).await?;
+    let opened = c.current_url().await?;
+    c.wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css("#tail tbody tr"))
+        .await?;
+    assert_eq!(
+        c.current_url().await?,
+        opened,
+        "no navigation: the rows came live"
+    );
+    let row = browser.text("#tail tbody tr").await?;
+    assert!(
+        [
+            "heart_rate",
+            "respiratory_rate",
+            "bed_occupancy",
+            "sleep_stage",
+            "body_movement"
+        ]
+        .iter()
+        .any(|m| row.contains(m)),
+        "a bed reading: {row}"
+    );
+    Ok(())
+}
+
 async fn online(browser: &Browser, device: &str) -> anyhow::Result<Option<String>> {
     let css = format!("#devices tr[data-device={device}]");
     Ok(browser
@@ -491,6 +531,9 @@ async fn an_operator_sees_a_device_go_offline_and_replays_a_dead_letter() -> any
         Ok(online(b, "bed-001").await?.as_deref() == Some("true"))
     })
     .await?;
+    // The live tail of bed-001: readings arrive on the open page, no reload.
+    c_tail(&browser, &base).await?;
+
     assert_eq!(online(&browser, "bed-002").await?.as_deref(), Some("false"));
     let letter = browser.text("#deadletters tr[data-letter]").await?;
     assert!(

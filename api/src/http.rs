@@ -150,6 +150,8 @@ pub struct HttpApi {
     pub(crate) authorizer: Option<Arc<kenko_broker::authz::Authorizer>>,
     /// The MQTT clients connected now, for `GET /api/v1/mqtt/sessions`.
     pub(crate) clients: Option<kenko_broker::sessions::ConnectedClients>,
+    /// Stored observations and new alerts as they happen, for the console's live views.
+    pub(crate) live: Option<kenko_ingest::live::LiveFeed>,
     limits: Arc<RequestLimits>,
 }
 
@@ -174,6 +176,7 @@ impl HttpApi {
             lags: None,
             authorizer: None,
             clients: None,
+            live: None,
             limits: Arc::new(RequestLimits::from_config(
                 &kenko_config::HttpConfig::default(),
             )),
@@ -224,6 +227,12 @@ impl HttpApi {
     /// Serves the broker's and the pipeline's counters on `GET /metrics` (operators only).
     pub fn with_metrics(mut self, broker: Arc<BrokerStats>, ingest: Arc<IngestStats>) -> HttpApi {
         self.stats = Some((broker, ingest));
+        self
+    }
+
+    /// Serves the console's live views from `feed`.
+    pub fn with_live(mut self, feed: kenko_ingest::live::LiveFeed) -> HttpApi {
+        self.live = Some(feed);
         self
     }
 

@@ -10,6 +10,7 @@ pub mod deadletter;
 pub mod decode;
 pub mod file_guard;
 pub mod influx;
+pub mod live;
 pub mod observation;
 pub mod pipeline;
 pub mod pseudonym;

@@ -101,7 +101,7 @@ fn render(viewer: &Viewer, alerts: &[Alert], followed: &[Followed], zone: &TimeZ
     let lang = viewer.lang;
     let when = |ms: i64| local(ms, zone, "%m-%d %H:%M");
     html! {
-        section id="alerts" aria-labelledby="alerts-h" {
+        section id="alerts" aria-labelledby="alerts-h" data-live-alerts="/console/live/alerts" {
             h2 id="alerts-h" { (lang.t(Text::Alerts)) " (" (alerts.len()) ")" }
             @if alerts.is_empty() {
                 p { (lang.t(Text::NoAlerts)) }

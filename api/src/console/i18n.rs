@@ -59,6 +59,8 @@ pub(crate) enum Text {
     What,
     BloodPressure,
     NoPagesYet,
+    LiveTail,
+    Unit,
     Download,
     JsonLines,
     AnalystTitle,
@@ -362,6 +364,8 @@ fn words(text: Text) -> (&'static str, &'static str) {
         Text::DownloadCsv => ("CSV をダウンロード", "Download CSV"),
         Text::Download => ("すべてのデータをダウンロード", "Download all your data"),
         Text::JsonLines => ("JSON (1行に1件)", "JSON, one reading a line"),
+        Text::LiveTail => ("ライブ表示", "Live"),
+        Text::Unit => ("単位", "Unit"),
         Text::NoPagesYet => (
             "この役割の画面はまだありません。API は /api/v1/docs にあります。",
             "This console has no pages for your role yet; the API is described at /api/v1/docs.",

@@ -1,5 +1,6 @@
 //! The web console, served by the hub itself: server-rendered HTML (maud, which escapes
-//! every value it is given), charts as SVG drawn on the server, no script. A browser signs
+//! every value it is given), charts as SVG drawn on the server, and one small script for
+//! the live views. A browser signs
 //! in at `/login` (a session, see `session.rs`) and lands on `/console`, which shows what its
 //! principal's role may see. Forms that change something carry the session's CSRF token.
 //!
@@ -8,6 +9,7 @@
 //! their data; a care service's open alerts and the citizens in its care with their latest
 //! vitals; an operator's devices, connections, log, dead letters, denials and ACL questions;
 //! an analyst's aggregates across citizens of the shared store, as a chart, table and CSV),
+//! live views over Server-Sent Events (`live.rs`),
 //! `POST /console/consents` (a citizen's consent buttons), `POST /console/alerts/{id}/ack`
 //! (a care service's acknowledge buttons), `POST /console/deadletters/replay` (an
 //! operator's replay buttons), `GET /console/export` (all of a citizen's data, CSV or
@@ -22,6 +24,7 @@ mod citizen;
 mod consent_form;
 mod export;
 mod i18n;
+mod live;
 mod operator;
 mod replay_form;
 
@@ -47,6 +50,9 @@ pub(crate) fn routes() -> Router<HttpApi> {
         .route("/console/deadletters/replay", post(replay_form::submit))
         .route("/console/export", get(export::export))
         .route("/console/style.css", get(style))
+        .route("/console/live.js", get(live::script))
+        .route("/console/live/device", get(live::device))
+        .route("/console/live/alerts", get(live::alerts))
 }
 
 #[derive(Deserialize, Default)]
@@ -61,6 +67,8 @@ pub(crate) struct PageParams {
     principal: Option<String>,
     action: Option<String>,
     topic: Option<String>,
+    /// An operator's live tail of this device's readings.
+    tail: Option<String>,
     /// An analyst's aggregate: metric, `agg`, `every` (1h or 1d), `from`.
     metric: Option<String>,
     agg: Option<String>,
@@ -199,6 +207,7 @@ fn shell(viewer: &Viewer, body: Markup) -> Markup {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { "kenko: " (lang.t(viewer.title())) }
                 link rel="stylesheet" href="/console/style.css";
+                script src="/console/live.js" defer {}
             }
             body {
                 header {
@@ -227,7 +236,7 @@ fn respond(viewer: &Viewer, body: Markup) -> Response {
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            "default-src 'none'; style-src 'self'; script-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

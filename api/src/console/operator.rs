@@ -62,7 +62,7 @@ pub(crate) async fn page(
                     @for d in &devices {
                         @let on = online.contains(d.id.as_str());
                         tr data-device=(d.id) data-online=(on) {
-                            td { (d.id) }
+                            td { a href=(format!("?tail={}#tail", encode(&d.id))) { (d.id) } }
                             td { (d.kind) }
                             td { (d.citizen) }
                             td class=(if on { "online" } else { "offline" }) {
@@ -73,6 +73,20 @@ pub(crate) async fn page(
                             td { (d.messages) }
                         }
                     }
+                }
+            }
+        }
+        @if let Some(device) = params.tail.as_deref().filter(|d| !d.is_empty()) {
+            section id="tail" aria-labelledby="tail-h" {
+                h2 id="tail-h" { (lang.t(Text::LiveTail)) ": " (device) }
+                table data-live-tail=(format!("/console/live/device?id={}", encode(device))) {
+                    thead { tr {
+                        th scope="col" { (lang.t(Text::When)) }
+                        th scope="col" { (lang.t(Text::Metric)) }
+                        th scope="col" { (lang.t(Text::Reading)) }
+                        th scope="col" { (lang.t(Text::Unit)) }
+                    } }
+                    tbody {}
                 }
             }
         }
@@ -232,4 +246,30 @@ fn explain_form(
 /// Bytes as MiB with one decimal.
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// `text` as one URL query value: unreserved characters as they are, every other byte as
+/// %XX (a device id may hold `&`, `#` or `<`).
+fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_id_is_one_query_value() {
+        assert_eq!(encode("bed-001"), "bed-001");
+        assert_eq!(encode("<a&b#c>"), "%3Ca%26b%23c%3E");
+        assert_eq!(encode("体"), "%E4%BD%93");
+    }
 }

@@ -14,6 +14,7 @@ use super::eval::{Evaluator, Raised};
 use super::store::{Alert, AlertStore, NewAlert};
 use crate::backoff::Backoff;
 use crate::consent::{ConsentView, Consents, Purpose};
+use crate::live::LiveFeed;
 use crate::pipeline::Notice;
 use crate::sink::{Batch, Batching, Sink, Stop, Stopped};
 use crate::stats::IngestStats;
@@ -28,6 +29,8 @@ pub struct AlertSink {
     pub consents: ConsentView,
     /// The broker's queue of hub messages; `None` without a broker (tests, rebuilds).
     pub notices: Option<flume::Sender<Notice>>,
+    /// The console's live views.
+    pub live: LiveFeed,
     pub stats: Arc<IngestStats>,
     last_tick: Instant,
     erasures_seen: u64,
@@ -39,6 +42,7 @@ impl AlertSink {
         store: AlertStore,
         consents: ConsentView,
         notices: Option<flume::Sender<Notice>>,
+        live: LiveFeed,
         stats: Arc<IngestStats>,
     ) -> AlertSink {
         AlertSink {
@@ -46,6 +50,7 @@ impl AlertSink {
             store,
             consents,
             notices,
+            live,
             stats,
             last_tick: Instant::now(),
             erasures_seen: u64::MAX,
@@ -120,6 +125,7 @@ impl AlertSink {
         for alert in &added {
             info!(alert = alert.id, rule = %alert.new.rule, service = %alert.new.grantee, "alert raised");
             self.publish(alert);
+            self.live.alert(alert);
         }
         Ok(())
     }

@@ -11,6 +11,7 @@ use super::{Batch, Notice, Origin, Outcome, Submission};
 use crate::backoff::Backoff;
 use crate::deadletter::{DeadLetter, DeadLetterStore};
 use crate::decode::{RejectCode, Rejection};
+use crate::live::LiveFeed;
 use crate::observation::Observation;
 use crate::stats::IngestStats;
 
@@ -20,6 +21,8 @@ pub(super) struct Answers {
     pub stats: Arc<IngestStats>,
     /// Publish a live copy of every stored observation (`ingest.live_republish`).
     pub live_republish: bool,
+    /// The console's live views.
+    pub live: LiveFeed,
 }
 
 impl Answers {
@@ -48,7 +51,13 @@ impl Answers {
                 {
                     self.notify_error(&sub, rejection)
                 }
-                Ok(()) if self.live_republish => self.republish(&batch.observations[span.clone()]),
+                Ok(()) => {
+                    let stored = &batch.observations[span.clone()];
+                    self.live.observations(stored);
+                    if self.live_republish {
+                        self.republish(stored);
+                    }
+                }
                 _ => {}
             }
             if let Some(reply) = sub.reply {

@@ -39,6 +39,7 @@ use crate::deadletter::{DeadLetter, DeadLetterStore};
 use crate::decode::{self, RejectCode, Rejection, TimeLimits, Zones};
 use crate::file_guard::{FileFault, FileGuard, Health};
 use crate::influx::{InfluxError, InfluxSink};
+use crate::live::LiveFeed;
 use crate::observation::Observation;
 use crate::pseudonym::Pseudonymizer;
 use crate::rebuild::{self, RebuildError};
@@ -205,6 +206,7 @@ pub struct Notice {
 pub struct IngestHandle {
     tx: flume::Sender<Submission>,
     stats: Arc<IngestStats>,
+    live: LiveFeed,
     consents: Arc<ConsentBook>,
     health: Arc<Health>,
     lags: Arc<SinkLags>,
@@ -222,6 +224,11 @@ impl IngestHandle {
 
     pub fn stats(&self) -> &Arc<IngestStats> {
         &self.stats
+    }
+
+    /// Stored observations and new alerts as they happen, for live views.
+    pub fn live(&self) -> &LiveFeed {
+        &self.live
     }
 
     /// The consents in force, kept current from `registry.db`.
@@ -412,6 +419,7 @@ pub fn start(
         }
         None => None,
     };
+    let live = LiveFeed::default();
     let alert_sink = if settings.alerts.is_empty() {
         None
     } else {
@@ -427,6 +435,7 @@ pub fn start(
                 AlertStore::open(&data_dir.join(crate::alerts::FILE))?,
                 ConsentView::open(&registry_path, consents.clone())?,
                 notices.clone(),
+                live.clone(),
                 stats.clone(),
             ),
         ))
@@ -488,6 +497,7 @@ pub fn start(
             notices,
             stats: stats.clone(),
             live_republish: config.live_republish,
+            live: live.clone(),
         },
         require_consent: config.require_consent,
         stats: stats.clone(),
@@ -515,6 +525,7 @@ pub fn start(
         IngestHandle {
             tx,
             stats,
+            live,
             consents,
             health,
             lags,
