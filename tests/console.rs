@@ -299,6 +299,46 @@ async fn a_citizen_sees_their_night_and_withdraws_care_consent_in_a_browser() ->
         assert_eq!(mine, expected, "{metric} exported as kenko query prints it");
     }
 
+    // A sleep goal of 8 hours: the night replayed (more than 8 hours asleep) meets it.
+    let goal = "div[data-goal=sleep_time]";
+    c.find(Locator::Css(&format!("{goal} input[name=target]")))
+        .await?
+        .send_keys("480")
+        .await?;
+    c.find(Locator::Css(&format!("{goal} button")))
+        .await?
+        .click()
+        .await?;
+    c.wait()
+        .for_element(Locator::Css(&format!("{goal} .goal-status")))
+        .await?;
+    assert_eq!(
+        browser.text(&format!("{goal} .goal-status")).await?,
+        "Goal: at least 8 h 0 min; met on 1 of the 1 days with data in the last week."
+    );
+    c.find(Locator::Css(&format!("{goal} input[name=target]")))
+        .await?
+        .clear()
+        .await?;
+    c.find(Locator::Css(&format!("{goal} button")))
+        .await?
+        .click()
+        .await?;
+    // Cleared: the page that comes back has no goal (waiting for the old page to go).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !c
+        .find_all(Locator::Css(&format!("{goal} .goal-status")))
+        .await?
+        .is_empty()
+    {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the goal was not cleared"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(c.current_url().await?.path(), "/console");
+
     // Japanese, kept in a cookie for the next page.
     c.goto(&format!("{base}/console?lang=ja")).await?;
     c.goto(&format!("{base}/console")).await?;

@@ -583,6 +583,15 @@ CREATE TABLE IF NOT EXISTS consents (
     erase          INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS consents_by_citizen ON consents (citizen);
+-- A citizen's own goals (consent/goals.rs); deleted with an erasure request.
+CREATE TABLE IF NOT EXISTS goals (
+    citizen   TEXT    NOT NULL,
+    metric    TEXT    NOT NULL,
+    direction TEXT    NOT NULL,
+    target    REAL    NOT NULL,
+    set_ms    INTEGER NOT NULL,
+    PRIMARY KEY (citizen, metric)
+);
 CREATE TABLE IF NOT EXISTS erasures_done (
     consent_id INTEGER PRIMARY KEY,
     done_ms    INTEGER NOT NULL,
@@ -671,6 +680,11 @@ impl ConsentRegistry {
         )
         .map_err(sqlite(&path))?;
         let id = tx.last_insert_rowid();
+        if new.erase {
+            // The citizen's goals go with the rest of their data.
+            tx.execute("DELETE FROM goals WHERE citizen = ?1", params![new.citizen])
+                .map_err(sqlite(&path))?;
+        }
         let body = serde_json::json!({
             "consent": id,
             "citizen": new.citizen,
@@ -1043,7 +1057,9 @@ fn read_head(registry: &Path) -> Result<Option<(i64, Vec<u8>)>, AuditError> {
     }
 }
 
+mod goals;
 mod sink_erasure;
+pub use goals::{Direction, Goal};
 pub use sink_erasure::{ErasureSupport, SinkErasure};
 
 #[cfg(test)]

@@ -7,12 +7,13 @@ use std::collections::BTreeMap;
 
 use jiff::tz::TimeZone;
 use kenko_devices::Metric;
-use kenko_ingest::consent::{ConsentRegistry, Consents, IdentifiedRead, Purpose};
+use kenko_ingest::consent::{ConsentRegistry, Consents, Goal, IdentifiedRead, Purpose};
 use kenko_ingest::query::{Agg, Query, Row};
 use kenko_ingest::store::{PersonalStore, StoreError};
 use maud::{html, Markup};
 
 use super::chart::{line_chart, Series};
+use super::goals;
 use super::i18n::{Change, Lang, Text};
 use super::Viewer;
 use crate::http::{ensure_sound_stores, internal, now_ms, ApiError, HttpApi};
@@ -89,6 +90,8 @@ struct Panel {
     metrics: &'static [Metric],
     series: Vec<Series>,
     compared: Option<(f64, f64)>,
+    /// The first metric's daily means of the last 7 days, oldest first (for its goal).
+    days: Vec<f64>,
 }
 
 /// A consent the citizen gave or withdrew, per purpose and grantee.
@@ -103,10 +106,19 @@ struct ConsentLine {
 struct CitizenData {
     night: Option<Night>,
     sleep_trend: Vec<Series>,
+    /// Sleep time of the nights of the last 7 days, oldest first (for its goal).
+    sleep_days: Vec<f64>,
     panels: Vec<Panel>,
+    goals: Vec<Goal>,
     consents: Vec<ConsentLine>,
     reads: Vec<IdentifiedRead>,
     rows_read: usize,
+}
+
+impl CitizenData {
+    fn goal(&self, metric: Metric) -> Option<&Goal> {
+        self.goals.iter().find(|g| g.metric == metric)
+    }
 }
 
 /// The citizen's page.
@@ -161,6 +173,11 @@ fn gather(
     };
     let night = last_night(&mut read, citizen, now)?;
     let trend = read(query(Metric::SleepTime, citizen, now - 28 * DAY, now + 1))?;
+    let sleep_days = trend
+        .iter()
+        .filter(|r| r.time_ms >= now - 7 * DAY)
+        .map(|r| r.value)
+        .collect();
     let sleep_trend = series_by_device(trend, false);
     let mut panels = Vec::new();
     for metrics in PANELS {
@@ -188,6 +205,11 @@ fn gather(
             metrics,
             series: lines,
             compared: baseline(&daily, now),
+            days: daily
+                .iter()
+                .filter(|r| r.time_ms >= now - 7 * DAY)
+                .map(|r| r.value)
+                .collect(),
         });
     }
     // As recorded, not as the hub's consent book (which follows the registry within its
@@ -199,10 +221,13 @@ fn gather(
     let mut reads = registry.identified_reads(citizen, now - 30 * DAY, 200)?;
     reads.retain(|r| r.principal != viewer);
     reads.truncate(50);
+    let goals = registry.goals(citizen)?;
     Ok(CitizenData {
         night,
         sleep_trend,
+        sleep_days,
         panels,
+        goals,
         consents,
         reads,
         rows_read,
@@ -392,6 +417,7 @@ fn render(viewer: &Viewer, data: &CitizenData, range: Range, now: i64, zone: &Ti
                 h3 { (lang.t(Text::SleepTrend)) }
                 (line_chart(lang.t(Text::SleepTrend), &data.sleep_trend, (now - 28 * DAY, now), |v| lang.duration_min(v), |ms| local(ms, zone, "%m-%d")))
             }
+            (goals::block(viewer, Metric::SleepTime, data.goal(Metric::SleepTime), &data.sleep_days))
         }
         section id="vitals" aria-labelledby="vitals-h" {
             h2 id="vitals-h" { (lang.t(Text::Vitals)) }
@@ -415,6 +441,9 @@ fn render(viewer: &Viewer, data: &CitizenData, range: Range, now: i64, zone: &Ti
                     } @else {
                         @let span = if first.is_derived() { range.span_ms().max(7 * DAY) } else { range.span_ms() };
                         (line_chart(title, &panel.series, (now - span, now), |v| shown(first, lang, v), axis))
+                    }
+                    @if goals::GOAL_METRICS.contains(&first) {
+                        (goals::block(viewer, first, data.goal(first), &panel.days))
                     }
                 }
             }

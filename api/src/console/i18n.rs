@@ -59,6 +59,11 @@ pub(crate) enum Text {
     What,
     BloodPressure,
     NoPagesYet,
+    Goal,
+    GoalDirection,
+    AtLeast,
+    AtMost,
+    SaveGoal,
     LiveTail,
     Unit,
     Download,
@@ -270,6 +275,19 @@ impl Lang {
     }
 }
 
+impl Lang {
+    /// A goal and how the last week went: "Goal: at least 8,000 steps; met on 4 of the 6
+    /// days with data in the last week."
+    pub(crate) fn goal(self, target: &str, at_least: bool, met: usize, days: usize) -> String {
+        match (self, at_least) {
+            (Lang::Ja, true) => format!("目標: {target} 以上。直近1週間の記録{days}日のうち{met}日達成。"),
+            (Lang::Ja, false) => format!("目標: {target} 以下。直近1週間の記録{days}日のうち{met}日達成。"),
+            (Lang::En, true) => format!("Goal: at least {target}; met on {met} of the {days} days with data in the last week."),
+            (Lang::En, false) => format!("Goal: at most {target}; met on {met} of the {days} days with data in the last week."),
+        }
+    }
+}
+
 /// Japanese and English of each text.
 fn words(text: Text) -> (&'static str, &'static str) {
     match text {
@@ -366,6 +384,11 @@ fn words(text: Text) -> (&'static str, &'static str) {
         Text::JsonLines => ("JSON (1行に1件)", "JSON, one reading a line"),
         Text::LiveTail => ("ライブ表示", "Live"),
         Text::Unit => ("単位", "Unit"),
+        Text::Goal => ("目標", "Goal"),
+        Text::GoalDirection => ("目標の向き", "Goal direction"),
+        Text::AtLeast => ("以上", "at least"),
+        Text::AtMost => ("以下", "at most"),
+        Text::SaveGoal => ("目標を保存 (空欄で削除)", "Save goal (empty clears it)"),
         Text::NoPagesYet => (
             "この役割の画面はまだありません。API は /api/v1/docs にあります。",
             "This console has no pages for your role yet; the API is described at /api/v1/docs.",

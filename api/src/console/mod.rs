@@ -10,7 +10,8 @@
 //! vitals; an operator's devices, connections, log, dead letters, denials and ACL questions;
 //! an analyst's aggregates across citizens of the shared store, as a chart, table and CSV),
 //! live views over Server-Sent Events (`live.rs`),
-//! `POST /console/consents` (a citizen's consent buttons), `POST /console/alerts/{id}/ack`
+//! `POST /console/consents` (a citizen's consent buttons), `POST /console/goals` (their
+//! goals), `POST /console/alerts/{id}/ack`
 //! (a care service's acknowledge buttons), `POST /console/deadletters/replay` (an
 //! operator's replay buttons), `GET /console/export` (all of a citizen's data, CSV or
 //! NDJSON), `GET /console/style.css`.
@@ -23,6 +24,7 @@ mod chart;
 mod citizen;
 mod consent_form;
 mod export;
+mod goals;
 mod i18n;
 mod live;
 mod operator;
@@ -49,6 +51,7 @@ pub(crate) fn routes() -> Router<HttpApi> {
         .route("/console/alerts/:id/ack", post(alert_form::submit))
         .route("/console/deadletters/replay", post(replay_form::submit))
         .route("/console/export", get(export::export))
+        .route("/console/goals", post(goals::submit))
         .route("/console/style.css", get(style))
         .route("/console/live.js", get(live::script))
         .route("/console/live/device", get(live::device))
