@@ -62,13 +62,7 @@ async fn a_desaturation_alerts_only_the_care_service_the_citizen_consented_to() 
     let dir = tempfile::tempdir()?;
     let hub = Hub::start(dir.path(), &config())?;
     let api = hub.http_addr.expect("http listener");
-    common::consent_with(
-        &dir.path().join("data"),
-        "grant",
-        &["citizen-001"],
-        "care",
-        &["--grantee", "care-team"],
-    )?;
+    common::care_consent(dir.path(), "grant", "citizen-001", "care-team")?;
     let (_watch, mut alerts, codes) = subscribe(&hub, "care-team", "care/care-team/alerts").await?;
     assert_eq!(codes, vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
     let (_other, mut other_alerts, _) =
@@ -155,13 +149,7 @@ async fn a_desaturation_alerts_only_the_care_service_the_citizen_consented_to() 
     assert_eq!(all.as_array().map(Vec::len), Some(1));
 
     // A withdrawal hides the citizen's alerts from the service.
-    common::consent_with(
-        &dir.path().join("data"),
-        "revoke",
-        &["citizen-001"],
-        "care",
-        &["--grantee", "care-team"],
-    )?;
+    common::care_consent(dir.path(), "revoke", "citizen-001", "care-team")?;
     common::eventually(Duration::from_secs(10), || {
         let (_, all) = common::http(
             api,

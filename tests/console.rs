@@ -173,13 +173,7 @@ async fn a_citizen_sees_their_night_and_withdraws_care_consent_in_a_browser() ->
     let dir = tempfile::tempdir()?;
     let hub = Hub::start(dir.path(), &config())?;
     let api = hub.http_addr.expect("http listener");
-    common::consent_with(
-        &dir.path().join("data"),
-        "grant",
-        &["citizen-001"],
-        "care",
-        &["--grantee", "care-team"],
-    )?;
+    common::care_consent(dir.path(), "grant", "citizen-001", "care-team")?;
     replay_a_night(&hub, dir.path())?;
     let night = || -> anyhow::Result<Option<f64>> {
         let rows = hub.query(&[
@@ -392,13 +386,7 @@ async fn a_care_service_sees_and_acknowledges_the_alert_of_its_consented_citizen
     let dir = tempfile::tempdir()?;
     let hub = Hub::start(dir.path(), &care_config())?;
     let api = hub.http_addr.expect("http listener");
-    common::consent_with(
-        &dir.path().join("data"),
-        "grant",
-        &["citizen-001"],
-        "care",
-        &["--grantee", "care-team"],
-    )?;
+    common::care_consent(dir.path(), "grant", "citizen-001", "care-team")?;
     let browser = Browser::start().await?;
     let base = format!("http://{api}");
     let c = &browser.client;

@@ -534,6 +534,19 @@ pub fn consent(
     consent_with(data_dir, change, citizens, purpose, &[]).map(drop)
 }
 
+/// Records (`change` = grant or revoke) `citizen`'s care consent to care service `service`
+/// in the hub's data directory under `dir` (as `Hub::start` lays it out).
+pub fn care_consent(dir: &Path, change: &str, citizen: &str, service: &str) -> anyhow::Result<()> {
+    consent_with(
+        &dir.join("data"),
+        change,
+        &[citizen],
+        "care",
+        &["--grantee", service],
+    )
+    .map(drop)
+}
+
 /// Runs `kenko consent CHANGE` with `extra` arguments; returns what it printed.
 pub fn consent_with(
     data_dir: &Path,

@@ -14,7 +14,7 @@ use maud::{html, Markup};
 
 use super::citizen::{local, shown};
 use super::i18n::Text;
-use super::Viewer;
+use super::{head, Viewer};
 use crate::http::{ensure_sound_stores, internal, now_ms, ApiError, HttpApi};
 
 /// The vitals shown per citizen.
@@ -107,13 +107,7 @@ fn render(viewer: &Viewer, alerts: &[Alert], followed: &[Followed], zone: &TimeZ
                 p { (lang.t(Text::NoAlerts)) }
             } @else {
                 table {
-                    thead { tr {
-                        th scope="col" { (lang.t(Text::When)) }
-                        th scope="col" { (lang.t(Text::Citizen)) }
-                        th scope="col" { (lang.t(Text::Rule)) }
-                        th scope="col" { (lang.t(Text::Reading)) }
-                        th scope="col" { "" }
-                    } }
+                    (head(lang, &[Text::When, Text::Citizen, Text::Rule, Text::Reading, Text::Blank]))
                     tbody {
                         @for a in alerts {
                             @let metric = a.new.metric.parse::<Metric>().ok();

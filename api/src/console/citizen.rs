@@ -15,7 +15,7 @@ use maud::{html, Markup};
 use super::chart::{line_chart, Series};
 use super::goals;
 use super::i18n::{Change, Lang, Text};
-use super::Viewer;
+use super::{head, Viewer};
 use crate::http::{ensure_sound_stores, internal, now_ms, ApiError, HttpApi};
 
 const MIN: i64 = 60_000;
@@ -466,7 +466,7 @@ fn render(viewer: &Viewer, data: &CitizenData, range: Range, now: i64, zone: &Ti
                 p { (lang.t(Text::NoReads)) }
             } @else {
                 table {
-                    thead { tr { th scope="col" { (lang.t(Text::When)) } th scope="col" { (lang.t(Text::Who)) } th scope="col" { (lang.t(Text::What)) } } }
+                    (head(lang, &[Text::When, Text::Who, Text::What]))
                     tbody {
                         @for r in &data.reads {
                             tr { td { (when(r.at_ms)) } td { (r.principal) } td { (r.metrics) } }
@@ -486,12 +486,7 @@ fn consent_table(viewer: &Viewer, lines: &[ConsentLine], date: &impl Fn(i64) -> 
             p { (lang.t(Text::NoConsents)) }
         } @else {
             table class="consents" {
-                thead { tr {
-                    th scope="col" { (lang.t(Text::Purpose)) }
-                    th scope="col" { (lang.t(Text::Grantee)) }
-                    th scope="col" { (lang.t(Text::State)) }
-                    th scope="col" { "" }
-                } }
+                (head(lang, &[Text::Purpose, Text::Grantee, Text::State, Text::Blank]))
                 tbody {
                     @for l in lines {
                         tr data-purpose=(l.purpose.as_str()) data-grantee=(l.grantee) {

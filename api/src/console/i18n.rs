@@ -59,6 +59,9 @@ pub(crate) enum Text {
     What,
     BloodPressure,
     NoPagesYet,
+    Blank,
+    Id,
+    Protocol,
     Goal,
     GoalDirection,
     AtLeast,
@@ -126,7 +129,7 @@ pub(crate) enum Text {
 impl Lang {
     /// The language of a request: its cookie, else its `Accept-Language`, else Japanese.
     pub(crate) fn of(headers: &HeaderMap) -> Lang {
-        if let Some(lang) = cookie(headers).and_then(Lang::parse) {
+        if let Some(lang) = crate::session::cookie_named(headers, COOKIE).and_then(Lang::parse) {
             return lang;
         }
         let accept = headers
@@ -389,6 +392,9 @@ fn words(text: Text) -> (&'static str, &'static str) {
         Text::AtLeast => ("以上", "at least"),
         Text::AtMost => ("以下", "at most"),
         Text::SaveGoal => ("目標を保存 (空欄で削除)", "Save goal (empty clears it)"),
+        Text::Blank => ("", ""),
+        Text::Id => ("ID", "ID"),
+        Text::Protocol => ("MQTT", "MQTT"),
         Text::NoPagesYet => (
             "この役割の画面はまだありません。API は /api/v1/docs にあります。",
             "This console has no pages for your role yet; the API is described at /api/v1/docs.",
@@ -406,15 +412,6 @@ fn words(text: Text) -> (&'static str, &'static str) {
             "No citizen has given your service care consent.",
         ),
     }
-}
-
-fn cookie(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('='))
 }
 
 /// Japanese or English, whichever `Accept-Language` ranks higher (Japanese on a tie or when

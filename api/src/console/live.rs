@@ -137,15 +137,5 @@ fn events(
 
 /// `GET /console/live.js`.
 pub(crate) async fn script() -> Response {
-    let mut response = (StatusCode::OK, include_str!("live.js")).into_response();
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/javascript; charset=utf-8"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("max-age=3600"),
-    );
-    response
+    super::asset(include_str!("live.js"), "text/javascript; charset=utf-8")
 }

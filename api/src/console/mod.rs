@@ -248,12 +248,22 @@ fn respond(viewer: &Viewer, body: Markup) -> Response {
 
 /// `GET /console/style.css`.
 async fn style() -> Response {
-    let mut response = (StatusCode::OK, include_str!("style.css")).into_response();
+    asset(include_str!("style.css"), "text/css; charset=utf-8")
+}
+
+/// A table's header row: one column heading per text (`Text::Blank` over a column of
+/// buttons).
+pub(crate) fn head(lang: Lang, columns: &[Text]) -> Markup {
+    html! {
+        thead { tr { @for c in columns { th scope="col" { (lang.t(*c)) } } } }
+    }
+}
+
+/// A file served from the binary, cached by browsers for an hour.
+pub(crate) fn asset(body: &'static str, content_type: &'static str) -> Response {
+    let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/css; charset=utf-8"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("max-age=3600"),

@@ -12,7 +12,7 @@ use maud::{html, Markup};
 
 use super::citizen::local;
 use super::i18n::{Lang, Text};
-use super::{PageParams, Viewer};
+use super::{head, PageParams, Viewer};
 use crate::http::{ApiError, HttpApi};
 use crate::operators::{
     dead_letter_views, denial_views, device_views, explain_view, log_view, replay_request,
@@ -49,15 +49,7 @@ pub(crate) async fn page(
         section id="devices" aria-labelledby="devices-h" {
             h2 id="devices-h" { (lang.t(Text::Devices)) " (" (devices.len()) ")" }
             table {
-                thead { tr {
-                    th scope="col" { "ID" }
-                    th scope="col" { (lang.t(Text::Kind)) }
-                    th scope="col" { (lang.t(Text::Citizen)) }
-                    th scope="col" { (lang.t(Text::State)) }
-                    th scope="col" { (lang.t(Text::LastSeen)) }
-                    th scope="col" { (lang.t(Text::PerMinute)) }
-                    th scope="col" { (lang.t(Text::Messages)) }
-                } }
+                (head(lang, &[Text::Id, Text::Kind, Text::Citizen, Text::State, Text::LastSeen, Text::PerMinute, Text::Messages]))
                 tbody {
                     @for d in &devices {
                         @let on = online.contains(d.id.as_str());
@@ -80,12 +72,7 @@ pub(crate) async fn page(
             section id="tail" aria-labelledby="tail-h" {
                 h2 id="tail-h" { (lang.t(Text::LiveTail)) ": " (device) }
                 table data-live-tail=(format!("/console/live/device?id={}", encode(device))) {
-                    thead { tr {
-                        th scope="col" { (lang.t(Text::When)) }
-                        th scope="col" { (lang.t(Text::Metric)) }
-                        th scope="col" { (lang.t(Text::Reading)) }
-                        th scope="col" { (lang.t(Text::Unit)) }
-                    } }
+                    (head(lang, &[Text::When, Text::Metric, Text::Reading, Text::Unit]))
                     tbody {}
                 }
             }
@@ -93,13 +80,7 @@ pub(crate) async fn page(
         section id="connections" aria-labelledby="connections-h" {
             h2 id="connections-h" { (lang.t(Text::Connections)) " (" (sessions.len()) ")" }
             table {
-                thead { tr {
-                    th scope="col" { (lang.t(Text::ClientId)) }
-                    th scope="col" { (lang.t(Text::Principal)) }
-                    th scope="col" { "MQTT" }
-                    th scope="col" { (lang.t(Text::Address)) }
-                    th scope="col" { (lang.t(Text::Since)) }
-                } }
+                (head(lang, &[Text::ClientId, Text::Principal, Text::Protocol, Text::Address, Text::Since]))
                 tbody {
                     @for s in &sessions {
                         tr { td { (s.client_id) } td { (s.principal) } td { (s.protocol) } td { (s.address) } td { (when(&s.connected)) } }
@@ -126,7 +107,7 @@ pub(crate) async fn page(
             @if denials.is_empty() { p { (lang.t(Text::NoneYet)) } }
             @else {
                 table {
-                    thead { tr { th scope="col" { (lang.t(Text::Rule)) } th scope="col" { (lang.t(Text::Count)) } } }
+                    (head(lang, &[Text::Rule, Text::Count]))
                     tbody { @for d in &denials { tr { td { code { (d.rule) } } td { (d.count) } } } }
                 }
             }
@@ -175,12 +156,7 @@ fn dead_letters(
             @else {
                 ul class="counts" { @for c in &letters.counts { li { code { (c.reason) } ": " (c.count) } } }
                 table {
-                    thead { tr {
-                        th scope="col" { (lang.t(Text::When)) }
-                        th scope="col" { (lang.t(Text::Device)) }
-                        th scope="col" { (lang.t(Text::Reason)) }
-                        th scope="col" { "" }
-                    } }
+                    (head(lang, &[Text::When, Text::Device, Text::Reason, Text::Blank]))
                     tbody {
                         @for l in &letters.letters {
                             tr data-letter=(l.id) {
