@@ -73,6 +73,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         below: Some(90.0),
         above: None,
         silent_h: None,
+        rising_by: None,
+        over_days: None,
         for_min: 5,
     }];
     config.auth.anonymous = true;

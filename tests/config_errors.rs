@@ -66,7 +66,7 @@ fn alert_rules_that_cannot_work_are_reported_at_their_file_and_line() -> anyhow:
         ),
         (
             "[[alerts]]\nname = \"both\"\nmetric = \"spo2\"\nbelow = 90.0\nabove = 99.0\n",
-            "alert both: give only one of below, above and silent_h",
+            "alert both: give only one of below, above, silent_h and rising_by",
         ),
         (
             "[[alerts]]\nname = \"low-spo2\"\nmetric = \"spo2\"\nsilent_h = 24\n",

@@ -12,6 +12,12 @@
 //! name = "no-bed-data"
 //! metric = "heart_rate"
 //! silent_h = 24      # no reading of the metric for 24 hours
+//!
+//! [[alerts]]
+//! name = "resting-heart-rate-rising"
+//! metric = "heart_rate"
+//! rising_by = 5.0    # the last 7 days' mean 5 above the mean of the 7 days before
+//! over_days = 7
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -33,6 +39,14 @@ pub struct AlertConfig {
     /// Raised when no reading of the metric came for this many hours.
     #[serde(default)]
     pub silent_h: Option<u32>,
+    /// Raised when the mean of the last `over_days` whole days exceeds the mean of the
+    /// `over_days` days before them by at least this much (a trend: resting heart rate
+    /// rising).
+    #[serde(default)]
+    pub rising_by: Option<f64>,
+    /// With `rising_by`: the days each mean is over (7 unless given).
+    #[serde(default)]
+    pub over_days: Option<u32>,
     /// With `below` or `above`: minutes the readings must stay past the threshold (every
     /// reading in between past it, too); 0 raises on the first.
     #[serde(default)]
@@ -46,6 +60,11 @@ pub enum Condition {
     Above(f64),
     /// No reading for this many milliseconds.
     Silent(i64),
+    /// The last `days` whole days' mean at least `by` above the `days` days' before.
+    Rising {
+        by: f64,
+        days: u32,
+    },
 }
 
 impl AlertConfig {
@@ -58,7 +77,43 @@ impl AlertConfig {
                 Err(format!("alert {}: {what} must be a number", self.name))
             }
         };
-        match (self.below, self.above, self.silent_h) {
+        if self.over_days.is_some() && self.rising_by.is_none() {
+            return Err(format!(
+                "alert {}: over_days goes with rising_by",
+                self.name
+            ));
+        }
+        match (self.below, self.above, self.silent_h, self.rising_by) {
+            (None, None, None, Some(by)) => self.rising(finite("rising_by", by)?),
+            (_, _, _, Some(_)) => Err(format!(
+                "alert {}: give only one of below, above, silent_h and rising_by",
+                self.name
+            )),
+            (below, above, silent_h, None) => self.level(below, above, silent_h, finite),
+        }
+    }
+
+    /// A trend condition, checked.
+    fn rising(&self, by: f64) -> Result<Condition, String> {
+        let days = self.over_days.unwrap_or(7);
+        if by <= 0.0 || !(1..=90).contains(&days) || self.for_min > 0 {
+            return Err(format!(
+                "alert {}: rising_by must be above 0, over_days from 1 to 90, and for_min is not for trends",
+                self.name
+            ));
+        }
+        Ok(Condition::Rising { by, days })
+    }
+
+    /// A threshold or silence condition, checked.
+    fn level(
+        &self,
+        below: Option<f64>,
+        above: Option<f64>,
+        silent_h: Option<u32>,
+        finite: impl Fn(&str, f64) -> Result<f64, String>,
+    ) -> Result<Condition, String> {
+        match (below, above, silent_h) {
             (Some(v), None, None) => Ok(Condition::Below(finite("below", v)?)),
             (None, Some(v), None) => Ok(Condition::Above(finite("above", v)?)),
             (None, None, Some(0)) => Err(format!(
@@ -71,11 +126,11 @@ impl AlertConfig {
             )),
             (None, None, Some(h)) => Ok(Condition::Silent(i64::from(h) * 3_600_000)),
             (None, None, None) => Err(format!(
-                "alert {}: give one condition: below, above or silent_h",
+                "alert {}: give one condition: below, above, silent_h or rising_by",
                 self.name
             )),
             _ => Err(format!(
-                "alert {}: give only one of below, above and silent_h",
+                "alert {}: give only one of below, above, silent_h and rising_by",
                 self.name
             )),
         }
@@ -103,10 +158,52 @@ mod tests {
             below,
             above,
             silent_h,
+            rising_by: None,
+            over_days: None,
             for_min,
         }
     }
 
+    fn rising(by: f64, over_days: Option<u32>) -> AlertConfig {
+        AlertConfig {
+            rising_by: Some(by),
+            over_days,
+            ..rule(None, None, None, 0)
+        }
+    }
+
+    #[test]
+    fn a_trend_is_its_own_condition_over_whole_days() {
+        assert_eq!(
+            rising(5.0, None).condition(),
+            Ok(Condition::Rising { by: 5.0, days: 7 })
+        );
+        assert_eq!(
+            rising(2.0, Some(3)).condition(),
+            Ok(Condition::Rising { by: 2.0, days: 3 })
+        );
+        for (bad, says) in [
+            (rising(0.0, None), "rising_by must be above 0"),
+            (rising(5.0, Some(0)), "over_days from 1 to 90"),
+            (
+                AlertConfig {
+                    below: Some(1.0),
+                    ..rising(5.0, None)
+                },
+                "only one of",
+            ),
+            (
+                AlertConfig {
+                    over_days: Some(3),
+                    ..rule(Some(1.0), None, None, 0)
+                },
+                "over_days goes with rising_by",
+            ),
+        ] {
+            let err = bad.condition().expect_err(says);
+            assert!(err.contains(says), "{err}");
+        }
+    }
     #[test]
     fn a_rule_has_exactly_one_condition() {
         assert_eq!(

@@ -5,6 +5,11 @@
 //!   reading that makes the run last `for_min` (the first reading when it is 0).
 //! - `silent_h`: raised once when no reading of the metric came for that long after the
 //!   latest one (checked by [`Evaluator::tick`]); a new reading ends the silence.
+//! - `rising_by` over `over_days`: when a citizen's first reading of a new (UTC) day comes,
+//!   the mean of the daily means of the `over_days` whole days before it is compared with
+//!   that of the `over_days` days before those; raised once when it is higher by at least
+//!   `rising_by` (each window needs data on half its days), and again only after a day on
+//!   which it was not.
 //!
 //! A reading older than the latest one seen for its run or silence is late and changes
 //! nothing; a reading flagged implausible is a device's error, not the citizen's state, and
@@ -52,6 +57,15 @@ struct Run {
     raised: bool,
 }
 
+/// A citizen's daily sums and counts for a trend rule: the days it compares, no more.
+#[derive(Debug, Default)]
+struct Trend {
+    days: std::collections::BTreeMap<i64, (f64, u32)>,
+    raised: bool,
+}
+
+const DAY_MS: i64 = 86_400_000;
+
 #[derive(Debug)]
 struct Seen {
     latest_ms: i64,
@@ -65,6 +79,7 @@ pub struct Evaluator {
     rules: Vec<Rule>,
     runs: HashMap<(usize, Arc<str>), Run>,
     seen: HashMap<(usize, Arc<str>), Seen>,
+    trends: HashMap<(usize, Arc<str>), Trend>,
 }
 
 impl Evaluator {
@@ -95,6 +110,19 @@ impl Evaluator {
                 }
                 Condition::Above(limit) => {
                     track_run(&mut self.runs, key, o, o.value > limit, rule.for_ms, out)
+                }
+                Condition::Rising { by, days } => {
+                    let trend = self.trends.entry(key).or_default();
+                    if let Some(started_ms) = track_trend(trend, o, by, days) {
+                        out.push(Raised {
+                            rule: i,
+                            citizen: o.citizen.clone(),
+                            device: o.device.clone(),
+                            started_ms,
+                            event_ms: o.time_ms,
+                            value: Some(o.value),
+                        });
+                    }
                 }
                 Condition::Silent(_) => {
                     let seen = self.seen.entry(key).or_insert(Seen {
@@ -131,6 +159,46 @@ impl Evaluator {
             }
         }
     }
+}
+
+/// One reading of a trend rule: added to its day; on the first reading of a new day, the
+/// whole days before are compared. The start of the rising window when it raises.
+fn track_trend(trend: &mut Trend, o: &Observation, by: f64, days: u32) -> Option<i64> {
+    let day = o.time_ms.div_euclid(DAY_MS);
+    let span = i64::from(days);
+    let newest = trend.days.keys().next_back().copied();
+    let entry = trend.days.entry(day).or_insert((0.0, 0));
+    entry.0 += o.value;
+    entry.1 += 1;
+    // Only the two windows before the newest day matter.
+    let keep_from = trend.days.keys().next_back().copied().unwrap_or(day) - 2 * span;
+    trend.days.retain(|d, _| *d >= keep_from);
+    if newest.is_none_or(|n| day <= n) {
+        return None; // not a new day: nothing closed
+    }
+    let mean_of = |from: i64, to: i64| {
+        let means: Vec<f64> = trend
+            .days
+            .range(from..to)
+            .map(|(_, (sum, n))| sum / f64::from(*n))
+            .collect();
+        let enough = means.len() as i64 * 2 >= span;
+        (enough && !means.is_empty()).then(|| means.iter().sum::<f64>() / means.len() as f64)
+    };
+    let (recent, before) = (
+        mean_of(day - span, day),
+        mean_of(day - 2 * span, day - span),
+    );
+    let rising = matches!((recent, before), (Some(r), Some(b)) if r - b >= by);
+    if !rising {
+        trend.raised = false;
+        return None;
+    }
+    if trend.raised {
+        return None;
+    }
+    trend.raised = true;
+    Some((day - span) * DAY_MS)
 }
 
 /// One reading of a below/above rule: starts, extends, raises or ends the citizen's run.
@@ -294,6 +362,50 @@ mod tests {
         let out = run(&mut eval, &readings);
         let who: Vec<&str> = out.iter().map(|r| &*r.citizen).collect();
         assert_eq!(who, vec!["a"], "b's run lasted 1 minute only: {out:?}");
+    }
+
+    #[test]
+    fn a_rising_week_raises_once_on_the_day_it_shows_and_a_small_rise_never() {
+        let day = 24 * 60;
+        let rising = |by: f64| rule(Metric::HeartRate, Condition::Rising { by, days: 7 }, 0);
+        let mut eval = Evaluator::new(vec![rising(5.0), rising(10.0)]);
+        // 7 days around 60, then 7 days around 66 (two readings a day).
+        let mut readings = Vec::new();
+        for d in 0..14 {
+            let level = if d < 7 { 60.0 } else { 66.0 };
+            readings.push(reading("c", Metric::HeartRate, d * day + 60, level - 1.0));
+            readings.push(reading("c", Metric::HeartRate, d * day + 600, level + 1.0));
+        }
+        readings.push(reading("c", Metric::HeartRate, 14 * day + 1, 67.0));
+        let out = run(&mut eval, &readings);
+        // On day 13 the week before it (days 6-12: one at 60, six at 66) is 5.1 above the
+        // week before that (60): the 5 rule raises, the 10 one never does.
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].rule, 0);
+        assert_eq!(out[0].started_ms, 6 * day * MIN, "the rising week's start");
+        assert_eq!(out[0].event_ms, (13 * day + 60) * MIN);
+        let later = run(
+            &mut eval,
+            &[reading("c", Metric::HeartRate, 15 * day + 1, 67.0)],
+        );
+        assert!(later.is_empty(), "still rising: raised once");
+    }
+
+    #[test]
+    fn a_trend_needs_data_on_half_the_days_of_each_week() {
+        let day = 24 * 60;
+        let mut eval = Evaluator::new(vec![rule(
+            Metric::HeartRate,
+            Condition::Rising { by: 5.0, days: 7 },
+            0,
+        )]);
+        let mut readings = vec![reading("c", Metric::HeartRate, 2 * day, 60.0)];
+        readings.extend((7..14).map(|d| reading("c", Metric::HeartRate, d * day, 70.0)));
+        readings.push(reading("c", Metric::HeartRate, 14 * day, 70.0));
+        assert!(
+            run(&mut eval, &readings).is_empty(),
+            "one day of the week before is too few"
+        );
     }
 
     #[test]
