@@ -167,6 +167,38 @@ fn care_reads(api: std::net::SocketAddr) -> anyhow::Result<u16> {
     Ok(status)
 }
 
+/// A browser session of the care service: its cookie.
+fn care_session(api: std::net::SocketAddr) -> anyhow::Result<String> {
+    let login = format!(
+        r#"{{"id":"care-team","password":"{}"}}"#,
+        common::password("care-team")
+    );
+    let (_, headers, _) = http_request(
+        api,
+        "POST",
+        "/api/v1/session",
+        &[("Content-Type", "application/json")],
+        &login,
+    )?;
+    headers
+        .iter()
+        .find_map(|h| {
+            let (name, value) = h.split_once(':')?;
+            name.eq_ignore_ascii_case("set-cookie")
+                .then(|| value.trim())
+        })
+        .and_then(|c| c.split(';').next())
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no session cookie"))
+}
+
+/// Whether the care service's console page lists citizen-001 among the citizens in its care.
+fn care_page_lists_the_citizen(api: std::net::SocketAddr, cookie: &str) -> anyhow::Result<bool> {
+    let (status, _, page) = http_request(api, "GET", "/console", &[("Cookie", cookie)], "")?;
+    anyhow::ensure!(status == 200, "care page: {status}");
+    Ok(page.contains(r#"<tr data-citizen="citizen-001">"#))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_citizen_sees_their_night_and_withdraws_care_consent_in_a_browser() -> anyhow::Result<()>
 {
@@ -191,6 +223,11 @@ async fn a_citizen_sees_their_night_and_withdraws_care_consent_in_a_browser() ->
     common::eventually(Duration::from_secs(10), || {
         Ok((care_reads(api)? == 200).then_some(()))
     })?;
+    let care = care_session(api)?;
+    assert!(
+        care_page_lists_the_citizen(api, &care)?,
+        "in the care service's view"
+    );
 
     let browser = Browser::start().await?;
     let base = format!("http://{api}");
@@ -357,6 +394,10 @@ async fn a_citizen_sees_their_night_and_withdraws_care_consent_in_a_browser() ->
     );
     common::eventually(Duration::from_secs(10), || {
         Ok((care_reads(api)? == 403).then_some(()))
+    })?;
+    // The care view has lost the citizen as well.
+    common::eventually(Duration::from_secs(10), || {
+        Ok((!care_page_lists_the_citizen(api, &care)?).then_some(()))
     })?;
     browser.close().await?;
     hub.terminate()
