@@ -609,9 +609,31 @@ async fn an_operator_sees_a_device_go_offline_and_replays_a_dead_letter() -> any
         letter.contains("bed-002") && letter.contains("malformed_payload"),
         "{letter}"
     );
+    let c = &browser.client;
+    let errors = c
+        .find(Locator::Css(
+            "#devices tr[data-device=bed-002] td[data-errors]",
+        ))
+        .await?
+        .attr("data-errors")
+        .await?;
+    assert_eq!(
+        errors.as_deref(),
+        Some("1"),
+        "bed-002's dead letter is counted"
+    );
+
+    // Show the letter: what was sent, so the operator can tell what to fix.
+    c.find(Locator::Css("#deadletters tr[data-letter] a"))
+        .await?
+        .click()
+        .await?;
+    c.wait()
+        .for_element(Locator::Css("#letter pre[data-payload]"))
+        .await?;
+    assert_eq!(browser.text("#letter pre[data-payload]").await?, "{oops");
 
     // Replay the letter: the writer runs it again and it is refused again (still malformed).
-    let c = &browser.client;
     c.find(Locator::Css("#deadletters tr[data-letter] button"))
         .await?
         .click()

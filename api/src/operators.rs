@@ -1,7 +1,7 @@
 //! What operators look at and act on over HTTP (role `operator` only):
 //!
 //! - `GET /api/v1/deadletters` (`reason`, `device`, `limit`): how many letters there are per
-//!   reason, and the newest ones (without payloads);
+//!   reason and per device, and the newest ones (without payloads);
 //! - `POST /api/v1/deadletters/replay` (`id`, `reason`, `device`, each optional): asks the
 //!   hub's writer to run the letters selected through the pipeline again, as
 //!   `kenko deadletter replay` does; answered 202 with the request, whose outcome
@@ -67,9 +67,18 @@ pub(crate) struct LetterView {
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct DeviceCount {
+    /// The device (or, for a client that is none, its client id).
+    pub(crate) device: String,
+    pub(crate) count: u64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct DeadLetters {
     /// Every letter, per reason.
     pub(crate) counts: Vec<ReasonCount>,
+    /// Every letter, per device.
+    pub(crate) devices: Vec<DeviceCount>,
     /// The newest letters selected, newest first.
     pub(crate) letters: Vec<LetterView>,
 }
@@ -108,6 +117,7 @@ pub(crate) async fn dead_letter_views(
         if !path.exists() {
             return Ok(DeadLetters {
                 counts: Vec::new(),
+                devices: Vec::new(),
                 letters: Vec::new(),
             });
         }
@@ -131,12 +141,43 @@ pub(crate) async fn dead_letter_views(
                 payload_bytes: l.payload.len(),
             })
             .collect();
-        Ok::<_, kenko_ingest::store::StoreError>(DeadLetters { counts, letters })
+        let devices = store
+            .count_by_device()?
+            .into_iter()
+            .map(|(device, count)| DeviceCount { device, count })
+            .collect();
+        Ok::<_, kenko_ingest::store::StoreError>(DeadLetters {
+            counts,
+            devices,
+            letters,
+        })
     })
     .await
     .map_err(internal)?
     .map_err(internal)?;
     Ok(answer)
+}
+
+/// Dead letter `id` with its payload, if there is one.
+pub(crate) async fn dead_letter(
+    api: &HttpApi,
+    id: i64,
+) -> Result<Option<kenko_ingest::deadletter::DeadLetter>, ApiError> {
+    let path = dead_letter_store(api);
+    let found = tokio::task::spawn_blocking(move || {
+        if !path.exists() {
+            return Ok(Vec::new());
+        }
+        let selection = Selection {
+            id: Some(id),
+            ..Selection::default()
+        };
+        DeadLetterStore::open_read_only(&path)?.select(&selection, 1)
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)?;
+    Ok(found.into_iter().next().map(|(_, letter)| letter))
 }
 
 pub(crate) fn selection(

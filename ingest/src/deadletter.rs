@@ -261,10 +261,20 @@ impl DeadLetterStore {
 
     /// Letters per reason code, most frequent first.
     pub fn count_by_reason(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT reason_code, count(*) AS n FROM dead_letters GROUP BY reason_code ORDER BY n DESC, reason_code")
-            .map_err(sqlite(&self.path))?;
+        self.counts("SELECT reason_code, count(*) AS n FROM dead_letters GROUP BY reason_code ORDER BY n DESC, reason_code")
+    }
+
+    /// How many letters each device has (letters of no known device under the client id).
+    pub fn count_by_device(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.counts(
+            "SELECT coalesce(device, client_id) AS d, count(*) AS n FROM dead_letters
+             GROUP BY d ORDER BY n DESC, d",
+        )
+    }
+
+    /// (name, count) rows of `sql`.
+    fn counts(&self, sql: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(sqlite(&self.path))?;
         let rows = stmt
             .query_map([], |r| {
                 Ok((

@@ -72,6 +72,8 @@ pub(crate) struct PageParams {
     topic: Option<String>,
     /// An operator's live tail of this device's readings.
     tail: Option<String>,
+    /// A dead letter an operator opened.
+    letter: Option<i64>,
     /// An analyst's aggregate: metric, `agg`, `every` (1h or 1d), `from`.
     metric: Option<String>,
     agg: Option<String>,

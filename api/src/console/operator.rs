@@ -15,8 +15,8 @@ use super::i18n::{Lang, Text};
 use super::{head, PageParams, Viewer};
 use crate::http::{ApiError, HttpApi};
 use crate::operators::{
-    dead_letter_views, denial_views, device_views, explain_view, log_view, replay_request,
-    session_views, ExplainParams, ExplainView,
+    dead_letter, dead_letter_views, denial_views, device_views, explain_view, log_view,
+    replay_request, session_views, ExplainParams, ExplainView,
 };
 
 /// Dead letters listed on the page.
@@ -32,6 +32,15 @@ pub(crate) async fn page(
     let online: HashSet<&str> = sessions.iter().map(|s| s.client_id.as_str()).collect();
     let log = log_view(api);
     let letters = dead_letter_views(api, Selection::default(), LETTERS).await?;
+    let errors: std::collections::HashMap<&str, u64> = letters
+        .devices
+        .iter()
+        .map(|d| (d.device.as_str(), d.count))
+        .collect();
+    let shown_letter = match params.letter {
+        Some(id) => Some((id, dead_letter(api, id).await?)),
+        None => None,
+    };
     let denials = denial_views(api);
     let replay = match params.replay {
         Some(id) => Some(replay_request(api, id).await?),
@@ -49,7 +58,7 @@ pub(crate) async fn page(
         section id="devices" aria-labelledby="devices-h" {
             h2 id="devices-h" { (lang.t(Text::Devices)) " (" (devices.len()) ")" }
             table {
-                (head(lang, &[Text::Id, Text::Kind, Text::Citizen, Text::State, Text::LastSeen, Text::PerMinute, Text::Messages]))
+                (head(lang, &[Text::Id, Text::Kind, Text::Citizen, Text::State, Text::LastSeen, Text::PerMinute, Text::Messages, Text::Errors]))
                 tbody {
                     @for d in &devices {
                         @let on = online.contains(d.id.as_str());
@@ -63,6 +72,9 @@ pub(crate) async fn page(
                             td { @if let Some(t) = &d.last_seen { (when(t)) } @else { "–" } }
                             td { (d.per_minute) }
                             td { (d.messages) }
+                            td data-errors=(errors.get(d.id.as_str()).copied().unwrap_or(0)) {
+                                (errors.get(d.id.as_str()).copied().unwrap_or(0))
+                            }
                         }
                     }
                 }
@@ -102,6 +114,9 @@ pub(crate) async fn page(
             }
         }
         (dead_letters(viewer, &letters, replay.as_ref(), &when))
+        @if let Some((id, letter)) = &shown_letter {
+            (letter_section(lang, *id, letter.as_ref(), &when))
+        }
         section id="denials" aria-labelledby="denials-h" {
             h2 id="denials-h" { (lang.t(Text::Denials)) }
             @if denials.is_empty() { p { (lang.t(Text::NoneYet)) } }
@@ -162,7 +177,8 @@ fn dead_letters(
                             tr data-letter=(l.id) {
                                 td { (when(&l.received)) }
                                 td { (l.device.as_deref().unwrap_or(&l.client_id)) }
-                                td { code { (l.reason_code) } " " (l.reason) }
+                                td { code { (l.reason_code) } " " (l.reason) " "
+                                    a href=(format!("?letter={}#letter", l.id)) { (lang.t(Text::Show)) } }
                                 td {
                                     form method="post" action="/console/deadletters/replay" class="inline" {
                                         input type="hidden" name="csrf_token" value=(viewer.csrf);
@@ -219,6 +235,51 @@ fn explain_form(
     }
 }
 
+/// One dead letter in full: where it came from, why, and its payload (as text when it is
+/// UTF-8, else in hex), so an operator can tell what to fix before replaying it.
+fn letter_section(
+    lang: Lang,
+    id: i64,
+    letter: Option<&kenko_ingest::deadletter::DeadLetter>,
+    when: &impl Fn(&str) -> String,
+) -> Markup {
+    html! {
+        section id="letter" aria-labelledby="letter-h" {
+            h2 id="letter-h" { (lang.t(Text::DeadLetter)) " " (id) }
+            @match letter {
+                None => p { (lang.t(Text::NoSuchLetter)) },
+                Some(l) => {
+                    dl class="letter" {
+                        dt { (lang.t(Text::When)) } dd { (when(&crate::http::rfc3339(l.received_ms))) }
+                        dt { (lang.t(Text::ClientId)) } dd { (l.client_id) }
+                        dt { (lang.t(Text::Topic)) } dd { code { (l.topic) } }
+                        dt { (lang.t(Text::Reason)) } dd { code { (l.reason_code) } " " (l.reason) }
+                        dt { (lang.t(Text::Payload)) " (" (l.payload.len()) " B)" } dd { pre data-payload { (payload_text(&l.payload)) } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A payload for people: the text if it is UTF-8, else hex, cut at 4 KiB.
+fn payload_text(payload: &[u8]) -> String {
+    const SHOWN: usize = 4096;
+    let cut = &payload[..payload.len().min(SHOWN)];
+    let mut text = match std::str::from_utf8(cut) {
+        Ok(t) => t.to_owned(),
+        Err(_) => cut
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    if payload.len() > SHOWN {
+        text.push_str(" …");
+    }
+    text
+}
+
 /// Bytes as MiB with one decimal.
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
@@ -241,6 +302,14 @@ fn encode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn payloads_show_as_text_or_hex_and_long_ones_are_cut() {
+        assert_eq!(payload_text(b"{oops"), "{oops");
+        assert_eq!(payload_text(&[0xff, 0x00, 0x10]), "ff 00 10");
+        let long = payload_text(&vec![b'a'; 5000]);
+        assert!(long.ends_with(" …") && long.len() == 4096 + " …".len());
+    }
 
     #[test]
     fn a_device_id_is_one_query_value() {
