@@ -330,8 +330,23 @@ async fn a_citizen_sees_their_night_and_withdraws_care_consent_in_a_browser() ->
         assert_eq!(mine, expected, "{metric} exported as kenko query prints it");
     }
 
-    // A sleep goal of 8 hours: the night replayed (more than 8 hours asleep) meets it.
+    // A goal no night can have is refused with a page that says why.
     let goal = "div[data-goal=sleep_time]";
+    c.find(Locator::Css(&format!("{goal} input[name=target]")))
+        .await?
+        .send_keys("100000")
+        .await?;
+    c.find(Locator::Css(&format!("{goal} button")))
+        .await?
+        .click()
+        .await?;
+    c.wait().for_element(Locator::Css("p[role=alert]")).await?;
+    let why = browser.text("p[role=alert]").await?;
+    assert!(why.contains("outside what the metric can be"), "{why}");
+    assert!(browser.text("h1").await?.starts_with("400"));
+    c.goto(&format!("{base}/console?lang=en")).await?;
+
+    // A sleep goal of 8 hours: the night replayed (more than 8 hours asleep) meets it.
     c.find(Locator::Css(&format!("{goal} input[name=target]")))
         .await?
         .send_keys("480")
@@ -398,6 +413,19 @@ async fn a_citizen_sees_their_night_and_withdraws_care_consent_in_a_browser() ->
     // The care view has lost the citizen as well.
     common::eventually(Duration::from_secs(10), || {
         Ok((!care_page_lists_the_citizen(api, &care)?).then_some(()))
+    })?;
+
+    // And gives it again, choosing the care service from the hub's list.
+    c.find(Locator::Css("form.grant-care button"))
+        .await?
+        .click()
+        .await?;
+    c.wait()
+        .for_element(Locator::Css(&format!("{row} form input[value=revoke]")))
+        .await?;
+    assert!(browser.text(row).await?.contains("有効"), "in force again");
+    common::eventually(Duration::from_secs(10), || {
+        Ok((care_reads(api)? == 200).then_some(()))
     })?;
     browser.close().await?;
     hub.terminate()

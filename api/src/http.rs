@@ -371,6 +371,11 @@ impl ApiError {
         &self.message
     }
 
+    /// For a failure inside the hub: the id its log holds the details under.
+    pub(crate) fn error_id(&self) -> Option<&str> {
+        self.error_id.as_deref()
+    }
+
     /// A "try again later" answer (429, 503) with a `Retry-After` of `wait`, rounded up to
     /// whole seconds and at least one.
     fn retry_after(status: StatusCode, message: impl Into<String>, wait: Duration) -> ApiError {

@@ -240,6 +240,28 @@ pub(crate) async fn list(
     Ok(Json(all))
 }
 
+/// The ids of the principals with `role` (the config file's and registry.db's), sorted.
+pub(crate) fn with_role(api: &HttpApi, role: &str) -> Vec<String> {
+    let configured = api
+        .config
+        .principals
+        .iter()
+        .filter(|p| p.roles.iter().any(|r| r == role))
+        .map(|p| p.id.clone());
+    let registered: Vec<String> = api
+        .directory
+        .registry()
+        .principals()
+        .values()
+        .filter(|p| p.roles.iter().any(|r| r == role))
+        .map(|p| p.id.clone())
+        .collect();
+    let mut ids: Vec<String> = configured.chain(registered).collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
 #[utoipa::path(post, path = "/api/v1/principals", tag = "principals", request_body = NewBody, security(("basic" = []), ("session" = [])),
     responses((status = 201, description = "Added; a generated password is shown this once", body = WithPassword), (status = 400, description = "A parameter or the body cannot be used", body = ErrorBody), (status = 409, description = "The id is taken, or a principal of the config file", body = ErrorBody), (status = 503, description = "The stores are unavailable", body = ErrorBody), Refusals))]
 pub(crate) async fn create(

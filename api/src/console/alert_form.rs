@@ -23,7 +23,7 @@ pub(crate) async fn submit(
 ) -> Response {
     match acknowledge(&api, &headers, id, form).await {
         Ok(()) => Redirect::to("/console#alerts").into_response(),
-        Err(e) => e.into_response(),
+        Err(e) => super::error_page(&headers, e),
     }
 }
 

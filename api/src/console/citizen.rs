@@ -146,7 +146,8 @@ pub(crate) async fn page(
     .await
     .map_err(internal)??;
     let zone = TimeZone::get(&api.config.ingest.default_timezone).unwrap_or(TimeZone::UTC);
-    Ok(render(viewer, &data, range, now, &zone))
+    let care_services = crate::principals::with_role(api, "care");
+    Ok(render(viewer, &data, (range, now), &zone, &care_services))
 }
 
 fn query(metric: Metric, citizen: &str, from_ms: i64, to_ms: i64) -> Query {
@@ -390,7 +391,13 @@ fn comparison(metric: Metric, lang: Lang, (recent, before): (f64, f64)) -> Strin
     )
 }
 
-fn render(viewer: &Viewer, data: &CitizenData, range: Range, now: i64, zone: &TimeZone) -> Markup {
+fn render(
+    viewer: &Viewer,
+    data: &CitizenData,
+    (range, now): (Range, i64),
+    zone: &TimeZone,
+    care_services: &[String],
+) -> Markup {
     let lang = viewer.lang;
     let date = |ms: i64| local(ms, zone, "%Y-%m-%d");
     let when = |ms: i64| local(ms, zone, "%Y-%m-%d %H:%M");
@@ -451,6 +458,7 @@ fn render(viewer: &Viewer, data: &CitizenData, range: Range, now: i64, zone: &Ti
         section id="consents" aria-labelledby="consents-h" {
             h2 id="consents-h" { (lang.t(Text::Consents)) }
             (consent_table(viewer, &data.consents, &date))
+            (care_grant(viewer, &data.consents, care_services))
         }
         section id="download" aria-labelledby="download-h" {
             h2 id="download-h" { (lang.t(Text::Download)) }
@@ -473,6 +481,34 @@ fn render(viewer: &Viewer, data: &CitizenData, range: Range, now: i64, zone: &Ti
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// A form to give care consent to a care service the citizen has not given it to now.
+fn care_grant(viewer: &Viewer, lines: &[ConsentLine], services: &[String]) -> Markup {
+    let lang = viewer.lang;
+    let open: Vec<&String> = services
+        .iter()
+        .filter(|s| {
+            !lines
+                .iter()
+                .any(|l| l.purpose == Purpose::Care && &l.grantee == *s && l.in_force)
+        })
+        .collect();
+    html! {
+        @if !open.is_empty() {
+            form method="post" action="/console/consents" class="grant-care" {
+                input type="hidden" name="csrf_token" value=(viewer.csrf);
+                input type="hidden" name="purpose" value="care";
+                input type="hidden" name="change" value="grant";
+                label for="grant-care" { (lang.t(Text::GrantCare)) } " "
+                select id="grant-care" name="grantee" {
+                    @for s in &open { option value=(s) { (s) } }
+                }
+                " "
+                button type="submit" { (lang.t(Text::Grant)) }
             }
         }
     }

@@ -27,7 +27,7 @@ pub(crate) async fn submit(
 ) -> Response {
     match record(&api, &headers, form).await {
         Ok(()) => Redirect::to("/console#consents").into_response(),
-        Err(e) => e.into_response(),
+        Err(e) => super::error_page(&headers, e),
     }
 }
 
@@ -52,6 +52,13 @@ async fn record(
     let grantee = short("grantee", &form.grantee, MAX_WORD)?.to_owned();
     if purpose != Purpose::Care && grantee != HUB {
         return Err(bad(format!("{} is granted to the hub", purpose.as_str())));
+    }
+    // Care goes to a care service the hub knows (a withdrawal may name one that is gone).
+    if purpose == Purpose::Care
+        && granted
+        && !crate::principals::with_role(api, "care").contains(&grantee)
+    {
+        return Err(bad(format!("{grantee} is not a care service of this hub")));
     }
     let change = ConsentChange {
         citizen,

@@ -43,7 +43,7 @@ pub(crate) async fn export(
 ) -> Response {
     match start(&api, &headers, params) {
         Ok(response) => response,
-        Err(e) => e.into_response(),
+        Err(e) => super::error_page(&headers, e),
     }
 }
 

@@ -100,7 +100,7 @@ pub(crate) async fn submit(
 ) -> Response {
     match save(&api, &headers, form).await {
         Ok(anchor) => Redirect::to(&format!("/console#{anchor}")).into_response(),
-        Err(e) => e.into_response(),
+        Err(e) => super::error_page(&headers, e),
     }
 }
 

@@ -144,29 +144,22 @@ async fn home(
     let lang = chosen.unwrap_or_else(|| Lang::of(&headers));
     let viewer = match viewer(&api, &headers, lang) {
         Ok(v) => v,
+        Err(NoViewer::Refused(e)) => return error_page(&headers, e),
         Err(no) => return no.into_response(),
     };
-    let body = match viewer.who.citizen.clone() {
+    let page = match viewer.who.citizen.clone() {
         Some(citizen) if viewer.has("citizen") => {
             let range = citizen::Range::parse(params.range.as_deref());
-            match citizen::page(&api, &viewer, &citizen, range).await {
-                Ok(markup) => markup,
-                Err(e) => return e.into_response(),
-            }
+            citizen::page(&api, &viewer, &citizen, range).await
         }
-        _ if viewer.has("care") => match care::page(&api, &viewer).await {
-            Ok(markup) => markup,
-            Err(e) => return e.into_response(),
-        },
-        _ if viewer.has("analyst") => match analyst::page(&api, &viewer, &params).await {
-            Ok(markup) => markup,
-            Err(e) => return e.into_response(),
-        },
-        _ if viewer.has("operator") => match operator::page(&api, &viewer, &params).await {
-            Ok(markup) => markup,
-            Err(e) => return e.into_response(),
-        },
-        _ => html! { p { (lang.t(Text::NoPagesYet)) } },
+        _ if viewer.has("care") => care::page(&api, &viewer).await,
+        _ if viewer.has("analyst") => analyst::page(&api, &viewer, &params).await,
+        _ if viewer.has("operator") => operator::page(&api, &viewer, &params).await,
+        _ => Ok(html! { p { (lang.t(Text::NoPagesYet)) } }),
+    };
+    let body = match page {
+        Ok(markup) => markup,
+        Err(e) => return error_page(&headers, e),
     };
     let mut response = respond(&viewer, body);
     if let Some(lang) = chosen {
@@ -253,6 +246,49 @@ async fn style() -> Response {
     asset(include_str!("style.css"), "text/css; charset=utf-8")
 }
 
+/// An error as a page for people (the API's status, `Retry-After` and message; for a
+/// failure inside the hub, the id its log holds the details under), with a way back.
+pub(crate) fn error_page(headers: &HeaderMap, e: ApiError) -> Response {
+    let lang = Lang::of(headers);
+    let (message, error_id) = (e.message().to_owned(), e.error_id().map(str::to_owned));
+    let mut response = e.into_response();
+    let status = response.status();
+    let page = html! {
+        (DOCTYPE)
+        html lang=(lang.code()) {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { "kenko: " (status.as_u16()) }
+                link rel="stylesheet" href="/console/style.css";
+            }
+            body {
+                main {
+                    h1 { (status.as_u16()) " " (status.canonical_reason().unwrap_or("")) }
+                    p class="bad" role="alert" { (message) }
+                    @if let Some(id) = error_id { p { (lang.t(Text::ErrorId)) " " code { (id) } } }
+                    p { a href="/console" { (lang.t(Text::BackToConsole)) } }
+                }
+            }
+        }
+    };
+    *response.body_mut() = axum::body::Body::from(page.into_string());
+    let h = response.headers_mut();
+    // A browser must not answer with a Basic credentials dialog: the console signs in at
+    // /login.
+    h.remove(header::WWW_AUTHENTICATE);
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'self'; frame-ancestors 'none'"),
+    );
+    h.remove(header::CONTENT_LENGTH);
+    response
+}
+
 /// A table's header row: one column heading per text (`Text::Blank` over a column of
 /// buttons).
 pub(crate) fn head(lang: Lang, columns: &[Text]) -> Markup {
@@ -271,4 +307,49 @@ pub(crate) fn asset(body: &'static str, content_type: &'static str) -> Response 
         HeaderValue::from_static("max-age=3600"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body(response: Response) -> String {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[tokio::test]
+    async fn an_error_is_a_page_with_its_status_and_message_as_text() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT_LANGUAGE, HeaderValue::from_static("en"));
+        let response = error_page(
+            &headers,
+            crate::http::bad("target <b>9</b> is not a number"),
+        );
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            Some("text/html; charset=utf-8")
+        );
+        let page = body(response).await;
+        assert!(page.contains("400 Bad Request"), "{page}");
+        assert!(
+            page.contains("target &lt;b&gt;9&lt;/b&gt; is not a number"),
+            "{page}"
+        );
+        assert!(page.contains("Back to the console"), "{page}");
+
+        let unauthorized = ApiError::new(StatusCode::UNAUTHORIZED, "the session has ended");
+        let response = error_page(&headers, unauthorized);
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert!(
+            response.headers().get(header::WWW_AUTHENTICATE).is_none(),
+            "no Basic dialog in a browser"
+        );
+    }
 }

@@ -28,7 +28,7 @@ pub(crate) async fn submit(
         Ok(request) => {
             Redirect::to(&format!("/console?replay={request}#deadletters")).into_response()
         }
-        Err(e) => e.into_response(),
+        Err(e) => super::error_page(&headers, e),
     }
 }
 
