@@ -138,9 +138,8 @@ pub(crate) async fn acknowledge(api: &HttpApi, who: &Identity, id: i64) -> Resul
     let acked = tokio::task::spawn_blocking(move || {
         let mut store = AlertStore::open(&path)?;
         // Checked before it changes: an alert of a citizen who withdrew is not theirs to touch.
-        let mine = store.list(Some(&service), false, usize::MAX)?;
-        match mine.iter().find(|a| a.id == id) {
-            Some(a) if consented(&consents, &service, a, now) => {
+        match store.get(id, &service)? {
+            Some(a) if consented(&consents, &service, &a, now) => {
                 store.acknowledge(id, &service, &service, now)
             }
             _ => Ok(Acked::Unknown),

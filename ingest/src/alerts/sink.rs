@@ -34,6 +34,8 @@ pub struct AlertSink {
     pub stats: Arc<IngestStats>,
     last_tick: Instant,
     erasures_seen: u64,
+    /// Silences raised but not yet recorded (alerts.db failed).
+    silences: Vec<Raised>,
 }
 
 impl AlertSink {
@@ -54,6 +56,7 @@ impl AlertSink {
             stats,
             last_tick: Instant::now(),
             erasures_seen: u64::MAX,
+            silences: Vec::new(),
         }
     }
 
@@ -93,8 +96,24 @@ impl AlertSink {
     }
 
     /// Records what `raised` makes (retrying while alerts.db fails) and publishes the new
-    /// ones; [`Stopped`] if the hub stops while it still fails.
-    fn raise(&mut self, raised: &[Raised], stop: Option<&Stop>) -> Result<(), Stopped> {
+    /// ones; [`Stopped`] if the hub stops while it still fails (the log keeps the batch).
+    fn raise(&mut self, raised: &[Raised], stop: &Stop) -> Result<(), Stopped> {
+        let mut backoff = Backoff::default();
+        while let Err(e) = self.try_raise(raised) {
+            backoff.failed();
+            error!(error = %e, retry_in_ms = backoff.next_wait().as_millis() as u64,
+                "cannot record alerts; retrying");
+            if stop.requested() {
+                return Err(Stopped);
+            }
+            backoff.wait();
+        }
+        Ok(())
+    }
+
+    /// One attempt: records what `raised` makes for the services that may see it, then
+    /// publishes the alerts that are new.
+    fn try_raise(&mut self, raised: &[Raised]) -> Result<(), crate::store::StoreError> {
         if raised.is_empty() {
             return Ok(());
         }
@@ -104,21 +123,7 @@ impl AlertSink {
         if alerts.is_empty() {
             return Ok(());
         }
-        let mut backoff = Backoff::default();
-        let added = loop {
-            match self.store.record(&alerts) {
-                Ok(added) => break added,
-                Err(e) => {
-                    backoff.failed();
-                    error!(error = %e, alerts = alerts.len(), retry_in_ms = backoff.next_wait().as_millis() as u64,
-                        "cannot record alerts; retrying");
-                    if stop.is_some_and(Stop::requested) {
-                        return Err(Stopped);
-                    }
-                    backoff.wait();
-                }
-            }
-        };
+        let added = self.store.record(&alerts)?;
         self.stats
             .alerts_raised
             .fetch_add(added.len() as u64, Ordering::Relaxed);
@@ -202,7 +207,7 @@ impl Sink for AlertSink {
         for o in &batch.personal {
             self.eval.observe(o, &mut raised);
         }
-        self.raise(&raised, Some(stop))
+        self.raise(&raised, stop)
     }
 
     fn tend(&mut self) {
@@ -211,10 +216,14 @@ impl Sink for AlertSink {
             return;
         }
         self.last_tick = Instant::now();
-        let mut raised = Vec::new();
         self.eval
-            .tick(jiff::Timestamp::now().as_millisecond(), &mut raised);
-        // Outside a batch nothing waits in the log for these: a failure is retried here.
-        let _ = self.raise(&raised, None);
+            .tick(jiff::Timestamp::now().as_millisecond(), &mut self.silences);
+        // Nothing in the log holds a silence: one that cannot be recorded is kept and tried
+        // again at the next tick, without holding the sink (or the hub's stop) meanwhile.
+        let silences = std::mem::take(&mut self.silences);
+        if let Err(e) = self.try_raise(&silences) {
+            error!(error = %e, silences = silences.len(), "cannot record alerts; trying again in a second");
+            self.silences = silences;
+        }
     }
 }

@@ -145,6 +145,18 @@ impl AlertStore {
         rows.collect::<Result<_, _>>().map_err(sqlite(&self.path))
     }
 
+    /// Alert `id`, if it is `grantee`'s.
+    pub fn get(&self, id: i64, grantee: &str) -> Result<Option<Alert>, StoreError> {
+        self.conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM alerts WHERE id = ?1 AND grantee = ?2"),
+                params![id, grantee],
+                alert,
+            )
+            .optional()
+            .map_err(sqlite(&self.path))
+    }
+
     /// Acknowledges alert `id` of `grantee`, by `by`, at `now_ms`.
     pub fn acknowledge(
         &mut self,
@@ -247,6 +259,15 @@ mod tests {
         assert_eq!(store.list(None, true, 10).expect("all").len(), 3);
 
         let id = mine[1].id;
+        assert_eq!(
+            store.get(id, "st-luke").expect("get").map(|a| a.id),
+            Some(id)
+        );
+        assert_eq!(
+            store.get(id, "home-care").expect("get"),
+            None,
+            "not another's"
+        );
         assert_eq!(
             store.acknowledge(id, "home-care", "x", 9).expect("ack"),
             Acked::Unknown
