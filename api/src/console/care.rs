@@ -12,7 +12,7 @@ use kenko_ingest::query::Row;
 use kenko_ingest::store::PersonalStore;
 use maud::{html, Markup};
 
-use super::citizen::{local, shown};
+use super::format::{local, shown};
 use super::i18n::Text;
 use super::{head, Viewer};
 use crate::http::{ensure_sound_stores, internal, now_ms, ApiError, HttpApi};

@@ -7,14 +7,16 @@ use std::collections::BTreeMap;
 
 use jiff::tz::TimeZone;
 use kenko_devices::Metric;
-use kenko_ingest::consent::{ConsentRegistry, Consents, Goal, IdentifiedRead, Purpose};
+use kenko_ingest::consent::{ConsentRegistry, Consents, Goal, IdentifiedRead};
 use kenko_ingest::query::{Agg, Query, Row};
 use kenko_ingest::store::{PersonalStore, StoreError};
 use maud::{html, Markup};
 
 use super::chart::{line_chart, Series};
+use super::consents;
+use super::format::{comparison, local, shown};
 use super::goals;
-use super::i18n::{Change, Lang, Text};
+use super::i18n::{Lang, Text};
 use super::{head, Viewer};
 use crate::http::{ensure_sound_stores, internal, now_ms, ApiError, HttpApi};
 
@@ -94,14 +96,6 @@ struct Panel {
     days: Vec<f64>,
 }
 
-/// A consent the citizen gave or withdrew, per purpose and grantee.
-struct ConsentLine {
-    purpose: Purpose,
-    grantee: String,
-    since_ms: i64,
-    in_force: bool,
-}
-
 /// Everything the page shows, read in one go.
 struct CitizenData {
     night: Option<Night>,
@@ -110,7 +104,7 @@ struct CitizenData {
     sleep_days: Vec<f64>,
     panels: Vec<Panel>,
     goals: Vec<Goal>,
-    consents: Vec<ConsentLine>,
+    consents: Vec<consents::ConsentLine>,
     reads: Vec<IdentifiedRead>,
     rows_read: usize,
 }
@@ -217,7 +211,7 @@ fn gather(
     // poll) has it yet: a button just pressed shows its effect.
     let records = registry.list(Some(citizen))?;
     let recorded = Consents::new(records.clone());
-    let consents = consent_lines(records, &recorded, citizen, now);
+    let consents = consents::lines(records, &recorded, citizen, now);
     // Others' reads: the citizen's own (each view of this page is one) would hide them.
     let mut reads = registry.identified_reads(citizen, now - 30 * DAY, 200)?;
     reads.retain(|r| r.principal != viewer);
@@ -301,96 +295,7 @@ fn baseline(daily: &[Row], now: i64) -> Option<(f64, f64)> {
     Some((mean(recent)?, mean(before)?))
 }
 
-/// Per purpose and grantee, the latest record and whether consent is in force now.
-fn consent_lines(
-    records: Vec<kenko_ingest::consent::Consent>,
-    consents: &Consents,
-    citizen: &str,
-    now: i64,
-) -> Vec<ConsentLine> {
-    let mut lines: Vec<ConsentLine> = Vec::new();
-    for record in records {
-        let change = record.change;
-        let line = ConsentLine {
-            in_force: consents.permits_any(citizen, &change.grantee, change.purpose, now),
-            purpose: change.purpose,
-            grantee: change.grantee,
-            since_ms: record.recorded_ms,
-        };
-        match lines
-            .iter_mut()
-            .find(|l| l.purpose == line.purpose && l.grantee == line.grantee)
-        {
-            Some(old) => *old = line,
-            None => lines.push(line),
-        }
-    }
-    lines
-}
-
-/// How a metric's values read to people: the unit, and the decimals worth showing.
-pub(super) fn shown(metric: Metric, lang: Lang, value: f64) -> String {
-    let (decimals, unit) = match (metric, lang) {
-        (Metric::HeartRate | Metric::PulseRate, Lang::Ja) => (0, "拍/分"),
-        (Metric::HeartRate | Metric::PulseRate, Lang::En) => (0, "bpm"),
-        (Metric::SystolicBp | Metric::DiastolicBp, _) => (0, "mmHg"),
-        (Metric::BodyWeight, _) => (1, "kg"),
-        (Metric::Spo2 | Metric::BodyFat | Metric::SleepEfficiency, _) => (0, "%"),
-        (Metric::BloodGlucose, _) => (0, "mg/dL"),
-        (Metric::BodyTemperature, _) => (1, "°C"),
-        (Metric::DailySteps | Metric::Steps, Lang::Ja) => (0, "歩"),
-        (Metric::DailySteps | Metric::Steps, Lang::En) => (0, "steps"),
-        (Metric::SleepAwakenings, Lang::Ja) => (0, "回"),
-        (Metric::SleepAwakenings, Lang::En) => (0, "times"),
-        (m, _) => (1, m.unit()),
-    };
-    format!("{} {unit}", grouped(value, decimals))
-}
-
-/// A number with `decimals` decimals and thousands separated by commas: 12,345.6.
-fn grouped(value: f64, decimals: usize) -> String {
-    let text = format!("{:.*}", decimals, value.abs());
-    let (whole, frac) = text
-        .split_once('.')
-        .map_or((text.as_str(), None), |(w, f)| (w, Some(f)));
-    let mut out = String::new();
-    for (i, c) in whole.chars().enumerate() {
-        if i > 0 && (whole.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if let Some(frac) = frac {
-        out.push('.');
-        out.push_str(frac);
-    }
-    if value < 0.0 && out.chars().any(|c| c.is_ascii_digit() && c != '0') {
-        out.insert(0, '-');
-    }
-    out
-}
-
-/// The plain-words comparison of a panel's first metric.
-fn comparison(metric: Metric, lang: Lang, (recent, before): (f64, f64)) -> String {
-    let show = |v: f64| shown(metric, lang, v);
-    let (now_shown, diff_shown) = (show(recent), show((recent - before).abs()));
-    // Differences that round to nothing, or under 2 % of the baseline, are "about the same".
-    let same = show(0.0) == diff_shown || (recent - before).abs() < before.abs() * 0.02;
-    let change = match (same, recent > before) {
-        (true, _) => Change::Same,
-        (false, true) => Change::Up(diff_shown),
-        (false, false) => Change::Down(diff_shown),
-    };
-    let counted = matches!(metric, Metric::DailySteps | Metric::Steps);
-    lang.compared(
-        lang.metric(metric),
-        &now_shown,
-        &show(before),
-        &change,
-        counted,
-    )
-}
-
+/// The page: sleep, measurements, consents, download, reads.
 fn render(
     viewer: &Viewer,
     data: &CitizenData,
@@ -400,18 +305,32 @@ fn render(
 ) -> Markup {
     let lang = viewer.lang;
     let date = |ms: i64| local(ms, zone, "%Y-%m-%d");
-    let when = |ms: i64| local(ms, zone, "%Y-%m-%d %H:%M");
-    let axis = move |ms: i64| match range {
-        Range::Day => local(ms, zone, "%m-%d %H:%M"),
-        _ => local(ms, zone, "%m-%d"),
-    };
+    html! {
+        (render_sleep(viewer, data, now, zone))
+        (render_vitals(viewer, data, (range, now), zone))
+        (consents::section(viewer, &data.consents, care_services, &date))
+        section id="download" aria-labelledby="download-h" {
+            h2 id="download-h" { (lang.t(Text::Download)) }
+            p {
+                a id="export-csv" href="/console/export?format=csv" download { "CSV" }
+                " · "
+                a id="export-ndjson" href="/console/export?format=ndjson" download { (lang.t(Text::JsonLines)) }
+            }
+        }
+        (render_reads(lang, &data.reads, zone))
+    }
+}
+
+/// Last night's sleep, its four weeks, and the sleep goal.
+fn render_sleep(viewer: &Viewer, data: &CitizenData, now: i64, zone: &TimeZone) -> Markup {
+    let lang = viewer.lang;
     html! {
         section id="sleep" aria-labelledby="sleep-h" {
             h2 id="sleep-h" { (lang.t(Text::LastNight)) }
             @match &data.night {
                 None => p { (lang.t(Text::NoSleep)) },
                 Some(night) => {
-                    p class="when" { (date(night.start_ms)) }
+                    p class="when" { (local(night.start_ms, zone, "%Y-%m-%d")) }
                     dl class="figures" {
                         @if let Some(v) = night.asleep { div { dt { (lang.t(Text::SleepTime)) } dd data-metric="sleep_time" { (lang.duration_min(v)) } } }
                         @if let Some(v) = night.in_bed { div { dt { (lang.t(Text::TimeInBed)) } dd data-metric="sleep_time_in_bed" { (lang.duration_min(v)) } } }
@@ -426,6 +345,22 @@ fn render(
             }
             (goals::block(viewer, Metric::SleepTime, data.goal(Metric::SleepTime), &data.sleep_days))
         }
+    }
+}
+
+/// The measurement charts over the chosen range, each with its comparison and goal.
+fn render_vitals(
+    viewer: &Viewer,
+    data: &CitizenData,
+    (range, now): (Range, i64),
+    zone: &TimeZone,
+) -> Markup {
+    let lang = viewer.lang;
+    let axis = move |ms: i64| match range {
+        Range::Day => local(ms, zone, "%m-%d %H:%M"),
+        _ => local(ms, zone, "%m-%d"),
+    };
+    html! {
         section id="vitals" aria-labelledby="vitals-h" {
             h2 id="vitals-h" { (lang.t(Text::Vitals)) }
             nav class="ranges" aria-label=(lang.t(Text::Vitals)) {
@@ -455,116 +390,28 @@ fn render(
                 }
             }
         }
-        section id="consents" aria-labelledby="consents-h" {
-            h2 id="consents-h" { (lang.t(Text::Consents)) }
-            (consent_table(viewer, &data.consents, &date))
-            (care_grant(viewer, &data.consents, care_services))
-        }
-        section id="download" aria-labelledby="download-h" {
-            h2 id="download-h" { (lang.t(Text::Download)) }
-            p {
-                a id="export-csv" href="/console/export?format=csv" download { "CSV" }
-                " · "
-                a id="export-ndjson" href="/console/export?format=ndjson" download { (lang.t(Text::JsonLines)) }
-            }
-        }
+    }
+}
+
+/// Who else read the citizen's identified data.
+fn render_reads(lang: Lang, reads: &[IdentifiedRead], zone: &TimeZone) -> Markup {
+    html! {
         section id="reads" aria-labelledby="reads-h" {
             h2 id="reads-h" { (lang.t(Text::Reads)) }
-            @if data.reads.is_empty() {
+            @if reads.is_empty() {
                 p { (lang.t(Text::NoReads)) }
             } @else {
                 table {
                     (head(lang, &[Text::When, Text::Who, Text::What]))
                     tbody {
-                        @for r in &data.reads {
-                            tr { td { (when(r.at_ms)) } td { (r.principal) } td { (r.metrics) } }
+                        @for r in reads {
+                            tr { td { (local(r.at_ms, zone, "%Y-%m-%d %H:%M")) } td { (r.principal) } td { (r.metrics) } }
                         }
                     }
                 }
             }
         }
     }
-}
-
-/// A form to give care consent to a care service the citizen has not given it to now.
-fn care_grant(viewer: &Viewer, lines: &[ConsentLine], services: &[String]) -> Markup {
-    let lang = viewer.lang;
-    let open: Vec<&String> = services
-        .iter()
-        .filter(|s| {
-            !lines
-                .iter()
-                .any(|l| l.purpose == Purpose::Care && &l.grantee == *s && l.in_force)
-        })
-        .collect();
-    html! {
-        @if !open.is_empty() {
-            form method="post" action="/console/consents" class="grant-care" {
-                input type="hidden" name="csrf_token" value=(viewer.csrf);
-                input type="hidden" name="purpose" value="care";
-                input type="hidden" name="change" value="grant";
-                label for="grant-care" { (lang.t(Text::GrantCare)) } " "
-                select id="grant-care" name="grantee" {
-                    @for s in &open { option value=(s) { (s) } }
-                }
-                " "
-                button type="submit" { (lang.t(Text::Grant)) }
-            }
-        }
-    }
-}
-
-fn consent_table(viewer: &Viewer, lines: &[ConsentLine], date: &impl Fn(i64) -> String) -> Markup {
-    let lang = viewer.lang;
-    let research_asked = lines.iter().any(|l| l.purpose == Purpose::Research);
-    html! {
-        @if lines.is_empty() {
-            p { (lang.t(Text::NoConsents)) }
-        } @else {
-            table class="consents" {
-                (head(lang, &[Text::Purpose, Text::Grantee, Text::State, Text::Blank]))
-                tbody {
-                    @for l in lines {
-                        tr data-purpose=(l.purpose.as_str()) data-grantee=(l.grantee) {
-                            td { (lang.purpose(l.purpose.as_str())) }
-                            td { (l.grantee) }
-                            td { (lang.t(if l.in_force { Text::InForce } else { Text::Withdrawn })) " (" (date(l.since_ms)) ")" }
-                            td { (consent_button(viewer, l.purpose, &l.grantee, !l.in_force)) }
-                        }
-                    }
-                }
-            }
-        }
-        @if !research_asked {
-            (consent_button(viewer, Purpose::Research, kenko_ingest::consent::HUB, true))
-        }
-    }
-}
-
-/// A form of one button: grant (`grant`) or withdraw consent for a purpose and grantee.
-fn consent_button(viewer: &Viewer, purpose: Purpose, grantee: &str, grant: bool) -> Markup {
-    let lang = viewer.lang;
-    let label = match (grant, purpose) {
-        (false, _) => lang.t(Text::Withdraw),
-        (true, Purpose::Research) => lang.t(Text::GrantResearch),
-        (true, _) => lang.t(Text::GrantAgain),
-    };
-    html! {
-        form method="post" action="/console/consents" class="inline" {
-            input type="hidden" name="csrf_token" value=(viewer.csrf);
-            input type="hidden" name="purpose" value=(purpose.as_str());
-            input type="hidden" name="grantee" value=(grantee);
-            input type="hidden" name="change" value=(if grant { "grant" } else { "revoke" });
-            button type="submit" { (label) }
-        }
-    }
-}
-
-/// A time in the hub's zone, formatted with strftime directives.
-pub(super) fn local(ms: i64, zone: &TimeZone, format: &str) -> String {
-    jiff::Timestamp::from_millisecond(ms)
-        .map(|t| t.to_zoned(zone.clone()).strftime(format).to_string())
-        .unwrap_or_else(|_| ms.to_string())
 }
 
 #[cfg(test)]
@@ -585,18 +432,11 @@ mod tests {
     }
 
     #[test]
-    fn the_last_week_is_compared_with_the_four_before_when_they_hold_a_week() {
+    fn the_last_week_and_the_four_before_are_averaged_when_they_hold_a_week() {
         let now = 100 * DAY;
         let mut daily: Vec<Row> = (8..=35).map(|d| day(now - d * DAY, 6_000.0)).collect();
         daily.extend((1..=7).map(|d| day(now - d * DAY + HOUR, 7_200.0)));
         assert_eq!(baseline(&daily, now), Some((7_200.0, 6_000.0)));
-        let text = comparison(Metric::DailySteps, Lang::En, (7_200.0, 6_000.0));
-        assert_eq!(
-            text,
-            "Daily steps: 7,200 steps on average over the last 7 days, 1,200 steps more than your 4-week average before them (6,000 steps)."
-        );
-        let ja = comparison(Metric::DailySteps, Lang::Ja, (7_200.0, 6_000.0));
-        assert!(ja.contains("1,200 歩 多く"), "{ja}");
         // Six days of baseline are not enough.
         let short: Vec<Row> = daily
             .iter()
@@ -604,22 +444,5 @@ mod tests {
             .cloned()
             .collect();
         assert_eq!(baseline(&short, now), None);
-    }
-
-    #[test]
-    fn small_changes_read_as_about_the_same_and_falls_as_lower() {
-        let same = comparison(Metric::HeartRate, Lang::En, (64.4, 64.0));
-        assert!(same.contains("about the same"), "{same}");
-        let lower = comparison(Metric::HeartRate, Lang::En, (61.0, 67.0));
-        assert!(lower.contains("6 bpm lower"), "{lower}");
-    }
-
-    #[test]
-    fn numbers_are_grouped_by_thousands() {
-        assert_eq!(grouped(1_234_567.0, 0), "1,234,567");
-        assert_eq!(grouped(999.0, 0), "999");
-        assert_eq!(grouped(72.46, 1), "72.5");
-        assert_eq!(grouped(-1_200.0, 0), "-1,200");
-        assert_eq!(grouped(-0.01, 0), "0");
     }
 }

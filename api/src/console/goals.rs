@@ -11,7 +11,7 @@ use kenko_ingest::consent::{ConsentRegistry, Direction, Goal};
 use maud::{html, Markup};
 use serde::Deserialize;
 
-use super::citizen::shown;
+use super::format::shown;
 use super::i18n::{Lang, Text};
 use super::Viewer;
 use crate::http::{bad, forbidden, internal, now_ms, short, ApiError, HttpApi, MAX_WORD};

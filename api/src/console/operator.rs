@@ -10,7 +10,7 @@ use jiff::tz::TimeZone;
 use kenko_ingest::deadletter::Selection;
 use maud::{html, Markup};
 
-use super::citizen::local;
+use super::format::local;
 use super::i18n::{Lang, Text};
 use super::{head, PageParams, Viewer};
 use crate::http::{ApiError, HttpApi};
