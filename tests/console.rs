@@ -167,12 +167,9 @@ fn care_reads(api: std::net::SocketAddr) -> anyhow::Result<u16> {
     Ok(status)
 }
 
-/// A browser session of the care service: its cookie.
-fn care_session(api: std::net::SocketAddr) -> anyhow::Result<String> {
-    let login = format!(
-        r#"{{"id":"care-team","password":"{}"}}"#,
-        common::password("care-team")
-    );
+/// A browser session of principal `id`: its cookie.
+fn session(api: std::net::SocketAddr, id: &str) -> anyhow::Result<String> {
+    let login = format!(r#"{{"id":"{id}","password":"{}"}}"#, common::password(id));
     let (_, headers, _) = http_request(
         api,
         "POST",
@@ -205,7 +202,14 @@ async fn a_citizen_sees_their_night_and_withdraws_care_consent_in_a_browser() ->
     let dir = tempfile::tempdir()?;
     let hub = Hub::start(dir.path(), &config())?;
     let api = hub.http_addr.expect("http listener");
-    common::care_consent(dir.path(), "grant", "citizen-001", "care-team")?;
+    // Care consent for heart rate only: what granting again must give back, not more.
+    common::consent_with(
+        &dir.path().join("data"),
+        "grant",
+        &["citizen-001"],
+        "care",
+        &["--grantee", "care-team", "--types", "heart_rate"],
+    )?;
     replay_a_night(&hub, dir.path())?;
     let night = || -> anyhow::Result<Option<f64>> {
         let rows = hub.query(&[
@@ -223,7 +227,7 @@ async fn a_citizen_sees_their_night_and_withdraws_care_consent_in_a_browser() ->
     common::eventually(Duration::from_secs(10), || {
         Ok((care_reads(api)? == 200).then_some(()))
     })?;
-    let care = care_session(api)?;
+    let care = session(api, "care-team")?;
     assert!(
         care_page_lists_the_citizen(api, &care)?,
         "in the care service's view"
@@ -427,6 +431,24 @@ async fn a_citizen_sees_their_night_and_withdraws_care_consent_in_a_browser() ->
     common::eventually(Duration::from_secs(10), || {
         Ok((care_reads(api)? == 200).then_some(()))
     })?;
+    let (_, records) = common::http(
+        api,
+        "GET",
+        "/api/v1/consents?citizen=citizen-001",
+        Some("operator-1"),
+        None,
+    )?;
+    let last = records
+        .as_array()
+        .and_then(|r| r.last())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(last["change"], "grant", "{last}");
+    assert_eq!(
+        last["data_types"],
+        serde_json::json!(["heart_rate"]),
+        "the scope given back"
+    );
     browser.close().await?;
     hub.terminate()
 }
@@ -604,8 +626,10 @@ async fn online(browser: &Browser, device: &str) -> anyhow::Result<Option<String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_sees_a_device_go_offline_and_replays_a_dead_letter() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
+    let app = common::principal("app-citizen-002", &["citizen"])
+        .replace("password_hash", "citizen = \"citizen-002\"\npassword_hash");
     let config = format!(
-        "{}[http]\nlisten = \"127.0.0.1:0\"\n",
+        "{}{app}[http]\nlisten = \"127.0.0.1:0\"\n",
         common::config_for_simulation(2)
     );
     let hub = Hub::start(dir.path(), &config)?;
@@ -714,6 +738,15 @@ async fn an_operator_sees_a_device_go_offline_and_replays_a_dead_letter() -> any
         Ok(online(b, "bed-001").await?.as_deref() == Some("false"))
     })
     .await?;
+
+    // Opening bed-002's dead letter read citizen-002's data: their page says who did.
+    let app = session(api, "app-citizen-002")?;
+    let (_, _, own) = http_request(api, "GET", "/console?lang=en", &[("Cookie", &app)], "")?;
+    let reads = own.split("id=\"reads\"").nth(1).unwrap_or_default();
+    assert!(
+        reads.contains("operator-1") && reads.contains("dead letter"),
+        "the operator's look at the letter is listed: {reads}"
+    );
     browser.close().await?;
     hub.terminate()
 }

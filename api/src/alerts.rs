@@ -87,20 +87,18 @@ pub(crate) fn care_only(who: &Identity) -> Result<(), ApiError> {
     }
 }
 
-/// Does the care consent in force now let `service` see `alert`?
-fn consented(consents: &Consents, service: &str, alert: &Alert, now: i64) -> bool {
+/// Does the care consent in force now let `service` see `alert`: the metric, from the start
+/// of the condition to the reading it is about (a consent's time window is one span)?
+pub(crate) fn consented(consents: &Consents, service: &str, alert: &Alert, now: i64) -> bool {
     let a = &alert.new;
-    consents.permits(
-        &a.citizen,
-        service,
-        Purpose::Care,
-        &a.metric,
-        a.event_ms,
-        now,
-    )
+    [a.started_ms, a.event_ms]
+        .into_iter()
+        .all(|t| consents.permits(&a.citizen, service, Purpose::Care, &a.metric, t, now))
 }
 
-/// The alerts of care service `who`, newest first, of citizens whose consent is in force.
+/// The alerts of care service `who`, newest first, of citizens whose consent is in force:
+/// at most `limit`, read a page at a time until that many are found (the alerts of a
+/// citizen who withdrew stay in the file, hidden, and must not crowd out the others).
 pub(crate) async fn care_alerts(
     api: &HttpApi,
     who: &Identity,
@@ -108,21 +106,33 @@ pub(crate) async fn care_alerts(
     limit: usize,
 ) -> Result<Vec<Alert>, ApiError> {
     let path = api.data_dir.join(kenko_ingest::alerts::FILE);
-    let service = who.id.clone();
-    let listed = tokio::task::spawn_blocking(move || {
-        if !path.exists() {
-            return Ok(Vec::new()); // no rules yet, so no alerts
-        }
-        AlertStore::open_existing(&path).and_then(|s| s.list(Some(&service), open, limit))
-    })
+    let (service, consents, now) = (who.id.clone(), api.consents.current(), now_ms());
+    tokio::task::spawn_blocking(
+        move || -> Result<Vec<Alert>, kenko_ingest::store::StoreError> {
+            if !path.exists() {
+                return Ok(Vec::new()); // no rules yet, so no alerts
+            }
+            let store = AlertStore::open_existing(&path)?;
+            let mut found = Vec::new();
+            let mut before = None;
+            loop {
+                let page = store.list_before(Some(&service), open, before, limit)?;
+                let last_page = page.len() < limit;
+                before = page.last().map(|a| a.id);
+                found.extend(
+                    page.into_iter()
+                        .filter(|a| consented(&consents, &service, a, now)),
+                );
+                if found.len() >= limit || last_page || before.is_none() {
+                    found.truncate(limit);
+                    return Ok(found);
+                }
+            }
+        },
+    )
     .await
     .map_err(internal)?
-    .map_err(internal)?;
-    let (consents, now) = (api.consents.current(), now_ms());
-    Ok(listed
-        .into_iter()
-        .filter(|a| consented(&consents, &who.id, a, now))
-        .collect())
+    .map_err(internal)
 }
 
 /// Acknowledges alert `id` for care service `who`.
@@ -136,6 +146,9 @@ pub(crate) async fn acknowledge(api: &HttpApi, who: &Identity, id: i64) -> Resul
         )
     };
     let acked = tokio::task::spawn_blocking(move || {
+        if !path.exists() {
+            return Ok(Acked::Unknown); // no rules yet, so no alerts
+        }
         let mut store = AlertStore::open(&path)?;
         // Checked before it changes: an alert of a citizen who withdrew is not theirs to touch.
         match store.get(id, &service)? {

@@ -446,9 +446,22 @@ pub(crate) fn audit_read(
     now: i64,
 ) -> Result<(), ApiError> {
     let names: Vec<&str> = metrics.iter().map(|m| m.name()).collect();
+    audit_read_of(registry, principal, &names.join(","), citizens, rows, now)
+}
+
+/// As [`audit_read`], for a read described by `what` (metrics, or what an operator looked
+/// at: a device's live readings, a dead letter).
+pub(crate) fn audit_read_of(
+    registry: &std::path::Path,
+    principal: &str,
+    what: &str,
+    citizens: &[&str],
+    rows: usize,
+    now: i64,
+) -> Result<(), ApiError> {
     let body = serde_json::json!({
         "principal": principal,
-        "metric": names.join(","),
+        "metric": what,
         "citizens": citizens,
         "rows": rows,
     })

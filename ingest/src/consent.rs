@@ -734,11 +734,13 @@ impl ConsentRegistry {
     }
 
     /// The reads of `citizen`'s identified data written to the audit log since `since_ms`
-    /// (`access.identified` entries naming them), newest first, at most `limit`.
+    /// (`access.identified` entries naming them), but those of principal `except` (the
+    /// citizen's own app), newest first, at most `limit`.
     pub fn identified_reads(
         &self,
         citizen: &str,
         since_ms: i64,
+        except: Option<&str>,
         limit: usize,
     ) -> Result<Vec<IdentifiedRead>, StoreError> {
         let mut stmt = self
@@ -748,11 +750,12 @@ impl ConsentRegistry {
                  FROM audit
                  WHERE kind = 'access.identified' AND at_ms >= ?2
                    AND EXISTS (SELECT 1 FROM json_each(body, '$.citizens') WHERE value = ?1)
+                   AND (?4 IS NULL OR json_extract(body, '$.principal') IS NOT ?4)
                  ORDER BY seq DESC LIMIT ?3",
             )
             .map_err(sqlite(&self.path))?;
         let rows = stmt
-            .query_map(params![citizen, since_ms, limit as i64], |r| {
+            .query_map(params![citizen, since_ms, limit as i64, except], |r| {
                 Ok(IdentifiedRead {
                     at_ms: r.get(0)?,
                     principal: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
@@ -1190,7 +1193,7 @@ mod tests {
             .expect("audit");
         reg.audit(400, "consent.recorded", &read("x", &["c-1"]))
             .expect("audit");
-        let mine = reg.identified_reads("c-1", 0, 10).expect("reads");
+        let mine = reg.identified_reads("c-1", 0, None, 10).expect("reads");
         let who: Vec<(i64, &str)> = mine
             .iter()
             .map(|r| (r.at_ms, r.principal.as_str()))
@@ -1198,12 +1201,24 @@ mod tests {
         assert_eq!(who, vec![(300, "app-c-1"), (100, "care-a")]);
         assert_eq!(mine[0].metrics, "heart_rate");
         assert_eq!(
-            reg.identified_reads("c-1", 150, 10).expect("since").len(),
+            reg.identified_reads("c-1", 150, None, 10)
+                .expect("since")
+                .len(),
             1
         );
-        assert_eq!(reg.identified_reads("c-1", 0, 1).expect("limit").len(), 1);
+        assert_eq!(
+            reg.identified_reads("c-1", 0, None, 1)
+                .expect("limit")
+                .len(),
+            1
+        );
+        // The citizen's own app left out before the limit: the care service's read stays.
+        let others = reg
+            .identified_reads("c-1", 0, Some("app-c-1"), 1)
+            .expect("others");
+        assert_eq!(others[0].principal, "care-a");
         assert!(reg
-            .identified_reads("c-", 0, 10)
+            .identified_reads("c-", 0, None, 10)
             .expect("no prefix match")
             .is_empty());
     }

@@ -551,8 +551,9 @@ impl PersonalStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    /// The latest raw observation of `citizen`'s `metric` at or after `since_ms`, from any of
-    /// their devices: one index lookup per series, however long the series.
+    /// The latest plausible raw observation of `citizen`'s `metric` at or after `since_ms`,
+    /// from any of their devices (a reading flagged implausible is a device's error, not the
+    /// citizen's state).
     pub fn latest(
         &self,
         citizen: &str,
@@ -574,13 +575,14 @@ impl PersonalStore {
             .conn
             .prepare_cached(
                 "SELECT time_ms, value, flags FROM observations
-                 WHERE series = ?1 AND time_ms >= ?2 ORDER BY time_ms DESC LIMIT 1",
+                 WHERE series = ?1 AND time_ms >= ?2 AND flags & ?3 = 0
+                 ORDER BY time_ms DESC LIMIT 1",
             )
             .map_err(sqlite(&self.path))?;
         let mut best: Option<Row> = None;
         for (id, device) in found {
             let row = last
-                .query_row(params![id, since_ms], |r| {
+                .query_row(params![id, since_ms, crate::flags::IMPLAUSIBLE], |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
                         r.get::<_, f64>(1)?,
@@ -869,6 +871,17 @@ mod tests {
         assert_eq!(
             store.latest("c1", Metric::HeartRate, 5_000).expect("since"),
             None
+        );
+        let mut glitch = obs("c1", "watch", Metric::HeartRate, 400.0, 6_000);
+        glitch.flags = crate::flags::IMPLAUSIBLE;
+        store.write_batch(&[glitch]).expect("write");
+        let latest = store
+            .latest("c1", Metric::HeartRate, 0)
+            .expect("latest")
+            .expect("found");
+        assert_eq!(
+            latest.value, 71.0,
+            "the implausible reading is not the latest vital"
         );
         assert_eq!(
             store.latest("c1", Metric::Spo2, 0).expect("other metric"),

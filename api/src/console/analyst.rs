@@ -11,7 +11,7 @@ use kenko_ingest::store::PersonalStore;
 use maud::{html, Markup};
 
 use super::chart::{line_chart, Series};
-use super::format::{local, shown};
+use super::format::{local, shown, url_value};
 use super::i18n::Text;
 use super::{PageParams, Viewer};
 use crate::http::{bad, ensure_sound_stores, internal, now_ms, ApiError, HttpApi};
@@ -103,7 +103,7 @@ fn csv_link(asked: &Asked) -> String {
         asked.metric.name(),
         asked.every,
         asked.agg,
-        asked.from
+        url_value(&asked.from)
     )
 }
 

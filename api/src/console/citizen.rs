@@ -133,7 +133,16 @@ pub(crate) async fn page(
         let store = PersonalStore::open_read_only(&store).map_err(internal)?;
         let book = ConsentRegistry::open(&registry).map_err(internal)?;
         let data = gather(&store, &book, (&owner, &who), range, now).map_err(internal)?;
-        let metrics: Vec<Metric> = PANELS.iter().flat_map(|p| p.iter().copied()).collect();
+        let sleep = [
+            Metric::SleepTime,
+            Metric::SleepTimeInBed,
+            Metric::SleepEfficiency,
+            Metric::SleepAwakenings,
+        ];
+        let metrics: Vec<Metric> = sleep
+            .into_iter()
+            .chain(PANELS.iter().flat_map(|p| p.iter().copied()))
+            .collect();
         crate::observations::audit_read(&registry, &who, &metrics, &[&owner], data.rows_read, now)?;
         Ok::<_, ApiError>(data)
     })
@@ -168,11 +177,7 @@ fn gather(
     };
     let night = last_night(&mut read, citizen, now)?;
     let trend = read(query(Metric::SleepTime, citizen, now - 28 * DAY, now + 1))?;
-    let sleep_days = trend
-        .iter()
-        .filter(|r| r.time_ms >= now - 7 * DAY)
-        .map(|r| r.value)
-        .collect();
+    let sleep_days = last_week(&trend, now);
     let sleep_trend = series_by_device(trend, false);
     let mut panels = Vec::new();
     for metrics in PANELS {
@@ -200,11 +205,7 @@ fn gather(
             metrics,
             series: lines,
             compared: baseline(&daily, now),
-            days: daily
-                .iter()
-                .filter(|r| r.time_ms >= now - 7 * DAY)
-                .map(|r| r.value)
-                .collect(),
+            days: last_week(&daily, now),
         });
     }
     // As recorded, not as the hub's consent book (which follows the registry within its
@@ -213,9 +214,7 @@ fn gather(
     let recorded = Consents::new(records.clone());
     let consents = consents::lines(records, &recorded, citizen, now);
     // Others' reads: the citizen's own (each view of this page is one) would hide them.
-    let mut reads = registry.identified_reads(citizen, now - 30 * DAY, 200)?;
-    reads.retain(|r| r.principal != viewer);
-    reads.truncate(50);
+    let reads = registry.identified_reads(citizen, now - 30 * DAY, Some(viewer), 50)?;
     let goals = registry.goals(citizen)?;
     Ok(CitizenData {
         night,
@@ -273,21 +272,42 @@ fn series_by_device(rows: Vec<Row>, with_metric: bool) -> Vec<Series> {
         .collect()
 }
 
+/// One value per day (or night): the mean of the rows of that time, whatever device each
+/// came from, in time order.
+fn per_day(rows: &[Row]) -> Vec<(i64, f64)> {
+    let mut days: BTreeMap<i64, (f64, u32)> = BTreeMap::new();
+    for r in rows {
+        let day = days.entry(r.time_ms).or_insert((0.0, 0));
+        day.0 += r.value;
+        day.1 += 1;
+    }
+    days.into_iter()
+        .map(|(t, (sum, n))| (t, sum / f64::from(n)))
+        .collect()
+}
+
+/// The values of the days of the last week, oldest first.
+fn last_week(rows: &[Row], now: i64) -> Vec<f64> {
+    per_day(rows)
+        .into_iter()
+        .filter(|(t, _)| *t >= now - 7 * DAY)
+        .map(|(_, v)| v)
+        .collect()
+}
+
 /// The mean of the daily means of the last 7 days and of the 28 days before them, when the
-/// 28 days hold at least 7 days with data (a baseline worth comparing with).
+/// 28 days hold at least 7 days with data (a baseline worth comparing with). A day's mean
+/// is over all the citizen's devices.
 fn baseline(daily: &[Row], now: i64) -> Option<(f64, f64)> {
     let cut = now - 7 * DAY;
+    let days = per_day(daily);
     let mean =
         |vals: Vec<f64>| (!vals.is_empty()).then(|| vals.iter().sum::<f64>() / vals.len() as f64);
-    let recent: Vec<f64> = daily
+    let recent: Vec<f64> = days.iter().filter(|d| d.0 >= cut).map(|d| d.1).collect();
+    let before: Vec<f64> = days
         .iter()
-        .filter(|r| r.time_ms >= cut)
-        .map(|r| r.value)
-        .collect();
-    let before: Vec<f64> = daily
-        .iter()
-        .filter(|r| r.time_ms < cut && r.time_ms >= cut - 28 * DAY)
-        .map(|r| r.value)
+        .filter(|d| d.0 < cut && d.0 >= cut - 28 * DAY)
+        .map(|d| d.1)
         .collect();
     if before.len() < 7 {
         return None;
@@ -437,7 +457,22 @@ mod tests {
         let mut daily: Vec<Row> = (8..=35).map(|d| day(now - d * DAY, 6_000.0)).collect();
         daily.extend((1..=7).map(|d| day(now - d * DAY + HOUR, 7_200.0)));
         assert_eq!(baseline(&daily, now), Some((7_200.0, 6_000.0)));
-        // Six days of baseline are not enough.
+        // A second device on the same days adds no days: its rows are averaged in.
+        let mut two = daily.clone();
+        two.extend(daily.iter().map(|r| Row {
+            device: "bed".into(),
+            value: r.value + 100.0,
+            ..r.clone()
+        }));
+        assert_eq!(baseline(&two, now), Some((7_250.0, 6_050.0)));
+        assert_eq!(last_week(&two, now).len(), 7);
+        // Six days of baseline are not enough, whatever the devices.
+        let short_two: Vec<Row> = two
+            .iter()
+            .filter(|r| r.time_ms >= now - 13 * DAY)
+            .cloned()
+            .collect();
+        assert_eq!(baseline(&short_two, now), None);
         let short: Vec<Row> = daily
             .iter()
             .filter(|r| r.time_ms >= now - 13 * DAY)

@@ -6,10 +6,12 @@ use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
-use kenko_ingest::consent::{ConsentChange, Purpose, HUB};
+use kenko_ingest::consent::{ConsentChange, ConsentRegistry, Purpose, HUB};
 use serde::Deserialize;
 
-use crate::http::{bad, forbidden, now_ms, short, store_consent, ApiError, HttpApi, MAX_WORD};
+use crate::http::{
+    bad, forbidden, internal, now_ms, short, store_consent, ApiError, HttpApi, MAX_WORD,
+};
 
 #[derive(Deserialize)]
 pub(crate) struct ConsentForm {
@@ -60,16 +62,52 @@ async fn record(
     {
         return Err(bad(format!("{grantee} is not a care service of this hub")));
     }
+    // Granting again gives back what was granted before (its data types and time window),
+    // not more; a first grant from the console covers every type, from now on.
+    let (data_types, valid_from_ms, valid_until_ms) = if granted {
+        earlier_grant(api, &citizen, purpose, &grantee).await?
+    } else {
+        (Vec::new(), None, None)
+    };
     let change = ConsentChange {
         citizen,
         grantee,
         purpose,
-        data_types: Vec::new(),
-        valid_from_ms: None,
-        valid_until_ms: None,
+        data_types,
+        valid_from_ms,
+        valid_until_ms,
         source: format!("console:{}", who.id),
         granted,
         erase: false,
     };
     store_consent(api, &who, change, now_ms()).await.map(|_| ())
+}
+
+/// The scope of the citizen's latest grant for `purpose` to `grantee`: data types and time
+/// window (all types and no window when there was none).
+async fn earlier_grant(
+    api: &HttpApi,
+    citizen: &str,
+    purpose: Purpose,
+    grantee: &str,
+) -> Result<(Vec<String>, Option<i64>, Option<i64>), ApiError> {
+    let (path, citizen, grantee) = (
+        api.data_dir.join("registry.db"),
+        citizen.to_owned(),
+        grantee.to_owned(),
+    );
+    let records = tokio::task::spawn_blocking(move || {
+        ConsentRegistry::open(&path).and_then(|r| r.list(Some(&citizen)))
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)?;
+    Ok(records
+        .into_iter()
+        .rev()
+        .map(|r| r.change)
+        .find(|c| c.granted && c.purpose == purpose && c.grantee == grantee)
+        .map_or((Vec::new(), None, None), |c| {
+            (c.data_types, c.valid_from_ms, c.valid_until_ms)
+        }))
 }

@@ -75,6 +75,20 @@ pub(super) fn local(ms: i64, zone: &TimeZone, format: &str) -> String {
         .unwrap_or_else(|_| ms.to_string())
 }
 
+/// `text` as one URL query value: unreserved characters as they are, every other byte as
+/// %XX (a device id may hold `&`, `#` or `<`).
+pub(super) fn url_value(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +119,12 @@ mod tests {
         assert_eq!(grouped(72.46, 1), "72.5");
         assert_eq!(grouped(-1_200.0, 0), "-1,200");
         assert_eq!(grouped(-0.01, 0), "0");
+    }
+
+    #[test]
+    fn a_device_id_is_one_query_value() {
+        assert_eq!(url_value("bed-001"), "bed-001");
+        assert_eq!(url_value("<a&b#c>"), "%3Ca%26b%23c%3E");
+        assert_eq!(url_value("体"), "%E4%BD%93");
     }
 }

@@ -59,6 +59,7 @@ pub(crate) enum Text {
     What,
     BloodPressure,
     NoPagesYet,
+    NoSuchRequest,
     ErrorId,
     BackToConsole,
     GrantCare,
@@ -417,6 +418,7 @@ fn words(text: Text) -> (&'static str, &'static str) {
             "Error id (the hub's log has the details):",
         ),
         Text::BackToConsole => ("コンソールに戻る", "Back to the console"),
+        Text::NoSuchRequest => ("そのような依頼はありません。", "no such request."),
         Text::NoPagesYet => (
             "この役割の画面はまだありません。API は /api/v1/docs にあります。",
             "This console has no pages for your role yet; the API is described at /api/v1/docs.",

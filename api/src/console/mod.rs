@@ -173,7 +173,8 @@ async fn home(
 }
 
 /// The principal of a console form that changes something: a session in force, within
-/// its request limit, from this site, with the session's CSRF token in the form.
+/// its request limit, from this site, with the session's CSRF token in the form, while the
+/// store files are sound.
 pub(crate) fn form_session(
     api: &HttpApi,
     headers: &HeaderMap,
@@ -187,6 +188,9 @@ pub(crate) fn form_session(
         ));
     };
     api.within_limits(&who.id)?;
+    // Every form writes registry.db, alerts.db or deadletter.db: never into a file that
+    // replaced the real one.
+    crate::http::ensure_sound_stores(api)?;
     if !crate::session::form_token_matches(csrf_token, &csrf) {
         return Err(crate::http::forbidden(
             "wrong CSRF token: reload the page and try again",

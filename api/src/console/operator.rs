@@ -10,7 +10,7 @@ use jiff::tz::TimeZone;
 use kenko_ingest::deadletter::Selection;
 use maud::{html, Markup};
 
-use super::format::local;
+use super::format::{local, url_value};
 use super::i18n::{Lang, Text};
 use super::{head, PageParams, Viewer};
 use crate::http::{ApiError, HttpApi};
@@ -38,12 +38,17 @@ pub(crate) async fn page(
         .map(|d| (d.device.as_str(), d.count))
         .collect();
     let shown_letter = match params.letter {
-        Some(id) => Some((id, dead_letter(api, id).await?)),
+        Some(id) => {
+            let letter = dead_letter(api, id).await?;
+            audit_letter(api, &viewer.who.id, id, letter.as_ref()).await?;
+            Some((id, letter))
+        }
         None => None,
     };
     let denials = denial_views(api);
+    // An unknown request id shows as such in the dead-letter section, not as the page.
     let replay = match params.replay {
-        Some(id) => Some(replay_request(api, id).await?),
+        Some(id) => Some((id, replay_request(api, id).await.ok())),
         None => None,
     };
     let explained = explain(api, params);
@@ -63,7 +68,7 @@ pub(crate) async fn page(
                     @for d in &devices {
                         @let on = online.contains(d.id.as_str());
                         tr data-device=(d.id) data-online=(on) {
-                            td { a href=(format!("?tail={}#tail", encode(&d.id))) { (d.id) } }
+                            td { a href=(format!("?tail={}#tail", url_value(&d.id))) { (d.id) } }
                             td { (d.kind) }
                             td { (d.citizen) }
                             td class=(if on { "online" } else { "offline" }) {
@@ -83,7 +88,7 @@ pub(crate) async fn page(
         @if let Some(device) = params.tail.as_deref().filter(|d| !d.is_empty()) {
             section id="tail" aria-labelledby="tail-h" {
                 h2 id="tail-h" { (lang.t(Text::LiveTail)) ": " (device) }
-                table data-live-tail=(format!("/console/live/device?id={}", encode(device))) {
+                table data-live-tail=(format!("/console/live/device?id={}", url_value(device))) {
                     (head(lang, &[Text::When, Text::Metric, Text::Reading, Text::Unit]))
                     tbody {}
                 }
@@ -151,19 +156,22 @@ fn explain(api: &HttpApi, params: &PageParams) -> Option<Result<ExplainView, Str
 fn dead_letters(
     viewer: &Viewer,
     letters: &crate::operators::DeadLetters,
-    replay: Option<&crate::operators::ReplayView>,
+    replay: Option<&(i64, Option<crate::operators::ReplayView>)>,
     when: &impl Fn(&str) -> String,
 ) -> Markup {
     let lang = viewer.lang;
     html! {
         section id="deadletters" aria-labelledby="deadletters-h" {
             h2 id="deadletters-h" { (lang.t(Text::DeadLetters)) }
-            @if let Some(r) = replay {
-                p class="notice" role="status" data-replay=(r.id) {
-                    (lang.t(Text::ReplayRequest)) " " (r.id) ": "
-                    @match &r.done {
-                        None => (lang.t(Text::Waiting)),
-                        Some(_) => { (lang.t(Text::Replayed)) " " (r.replayed) ", " (lang.t(Text::RefusedAgain)) " " (r.failed) ", " (lang.t(Text::Skipped)) " " (r.skipped) }
+            @if let Some((id, found)) = replay {
+                p class="notice" role="status" data-replay=(id) {
+                    (lang.t(Text::ReplayRequest)) " " (id) ": "
+                    @match found {
+                        None => (lang.t(Text::NoSuchRequest)),
+                        Some(r) => @match &r.done {
+                            None => (lang.t(Text::Waiting)),
+                            Some(_) => { (lang.t(Text::Replayed)) " " (r.replayed) ", " (lang.t(Text::RefusedAgain)) " " (r.failed) ", " (lang.t(Text::Skipped)) " " (r.skipped) }
+                        },
                     }
                 }
             }
@@ -235,6 +243,36 @@ fn explain_form(
     }
 }
 
+/// Writes to the audit log that `who` opened dead letter `id`: its payload is usually a
+/// reading of the device's citizen (a letter of no registered device names no citizen).
+async fn audit_letter(
+    api: &HttpApi,
+    who: &str,
+    id: i64,
+    letter: Option<&kenko_ingest::deadletter::DeadLetter>,
+) -> Result<(), ApiError> {
+    let citizen = letter
+        .and_then(|l| l.device.as_deref())
+        .and_then(|d| api.directory.registry().lookup(d))
+        .map(|d| d.entry.citizen.to_string());
+    let Some(citizen) = citizen else {
+        return Ok(());
+    };
+    let (registry, who) = (api.data_dir.join("registry.db"), who.to_owned());
+    tokio::task::spawn_blocking(move || {
+        crate::observations::audit_read_of(
+            &registry,
+            &who,
+            &format!("dead letter {id}"),
+            &[&citizen],
+            1,
+            crate::http::now_ms(),
+        )
+    })
+    .await
+    .map_err(crate::http::internal)?
+}
+
 /// One dead letter in full: where it came from, why, and its payload (as text when it is
 /// UTF-8, else in hex), so an operator can tell what to fix before replaying it.
 fn letter_section(
@@ -262,13 +300,19 @@ fn letter_section(
     }
 }
 
-/// A payload for people: the text if it is UTF-8, else hex, cut at 4 KiB.
+/// A payload for people: the text if it is UTF-8, else hex, cut at about 4 KiB (text on a
+/// character's boundary).
 fn payload_text(payload: &[u8]) -> String {
     const SHOWN: usize = 4096;
-    let cut = &payload[..payload.len().min(SHOWN)];
-    let mut text = match std::str::from_utf8(cut) {
-        Ok(t) => t.to_owned(),
-        Err(_) => cut
+    let mut text = match std::str::from_utf8(payload) {
+        Ok(t) => {
+            let mut end = t.len().min(SHOWN);
+            while !t.is_char_boundary(end) {
+                end -= 1;
+            }
+            t[..end].to_owned()
+        }
+        Err(_) => payload[..payload.len().min(SHOWN)]
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect::<Vec<_>>()
@@ -285,20 +329,6 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
-/// `text` as one URL query value: unreserved characters as they are, every other byte as
-/// %XX (a device id may hold `&`, `#` or `<`).
-fn encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,12 +339,10 @@ mod tests {
         assert_eq!(payload_text(&[0xff, 0x00, 0x10]), "ff 00 10");
         let long = payload_text(&vec![b'a'; 5000]);
         assert!(long.ends_with(" …") && long.len() == 4096 + " …".len());
-    }
-
-    #[test]
-    fn a_device_id_is_one_query_value() {
-        assert_eq!(encode("bed-001"), "bed-001");
-        assert_eq!(encode("<a&b#c>"), "%3Ca%26b%23c%3E");
-        assert_eq!(encode("体"), "%E4%BD%93");
+        // Text cut inside a character stays text.
+        let mut kana = "a".to_owned();
+        kana.push_str(&"あ".repeat(2000));
+        let cut = payload_text(kana.as_bytes());
+        assert!(cut.starts_with("aあ") && cut.ends_with("あ …"), "{cut}");
     }
 }

@@ -41,7 +41,6 @@ async fn replay(
     let Form(form) = form.map_err(|e| bad(format!("form: {}", e.body_text())))?;
     let who = super::form_session(api, headers, &form.csrf_token)?;
     operator_only(&who, "replay dead letters")?;
-    crate::http::ensure_sound_stores(api)?;
     let request = request_replay(api, &who, selection(Some(form.id), None, None)?).await?;
     Ok(request.id)
 }

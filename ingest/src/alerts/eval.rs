@@ -46,15 +46,20 @@ pub struct Raised {
     /// The event time the alert is about: the reading that raised it, or for a silence the
     /// last reading.
     pub event_ms: i64,
+    /// The earliest event time the alert rests on (a trend's compared days begin before the
+    /// rising week): consent must cover it too.
+    pub since_ms: i64,
     /// The reading that raised it (none for a silence).
     pub value: Option<f64>,
 }
 
+/// A citizen's readings under a below/above rule: the latest reading's time (an older one
+/// is late and changes nothing, even after a run ended), and the run past the threshold
+/// going on, if one is: its start and whether it raised.
 #[derive(Debug)]
 struct Run {
-    started_ms: i64,
     latest_ms: i64,
-    raised: bool,
+    run: Option<(i64, bool)>,
 }
 
 /// A citizen's daily sums and counts for a trend rule: the days it compares, no more.
@@ -113,13 +118,14 @@ impl Evaluator {
                 }
                 Condition::Rising { by, days } => {
                     let trend = self.trends.entry(key).or_default();
-                    if let Some(started_ms) = track_trend(trend, o, by, days) {
+                    if let Some((started_ms, since_ms)) = track_trend(trend, o, by, days) {
                         out.push(Raised {
                             rule: i,
                             citizen: o.citizen.clone(),
                             device: o.device.clone(),
                             started_ms,
                             event_ms: o.time_ms,
+                            since_ms,
                             value: Some(o.value),
                         });
                     }
@@ -140,6 +146,13 @@ impl Evaluator {
         }
     }
 
+    /// Forgets all the rules' state of `citizen` (an erasure).
+    pub fn forget(&mut self, citizen: &str) {
+        self.runs.retain(|(_, c), _| &**c != citizen);
+        self.seen.retain(|(_, c), _| &**c != citizen);
+        self.trends.retain(|(_, c), _| &**c != citizen);
+    }
+
     /// Raises the silences that have lasted their rule's time by `now_ms`.
     pub fn tick(&mut self, now_ms: i64, out: &mut Vec<Raised>) {
         for ((rule, citizen), seen) in &mut self.seen {
@@ -154,6 +167,7 @@ impl Evaluator {
                     device: seen.device.clone(),
                     started_ms: seen.latest_ms,
                     event_ms: seen.latest_ms,
+                    since_ms: seen.latest_ms,
                     value: None,
                 });
             }
@@ -162,8 +176,9 @@ impl Evaluator {
 }
 
 /// One reading of a trend rule: added to its day; on the first reading of a new day, the
-/// whole days before are compared. The start of the rising window when it raises.
-fn track_trend(trend: &mut Trend, o: &Observation, by: f64, days: u32) -> Option<i64> {
+/// whole days before are compared. When it raises: the start of the rising days, and of the
+/// days they were compared with.
+fn track_trend(trend: &mut Trend, o: &Observation, by: f64, days: u32) -> Option<(i64, i64)> {
     let day = o.time_ms.div_euclid(DAY_MS);
     let span = i64::from(days);
     let newest = trend.days.keys().next_back().copied();
@@ -198,7 +213,7 @@ fn track_trend(trend: &mut Trend, o: &Observation, by: f64, days: u32) -> Option
         return None;
     }
     trend.raised = true;
-    Some((day - span) * DAY_MS)
+    Some(((day - span) * DAY_MS, (day - 2 * span) * DAY_MS))
 }
 
 /// One reading of a below/above rule: starts, extends, raises or ends the citizen's run.
@@ -210,28 +225,29 @@ fn track_run(
     for_ms: i64,
     out: &mut Vec<Raised>,
 ) {
-    if runs.get(&key).is_some_and(|r| o.time_ms < r.latest_ms) {
+    let rule = key.0;
+    let track = runs.entry(key.clone()).or_insert(Run {
+        latest_ms: o.time_ms,
+        run: None,
+    });
+    if o.time_ms < track.latest_ms {
         return; // late: changes nothing
     }
+    track.latest_ms = o.time_ms;
     if !past {
-        runs.remove(&key);
+        track.run = None;
         return;
     }
-    let rule = key.0;
-    let run = runs.entry(key.clone()).or_insert(Run {
-        started_ms: o.time_ms,
-        latest_ms: o.time_ms,
-        raised: false,
-    });
-    run.latest_ms = o.time_ms;
-    if !run.raised && run.latest_ms - run.started_ms >= for_ms {
-        run.raised = true;
+    let (started_ms, raised) = track.run.get_or_insert((o.time_ms, false));
+    if !*raised && o.time_ms - *started_ms >= for_ms {
+        *raised = true;
         out.push(Raised {
             rule,
             citizen: key.1,
             device: o.device.clone(),
-            started_ms: run.started_ms,
+            started_ms: *started_ms,
             event_ms: o.time_ms,
+            since_ms: *started_ms,
             value: Some(o.value),
         });
     }
@@ -334,6 +350,22 @@ mod tests {
     }
 
     #[test]
+    fn a_late_reading_after_a_run_ended_starts_nothing() {
+        let mut eval = Evaluator::new(vec![
+            rule(Metric::Spo2, Condition::Below(90.0), 5),
+            rule(Metric::Spo2, Condition::Below(90.0), 0),
+        ]);
+        // 89 at 0, back to 95 at 10 (the run ends), then a late 88 from minute 5 and 88 at 11.
+        let out = run(
+            &mut eval,
+            &spo2("c", &[(0, 89.0), (10, 95.0), (5, 88.0), (11, 88.0)]),
+        );
+        let raised: Vec<(usize, i64)> = out.iter().map(|r| (r.rule, r.started_ms)).collect();
+        // Only the 0-minute rule, at 0 and again at 11; never a run "from 5".
+        assert_eq!(raised, vec![(1, 0), (1, 11 * MIN)], "{out:?}");
+    }
+
+    #[test]
     fn zero_minutes_raises_on_the_first_reading_and_above_works_alike() {
         let mut eval = Evaluator::new(vec![
             rule(Metric::Spo2, Condition::Below(90.0), 0),
@@ -423,6 +455,12 @@ mod tests {
         eval.tick(10 * MIN + 48 * 60 * MIN, &mut out);
         assert_eq!(out.len(), 1, "once: {out:?}");
         assert_eq!((out[0].started_ms, out[0].value), (10 * MIN, None));
+        run(&mut eval, &[reading("c", Metric::HeartRate, 3_000, 61.0)]);
+        // An erased citizen's silence is not raised.
+        eval.forget("c");
+        let before = out.len();
+        eval.tick(i64::MAX / 2, &mut out);
+        assert_eq!(out.len(), before, "forgotten");
         run(&mut eval, &[reading("c", Metric::HeartRate, 3_000, 61.0)]);
         eval.tick(3_000 * MIN + 24 * 60 * MIN, &mut out);
         assert_eq!(out.len(), 2, "a new silence after the new reading");

@@ -22,6 +22,10 @@ use crate::wal::Position;
 
 /// How often silences are looked for.
 const TICK: Duration = Duration::from_secs(1);
+/// A batch whose newest message was received longer ago than this is a backlog.
+const BEHIND: Duration = Duration::from_secs(10);
+/// A sink that has written nothing for this long has no backlog left.
+const IDLE: Duration = Duration::from_secs(2);
 
 pub struct AlertSink {
     pub eval: Evaluator,
@@ -36,6 +40,10 @@ pub struct AlertSink {
     erasures_seen: u64,
     /// Silences raised but not yet recorded (alerts.db failed).
     silences: Vec<Raised>,
+    /// When the last batch was written, and whether it was old news (received more than
+    /// [`BEHIND`] before): while the sink catches up, silences wait, since what ends them
+    /// may still be in the log.
+    last_batch: Option<(Instant, bool)>,
 }
 
 impl AlertSink {
@@ -57,12 +65,15 @@ impl AlertSink {
             last_tick: Instant::now(),
             erasures_seen: u64::MAX,
             silences: Vec::new(),
+            last_batch: None,
         }
     }
 
     /// The alerts `raised` makes, one per care service that may see each.
-    fn address(&self, raised: &[Raised], consents: &Consents, now_ms: i64) -> Vec<NewAlert> {
-        let mut alerts = Vec::new();
+    /// The alerts `raised` makes, one per care service that may see each; and how many
+    /// conditions no service may be told of.
+    fn address(&self, raised: &[Raised], consents: &Consents, now_ms: i64) -> (Vec<NewAlert>, u64) {
+        let (mut alerts, mut unaddressed) = (Vec::new(), 0);
         for r in raised {
             let rule = &self.eval.rules()[r.rule];
             let metric = rule.metric.name();
@@ -70,13 +81,15 @@ impl AlertSink {
                 .grantees(&r.citizen, Purpose::Care)
                 .into_iter()
                 .filter(|g| {
-                    consents.permits(&r.citizen, g, Purpose::Care, metric, r.event_ms, now_ms)
+                    // Every reading the alert rests on, from the first to the last, must be
+                    // the service's to see (a consent's time window is one span).
+                    [r.since_ms, r.event_ms]
+                        .into_iter()
+                        .all(|t| consents.permits(&r.citizen, g, Purpose::Care, metric, t, now_ms))
                 })
                 .collect();
             if services.is_empty() {
-                self.stats
-                    .alerts_unaddressed
-                    .fetch_add(1, Ordering::Relaxed);
+                unaddressed += 1;
             }
             for service in services {
                 alerts.push(NewAlert {
@@ -92,7 +105,7 @@ impl AlertSink {
                 });
             }
         }
-        alerts
+        (alerts, unaddressed)
     }
 
     /// Records what `raised` makes (retrying while alerts.db fails) and publishes the new
@@ -119,11 +132,16 @@ impl AlertSink {
         }
         let now_ms = jiff::Timestamp::now().as_millisecond();
         let consents = self.consents.refresh();
-        let alerts = self.address(raised, &consents, now_ms);
-        if alerts.is_empty() {
-            return Ok(());
-        }
-        let added = self.store.record(&alerts)?;
+        let (alerts, unaddressed) = self.address(raised, &consents, now_ms);
+        let added = if alerts.is_empty() {
+            Vec::new()
+        } else {
+            self.store.record(&alerts)?
+        };
+        // Counted once the attempt has succeeded (a failed one is tried again).
+        self.stats
+            .alerts_unaddressed
+            .fetch_add(unaddressed, Ordering::Relaxed);
         self.stats
             .alerts_raised
             .fetch_add(added.len() as u64, Ordering::Relaxed);
@@ -159,6 +177,9 @@ impl AlertSink {
         }
         let consents = self.consents.refresh();
         for (citizen, at) in consents.erasures() {
+            // What the rules know of the citizen goes too: no silence or trend is raised
+            // about readings that were erased.
+            self.eval.forget(citizen);
             if let Err(e) = self.store.erase(citizen, at) {
                 error!(error = %e, "cannot erase a citizen's alerts; will retry");
                 return;
@@ -207,6 +228,10 @@ impl Sink for AlertSink {
         for o in &batch.personal {
             self.eval.observe(o, &mut raised);
         }
+        let newest = batch.personal.iter().map(|o| o.received_ms).max();
+        let now_ms = jiff::Timestamp::now().as_millisecond();
+        let behind = newest.is_some_and(|r| now_ms - r > BEHIND.as_millis() as i64);
+        self.last_batch = Some((Instant::now(), behind));
         self.raise(&raised, stop)
     }
 
@@ -216,6 +241,12 @@ impl Sink for AlertSink {
             return;
         }
         self.last_tick = Instant::now();
+        if self
+            .last_batch
+            .is_some_and(|(at, behind)| behind && at.elapsed() < IDLE)
+        {
+            return; // catching up: a reading that ends a silence may still be in the log
+        }
         self.eval
             .tick(jiff::Timestamp::now().as_millisecond(), &mut self.silences);
         // Nothing in the log holds a silence: one that cannot be recorded is kept and tried

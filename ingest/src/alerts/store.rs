@@ -133,14 +133,27 @@ impl AlertStore {
         open: bool,
         limit: usize,
     ) -> Result<Vec<Alert>, StoreError> {
+        self.list_before(grantee, open, None, limit)
+    }
+
+    /// As [`AlertStore::list`], of the alerts older than alert `before` (the next page).
+    pub fn list_before(
+        &self,
+        grantee: Option<&str>,
+        open: bool,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<Alert>, StoreError> {
         let sql = format!(
             "SELECT {COLUMNS} FROM alerts
              WHERE (?1 IS NULL OR grantee = ?1) AND (?2 = 0 OR acked_ms IS NULL)
+               AND (?4 IS NULL OR id < ?4)
              ORDER BY id DESC LIMIT ?3"
         );
         let mut stmt = self.conn.prepare_cached(&sql).map_err(sqlite(&self.path))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = stmt
-            .query_map(params![grantee, open, limit as i64], alert)
+            .query_map(params![grantee, open, limit, before], alert)
             .map_err(sqlite(&self.path))?;
         rows.collect::<Result<_, _>>().map_err(sqlite(&self.path))
     }
@@ -257,6 +270,11 @@ mod tests {
         let who: Vec<&str> = mine.iter().map(|a| a.new.citizen.as_str()).collect();
         assert_eq!(who, vec!["c-2", "c-1"], "newest first");
         assert_eq!(store.list(None, true, 10).expect("all").len(), 3);
+        let next = store
+            .list_before(Some("st-luke"), true, Some(mine[0].id), 10)
+            .expect("next page");
+        assert_eq!(next.len(), 1, "older than the newest");
+        assert_eq!(next[0].id, mine[1].id);
 
         let id = mine[1].id;
         assert_eq!(
