@@ -122,7 +122,7 @@ impl ConsentRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consent::{ConsentChange, Purpose};
+    use crate::consent::ConsentChange;
 
     #[test]
     fn a_goal_is_set_replaced_cleared_and_erased_with_the_citizen() {
@@ -153,17 +153,7 @@ mod tests {
         reg.clear_goal("c-1", Metric::BodyWeight).expect("clear");
         assert_eq!(reg.goals("c-1").expect("goals").len(), 1);
 
-        let erase = ConsentChange {
-            citizen: "c-1".into(),
-            grantee: crate::consent::HUB.into(),
-            purpose: Purpose::Collect,
-            data_types: Vec::new(),
-            valid_from_ms: None,
-            valid_until_ms: None,
-            source: "test".into(),
-            granted: false,
-            erase: true,
-        };
+        let erase = ConsentChange::erasure_of("c-1");
         reg.record(erase, 10).expect("erase");
         assert!(reg.goals("c-1").expect("goals").is_empty(), "erased");
         assert_eq!(reg.goals("c-2").expect("goals").len(), 1, "others' stay");
