@@ -138,24 +138,10 @@ fn open_read_only(path: &Path) -> anyhow::Result<Connection> {
 /// Stored device readings (derived metrics left out) per device: rows of `personal.db`,
 /// one per (device, metric, event time).
 fn stored_readings(data_dir: &Path) -> anyhow::Result<BTreeMap<String, u64>> {
-    let conn = open_read_only(&data_dir.join("personal.db"))?;
-    let mut statement = conn.prepare(
-        "SELECT s.device, s.metric, count(*) FROM observations o
-         JOIN series s ON s.id = o.series GROUP BY s.device, s.metric",
-    )?;
-    let rows = statement.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, u8>(1)?,
-            r.get::<_, u64>(2)?,
-        ))
-    })?;
     let mut out = BTreeMap::new();
-    for row in rows {
-        let (device, metric, count) = row?;
-        let metric = Metric::from_id(metric).with_context(|| format!("metric id {metric}"))?;
-        if !metric.is_derived() {
-            *out.entry(device).or_insert(0) += count;
+    for &metric in Metric::ALL.iter().filter(|m| !m.is_derived()) {
+        for row in common::store::stored(&data_dir.join("personal.db"), metric)? {
+            *out.entry(row.device).or_insert(0) += 1;
         }
     }
     Ok(out)

@@ -13,6 +13,7 @@ use common::fleet::{Fleet, Times};
 use common::raw::{self, Conn};
 use common::vm::VictoriaMetrics;
 use common::{config_with_devices, eventually, now_ms, password, Hub};
+use kenko_devices::Metric;
 
 /// One heavy test at a time: each drives a hub (and a VictoriaMetrics) hard.
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -41,17 +42,10 @@ fn devices(n: usize) -> Vec<String> {
 
 /// (device, event time) of every heart rate in `personal.db`, with how often each is there.
 fn stored(data_dir: &Path) -> anyhow::Result<HashMap<(String, i64), usize>> {
-    let conn = rusqlite::Connection::open_with_flags(
-        data_dir.join("personal.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )?;
-    let mut stmt = conn.prepare(
-        "SELECT s.device, o.time_ms FROM observations o JOIN series s ON s.id = o.series WHERE s.metric = 1",
-    )?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    let rows = common::store::stored(&data_dir.join("personal.db"), Metric::HeartRate)?;
     let mut out = HashMap::new();
     for row in rows {
-        *out.entry(row?).or_insert(0) += 1;
+        *out.entry((row.device, row.time_ms)).or_insert(0) += 1;
     }
     Ok(out)
 }

@@ -1,5 +1,6 @@
 //! The hub's retention job: raw observations past `[retention] raw_days` are folded into
-//! rollups, which then answer bucketed queries over the time raw data no longer covers.
+//! rollups, which then answer bucketed queries over the time raw data no longer covers, and
+//! past hours of raw data are sealed into chunks that answer as the rows did.
 
 mod common;
 
@@ -131,5 +132,14 @@ fn the_hub_folds_raw_data_past_raw_days_into_rollups_that_answer_queries() -> an
     let (_, body) = common::http_text(api, "GET", "/metrics", Some("operator-1"), None)?;
     let folded = common::metric(&body, "kenko_retention_folded_total");
     assert_eq!(folded as usize, 2 * 1440 - raw.len(), "{body}");
+    // The raw day's hours that ended two hours ago or more are sealed into chunks in the
+    // same pass, and still answer raw reads reading for reading.
+    let sealed = eventually(Duration::from_secs(30), || {
+        let (_, body) = common::http_text(api, "GET", "/metrics", Some("operator-1"), None)?;
+        let sealed = common::metric(&body, "kenko_store_sealed_total") as usize;
+        Ok((sealed >= raw.len() - 3 * 60).then_some(sealed))
+    })?;
+    assert!(sealed <= raw.len(), "{sealed} sealed of {}", raw.len());
+    assert_eq!(hub.query(&raw_args)?, raw, "raw reads from rows and chunks");
     hub.terminate()
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use common::fleet::{Fleet, Times};
 use common::{config_with_devices, eventually, now_ms, Hub, KENKO};
+use kenko_devices::Metric;
 
 /// One test at a time: each drives a hub under load.
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -62,22 +63,14 @@ async fn stop_fleet(fleet: Fleet, times: Times) -> BTreeSet<(String, i64)> {
 
 /// (device, event time) of the heart rates in `personal.db`.
 fn personal(data_dir: &Path) -> anyhow::Result<BTreeSet<(String, i64)>> {
-    let conn = read_only(&data_dir.join("personal.db"))?;
-    let mut stmt = conn.prepare(
-        "SELECT s.device, o.time_ms FROM observations o JOIN series s ON s.id = o.series WHERE s.metric = 1",
-    )?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let rows = common::store::stored(&data_dir.join("personal.db"), Metric::HeartRate)?;
+    Ok(rows.into_iter().map(|r| (r.device, r.time_ms)).collect())
 }
 
 /// Event times of the heart rates in `shared.db` (pseudonymized: no device).
 fn shared(data_dir: &Path) -> anyhow::Result<BTreeSet<i64>> {
-    let conn = read_only(&data_dir.join("shared.db"))?;
-    let mut stmt = conn.prepare(
-        "SELECT o.time_ms FROM observations o JOIN series s ON s.id = o.series WHERE s.metric = 1",
-    )?;
-    let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let rows = common::store::stored(&data_dir.join("shared.db"), Metric::HeartRate)?;
+    Ok(rows.into_iter().map(|r| r.time_ms).collect())
 }
 
 fn read_only(path: &Path) -> anyhow::Result<rusqlite::Connection> {

@@ -20,7 +20,7 @@ pub fn render(broker: &BrokerStats, ingest: &IngestStats, lags: Option<&SinkLags
     use Kind::{Counter, Gauge};
     let b = broker;
     let i = ingest;
-    let entries: [(&str, Kind, &str, &AtomicU64); 37] = [
+    let entries: [(&str, Kind, &str, &AtomicU64); 38] = [
         (
             "mqtt_connected_clients",
             Gauge,
@@ -230,6 +230,12 @@ pub fn render(broker: &BrokerStats, ingest: &IngestStats, lags: Option<&SinkLags
             Counter,
             "rollup rows deleted past their retention",
             &i.retention_expired,
+        ),
+        (
+            "store_sealed_total",
+            Counter,
+            "raw rows sealed into compressed chunks",
+            &i.store_sealed,
         ),
         (
             "alerts_raised_total",

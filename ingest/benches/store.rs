@@ -1,18 +1,23 @@
 //! Time-series store at scale: fills `personal.db` with ROWS observations (1,000 citizens ×
 //! 5 metrics, one reading per series every 30 s, in batches of 10,000: the ingest writer's
 //! 2,048 messages of about five observations each),
-//! then times range queries against it. Prints figures; asserts nothing about time.
+//! then times range queries against it; then seals every past hour into chunks as the
+//! retention job does, and times the same queries again. Prints figures; asserts nothing
+//! about time.
 //!
-//!     cargo bench -p kenko-ingest --bench store -- [ROWS [CITIZENS]]
+//!     cargo bench -p kenko-ingest --bench store -- [ROWS [CITIZENS [STEP_S]]]
 //!
-//! ROWS defaults to 10,000,000 and CITIZENS to 1,000. The number of citizens is the number of
-//! series written concurrently (×5), which decides how many pages each batch touches.
+//! ROWS defaults to 10,000,000, CITIZENS to 1,000 and STEP_S (seconds between two readings
+//! of a series) to 30. The number of citizens is the number of series written concurrently
+//! (×5), which decides how many pages each batch touches.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kenko_config::RetentionConfig;
 use kenko_devices::Metric;
 use kenko_ingest::query::Query;
+use kenko_ingest::retention::{Policy, Retention};
 use kenko_ingest::store::PersonalStore;
 use kenko_ingest::Observation;
 
@@ -23,7 +28,6 @@ const METRICS: [Metric; 5] = [
     Metric::BedOccupancy,
     Metric::SleepStage,
 ];
-const STEP_MS: i64 = 30_000;
 const BATCH: usize = 10_000;
 const START_MS: i64 = 1_764_000_000_000;
 
@@ -34,6 +38,7 @@ fn main() {
         .collect();
     let rows = numbers.first().copied().unwrap_or(10_000_000);
     let citizens_n = numbers.get(1).copied().unwrap_or(1_000).max(1);
+    let step_ms = numbers.get(2).copied().unwrap_or(30).max(1) as i64 * 1000;
     let dir = tempfile::tempdir().expect("temporary directory");
     let path = dir.path().join("personal.db");
     let mut store = PersonalStore::open(&path).expect("open store");
@@ -48,12 +53,16 @@ fn main() {
         .collect();
     let per_step = citizens_n * METRICS.len();
     let steps = rows.div_ceil(per_step);
-    println!("writing {rows} observations: {citizens_n} citizens x {} metrics x {steps} readings 30 s apart", METRICS.len());
+    println!(
+        "writing {rows} observations: {citizens_n} citizens x {} metrics x {steps} readings {} s apart",
+        METRICS.len(),
+        step_ms / 1000
+    );
     let started = Instant::now();
     let mut batch = Vec::with_capacity(BATCH);
     let (mut written, mut batches) = (0usize, 0usize);
     for step in 0..steps {
-        let time_ms = START_MS + step as i64 * STEP_MS;
+        let time_ms = START_MS + step as i64 * step_ms;
         for (citizen, device) in &citizens {
             for metric in METRICS {
                 if written + batch.len() == rows {
@@ -101,8 +110,49 @@ fn main() {
         bytes as f64 / written as f64
     );
 
-    let reader = PersonalStore::open_read_only(&path).expect("open read-only");
-    let span_ms = steps as i64 * STEP_MS;
+    let span_ms = steps as i64 * step_ms;
+    println!("-- rows");
+    print_size(&path, written);
+    queries(&path, span_ms, citizens_n);
+
+    let mut job = Retention::open(
+        &path,
+        Policy::from_config(&RetentionConfig::default(), 3_600).expect("policy"),
+    )
+    .expect("retention");
+    let started = Instant::now();
+    let sealed = job
+        .pass(START_MS + span_ms + 3 * 3_600_000, &mut |_| true)
+        .expect("seal")
+        .sealed;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "-- sealed {sealed} rows into hourly chunks in {secs:.1} s ({:.0} rows/s)",
+        sealed as f64 / secs
+    );
+    print_size(&path, written);
+    queries(&path, span_ms, citizens_n);
+}
+
+/// The bytes of the file's pages in use (freed pages are reused by later writes).
+fn print_size(path: &std::path::Path, observations: usize) {
+    let conn = rusqlite::Connection::open(path).expect("open");
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .expect("checkpoint");
+    let pragma = |name: &str| -> i64 {
+        conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+            .expect("pragma")
+    };
+    let used = (pragma("page_count") - pragma("freelist_count")) * pragma("page_size");
+    println!(
+        "pages in use {:.1} MiB, {:.2} bytes/observation",
+        used as f64 / 1_048_576.0,
+        used as f64 / observations as f64
+    );
+}
+
+fn queries(path: &std::path::Path, span_ms: i64, citizens_n: usize) {
+    let reader = PersonalStore::open_read_only(path).expect("open read-only");
     let mid = START_MS + span_ms / 2;
     let base = Query::new(Metric::HeartRate);
     let citizen = |i: usize| Some(format!("citizen-{:04}", (i * 7919) % citizens_n));

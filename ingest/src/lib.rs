@@ -5,6 +5,7 @@ pub mod across;
 pub mod activity;
 pub mod alerts;
 pub mod backoff;
+pub mod chunks;
 pub mod consent;
 pub mod deadletter;
 pub mod decode;

@@ -21,6 +21,7 @@ use kenko_devices::Metric;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tracing::{debug, error, info};
 
+use crate::chunks;
 use crate::pipeline::Submission;
 use crate::rollup::{self, HOUR_MS, MINUTE_MS};
 use crate::stats::IngestStats;
@@ -124,12 +125,15 @@ pub struct PassStats {
     pub folded: usize,
     /// Rollup rows deleted past their period.
     pub expired: usize,
+    /// Raw rows sealed into chunks.
+    pub sealed: usize,
 }
 
 impl std::ops::AddAssign for PassStats {
     fn add_assign(&mut self, other: PassStats) {
         self.folded += other.folded;
         self.expired += other.expired;
+        self.sealed += other.sealed;
     }
 }
 
@@ -150,8 +154,9 @@ impl Retention {
         })
     }
 
-    /// Folds and expires everything past its period at `now_ms`; `go_on` is asked between
-    /// transactions and stops the pass early when it says no.
+    /// Folds and expires everything past its period at `now_ms`, and seals the hours due
+    /// into chunks (`chunks.rs`); `go_on` is asked between transactions and stops the pass
+    /// early when it says no.
     pub fn pass(
         &mut self,
         now_ms: i64,
@@ -160,25 +165,71 @@ impl Retention {
         let mut done = PassStats::default();
         for (series, metric_id) in self.series()? {
             let keep = self.policy.of(metric_id);
-            if !keep.deletes_anything() {
-                continue;
+            if keep.deletes_anything()
+                && !self.apply(series, metric_id, now_ms, keep, &mut done, go_on)?
+            {
+                return Ok(done);
             }
+            let derived = Metric::from_id(metric_id).is_none_or(|m| m.is_derived());
+            if !derived {
+                while let Some(more) = self.seal_slice(series, metric_id, now_ms, &mut done)? {
+                    if !go_on(done) {
+                        return Ok(done);
+                    }
+                    if !more {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Seals up to a slice of the series' due hours; `None` when the series has gone, else
+    /// whether hours are left.
+    fn seal_slice(
+        &mut self,
+        series: i64,
+        metric_id: u8,
+        now_ms: i64,
+        done: &mut PassStats,
+    ) -> Result<Option<bool>, StoreError> {
+        let path = self.path.clone();
+        let Some(tx) = self.series_tx(series, metric_id)? else {
+            return Ok(None);
+        };
+        let hours = usize::try_from(SLICE_MS / chunks::SPAN_MS).unwrap_or(1);
+        let (sealed, more) =
+            chunks::seal(&tx, &path, series, chunks::sealed_before(now_ms), hours)?;
+        tx.commit().map_err(sqlite(&path))?;
+        done.sealed += sealed;
+        Ok(Some(more))
+    }
+
+    /// Folds and expires one series; false when `go_on` said stop.
+    fn apply(
+        &mut self,
+        series: i64,
+        metric_id: u8,
+        now_ms: i64,
+        keep: Keep,
+        done: &mut PassStats,
+        go_on: &mut dyn FnMut(PassStats) -> bool,
+    ) -> Result<bool, StoreError> {
+        {
             if let Some(raw_ms) = keep.raw_ms {
                 // Whole hours, so that each of a series' rollup buckets is folded at once.
                 let cutoff = rollup::bucket_start(now_ms.saturating_sub(raw_ms), HOUR_MS);
                 while let Some(folded) = self.fold_slice(series, metric_id, cutoff)? {
                     done.folded += folded;
-                    if !go_on(done) {
-                        return Ok(done);
+                    if !go_on(*done) {
+                        return Ok(false);
                     }
                 }
             }
             done.expired += self.expire(series, metric_id, now_ms, keep)?;
-            if !go_on(done) {
-                break;
-            }
+            Ok(go_on(*done))
         }
-        Ok(done)
     }
 
     fn series(&self) -> Result<Vec<(i64, u8)>, StoreError> {
@@ -204,19 +255,28 @@ impl Retention {
         let Some(tx) = self.series_tx(series, metric_id)? else {
             return Ok(None);
         };
-        let oldest: Option<i64> = tx
+        let oldest_row: Option<i64> = tx
             .query_row(
                 "SELECT min(time_ms) FROM observations WHERE series = ?1",
                 params![series],
                 |r| r.get(0),
             )
             .map_err(sqlite(&path))?;
+        let oldest_chunk = chunks::first_start(&tx, &path, series)?;
+        let oldest = match (oldest_row, oldest_chunk) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let Some(oldest) = oldest.filter(|&t| t < cutoff) else {
             return Ok(None);
         };
         let from = rollup::bucket_start(oldest, HOUR_MS);
         let to = from.saturating_add(SLICE_MS).min(cutoff);
-        let folded = rollup::fold(&tx, series, from, to).map_err(sqlite(&path))?;
+        let mut folded = rollup::fold(&tx, series, from, to).map_err(sqlite(&path))?;
+        // Chunks span whole hours and `from` and `to` are whole hours: each goes at once.
+        let sealed = chunks::take(&tx, &path, series, from, to)?;
+        rollup::add_points(&tx, series, &sealed).map_err(sqlite(&path))?;
+        folded += sealed.len();
         tx.commit().map_err(sqlite(&path))?;
         Ok(Some(folded))
     }
@@ -309,13 +369,15 @@ impl RetentionJob {
                 let step = PassStats {
                     folded: so_far.folded - before.folded,
                     expired: so_far.expired - before.expired,
+                    sealed: so_far.sealed - before.sealed,
                 };
                 before = so_far;
                 count(&stats, step);
                 if said.elapsed() >= PROGRESS_EVERY {
                     said = Instant::now();
                     info!(store = %name, folded = so_far.folded, expired = so_far.expired,
-                        "retention: still folding raw observations into rollups");
+                        sealed = so_far.sealed,
+                        "retention: still folding raw observations into rollups and sealing chunks");
                 }
                 tx.upgrade().is_some()
             };
@@ -331,8 +393,9 @@ impl RetentionJob {
             info!(
                 folded = total.folded,
                 expired = total.expired,
+                sealed = total.sealed,
                 ms = started.elapsed().as_millis() as u64,
-                "retention: raw observations folded into rollups, expired rollups deleted"
+                "retention: raw observations folded into rollups, expired rollups deleted, sealed hours chunked"
             );
         }
     }
@@ -345,6 +408,9 @@ fn count(stats: &IngestStats, step: PassStats) {
     stats
         .retention_expired
         .fetch_add(step.expired as u64, Ordering::Relaxed);
+    stats
+        .store_sealed
+        .fetch_add(step.sealed as u64, Ordering::Relaxed);
 }
 
 fn store_name(path: &Path) -> String {

@@ -98,7 +98,8 @@ pub(crate) fn citizen_means_query(series: &str, with_rollups: bool) -> String {
 }
 
 /// The `chosen` series and their `parts`: per series and bucket, count, min, max and sum of
-/// the raw observations still kept plus those of the rollup level that answers the width.
+/// the raw observations still kept (rows, and chunks as `chunks::parts` staged them in
+/// `temp.chunk_parts`) plus those of the rollup level that answers the width.
 fn parts_sql(series: &str, with_rollups: bool) -> String {
     let rollups = if with_rollups {
         "rollups"
@@ -123,6 +124,9 @@ fn parts_sql(series: &str, with_rollups: bool) -> String {
             FROM chosen c JOIN {rollups} r ON r.series = c.id
             WHERE r.width_ms = ?8 AND r.start_ms >= ?4 AND r.start_ms < ?5
             GROUP BY r.series, bucket
+            UNION ALL
+            SELECT k.series, c.citizen, c.device, k.bucket, k.n, k.lo, k.hi, k.total
+            FROM chosen c JOIN temp.chunk_parts k ON k.series = c.id
         )"
     )
 }
@@ -153,6 +157,42 @@ pub(crate) fn fold(
         "DELETE FROM observations WHERE series = ?1 AND time_ms >= ?2 AND time_ms < ?3",
     )?
     .execute(params![series, from_ms, to_ms])
+}
+
+/// Adds points (from sealed chunks) of `series` to every rollup level. Part of the caller's
+/// transaction.
+pub(crate) fn add_points(
+    tx: &Transaction<'_>,
+    series: i64,
+    points: &[(i64, f64)],
+) -> rusqlite::Result<()> {
+    if points.is_empty() {
+        return Ok(());
+    }
+    let mut add = tx.prepare_cached(
+        "INSERT INTO rollups (series, width_ms, start_ms, count, min, max, sum)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (series, width_ms, start_ms) DO UPDATE SET
+            count = count + excluded.count, min = min(min, excluded.min),
+            max = max(max, excluded.max), sum = sum + excluded.sum",
+    )?;
+    for width in WIDTHS {
+        let mut buckets: std::collections::BTreeMap<i64, (i64, f64, f64, f64)> =
+            std::collections::BTreeMap::new();
+        for &(time_ms, value) in points {
+            let b = buckets
+                .entry(bucket_start(time_ms, width))
+                .or_insert((0, value, value, 0.0));
+            b.0 += 1;
+            b.1 = b.1.min(value);
+            b.2 = b.2.max(value);
+            b.3 += value;
+        }
+        for (start, (count, min, max, sum)) in buckets {
+            add.execute(params![series, width, start, count, min, max, sum])?;
+        }
+    }
+    Ok(())
 }
 
 /// Deletes the rollups of `series` at level `width` that start before `before_ms`; returns

@@ -57,6 +57,8 @@ pub struct IngestStats {
     pub retention_folded: AtomicU64,
     /// Rollup rows the retention job deleted past their period.
     pub retention_expired: AtomicU64,
+    /// Raw rows the retention job sealed into compressed chunks.
+    pub store_sealed: AtomicU64,
     /// Alerts recorded for care services (one per service an alert goes to).
     pub alerts_raised: AtomicU64,
     /// Alert conditions met for citizens with no care consent to any service for the metric

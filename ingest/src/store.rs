@@ -13,6 +13,7 @@ use std::sync::Arc;
 use kenko_devices::Metric;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+use crate::chunks;
 use crate::observation::Observation;
 use crate::query::{Agg, Query, Row};
 use crate::rollup;
@@ -24,9 +25,9 @@ use crate::wal::Position;
 /// would hold eight times the memory for as long as the hub runs.
 const WRITER_CACHE_KIB: u32 = 8 * 1024;
 
-/// Schema version kept in `PRAGMA user_version`. 2: rollups, which an older kenko would
-/// leave out of its answers.
-const SCHEMA_VERSION: i64 = 2;
+/// Schema version kept in `PRAGMA user_version`. 2: rollups, 3: chunks; an older kenko
+/// would leave either out of its answers.
+const SCHEMA_VERSION: i64 = 3;
 
 pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS series (
@@ -58,6 +59,21 @@ CREATE TABLE IF NOT EXISTS rollups (
     sum      REAL    NOT NULL,
     PRIMARY KEY (series, width_ms, start_ms)
 ) WITHOUT ROWID;
+-- Sealed hours of raw observations, one compressed chunk per series and hour (see
+-- chunks.rs). `last_ms` is the time of the last point; the header columns answer
+-- whole-chunk aggregates from the index alone.
+CREATE TABLE IF NOT EXISTS chunks (
+    series   INTEGER NOT NULL,
+    start_ms INTEGER NOT NULL,
+    last_ms  INTEGER NOT NULL,
+    count    INTEGER NOT NULL,
+    min      REAL    NOT NULL,
+    max      REAL    NOT NULL,
+    sum      REAL    NOT NULL,
+    data     BLOB    NOT NULL,
+    PRIMARY KEY (series, start_ms)
+);
+CREATE INDEX IF NOT EXISTS chunk_headers ON chunks (series, start_ms, last_ms, count, min, max, sum);
 -- Series whose window inputs (bed occupancy, sleep stage, steps) changed since their
 -- windows were last computed, with the span of event times that changed; see windows.rs.
 CREATE TABLE IF NOT EXISTS window_dirty (
@@ -125,6 +141,13 @@ pub enum StoreError {
     AcrossNeedsBuckets,
     #[error("{0} is an aggregate across citizens; add --across")]
     NeedsAcross(Agg),
+    #[error("store {path}: chunk of series {series} at {start_ms} ms: {source}")]
+    Chunk {
+        path: PathBuf,
+        series: i64,
+        start_ms: i64,
+        source: crate::tsdb::ChunkError,
+    },
     #[error("{metric} from device {device} at {time_ms} ms has no finite value ({value}); reject or drop it before it reaches the store")]
     NotFinite {
         device: String,
@@ -154,6 +177,8 @@ pub struct PersonalStore {
     /// The file has the rollups table (one written by an older kenko, opened read-only,
     /// has not).
     has_rollups: bool,
+    /// The file has the chunks table (likewise).
+    has_chunks: bool,
 }
 
 impl PersonalStore {
@@ -166,6 +191,7 @@ impl PersonalStore {
             series: HashMap::new(),
             track_windows: false,
             has_rollups: true,
+            has_chunks: true,
         };
         // FULL: a committed batch survives power loss, because the broker acknowledges a
         // message as soon as its batch is committed.
@@ -178,6 +204,10 @@ impl PersonalStore {
             .busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sqlite(path))?;
         migrate(&store.conn, path, SCHEMA)?;
+        store
+            .conn
+            .execute_batch(chunks::PARTS_TABLE)
+            .map_err(sqlite(path))?;
         Ok(store)
     }
 
@@ -193,12 +223,16 @@ impl PersonalStore {
             .optional()
             .map_err(sqlite(path))?
             .is_some();
+        let has_chunks = chunks::exists(&conn, path)?;
+        conn.execute_batch(chunks::PARTS_TABLE)
+            .map_err(sqlite(path))?;
         Ok(PersonalStore {
             conn,
             path: path.to_owned(),
             series: HashMap::new(),
             track_windows: false,
             has_rollups,
+            has_chunks,
         })
     }
 
@@ -224,13 +258,22 @@ impl PersonalStore {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(sqlite(&path))?;
+        let chunked: i64 = tx
+            .query_row(
+                "SELECT coalesce(sum(count), 0) FROM chunks
+                 WHERE series IN (SELECT id FROM series WHERE citizen = ?1)",
+                params![citizen],
+                |r| r.get(0),
+            )
+            .map_err(sqlite(&path))?;
         let rows = tx
             .execute(
                 "DELETE FROM observations WHERE series IN (SELECT id FROM series WHERE citizen = ?1)",
                 params![citizen],
             )
-            .map_err(sqlite(&path))?;
-        for table in ["window_dirty", "rollups"] {
+            .map_err(sqlite(&path))?
+            + usize::try_from(chunked).unwrap_or(0);
+        for table in ["window_dirty", "rollups", "chunks"] {
             tx.execute(
                 &format!(
                     "DELETE FROM {table} WHERE series IN (SELECT id FROM series WHERE citizen = ?1)"
@@ -338,8 +381,20 @@ impl PersonalStore {
                 order.push((series, obs.time_ms, i));
             }
             order.sort_unstable();
+            // A late point may be for an hour already sealed into a chunk (chunks.rs): a
+            // repeat of a time the chunk holds is a duplicate, as a repeated row would be.
+            let now_ms = jiff::Timestamp::now().as_millisecond();
+            let mut sealed = chunks::SealedTimes::default();
             for (series, _, i) in order {
                 let obs = &batch[i];
+                if self.has_chunks
+                    && !obs.metric.is_derived()
+                    && chunks::may_be_sealed(now_ms, obs.time_ms)
+                    && sealed.holds(&tx, path, series, obs.time_ms)?
+                {
+                    stats.duplicates += 1;
+                    continue;
+                }
                 let seq = i64::try_from(obs.seq).unwrap_or(i64::MAX);
                 let row = params![
                     series,
@@ -415,9 +470,21 @@ impl PersonalStore {
         put_log_position(&self.conn, at).map_err(sqlite(&self.path))
     }
 
-    /// Raw rows, or bucketed aggregates when `every_ms` is set. Aggregates add what
-    /// retention folded into rollups to what is still raw (see `rollup.rs`).
+    /// Raw rows, or bucketed aggregates when `every_ms` is set, from rows and chunks alike
+    /// (`chunks.rs`). Aggregates add what retention folded into rollups to what is still
+    /// raw (see `rollup.rs`).
     pub fn query(&self, q: &Query) -> Result<Vec<Row>, StoreError> {
+        // One snapshot: the retention job may seal rows into a chunk between two reads.
+        let snapshot = self
+            .conn
+            .unchecked_transaction()
+            .map_err(sqlite(&self.path))?;
+        let rows = self.query_in(&snapshot, q);
+        drop(snapshot);
+        rows
+    }
+
+    fn query_in(&self, conn: &Connection, q: &Query) -> Result<Vec<Row>, StoreError> {
         // A page of raw rows starts its index range at its first time.
         let resume_from = q
             .resume
@@ -456,8 +523,7 @@ impl PersonalStore {
         let rows = match q.every_ms {
             None if q.across => return Err(StoreError::AcrossNeedsBuckets),
             None => {
-                let mut stmt = self
-                    .conn
+                let mut stmt = conn
                     .prepare_cached(&raw_query(series_filter(q)))
                     .map_err(sqlite(&self.path))?;
                 let rows = stmt
@@ -479,7 +545,10 @@ impl PersonalStore {
                         map,
                     )
                     .map_err(sqlite(&self.path))?;
-                rows.collect::<Result<Vec<_>, _>>()
+                let rows = rows
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(sqlite(&self.path))?;
+                return self.with_chunk_rows(conn, q, rows, (from, to));
             }
             Some(every) if every <= 0 => return Err(StoreError::BadBucket(every)),
             Some(_) if q.agg.needs_across() && !q.across => {
@@ -500,11 +569,12 @@ impl PersonalStore {
                     after_device,
                     inclusive
                 ];
+                self.stage_chunk_parts(conn, q, (from, to), every)?;
                 if let Agg::Percentile(p) = q.agg {
-                    return self.percentile_rows(q, p, bound);
+                    return self.percentile_rows(conn, q, p, bound);
                 }
                 let sql = rollup::bucket_query(q.agg, series_filter(q), self.has_rollups, q.across);
-                let mut stmt = self.conn.prepare_cached(&sql).map_err(sqlite(&self.path))?;
+                let mut stmt = conn.prepare_cached(&sql).map_err(sqlite(&self.path))?;
                 let rows = stmt.query_map(bound, map).map_err(sqlite(&self.path))?;
                 rows.collect::<Result<Vec<_>, _>>()
             }
@@ -516,12 +586,13 @@ impl PersonalStore {
     /// `rollup::bucket_query`.
     fn percentile_rows(
         &self,
+        conn: &Connection,
         q: &Query,
         p: u8,
         bound: &[&dyn rusqlite::ToSql],
     ) -> Result<Vec<Row>, StoreError> {
         let sql = rollup::citizen_means_query(series_filter(q), self.has_rollups);
-        let mut stmt = self.conn.prepare_cached(&sql).map_err(sqlite(&self.path))?;
+        let mut stmt = conn.prepare_cached(&sql).map_err(sqlite(&self.path))?;
         let means = stmt
             .query_map(bound, |r| Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(2)?)))
             .map_err(sqlite(&self.path))?
@@ -542,11 +613,121 @@ impl PersonalStore {
             .collect())
     }
 
-    /// Number of stored observations.
+    /// The series a query selects, as (id, citizen, device).
+    fn chosen_series(
+        &self,
+        conn: &Connection,
+        q: &Query,
+    ) -> Result<Vec<(i64, String, String)>, StoreError> {
+        // The `coalesce` names ?2 and ?3 whichever the filter uses, so that the statement
+        // always takes three parameters; it is always true.
+        let sql = format!(
+            "SELECT id, citizen, device FROM series WHERE {} AND coalesce(?2, ?3, 1) IS NOT NULL",
+            series_filter(q)
+        );
+        let mut stmt = conn.prepare_cached(&sql).map_err(sqlite(&self.path))?;
+        let rows = stmt
+            .query_map(params![q.metric.id(), q.citizen, q.device], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .map_err(sqlite(&self.path))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(sqlite(&self.path))
+    }
+
+    /// Adds the chunk points of the query's range (`from`, `to`) to its raw `rows` (in the
+    /// answer's order, at most the limit), keeping the order and the limit. Chunks are read
+    /// in time order, and no further once the limit's last row comes before the next one.
+    fn with_chunk_rows(
+        &self,
+        conn: &Connection,
+        q: &Query,
+        mut rows: Vec<Row>,
+        (from, to): (i64, i64),
+    ) -> Result<Vec<Row>, StoreError> {
+        if !self.has_chunks {
+            return Ok(rows);
+        }
+        let mut found = Vec::new();
+        for (id, citizen, device) in self.chosen_series(conn, q)? {
+            for header in chunks::headers(conn, &self.path, id, from, to)? {
+                found.push((header, citizen.clone(), device.clone()));
+            }
+        }
+        found.sort_by_key(|(h, _, _)| h.start_ms);
+        let limit = q.limit;
+        let last_needed = |rows: &[Row]| {
+            limit
+                .and_then(|l| rows.get(l.checked_sub(1)?))
+                .map(|r| r.time_ms)
+        };
+        let mut threshold = last_needed(&rows);
+        for (header, citizen, device) in found {
+            if threshold.is_some_and(|t| header.start_ms > t) {
+                break;
+            }
+            let points = chunks::chunk_points(conn, &self.path, header.series, header.start_ms)?;
+            for (time_ms, value) in points {
+                if time_ms < from
+                    || time_ms >= to
+                    || !after_resume(q.resume.as_ref(), time_ms, &citizen, &device)
+                {
+                    continue;
+                }
+                rows.push(Row {
+                    time_ms,
+                    citizen: citizen.clone(),
+                    device: device.clone(),
+                    metric: q.metric,
+                    value,
+                    unit: q.metric.unit().to_owned(),
+                    aggregated: false,
+                    flags: 0,
+                });
+            }
+            if let Some(l) = limit {
+                if rows.len() >= 2 * l.max(1024) {
+                    sort_and_limit(&mut rows, limit);
+                    threshold = last_needed(&rows);
+                }
+            }
+        }
+        sort_and_limit(&mut rows, limit);
+        Ok(rows)
+    }
+
+    /// Puts the chunks' share of a bucketed query where its SQL reads it.
+    fn stage_chunk_parts(
+        &self,
+        conn: &Connection,
+        q: &Query,
+        (from, to): (i64, i64),
+        every: i64,
+    ) -> Result<(), StoreError> {
+        let parts = if self.has_chunks {
+            let ids: Vec<i64> = self
+                .chosen_series(conn, q)?
+                .into_iter()
+                .map(|(id, _, _)| id)
+                .collect();
+            chunks::parts(conn, &self.path, &ids, from, to, every)?
+        } else {
+            Vec::new()
+        };
+        chunks::stage_parts(conn, &self.path, &parts)
+    }
+
+    /// Number of stored observations, in rows and chunks.
     pub fn count(&self) -> Result<u64, StoreError> {
+        let sql = if self.has_chunks {
+            "SELECT (SELECT count(*) FROM observations)
+                  + (SELECT coalesce(sum(count), 0) FROM chunks)"
+        } else {
+            "SELECT count(*) FROM observations"
+        };
         let n: i64 = self
             .conn
-            .query_row("SELECT count(*) FROM observations", [], |r| r.get(0))
+            .query_row(sql, [], |r| r.get(0))
             .map_err(sqlite(&self.path))?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
@@ -591,6 +772,17 @@ impl PersonalStore {
                 })
                 .optional()
                 .map_err(sqlite(&self.path))?;
+            // Chunks hold plausible points only; a row may be later or earlier.
+            let sealed = if self.has_chunks {
+                chunks::latest(&self.conn, &self.path, id, since_ms)?
+                    .map(|(time_ms, value)| (time_ms, value, 0))
+            } else {
+                None
+            };
+            let row = match (row, sealed) {
+                (Some(r), Some(c)) => Some(if c.0 > r.0 { c } else { r }),
+                (r, c) => r.or(c),
+            };
             if let Some((time_ms, value, flags)) = row {
                 if best.as_ref().is_none_or(|b| time_ms > b.time_ms) {
                     best = Some(Row {
@@ -613,7 +805,12 @@ impl PersonalStore {
     pub fn metrics(&self) -> Result<Vec<Metric>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare(if self.has_rollups {
+            .prepare(if self.has_chunks {
+                "SELECT DISTINCT metric FROM series s
+                 WHERE EXISTS (SELECT 1 FROM observations o WHERE o.series = s.id)
+                    OR EXISTS (SELECT 1 FROM rollups r WHERE r.series = s.id)
+                    OR EXISTS (SELECT 1 FROM chunks k WHERE k.series = s.id)"
+            } else if self.has_rollups {
                 "SELECT DISTINCT metric FROM series s
                  WHERE EXISTS (SELECT 1 FROM observations o WHERE o.series = s.id)
                     OR EXISTS (SELECT 1 FROM rollups r WHERE r.series = s.id)"
@@ -628,6 +825,32 @@ impl PersonalStore {
             .collect::<Result<Vec<_>, _>>()
             .map_err(sqlite(&self.path))?;
         Ok(ids.into_iter().filter_map(Metric::from_id).collect())
+    }
+}
+
+/// Whether a row at (`time_ms`, `citizen`, `device`) belongs to a page that starts at
+/// `resume` (every row does without one).
+fn after_resume(
+    resume: Option<&crate::query::Resume>,
+    time_ms: i64,
+    citizen: &str,
+    device: &str,
+) -> bool {
+    let Some(r) = resume else {
+        return true;
+    };
+    let at = (time_ms, citizen, device);
+    let start = (r.time_ms, r.citizen.as_str(), r.device.as_str());
+    at > start || (r.inclusive && at == start)
+}
+
+/// Rows in the answer's order (time, citizen, device), at most `limit`.
+fn sort_and_limit(rows: &mut Vec<Row>, limit: Option<usize>) {
+    rows.sort_by(|a, b| {
+        (a.time_ms, &a.citizen, &a.device).cmp(&(b.time_ms, &b.citizen, &b.device))
+    });
+    if let Some(l) = limit {
+        rows.truncate(l);
     }
 }
 

@@ -22,9 +22,10 @@ use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use kenko_config::WindowsConfig;
 use kenko_devices::{Metric, Registry, SleepStage};
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use tracing::{debug, error, warn};
 
+use crate::chunks;
 use crate::decode::Zones;
 use crate::pipeline::{Derived, Origin, Reply, Submission};
 use crate::stats::IngestStats;
@@ -430,38 +431,9 @@ impl WindowJob {
     }
 
     fn bed_samples(&self, note: &Note, window: Window) -> Result<Vec<BedSample>, StoreError> {
-        let mut statement = self
-            .conn
-            .prepare_cached(
-                "SELECT s.metric, o.time_ms, o.value FROM observations o
-                 JOIN series s ON s.id = o.series
-                 WHERE s.citizen = ?1 AND s.device = ?2 AND s.metric IN (?3, ?4)
-                   AND o.time_ms >= ?5 AND o.time_ms < ?6
-                 ORDER BY o.time_ms",
-            )
-            .map_err(sqlite(&self.path))?;
-        let rows = statement
-            .query_map(
-                params![
-                    note.citizen,
-                    note.device,
-                    Metric::BedOccupancy.id(),
-                    Metric::SleepStage.id(),
-                    window.start_ms,
-                    window.end_ms
-                ],
-                |row| {
-                    Ok((
-                        row.get::<_, u8>(0)?,
-                        row.get::<_, i64>(1)?,
-                        row.get::<_, f64>(2)?,
-                    ))
-                },
-            )
-            .map_err(sqlite(&self.path))?;
+        let readings = self.readings(note, &[Metric::BedOccupancy, Metric::SleepStage], window)?;
         let mut samples: Vec<BedSample> = Vec::new();
-        for row in rows {
-            let (metric, time_ms, value) = row.map_err(sqlite(&self.path))?;
+        for (metric, time_ms, value) in readings {
             let sample = match samples.last_mut() {
                 Some(last) if last.time_ms == time_ms => last,
                 _ => {
@@ -483,21 +455,63 @@ impl WindowJob {
     }
 
     fn steps(&self, note: &Note, window: Window) -> Result<Option<f64>, StoreError> {
-        self.conn
-            .query_row(
-                "SELECT sum(o.value) FROM observations o JOIN series s ON s.id = o.series
-                 WHERE s.citizen = ?1 AND s.device = ?2 AND s.metric = ?3
-                   AND o.time_ms >= ?4 AND o.time_ms < ?5",
-                params![
-                    note.citizen,
-                    note.device,
-                    Metric::Steps.id(),
-                    window.start_ms,
-                    window.end_ms
-                ],
-                |row| row.get::<_, Option<f64>>(0),
-            )
-            .map_err(sqlite(&self.path))
+        let readings = self.readings(note, &[Metric::Steps], window)?;
+        Ok((!readings.is_empty()).then(|| readings.iter().map(|&(_, _, v)| v).sum()))
+    }
+
+    /// The readings of `metrics` from the note's citizen and device in the window, from rows
+    /// and sealed chunks (`chunks.rs`) in one snapshot, as (metric id, time, value) in time
+    /// order.
+    fn readings(
+        &self,
+        note: &Note,
+        metrics: &[Metric],
+        window: Window,
+    ) -> Result<Vec<(u8, i64, f64)>, StoreError> {
+        let snapshot = self
+            .conn
+            .unchecked_transaction()
+            .map_err(sqlite(&self.path))?;
+        let mut readings = Vec::new();
+        for &metric in metrics {
+            let series: Option<i64> = snapshot
+                .prepare_cached(
+                    "SELECT id FROM series WHERE citizen = ?1 AND device = ?2 AND metric = ?3",
+                )
+                .map_err(sqlite(&self.path))?
+                .query_row(params![note.citizen, note.device, metric.id()], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(sqlite(&self.path))?;
+            let Some(series) = series else {
+                continue;
+            };
+            let mut rows = snapshot
+                .prepare_cached(
+                    "SELECT time_ms, value FROM observations
+                     WHERE series = ?1 AND time_ms >= ?2 AND time_ms < ?3",
+                )
+                .map_err(sqlite(&self.path))?;
+            let found = rows
+                .query_map(params![series, window.start_ms, window.end_ms], |r| {
+                    Ok((metric.id(), r.get::<_, i64>(0)?, r.get::<_, f64>(1)?))
+                })
+                .map_err(sqlite(&self.path))?;
+            for reading in found {
+                readings.push(reading.map_err(sqlite(&self.path))?);
+            }
+            let sealed = chunks::points(
+                &snapshot,
+                &self.path,
+                series,
+                window.start_ms,
+                window.end_ms,
+            )?;
+            readings.extend(sealed.into_iter().map(|(t, v)| (metric.id(), t, v)));
+        }
+        readings.sort_by_key(|&(metric, time_ms, _)| (time_ms, metric));
+        Ok(readings)
     }
 }
 

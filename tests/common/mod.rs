@@ -8,6 +8,7 @@ pub mod fleet;
 pub mod mqtt311;
 pub mod raw;
 pub mod readings;
+pub mod store;
 pub mod vm;
 
 use std::io::{BufRead, BufReader};

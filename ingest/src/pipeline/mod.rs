@@ -286,10 +286,8 @@ fn retention_job(
     tx: flume::WeakSender<Submission>,
     stats: &Arc<IngestStats>,
 ) -> Result<Option<RetentionJob>, IngestError> {
+    // Always started: besides retention, it seals past hours into chunks.
     let policy = Policy::from_config(&settings.retention, settings.ingest.late_horizon_s)?;
-    if !policy.deletes_anything() {
-        return Ok(None);
-    }
     let stores = ["personal.db", "shared.db"]
         .iter()
         .map(|name| Retention::open(&data_dir.join(name), policy.clone()))

@@ -1,0 +1,514 @@
+//! Sealed hours of raw observations, kept as compressed chunks (`tsdb::Chunk`) in the store
+//! files beside the rows they came from.
+//!
+//! The store sink writes every observation as a row (the *head*: recent data, cheap to
+//! write and to change). Once an hour of a series is [`SEALED_AFTER_MS`] in the past, the
+//! retention job *seals* it: its plausible rows (flags 0) become one chunk of that series
+//! and hour, and are deleted, in one transaction, so that a point is either a row or in a
+//! chunk, never both. Rows with flags (implausible, corrected …), derived metrics (sleep
+//! summaries and daily steps, replaced when computed again) and hours of fewer than
+//! [`MIN_POINTS`] points (a chunk's header would cost more than the rows) stay rows.
+//!
+//! A late point for a sealed hour is written as a row once the store has checked that the
+//! chunk does not already hold its time (a repeat is stored once), and the next pass merges
+//! it into the chunk. What a chunk keeps is the time and value of each point; the received
+//! time and sequence number of a row are not kept.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::rollup::{bucket_start, HOUR_MS};
+use crate::store::{sqlite, StoreError};
+use crate::tsdb::Chunk;
+
+/// The time span of one chunk: an hour, aligned to the epoch like the 1-hour rollups.
+pub const SPAN_MS: i64 = HOUR_MS;
+/// How long after its end an hour of a series is sealed. Data later than this is rare
+/// (a device that was offline), and is merged into the chunk at the next pass.
+pub const SEALED_AFTER_MS: i64 = 2 * HOUR_MS;
+/// Hours with fewer plausible points stay rows (a weight a day, say).
+pub const MIN_POINTS: usize = 16;
+/// How far the wall clock may step back between a seal and a write without a late repeat
+/// going unnoticed.
+const CLOCK_SLACK_MS: i64 = 10 * 60_000;
+
+/// A per-connection table that carries the chunks' share of a bucketed query into its SQL
+/// (`rollup::parts_sql`); temporary, so read-only connections have it too.
+pub(crate) const PARTS_TABLE: &str = "
+CREATE TEMP TABLE IF NOT EXISTS chunk_parts (
+    series INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    n      INTEGER NOT NULL,
+    lo     REAL    NOT NULL,
+    hi     REAL    NOT NULL,
+    total  REAL    NOT NULL
+);
+";
+
+/// The end of the hours the job seals at `now_ms` (exclusive).
+pub(crate) fn sealed_before(now_ms: i64) -> i64 {
+    bucket_start(now_ms.saturating_sub(SEALED_AFTER_MS), SPAN_MS)
+}
+
+/// Whether a point at `time_ms` may belong to an hour already sealed at `now_ms`.
+pub(crate) fn may_be_sealed(now_ms: i64, time_ms: i64) -> bool {
+    time_ms
+        < now_ms
+            .saturating_sub(SEALED_AFTER_MS)
+            .saturating_add(CLOCK_SLACK_MS)
+}
+
+/// Whether the file has the chunks table (a file of an older kenko, opened read-only, has
+/// not, and is read as if it had none).
+pub(crate) fn exists(conn: &Connection, path: &Path) -> Result<bool, StoreError> {
+    conn.query_row(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'chunks'",
+        [],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|found| found.is_some())
+    .map_err(sqlite(path))
+}
+
+/// A chunk's header as its index row holds it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Header {
+    pub series: i64,
+    pub start_ms: i64,
+    pub last_ms: i64,
+    pub count: i64,
+    pub min: f64,
+    pub max: f64,
+    pub sum: f64,
+}
+
+/// One series' count, min, max and sum in one query bucket.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Part {
+    pub n: i64,
+    pub lo: f64,
+    pub hi: f64,
+    pub total: f64,
+}
+
+impl Part {
+    fn of(value: f64) -> Part {
+        Part {
+            n: 1,
+            lo: value,
+            hi: value,
+            total: value,
+        }
+    }
+
+    fn add(&mut self, other: Part) {
+        self.n += other.n;
+        self.lo = self.lo.min(other.lo);
+        self.hi = self.hi.max(other.hi);
+        self.total += other.total;
+    }
+}
+
+/// Reads a stored chunk's points, checked.
+pub(crate) fn decode(
+    path: &Path,
+    series: i64,
+    start_ms: i64,
+    bytes: &[u8],
+) -> Result<Vec<(i64, f64)>, StoreError> {
+    Chunk::from_bytes(bytes)
+        .and_then(|chunk| chunk.points())
+        .map_err(|source| StoreError::Chunk {
+            path: path.to_owned(),
+            series,
+            start_ms,
+            source,
+        })
+}
+
+/// Headers of the chunks of `series` holding points in `[from_ms, to_ms)`, in time order.
+pub(crate) fn headers(
+    conn: &Connection,
+    path: &Path,
+    series: i64,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<Header>, StoreError> {
+    // A chunk starts at most one span before its last point: the range of `start_ms` is
+    // bounded on both sides, so the index is read from one place.
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT start_ms, last_ms, count, min, max, sum FROM chunks
+             WHERE series = ?1 AND start_ms > ?2 AND start_ms < ?3 AND last_ms >= ?4
+             ORDER BY start_ms",
+        )
+        .map_err(sqlite(path))?;
+    let rows = statement
+        .query_map(
+            params![series, from_ms.saturating_sub(SPAN_MS), to_ms, from_ms],
+            |r| {
+                Ok(Header {
+                    series,
+                    start_ms: r.get(0)?,
+                    last_ms: r.get(1)?,
+                    count: r.get(2)?,
+                    min: r.get(3)?,
+                    max: r.get(4)?,
+                    sum: r.get(5)?,
+                })
+            },
+        )
+        .map_err(sqlite(path))?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(sqlite(path))
+}
+
+/// The points of one chunk, or none if it has gone (sealed again or erased meanwhile).
+pub(crate) fn chunk_points(
+    conn: &Connection,
+    path: &Path,
+    series: i64,
+    start_ms: i64,
+) -> Result<Vec<(i64, f64)>, StoreError> {
+    let bytes: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT data FROM chunks WHERE series = ?1 AND start_ms = ?2")
+        .map_err(sqlite(path))?
+        .query_row(params![series, start_ms], |r| r.get(0))
+        .optional()
+        .map_err(sqlite(path))?;
+    match bytes {
+        Some(bytes) => decode(path, series, start_ms, &bytes),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Points of `series` in chunks, with `from_ms ≤ time < to_ms`, in time order.
+pub(crate) fn points(
+    conn: &Connection,
+    path: &Path,
+    series: i64,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<(i64, f64)>, StoreError> {
+    let mut out = Vec::new();
+    for header in headers(conn, path, series, from_ms, to_ms)? {
+        let points = chunk_points(conn, path, series, header.start_ms)?;
+        out.extend(
+            points
+                .into_iter()
+                .filter(|&(t, _)| t >= from_ms && t < to_ms),
+        );
+    }
+    Ok(out)
+}
+
+/// The chunks' share of a bucketed query: per series and `every_ms` bucket, the count, min,
+/// max and sum of the chunk points in `[from_ms, to_ms)`. A chunk wholly inside the range
+/// and one bucket answers from its header; others are decoded.
+pub(crate) fn parts(
+    conn: &Connection,
+    path: &Path,
+    series: &[i64],
+    from_ms: i64,
+    to_ms: i64,
+    every_ms: i64,
+) -> Result<Vec<(i64, i64, Part)>, StoreError> {
+    let mut out = Vec::new();
+    for &id in series {
+        let mut buckets: BTreeMap<i64, Part> = BTreeMap::new();
+        let mut add = |bucket: i64, part: Part| match buckets.get_mut(&bucket) {
+            Some(existing) => existing.add(part),
+            None => {
+                buckets.insert(bucket, part);
+            }
+        };
+        for h in headers(conn, path, id, from_ms, to_ms)? {
+            let bucket = bucket_start(h.start_ms, every_ms);
+            let inside = h.start_ms >= from_ms && h.last_ms < to_ms;
+            if inside && bucket_start(h.last_ms, every_ms) == bucket {
+                let part = Part {
+                    n: h.count,
+                    lo: h.min,
+                    hi: h.max,
+                    total: h.sum,
+                };
+                add(bucket, part);
+                continue;
+            }
+            for (t, v) in chunk_points(conn, path, id, h.start_ms)? {
+                if t >= from_ms && t < to_ms {
+                    add(bucket_start(t, every_ms), Part::of(v));
+                }
+            }
+        }
+        out.extend(buckets.into_iter().map(|(bucket, part)| (id, bucket, part)));
+    }
+    Ok(out)
+}
+
+/// Puts `parts` in the connection's `chunk_parts` table, replacing what a previous query
+/// left there.
+pub(crate) fn stage_parts(
+    conn: &Connection,
+    path: &Path,
+    parts: &[(i64, i64, Part)],
+) -> Result<(), StoreError> {
+    conn.execute("DELETE FROM temp.chunk_parts", [])
+        .map_err(sqlite(path))?;
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO temp.chunk_parts (series, bucket, n, lo, hi, total)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .map_err(sqlite(path))?;
+    for (series, bucket, p) in parts {
+        insert
+            .execute(params![series, bucket, p.n, p.lo, p.hi, p.total])
+            .map_err(sqlite(path))?;
+    }
+    Ok(())
+}
+
+/// The last chunk point of `series` at or after `since_ms`.
+pub(crate) fn latest(
+    conn: &Connection,
+    path: &Path,
+    series: i64,
+    since_ms: i64,
+) -> Result<Option<(i64, f64)>, StoreError> {
+    let start: Option<i64> = conn
+        .prepare_cached(
+            "SELECT start_ms FROM chunks WHERE series = ?1 AND last_ms >= ?2
+             ORDER BY start_ms DESC LIMIT 1",
+        )
+        .map_err(sqlite(path))?
+        .query_row(params![series, since_ms], |r| r.get(0))
+        .optional()
+        .map_err(sqlite(path))?;
+    let Some(start) = start else {
+        return Ok(None);
+    };
+    Ok(chunk_points(conn, path, series, start)?.last().copied())
+}
+
+/// The times held by sealed hours, as far as a batch has asked: a late point is a repeat
+/// if its hour's chunk holds its time.
+#[derive(Default)]
+pub(crate) struct SealedTimes {
+    hours: HashMap<(i64, i64), HashSet<i64>>,
+}
+
+impl SealedTimes {
+    /// Whether a chunk of `series` already holds a point at `time_ms`.
+    pub fn holds(
+        &mut self,
+        conn: &Connection,
+        path: &Path,
+        series: i64,
+        time_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let start = bucket_start(time_ms, SPAN_MS);
+        let times = match self.hours.entry((series, start)) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let points = chunk_points(conn, path, series, start)?;
+                e.insert(points.into_iter().map(|(t, _)| t).collect())
+            }
+        };
+        Ok(times.contains(&time_ms))
+    }
+}
+
+/// Seals the hours of `series` before `before_ms` that are due (enough plausible rows, or a
+/// chunk already there for late rows to join), at most `max_hours` of them; returns the
+/// rows sealed and whether hours were left for another call. Part of the caller's
+/// transaction.
+pub(crate) fn seal(
+    conn: &Connection,
+    path: &Path,
+    series: i64,
+    before_ms: i64,
+    max_hours: usize,
+) -> Result<(usize, bool), StoreError> {
+    let due = due_hours(conn, path, series, before_ms)?;
+    let mut sealed = 0;
+    for &start in due.iter().take(max_hours) {
+        sealed += seal_hour(conn, path, series, start)?;
+    }
+    Ok((sealed, due.len() > max_hours))
+}
+
+/// Starts of the hours before `before_ms` that [`seal`] would seal, in time order.
+fn due_hours(
+    conn: &Connection,
+    path: &Path,
+    series: i64,
+    before_ms: i64,
+) -> Result<Vec<i64>, StoreError> {
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT time_ms FROM observations
+             WHERE series = ?1 AND time_ms < ?2 AND flags = 0 ORDER BY time_ms",
+        )
+        .map_err(sqlite(path))?;
+    let mut per_hour: Vec<(i64, usize)> = Vec::new();
+    let times = statement
+        .query_map(params![series, before_ms], |r| r.get::<_, i64>(0))
+        .map_err(sqlite(path))?;
+    for time in times {
+        let start = bucket_start(time.map_err(sqlite(path))?, SPAN_MS);
+        match per_hour.last_mut() {
+            Some((last, n)) if *last == start => *n += 1,
+            _ => per_hour.push((start, 1)),
+        }
+    }
+    let mut has_chunk = conn
+        .prepare_cached("SELECT 1 FROM chunks WHERE series = ?1 AND start_ms = ?2")
+        .map_err(sqlite(path))?;
+    let mut due = Vec::new();
+    for (start, n) in per_hour {
+        let joins_chunk = n < MIN_POINTS
+            && has_chunk
+                .query_row(params![series, start], |_| Ok(()))
+                .optional()
+                .map_err(sqlite(path))?
+                .is_some();
+        if n >= MIN_POINTS || joins_chunk {
+            due.push(start);
+        }
+    }
+    Ok(due)
+}
+
+/// Moves the plausible rows of one hour into its chunk (merged with the chunk already
+/// there; where both hold a time, the chunk's point, stored first, stays).
+fn seal_hour(
+    conn: &Connection,
+    path: &Path,
+    series: i64,
+    start_ms: i64,
+) -> Result<usize, StoreError> {
+    let end_ms = start_ms.saturating_add(SPAN_MS);
+    let rows: Vec<(i64, f64)> = conn
+        .prepare_cached(
+            "SELECT time_ms, value FROM observations
+             WHERE series = ?1 AND time_ms >= ?2 AND time_ms < ?3 AND flags = 0
+             ORDER BY time_ms",
+        )
+        .map_err(sqlite(path))?
+        .query_map(params![series, start_ms, end_ms], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .map_err(sqlite(path))?
+        .collect::<Result<_, _>>()
+        .map_err(sqlite(path))?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let stored = chunk_points(conn, path, series, start_ms)?;
+    let merged = merge(stored, &rows);
+    let chunk = Chunk::encode(&merged).map_err(|source| StoreError::Chunk {
+        path: path.to_owned(),
+        series,
+        start_ms,
+        source,
+    })?;
+    let h = chunk.header();
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO chunks (series, start_ms, last_ms, count, min, max, sum, data)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .map_err(sqlite(path))?
+    .execute(params![
+        series,
+        start_ms,
+        h.last_ms,
+        h.count,
+        h.min,
+        h.max,
+        h.sum,
+        chunk.as_bytes()
+    ])
+    .map_err(sqlite(path))?;
+    conn.prepare_cached(
+        "DELETE FROM observations
+         WHERE series = ?1 AND time_ms >= ?2 AND time_ms < ?3 AND flags = 0",
+    )
+    .map_err(sqlite(path))?
+    .execute(params![series, start_ms, end_ms])
+    .map_err(sqlite(path))
+}
+
+/// Two time-ordered runs as one, unique by time; `first` wins where both hold a time.
+fn merge(first: Vec<(i64, f64)>, second: &[(i64, f64)]) -> Vec<(i64, f64)> {
+    if first.is_empty() {
+        return second.to_vec();
+    }
+    let mut out = Vec::with_capacity(first.len() + second.len());
+    let mut b = second.iter().peekable();
+    for a in first {
+        while let Some(&&p) = b.peek() {
+            if p.0 < a.0 {
+                out.push(p);
+                b.next();
+            } else {
+                if p.0 == a.0 {
+                    b.next();
+                }
+                break;
+            }
+        }
+        out.push(a);
+    }
+    out.extend(b);
+    out
+}
+
+/// Removes the chunks of `series` starting in `[from_ms, to_ms)` and returns their points
+/// (for the retention job, which folds them into rollups). Part of the caller's transaction.
+pub(crate) fn take(
+    conn: &Connection,
+    path: &Path,
+    series: i64,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<(i64, f64)>, StoreError> {
+    let starts: Vec<i64> = conn
+        .prepare_cached(
+            "SELECT start_ms FROM chunks WHERE series = ?1 AND start_ms >= ?2 AND start_ms < ?3
+             ORDER BY start_ms",
+        )
+        .map_err(sqlite(path))?
+        .query_map(params![series, from_ms, to_ms], |r| r.get(0))
+        .map_err(sqlite(path))?
+        .collect::<Result<_, _>>()
+        .map_err(sqlite(path))?;
+    let mut out = Vec::new();
+    for start in starts {
+        out.extend(chunk_points(conn, path, series, start)?);
+    }
+    conn.prepare_cached(
+        "DELETE FROM chunks WHERE series = ?1 AND start_ms >= ?2 AND start_ms < ?3",
+    )
+    .map_err(sqlite(path))?
+    .execute(params![series, from_ms, to_ms])
+    .map_err(sqlite(path))?;
+    Ok(out)
+}
+
+/// The start of the first chunk of `series`, if it has any.
+pub(crate) fn first_start(
+    conn: &Connection,
+    path: &Path,
+    series: i64,
+) -> Result<Option<i64>, StoreError> {
+    conn.prepare_cached("SELECT min(start_ms) FROM chunks WHERE series = ?1")
+        .map_err(sqlite(path))?
+        .query_row(params![series], |r| r.get(0))
+        .map_err(sqlite(path))
+}
+
+#[cfg(test)]
+mod tests;
