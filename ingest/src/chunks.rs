@@ -321,65 +321,89 @@ impl SealedTimes {
     }
 }
 
-/// Seals the hours of `series` before `before_ms` that are due (enough plausible rows, or a
-/// chunk already there for late rows to join), at most `max_hours` of them; returns the
-/// rows sealed and whether hours were left for another call. Part of the caller's
-/// transaction.
+/// Where a series' sealing goes on: the rows from `from_ms` on are still to be looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SealFrom {
+    pub from_ms: i64,
+}
+
+/// Seals the hours of `series` from `from.from_ms` to `before_ms` that are due (enough
+/// plausible rows, or a chunk already there for late rows to join), at most `max_hours` of
+/// them; returns the rows sealed and where the next call goes on (`None`: nothing is left
+/// before `before_ms`). Part of the caller's transaction.
 pub(crate) fn seal(
     conn: &Connection,
     path: &Path,
     series: i64,
-    before_ms: i64,
+    (from, before_ms): (SealFrom, i64),
     max_hours: usize,
-) -> Result<(usize, bool), StoreError> {
-    let due = due_hours(conn, path, series, before_ms)?;
+) -> Result<(usize, Option<SealFrom>), StoreError> {
+    let (due, next) = due_hours(conn, path, series, (from.from_ms, before_ms), max_hours)?;
     let mut sealed = 0;
-    for &start in due.iter().take(max_hours) {
+    for start in due {
         sealed += seal_hour(conn, path, series, start)?;
     }
-    Ok((sealed, due.len() > max_hours))
+    Ok((sealed, next.map(|from_ms| SealFrom { from_ms })))
 }
 
-/// Starts of the hours before `before_ms` that [`seal`] would seal, in time order.
+/// Starts of at most `max_hours` hours in `[from_ms, before_ms)` that [`seal`] would seal,
+/// in time order, and the start of the first hour not looked at (`None` when none is left).
+/// Rows are read in time order and no further than needed.
 fn due_hours(
     conn: &Connection,
     path: &Path,
     series: i64,
-    before_ms: i64,
-) -> Result<Vec<i64>, StoreError> {
+    (from_ms, before_ms): (i64, i64),
+    max_hours: usize,
+) -> Result<(Vec<i64>, Option<i64>), StoreError> {
     let mut statement = conn
         .prepare_cached(
             "SELECT time_ms FROM observations
-             WHERE series = ?1 AND time_ms < ?2 AND flags = 0 ORDER BY time_ms",
+             WHERE series = ?1 AND time_ms >= ?2 AND time_ms < ?3 AND flags = 0
+             ORDER BY time_ms",
         )
         .map_err(sqlite(path))?;
-    let mut per_hour: Vec<(i64, usize)> = Vec::new();
-    let times = statement
-        .query_map(params![series, before_ms], |r| r.get::<_, i64>(0))
-        .map_err(sqlite(path))?;
-    for time in times {
-        let start = bucket_start(time.map_err(sqlite(path))?, SPAN_MS);
-        match per_hour.last_mut() {
-            Some((last, n)) if *last == start => *n += 1,
-            _ => per_hour.push((start, 1)),
-        }
-    }
     let mut has_chunk = conn
         .prepare_cached("SELECT 1 FROM chunks WHERE series = ?1 AND start_ms = ?2")
         .map_err(sqlite(path))?;
+    let mut is_due = |start: i64, n: usize| -> Result<bool, StoreError> {
+        if n >= MIN_POINTS {
+            return Ok(true);
+        }
+        let found = has_chunk
+            .query_row(params![series, start], |_| Ok(()))
+            .optional()
+            .map_err(sqlite(path))?;
+        Ok(found.is_some())
+    };
     let mut due = Vec::new();
-    for (start, n) in per_hour {
-        let joins_chunk = n < MIN_POINTS
-            && has_chunk
-                .query_row(params![series, start], |_| Ok(()))
-                .optional()
-                .map_err(sqlite(path))?
-                .is_some();
-        if n >= MIN_POINTS || joins_chunk {
-            due.push(start);
+    let mut hour: Option<(i64, usize)> = None;
+    let mut times = statement
+        .query(params![series, from_ms, before_ms])
+        .map_err(sqlite(path))?;
+    while let Some(row) = times.next().map_err(sqlite(path))? {
+        let start = bucket_start(row.get::<_, i64>(0).map_err(sqlite(path))?, SPAN_MS);
+        match &mut hour {
+            Some((current, n)) if *current == start => *n += 1,
+            _ => {
+                if let Some((done, n)) = hour.take() {
+                    if is_due(done, n)? {
+                        due.push(done);
+                    }
+                    if due.len() == max_hours {
+                        return Ok((due, Some(start)));
+                    }
+                }
+                hour = Some((start, 1));
+            }
         }
     }
-    Ok(due)
+    if let Some((done, n)) = hour {
+        if is_due(done, n)? {
+            due.push(done);
+        }
+    }
+    Ok((due, None))
 }
 
 /// Moves the plausible rows of one hour into its chunk (merged with the chunk already

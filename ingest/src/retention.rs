@@ -171,39 +171,36 @@ impl Retention {
                 return Ok(done);
             }
             let derived = Metric::from_id(metric_id).is_none_or(|m| m.is_derived());
-            if !derived {
-                while let Some(more) = self.seal_slice(series, metric_id, now_ms, &mut done)? {
-                    if !go_on(done) {
-                        return Ok(done);
-                    }
-                    if !more {
-                        break;
-                    }
+            let mut from = (!derived).then_some(chunks::SealFrom { from_ms: i64::MIN });
+            while let Some(at) = from {
+                from = self.seal_slice(series, metric_id, (at, now_ms), &mut done)?;
+                if !go_on(done) {
+                    return Ok(done);
                 }
             }
         }
         Ok(done)
     }
 
-    /// Seals up to a slice of the series' due hours; `None` when the series has gone, else
-    /// whether hours are left.
+    /// Seals up to a slice of the series' due hours from `from`; returns where to go on,
+    /// `None` when nothing is left (or the series has gone).
     fn seal_slice(
         &mut self,
         series: i64,
         metric_id: u8,
-        now_ms: i64,
+        (from, now_ms): (chunks::SealFrom, i64),
         done: &mut PassStats,
-    ) -> Result<Option<bool>, StoreError> {
+    ) -> Result<Option<chunks::SealFrom>, StoreError> {
         let path = self.path.clone();
         let Some(tx) = self.series_tx(series, metric_id)? else {
             return Ok(None);
         };
         let hours = usize::try_from(SLICE_MS / chunks::SPAN_MS).unwrap_or(1);
-        let (sealed, more) =
-            chunks::seal(&tx, &path, series, chunks::sealed_before(now_ms), hours)?;
+        let span = (from, chunks::sealed_before(now_ms));
+        let (sealed, next) = chunks::seal(&tx, &path, series, span, hours)?;
         tx.commit().map_err(sqlite(&path))?;
         done.sealed += sealed;
-        Ok(Some(more))
+        Ok(next)
     }
 
     /// Folds and expires one series; false when `go_on` said stop.
