@@ -454,10 +454,17 @@ async fn erasure_says_when_the_influxdb_server_cannot_delete() -> anyhow::Result
     let hub = Hub::start(dir.path(), &config)?;
     let stop = Arc::new(AtomicBool::new(false));
     keep_publishing(&hub, "bed-001", stop.clone()).await?;
-    common::eventually(Duration::from_secs(20), || {
+    let series = common::eventually(Duration::from_secs(20), || {
         let series = vm.export("kenko_heart_rate")?;
-        Ok((!series.is_empty()).then_some(()))
+        Ok((!series.is_empty()).then_some(series))
     })?;
+    assert!(
+        series
+            .iter()
+            .all(|s| s.labels.get("loinc").map(String::as_str) == Some("8867-4")),
+        "every point carries the LOINC code of heart rate as a tag: {:?}",
+        series.iter().map(|s| &s.labels).collect::<Vec<_>>()
+    );
     // The sink asks the server once whether it can delete, and notes the answer.
     let registry_path = hub.data_dir.join("registry.db");
     common::eventually(Duration::from_secs(20), || {

@@ -195,6 +195,11 @@ async fn a_reading_from_before_a_care_consent_reaches_the_care_service_on_no_pat
     let live = received(&inbox, "citizen-001");
     for (body, tagged) in &live {
         assert_eq!(body["value"].as_f64(), Some(FRESH_HR as f64), "{live:?}");
+        assert_eq!(
+            (&body["unit"], &body["loinc"]),
+            (&Value::from("/min"), &Value::from("8867-4")),
+            "a live reading names its UCUM unit and LOINC code"
+        );
         assert!(!tagged, "the event-time property is the hub's own: {body}");
     }
     let times: Vec<i64> = live

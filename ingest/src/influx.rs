@@ -110,7 +110,7 @@ fn escape(out: &mut String, text: &str) {
 }
 
 /// Renders one observation: identified ones carry citizen and device, pseudonymized ones
-/// only the pseudonym.
+/// only the pseudonym; both carry the metric's LOINC code (`local` where LOINC has none).
 fn render(measurement: &str, o: &Observation, identified: bool) -> String {
     use std::fmt::Write as _;
     let mut line = String::with_capacity(96);
@@ -124,6 +124,8 @@ fn render(measurement: &str, o: &Observation, identified: bool) -> String {
         line.push_str(",pseudonym=");
         escape(&mut line, &o.citizen);
     }
+    line.push_str(",loinc=");
+    escape(&mut line, o.metric.loinc());
     let metric = o.metric.name();
     let _ = write!(line, " {metric}={:?}", o.value);
     if o.flags != 0 {
@@ -373,7 +375,7 @@ mod tests {
         };
         assert_eq!(
             render("kenko", &o, true),
-            "kenko,citizen=citizen\\ 1\\,x\\=y,device=bed-001 heart_rate=61.0 1764049990000\n"
+            "kenko,citizen=citizen\\ 1\\,x\\=y,device=bed-001,loinc=8867-4 heart_rate=61.0 1764049990000\n"
         );
         let flagged = Observation {
             citizen: Arc::from("p-1"),
@@ -383,7 +385,7 @@ mod tests {
         };
         assert_eq!(
             render("kenko_research", &flagged, false),
-            "kenko_research,pseudonym=p-1 heart_rate=301.5,heart_rate_flags=1i 1764049990000\n"
+            "kenko_research,pseudonym=p-1,loinc=8867-4 heart_rate=301.5,heart_rate_flags=1i 1764049990000\n"
         );
     }
 

@@ -70,6 +70,7 @@ fn reading(o: &kenko_ingest::Observation) -> Event {
         "metric": o.metric.name(),
         "value": o.value,
         "unit": o.metric.unit(),
+        "loinc": o.metric.loinc(),
     });
     Event::default().event("reading").data(reading.to_string())
 }

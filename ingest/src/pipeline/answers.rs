@@ -133,6 +133,7 @@ impl Answers {
                 "metric": obs.metric.name(),
                 "value": obs.value,
                 "unit": obs.metric.unit(),
+                "loinc": obs.metric.loinc(),
                 "flags": obs.flags,
             });
             self.publish(
