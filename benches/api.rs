@@ -56,6 +56,14 @@ fn main() -> anyhow::Result<()> {
     let config = dir.path().join("kenko.toml");
     std::fs::write(&config, config_text())?;
     let hub = Hub::start(&config, &data)?;
+    // The hub's retention job seals yesterday's hours into chunks a few seconds after it
+    // starts; the figures are of the sealed store.
+    let started = Instant::now();
+    let sealed = wait_for_sealing(hub.http)?;
+    println!(
+        "{sealed} rows sealed into chunks by the hub in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 
     let range = format!("from={}&to={}", rfc3339(day), rfc3339(day + DAY_MS));
     let own_day = format!("/api/v1/observations?metric=heart_rate&{range}&limit=100000");
@@ -159,9 +167,11 @@ fn config_text() -> String {
     format!(
         "[http]\nlisten = \"127.0.0.1:0\"\nrequests_per_s = 0\n\n\
          [[principals]]\nid = \"app-001\"\nroles = [\"citizen\"]\ncitizen = \"citizen-001\"\npassword_hash = \"{}\"\n\n\
-         [[principals]]\nid = \"analyst-1\"\nroles = [\"analyst\"]\npassword_hash = \"{}\"\n",
+         [[principals]]\nid = \"analyst-1\"\nroles = [\"analyst\"]\npassword_hash = \"{}\"\n\n\
+         [[principals]]\nid = \"operator-1\"\nroles = [\"operator\"]\npassword_hash = \"{}\"\n",
         hash("app-001"),
-        hash("analyst-1")
+        hash("analyst-1"),
+        hash("operator-1")
     )
 }
 
@@ -177,6 +187,30 @@ fn exchange(http: SocketAddr, request: &str) -> anyhow::Result<(Vec<u8>, Duratio
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
     Ok((response, started.elapsed()))
+}
+
+/// Waits until the hub's count of sealed rows is above zero and has stopped growing; returns it.
+fn wait_for_sealing(http: SocketAddr) -> anyhow::Result<u64> {
+    let auth = format!("Authorization: Basic {}", basic("operator-1"));
+    let request =
+        format!("GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n{auth}\r\n\r\n");
+    let mut last = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(2));
+        let (response, _) = exchange(http, &request)?;
+        let text = String::from_utf8_lossy(&response);
+        let sealed = text
+            .lines()
+            .find_map(|l| l.strip_prefix("kenko_store_sealed_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as u64;
+        if sealed > 0 && sealed == last {
+            return Ok(sealed);
+        }
+        last = sealed;
+    }
+    anyhow::bail!("the hub sealed {last} rows and had not finished within 120 s")
 }
 
 /// Logs `who` in; its session cookie (`kenko_session=...`).

@@ -204,24 +204,25 @@ pub(crate) fn points(
     Ok(out)
 }
 
-/// The chunks' share of a bucketed query: per series and `every_ms` bucket, the count, min,
-/// max and sum of the chunk points in `[from_ms, to_ms)`. A chunk wholly inside the range
-/// and one bucket answers from its header; others are decoded.
+/// The chunks' share of a bucketed query: per `every_ms` bucket, the count, min, max and sum
+/// of the chunk points in `[from_ms, to_ms)` of each series in `series`, given as (series,
+/// the series its parts are added to): a query across citizens adds every series of a
+/// citizen, or every series, into one, so that it stages a row per bucket rather than per
+/// series and bucket. A chunk wholly inside the range and one bucket answers from its
+/// header; others are decoded.
 pub(crate) fn parts(
     conn: &Connection,
     path: &Path,
-    series: &[i64],
-    from_ms: i64,
-    to_ms: i64,
+    series: &[(i64, i64)],
+    (from_ms, to_ms): (i64, i64),
     every_ms: i64,
 ) -> Result<Vec<(i64, i64, Part)>, StoreError> {
-    let mut out = Vec::new();
-    for &id in series {
-        let mut buckets: BTreeMap<i64, Part> = BTreeMap::new();
-        let mut add = |bucket: i64, part: Part| match buckets.get_mut(&bucket) {
+    let mut buckets: BTreeMap<(i64, i64), Part> = BTreeMap::new();
+    for &(id, into) in series {
+        let mut add = |bucket: i64, part: Part| match buckets.get_mut(&(into, bucket)) {
             Some(existing) => existing.add(part),
             None => {
-                buckets.insert(bucket, part);
+                buckets.insert((into, bucket), part);
             }
         };
         for h in headers(conn, path, id, from_ms, to_ms)? {
@@ -243,9 +244,11 @@ pub(crate) fn parts(
                 }
             }
         }
-        out.extend(buckets.into_iter().map(|(bucket, part)| (id, bucket, part)));
     }
-    Ok(out)
+    Ok(buckets
+        .into_iter()
+        .map(|((into, bucket), part)| (into, bucket, part))
+        .collect())
 }
 
 /// Puts `parts` in the connection's `chunk_parts` table, replacing what a previous query

@@ -705,12 +705,14 @@ impl PersonalStore {
         every: i64,
     ) -> Result<(), StoreError> {
         let parts = if self.has_chunks {
-            let ids: Vec<i64> = self
-                .chosen_series(conn, q)?
-                .into_iter()
-                .map(|(id, _, _)| id)
-                .collect();
-            chunks::parts(conn, &self.path, &ids, from, to, every)?
+            let chosen = self.chosen_series(conn, q)?;
+            chunks::parts(
+                conn,
+                &self.path,
+                &staged_under(q, &chosen),
+                (from, to),
+                every,
+            )?
         } else {
             Vec::new()
         };
@@ -826,6 +828,27 @@ impl PersonalStore {
             .map_err(sqlite(&self.path))?;
         Ok(ids.into_iter().filter_map(Metric::from_id).collect())
     }
+}
+
+/// For each chosen series, the series its chunk parts are staged under: itself; across
+/// citizens, the first series of its citizen (counting citizens and percentiles of their
+/// means need them apart) or, for mean, min, max and count, the first series of all.
+fn staged_under(q: &Query, chosen: &[(i64, String, String)]) -> Vec<(i64, i64)> {
+    let mut first_of: HashMap<&str, i64> = HashMap::new();
+    let merge_all = q.across && !q.agg.needs_across();
+    chosen
+        .iter()
+        .map(|(id, citizen, _)| {
+            let into = if merge_all {
+                chosen[0].0
+            } else if q.across {
+                *first_of.entry(citizen.as_str()).or_insert(*id)
+            } else {
+                *id
+            };
+            (*id, into)
+        })
+        .collect()
 }
 
 /// Whether a row at (`time_ms`, `citizen`, `device`) belongs to a page that starts at
