@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
+use tracing::warn;
 
 use crate::rollup::{bucket_start, HOUR_MS};
 use crate::store::{sqlite, StoreError};
@@ -30,9 +31,6 @@ pub const SPAN_MS: i64 = HOUR_MS;
 pub const SEALED_AFTER_MS: i64 = 2 * HOUR_MS;
 /// Hours with fewer plausible points stay rows (a weight a day, say).
 pub const MIN_POINTS: usize = 16;
-/// How far the wall clock may step back between a seal and a write without a late repeat
-/// going unnoticed.
-const CLOCK_SLACK_MS: i64 = 10 * 60_000;
 
 /// A per-connection table that carries the chunks' share of a bucketed query into its SQL
 /// (`rollup::parts_sql`); temporary, so read-only connections have it too.
@@ -50,14 +48,6 @@ CREATE TEMP TABLE IF NOT EXISTS chunk_parts (
 /// The end of the hours the job seals at `now_ms` (exclusive).
 pub(crate) fn sealed_before(now_ms: i64) -> i64 {
     bucket_start(now_ms.saturating_sub(SEALED_AFTER_MS), SPAN_MS)
-}
-
-/// Whether a point at `time_ms` may belong to an hour already sealed at `now_ms`.
-pub(crate) fn may_be_sealed(now_ms: i64, time_ms: i64) -> bool {
-    time_ms
-        < now_ms
-            .saturating_sub(SEALED_AFTER_MS)
-            .saturating_add(CLOCK_SLACK_MS)
 }
 
 /// Whether the file has the chunks table (a file of an older kenko, opened read-only, has
@@ -283,13 +273,17 @@ pub(crate) fn latest(
 ) -> Result<Option<(i64, f64)>, StoreError> {
     let start: Option<i64> = conn
         .prepare_cached(
-            "SELECT start_ms FROM chunks WHERE series = ?1 AND last_ms >= ?2
+            "SELECT start_ms, last_ms FROM chunks WHERE series = ?1
              ORDER BY start_ms DESC LIMIT 1",
         )
         .map_err(sqlite(path))?
-        .query_row(params![series, since_ms], |r| r.get(0))
+        .query_row(params![series], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+        })
         .optional()
-        .map_err(sqlite(path))?;
+        .map_err(sqlite(path))?
+        .filter(|&(_, last_ms)| last_ms >= since_ms)
+        .map(|(start, _)| start);
     let Some(start) = start else {
         return Ok(None);
     };
@@ -316,7 +310,16 @@ impl SealedTimes {
         let times = match self.hours.entry((series, start)) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                let points = chunk_points(conn, path, series, start)?;
+                let points = match chunk_points(conn, path, series, start) {
+                    Ok(points) => points,
+                    // A damaged chunk must not stop the sink: the point is written as a row
+                    // (reads of that hour say what is wrong until the chunk is dealt with).
+                    Err(damage @ StoreError::Chunk { .. }) => {
+                        warn!(error = %damage, "a late point was written beside a damaged chunk");
+                        Vec::new()
+                    }
+                    Err(e) => return Err(e),
+                };
                 e.insert(points.into_iter().map(|(t, _)| t).collect())
             }
         };
@@ -324,218 +327,7 @@ impl SealedTimes {
     }
 }
 
-/// Where a series' sealing goes on: the rows from `from_ms` on are still to be looked at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct SealFrom {
-    pub from_ms: i64,
-}
-
-/// Seals the hours of `series` from `from.from_ms` to `before_ms` that are due (enough
-/// plausible rows, or a chunk already there for late rows to join), at most `max_hours` of
-/// them; returns the rows sealed and where the next call goes on (`None`: nothing is left
-/// before `before_ms`). Part of the caller's transaction.
-pub(crate) fn seal(
-    conn: &Connection,
-    path: &Path,
-    series: i64,
-    (from, before_ms): (SealFrom, i64),
-    max_hours: usize,
-) -> Result<(usize, Option<SealFrom>), StoreError> {
-    let (due, next) = due_hours(conn, path, series, (from.from_ms, before_ms), max_hours)?;
-    let mut sealed = 0;
-    for start in due {
-        sealed += seal_hour(conn, path, series, start)?;
-    }
-    Ok((sealed, next.map(|from_ms| SealFrom { from_ms })))
-}
-
-/// Starts of at most `max_hours` hours in `[from_ms, before_ms)` that [`seal`] would seal,
-/// in time order, and the start of the first hour not looked at (`None` when none is left).
-/// Rows are read in time order and no further than needed.
-fn due_hours(
-    conn: &Connection,
-    path: &Path,
-    series: i64,
-    (from_ms, before_ms): (i64, i64),
-    max_hours: usize,
-) -> Result<(Vec<i64>, Option<i64>), StoreError> {
-    let mut statement = conn
-        .prepare_cached(
-            "SELECT time_ms FROM observations
-             WHERE series = ?1 AND time_ms >= ?2 AND time_ms < ?3 AND flags = 0
-             ORDER BY time_ms",
-        )
-        .map_err(sqlite(path))?;
-    let mut has_chunk = conn
-        .prepare_cached("SELECT 1 FROM chunks WHERE series = ?1 AND start_ms = ?2")
-        .map_err(sqlite(path))?;
-    let mut is_due = |start: i64, n: usize| -> Result<bool, StoreError> {
-        if n >= MIN_POINTS {
-            return Ok(true);
-        }
-        let found = has_chunk
-            .query_row(params![series, start], |_| Ok(()))
-            .optional()
-            .map_err(sqlite(path))?;
-        Ok(found.is_some())
-    };
-    let mut due = Vec::new();
-    let mut hour: Option<(i64, usize)> = None;
-    let mut times = statement
-        .query(params![series, from_ms, before_ms])
-        .map_err(sqlite(path))?;
-    while let Some(row) = times.next().map_err(sqlite(path))? {
-        let start = bucket_start(row.get::<_, i64>(0).map_err(sqlite(path))?, SPAN_MS);
-        match &mut hour {
-            Some((current, n)) if *current == start => *n += 1,
-            _ => {
-                if let Some((done, n)) = hour.take() {
-                    if is_due(done, n)? {
-                        due.push(done);
-                    }
-                    if due.len() == max_hours {
-                        return Ok((due, Some(start)));
-                    }
-                }
-                hour = Some((start, 1));
-            }
-        }
-    }
-    if let Some((done, n)) = hour {
-        if is_due(done, n)? {
-            due.push(done);
-        }
-    }
-    Ok((due, None))
-}
-
-/// Moves the plausible rows of one hour into its chunk (merged with the chunk already
-/// there; where both hold a time, the chunk's point, stored first, stays).
-fn seal_hour(
-    conn: &Connection,
-    path: &Path,
-    series: i64,
-    start_ms: i64,
-) -> Result<usize, StoreError> {
-    let end_ms = start_ms.saturating_add(SPAN_MS);
-    let rows: Vec<(i64, f64)> = conn
-        .prepare_cached(
-            "SELECT time_ms, value FROM observations
-             WHERE series = ?1 AND time_ms >= ?2 AND time_ms < ?3 AND flags = 0
-             ORDER BY time_ms",
-        )
-        .map_err(sqlite(path))?
-        .query_map(params![series, start_ms, end_ms], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .map_err(sqlite(path))?
-        .collect::<Result<_, _>>()
-        .map_err(sqlite(path))?;
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    let stored = chunk_points(conn, path, series, start_ms)?;
-    let merged = merge(stored, &rows);
-    let chunk = Chunk::encode(&merged).map_err(|source| StoreError::Chunk {
-        path: path.to_owned(),
-        series,
-        start_ms,
-        source,
-    })?;
-    let h = chunk.header();
-    conn.prepare_cached(
-        "INSERT OR REPLACE INTO chunks (series, start_ms, last_ms, count, min, max, sum, data)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )
-    .map_err(sqlite(path))?
-    .execute(params![
-        series,
-        start_ms,
-        h.last_ms,
-        h.count,
-        h.min,
-        h.max,
-        h.sum,
-        chunk.as_bytes()
-    ])
-    .map_err(sqlite(path))?;
-    conn.prepare_cached(
-        "DELETE FROM observations
-         WHERE series = ?1 AND time_ms >= ?2 AND time_ms < ?3 AND flags = 0",
-    )
-    .map_err(sqlite(path))?
-    .execute(params![series, start_ms, end_ms])
-    .map_err(sqlite(path))
-}
-
-/// Two time-ordered runs as one, unique by time; `first` wins where both hold a time.
-fn merge(first: Vec<(i64, f64)>, second: &[(i64, f64)]) -> Vec<(i64, f64)> {
-    if first.is_empty() {
-        return second.to_vec();
-    }
-    let mut out = Vec::with_capacity(first.len() + second.len());
-    let mut b = second.iter().peekable();
-    for a in first {
-        while let Some(&&p) = b.peek() {
-            if p.0 < a.0 {
-                out.push(p);
-                b.next();
-            } else {
-                if p.0 == a.0 {
-                    b.next();
-                }
-                break;
-            }
-        }
-        out.push(a);
-    }
-    out.extend(b);
-    out
-}
-
-/// Removes the chunks of `series` starting in `[from_ms, to_ms)` and returns their points
-/// (for the retention job, which folds them into rollups). Part of the caller's transaction.
-pub(crate) fn take(
-    conn: &Connection,
-    path: &Path,
-    series: i64,
-    from_ms: i64,
-    to_ms: i64,
-) -> Result<Vec<(i64, f64)>, StoreError> {
-    let starts: Vec<i64> = conn
-        .prepare_cached(
-            "SELECT start_ms FROM chunks WHERE series = ?1 AND start_ms >= ?2 AND start_ms < ?3
-             ORDER BY start_ms",
-        )
-        .map_err(sqlite(path))?
-        .query_map(params![series, from_ms, to_ms], |r| r.get(0))
-        .map_err(sqlite(path))?
-        .collect::<Result<_, _>>()
-        .map_err(sqlite(path))?;
-    let mut out = Vec::new();
-    for start in starts {
-        out.extend(chunk_points(conn, path, series, start)?);
-    }
-    conn.prepare_cached(
-        "DELETE FROM chunks WHERE series = ?1 AND start_ms >= ?2 AND start_ms < ?3",
-    )
-    .map_err(sqlite(path))?
-    .execute(params![series, from_ms, to_ms])
-    .map_err(sqlite(path))?;
-    Ok(out)
-}
-
-/// The start of the first chunk of `series`, if it has any.
-pub(crate) fn first_start(
-    conn: &Connection,
-    path: &Path,
-    series: i64,
-) -> Result<Option<i64>, StoreError> {
-    conn.prepare_cached("SELECT min(start_ms) FROM chunks WHERE series = ?1")
-        .map_err(sqlite(path))?
-        .query_row(params![series], |r| r.get(0))
-        .map_err(sqlite(path))
-}
+pub(crate) mod seal;
 
 #[cfg(test)]
 mod tests;

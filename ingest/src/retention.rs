@@ -1,5 +1,6 @@
 //! The retention job: folds raw observations past their period into rollups, and deletes
-//! rollups past theirs, in `personal.db` and `shared.db` (see `rollup.rs`).
+//! rollups past theirs, in `personal.db` and `shared.db` (see `rollup.rs`); and seals past
+//! hours of every series into compressed chunks (see `chunks/seal.rs`).
 //!
 //! It works series by series, a few hours of one series per transaction, so that the
 //! store sink, which writes the same files, never waits long for it. Derived metrics (sleep
@@ -21,7 +22,7 @@ use kenko_devices::Metric;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tracing::{debug, error, info};
 
-use crate::chunks;
+use crate::chunks::{self, seal};
 use crate::pipeline::Submission;
 use crate::rollup::{self, HOUR_MS, MINUTE_MS};
 use crate::stats::IngestStats;
@@ -127,6 +128,8 @@ pub struct PassStats {
     pub expired: usize,
     /// Raw rows sealed into chunks.
     pub sealed: usize,
+    /// Series skipped for a damaged chunk.
+    pub damaged: usize,
 }
 
 impl std::ops::AddAssign for PassStats {
@@ -134,6 +137,7 @@ impl std::ops::AddAssign for PassStats {
         self.folded += other.folded;
         self.expired += other.expired;
         self.sealed += other.sealed;
+        self.damaged += other.damaged;
     }
 }
 
@@ -155,49 +159,84 @@ impl Retention {
     }
 
     /// Folds and expires everything past its period at `now_ms`, and seals the hours due
-    /// into chunks (`chunks.rs`); `go_on` is asked between transactions and stops the pass
-    /// early when it says no.
+    /// into chunks (`chunks/seal.rs`); `go_on` is asked between transactions and stops the
+    /// pass early when it says no. A series with a damaged chunk is skipped with an error in
+    /// the log (and counted in `damaged`); the others go on.
     pub fn pass(
         &mut self,
         now_ms: i64,
         go_on: &mut dyn FnMut(PassStats) -> bool,
     ) -> Result<PassStats, StoreError> {
+        let cutoff = chunks::sealed_before(now_ms);
+        let (scanned, mark) = seal::raise_mark(&mut self.conn, &self.path, cutoff)?;
         let mut done = PassStats::default();
         for (series, metric_id) in self.series()? {
-            let keep = self.policy.of(metric_id);
-            if keep.deletes_anything()
-                && !self.apply(series, metric_id, now_ms, keep, &mut done, go_on)?
-            {
-                return Ok(done);
-            }
-            let derived = Metric::from_id(metric_id).is_none_or(|m| m.is_derived());
-            let mut from = (!derived).then_some(chunks::SealFrom { from_ms: i64::MIN });
-            while let Some(at) = from {
-                from = self.seal_slice(series, metric_id, (at, now_ms), &mut done)?;
-                if !go_on(done) {
-                    return Ok(done);
+            match self.series_pass(
+                (series, metric_id),
+                (now_ms, scanned, mark),
+                &mut done,
+                go_on,
+            ) {
+                Ok(true) => {}
+                Ok(false) => return Ok(done),
+                Err(damage @ StoreError::Chunk { .. }) => {
+                    error!(error = %damage,
+                        "retention: series skipped for a damaged chunk; the other series go on");
+                    done.damaged += 1;
                 }
+                Err(e) => return Err(e),
             }
         }
+        seal::scanned_to(&self.conn, &self.path, mark)?;
         Ok(done)
     }
 
-    /// Seals up to a slice of the series' due hours from `from`; returns where to go on,
-    /// `None` when nothing is left (or the series has gone).
+    /// Folds, expires and seals one series: its late hours, then its rows from `scanned` to
+    /// `mark`. False when `go_on` said stop.
+    fn series_pass(
+        &mut self,
+        (series, metric_id): (i64, u8),
+        (now_ms, scanned, mark): (i64, i64, i64),
+        done: &mut PassStats,
+        go_on: &mut dyn FnMut(PassStats) -> bool,
+    ) -> Result<bool, StoreError> {
+        let keep = self.policy.of(metric_id);
+        if keep.deletes_anything() && !self.apply(series, metric_id, now_ms, keep, done, go_on)? {
+            return Ok(false);
+        }
+        if Metric::from_id(metric_id).is_none_or(|m| m.is_derived()) {
+            return Ok(true);
+        }
+        let path = self.path.clone();
+        if let Some(tx) = self.series_tx(series, metric_id)? {
+            done.sealed += seal::seal_late(&tx, &path, series)?;
+            tx.commit().map_err(sqlite(&path))?;
+        }
+        let mut from = Some(seal::SealFrom { from_ms: scanned });
+        while let Some(at) = from {
+            from = self.seal_slice(series, metric_id, (at, mark), done)?;
+            if !go_on(*done) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Seals up to a slice of the series' due hours from `from` to `mark`; returns where to
+    /// go on, `None` when nothing is left (or the series has gone).
     fn seal_slice(
         &mut self,
         series: i64,
         metric_id: u8,
-        (from, now_ms): (chunks::SealFrom, i64),
+        (from, mark): (seal::SealFrom, i64),
         done: &mut PassStats,
-    ) -> Result<Option<chunks::SealFrom>, StoreError> {
+    ) -> Result<Option<seal::SealFrom>, StoreError> {
         let path = self.path.clone();
         let Some(tx) = self.series_tx(series, metric_id)? else {
             return Ok(None);
         };
         let hours = usize::try_from(SLICE_MS / chunks::SPAN_MS).unwrap_or(1);
-        let span = (from, chunks::sealed_before(now_ms));
-        let (sealed, next) = chunks::seal(&tx, &path, series, span, hours)?;
+        let (sealed, next) = seal::seal(&tx, &path, series, (from, mark), hours)?;
         tx.commit().map_err(sqlite(&path))?;
         done.sealed += sealed;
         Ok(next)
@@ -259,7 +298,7 @@ impl Retention {
                 |r| r.get(0),
             )
             .map_err(sqlite(&path))?;
-        let oldest_chunk = chunks::first_start(&tx, &path, series)?;
+        let oldest_chunk = seal::first_start(&tx, &path, series)?;
         let oldest = match (oldest_row, oldest_chunk) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -271,7 +310,7 @@ impl Retention {
         let to = from.saturating_add(SLICE_MS).min(cutoff);
         let mut folded = rollup::fold(&tx, series, from, to).map_err(sqlite(&path))?;
         // Chunks span whole hours and `from` and `to` are whole hours: each goes at once.
-        let sealed = chunks::take(&tx, &path, series, from, to)?;
+        let sealed = seal::take(&tx, &path, series, from, to)?;
         rollup::add_points(&tx, series, &sealed).map_err(sqlite(&path))?;
         folded += sealed.len();
         tx.commit().map_err(sqlite(&path))?;
@@ -367,6 +406,7 @@ impl RetentionJob {
                     folded: so_far.folded - before.folded,
                     expired: so_far.expired - before.expired,
                     sealed: so_far.sealed - before.sealed,
+                    damaged: so_far.damaged - before.damaged,
                 };
                 before = so_far;
                 count(&stats, step);
@@ -408,6 +448,9 @@ fn count(stats: &IngestStats, step: PassStats) {
     stats
         .store_sealed
         .fetch_add(step.sealed as u64, Ordering::Relaxed);
+    stats
+        .store_errors
+        .fetch_add(step.damaged as u64, Ordering::Relaxed);
 }
 
 fn store_name(path: &Path) -> String {

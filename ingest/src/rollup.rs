@@ -31,7 +31,8 @@ pub fn width_for(every_ms: i64) -> Option<i64> {
 
 /// The start of the `width`-wide bucket holding `time_ms` (a floor, also before 1970).
 pub fn bucket_start(time_ms: i64, width: i64) -> i64 {
-    time_ms.div_euclid(width) * width
+    // Saturating: the first bucket of all would start before i64::MIN.
+    time_ms.div_euclid(width).saturating_mul(width)
 }
 
 /// SQL for the start of the bucket of `column`, `width` wide (a parameter or column); a

@@ -6,14 +6,14 @@
 //! one contiguous run per series however many rows the store holds. The same key makes a
 //! repeat of (device, metric, time) land on an existing row: it is stored once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kenko_devices::Metric;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use crate::chunks;
+use crate::chunks::{self, seal};
 use crate::observation::Observation;
 use crate::query::{Agg, Query, Row};
 use crate::rollup;
@@ -74,6 +74,18 @@ CREATE TABLE IF NOT EXISTS chunks (
     PRIMARY KEY (series, start_ms)
 );
 CREATE INDEX IF NOT EXISTS chunk_headers ON chunks (series, start_ms, last_ms, count, min, max, sum);
+-- Sealing's marks (chunks/seal.rs): no chunk holds an hour at or after `mark_ms`; every row
+-- before `scanned_ms` has been looked at. Hours written into behind the mark, to merge.
+CREATE TABLE IF NOT EXISTS seal_state (
+    id         INTEGER PRIMARY KEY CHECK (id = 0),
+    scanned_ms INTEGER NOT NULL,
+    mark_ms    INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS seal_late (
+    series   INTEGER NOT NULL,
+    start_ms INTEGER NOT NULL,
+    PRIMARY KEY (series, start_ms)
+) WITHOUT ROWID;
 -- Series whose window inputs (bed occupancy, sleep stage, steps) changed since their
 -- windows were last computed, with the span of event times that changed; see windows.rs.
 CREATE TABLE IF NOT EXISTS window_dirty (
@@ -273,7 +285,7 @@ impl PersonalStore {
             )
             .map_err(sqlite(&path))?
             + usize::try_from(chunked).unwrap_or(0);
-        for table in ["window_dirty", "rollups", "chunks"] {
+        for table in ["window_dirty", "rollups", "chunks", "seal_late"] {
             tx.execute(
                 &format!(
                     "DELETE FROM {table} WHERE series IN (SELECT id FROM series WHERE citizen = ?1)"
@@ -344,6 +356,7 @@ impl PersonalStore {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(sqlite(path))?;
         let mut touched: HashMap<i64, (i64, i64)> = HashMap::new();
+        let mut late = HashSet::new();
         {
             // ON CONFLICT on the key only, not OR IGNORE: OR IGNORE would also skip a row that
             // breaks another constraint and count it as a duplicate.
@@ -381,17 +394,15 @@ impl PersonalStore {
                 order.push((series, obs.time_ms, i));
             }
             order.sort_unstable();
-            // A late point may be for an hour already sealed into a chunk (chunks.rs): a
-            // repeat of a time the chunk holds is a duplicate, as a repeated row would be.
-            let now_ms = jiff::Timestamp::now().as_millisecond();
+            // A point behind the sealing mark may be for an hour already sealed into a
+            // chunk (chunks/seal.rs): a repeat of a time the chunk holds is a duplicate, as a
+            // repeated row would be; any other is a late row, noted for the next pass.
+            let (_, mark) = seal::marks(&tx, path)?;
             let mut sealed = chunks::SealedTimes::default();
             for (series, _, i) in order {
                 let obs = &batch[i];
-                if self.has_chunks
-                    && !obs.metric.is_derived()
-                    && chunks::may_be_sealed(now_ms, obs.time_ms)
-                    && sealed.holds(&tx, path, series, obs.time_ms)?
-                {
+                let behind = obs.time_ms < mark && !obs.metric.is_derived();
+                if behind && sealed.holds(&tx, path, series, obs.time_ms)? {
                     stats.duplicates += 1;
                     continue;
                 }
@@ -412,6 +423,9 @@ impl PersonalStore {
                 let changed = statement.execute(row).map_err(sqlite(path))?;
                 if changed == 1 {
                     stats.inserted += 1;
+                    if behind {
+                        late.insert((series, rollup::bucket_start(obs.time_ms, chunks::SPAN_MS)));
+                    }
                     if self.track_windows && obs.metric.feeds_window() {
                         let span = touched.entry(series).or_insert((obs.time_ms, obs.time_ms));
                         span.0 = span.0.min(obs.time_ms);
@@ -434,6 +448,7 @@ impl PersonalStore {
                     .map_err(sqlite(path))?;
             }
         }
+        seal::note_late(&tx, path, &late)?;
         if let Some(at) = upto {
             put_log_position(&tx, at).map_err(sqlite(path))?;
         }

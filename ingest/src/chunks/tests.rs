@@ -9,6 +9,7 @@ use kenko_config::RetentionConfig;
 use kenko_devices::Metric;
 use proptest::prelude::*;
 
+use super::seal::merge;
 use super::*;
 use crate::flags::IMPLAUSIBLE;
 use crate::observation::Observation;
@@ -31,8 +32,7 @@ fn merging_keeps_the_first_runs_point_at_a_shared_time() {
 fn an_hour_is_sealed_two_hours_after_it_ends() {
     let now = 10 * HOUR_MS + 5 * 60_000;
     assert_eq!(sealed_before(now), 8 * HOUR_MS);
-    assert!(may_be_sealed(now, 8 * HOUR_MS - 1));
-    assert!(!may_be_sealed(now, 9 * HOUR_MS));
+    assert_eq!(sealed_before(i64::MIN), i64::MIN);
 }
 
 /// A whole hour in 2020: every hour of the tests is long past the wall clock's sealing age.
@@ -436,5 +436,138 @@ fn a_few_points_an_hour_stay_rows() {
     assert_eq!(
         stats.sealed, 0,
         "fewer than {MIN_POINTS} points in every hour"
+    );
+}
+
+/// Rows still in `observations` (not sealed).
+fn rows_left(path: &std::path::Path) -> i64 {
+    Connection::open(path)
+        .expect("open")
+        .query_row("SELECT count(*) FROM observations", [], |r| r.get(0))
+        .expect("count")
+}
+
+#[test]
+fn a_repeat_is_caught_whatever_the_clocks_of_the_job_and_the_writer_say() {
+    // The hour before the wall clock's, sealed by a pass whose clock runs four hours ahead
+    // (a clock set wrong, then put right): the writer's clock would call it recent.
+    let now = jiff::Timestamp::now().as_millisecond();
+    let hour_start = bucket_start(now, HOUR_MS) - HOUR_MS;
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("personal.db");
+    let mut store = PersonalStore::open(&path).expect("store");
+    let mut hour = readings(&Run {
+        citizen: 0,
+        device: 0,
+        metric: 0,
+        start_s: 0,
+        step_s: 1,
+        n: 3_600,
+        base: 60,
+        flagged: false,
+    });
+    for o in &mut hour {
+        o.time_ms += hour_start - T0;
+    }
+    store.write_batch(&hour).expect("write");
+    let sealed = retention(&path, None)
+        .pass(now + 4 * HOUR_MS, &mut |_| true)
+        .expect("pass")
+        .sealed;
+    assert_eq!(sealed, 3_600);
+    let again = store.write_batch(&hour).expect("again");
+    assert_eq!((again.inserted, again.duplicates), (0, 3_600));
+    assert_eq!(store.count().expect("count"), 3_600);
+}
+
+#[test]
+fn late_points_of_a_sealed_hour_are_merged_into_its_chunk_at_the_next_pass() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("personal.db");
+    let mut store = PersonalStore::open(&path).expect("store");
+    let whole = Run {
+        citizen: 0,
+        device: 0,
+        metric: 0,
+        start_s: 0,
+        step_s: 2,
+        n: 1_800,
+        base: 60,
+        flagged: false,
+    };
+    store.write_batch(&readings(&whole)).expect("write");
+    let mut job = retention(&path, None);
+    job.pass(T0 + 3 * HOUR_MS, &mut |_| true).expect("pass");
+    assert_eq!(rows_left(&path), 0);
+    // The odd seconds arrive late, with a repeat of an even one.
+    let late = Run {
+        start_s: 1,
+        n: 10,
+        ..whole.clone()
+    };
+    let mut batch = readings(&late);
+    batch.push(readings(&whole)[5].clone());
+    let stats = store.write_batch(&batch).expect("late");
+    assert_eq!((stats.inserted, stats.duplicates), (10, 1));
+    assert_eq!(rows_left(&path), 10);
+    // A pass at an earlier clock still merges them: the late hour was noted.
+    let merged = job.pass(T0, &mut |_| true).expect("pass").sealed;
+    assert_eq!(merged, 10);
+    assert_eq!(rows_left(&path), 0);
+    assert_eq!(store.count().expect("count"), 1_810);
+    let all = store.query(&Query::new(METRICS[0])).expect("query");
+    assert_eq!(all.len(), 1_810);
+    assert!(all.windows(2).all(|w| w[0].time_ms < w[1].time_ms));
+}
+
+#[test]
+fn a_damaged_chunk_stops_neither_the_writer_nor_the_other_series_sealing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("personal.db");
+    let mut store = PersonalStore::open(&path).expect("store");
+    let first = Run {
+        citizen: 0,
+        device: 0,
+        metric: 0,
+        start_s: 0,
+        step_s: 10,
+        n: 360,
+        base: 60,
+        flagged: false,
+    };
+    store.write_batch(&readings(&first)).expect("write");
+    let mut job = retention(&path, None);
+    job.pass(T0 + 3 * HOUR_MS, &mut |_| true).expect("pass");
+    let conn = Connection::open(&path).expect("open");
+    conn.execute(
+        "UPDATE chunks SET data = CAST(substr(data, 1, 60) || x'00' || substr(data, 62) AS BLOB)",
+        [],
+    )
+    .expect("damage");
+    // A late point of the damaged hour is written as a row, with the rest of its batch.
+    let second = Run {
+        citizen: 1,
+        start_s: 3 * 3_600,
+        ..first.clone()
+    };
+    let mut batch = readings(&second);
+    batch.extend(readings(&Run {
+        start_s: 5,
+        n: 1,
+        ..first.clone()
+    }));
+    let stats = store
+        .write_batch(&batch)
+        .expect("a batch beside a damaged chunk");
+    assert_eq!(stats.inserted, 361);
+    // The damaged series is skipped; the other is sealed.
+    let done = job.pass(T0 + 6 * HOUR_MS, &mut |_| true).expect("pass");
+    assert_eq!(done.sealed, 360);
+    let error = store
+        .query(&Query::new(METRICS[0]))
+        .expect_err("damage is an error");
+    assert!(
+        matches!(error, StoreError::Chunk { start_ms, .. } if start_ms == T0),
+        "{error}"
     );
 }

@@ -279,25 +279,25 @@ const ROOM_CHECK: Duration = Duration::from_millis(20);
 /// messages concerned are not acknowledged; their devices send them again).
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// The retention job over both stores, when `[retention]` deletes anything.
+/// The retention job over both stores: always, for besides `[retention]` it seals past
+/// hours into chunks.
 fn retention_job(
     settings: &Settings,
     data_dir: &Path,
     tx: flume::WeakSender<Submission>,
     stats: &Arc<IngestStats>,
-) -> Result<Option<RetentionJob>, IngestError> {
-    // Always started: besides retention, it seals past hours into chunks.
+) -> Result<RetentionJob, IngestError> {
     let policy = Policy::from_config(&settings.retention, settings.ingest.late_horizon_s)?;
     let stores = ["personal.db", "shared.db"]
         .iter()
         .map(|name| Retention::open(&data_dir.join(name), policy.clone()))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Some(RetentionJob {
+    Ok(RetentionJob {
         stores,
         every: Duration::from_secs(u64::from(settings.retention.every_min) * 60),
         tx,
         stats: stats.clone(),
-    }))
+    })
 }
 
 fn spawn(
@@ -515,9 +515,7 @@ pub fn start(
     if let Some(job) = window_job {
         threads.push(spawn("windows", move || job.run())?);
     }
-    if let Some(job) = retention_job {
-        threads.push(spawn("retention", move || job.run())?);
-    }
+    threads.push(spawn("retention", move || retention_job.run())?);
     std::mem::forget(stop_sinks);
     Ok((
         IngestHandle {
