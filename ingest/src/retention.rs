@@ -187,7 +187,12 @@ impl Retention {
                 Err(e) => return Err(e),
             }
         }
-        seal::scanned_to(&self.conn, &self.path, mark)?;
+        // Counts the last steps; the pass is over whatever it answers.
+        go_on(done);
+        // A skipped series was not scanned to the mark: the next pass scans again.
+        if done.damaged == 0 {
+            seal::scanned_to(&self.conn, &self.path, mark)?;
+        }
         Ok(done)
     }
 
@@ -208,9 +213,17 @@ impl Retention {
             return Ok(true);
         }
         let path = self.path.clone();
-        if let Some(tx) = self.series_tx(series, metric_id)? {
-            done.sealed += seal::seal_late(&tx, &path, series)?;
+        let hours = usize::try_from(SLICE_MS / chunks::SPAN_MS).unwrap_or(1);
+        while let Some(tx) = self.series_tx(series, metric_id)? {
+            let (sealed, more) = seal::seal_late(&tx, &path, series, hours)?;
             tx.commit().map_err(sqlite(&path))?;
+            done.sealed += sealed;
+            if !go_on(*done) {
+                return Ok(false);
+            }
+            if !more {
+                break;
+            }
         }
         let mut from = Some(seal::SealFrom { from_ms: scanned });
         while let Some(at) = from {
@@ -310,9 +323,14 @@ impl Retention {
         let to = from.saturating_add(SLICE_MS).min(cutoff);
         let mut folded = rollup::fold(&tx, series, from, to).map_err(sqlite(&path))?;
         // Chunks span whole hours and `from` and `to` are whole hours: each goes at once.
-        let sealed = seal::take(&tx, &path, series, from, to)?;
-        rollup::add_points(&tx, series, &sealed).map_err(sqlite(&path))?;
-        folded += sealed.len();
+        let taken = seal::take(&tx, &path, series, from, to)?;
+        rollup::add_points(&tx, series, &taken.points).map_err(sqlite(&path))?;
+        folded += taken.points.len();
+        for h in &taken.damaged {
+            let hour = (h.start_ms, h.count, h.min, h.max, h.sum);
+            rollup::add_hour(&tx, series, hour).map_err(sqlite(&path))?;
+            folded += usize::try_from(h.count).unwrap_or(0);
+        }
         tx.commit().map_err(sqlite(&path))?;
         Ok(Some(folded))
     }

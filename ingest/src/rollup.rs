@@ -160,6 +160,13 @@ pub(crate) fn fold(
     .execute(params![series, from_ms, to_ms])
 }
 
+/// Adds (?4 count, ?5 min, ?6 max, ?7 sum) to the rollup of series ?1, width ?2, start ?3.
+const ADD_BUCKET: &str = "INSERT INTO rollups (series, width_ms, start_ms, count, min, max, sum)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+     ON CONFLICT (series, width_ms, start_ms) DO UPDATE SET
+        count = count + excluded.count, min = min(min, excluded.min),
+        max = max(max, excluded.max), sum = sum + excluded.sum";
+
 /// Adds points (from sealed chunks) of `series` to every rollup level. Part of the caller's
 /// transaction.
 pub(crate) fn add_points(
@@ -170,13 +177,7 @@ pub(crate) fn add_points(
     if points.is_empty() {
         return Ok(());
     }
-    let mut add = tx.prepare_cached(
-        "INSERT INTO rollups (series, width_ms, start_ms, count, min, max, sum)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-         ON CONFLICT (series, width_ms, start_ms) DO UPDATE SET
-            count = count + excluded.count, min = min(min, excluded.min),
-            max = max(max, excluded.max), sum = sum + excluded.sum",
-    )?;
+    let mut add = tx.prepare_cached(ADD_BUCKET)?;
     for width in WIDTHS {
         let mut buckets: std::collections::BTreeMap<i64, (i64, f64, f64, f64)> =
             std::collections::BTreeMap::new();
@@ -194,6 +195,18 @@ pub(crate) fn add_points(
         }
     }
     Ok(())
+}
+
+/// Adds one hour's (start, count, min, max, sum) to the 1-hour rollup of `series` (a chunk
+/// known only by its index row). Part of the caller's transaction.
+pub(crate) fn add_hour(
+    tx: &Transaction<'_>,
+    series: i64,
+    (start, count, min, max, sum): (i64, i64, f64, f64, f64),
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(ADD_BUCKET)?
+        .execute(params![series, HOUR_MS, start, count, min, max, sum])
+        .map(drop)
 }
 
 /// Deletes the rollups of `series` at level `width` that start before `before_ms`; returns

@@ -17,14 +17,16 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use tracing::warn;
+use tracing::{error, warn};
 
 use super::{chunk_points, MIN_POINTS, SPAN_MS};
 use crate::rollup::bucket_start;
 use crate::store::{sqlite, StoreError};
 use crate::tsdb::Chunk;
 
-/// The sealing marks of a file: (scan start, mark), both `i64::MIN` for a file never sealed.
+/// The sealing marks of a file: (scan start, mark). A file that has none yet (never sealed,
+/// or sealed before the marks existed) scans from the start, behind a mark just past its
+/// last chunk.
 pub(crate) fn marks(conn: &Connection, path: &Path) -> Result<(i64, i64), StoreError> {
     let found = conn
         .prepare_cached("SELECT scanned_ms, mark_ms FROM seal_state WHERE id = 0")
@@ -32,7 +34,18 @@ pub(crate) fn marks(conn: &Connection, path: &Path) -> Result<(i64, i64), StoreE
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()
         .map_err(sqlite(path))?;
-    Ok(found.unwrap_or((i64::MIN, i64::MIN)))
+    if let Some(marks) = found {
+        return Ok(marks);
+    }
+    let last: Option<i64> = conn
+        .prepare_cached("SELECT max(start_ms) FROM chunks")
+        .map_err(sqlite(path))?
+        .query_row([], |r| r.get(0))
+        .map_err(sqlite(path))?;
+    Ok((
+        i64::MIN,
+        last.map_or(i64::MIN, |start| start.saturating_add(SPAN_MS)),
+    ))
 }
 
 /// Raises the mark to `cutoff` (never lowers it) and commits; returns the span a pass scans.
@@ -84,18 +97,35 @@ pub(crate) fn note_late(
     Ok(())
 }
 
-/// Seals the late hours of `series` that are due and forgets them all; returns the rows
-/// sealed. Part of the caller's transaction.
-pub(crate) fn seal_late(conn: &Connection, path: &Path, series: i64) -> Result<usize, StoreError> {
+/// Seals up to `max_hours` late hours of `series` (those due) and forgets them; returns the
+/// rows sealed and whether late hours are left. Part of the caller's transaction.
+pub(crate) fn seal_late(
+    conn: &Connection,
+    path: &Path,
+    series: i64,
+    max_hours: usize,
+) -> Result<(usize, bool), StoreError> {
     let starts: Vec<i64> = conn
-        .prepare_cached("SELECT start_ms FROM seal_late WHERE series = ?1 ORDER BY start_ms")
+        .prepare_cached(
+            "SELECT start_ms FROM seal_late WHERE series = ?1 ORDER BY start_ms LIMIT ?2",
+        )
         .map_err(sqlite(path))?
-        .query_map(params![series], |r| r.get(0))
+        .query_map(
+            params![series, i64::try_from(max_hours).unwrap_or(i64::MAX - 1) + 1],
+            |r| r.get(0),
+        )
         .map_err(sqlite(path))?
         .collect::<Result<_, _>>()
         .map_err(sqlite(path))?;
+    let more = starts.len() > max_hours;
+    let mut forget = conn
+        .prepare_cached("DELETE FROM seal_late WHERE series = ?1 AND start_ms = ?2")
+        .map_err(sqlite(path))?;
     let mut sealed = 0;
-    for start in starts {
+    for &start in starts.iter().take(max_hours) {
+        forget
+            .execute(params![series, start])
+            .map_err(sqlite(path))?;
         let rows: i64 = conn
             .prepare_cached(
                 "SELECT count(*) FROM observations
@@ -116,11 +146,7 @@ pub(crate) fn seal_late(conn: &Connection, path: &Path, series: i64) -> Result<u
             sealed += seal_or_skip(conn, path, series, start)?;
         }
     }
-    conn.prepare_cached("DELETE FROM seal_late WHERE series = ?1")
-        .map_err(sqlite(path))?
-        .execute(params![series])
-        .map_err(sqlite(path))?;
-    Ok(sealed)
+    Ok((sealed, more))
 }
 
 /// Whether an hour with `rows` plausible rows is sealed: enough of them, or a chunk already
@@ -132,11 +158,12 @@ fn due(
     start: i64,
     rows: usize,
 ) -> Result<bool, StoreError> {
+    // Not a whole hour: the first "hour" before i64::MIN, where bucket starts saturate.
+    if rows == 0 || start.rem_euclid(SPAN_MS) != 0 {
+        return Ok(false);
+    }
     if rows >= MIN_POINTS {
         return Ok(true);
-    }
-    if rows == 0 {
-        return Ok(false);
     }
     let found = conn
         .prepare_cached("SELECT 1 FROM chunks WHERE series = ?1 AND start_ms = ?2")
@@ -329,20 +356,23 @@ pub(crate) fn take(
     series: i64,
     from_ms: i64,
     to_ms: i64,
-) -> Result<Vec<(i64, f64)>, StoreError> {
-    let starts: Vec<i64> = conn
-        .prepare_cached(
-            "SELECT start_ms FROM chunks WHERE series = ?1 AND start_ms >= ?2 AND start_ms < ?3
-             ORDER BY start_ms",
-        )
-        .map_err(sqlite(path))?
-        .query_map(params![series, from_ms, to_ms], |r| r.get(0))
-        .map_err(sqlite(path))?
-        .collect::<Result<_, _>>()
-        .map_err(sqlite(path))?;
-    let mut out = Vec::new();
-    for start in starts {
-        out.extend(chunk_points(conn, path, series, start)?);
+) -> Result<Taken, StoreError> {
+    let mut out = Taken::default();
+    for header in super::headers(conn, path, series, from_ms, to_ms)? {
+        if header.start_ms < from_ms {
+            continue;
+        }
+        match chunk_points(conn, path, series, header.start_ms) {
+            Ok(points) => out.points.extend(points),
+            // Past its raw period and unreadable: its index row still says how many points
+            // it held and their minimum, maximum and sum, which the hour's rollup keeps.
+            Err(damage @ StoreError::Chunk { .. }) => {
+                error!(error = %damage, count = header.count,
+                    "retention: a damaged chunk was folded from its index row alone");
+                out.damaged.push(header);
+            }
+            Err(e) => return Err(e),
+        }
     }
     conn.prepare_cached(
         "DELETE FROM chunks WHERE series = ?1 AND start_ms >= ?2 AND start_ms < ?3",
@@ -351,6 +381,14 @@ pub(crate) fn take(
     .execute(params![series, from_ms, to_ms])
     .map_err(sqlite(path))?;
     Ok(out)
+}
+
+/// What [`take`] removed: the points of the chunks it could read, and the index rows of
+/// those it could not.
+#[derive(Default)]
+pub(crate) struct Taken {
+    pub points: Vec<(i64, f64)>,
+    pub damaged: Vec<super::Header>,
 }
 
 /// The start of the first chunk of `series`, if it has any.

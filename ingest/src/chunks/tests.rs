@@ -571,3 +571,106 @@ fn a_damaged_chunk_stops_neither_the_writer_nor_the_other_series_sealing() {
         "{error}"
     );
 }
+
+#[test]
+fn a_damaged_chunk_past_its_raw_period_is_folded_from_its_index_row() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("personal.db");
+    let mut store = PersonalStore::open(&path).expect("store");
+    let hour = Run {
+        citizen: 0,
+        device: 0,
+        metric: 0,
+        start_s: 0,
+        step_s: 1,
+        n: 3_600,
+        base: 60,
+        flagged: false,
+    };
+    store.write_batch(&readings(&hour)).expect("write");
+    retention(&path, None)
+        .pass(T0 + 3 * HOUR_MS, &mut |_| true)
+        .expect("seal");
+    Connection::open(&path)
+        .expect("open")
+        .execute(
+            "UPDATE chunks SET data = CAST(substr(data, 1, 60) || x'00' || substr(data, 62) AS BLOB)",
+            [],
+        )
+        .expect("damage");
+    let done = retention(&path, Some(1))
+        .pass(T0 + 3 * 24 * HOUR_MS, &mut |_| true)
+        .expect("fold");
+    assert_eq!((done.folded, done.damaged), (3_600, 0));
+    let mut q = Query::new(METRICS[0]);
+    q.every_ms = Some(HOUR_MS);
+    q.agg = Agg::Count;
+    let counts = store.query(&q).expect("hourly counts from the rollup");
+    assert_eq!(counts.len(), 1);
+    assert_eq!((counts[0].time_ms, counts[0].value), (T0, 3_600.0));
+}
+
+#[test]
+fn a_backlog_of_late_hours_is_merged_a_slice_at_a_time() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("personal.db");
+    let mut store = PersonalStore::open(&path).expect("store");
+    let day = Run {
+        citizen: 2,
+        device: 1,
+        metric: 1,
+        start_s: 0,
+        step_s: 60,
+        n: 24 * 60,
+        base: 14,
+        flagged: false,
+    };
+    store.write_batch(&readings(&day)).expect("write");
+    let mut job = retention(&path, None);
+    job.pass(T0 + 27 * HOUR_MS, &mut |_| true).expect("seal");
+    assert_eq!(rows_left(&path), 0);
+    // Half a minute later in every minute of the day: 24 late hours.
+    let late = Run {
+        start_s: 30,
+        ..day.clone()
+    };
+    store.write_batch(&readings(&late)).expect("late");
+    let mut steps = 0;
+    let done = job
+        .pass(T0 + 27 * HOUR_MS, &mut |_| {
+            steps += 1;
+            true
+        })
+        .expect("merge");
+    assert_eq!(done.sealed, 24 * 60);
+    assert!(steps >= 4, "24 late hours in slices of 6: {steps} steps");
+    assert_eq!(rows_left(&path), 0);
+    assert_eq!(store.count().expect("count"), 2 * 24 * 60);
+}
+
+#[test]
+fn a_file_sealed_before_the_marks_existed_still_catches_repeats() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("personal.db");
+    let mut store = PersonalStore::open(&path).expect("store");
+    let hour = readings(&Run {
+        citizen: 1,
+        device: 0,
+        metric: 0,
+        start_s: 0,
+        step_s: 1,
+        n: 3_600,
+        base: 70,
+        flagged: false,
+    });
+    store.write_batch(&hour).expect("write");
+    retention(&path, None)
+        .pass(T0 + 3 * HOUR_MS, &mut |_| true)
+        .expect("seal");
+    Connection::open(&path)
+        .expect("open")
+        .execute("DELETE FROM seal_state", [])
+        .expect("forget the marks");
+    let again = store.write_batch(&hour[..100]).expect("again");
+    assert_eq!((again.inserted, again.duplicates), (0, 100));
+}
