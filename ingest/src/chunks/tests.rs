@@ -334,9 +334,7 @@ proptest! {
         range in (0i64..10 * 3_600, 0i64..10 * 3_600),
         fold in prop::bool::ANY,
     ) {
-        let dir = tempfile::tempdir().expect("dir");
-        let path = dir.path().join("personal.db");
-        let mut store = PersonalStore::open(&path).expect("store");
+        let (_dir, path, mut store) = fresh();
         let mut job = retention(&path, None);
         let mut model = Model::new();
         for op in &ops {
@@ -374,21 +372,36 @@ proptest! {
     }
 }
 
-#[test]
-fn a_sealed_hour_is_one_chunk_and_its_repeat_is_a_duplicate() {
+/// A new store file in a temporary directory.
+fn fresh() -> (tempfile::TempDir, std::path::PathBuf, PersonalStore) {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("personal.db");
-    let mut store = PersonalStore::open(&path).expect("store");
-    let hour = Run {
-        citizen: 0,
-        device: 0,
-        metric: 0,
+    let store = PersonalStore::open(&path).expect("store");
+    (dir, path, store)
+}
+
+/// An hour of one reading a second from T0, plausible, of value 60 and up.
+fn steady(citizen: usize, device: usize, metric: usize) -> Run {
+    Run {
+        citizen,
+        device,
+        metric,
         start_s: 0,
         step_s: 1,
         n: 3_600,
         base: 60,
         flagged: false,
-    };
+    }
+}
+
+/// Damages every chunk's bit stream (one byte past its header).
+const DAMAGE: &str =
+    "UPDATE chunks SET data = CAST(substr(data, 1, 60) || x'00' || substr(data, 62) AS BLOB)";
+
+#[test]
+fn a_sealed_hour_is_one_chunk_and_its_repeat_is_a_duplicate() {
+    let (_dir, path, mut store) = fresh();
+    let hour = steady(0, 0, 0);
     let batch = readings(&hour);
     store.write_batch(&batch).expect("write");
     let stats = retention(&path, None)
@@ -416,18 +429,12 @@ fn a_sealed_hour_is_one_chunk_and_its_repeat_is_a_duplicate() {
 
 #[test]
 fn a_few_points_an_hour_stay_rows() {
-    let dir = tempfile::tempdir().expect("dir");
-    let path = dir.path().join("personal.db");
-    let mut store = PersonalStore::open(&path).expect("store");
+    let (_dir, path, mut store) = fresh();
     let sparse = Run {
-        citizen: 1,
-        device: 1,
-        metric: 1,
-        start_s: 0,
         step_s: 3_600 / (MIN_POINTS as i64 - 1) + 1,
         n: MIN_POINTS,
         base: 14,
-        flagged: false,
+        ..steady(1, 1, 1)
     };
     store.write_batch(&readings(&sparse)).expect("write");
     let stats = retention(&path, None)
@@ -453,19 +460,8 @@ fn a_repeat_is_caught_whatever_the_clocks_of_the_job_and_the_writer_say() {
     // (a clock set wrong, then put right): the writer's clock would call it recent.
     let now = jiff::Timestamp::now().as_millisecond();
     let hour_start = bucket_start(now, HOUR_MS) - HOUR_MS;
-    let dir = tempfile::tempdir().expect("dir");
-    let path = dir.path().join("personal.db");
-    let mut store = PersonalStore::open(&path).expect("store");
-    let mut hour = readings(&Run {
-        citizen: 0,
-        device: 0,
-        metric: 0,
-        start_s: 0,
-        step_s: 1,
-        n: 3_600,
-        base: 60,
-        flagged: false,
-    });
+    let (_dir, path, mut store) = fresh();
+    let mut hour = readings(&steady(0, 0, 0));
     for o in &mut hour {
         o.time_ms += hour_start - T0;
     }
@@ -482,18 +478,11 @@ fn a_repeat_is_caught_whatever_the_clocks_of_the_job_and_the_writer_say() {
 
 #[test]
 fn late_points_of_a_sealed_hour_are_merged_into_its_chunk_at_the_next_pass() {
-    let dir = tempfile::tempdir().expect("dir");
-    let path = dir.path().join("personal.db");
-    let mut store = PersonalStore::open(&path).expect("store");
+    let (_dir, path, mut store) = fresh();
     let whole = Run {
-        citizen: 0,
-        device: 0,
-        metric: 0,
-        start_s: 0,
         step_s: 2,
         n: 1_800,
-        base: 60,
-        flagged: false,
+        ..steady(0, 0, 0)
     };
     store.write_batch(&readings(&whole)).expect("write");
     let mut job = retention(&path, None);
@@ -522,28 +511,17 @@ fn late_points_of_a_sealed_hour_are_merged_into_its_chunk_at_the_next_pass() {
 
 #[test]
 fn a_damaged_chunk_stops_neither_the_writer_nor_the_other_series_sealing() {
-    let dir = tempfile::tempdir().expect("dir");
-    let path = dir.path().join("personal.db");
-    let mut store = PersonalStore::open(&path).expect("store");
+    let (_dir, path, mut store) = fresh();
     let first = Run {
-        citizen: 0,
-        device: 0,
-        metric: 0,
-        start_s: 0,
         step_s: 10,
         n: 360,
-        base: 60,
-        flagged: false,
+        ..steady(0, 0, 0)
     };
     store.write_batch(&readings(&first)).expect("write");
     let mut job = retention(&path, None);
     job.pass(T0 + 3 * HOUR_MS, &mut |_| true).expect("pass");
     let conn = Connection::open(&path).expect("open");
-    conn.execute(
-        "UPDATE chunks SET data = CAST(substr(data, 1, 60) || x'00' || substr(data, 62) AS BLOB)",
-        [],
-    )
-    .expect("damage");
+    conn.execute(DAMAGE, []).expect("damage");
     // A late point of the damaged hour is written as a row, with the rest of its batch.
     let second = Run {
         citizen: 1,
@@ -574,29 +552,15 @@ fn a_damaged_chunk_stops_neither_the_writer_nor_the_other_series_sealing() {
 
 #[test]
 fn a_damaged_chunk_past_its_raw_period_is_folded_from_its_index_row() {
-    let dir = tempfile::tempdir().expect("dir");
-    let path = dir.path().join("personal.db");
-    let mut store = PersonalStore::open(&path).expect("store");
-    let hour = Run {
-        citizen: 0,
-        device: 0,
-        metric: 0,
-        start_s: 0,
-        step_s: 1,
-        n: 3_600,
-        base: 60,
-        flagged: false,
-    };
+    let (_dir, path, mut store) = fresh();
+    let hour = steady(0, 0, 0);
     store.write_batch(&readings(&hour)).expect("write");
     retention(&path, None)
         .pass(T0 + 3 * HOUR_MS, &mut |_| true)
         .expect("seal");
     Connection::open(&path)
         .expect("open")
-        .execute(
-            "UPDATE chunks SET data = CAST(substr(data, 1, 60) || x'00' || substr(data, 62) AS BLOB)",
-            [],
-        )
+        .execute(DAMAGE, [])
         .expect("damage");
     let done = retention(&path, Some(1))
         .pass(T0 + 3 * 24 * HOUR_MS, &mut |_| true)
@@ -612,18 +576,12 @@ fn a_damaged_chunk_past_its_raw_period_is_folded_from_its_index_row() {
 
 #[test]
 fn a_backlog_of_late_hours_is_merged_a_slice_at_a_time() {
-    let dir = tempfile::tempdir().expect("dir");
-    let path = dir.path().join("personal.db");
-    let mut store = PersonalStore::open(&path).expect("store");
+    let (_dir, path, mut store) = fresh();
     let day = Run {
-        citizen: 2,
-        device: 1,
-        metric: 1,
-        start_s: 0,
         step_s: 60,
         n: 24 * 60,
         base: 14,
-        flagged: false,
+        ..steady(2, 1, 1)
     };
     store.write_batch(&readings(&day)).expect("write");
     let mut job = retention(&path, None);
@@ -650,18 +608,10 @@ fn a_backlog_of_late_hours_is_merged_a_slice_at_a_time() {
 
 #[test]
 fn a_file_sealed_before_the_marks_existed_still_catches_repeats() {
-    let dir = tempfile::tempdir().expect("dir");
-    let path = dir.path().join("personal.db");
-    let mut store = PersonalStore::open(&path).expect("store");
+    let (_dir, path, mut store) = fresh();
     let hour = readings(&Run {
-        citizen: 1,
-        device: 0,
-        metric: 0,
-        start_s: 0,
-        step_s: 1,
-        n: 3_600,
         base: 70,
-        flagged: false,
+        ..steady(1, 0, 0)
     });
     store.write_batch(&hour).expect("write");
     retention(&path, None)
