@@ -11,6 +11,7 @@ mod output;
 mod principal;
 mod query;
 mod simulate;
+mod store;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,6 +52,8 @@ enum Command {
     Audit(consent::AuditArgs),
     /// List, show and replay messages the hub refused to store
     Deadletter(deadletter::DeadLetterArgs),
+    /// Check the stores' sealed chunks for damage
+    Store(store::StoreArgs),
 }
 
 #[derive(clap::Args)]
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
         Command::Principal(args) => principal::run(args).map(|()| true),
         Command::Audit(args) => consent::audit(args),
         Command::Deadletter(args) => deadletter::run(args).map(|()| true),
+        Command::Store(args) => store::run(args),
         command => runtime().and_then(|rt| rt.block_on(run_async(command)).map(|()| true)),
     };
     match result {
@@ -135,7 +139,8 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
         | Command::Device(_)
         | Command::Principal(_)
         | Command::Audit(_)
-        | Command::Deadletter(_) => {
+        | Command::Deadletter(_)
+        | Command::Store(_) => {
             unreachable!("runs without a runtime")
         }
     }

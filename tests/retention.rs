@@ -143,3 +143,58 @@ fn the_hub_folds_raw_data_past_raw_days_into_rollups_that_answer_queries() -> an
     assert_eq!(hub.query(&raw_args)?, raw, "raw reads from rows and chunks");
     hub.terminate()
 }
+
+/// `kenko store verify` checks every sealed chunk and names a damaged one by citizen,
+/// device, metric and hour, failing; it passes over a sound store.
+#[test]
+fn store_verify_names_a_damaged_chunk() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    let path = data.join("personal.db");
+    let now = now_ms();
+    PersonalStore::open(&path)?.write_batch(&history(now))?;
+    let policy = kenko_ingest::retention::Policy::from_config(&Default::default(), 3_600)?;
+    let sealed = kenko_ingest::retention::Retention::open(&path, policy)?
+        .pass(now, &mut |_| true)?
+        .sealed;
+    assert!(sealed > 2 * 1440 - 4 * 60, "{sealed} sealed");
+    let verify = || -> anyhow::Result<(bool, String)> {
+        let out = std::process::Command::new(common::KENKO)
+            .args(["store", "verify", "--data-dir"])
+            .arg(&data)
+            .output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ))
+    };
+    let (ok, text) = verify()?;
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!("({sealed} readings) checked")) && text.contains("none damaged"),
+        "{text}"
+    );
+    let conn = rusqlite::Connection::open(&path)?;
+    let start: i64 = conn.query_row(
+        "SELECT start_ms FROM chunks ORDER BY start_ms LIMIT 1 OFFSET 3",
+        [],
+        |r| r.get(0),
+    )?;
+    conn.execute(
+        "UPDATE chunks SET data = CAST(substr(data, 1, 60) || x'00' || substr(data, 62) AS BLOB)
+         WHERE start_ms = ?1",
+        [start],
+    )?;
+    let (ok, text) = verify()?;
+    let hour = jiff::Timestamp::from_millisecond(start)?.to_string();
+    assert!(!ok, "damage fails the check: {text}");
+    assert!(
+        text.contains("1 damaged")
+            && text.contains(&format!(
+                "citizen-001 bed-001 heart_rate hour from {hour}: chunk checksum"
+            )),
+        "{text}"
+    );
+    Ok(())
+}

@@ -328,6 +328,7 @@ impl SealedTimes {
 }
 
 pub(crate) mod seal;
+pub mod verify;
 
 #[cfg(test)]
 mod tests;
