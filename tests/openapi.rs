@@ -21,11 +21,71 @@ fn config() -> String {
         "{}{}{}{app}[[alerts]]\nname = \"any-heart-rate\"\nmetric = \"heart_rate\"\nabove = 0.0\n\n\
          [http]\nlisten = \"127.0.0.1:0\"\nrequests_per_s = 0\n\n[auth.login]\n\
          source_burst = 100000\nsource_per_minute = 100000\nprincipal_burst = 100000\n\
-         principal_per_minute = 100000\n",
+         principal_per_minute = 100000\n\n[http.mqtt_hooks]\ntoken_sha256 = \"{HOOKS_DIGEST}\"\n",
         common::config_with_devices(2),
         common::principal("st-luke", &["care"]),
         common::principal("analyst-1", &["analyst"]),
     )
+}
+
+/// The MQTT hooks' secret is `hooks`; this is its SHA-256.
+const HOOKS_DIGEST: &str = "a9fa9fda98d7712cf2c04ce6206e406c554572bedfeac6e441f13410980f7f82";
+
+/// A request of an external broker to an MQTT hook (no principal: the secret is in the URI).
+fn hook(operation: &'static str, query: &str, body: Value, status: u16) -> Case {
+    let path = operation.trim_start_matches("POST ");
+    Case {
+        operation,
+        who: None,
+        path: format!("{path}?{query}"),
+        body: Some(body),
+        status,
+    }
+}
+
+/// The walk's requests to the MQTT hooks.
+fn hook_cases() -> Vec<Case> {
+    let auth = "POST /api/v1/mqtt/auth";
+    let acl = "POST /api/v1/mqtt/acl";
+    let login = |password: &str| json!({"username": "bed-001", "password": password, "clientid": "bed-001"});
+    let publish = |topic: &str| json!({"username": "bed-001", "clientid": "bed-001", "topic": topic, "acc": 2});
+    vec![
+        hook(
+            auth,
+            "token=hooks",
+            login(&common::password("bed-001")),
+            200,
+        ),
+        hook(auth, "token=hooks", login("wrong"), 403),
+        hook(auth, "token=wrong", login("wrong"), 401),
+        hook(auth, "token=hooks", json!({"username": "bed-001"}), 400),
+        hook(
+            acl,
+            "token=hooks",
+            publish("devices/bed-001/telemetry"),
+            200,
+        ),
+        hook(
+            acl,
+            "token=hooks",
+            publish("devices/bed-002/telemetry"),
+            403,
+        ),
+        hook(
+            acl,
+            "token=hooks&format=emqx",
+            publish("devices/bed-002/telemetry"),
+            200,
+        ),
+        hook(acl, "token=hooks", json!({"topic": "t"}), 400),
+        hook(acl, "", publish("devices/bed-001/telemetry"), 401),
+        hook(
+            "POST /api/v1/mqtt/superuser",
+            "token=hooks",
+            json!({"username": "operator-1"}),
+            403,
+        ),
+    ]
 }
 
 /// One request of the walk: the document's operation it exercises, who sends it, the
@@ -416,6 +476,7 @@ fn cases() -> Vec<Case> {
             403,
         ));
     }
+    cases.extend(hook_cases());
     cases
 }
 

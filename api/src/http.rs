@@ -153,6 +153,8 @@ pub struct HttpApi {
     /// Stored observations and new alerts as they happen, for the console's live views.
     pub(crate) live: Option<kenko_ingest::live::LiveFeed>,
     limits: Arc<RequestLimits>,
+    /// SHA-256 of the secret an external broker calls the MQTT hooks with; `None`: off.
+    pub(crate) hooks_digest: Option<[u8; 32]>,
 }
 
 impl HttpApi {
@@ -180,6 +182,7 @@ impl HttpApi {
             limits: Arc::new(RequestLimits::from_config(
                 &kenko_config::HttpConfig::default(),
             )),
+            hooks_digest: None,
         }
     }
 
@@ -199,8 +202,14 @@ impl HttpApi {
     }
 
     /// Checks principals added over the API against `config` (its principals and devices).
+    /// Turns the MQTT hooks on if `config` sets `[http.mqtt_hooks]` (checked at load).
     pub fn with_config(mut self, config: &kenko_config::Config) -> HttpApi {
         self.config = Arc::new(config.clone());
+        self.hooks_digest = config
+            .http
+            .mqtt_hooks
+            .as_ref()
+            .and_then(|hooks| hooks.digest().ok());
         self
     }
 
@@ -286,6 +295,18 @@ impl HttpApi {
             .route(
                 "/api/v1/mqtt/sessions",
                 get(crate::operators::mqtt_sessions),
+            )
+            .route(
+                "/api/v1/mqtt/auth",
+                axum::routing::post(crate::mqtt_hooks::auth),
+            )
+            .route(
+                "/api/v1/mqtt/acl",
+                axum::routing::post(crate::mqtt_hooks::acl),
+            )
+            .route(
+                "/api/v1/mqtt/superuser",
+                axum::routing::post(crate::mqtt_hooks::superuser),
             )
             .route("/api/v1/acl/denials", get(crate::operators::denials))
             .route("/api/v1/acl/explain", get(crate::operators::explain))

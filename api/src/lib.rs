@@ -1,7 +1,8 @@
 //! kenko's HTTP API, beside the MQTT broker: consents and observations under HTTP Basic
 //! (`http`), principals managed at runtime (`principals`), browser sessions with
 //! cookies and CSRF tokens (`session`), the connection handling that bounds slow and idle clients (`conn`), and the
-//! operators' `/metrics` (`metrics`), `/healthz` and `/readyz`.
+//! operators' `/metrics` (`metrics`), `/healthz` and `/readyz`, and the hooks an
+//! external MQTT broker calls to authenticate and authorize its clients (`mqtt_hooks`).
 
 mod alerts;
 pub mod conn;
@@ -10,6 +11,7 @@ pub mod explain;
 mod health;
 pub mod http;
 pub mod metrics;
+mod mqtt_hooks;
 mod observations;
 pub mod openapi;
 mod operators;

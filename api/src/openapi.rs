@@ -51,6 +51,17 @@ impl Modify for Credentials {
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Basic).build()),
         );
         components.add_security_scheme(
+            "hooks",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The MQTT hooks' secret ([http.mqtt_hooks]); also accepted as ?token=",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
             "session",
             SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
                 crate::session::COOKIE,
@@ -88,6 +99,9 @@ impl Modify for Credentials {
         crate::operators::mqtt_sessions,
         crate::operators::denials,
         crate::operators::explain,
+        crate::mqtt_hooks::auth,
+        crate::mqtt_hooks::acl,
+        crate::mqtt_hooks::superuser,
         crate::http::metrics,
         crate::health::healthz,
         crate::health::readyz,

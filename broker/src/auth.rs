@@ -176,6 +176,25 @@ impl Directory {
             && self.devices.get(client_id).is_some()
     }
 
+    /// Why `identity` may not use the non-empty `client_id`, if it may not: a device's
+    /// client id is its device id, a registered device's id is no one else's, and ids
+    /// starting with `kenko-hub` are the hub's own.
+    pub fn client_id_refusal(&self, identity: &Identity, client_id: &str) -> Option<String> {
+        if let Some(device) = &identity.device {
+            return (client_id != device)
+                .then(|| format!("device {device} must connect with client id {device}"));
+        }
+        if self.is_device(client_id) {
+            return Some(
+                "this client id belongs to a registered device; only that device may use it"
+                    .to_owned(),
+            );
+        }
+        client_id
+            .starts_with(crate::hub::HUB_CLIENT_ID)
+            .then(|| "client ids starting with kenko-hub are reserved".to_owned())
+    }
+
     /// Principals and devices known now.
     pub fn len(&self) -> usize {
         self.by_id.len() + self.devices.principals().len() + self.devices.len()

@@ -23,7 +23,6 @@ use crate::auth::Identity;
 use crate::authz::{AclView, Standing};
 use crate::codec::{connack_reason, peek_version, sniff, Codec, Sniff, Version};
 use crate::connect_check::{connect_refusal, v311_code};
-use crate::hub::HUB_CLIENT_ID;
 use crate::login::{Listener, Login};
 use crate::route;
 use crate::session::{granted_session_expiry, Connected, Peer, Session, SessionLife, Will, NEVER};
@@ -615,34 +614,24 @@ impl Handshake {
         identity: &Identity,
         shared: &Shared,
     ) -> std::io::Result<Option<(String, Option<String>)>> {
-        let invalid = ConnectReturnCode::ClientIdentifierNotValid;
-        if let Some(device) = &identity.device {
-            // A device's client id is its device id; an empty one is given it.
-            if connect.client_id.is_empty() && connect.clean_session {
-                return Ok(Some((device.clone(), Some(device.clone()))));
-            }
-            if connect.client_id != *device {
-                let why = format!("device {device} must connect with client id {device}");
-                self.refuse(invalid, &why).await?;
-                return Ok(None);
-            }
-            return Ok(Some((device.clone(), None)));
-        }
-        if shared.directory.is_device(&connect.client_id) {
-            self.refuse(
-                invalid,
-                "this client id belongs to a registered device; only that device may use it",
-            )
-            .await?;
-            return Ok(None);
-        }
         if connect.client_id.is_empty() {
-            // A persistent session with no id was refused by `connect_refusal`.
-            let id = format!("kenko-auto-{}", ASSIGNED.fetch_add(1, Ordering::Relaxed));
-            return Ok(Some((id.clone(), Some(id))));
+            if let Some(device) = &identity.device {
+                // A device's client id is its device id; an empty one is given it (a
+                // persistent session with no id is refused below).
+                if connect.clean_session {
+                    return Ok(Some((device.clone(), Some(device.clone()))));
+                }
+            } else {
+                // A persistent session with no id was refused by `connect_refusal`.
+                let id = format!("kenko-auto-{}", ASSIGNED.fetch_add(1, Ordering::Relaxed));
+                return Ok(Some((id.clone(), Some(id))));
+            }
         }
-        if connect.client_id.starts_with(HUB_CLIENT_ID) {
-            self.refuse(invalid, "client ids starting with kenko-hub are reserved")
+        if let Some(why) = shared
+            .directory
+            .client_id_refusal(identity, &connect.client_id)
+        {
+            self.refuse(ConnectReturnCode::ClientIdentifierNotValid, &why)
                 .await?;
             return Ok(None);
         }

@@ -98,6 +98,18 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A login's source for the log: its address, or "not known" for a relayed login.
+struct Source(Option<IpAddr>);
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(ip) => ip.fmt(f),
+            None => f.write_str("not known (relayed by a broker)"),
+        }
+    }
+}
+
 /// Addresses of one source: an IPv4 address, or an IPv6 /64 (what one host or one customer
 /// is given; a host picks addresses within it at will).
 fn source_key(ip: IpAddr) -> IpAddr {
@@ -239,7 +251,33 @@ impl LoginGuard {
         username: &str,
         password: &[u8],
     ) -> Login {
-        let source = source_key(source);
+        self.attempt(listener, Some(source), directory, username, password)
+            .await
+    }
+
+    /// As [`LoginGuard::login`], for a login relayed by a broker that does not say where
+    /// its client is: charged to the principal's limit alone (a whole broker's clients
+    /// behind one source budget would lock each other out), never familiar.
+    pub async fn login_unsourced(
+        &self,
+        listener: Listener,
+        directory: &Directory,
+        username: &str,
+        password: &[u8],
+    ) -> Login {
+        self.attempt(listener, None, directory, username, password)
+            .await
+    }
+
+    async fn attempt(
+        &self,
+        listener: Listener,
+        source: Option<IpAddr>,
+        directory: &Directory,
+        username: &str,
+        password: &[u8],
+    ) -> Login {
+        let source = source.map(source_key);
         let charged = match self.charge(source, username) {
             Ok(charged) => charged,
             Err(wait) => {
@@ -275,7 +313,9 @@ impl LoginGuard {
         match identity {
             Some(identity) if matched && identity.has_password() => {
                 self.give_back(source, username, charged);
-                self.remember(username, source);
+                if let Some(source) = source {
+                    self.remember(username, source);
+                }
                 Login::Accepted(identity)
             }
             known => {
@@ -288,19 +328,23 @@ impl LoginGuard {
 
     /// Takes a token from the source's bucket and, unless the principal has logged in from
     /// this source before, from the principal's. `Ok(true)` if the principal's was taken.
-    fn charge(&self, source: IpAddr, username: &str) -> Result<bool, Duration> {
+    fn charge(&self, source: Option<IpAddr>, username: &str) -> Result<bool, Duration> {
         let now = Instant::now();
-        lock(&self.sources).take(&source, now)?;
-        if self.is_familiar(username, source, now) {
-            return Ok(false);
+        if let Some(source) = source {
+            lock(&self.sources).take(&source, now)?;
+            if self.is_familiar(username, source, now) {
+                return Ok(false);
+            }
         }
         let name = username.to_owned();
         // A refused attempt still costs its source: spraying names must not be free.
         lock(&self.principals).take(&name, now).map(|()| true)
     }
 
-    fn give_back(&self, source: IpAddr, username: &str, principal_charged: bool) {
-        lock(&self.sources).give_back(&source);
+    fn give_back(&self, source: Option<IpAddr>, username: &str, principal_charged: bool) {
+        if let Some(source) = source {
+            lock(&self.sources).give_back(&source);
+        }
         if principal_charged {
             lock(&self.principals).give_back(&username.to_owned());
         }
@@ -326,14 +370,14 @@ impl LoginGuard {
         }
     }
 
-    fn log_refused(&self, listener: Listener, source: IpAddr, username: &str, known: bool) {
+    fn log_refused(&self, listener: Listener, source: Option<IpAddr>, username: &str, known: bool) {
         let Some(held_back) = self.refused_log[listener as usize].allow(Instant::now()) else {
             return;
         };
         let failures = LoginStats::get(&self.stats.login.failures, listener);
         warn!(
             listener = listener.name(),
-            %source,
+            source = %Source(source),
             username,
             known,
             held_back,
@@ -342,13 +386,13 @@ impl LoginGuard {
         );
     }
 
-    fn log_throttled(&self, listener: Listener, source: IpAddr, username: &str, why: &str) {
+    fn log_throttled(&self, listener: Listener, source: Option<IpAddr>, username: &str, why: &str) {
         let Some(held_back) = self.throttled_log[listener as usize].allow(Instant::now()) else {
             return;
         };
         info!(
             listener = listener.name(),
-            %source,
+            source = %Source(source),
             username,
             held_back,
             "login refused before verification: {why}"
@@ -444,6 +488,42 @@ mod tests {
         assert_eq!(LoginStats::get(&stats.login.failures, Listener::Mqtt), 3);
         assert_eq!(LoginStats::get(&stats.login.throttled, Listener::Http), 1);
         assert_eq!(LoginStats::get(&stats.login.throttled, Listener::Mqtt), 1);
+    }
+
+    #[tokio::test]
+    async fn relayed_logins_are_limited_per_principal_not_per_broker() {
+        let hash = hash_password("right", Cost::Token);
+        let mut text = String::from(
+            "[auth.login]\nsource_burst = 2\nsource_per_minute = 1\nprincipal_burst = 2\nprincipal_per_minute = 1\n\n",
+        );
+        for id in ["p", "q", "r"] {
+            text.push_str(&format!(
+                "[[principals]]\nid = \"{id}\"\npassword_hash = \"{hash}\"\n\n"
+            ));
+        }
+        let (guard, dir, _) = guard_for(&text);
+        // More principals than one source's burst log in through the same broker.
+        for id in ["p", "q", "r"] {
+            let ok = guard
+                .login_unsourced(Listener::Mqtt, &dir, id, b"right")
+                .await;
+            assert!(matches!(ok, Login::Accepted(_)), "{id}: {ok:?}");
+        }
+        // Guessing one principal's password exhausts that principal's budget only.
+        for _ in 0..2 {
+            let bad = guard
+                .login_unsourced(Listener::Mqtt, &dir, "p", b"guess")
+                .await;
+            assert!(matches!(bad, Login::Refused), "{bad:?}");
+        }
+        let held = guard
+            .login_unsourced(Listener::Mqtt, &dir, "p", b"right")
+            .await;
+        assert!(matches!(held, Login::Throttled(_)), "{held:?}");
+        let other = guard
+            .login_unsourced(Listener::Mqtt, &dir, "q", b"right")
+            .await;
+        assert!(matches!(other, Login::Accepted(_)), "{other:?}");
     }
 
     #[tokio::test]

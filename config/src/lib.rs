@@ -132,6 +132,42 @@ pub struct HttpConfig {
     pub session_idle_s: u64,
     /// A browser session ends this many seconds after its login, however much it is used.
     pub session_max_s: u64,
+    /// The hooks an external MQTT broker calls to authenticate its clients and authorize
+    /// their topics with kenko's principals, rules and consents (`/api/v1/mqtt/auth`,
+    /// `/acl`, `/superuser`). Off unless set.
+    pub mqtt_hooks: Option<MqttHooksConfig>,
+}
+
+/// `[http.mqtt_hooks]`: the secret the calling broker proves itself with.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MqttHooksConfig {
+    /// SHA-256 of the secret (64 hex digits; `printf %s SECRET | sha256sum`). The broker
+    /// sends the secret itself, as `Authorization: Bearer SECRET` or `?token=SECRET` in
+    /// the hook's URL.
+    pub token_sha256: String,
+}
+
+impl MqttHooksConfig {
+    /// The digest as bytes, or why it cannot be one.
+    pub fn digest(&self) -> Result<[u8; 32], String> {
+        let hex = self.token_sha256.trim();
+        let bad = || {
+            format!(
+                "http.mqtt_hooks.token_sha256 must be 64 hex digits (the SHA-256 of the hooks' secret), got {} characters",
+                hex.len()
+            )
+        };
+        if hex.len() != 64 {
+            return Err(bad());
+        }
+        let mut digest = [0u8; 32];
+        for (i, byte) in digest.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16)
+                .map_err(|_| bad())?;
+        }
+        Ok(digest)
+    }
 }
 
 impl HttpConfig {
@@ -159,6 +195,7 @@ impl Default for HttpConfig {
             plain_on_network: false,
             session_idle_s: 30 * 60,
             session_max_s: 12 * 3600,
+            mqtt_hooks: None,
         }
     }
 }
@@ -866,6 +903,9 @@ impl Config {
         if let Some(addr) = self.http.listen {
             self.http.check_plain_listen(addr).or_else(invalid)?;
         }
+        if let Some(hooks) = &self.http.mqtt_hooks {
+            hooks.digest().map(|_| ()).or_else(invalid)?;
+        }
         if let Some(tls) = &self.http.tls {
             if tls.client_ca.is_some() || tls.require_client_cert {
                 return invalid(
@@ -1298,6 +1338,22 @@ mod tests {
         assert!(parse(tls).is_ok());
         let err = parse(&format!("{tls}client_ca = \"ca.pem\"\n")).expect_err("refused");
         assert!(err.to_string().contains("not used for HTTP"), "{err}");
+    }
+
+    #[test]
+    fn the_mqtt_hooks_secret_is_given_as_a_sha256_digest() {
+        let hooks = |digest: &str| format!("[http.mqtt_hooks]\ntoken_sha256 = \"{digest}\"\n");
+        let digest = "00ff".repeat(16);
+        let config = parse(&hooks(&digest)).expect("a 64-digit digest is accepted");
+        let parsed = config.http.mqtt_hooks.expect("hooks set").digest();
+        assert_eq!(parsed.map(|d| (d[0], d[1], d[31])), Ok((0x00, 0xff, 0xff)));
+        for bad in ["secret", &"0g".repeat(32), &"ab".repeat(33)] {
+            let err = parse(&hooks(bad)).expect_err("refused");
+            assert!(
+                err.to_string().contains("must be 64 hex digits"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]
