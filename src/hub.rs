@@ -44,35 +44,19 @@ impl Hub {
         shutdown: CancellationToken,
         accept_data_loss: bool,
     ) -> anyhow::Result<Hub> {
-        let lock = lock_data_dir(data_dir)?;
-        let registry_path = data_dir.join("registry.db");
-        verify_registry(&registry_path)?;
-        // Configuration devices and those of registry.db (`kenko device add`), kept current
-        // while the hub runs; broker and pipeline share it.
-        let registry = Registry::new(&config);
-        let watcher = RegistryWatcher::start(&registry_path, registry.clone(), DEVICE_POLL)
-            .with_context(|| format!("cannot read the devices of {}", registry_path.display()))?;
-        if registry.is_empty() {
-            tracing::warn!("no devices are registered (config file or `kenko device add`); telemetry is dead-lettered as unknown_device until one is added");
-        }
+        let data = DataDir::open(&config, data_dir)?;
         kenko_broker::check_descriptor_budget(&config);
-        let broker = Broker::bind(&config, registry.clone()).await?;
+        let broker = Broker::bind(&config, data.registry.clone()).await?;
         reload_on_sighup(broker.authorizer(), shutdown.clone());
-        let settings = Settings {
-            accept_data_loss,
-            ..Settings::try_from(&config)?
-        };
-        let (ingest, pipeline) = pipeline::start(
-            &settings,
-            registry.clone(),
-            data_dir,
-            Some(broker.notices()),
-        )
-        .map_err(|e| start_error(e, data_dir))?;
-        report_recovery(&pipeline.recovery);
-        if let Some(influx) = &config.influxdb {
-            check_influx(influx).await;
-        }
+        let (ingest, pipeline) = data
+            .start_pipeline(&config, accept_data_loss, Some(broker.notices()), "serve")
+            .await?;
+        let DataDir {
+            lock,
+            registry,
+            watcher,
+            ..
+        } = data;
         let mqtt_addr = broker.local_addr();
         let tls_addr = broker.tls_addr();
         let websocket_addr = broker.websocket_addr();
@@ -134,6 +118,60 @@ impl Hub {
     /// Waits until the hub has shut down.
     pub async fn wait(self) -> anyhow::Result<()> {
         self.task.await.context("hub task failed")
+    }
+}
+
+/// A data directory held by this process, with its device registry kept current.
+pub struct DataDir {
+    pub path: std::path::PathBuf,
+    pub lock: std::fs::File,
+    pub registry: Registry,
+    pub watcher: RegistryWatcher,
+}
+
+impl DataDir {
+    /// Locks `data_dir`, checks registry.db's audit log and starts following its devices.
+    pub fn open(config: &Config, data_dir: &Path) -> anyhow::Result<DataDir> {
+        let lock = lock_data_dir(data_dir)?;
+        let registry_path = data_dir.join("registry.db");
+        verify_registry(&registry_path)?;
+        // Configuration devices and those of registry.db (`kenko device add`), kept current
+        // while the process runs; broker and pipeline share it.
+        let registry = Registry::new(config);
+        let watcher = RegistryWatcher::start(&registry_path, registry.clone(), DEVICE_POLL)
+            .with_context(|| format!("cannot read the devices of {}", registry_path.display()))?;
+        if registry.is_empty() {
+            tracing::warn!("no devices are registered (config file or `kenko device add`); telemetry is dead-lettered as unknown_device until one is added");
+        }
+        Ok(DataDir {
+            path: data_dir.to_owned(),
+            lock,
+            registry,
+            watcher,
+        })
+    }
+
+    /// Opens the stores and the write-ahead log and starts the ingest pipeline; says what
+    /// recovery found and whether InfluxDB answers (`command` names the command saying it).
+    pub async fn start_pipeline(
+        &self,
+        config: &Config,
+        accept_data_loss: bool,
+        notices: Option<flume::Sender<pipeline::Notice>>,
+        command: &str,
+    ) -> anyhow::Result<(pipeline::IngestHandle, pipeline::Pipeline)> {
+        let settings = Settings {
+            accept_data_loss,
+            ..Settings::try_from(config)?
+        };
+        let (ingest, pipeline) =
+            pipeline::start(&settings, self.registry.clone(), &self.path, notices)
+                .map_err(|e| start_error(e, &self.path))?;
+        report_recovery(&pipeline.recovery);
+        if let Some(influx) = &config.influxdb {
+            check_influx(influx, command).await;
+        }
+        Ok((ingest, pipeline))
     }
 }
 
@@ -240,15 +278,15 @@ fn report_recovery(recovery: &Recovery) {
 
 /// Tells whether the InfluxDB server answers; the hub runs either way (the log holds what
 /// the server has not taken yet).
-async fn check_influx(influx: &kenko_config::InfluxConfig) {
+async fn check_influx(influx: &kenko_config::InfluxConfig, command: &str) {
     let result = match kenko_ingest::influx::client(influx) {
         Ok(client) => kenko_ingest::influx::check(&client, std::time::Duration::from_secs(5)).await,
         Err(e) => Err(e.to_string()),
     };
     match result {
-        Ok(()) => println!("kenko serve: InfluxDB at {} is ready", influx.url),
+        Ok(()) => println!("kenko {command}: InfluxDB at {} is ready", influx.url),
         Err(why) => eprintln!(
-            "kenko serve: cannot reach InfluxDB at {} ({why}); observations wait in the write-ahead log until it answers",
+            "kenko {command}: cannot reach InfluxDB at {} ({why}); observations wait in the write-ahead log until it answers",
             influx.url
         ),
     }

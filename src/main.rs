@@ -12,6 +12,7 @@ mod principal;
 mod query;
 mod simulate;
 mod store;
+mod worker;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,6 +55,9 @@ enum Command {
     Deadletter(deadletter::DeadLetterArgs),
     /// Check the stores' sealed chunks for damage
     Store(store::StoreArgs),
+    /// Run the ingest pipeline fed by an external MQTT broker's shared subscription
+    /// (`[source]`), without the embedded broker
+    Worker(worker::WorkerArgs),
 }
 
 #[derive(clap::Args)]
@@ -87,7 +91,7 @@ fn main() -> ExitCode {
     // Progress and results go to stdout; logs go to stderr. Quiet by default where the
     // command prints its own progress.
     let default_level = match cli.command {
-        Command::Serve(_) => "info",
+        Command::Serve(_) | Command::Worker(_) => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -131,6 +135,7 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Demo(args) => demo::run(args).await,
         Command::Serve(args) => serve(args).await,
+        Command::Worker(args) => worker::run(args).await,
         Command::Simulate(args) => simulate::run(args).await,
         Command::Query(_)
         | Command::Acl(_)

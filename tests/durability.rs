@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use common::fleet::{Fleet, Times};
+use common::fleet::{missing_or_repeated, Fleet, Times};
 use common::raw::{self, Conn};
 use common::vm::VictoriaMetrics;
 use common::{config_with_devices, eventually, now_ms, password, Hub};
@@ -52,46 +52,12 @@ fn stored(data_dir: &Path) -> anyhow::Result<HashMap<(String, i64), usize>> {
 
 /// The same from VictoriaMetrics' export.
 fn exported(vm: &VictoriaMetrics) -> anyhow::Result<HashMap<(String, i64), usize>> {
-    let mut out = HashMap::new();
-    for series in vm.export("kenko_heart_rate")? {
-        let device = series.labels.get("device").cloned().unwrap_or_default();
-        for (t, _) in series.points {
-            *out.entry((device.clone(), t)).or_insert(0) += 1;
-        }
-    }
-    Ok(out)
+    vm.points("kenko_heart_rate")
 }
 
 /// Every acknowledged (device, seq) as (device, event time).
 fn expected(acked: &HashMap<String, Vec<u64>>, base_ms: i64) -> BTreeSet<(String, i64)> {
-    acked
-        .iter()
-        .flat_map(|(d, seqs)| {
-            seqs.iter()
-                .map(move |s| (d.clone(), base_ms + *s as i64 * STEP_MS))
-        })
-        .collect()
-}
-
-/// Missing (acknowledged but absent) and repeated points, for the assertion message.
-fn check(
-    what: &str,
-    have: &HashMap<(String, i64), usize>,
-    want: &BTreeSet<(String, i64)>,
-) -> Option<String> {
-    let missing: Vec<_> = want.iter().filter(|k| !have.contains_key(*k)).collect();
-    let repeated: Vec<_> = have.iter().filter(|(_, n)| **n > 1).collect();
-    if missing.is_empty() && repeated.is_empty() {
-        return None;
-    }
-    Some(format!(
-        "{what}: {} of {} acknowledged missing (first {:?}), {} repeated (first {:?})",
-        missing.len(),
-        want.len(),
-        missing.first(),
-        repeated.len(),
-        repeated.first()
-    ))
+    common::fleet::acknowledged_points(acked, times(base_ms))
 }
 
 /// Waits until both stores hold every acknowledged point exactly once.
@@ -103,8 +69,8 @@ fn all_arrive(
 ) -> anyhow::Result<()> {
     let mut last = String::new();
     let result = eventually(limit, || {
-        let sqlite = check("SQLite", &stored(data_dir)?, want);
-        let influx = check("VictoriaMetrics", &exported(vm)?, want);
+        let sqlite = missing_or_repeated("SQLite", &stored(data_dir)?, want);
+        let influx = missing_or_repeated("VictoriaMetrics", &exported(vm)?, want);
         match (sqlite, influx) {
             (None, None) => Ok(Some(())),
             (a, b) => {

@@ -13,6 +13,7 @@ mod event_time;
 mod hub;
 pub mod login;
 mod packet;
+pub use packet::telemetry_device;
 mod problem_info;
 pub mod rate;
 pub mod route;

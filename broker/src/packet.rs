@@ -84,7 +84,7 @@ pub(crate) fn check_topic_filter(filter: &str) -> Result<(), &'static str> {
 
 /// The `{device_id}` of a telemetry topic `devices/{device_id}/telemetry`, or of
 /// `devices/{device_id}/telemetry/pb` (protobuf payloads).
-pub(crate) fn telemetry_device(topic: &str) -> Option<&str> {
+pub fn telemetry_device(topic: &str) -> Option<&str> {
     let rest = topic.strip_prefix("devices/")?;
     let rest = rest.strip_suffix("/pb").unwrap_or(rest);
     let device = rest.strip_suffix("/telemetry")?;

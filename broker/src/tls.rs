@@ -48,6 +48,28 @@ fn certificates(
 }
 
 /// The acceptor for `config`.
+/// The CA certificates of the PEM file `ca`, as trust anchors.
+fn roots(ca: &std::path::Path, what: &'static str) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(ca, what)? {
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::Rustls(format!("{what} {}: {e}", ca.display())))?;
+    }
+    Ok(roots)
+}
+
+/// A client's TLS configuration that trusts the CA certificates of the PEM file `ca` (a
+/// `kenko worker` connecting to an external broker over `mqtts://`).
+pub fn client_config(ca: &std::path::Path) -> Result<rustls::ClientConfig, TlsError> {
+    let roots = roots(ca, "the broker's CA")?;
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
     let chain = certificates(&config.cert, "the server certificate")?;
     let key = PrivateKeyDer::from_pem_file(&config.key).map_err(|e| TlsError::Pem {
@@ -60,12 +82,7 @@ pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
     let builder = match &config.client_ca {
         Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for cert in certificates(ca, "the client CA")? {
-                roots
-                    .add(cert)
-                    .map_err(|e| TlsError::Rustls(format!("client CA {}: {e}", ca.display())))?;
-            }
+            let roots = roots(ca, "the client CA")?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
             let verifier = if config.require_client_cert {
                 verifier

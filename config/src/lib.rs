@@ -14,6 +14,7 @@ pub mod origin;
 pub mod poll;
 pub mod profile;
 pub mod retention;
+pub mod source;
 
 pub use alerts::{AlertConfig, Condition};
 pub use origin::{Entry, Origin};
@@ -71,6 +72,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Alert rules for care services (`[[alerts]]`), evaluated as data arrives.
     pub alerts: Vec<AlertConfig>,
+    /// The external MQTT broker `kenko worker` takes telemetry from (not used by `serve`).
+    pub source: Option<source::SourceConfig>,
     /// Where the entries are in the file this configuration was read from (not a setting).
     #[serde(skip)]
     pub origin: Origin,
@@ -700,6 +703,14 @@ impl Config {
         if let Some(file) = config.influxdb.as_mut().and_then(|i| i.token_file.as_mut()) {
             resolve(file);
         }
+        if let Some(source) = &mut config.source {
+            for file in [&mut source.password_file, &mut source.ca]
+                .into_iter()
+                .flatten()
+            {
+                resolve(file);
+            }
+        }
         for tls in [&mut config.mqtt.tls, &mut config.http.tls]
             .into_iter()
             .flatten()
@@ -902,6 +913,9 @@ impl Config {
         }
         if let Some(addr) = self.http.listen {
             self.http.check_plain_listen(addr).or_else(invalid)?;
+        }
+        if let Some(source) = &self.source {
+            source.check().or_else(invalid)?;
         }
         if let Some(hooks) = &self.http.mqtt_hooks {
             hooks.digest().map(|_| ()).or_else(invalid)?;

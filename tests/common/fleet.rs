@@ -2,7 +2,7 @@
 //! disconnect; each records the sequence numbers the hub acknowledged, so that a test can
 //! check every acknowledged reading against the store.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,6 +28,40 @@ impl Times {
 }
 
 type Acked = Arc<Mutex<HashMap<String, Vec<u64>>>>;
+
+/// Every acknowledged (device, seq) as (device, event time), for a fleet whose devices all
+/// share `times` (`device_span_ms` 0: a device's place in the list does not matter).
+pub fn acknowledged_points(
+    acked: &HashMap<String, Vec<u64>>,
+    times: Times,
+) -> BTreeSet<(String, i64)> {
+    acked
+        .iter()
+        .flat_map(|(d, seqs)| seqs.iter().map(move |s| (d.clone(), times.at(0, *s))))
+        .collect()
+}
+
+/// What is wrong with `have` (how often each (device, time) is stored) against `want`:
+/// acknowledged points missing and points stored more than once; `None` if nothing.
+pub fn missing_or_repeated(
+    what: &str,
+    have: &HashMap<(String, i64), usize>,
+    want: &BTreeSet<(String, i64)>,
+) -> Option<String> {
+    let missing: Vec<_> = want.iter().filter(|k| !have.contains_key(*k)).collect();
+    let repeated: Vec<_> = have.iter().filter(|(_, n)| **n > 1).collect();
+    if missing.is_empty() && repeated.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{what}: {} of {} acknowledged missing (first {:?}), {} repeated (first {:?})",
+        missing.len(),
+        want.len(),
+        missing.first(),
+        repeated.len(),
+        repeated.first()
+    ))
+}
 
 pub struct Fleet {
     acked: Acked,

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod external;
 pub mod fleet;
 pub mod mqtt311;
 pub mod raw;

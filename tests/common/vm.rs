@@ -127,6 +127,23 @@ impl VictoriaMetrics {
     }
 }
 
+impl VictoriaMetrics {
+    /// How often each (device label, timestamp) is among the series named by `name`.
+    pub fn points(
+        &self,
+        name: &str,
+    ) -> anyhow::Result<std::collections::HashMap<(String, i64), usize>> {
+        let mut out = std::collections::HashMap::new();
+        for series in self.export(name)? {
+            let device = series.labels.get("device").cloned().unwrap_or_default();
+            for (t, _) in series.points {
+                *out.entry((device.clone(), t)).or_insert(0) += 1;
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl Drop for VictoriaMetrics {
     fn drop(&mut self) {
         let _ = self.stop();

@@ -1,0 +1,198 @@
+//! `[source]`: the external MQTT broker a `kenko worker` takes telemetry from, through a
+//! shared subscription, instead of the embedded broker.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The external broker and how a worker subscribes to it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `mqtt://HOST:PORT` or `mqtts://HOST:PORT` (1883 and 8883 when the port is left out).
+    pub url: String,
+    /// The shared subscription's group: the workers of one group share the load, each
+    /// message going to one of them.
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// This worker's client id: keep it the same across restarts, so that the broker keeps
+    /// the worker's session and sends it again what it had not acknowledged. Default:
+    /// `kenko-worker-` and the machine's host name.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The environment variable that holds the password (read at start).
+    #[serde(default = "default_password_env")]
+    pub password_env: String,
+    /// A file that holds the password (relative to the config file), used when the
+    /// environment variable is not set.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// CA certificates (PEM) that sign the broker's certificate, for `mqtts://`.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// The topic filters subscribed to, each as `$share/{group}/{filter}`.
+    #[serde(default = "default_topics")]
+    pub topics: Vec<String>,
+    /// Seconds between keep-alive pings.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_s: u64,
+}
+
+fn default_group() -> String {
+    "kenko".to_owned()
+}
+
+fn default_password_env() -> String {
+    "KENKO_SOURCE_PASSWORD".to_owned()
+}
+
+fn default_topics() -> Vec<String> {
+    vec![
+        "devices/+/telemetry".to_owned(),
+        "devices/+/telemetry/pb".to_owned(),
+    ]
+}
+
+fn default_keep_alive() -> u64 {
+    30
+}
+
+/// Where the external broker is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+impl SourceConfig {
+    /// The broker's host, port and whether it speaks TLS, or why the URL cannot be used.
+    pub fn endpoint(&self) -> Result<Endpoint, String> {
+        let (tls, rest) = if let Some(rest) = self.url.strip_prefix("mqtt://") {
+            (false, rest)
+        } else if let Some(rest) = self.url.strip_prefix("mqtts://") {
+            (true, rest)
+        } else {
+            return Err(format!(
+                "source.url {:?} must start with mqtt:// or mqtts://",
+                self.url
+            ));
+        };
+        let rest = rest.trim_end_matches('/');
+        let default_port = if tls { 8883 } else { 1883 };
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
+                let port = port.parse().map_err(|_| {
+                    format!("source.url {:?}: port {port:?} is not a number", self.url)
+                })?;
+                (host, port)
+            }
+            _ => (rest, default_port),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains('/') {
+            return Err(format!(
+                "source.url {:?} must be mqtt://HOST:PORT (no path)",
+                self.url
+            ));
+        }
+        Ok(Endpoint {
+            host: host.to_owned(),
+            port,
+            tls,
+        })
+    }
+
+    /// Checks what can be checked before connecting.
+    pub fn check(&self) -> Result<(), String> {
+        let endpoint = self.endpoint()?;
+        if self.ca.is_some() && !endpoint.tls {
+            return Err("source.ca is for mqtts:// URLs".to_owned());
+        }
+        if self.group.is_empty() || self.group.contains(['/', '+', '#']) {
+            return Err(format!(
+                "source.group {:?} must be one topic level without wildcards",
+                self.group
+            ));
+        }
+        if self.topics.is_empty() {
+            return Err("source.topics is empty: nothing would be subscribed to".to_owned());
+        }
+        if let Some(bad) = self.topics.iter().find(|t| !t.starts_with("devices/")) {
+            return Err(format!(
+                "source.topics: {bad:?} is not a devices/… telemetry filter; the worker reads devices/{{device_id}}/telemetry and …/pb"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The password: from the environment variable `password_env`, else from
+    /// `password_file` (trimmed); `None` when neither is set.
+    pub fn password(&self) -> Result<Option<String>, String> {
+        if let Ok(password) = std::env::var(&self.password_env) {
+            if !password.is_empty() {
+                return Ok(Some(password));
+            }
+        }
+        let Some(path) = &self.password_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("source.password_file {}: {e}", path.display()))?;
+        let password = text.trim();
+        if password.is_empty() {
+            return Err(format!("source.password_file {} is empty", path.display()));
+        }
+        Ok(Some(password.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(url: &str) -> SourceConfig {
+        toml::from_str(&format!("url = {url:?}\n")).expect("source")
+    }
+
+    #[test]
+    fn urls_name_host_port_and_tls() {
+        let at = |url: &str| source(url).endpoint();
+        let endpoint = |host: &str, port, tls| {
+            Ok(Endpoint {
+                host: host.to_owned(),
+                port,
+                tls,
+            })
+        };
+        assert_eq!(
+            at("mqtt://127.0.0.1:1884"),
+            endpoint("127.0.0.1", 1884, false)
+        );
+        assert_eq!(
+            at("mqtts://broker.city"),
+            endpoint("broker.city", 8883, true)
+        );
+        assert_eq!(at("mqtt://[::1]:1883"), endpoint("::1", 1883, false));
+        assert_eq!(at("mqtt://broker/"), endpoint("broker", 1883, false));
+        for bad in ["http://h:1", "mqtt://h:port", "mqtt://", "mqtt://h/x"] {
+            assert!(at(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn defaults_subscribe_to_both_telemetry_topics_in_group_kenko() {
+        let s = source("mqtt://h");
+        assert_eq!(s.group, "kenko");
+        assert_eq!(s.topics, ["devices/+/telemetry", "devices/+/telemetry/pb"]);
+        assert_eq!(s.check(), Ok(()));
+        let mut bad = s.clone();
+        bad.group = "a/b".into();
+        assert!(bad.check().is_err());
+        let mut bad = s;
+        bad.topics = vec!["#".into()];
+        assert!(bad.check().is_err());
+    }
+}

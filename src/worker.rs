@@ -1,0 +1,68 @@
+//! `kenko worker`: the ingest pipeline (decoding, consent, write-ahead log, sinks, dead
+//! letters, windows) without the embedded broker, fed by an external MQTT broker through a
+//! shared subscription (`[source]`). Each message is acknowledged to the broker only once
+//! its batch is in the write-ahead log, so a worker killed mid-batch loses nothing: the
+//! broker sends it again when the worker (same client id) is back. docs/scale-out.md.
+
+mod source;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+use crate::hub::{self, DataDir};
+
+#[derive(clap::Args)]
+pub struct WorkerArgs {
+    /// Configuration file with a [source] section (see docs/scale-out.md)
+    #[arg(long)]
+    config: PathBuf,
+    /// Data directory; overrides `data_dir` of the config file [default: ./kenko-data]
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Start even when personal.db or shared.db lacks acknowledged readings that the
+    /// write-ahead log no longer holds; the loss is recorded in the audit log
+    #[arg(long)]
+    accept_data_loss: bool,
+}
+
+pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    let config = kenko_config::Config::from_file(&args.config)?;
+    let source = config.source.clone().with_context(|| {
+        format!(
+            "{} has no [source] section: a worker needs the external broker it takes telemetry from (url = \"mqtt://HOST:PORT\")",
+            args.config.display()
+        )
+    })?;
+    let data_dir = args
+        .data_dir
+        .or_else(|| config.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("./kenko-data"));
+    let connection = source::Connection::new(&source)?;
+    let data = DataDir::open(&config, &data_dir)?;
+    let shutdown = hub::shutdown_on_signals();
+    let (ingest, pipeline) = data
+        .start_pipeline(&config, args.accept_data_loss, None, "worker")
+        .await?;
+    println!(
+        "kenko worker: {} as {} in group {}, data in {}",
+        source.url,
+        connection.client_id(),
+        source.group,
+        data_dir.display()
+    );
+    println!("stop with Ctrl-C or SIGTERM");
+    let taken = connection.run(ingest, shutdown).await;
+    // Every pipeline handle is gone: the writer drains what is queued and the sinks write
+    // the log out.
+    tokio::task::spawn_blocking(move || pipeline.join())
+        .await
+        .context("the ingest pipeline did not stop cleanly")?;
+    drop(data);
+    let taken = taken?;
+    println!(
+        "kenko worker: stopped; {} messages taken, {} acknowledged, {} sent again by the broker",
+        taken.taken, taken.acknowledged, taken.resent
+    );
+    Ok(())
+}
