@@ -44,11 +44,19 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let (ingest, pipeline) = data
         .start_pipeline(&config, args.accept_data_loss, None, "worker")
         .await?;
+    let partition = if source.partitions > 1 {
+        format!(
+            ", partition {} of {} (devices by FNV-1a of their id)",
+            source.partition, source.partitions
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "kenko worker: {} as {} in group {}, data in {}",
+        "kenko worker: {} as {} in group {}{partition}, data in {}",
         source.url,
         connection.client_id(),
-        source.group,
+        source.share_group(),
         data_dir.display()
     );
     println!("stop with Ctrl-C or SIGTERM");
@@ -61,8 +69,8 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     drop(data);
     let taken = taken?;
     println!(
-        "kenko worker: stopped; {} messages taken, {} acknowledged, {} sent again by the broker",
-        taken.taken, taken.acknowledged, taken.resent
+        "kenko worker: stopped; {} messages taken, {} acknowledged, {} sent again by the broker, {} of other partitions passed over",
+        taken.taken, taken.acknowledged, taken.resent, taken.others
     );
     Ok(())
 }

@@ -18,23 +18,22 @@ const DEVICES: usize = 100;
 const WORKERS: usize = 3;
 const STEP_MS: i64 = 100;
 
-fn worker_config(broker: &Mosquitto, vm: &VictoriaMetrics, n: usize) -> String {
+fn influx(vm: &VictoriaMetrics) -> String {
     format!(
-        "{}[influxdb]\nurl = \"{}\"\norg = \"city\"\nbatch_age_ms = 200\nmax_backoff_ms = 1000\n\n\
-         [source]\nurl = \"mqtt://{}\"\ngroup = \"kenko\"\nclient_id = \"kenko-worker-{n}\"\n",
-        config_with_devices(DEVICES),
-        vm.url(),
-        broker.addr
+        "[influxdb]\nurl = \"{}\"\norg = \"city\"\nbatch_age_ms = 200\nmax_backoff_ms = 1000\n\n",
+        vm.url()
     )
 }
 
-/// Writes worker `n`'s config and data directory (with every citizen's consent to
-/// collection) under `dir`; starts it.
+/// Writes worker `n`'s config (`extra` after the devices, `source` lines in its
+/// `[source]`) and data directory (with every citizen's consent to collection) under
+/// `dir`; starts it.
 fn start_worker(
     dir: &Path,
     broker: &Mosquitto,
-    vm: &VictoriaMetrics,
     n: usize,
+    extra: &str,
+    source: &str,
 ) -> anyhow::Result<Worker> {
     let home = dir.join(format!("worker-{n}"));
     let data = home.join("data");
@@ -43,8 +42,26 @@ fn start_worker(
     let citizens: Vec<&str> = citizens.iter().map(String::as_str).collect();
     consent(&data, "grant", &citizens, "collect")?;
     let config = home.join("kenko.toml");
-    std::fs::write(&config, worker_config(broker, vm, n))?;
+    let text = format!(
+        "{}{extra}[source]\nurl = \"mqtt://{}\"\ngroup = \"kenko\"\nclient_id = \"kenko-worker-{n}\"\n{source}",
+        config_with_devices(DEVICES),
+        broker.addr
+    );
+    std::fs::write(&config, text)?;
     Worker::start(&config, &data)
+}
+
+fn devices() -> Vec<String> {
+    (1..=DEVICES).map(|i| format!("bed-{i:03}")).collect()
+}
+
+/// Event times step by `STEP_MS` per message from six hours back, alike for every device.
+fn times() -> Times {
+    Times {
+        base_ms: now_ms() - 6 * 3_600_000,
+        device_span_ms: 0,
+        step_ms: STEP_MS,
+    }
 }
 
 /// (device, time) of the heart rates in a worker's own store: its share of the load.
@@ -61,15 +78,16 @@ async fn workers_in_a_shared_group_lose_nothing_when_one_is_killed_and_restarted
     let vm = VictoriaMetrics::start(&dir.path().join("vm"))?;
     let mut workers: Vec<Option<Worker>> = Vec::new();
     for n in 1..=WORKERS {
-        workers.push(Some(start_worker(dir.path(), &broker, &vm, n)?));
+        workers.push(Some(start_worker(
+            dir.path(),
+            &broker,
+            n,
+            &influx(&vm),
+            "",
+        )?));
     }
-    let devices: Vec<String> = (1..=DEVICES).map(|i| format!("bed-{i:03}")).collect();
-    let times = Times {
-        base_ms: now_ms() - 6 * 3_600_000,
-        device_span_ms: 0,
-        step_ms: STEP_MS,
-    };
-    let fleet = Fleet::start(broker.addr, &devices, Duration::ZERO, times);
+    let times = times();
+    let fleet = Fleet::start(broker.addr, &devices(), Duration::ZERO, times);
     let started = Instant::now();
     eventually(Duration::from_secs(60), || {
         Ok((fleet.total() >= 2_000).then_some(()))
@@ -135,6 +153,90 @@ async fn workers_in_a_shared_group_lose_nothing_when_one_is_killed_and_restarted
         let last_words = tokio::task::block_in_place(|| worker.terminate())?;
         eprintln!("worker {}: {last_words}", n + 1);
         assert!(last_words.contains("acknowledged"), "{last_words}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partitioned_workers_each_get_all_of_their_own_devices_readings() -> anyhow::Result<()> {
+    const PARTITIONS: u32 = 2;
+    let dir = tempfile::tempdir()?;
+    let broker = Mosquitto::start(&dir.path().join("mosquitto"))?;
+    let mut workers = Vec::new();
+    for p in 0..PARTITIONS {
+        let source = format!("partitions = {PARTITIONS}\npartition = {p}\n");
+        workers.push(Some(start_worker(
+            dir.path(),
+            &broker,
+            p as usize,
+            "",
+            &source,
+        )?));
+    }
+    let times = times();
+    let fleet = Fleet::start(broker.addr, &devices(), Duration::ZERO, times);
+    eventually(Duration::from_secs(60), || {
+        Ok((fleet.total() >= 2_000).then_some(()))
+    })?;
+    // Partition 1's worker restarts mid-run: its devices wait for it, none goes elsewhere.
+    let (config, data) = workers[1].take().expect("partition 1").kill()?;
+    let at_kill = fleet.total();
+    workers[1] = Some(tokio::task::block_in_place(|| {
+        Worker::start(&config, &data)
+    })?);
+    eventually(Duration::from_secs(60), || {
+        Ok((fleet.total() >= at_kill + 3_000).then_some(()))
+    })?;
+    let acked = fleet.stop().await;
+    let want = acknowledged_points(&acked, times);
+
+    let mut last = String::new();
+    let mut owners: HashMap<String, Vec<u32>> = HashMap::new();
+    let result = eventually(Duration::from_secs(60), || {
+        let mut everywhere: HashMap<(String, i64), usize> = HashMap::new();
+        owners.clear();
+        for (p, worker) in workers.iter().enumerate() {
+            let worker = worker.as_ref().expect("running");
+            for (device, time) in stored_by(&worker.data_dir)? {
+                let seen = owners.entry(device.clone()).or_default();
+                if !seen.contains(&(p as u32)) {
+                    seen.push(p as u32);
+                }
+                *everywhere.entry((device, time)).or_insert(0) += 1;
+            }
+        }
+        match missing_or_repeated("the partitions' stores", &everywhere, &want) {
+            None => Ok(Some(())),
+            Some(why) => {
+                last = why;
+                Ok(None)
+            }
+        }
+    });
+    result.map_err(|e| anyhow::anyhow!("{e}: {last}"))?;
+    for (device, seen) in &owners {
+        let owner = kenko_config::source::partition_of(device, PARTITIONS);
+        assert_eq!(
+            seen,
+            &[owner],
+            "{device}'s readings are all at its partition's worker"
+        );
+    }
+    let per_partition: Vec<usize> = (0..PARTITIONS)
+        .map(|p| owners.values().filter(|o| o[0] == p).count())
+        .collect();
+    eprintln!(
+        "partitions: devices per partition {per_partition:?}, {} readings",
+        want.len()
+    );
+    assert!(per_partition.iter().all(|n| *n > 0), "{per_partition:?}");
+    for worker in workers.into_iter().flatten() {
+        let last_words = tokio::task::block_in_place(|| worker.terminate())?;
+        eprintln!("{last_words}");
+        assert!(
+            last_words.contains("of other partitions passed over"),
+            "{last_words}"
+        );
     }
     Ok(())
 }

@@ -38,6 +38,27 @@ pub struct SourceConfig {
     /// Seconds between keep-alive pings.
     #[serde(default = "default_keep_alive")]
     pub keep_alive_s: u64,
+    /// Into how many partitions the devices are split. With more than one, each worker
+    /// owns the devices of its `partition` (by [`partition_of`] their id) and subscribes in
+    /// a group of that partition alone, so that all of a device's readings reach one
+    /// worker, in order (windows need them together).
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+    /// This worker's partition, 0 to `partitions - 1`.
+    #[serde(default)]
+    pub partition: u32,
+}
+
+/// The partition of `device` among `partitions`: FNV-1a (64-bit) of the id's bytes, modulo
+/// the count. Stable across versions and machines: the same device always lands on the
+/// same partition for a given count.
+pub fn partition_of(device: &str, partitions: u32) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in device.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    u32::try_from(hash % u64::from(partitions.max(1))).unwrap_or(0)
 }
 
 fn default_group() -> String {
@@ -57,6 +78,10 @@ fn default_topics() -> Vec<String> {
 
 fn default_keep_alive() -> u64 {
     30
+}
+
+fn default_partitions() -> u32 {
+    1
 }
 
 /// Where the external broker is.
@@ -105,6 +130,21 @@ impl SourceConfig {
         })
     }
 
+    /// The shared subscription group this worker joins: `group`, or `group-pK` for
+    /// partition K of several.
+    pub fn share_group(&self) -> String {
+        if self.partitions > 1 {
+            format!("{}-p{}", self.group, self.partition)
+        } else {
+            self.group.clone()
+        }
+    }
+
+    /// Whether this worker takes `device`'s messages.
+    pub fn owns(&self, device: &str) -> bool {
+        self.partitions <= 1 || partition_of(device, self.partitions) == self.partition
+    }
+
     /// Checks what can be checked before connecting.
     pub fn check(&self) -> Result<(), String> {
         let endpoint = self.endpoint()?;
@@ -115,6 +155,12 @@ impl SourceConfig {
             return Err(format!(
                 "source.group {:?} must be one topic level without wildcards",
                 self.group
+            ));
+        }
+        if self.partitions == 0 || self.partition >= self.partitions {
+            return Err(format!(
+                "source.partition {} must be below source.partitions {} (partitions count from 0)",
+                self.partition, self.partitions
             ));
         }
         if self.topics.is_empty() {
@@ -180,6 +226,31 @@ mod tests {
         for bad in ["http://h:1", "mqtt://h:port", "mqtt://", "mqtt://h/x"] {
             assert!(at(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn partitions_split_devices_stably_and_evenly() {
+        // Pinned: changing the hash would move every device to another worker.
+        assert_eq!(partition_of("bed-001", 3), partition_of("bed-001", 3));
+        assert_eq!(partition_of("", 7), (0xcbf2_9ce4_8422_2325u64 % 7) as u32);
+        assert_eq!(
+            partition_of("a", u32::MAX),
+            (0xaf63_dc4c_8601_ec8cu64 % u64::from(u32::MAX)) as u32
+        );
+        let mut counts = [0usize; 4];
+        for i in 0..4000 {
+            counts[partition_of(&format!("bed-{i:04}"), 4) as usize] += 1;
+        }
+        assert!(counts.iter().all(|n| (800..1200).contains(n)), "{counts:?}");
+        let mut s = source("mqtt://h");
+        assert_eq!((s.share_group(), s.owns("x")), ("kenko".to_owned(), true));
+        s.partitions = 4;
+        s.partition = 2;
+        assert_eq!(s.share_group(), "kenko-p2");
+        let owned = (0..4000).filter(|i| s.owns(&format!("bed-{i:04}"))).count();
+        assert_eq!(owned, counts[2]);
+        s.partition = 4;
+        assert!(s.check().is_err(), "partition 4 of 4");
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct Taken {
     /// Messages the broker sent again (its DUP flag: not acknowledged before, by this
     /// process or by one killed before it).
     pub resent: u64,
+    /// Messages of devices of other partitions, acknowledged and left to their workers.
+    pub others: u64,
 }
 
 #[derive(Default)]
@@ -52,6 +54,7 @@ struct Counters {
     taken: AtomicU64,
     acknowledged: AtomicU64,
     resent: AtomicU64,
+    others: AtomicU64,
 }
 
 /// The messages taken and not yet acknowledged, by the token their verdict carries, and
@@ -74,6 +77,7 @@ pub struct Connection {
     client_id: String,
     filters: Vec<String>,
     url: String,
+    source: SourceConfig,
 }
 
 impl Connection {
@@ -115,9 +119,10 @@ impl Connection {
             filters: source
                 .topics
                 .iter()
-                .map(|t| format!("$share/{}/{t}", source.group))
+                .map(|t| format!("$share/{}/{t}", source.share_group()))
                 .collect(),
             url: source.url.clone(),
+            source: source.clone(),
         })
     }
 
@@ -147,6 +152,7 @@ impl Connection {
             events,
             filters: self.filters,
             url: self.url,
+            source: self.source,
             ingest: Some(ingest),
             outcomes: Some(outcomes_tx),
             pending,
@@ -166,6 +172,7 @@ impl Connection {
             taken: counters.taken.load(Ordering::Relaxed),
             acknowledged: counters.acknowledged.load(Ordering::Relaxed),
             resent: counters.resent.load(Ordering::Relaxed),
+            others: counters.others.load(Ordering::Relaxed),
         })
     }
 }
@@ -209,12 +216,23 @@ async fn acknowledge(
     }
 }
 
+/// What taking a message holds until its acknowledgement.
+enum Hold {
+    Token(u32),
+    /// The broker sent it again while the first copy is held.
+    Copy,
+    /// QoS 0: never acknowledged.
+    AtMostOnce,
+}
+
 /// The receiving side: the event loop, which also sends what the acknowledging task asks.
 struct Taker {
     client: AsyncClient,
     events: EventLoop,
     filters: Vec<String>,
     url: String,
+    /// Which devices are this worker's.
+    source: SourceConfig,
     /// `None` once stopping: the pipeline drains.
     ingest: Option<IngestHandle>,
     outcomes: Option<flume::Sender<Outcome>>,
@@ -234,7 +252,7 @@ impl Taker {
                 event = self.events.poll() => event,
             };
             match event {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => self.connected(&ack).await?,
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => self.connected(&ack)?,
                 Ok(Event::Incoming(Packet::SubAck(ack))) => self.subscribed(&ack.return_codes)?,
                 Ok(Event::Incoming(Packet::Publish(publish))) => self.take(publish).await?,
                 Ok(_) => {}
@@ -250,7 +268,7 @@ impl Taker {
         }
     }
 
-    async fn connected(&mut self, ack: &ConnAck) -> anyhow::Result<()> {
+    fn connected(&mut self, ack: &ConnAck) -> anyhow::Result<()> {
         match self.backoff.succeeded() {
             Some(after) => {
                 info!(url = %self.url, after_ms = after.as_millis() as u64, session_present = ack.session_present, "connected to the broker again")
@@ -266,14 +284,20 @@ impl Taker {
             pending.by_token.clear();
             pending.packet_ids.clear();
         }
-        let filters = self
+        // Queued from a task of its own: this task must keep polling, or a request queue
+        // full of acknowledgements would never drain.
+        let filters: Vec<SubscribeFilter> = self
             .filters
             .iter()
-            .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
-        self.client
-            .subscribe_many(filters)
-            .await
-            .context("the connection's request queue closed")
+            .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce))
+            .collect();
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = client.subscribe_many(filters).await {
+                warn!(error = %e, "cannot subscribe: the connection's request queue closed");
+            }
+        });
+        Ok(())
     }
 
     fn subscribed(&self, codes: &[SubscribeReasonCode]) -> anyhow::Result<()> {
@@ -302,35 +326,30 @@ impl Taker {
 
     /// Submits a message to the pipeline, unless it is a copy of one already there.
     async fn take(&mut self, publish: Publish) -> anyhow::Result<()> {
-        let (Some(ingest), Some(outcomes)) = (&self.ingest, &self.outcomes) else {
+        let (Some(ingest), Some(outcomes)) = (self.ingest.clone(), self.outcomes.clone()) else {
             return Ok(());
-        };
-        let Some(device) = kenko_broker::telemetry_device(&publish.topic) else {
-            warn!(topic = %publish.topic, "not a devices/{{id}}/telemetry topic; acknowledged and left alone (check source.topics)");
-            return self.ack_now(&publish).await;
         };
         if publish.dup {
             self.counters.resent.fetch_add(1, Ordering::Relaxed);
         }
-        let reply = if publish.qos == QoS::AtMostOnce {
-            None
-        } else {
-            let mut pending = lock(&self.pending);
-            if !pending.packet_ids.insert(publish.pkid) {
-                // A copy of a message still in the pipeline: its verdict answers both.
-                return Ok(());
-            }
-            let token = self.next_token;
-            self.next_token = self.next_token.wrapping_add(1);
-            pending.by_token.insert(token, publish.clone());
-            Some(Reply {
-                to: outcomes.clone(),
-                token,
-                // Waits for room in a full log rather than refuse: the broker keeps the
-                // message until it is acknowledged.
-                refusable: false,
-            })
+        let owned = kenko_broker::telemetry_device(&publish.topic)
+            .filter(|device| self.source.owns(device))
+            .map(str::to_owned);
+        let Some(device) = owned else {
+            return self.pass_over(&publish, &outcomes);
         };
+        let token = match self.hold(&publish) {
+            Hold::Copy => return Ok(()),
+            Hold::Token(token) => Some(token),
+            Hold::AtMostOnce => None,
+        };
+        let reply = token.map(|token| Reply {
+            to: outcomes,
+            token,
+            // Waits for room in a full log rather than refuse: the broker keeps the message
+            // until it is acknowledged.
+            refusable: false,
+        });
         let device: Arc<str> = Arc::from(device);
         let topic = publish.topic.clone();
         let submission = Submission {
@@ -352,12 +371,46 @@ impl Taker {
         Ok(())
     }
 
-    async fn ack_now(&self, publish: &Publish) -> anyhow::Result<()> {
-        if publish.qos != QoS::AtMostOnce {
-            self.client
-                .ack(publish)
-                .await
-                .context("the connection's request queue closed")?;
+    /// Notes a message as taken and not yet acknowledged: the token its verdict will
+    /// carry, or that it is a copy of one already held (or needs no acknowledgement).
+    fn hold(&mut self, publish: &Publish) -> Hold {
+        if publish.qos == QoS::AtMostOnce {
+            return Hold::AtMostOnce;
+        }
+        let mut pending = lock(&self.pending);
+        if !pending.packet_ids.insert(publish.pkid) {
+            // A copy of a message still held: its verdict answers both.
+            return Hold::Copy;
+        }
+        let token = self.next_token;
+        self.next_token = self.next_token.wrapping_add(1);
+        pending.by_token.insert(token, publish.clone());
+        Hold::Token(token)
+    }
+
+    /// Acknowledges a message that is not this worker's (a device of another partition,
+    /// or not a telemetry topic) through the acknowledging task, in turn with the rest:
+    /// this task never waits for room in the request queue.
+    fn pass_over(
+        &mut self,
+        publish: &Publish,
+        outcomes: &flume::Sender<Outcome>,
+    ) -> anyhow::Result<()> {
+        match kenko_broker::telemetry_device(&publish.topic) {
+            // Every partition's group gets every message; another worker takes this one.
+            Some(_) => self.counters.others.fetch_add(1, Ordering::Relaxed),
+            None => {
+                warn!(topic = %publish.topic, "not a devices/{{id}}/telemetry topic; acknowledged and left alone (check source.topics)");
+                0
+            }
+        };
+        if let Hold::Token(token) = self.hold(publish) {
+            outcomes
+                .send(Outcome {
+                    token,
+                    verdict: Ok(()),
+                })
+                .context("the acknowledging task stopped")?;
         }
         Ok(())
     }
