@@ -20,6 +20,19 @@ pub fn mosquitto(port: u16) -> String {
     )
 }
 
+/// Mosquitto in front of `kenko worker`s: no limit on what it queues for a worker's
+/// session (a limit drops messages it has acknowledged to their publishers), and a window
+/// of unacknowledged messages per worker wide enough for the worker's batches.
+pub fn mosquitto_for_workers(port: u16) -> String {
+    format!(
+        "listener {port} 127.0.0.1\n\
+         allow_anonymous true\n\
+         persistence false\n\
+         max_inflight_messages 1000\n\
+         max_queued_messages 0\n"
+    )
+}
+
 /// rumqttd 0.20: one MQTT 3.1.1 listener and its console, both on loopback.
 pub fn rumqttd(port: u16, console_port: u16, max_connections: usize) -> String {
     format!(

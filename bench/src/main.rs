@@ -14,6 +14,7 @@ mod report;
 mod stored;
 mod systems;
 mod workdir;
+mod workers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +62,9 @@ enum Command {
     Memory(memory::MemoryArgs),
     /// kenko only: receive-to-queryable delay at a share of the maximum durable rate
     Latency(latency::LatencyArgs),
+    /// kenko only: fan-in on Mosquitto with 1, 2, 3 … `kenko worker`s in one shared group
+    /// behind it; readings stored per second
+    Workers(workers::WorkersArgs),
 }
 
 impl Command {
@@ -72,6 +76,9 @@ impl Command {
             Command::Idle(args) => args.connections,
             Command::Memory(args) => args.load.clients,
             Command::Latency(args) => args.clients,
+            Command::Workers(args) => {
+                args.load.clients + args.counts.iter().max().copied().unwrap_or(0)
+            }
         }
     }
 
@@ -80,6 +87,9 @@ impl Command {
     fn systems(&self, asked: &[System]) -> Vec<System> {
         if matches!(self, Command::Latency(_)) {
             return vec![System::KenkoIngest];
+        }
+        if matches!(self, Command::Workers(_)) {
+            return vec![System::Mosquitto, System::KenkoIngest];
         }
         let ingest = match self {
             Command::FanIn(args) => args.ingest,
@@ -143,6 +153,7 @@ async fn run(command: &Command, lab: &mut Lab, systems: &[System]) -> anyhow::Re
         Command::Idle(args) => idle::run(args, lab, systems).await,
         Command::Memory(args) => memory::run(args, lab, systems).await,
         Command::Latency(args) => latency::run(args, lab).await,
+        Command::Workers(args) => workers::run(args, lab).await,
     }
 }
 

@@ -124,6 +124,12 @@ impl Lab {
         self.fleet.as_ref().map_or("", |f| f.password.as_str())
     }
 
+    /// A fresh directory for `what` of this invocation's next run.
+    pub fn run_dir(&mut self, what: &str) -> anyhow::Result<PathBuf> {
+        self.runs += 1;
+        self.workdir.subdir(&format!("{:03}-{what}", self.runs))
+    }
+
     /// Writes `system`'s config into a fresh directory, starts it and waits for its port.
     pub async fn start(&mut self, system: System, setup: &Setup) -> anyhow::Result<Hub> {
         self.runs += 1;
@@ -215,7 +221,8 @@ impl Lab {
         Ok(command)
     }
 
-    async fn fleet_hash(&mut self) -> anyhow::Result<String> {
+    /// The fleet's password hash, made on first use.
+    pub async fn fleet_hash(&mut self) -> anyhow::Result<String> {
         if let Some(fleet) = &self.fleet {
             return Ok(fleet.hash.clone());
         }
@@ -250,7 +257,7 @@ impl Lab {
     }
 
     /// Collect consent for citizens 0..n, recorded before the hub starts.
-    async fn grant_collect(&self, data_dir: &Path, n: usize) -> anyhow::Result<()> {
+    pub async fn grant_collect(&self, data_dir: &Path, n: usize) -> anyhow::Result<()> {
         let mut command = Command::new(&self.bins.kenko);
         command
             .args(["consent", "grant", "--purpose", "collect", "--data-dir"])
