@@ -25,10 +25,13 @@ enum AclCommand {
     Explain(ExplainArgs),
     /// Check operator-written expectation cases against the rules (unit tests for ACLs)
     Test(TestArgs),
+    /// Write the rules, expanded for every principal, as a Mosquitto acl_file or an EMQX
+    /// acl.conf, for brokers that cannot call kenko's MQTT hooks
+    Export(crate::acl_export::ExportArgs),
 }
 
 #[derive(clap::Args)]
-struct Source {
+pub(crate) struct Source {
     /// Configuration file with the principals, devices and `auth.acl`; without it only the
     /// built-in rules and no principals are known
     #[arg(long)]
@@ -93,6 +96,7 @@ pub fn run(args: AclArgs) -> anyhow::Result<bool> {
     match args.command {
         AclCommand::Explain(args) => explain(args).map(|()| true),
         AclCommand::Test(args) => test(args),
+        AclCommand::Export(args) => crate::acl_export::export(args).map(|()| true),
     }
 }
 
@@ -124,7 +128,7 @@ pub fn hash_stdin_password(cost: Cost, command: &str) -> anyhow::Result<String> 
 
 /// The directory and rules named by `source`, and its data directory; the devices of the
 /// data directory's `registry.db` (`kenko device add`) are known too.
-fn load(source: &Source) -> anyhow::Result<(Directory, Acl, PathBuf)> {
+pub(crate) fn load(source: &Source) -> anyhow::Result<(Directory, Acl, PathBuf)> {
     let config = match &source.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),

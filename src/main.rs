@@ -2,6 +2,7 @@
 //! devices (`device`) and read what it stored (`query`).
 
 mod acl;
+mod acl_export;
 mod consent;
 mod deadletter;
 mod demo;

@@ -195,6 +195,18 @@ impl Directory {
             .then(|| "client ids starting with kenko-hub are reserved".to_owned())
     }
 
+    /// The ids of every principal known now (configuration, `registry.db` principals,
+    /// devices, and `anonymous` when allowed), sorted.
+    pub fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.by_id.keys().cloned().collect();
+        ids.extend(self.devices.principals().keys().cloned());
+        ids.extend(self.devices.snapshot().iter().map(|d| d.id.to_string()));
+        ids.extend(self.anonymous.iter().map(|a| a.id.clone()));
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
     /// Principals and devices known now.
     pub fn len(&self) -> usize {
         self.by_id.len() + self.devices.principals().len() + self.devices.len()

@@ -25,6 +25,11 @@ impl Mosquitto {
     /// limit on the messages it queues for a disconnected persistent session (a worker being
     /// restarted), so that nothing it acknowledged to a device is dropped.
     pub fn start(dir: &Path) -> anyhow::Result<Mosquitto> {
+        Mosquitto::start_with(dir, "")
+    }
+
+    /// As [`Mosquitto::start`], with `extra` lines in its configuration (`acl_file …`).
+    pub fn start_with(dir: &Path, extra: &str) -> anyhow::Result<Mosquitto> {
         std::fs::create_dir_all(dir)?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -34,7 +39,7 @@ impl Mosquitto {
             &conf,
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                 max_queued_messages 0\nmax_inflight_messages 100\n"
+                 max_queued_messages 0\nmax_inflight_messages 100\n{extra}"
             ),
         )?;
         let child = Command::new(MOSQUITTO)
