@@ -233,9 +233,34 @@ impl Fields {
 const USERNAME: &[&str] = &["username"];
 const CLIENT_ID: &[&str] = &["clientid", "client_id"];
 
-/// The fields of a hook request, or an answer refusing it.
-fn fields(format: Format, headers: &HeaderMap, body: &[u8]) -> Result<Fields, Box<Answer>> {
-    Fields::parse(headers, body).map_err(|why| Box::new(Answer::unusable(format, why)))
+/// The format a proven caller asked for, or the answer refusing the request.
+fn admit(
+    api: &HttpApi,
+    query: Result<Query<HookQuery>, QueryRejection>,
+    headers: &HeaderMap,
+) -> Result<Format, Box<Response>> {
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(e) => {
+            let answer = Answer::unusable(Format::GoAuth, e.body_text());
+            return Err(Box::new(answer.into_response()));
+        }
+    };
+    check_caller(api, headers, &query)?;
+    Ok(query.format)
+}
+
+/// As [`admit`], with the request's fields.
+fn admit_fields(
+    api: &HttpApi,
+    query: Result<Query<HookQuery>, QueryRejection>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(Format, Fields), Box<Response>> {
+    let format = admit(api, query, headers)?;
+    Fields::parse(headers, body)
+        .map(|fields| (format, fields))
+        .map_err(|why| Box::new(Answer::unusable(format, why).into_response()))
 }
 
 /// The principal named by `username`, if it may connect with `client_id`.
@@ -273,19 +298,10 @@ pub(crate) async fn auth(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let query = match query {
-        Ok(Query(q)) => q,
-        Err(e) => return Answer::unusable(Format::GoAuth, e.body_text()).into_response(),
-    };
-    if let Err(refused) = check_caller(&api, &headers, &query) {
-        return *refused;
+    match admit_fields(&api, query, &headers, &body) {
+        Ok((format, fields)) => authenticate(&api, format, &fields).await.into_response(),
+        Err(refused) => *refused,
     }
-    let format = query.format;
-    let fields = match fields(format, &headers, &body) {
-        Ok(fields) => fields,
-        Err(answer) => return answer.into_response(),
-    };
-    authenticate(&api, format, &fields).await.into_response()
 }
 
 /// The fields of `POST /api/v1/mqtt/auth`.
@@ -407,19 +423,10 @@ pub(crate) async fn acl(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let query = match query {
-        Ok(Query(q)) => q,
-        Err(e) => return Answer::unusable(Format::GoAuth, e.body_text()).into_response(),
-    };
-    if let Err(refused) = check_caller(&api, &headers, &query) {
-        return *refused;
+    match admit_fields(&api, query, &headers, &body) {
+        Ok((format, fields)) => authorize(&api, format, &fields).into_response(),
+        Err(refused) => *refused,
     }
-    let format = query.format;
-    let fields = match fields(format, &headers, &body) {
-        Ok(fields) => fields,
-        Err(answer) => return answer.into_response(),
-    };
-    authorize(&api, format, &fields).into_response()
 }
 
 /// What an ACL hook asks, in the embedded broker's terms.
@@ -599,16 +606,12 @@ pub(crate) async fn superuser(
     query: Result<Query<HookQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let query = match query {
-        Ok(Query(q)) => q,
-        Err(e) => return Answer::unusable(Format::GoAuth, e.body_text()).into_response(),
-    };
-    if let Err(refused) = check_caller(&api, &headers, &query) {
-        return *refused;
+    match admit(&api, query, &headers) {
+        Ok(format) => Answer::deny(
+            format,
+            "kenko has no superusers: every client is checked against the ACL rules",
+        )
+        .into_response(),
+        Err(refused) => *refused,
     }
-    Answer::deny(
-        query.format,
-        "kenko has no superusers: every client is checked against the ACL rules",
-    )
-    .into_response()
 }

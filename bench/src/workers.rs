@@ -87,7 +87,7 @@ async fn wait_stored(lab: &Lab, workers: &[Worker], messages: u64) -> anyhow::Re
     loop {
         let mut counts = Vec::with_capacity(workers.len());
         for worker in workers {
-            counts.push(heart_rates(&lab.bins.kenko, &worker.data_dir).await?);
+            counts.push(crate::stored::heart_rate_count(&lab.bins.kenko, &worker.data_dir).await?);
         }
         if counts.iter().sum::<u64>() >= messages {
             return Ok(counts);
@@ -97,33 +97,6 @@ async fn wait_stored(lab: &Lab, workers: &[Worker], messages: u64) -> anyhow::Re
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// Heart rates in a worker's store, counted by the store (one bucket per day).
-async fn heart_rates(kenko: &Path, data_dir: &Path) -> anyhow::Result<u64> {
-    let out = Command::new(kenko)
-        .args(["query", "--metric", "heart_rate", "--from", "-30d"])
-        .args([
-            "--every", "1d", "--agg", "count", "--across", "--format", "csv",
-        ])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .output()
-        .await
-        .context("cannot run kenko query")?;
-    if !out.status.success() {
-        bail!(
-            "kenko query failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    // time,citizen,device,metric,value,...: the value is the count of the day.
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split(',').nth(4)?.parse::<f64>().ok())
-        .sum::<f64>() as u64)
 }
 
 /// The Mosquitto of a run ([`configs::mosquitto_for_workers`]).
