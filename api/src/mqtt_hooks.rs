@@ -117,6 +117,21 @@ impl IntoResponse for Answer {
     }
 }
 
+/// The answers every hook may give besides its own, declared once for the document.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(crate) enum HookRefusals {
+    #[response(
+        status = 400,
+        description = "A field or parameter is missing or cannot be used: refused"
+    )]
+    Unusable(Verdict),
+    #[response(status = 401, description = "No or wrong secret for the hooks")]
+    NoSecret(crate::openapi::ErrorBody),
+    #[response(status = 404, description = "The hooks are off ([http.mqtt_hooks])")]
+    Off(crate::openapi::ErrorBody),
+}
+
 /// A refusal of the caller itself (hooks off, no or wrong secret), in the API's usual shape.
 fn caller_refused(status: StatusCode, message: &str) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
@@ -286,10 +301,8 @@ fn principal_of(
         description = "As EMQX and mosquitto-go-auth send it; a form (application/x-www-form-urlencoded) with the same fields is read too"),
     security(("hooks" = [])),
     responses((status = 200, description = "Allowed; with format=emqx also refused (result deny)", body = Verdict),
-        (status = 400, description = "A field is missing or cannot be used: refused", body = Verdict),
         (status = 403, description = "Refused: bad username or password, or a client id that is not the principal's", body = Verdict),
-        (status = 401, description = "No or wrong secret for the hooks", body = crate::openapi::ErrorBody),
-        (status = 404, description = "The hooks are off ([http.mqtt_hooks])", body = crate::openapi::ErrorBody)))]
+        HookRefusals))]
 /// Authenticates an external broker's client: the principal's password, checked within
 /// the login limits (of the client's address when the broker sends it), and its client id.
 pub(crate) async fn auth(
@@ -411,10 +424,8 @@ pub(crate) struct AclBody {
         description = "As EMQX (action) and mosquitto-go-auth (acc) send it; a form with the same fields is read too"),
     security(("hooks" = [])),
     responses((status = 200, description = "Allowed; with format=emqx also refused (result deny)", body = Verdict),
-        (status = 400, description = "A field is missing or cannot be used: refused", body = Verdict),
         (status = 403, description = "Refused by the rules, for want of consent, or for a client id that is not the principal's", body = Verdict),
-        (status = 401, description = "No or wrong secret for the hooks", body = crate::openapi::ErrorBody),
-        (status = 404, description = "The hooks are off ([http.mqtt_hooks])", body = crate::openapi::ErrorBody)))]
+        HookRefusals))]
 /// Authorizes a publish, a subscription or a delivery of an external broker's client with
 /// the rules in force and the consents in force now, as the embedded broker would.
 pub(crate) async fn acl(
@@ -598,8 +609,7 @@ fn refusal(reason: &Reason) -> String {
     security(("hooks" = [])),
     responses((status = 200, description = "With format=emqx: refused (result deny)", body = Verdict),
         (status = 403, description = "Refused: kenko has no superusers", body = Verdict),
-        (status = 401, description = "No or wrong secret for the hooks", body = crate::openapi::ErrorBody),
-        (status = 404, description = "The hooks are off ([http.mqtt_hooks])", body = crate::openapi::ErrorBody)))]
+        HookRefusals))]
 /// mosquitto-go-auth asks whether a client is a superuser before the ACL: never, here.
 pub(crate) async fn superuser(
     State(api): State<HttpApi>,
