@@ -24,9 +24,19 @@ fn config() -> String {
     let app = common::principal("app-001", &["citizen"])
         .replace("password_hash", "citizen = \"citizen-001\"\npassword_hash");
     format!(
-        "{}{}{app}[http]\nlisten = \"127.0.0.1:0\"\n\n[http.mqtt_hooks]\ntoken_sha256 = \"{digest}\"\n",
+        "{}{}{app}[auth]\nacl = \"acl.toml\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[http.mqtt_hooks]\ntoken_sha256 = \"{digest}\"\n",
         common::config_with_devices(2),
         common::principal("st-luke", &["care"]),
+    )
+}
+
+/// The built-in rules, after two of st-luke's own: bed-002's errors are denied to it, every
+/// other device's allowed.
+fn rules() -> String {
+    format!(
+        "[[rule]]\neffect = \"deny\"\nprincipal = \"st-luke\"\naction = \"subscribe\"\ntopic = \"devices/bed-002/errors\"\n\n\
+         [[rule]]\neffect = \"allow\"\nprincipal = \"st-luke\"\naction = \"subscribe\"\ntopic = \"devices/+/errors\"\n\n{}",
+        include_str!("../config/acl.default.toml")
     )
 }
 
@@ -113,6 +123,7 @@ fn consent(api: SocketAddr, change: &str) -> anyhow::Result<()> {
 fn an_external_broker_authenticates_and_authorizes_with_the_hubs_rules_and_consents(
 ) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("acl.toml"), rules())?;
     let hub = Hub::start(dir.path(), &config())?;
     let api = hub.http_addr.expect("HTTP API announced");
     let broker = GoAuth { api, form: false };
@@ -216,6 +227,15 @@ fn an_external_broker_authenticates_and_authorizes_with_the_hubs_rules_and_conse
             .is_some_and(|e| e.contains("one citizen's metric")),
         "{wide}"
     );
+    // A wildcard EMQX would deliver from without asking again is refused when an earlier
+    // deny rule could stop a message of it; go-auth's per-message reads enforce the rule.
+    let errors = emqx_authz(api, "st-luke", "devices/+/errors", "subscribe")?;
+    assert_eq!(errors["result"], "deny", "{errors}");
+    let one = emqx_authz(api, "st-luke", "devices/bed-001/errors", "subscribe")?;
+    assert_eq!(one["result"], "allow", "{one}");
+    assert!(broker.acl("st-luke", "st-luke", "devices/+/errors", 4)?);
+    assert!(broker.acl("st-luke", "st-luke", "devices/bed-001/errors", 1)?);
+    assert!(!broker.acl("st-luke", "st-luke", "devices/bed-002/errors", 1)?);
     let publish = emqx_authz(api, "bed-001", "devices/bed-001/telemetry", "publish")?;
     assert_eq!(publish["result"], "allow", "{publish}");
 

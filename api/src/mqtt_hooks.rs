@@ -25,6 +25,7 @@ use kenko_broker::acl::{
 };
 use kenko_broker::authz::{Authorizer, ConsentsFor};
 use kenko_broker::login::{Listener, Login};
+use kenko_config::acl::{Action, Effect};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -559,6 +560,25 @@ impl Judge<'_> {
         Err(refusal(&decision.reason))
     }
 
+    /// Whether a wildcard `filter` allowed by rule `allowing` could carry a message that
+    /// an earlier deny or consent rule of this principal's would stop: the embedded broker
+    /// checks each delivery against those, EMQX never does. Conservative: any such earlier
+    /// rule counts, overlapping or not.
+    fn shadowed(&self, filter: &str, allowing: usize) -> bool {
+        let wildcard = filter.split('/').any(|level| level == "+" || level == "#");
+        wildcard
+            && self
+                .acl
+                .rules_for(&self.principal)
+                .into_iter()
+                .take_while(|&i| i < allowing)
+                .filter_map(|i| self.acl.rules().get(i))
+                .any(|rule| {
+                    rule.action != Action::Publish
+                        && (rule.effect == Effect::Deny || rule.consent.is_some())
+                })
+    }
+
     /// A subscription checked only when it is made (EMQX): under a rule that needs
     /// consent, only one citizen's metric, with that consent in force now.
     fn subscribe_once(&self, filter: &str, qos: u8) -> Result<(), String> {
@@ -570,6 +590,16 @@ impl Judge<'_> {
             .rule
             .and_then(|i| self.acl.rules().get(i))
             .and_then(|rule| rule.consent);
+        if let (true, None, Some(allowing)) = (decision.allowed, need, decision.rule) {
+            if self.shadowed(filter, allowing) {
+                let denied = Decision {
+                    allowed: false,
+                    ..decision
+                };
+                let why = "a deny or consent rule comes before the rule that allows this wildcard filter, and a subscription through EMQX is checked only when it is made (never per message): subscribe to filters those rules do not touch";
+                return self.settle(&request, denied).map_err(|_| why.to_owned());
+            }
+        }
         let Some(need) = need.filter(|_| decision.allowed) else {
             return self.settle(&request, decision);
         };

@@ -47,7 +47,6 @@ fn certificates(
     Ok(certs)
 }
 
-/// The acceptor for `config`.
 /// The CA certificates of the PEM file `ca`, as trust anchors.
 fn roots(ca: &std::path::Path, what: &'static str) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
@@ -60,9 +59,17 @@ fn roots(ca: &std::path::Path, what: &'static str) -> Result<RootCertStore, TlsE
 }
 
 /// A client's TLS configuration that trusts the CA certificates of the PEM file `ca` (a
-/// `kenko worker` connecting to an external broker over `mqtts://`).
+/// `kenko worker` connecting to an external broker over `mqtts://`). A bundle (the
+/// system's) may hold certificates rustls cannot use: those are skipped, as long as one is
+/// left.
 pub fn client_config(ca: &std::path::Path) -> Result<rustls::ClientConfig, TlsError> {
-    let roots = roots(ca, "the broker's CA")?;
+    let mut roots = RootCertStore::empty();
+    let (added, _skipped) = roots.add_parsable_certificates(certificates(ca, "the broker's CA")?);
+    if added == 0 {
+        return Err(TlsError::NoCertificate {
+            path: ca.display().to_string(),
+        });
+    }
     Ok(rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Rustls(e.to_string()))?
@@ -70,6 +77,7 @@ pub fn client_config(ca: &std::path::Path) -> Result<rustls::ClientConfig, TlsEr
         .with_no_client_auth())
 }
 
+/// The acceptor for `config`.
 pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
     let chain = certificates(&config.cert, "the server certificate")?;
     let key = PrivateKeyDer::from_pem_file(&config.key).map_err(|e| TlsError::Pem {

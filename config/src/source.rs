@@ -107,16 +107,20 @@ impl SourceConfig {
         };
         let rest = rest.trim_end_matches('/');
         let default_port = if tls { 8883 } else { 1883 };
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
-                let port = port.parse().map_err(|_| {
-                    format!("source.url {:?}: port {port:?} is not a number", self.url)
-                })?;
-                (host, port)
-            }
-            _ => (rest, default_port),
+        // An IPv6 address is in brackets: `[::1]` or `[::1]:1883`.
+        let (host, port) = match rest.strip_prefix('[').and_then(|r| r.split_once(']')) {
+            Some((host, after)) => (host, after.strip_prefix(':').or(Some(after))),
+            None => match rest.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (rest, None),
+            },
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = match port.filter(|p| !p.is_empty()) {
+            None => default_port,
+            Some(port) => port
+                .parse()
+                .map_err(|_| format!("source.url {:?}: port {port:?} is not a number", self.url))?,
+        };
         if host.is_empty() || host.contains('/') {
             return Err(format!(
                 "source.url {:?} must be mqtt://HOST:PORT (no path)",
@@ -130,11 +134,12 @@ impl SourceConfig {
         })
     }
 
-    /// The shared subscription group this worker joins: `group`, or `group-pK` for
-    /// partition K of several.
+    /// The shared subscription group this worker joins: `group`, or `group-NpK` for
+    /// partition K of N (the count in the name: a fleet with another count subscribes in
+    /// groups of its own, and the old groups keep what they hold for their workers).
     pub fn share_group(&self) -> String {
         if self.partitions > 1 {
-            format!("{}-p{}", self.group, self.partition)
+            format!("{}-{}p{}", self.group, self.partitions, self.partition)
         } else {
             self.group.clone()
         }
@@ -221,7 +226,8 @@ mod tests {
             at("mqtts://broker.city"),
             endpoint("broker.city", 8883, true)
         );
-        assert_eq!(at("mqtt://[::1]:1883"), endpoint("::1", 1883, false));
+        assert_eq!(at("mqtt://[::1]:1884"), endpoint("::1", 1884, false));
+        assert_eq!(at("mqtt://[::1]"), endpoint("::1", 1883, false));
         assert_eq!(at("mqtt://broker/"), endpoint("broker", 1883, false));
         for bad in ["http://h:1", "mqtt://h:port", "mqtt://", "mqtt://h/x"] {
             assert!(at(bad).is_err(), "{bad}");
@@ -246,7 +252,7 @@ mod tests {
         assert_eq!((s.share_group(), s.owns("x")), ("kenko".to_owned(), true));
         s.partitions = 4;
         s.partition = 2;
-        assert_eq!(s.share_group(), "kenko-p2");
+        assert_eq!(s.share_group(), "kenko-4p2");
         let owned = (0..4000).filter(|i| s.owns(&format!("bed-{i:04}"))).count();
         assert_eq!(owned, counts[2]);
         s.partition = 4;

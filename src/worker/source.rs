@@ -5,7 +5,7 @@
 //! sends again while the first copy is still in the pipeline is answered by that copy's
 //! verdict, not submitted twice.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use kenko_config::source::SourceConfig;
 use kenko_ingest::backoff::Backoff;
+use kenko_ingest::decode::{RejectCode, Rejection};
 use kenko_ingest::pipeline::{IngestHandle, Origin, Outcome, Reply, Submission};
+use rumqttc::mqttbytes::Error as MqttError;
 use rumqttc::{
     AsyncClient, ConnAck, ConnectionError, Event, EventLoop, MqttOptions, Packet, Publish, QoS,
-    SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
+    StateError, SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -27,8 +29,13 @@ use tracing::{debug, error, info, warn};
 const SYSTEM_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Requests (acknowledgements, subscriptions) queued for the connection at most.
 const REQUESTS: usize = 1024;
-/// The largest message taken from the broker, as the embedded broker's default.
-const MAX_PACKET: usize = 256 * 1024;
+/// The largest packet taken from the broker. rumqttc drops the connection on a larger
+/// one, and the broker sends it again first on every reconnect: set the broker's limit
+/// below this (Mosquitto `message_size_limit`, EMQX `max_packet_size`). The pipeline
+/// refuses payloads it cannot use with their reasons, whatever their size.
+const MAX_INCOMING: usize = 64 * 1024 * 1024;
+/// The largest packet the worker sends (acknowledgements, subscriptions).
+const MAX_OUTGOING: usize = 64 * 1024;
 /// How long a stopping worker waits for the verdicts of what it took; what is still
 /// unacknowledged then is sent again by the broker after the restart (and stored once).
 const DRAIN: Duration = Duration::from_secs(10);
@@ -58,11 +65,59 @@ struct Counters {
 }
 
 /// The messages taken and not yet acknowledged, by the token their verdict carries, and
-/// their packet ids (a copy the broker sends again has the same id).
+/// the token held under each packet id (a copy the broker sends again has the same id).
 #[derive(Default)]
 struct Pending {
     by_token: HashMap<u32, Publish>,
-    packet_ids: HashSet<u16>,
+    by_packet: HashMap<u16, u32>,
+}
+
+impl Pending {
+    /// Holds `publish` under `token` until its verdict; or says that it is a copy of one
+    /// held (the broker sent it again: the held one's verdict answers both), or needs no
+    /// acknowledgement (QoS 0).
+    fn hold(&mut self, publish: &Publish, token: u32) -> Hold {
+        if publish.qos == QoS::AtMostOnce {
+            return Hold::AtMostOnce;
+        }
+        if let Some(&held) = self.by_packet.get(&publish.pkid) {
+            let copy = publish.dup
+                && self
+                    .by_token
+                    .get(&held)
+                    .is_some_and(|h| h.topic == publish.topic && h.payload == publish.payload);
+            if copy {
+                return Hold::Copy;
+            }
+            // The broker gives a held id to another message (it dropped the held one, or
+            // another client took this session over): the held one's verdict must not
+            // acknowledge the new one, and the broker no longer waits for it.
+            warn!(
+                packet_id = publish.pkid,
+                "the broker reused a packet id this worker still held; the held message is left unacknowledged (is another worker using this client id?)"
+            );
+            self.by_token.remove(&held);
+        }
+        self.by_token.insert(token, publish.clone());
+        self.by_packet.insert(publish.pkid, token);
+        Hold::Token(token)
+    }
+
+    /// The message of `token`, no longer held.
+    fn release(&mut self, token: u32) -> Option<Publish> {
+        let publish = self.by_token.remove(&token)?;
+        if self.by_packet.get(&publish.pkid) == Some(&token) {
+            self.by_packet.remove(&publish.pkid);
+        }
+        Some(publish)
+    }
+}
+
+/// Whether a final verdict lets the message be acknowledged: stored, or dead-lettered or
+/// counted with its reason. A message the log had no room for (a stopping worker's, or
+/// one the disk refused) is not anywhere: the broker must send it again.
+fn acknowledges(verdict: &Result<(), Rejection>) -> bool {
+    !matches!(verdict, Err(r) if r.code == RejectCode::LogFull)
 }
 
 type Shared = Arc<Mutex<Pending>>;
@@ -92,7 +147,7 @@ impl Connection {
             .set_clean_session(false)
             .set_manual_acks(true)
             .set_keep_alive(Duration::from_secs(source.keep_alive_s.max(5)))
-            .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+            .set_max_packet_size(MAX_INCOMING, MAX_OUTGOING)
             .set_request_channel_capacity(REQUESTS);
         let password = source.password().map_err(anyhow::Error::msg)?;
         match (&source.username, password) {
@@ -196,16 +251,13 @@ async fn acknowledge(
     counters: Arc<Counters>,
 ) {
     while let Ok(outcome) = outcomes.recv_async().await {
-        let publish = {
-            let mut pending = lock(&pending);
-            let publish = pending.by_token.remove(&outcome.token);
-            if let Some(p) = &publish {
-                pending.packet_ids.remove(&p.pkid);
-            }
-            publish
-        };
+        let publish = lock(&pending).release(outcome.token);
         // None: taken on a connection whose session the broker has since lost.
         let Some(publish) = publish else { continue };
+        if !acknowledges(&outcome.verdict) {
+            debug!(topic = %publish.topic, "not logged (no room in the log); left for the broker to send again");
+            continue;
+        }
         if let Err(rejection) = &outcome.verdict {
             debug!(topic = %publish.topic, reason = rejection.code.as_str(), "message refused (dead-lettered or counted); acknowledged");
         }
@@ -254,7 +306,9 @@ impl Taker {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => self.connected(&ack)?,
                 Ok(Event::Incoming(Packet::SubAck(ack))) => self.subscribed(&ack.return_codes)?,
-                Ok(Event::Incoming(Packet::Publish(publish))) => self.take(publish).await?,
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    self.take(publish, shutdown).await?;
+                }
                 Ok(_) => {}
                 Err(e) => {
                     self.disconnected(&e);
@@ -282,7 +336,7 @@ impl Taker {
             // packet id of an earlier connection may name a new message.
             let mut pending = lock(&self.pending);
             pending.by_token.clear();
-            pending.packet_ids.clear();
+            pending.by_packet.clear();
         }
         // Queued from a task of its own: this task must keep polling, or a request queue
         // full of acknowledgements would never drain.
@@ -301,15 +355,19 @@ impl Taker {
     }
 
     fn subscribed(&self, codes: &[SubscribeReasonCode]) -> anyhow::Result<()> {
-        if let Some(i) = codes
-            .iter()
-            .position(|c| matches!(c, SubscribeReasonCode::Failure))
-        {
+        for (i, code) in codes.iter().enumerate() {
             let filter = self.filters.get(i).map_or("?", String::as_str);
-            anyhow::bail!(
-                "the broker at {} refused the subscription to {filter}: let this worker's principal subscribe to it (shared subscriptions must be on)",
-                self.url
-            );
+            match code {
+                SubscribeReasonCode::Success(QoS::AtLeastOnce | QoS::ExactlyOnce) => {}
+                SubscribeReasonCode::Success(QoS::AtMostOnce) => anyhow::bail!(
+                    "the broker at {} granted the subscription to {filter} at QoS 0 only: its messages would be neither acknowledged nor kept while the worker is away; allow QoS 1 (Mosquitto max_qos, EMQX max_qos_allowed)",
+                    self.url
+                ),
+                SubscribeReasonCode::Failure => anyhow::bail!(
+                    "the broker at {} refused the subscription to {filter}: let this worker's principal subscribe to it (shared subscriptions must be on)",
+                    self.url
+                ),
+            }
         }
         println!("kenko worker: subscribed to {}", self.filters.join(", "));
         Ok(())
@@ -317,6 +375,13 @@ impl Taker {
 
     fn disconnected(&mut self, e: &ConnectionError) {
         let wait_ms = self.backoff.next_wait().as_millis() as u64;
+        if let ConnectionError::MqttState(StateError::Deserialization(
+            MqttError::PayloadSizeLimitExceeded(size),
+        )) = e
+        {
+            error!(url = %self.url, size, limit = MAX_INCOMING, "the broker sent a message larger than a worker takes, and will send it again on every reconnect: lower the broker's message size limit (Mosquitto message_size_limit, EMQX max_packet_size) below the worker's, and clear the message from this worker's session");
+            return;
+        }
         if self.backoff.failed() {
             warn!(url = %self.url, error = %e, retry_in_ms = wait_ms, "lost the broker; reconnecting (unacknowledged messages are sent again)");
         } else {
@@ -325,7 +390,7 @@ impl Taker {
     }
 
     /// Submits a message to the pipeline, unless it is a copy of one already there.
-    async fn take(&mut self, publish: Publish) -> anyhow::Result<()> {
+    async fn take(&mut self, publish: Publish, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let (Some(ingest), Some(outcomes)) = (self.ingest.clone(), self.outcomes.clone()) else {
             return Ok(());
         };
@@ -363,29 +428,31 @@ impl Taker {
             protobuf: topic.ends_with("/pb"),
             origin: Origin::Device,
         };
-        ingest
-            .submit(submission)
-            .await
-            .context("the ingest pipeline stopped")?;
+        // A full queue holds this up; stopping does not wait for it: the message is not
+        // acknowledged, and the broker sends it again.
+        tokio::select! {
+            submitted = ingest.submit(submission) => {
+                submitted.context("the ingest pipeline stopped")?;
+            }
+            _ = shutdown.cancelled() => {
+                if let Some(token) = token {
+                    lock(&self.pending).release(token);
+                }
+                return Ok(());
+            }
+        }
         self.counters.taken.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Notes a message as taken and not yet acknowledged: the token its verdict will
-    /// carry, or that it is a copy of one already held (or needs no acknowledgement).
+    /// Notes a message as taken and not yet acknowledged (see [`Pending::hold`]).
     fn hold(&mut self, publish: &Publish) -> Hold {
-        if publish.qos == QoS::AtMostOnce {
-            return Hold::AtMostOnce;
-        }
-        let mut pending = lock(&self.pending);
-        if !pending.packet_ids.insert(publish.pkid) {
-            // A copy of a message still held: its verdict answers both.
-            return Hold::Copy;
-        }
         let token = self.next_token;
-        self.next_token = self.next_token.wrapping_add(1);
-        pending.by_token.insert(token, publish.clone());
-        Hold::Token(token)
+        let held = lock(&self.pending).hold(publish, token);
+        if matches!(held, Hold::Token(_)) {
+            self.next_token = self.next_token.wrapping_add(1);
+        }
+        held
     }
 
     /// Acknowledges a message that is not this worker's (a device of another partition,
@@ -434,7 +501,8 @@ impl Taker {
                 "stopping with messages not yet acknowledged; the broker sends them again"
             );
         }
-        if self.client.disconnect().await.is_ok() {
+        // Not waiting for room in the request queue: only this task drains it.
+        if self.client.try_disconnect().is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(1), async {
                 while let Ok(event) = self.events.poll().await {
                     if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
@@ -444,5 +512,57 @@ impl Taker {
             })
             .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(pkid: u16, payload: &str, dup: bool) -> Publish {
+        let mut p = Publish::new("devices/bed-001/telemetry", QoS::AtLeastOnce, payload);
+        p.pkid = pkid;
+        p.dup = dup;
+        p
+    }
+
+    #[test]
+    fn only_a_message_the_log_had_no_room_for_goes_unacknowledged() {
+        assert!(acknowledges(&Ok(())));
+        for code in RejectCode::ALL {
+            let verdict = Err(Rejection {
+                code,
+                message: String::new(),
+            });
+            assert_eq!(
+                acknowledges(&verdict),
+                code != RejectCode::LogFull,
+                "{code:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_resent_copy_is_answered_by_the_held_verdict_and_a_reused_id_is_not() {
+        let mut pending = Pending::default();
+        assert!(matches!(
+            pending.hold(&publish(7, "a", false), 1),
+            Hold::Token(1)
+        ));
+        // The broker sends it again (DUP) while it is held.
+        assert!(matches!(
+            pending.hold(&publish(7, "a", true), 2),
+            Hold::Copy
+        ));
+        // Another message under the held id: held anew, and the old verdict finds nothing.
+        assert!(matches!(
+            pending.hold(&publish(7, "b", false), 3),
+            Hold::Token(3)
+        ));
+        assert!(pending.release(1).is_none());
+        assert_eq!(pending.release(3).map(|p| p.payload), Some("b".into()));
+        assert!(pending.by_packet.is_empty());
+        let qos0 = Publish::new("devices/bed-001/telemetry", QoS::AtMostOnce, "c");
+        assert!(matches!(pending.hold(&qos0, 4), Hold::AtMostOnce));
     }
 }

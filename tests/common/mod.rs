@@ -7,6 +7,7 @@ pub mod cli;
 pub mod external;
 pub mod fleet;
 pub mod mqtt311;
+pub mod pki;
 pub mod raw;
 pub mod readings;
 pub mod store;
