@@ -142,6 +142,14 @@ fn an_external_broker_authenticates_and_authorizes_with_the_hubs_rules_and_conse
         &params.to_string(),
     )?;
     assert_eq!(status, 401);
+    // A stranger learns nothing from a bad parameter; the proven caller is told.
+    let body = params.to_string();
+    let odd = http_request(api, "POST", "/api/v1/mqtt/auth?format=x", &[], &body)?;
+    assert_eq!(odd.0, 401, "{}", odd.2);
+    let path = format!("/api/v1/mqtt/auth?format=x&token={SECRET}");
+    let (status, _, text) = http_request(api, "POST", &path, &[], &body)?;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("use go-auth (the default) or emqx"), "{text}");
 
     // Authentication: the password, and a device's client id is its device id.
     assert!(broker.user("bed-001", &pw("bed-001"), "bed-001")?);

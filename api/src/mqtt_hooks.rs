@@ -36,7 +36,7 @@ use crate::http::{now_ms, HttpApi};
 const MAX_FIELD: usize = 65_535;
 
 /// How the calling broker reads a refusal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum Format {
     /// mosquitto-go-auth: any status but 200 refuses.
@@ -51,10 +51,10 @@ pub(crate) enum Format {
 pub(crate) struct HookQuery {
     /// The hooks' secret, for brokers that cannot send an `Authorization: Bearer` header.
     token: Option<String>,
-    /// `go-auth` (default) or `emqx`: how a refusal is answered.
-    #[serde(default)]
-    #[param(inline)]
-    format: Format,
+    /// `go-auth` (default) or `emqx`: how a refusal is answered. Read after the secret is
+    /// checked, so that a stranger learns nothing from a bad value.
+    #[param(inline, value_type = Option<Format>)]
+    format: Option<String>,
 }
 
 /// The answer of every hook.
@@ -263,7 +263,16 @@ fn admit(
         }
     };
     check_caller(api, headers, &query)?;
-    Ok(query.format)
+    match query.format.as_deref() {
+        None | Some("go-auth") => Ok(Format::GoAuth),
+        Some("emqx") => Ok(Format::Emqx),
+        Some(other) => {
+            let why = format!("format {other:?}: use go-auth (the default) or emqx");
+            Err(Box::new(
+                Answer::unusable(Format::GoAuth, why).into_response(),
+            ))
+        }
+    }
 }
 
 /// As [`admit`], with the request's fields.
