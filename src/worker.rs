@@ -12,6 +12,9 @@ use anyhow::Context as _;
 
 use crate::hub::{self, DataDir};
 
+/// What the pipeline may have queued for the broker at once; more are dropped and counted.
+const NOTICES: usize = 16_384;
+
 #[derive(clap::Args)]
 pub struct WorkerArgs {
     /// Configuration file with a [source] section (see docs/scale-out.md)
@@ -41,8 +44,11 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let connection = source::Connection::new(&source)?;
     let data = DataDir::open(&config, &data_dir)?;
     let shutdown = hub::shutdown_on_signals();
+    // Device errors (and live observations, with `live_republish`) go out through the
+    // external broker.
+    let (notices, notices_rx) = flume::bounded(NOTICES);
     let (ingest, pipeline) = data
-        .start_pipeline(&config, args.accept_data_loss, None, "worker")
+        .start_pipeline(&config, args.accept_data_loss, Some(notices), "worker")
         .await?;
     let partition = if source.partitions > 1 {
         format!(
@@ -60,7 +66,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         data_dir.display()
     );
     println!("stop with Ctrl-C or SIGTERM");
-    let taken = connection.run(ingest, shutdown).await;
+    let taken = connection.run(ingest, notices_rx, shutdown).await;
     // Every pipeline handle is gone: the writer drains what is queued and the sinks write
     // the log out.
     tokio::task::spawn_blocking(move || pipeline.join())

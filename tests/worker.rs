@@ -309,3 +309,44 @@ async fn a_worker_takes_telemetry_over_mqtts_trusting_the_brokers_ca() -> anyhow
     tokio::task::block_in_place(|| worker.terminate())?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_hears_why_its_message_was_refused_through_the_external_broker(
+) -> anyhow::Result<()> {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let dir = tempfile::tempdir()?;
+    let broker = Mosquitto::start(&dir.path().join("mosquitto"))?;
+    let worker = start_worker(dir.path(), &url(&broker), 1, "", "")?;
+    let mut options = MqttOptions::new("bed-001", "127.0.0.1", broker.addr.port());
+    options.set_credentials("bed-001", common::password("bed-001"));
+    let (device, mut events) = AsyncClient::new(options, 10);
+    device
+        .subscribe("devices/bed-001/errors", QoS::AtLeastOnce)
+        .await?;
+    let heard = tokio::spawn(async move {
+        let mut subscribed = false;
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => subscribed = true,
+                Ok(Event::Incoming(Packet::Publish(p))) if subscribed => return Ok(p),
+                Ok(_) => {}
+                Err(e) => return Err(anyhow::anyhow!("{e}")),
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    device
+        .publish(
+            "devices/bed-001/telemetry",
+            QoS::AtLeastOnce,
+            false,
+            "not json",
+        )
+        .await?;
+    let error = tokio::time::timeout(Duration::from_secs(20), heard).await???;
+    let body: serde_json::Value = serde_json::from_slice(&error.payload)?;
+    assert_eq!(body["code"], "malformed_payload", "{body}");
+    assert_eq!(body["topic"], "devices/bed-001/telemetry", "{body}");
+    tokio::task::block_in_place(|| worker.terminate())?;
+    Ok(())
+}

@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use kenko_config::source::SourceConfig;
 use kenko_ingest::backoff::Backoff;
 use kenko_ingest::decode::{RejectCode, Rejection};
-use kenko_ingest::pipeline::{IngestHandle, Origin, Outcome, Reply, Submission};
+use kenko_ingest::pipeline::{IngestHandle, Notice, Origin, Outcome, Reply, Submission};
 use rumqttc::mqttbytes::Error as MqttError;
 use rumqttc::{
     AsyncClient, ConnAck, ConnectionError, Event, EventLoop, MqttOptions, Packet, Publish, QoS,
@@ -190,9 +190,11 @@ impl Connection {
     pub async fn run(
         self,
         ingest: IngestHandle,
+        notices: flume::Receiver<Notice>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Taken> {
         let (client, events) = AsyncClient::new(self.options, REQUESTS);
+        tokio::spawn(publish_notices(client.clone(), notices));
         let (outcomes_tx, outcomes) = flume::unbounded();
         let pending = Shared::default();
         let counters = Arc::new(Counters::default());
@@ -240,6 +242,20 @@ fn default_client_id() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".to_owned());
     format!("kenko-worker-{host}")
+}
+
+/// Publishes what the pipeline has to say (device errors, live observations) on the
+/// external broker, at QoS 0 as the embedded broker does, until the pipeline stops.
+async fn publish_notices(client: AsyncClient, notices: flume::Receiver<Notice>) {
+    while let Ok(notice) = notices.recv_async().await {
+        if client
+            .publish(notice.topic, QoS::AtMostOnce, false, notice.payload)
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
 }
 
 /// Acknowledges each message whose verdict is final (stored, or dead-lettered with its
