@@ -10,10 +10,10 @@
 //! modes read any status but 200 as a refusal) or, with `?format=emqx`, with 200 (EMQX
 //! reads a refusal status as "ignore" and asks its next source).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -317,12 +317,15 @@ fn principal_of(
 /// the login limits (of the client's address when the broker sends it), and its client id.
 pub(crate) async fn auth(
     State(api): State<HttpApi>,
+    ConnectInfo(caller): ConnectInfo<SocketAddr>,
     query: Result<Query<HookQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     match admit_fields(&api, query, &headers, &body) {
-        Ok((format, fields)) => authenticate(&api, format, &fields).await.into_response(),
+        Ok((format, fields)) => authenticate(&api, caller, format, &fields)
+            .await
+            .into_response(),
         Err(refused) => *refused,
     }
 }
@@ -340,7 +343,14 @@ pub(crate) struct AuthBody {
     peerhost: Option<String>,
 }
 
-async fn authenticate(api: &HttpApi, format: Format, fields: &Fields) -> Answer {
+/// Checks a relayed login: limited per client address when the broker at `caller` sends
+/// it, else per broker (`auth.login.relay_*`), and per principal either way.
+async fn authenticate(
+    api: &HttpApi,
+    caller: SocketAddr,
+    format: Format,
+    fields: &Fields,
+) -> Answer {
     let read = || -> Result<(String, String, String, Option<IpAddr>), String> {
         let source = fields
             .text(&["peerhost", "ip"])?
@@ -377,8 +387,9 @@ async fn authenticate(api: &HttpApi, format: Format, fields: &Fields) -> Answer 
         }
         None => {
             api.login
-                .login_unsourced(
+                .login_relayed(
                     Listener::Mqtt,
+                    caller.ip(),
                     &api.directory,
                     &username,
                     password.as_bytes(),

@@ -98,14 +98,19 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A login's source for the log: its address, or "not known" for a relayed login.
-struct Source(Option<IpAddr>);
+/// Where a login comes from: a client's address, or a broker relaying its client's login
+/// without the client's address.
+#[derive(Debug, Clone, Copy)]
+enum From {
+    Client(IpAddr),
+    Relay(IpAddr),
+}
 
-impl std::fmt::Display for Source {
+impl std::fmt::Display for From {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(ip) => ip.fmt(f),
-            None => f.write_str("not known (relayed by a broker)"),
+        match self {
+            From::Client(ip) => ip.fmt(f),
+            From::Relay(via) => write!(f, "a client of the broker at {via}"),
         }
     }
 }
@@ -196,6 +201,8 @@ impl LoginStats {
 /// Every login of the hub, MQTT and HTTP alike, goes through one guard.
 pub struct LoginGuard {
     sources: Mutex<TokenBuckets<IpAddr>>,
+    /// Relayed logins without the client's address, per relaying broker.
+    relays: Mutex<TokenBuckets<IpAddr>>,
     principals: Mutex<TokenBuckets<String>>,
     familiar: Mutex<HashMap<(String, IpAddr), Instant>>,
     verifier: Verifier,
@@ -233,6 +240,11 @@ impl LoginGuard {
                 per_second(limits.principal_per_minute),
                 MAX_BUCKETS,
             )),
+            relays: Mutex::new(TokenBuckets::new(
+                limits.relay_burst,
+                per_second(limits.relay_per_minute),
+                MAX_BUCKETS,
+            )),
             familiar: Mutex::new(HashMap::new()),
             verifier: Verifier::start(limits.verify_threads, limits.verify_queue),
             stand_in: stand_in.into(),
@@ -251,33 +263,47 @@ impl LoginGuard {
         username: &str,
         password: &[u8],
     ) -> Login {
-        self.attempt(listener, Some(source), directory, username, password)
-            .await
+        self.attempt(
+            listener,
+            From::Client(source_key(source)),
+            directory,
+            username,
+            password,
+        )
+        .await
     }
 
-    /// As [`LoginGuard::login`], for a login relayed by a broker that does not say where
-    /// its client is: charged to the principal's limit alone (a whole broker's clients
-    /// behind one source budget would lock each other out), never familiar.
-    pub async fn login_unsourced(
+    /// As [`LoginGuard::login`], for a login relayed by the broker at `via`, which does not
+    /// say where its client is: charged to the principal's limit and to the broker's relay
+    /// limit (`relay_burst`, `relay_per_minute`; far above one address's, for a whole
+    /// fleet's clients are behind it), never familiar.
+    pub async fn login_relayed(
         &self,
         listener: Listener,
+        via: IpAddr,
         directory: &Directory,
         username: &str,
         password: &[u8],
     ) -> Login {
-        self.attempt(listener, None, directory, username, password)
-            .await
+        self.attempt(
+            listener,
+            From::Relay(source_key(via)),
+            directory,
+            username,
+            password,
+        )
+        .await
     }
 
     async fn attempt(
         &self,
         listener: Listener,
-        source: Option<IpAddr>,
+        from: From,
         directory: &Directory,
         username: &str,
         password: &[u8],
     ) -> Login {
-        let source = source.map(source_key);
+        let source = from;
         let charged = match self.charge(source, username) {
             Ok(charged) => charged,
             Err(wait) => {
@@ -313,7 +339,7 @@ impl LoginGuard {
         match identity {
             Some(identity) if matched && identity.has_password() => {
                 self.give_back(source, username, charged);
-                if let Some(source) = source {
+                if let From::Client(source) = source {
                     self.remember(username, source);
                 }
                 Login::Accepted(identity)
@@ -328,22 +354,26 @@ impl LoginGuard {
 
     /// Takes a token from the source's bucket and, unless the principal has logged in from
     /// this source before, from the principal's. `Ok(true)` if the principal's was taken.
-    fn charge(&self, source: Option<IpAddr>, username: &str) -> Result<bool, Duration> {
+    fn charge(&self, from: From, username: &str) -> Result<bool, Duration> {
         let now = Instant::now();
-        if let Some(source) = source {
-            lock(&self.sources).take(&source, now)?;
-            if self.is_familiar(username, source, now) {
-                return Ok(false);
+        match from {
+            From::Client(source) => {
+                lock(&self.sources).take(&source, now)?;
+                if self.is_familiar(username, source, now) {
+                    return Ok(false);
+                }
             }
+            From::Relay(via) => lock(&self.relays).take(&via, now)?,
         }
         let name = username.to_owned();
         // A refused attempt still costs its source: spraying names must not be free.
         lock(&self.principals).take(&name, now).map(|()| true)
     }
 
-    fn give_back(&self, source: Option<IpAddr>, username: &str, principal_charged: bool) {
-        if let Some(source) = source {
-            lock(&self.sources).give_back(&source);
+    fn give_back(&self, from: From, username: &str, principal_charged: bool) {
+        match from {
+            From::Client(source) => lock(&self.sources).give_back(&source),
+            From::Relay(via) => lock(&self.relays).give_back(&via),
         }
         if principal_charged {
             lock(&self.principals).give_back(&username.to_owned());
@@ -370,14 +400,14 @@ impl LoginGuard {
         }
     }
 
-    fn log_refused(&self, listener: Listener, source: Option<IpAddr>, username: &str, known: bool) {
+    fn log_refused(&self, listener: Listener, source: From, username: &str, known: bool) {
         let Some(held_back) = self.refused_log[listener as usize].allow(Instant::now()) else {
             return;
         };
         let failures = LoginStats::get(&self.stats.login.failures, listener);
         warn!(
             listener = listener.name(),
-            source = %Source(source),
+            %source,
             username,
             known,
             held_back,
@@ -386,13 +416,13 @@ impl LoginGuard {
         );
     }
 
-    fn log_throttled(&self, listener: Listener, source: Option<IpAddr>, username: &str, why: &str) {
+    fn log_throttled(&self, listener: Listener, source: From, username: &str, why: &str) {
         let Some(held_back) = self.throttled_log[listener as usize].allow(Instant::now()) else {
             return;
         };
         info!(
             listener = listener.name(),
-            source = %Source(source),
+            %source,
             username,
             held_back,
             "login refused before verification: {why}"
@@ -491,10 +521,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn relayed_logins_are_limited_per_principal_not_per_broker() {
+    async fn relayed_logins_are_limited_per_principal_and_per_broker() {
         let hash = hash_password("right", Cost::Token);
         let mut text = String::from(
-            "[auth.login]\nsource_burst = 2\nsource_per_minute = 1\nprincipal_burst = 2\nprincipal_per_minute = 1\n\n",
+            "[auth.login]\nsource_burst = 1\nsource_per_minute = 1\nprincipal_burst = 2\nprincipal_per_minute = 1\nrelay_burst = 5\nrelay_per_minute = 1\n\n",
         );
         for id in ["p", "q", "r"] {
             text.push_str(&format!(
@@ -502,28 +532,34 @@ mod tests {
             ));
         }
         let (guard, dir, _) = guard_for(&text);
-        // More principals than one source's burst log in through the same broker.
-        for id in ["p", "q", "r"] {
-            let ok = guard
-                .login_unsourced(Listener::Mqtt, &dir, id, b"right")
-                .await;
+        let broker: IpAddr = "10.0.0.9".parse().expect("ip");
+        let other_broker: IpAddr = "10.0.0.10".parse().expect("ip");
+        let login = |via, id: &'static str, pw: &'static [u8]| {
+            guard.login_relayed(Listener::Mqtt, via, &dir, id, pw)
+        };
+        // More principals than one address's burst log in through the same broker: a
+        // success gives its attempt back.
+        for id in ["p", "q", "r", "p", "q", "r"] {
+            let ok = login(broker, id, b"right").await;
             assert!(matches!(ok, Login::Accepted(_)), "{id}: {ok:?}");
         }
         // Guessing one principal's password exhausts that principal's budget only.
         for _ in 0..2 {
-            let bad = guard
-                .login_unsourced(Listener::Mqtt, &dir, "p", b"guess")
-                .await;
+            let bad = login(broker, "p", b"guess").await;
             assert!(matches!(bad, Login::Refused), "{bad:?}");
         }
-        let held = guard
-            .login_unsourced(Listener::Mqtt, &dir, "p", b"right")
-            .await;
+        let held = login(broker, "p", b"right").await;
         assert!(matches!(held, Login::Throttled(_)), "{held:?}");
-        let other = guard
-            .login_unsourced(Listener::Mqtt, &dir, "q", b"right")
-            .await;
-        assert!(matches!(other, Login::Accepted(_)), "{other:?}");
+        // Guesses spread over names run out the broker's relay budget (5: three spent, a
+        // throttled attempt included, as an address's is).
+        for name in ["n1", "n2"] {
+            let bad = login(broker, name, b"guess").await;
+            assert!(matches!(bad, Login::Refused), "{name}: {bad:?}");
+        }
+        let spent = login(broker, "q", b"right").await;
+        assert!(matches!(spent, Login::Throttled(_)), "{spent:?}");
+        let elsewhere = login(other_broker, "q", b"right").await;
+        assert!(matches!(elsewhere, Login::Accepted(_)), "{elsewhere:?}");
     }
 
     #[tokio::test]

@@ -219,6 +219,13 @@ pub struct LoginConfig {
     pub principal_burst: u32,
     /// Login attempts per minute for one principal name, on average, from such addresses.
     pub principal_per_minute: u32,
+    /// Login attempts an external broker may relay at once above its rate through the MQTT
+    /// hooks when it does not say where its client is (`peerhost`); a successful login
+    /// gives its attempt back, so a reconnecting fleet is not held back, but guesses spread
+    /// over many names are.
+    pub relay_burst: u32,
+    /// Such relayed login attempts per minute from one broker, on average.
+    pub relay_per_minute: u32,
     /// Threads that verify passwords (argon2 is slow on purpose); each keeps one buffer of
     /// at most 64 MiB.
     pub verify_threads: usize,
@@ -234,6 +241,8 @@ impl Default for LoginConfig {
             source_per_minute: 60,
             principal_burst: 10,
             principal_per_minute: 30,
+            relay_burst: 1000,
+            relay_per_minute: 6000,
             verify_threads: 2,
             verify_queue: 32,
         }
@@ -893,10 +902,12 @@ impl Config {
             || login.source_per_minute == 0
             || login.principal_burst == 0
             || login.principal_per_minute == 0
+            || login.relay_burst == 0
+            || login.relay_per_minute == 0
             || login.verify_threads == 0
         {
             return invalid(
-                "auth.login.source_burst, source_per_minute, principal_burst, principal_per_minute and verify_threads must be at least 1"
+                "auth.login.source_burst, source_per_minute, principal_burst, principal_per_minute, relay_burst, relay_per_minute and verify_threads must be at least 1"
                     .into(),
             );
         }
