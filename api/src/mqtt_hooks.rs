@@ -258,6 +258,12 @@ fn admit(
     let query = match query {
         Ok(Query(query)) => query,
         Err(e) => {
+            // Unreadable: only a Bearer header can prove the caller, and is checked first.
+            let unread = HookQuery {
+                token: None,
+                format: None,
+            };
+            check_caller(api, headers, &unread)?;
             let answer = Answer::unusable(Format::GoAuth, e.body_text());
             return Err(Box::new(answer.into_response()));
         }
@@ -580,48 +586,53 @@ impl Judge<'_> {
         Err(refusal(&decision.reason))
     }
 
-    /// Whether a wildcard `filter` allowed by rule `allowing` could carry a message that
-    /// an earlier deny or consent rule of this principal's would stop: the embedded broker
-    /// checks each delivery against those, EMQX never does. Conservative: any such earlier
-    /// rule counts, overlapping or not.
-    fn shadowed(&self, filter: &str, allowing: usize) -> bool {
-        let wildcard = filter.split('/').any(|level| level == "+" || level == "#");
-        wildcard
-            && self
-                .acl
-                .rules_for(&self.principal)
-                .into_iter()
-                .take_while(|&i| i < allowing)
-                .filter_map(|i| self.acl.rules().get(i))
-                .any(|rule| {
-                    rule.action != Action::Publish
-                        && (rule.effect == Effect::Deny || rule.consent.is_some())
-                })
+    /// The first of this principal's rules before `allowing` that could stop some message
+    /// of a wildcard filter `allowing` allows: a deny or consent rule on subscriptions.
+    /// The embedded broker checks each delivery against those; EMQX never does.
+    /// Conservative: any such earlier rule counts, overlapping or not.
+    fn shadowing(&self, allowing: usize) -> Option<(usize, Reason)> {
+        self.acl
+            .rules_for(&self.principal)
+            .into_iter()
+            .take_while(|&i| i < allowing)
+            .filter_map(|i| Some((i, self.acl.rules().get(i)?)))
+            .filter(|(_, rule)| rule.action != Action::Publish)
+            .find_map(|(i, rule)| match (rule.effect, rule.consent) {
+                (Effect::Deny, _) => Some((i, Reason::Rule)),
+                (Effect::Allow, Some(need)) => Some((i, Reason::NoConsent(need))),
+                (Effect::Allow, None) => None,
+            })
     }
 
-    /// A subscription checked only when it is made (EMQX): under a rule that needs
-    /// consent, only one citizen's metric, with that consent in force now.
+    /// A subscription checked only when it is made (EMQX): a wildcard filter only where no
+    /// rule could stop one of its messages, and under a rule that needs consent only one
+    /// citizen's metric, with that consent in force now.
     fn subscribe_once(&self, filter: &str, qos: u8) -> Result<(), String> {
         let request = Request::Subscribe { filter, qos };
         let decision = self
             .acl
             .decide_with(&self.principal, &request, &self.consents);
-        let need = decision
-            .rule
-            .and_then(|i| self.acl.rules().get(i))
-            .and_then(|rule| rule.consent);
-        if let (true, None, Some(allowing)) = (decision.allowed, need, decision.rule) {
-            if self.shadowed(filter, allowing) {
-                let denied = Decision {
-                    allowed: false,
-                    ..decision
-                };
-                let why = "a deny or consent rule comes before the rule that allows this wildcard filter, and a subscription through EMQX is checked only when it is made (never per message): subscribe to filters those rules do not touch";
-                return self.settle(&request, denied).map_err(|_| why.to_owned());
-            }
-        }
-        let Some(need) = need.filter(|_| decision.allowed) else {
+        let (true, Some(allowing)) = (decision.allowed, decision.rule) else {
             return self.settle(&request, decision);
+        };
+        let need = self.acl.rules().get(allowing).and_then(|rule| rule.consent);
+        let wildcard = filter.split('/').any(|level| level == "+" || level == "#");
+        let stopped_by = match (wildcard, need) {
+            (false, _) => None,
+            (true, Some(need)) => Some((allowing, Reason::NoConsent(need))),
+            (true, None) => self.shadowing(allowing),
+        };
+        if let Some((rule, reason)) = stopped_by {
+            let denied = Decision {
+                allowed: false,
+                rule: Some(rule),
+                reason,
+            };
+            let why = "a subscription through EMQX is checked only when it is made (never per message), and a deny or consent rule could stop some messages of this wildcard filter: subscribe to one topic (under consent: citizens/CITIZEN/observations/METRIC)";
+            return self.settle(&request, denied).map_err(|_| why.to_owned());
+        }
+        let Some(need) = need else {
+            return Ok(());
         };
         let consented = observation_topic(filter).is_some_and(|(citizen, metric)| {
             self.consents
@@ -635,9 +646,7 @@ impl Judge<'_> {
             reason: Reason::NoConsent(need),
             ..decision
         };
-        self.settle(&request, denied).map_err(|why| {
-            format!("{why}; a subscription through EMQX is checked only when it is made, so under consent it must name one citizen's metric (citizens/CITIZEN/observations/METRIC)")
-        })
+        self.settle(&request, denied)
     }
 }
 

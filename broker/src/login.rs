@@ -101,16 +101,16 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Where a login comes from: a client's address, or a broker relaying its client's login
 /// without the client's address.
 #[derive(Debug, Clone, Copy)]
-enum From {
+enum Attempt {
     Client(IpAddr),
     Relay(IpAddr),
 }
 
-impl std::fmt::Display for From {
+impl std::fmt::Display for Attempt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            From::Client(ip) => ip.fmt(f),
-            From::Relay(via) => write!(f, "a client of the broker at {via}"),
+            Attempt::Client(ip) => ip.fmt(f),
+            Attempt::Relay(via) => write!(f, "a client of the broker at {via}"),
         }
     }
 }
@@ -265,7 +265,7 @@ impl LoginGuard {
     ) -> Login {
         self.attempt(
             listener,
-            From::Client(source_key(source)),
+            Attempt::Client(source_key(source)),
             directory,
             username,
             password,
@@ -287,7 +287,7 @@ impl LoginGuard {
     ) -> Login {
         self.attempt(
             listener,
-            From::Relay(source_key(via)),
+            Attempt::Relay(source_key(via)),
             directory,
             username,
             password,
@@ -298,7 +298,7 @@ impl LoginGuard {
     async fn attempt(
         &self,
         listener: Listener,
-        from: From,
+        from: Attempt,
         directory: &Directory,
         username: &str,
         password: &[u8],
@@ -339,7 +339,7 @@ impl LoginGuard {
         match identity {
             Some(identity) if matched && identity.has_password() => {
                 self.give_back(source, username, charged);
-                if let From::Client(source) = source {
+                if let Attempt::Client(source) = source {
                     self.remember(username, source);
                 }
                 Login::Accepted(identity)
@@ -354,26 +354,32 @@ impl LoginGuard {
 
     /// Takes a token from the source's bucket and, unless the principal has logged in from
     /// this source before, from the principal's. `Ok(true)` if the principal's was taken.
-    fn charge(&self, from: From, username: &str) -> Result<bool, Duration> {
+    fn charge(&self, from: Attempt, username: &str) -> Result<bool, Duration> {
         let now = Instant::now();
         match from {
-            From::Client(source) => {
+            Attempt::Client(source) => {
                 lock(&self.sources).take(&source, now)?;
                 if self.is_familiar(username, source, now) {
                     return Ok(false);
                 }
             }
-            From::Relay(via) => lock(&self.relays).take(&via, now)?,
+            Attempt::Relay(via) => lock(&self.relays).take(&via, now)?,
         }
         let name = username.to_owned();
-        // A refused attempt still costs its source: spraying names must not be free.
-        lock(&self.principals).take(&name, now).map(|()| true)
+        // A refused attempt still costs its source: spraying names must not be free. A
+        // relaying broker's budget is its whole fleet's, so hammering one name through it
+        // costs that name's budget alone.
+        let taken = lock(&self.principals).take(&name, now);
+        if let (Err(_), Attempt::Relay(via)) = (&taken, from) {
+            lock(&self.relays).give_back(&via);
+        }
+        taken.map(|()| true)
     }
 
-    fn give_back(&self, from: From, username: &str, principal_charged: bool) {
+    fn give_back(&self, from: Attempt, username: &str, principal_charged: bool) {
         match from {
-            From::Client(source) => lock(&self.sources).give_back(&source),
-            From::Relay(via) => lock(&self.relays).give_back(&via),
+            Attempt::Client(source) => lock(&self.sources).give_back(&source),
+            Attempt::Relay(via) => lock(&self.relays).give_back(&via),
         }
         if principal_charged {
             lock(&self.principals).give_back(&username.to_owned());
@@ -400,7 +406,7 @@ impl LoginGuard {
         }
     }
 
-    fn log_refused(&self, listener: Listener, source: From, username: &str, known: bool) {
+    fn log_refused(&self, listener: Listener, source: Attempt, username: &str, known: bool) {
         let Some(held_back) = self.refused_log[listener as usize].allow(Instant::now()) else {
             return;
         };
@@ -416,7 +422,7 @@ impl LoginGuard {
         );
     }
 
-    fn log_throttled(&self, listener: Listener, source: From, username: &str, why: &str) {
+    fn log_throttled(&self, listener: Listener, source: Attempt, username: &str, why: &str) {
         let Some(held_back) = self.throttled_log[listener as usize].allow(Instant::now()) else {
             return;
         };
@@ -550,9 +556,9 @@ mod tests {
         }
         let held = login(broker, "p", b"right").await;
         assert!(matches!(held, Login::Throttled(_)), "{held:?}");
-        // Guesses spread over names run out the broker's relay budget (5: three spent, a
-        // throttled attempt included, as an address's is).
-        for name in ["n1", "n2"] {
+        // Guesses spread over names run out the broker's relay budget (5: two spent; the
+        // attempt the principal's limit refused was given back).
+        for name in ["n1", "n2", "n3"] {
             let bad = login(broker, name, b"guess").await;
             assert!(matches!(bad, Login::Refused), "{name}: {bad:?}");
         }

@@ -84,6 +84,29 @@ fn default_partitions() -> u32 {
     1
 }
 
+/// `HOST[:PORT]` or `[IPV6][:PORT]` split into host and port text; `None` if it is neither.
+fn split_host_port(text: &str) -> Option<(&str, Option<&str>)> {
+    let (host, port) = match text.strip_prefix('[') {
+        Some(bracketed) => {
+            let (host, after) = bracketed.split_once(']')?;
+            let port = match after {
+                "" => None,
+                _ => Some(after.strip_prefix(':')?),
+            };
+            (host, port)
+        }
+        None => match text.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        },
+    };
+    let bad_host = host.is_empty()
+        || host.contains(['/', '[', ']'])
+        || (!text.starts_with('[') && host.contains(':'));
+    let bad_port = port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()));
+    (!bad_host && !bad_port).then_some((host, port))
+}
+
 /// Where the external broker is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -107,26 +130,21 @@ impl SourceConfig {
         };
         let rest = rest.trim_end_matches('/');
         let default_port = if tls { 8883 } else { 1883 };
-        // An IPv6 address is in brackets: `[::1]` or `[::1]:1883`.
-        let (host, port) = match rest.strip_prefix('[').and_then(|r| r.split_once(']')) {
-            Some((host, after)) => (host, after.strip_prefix(':').or(Some(after))),
-            None => match rest.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (rest, None),
-            },
-        };
-        let port = match port.filter(|p| !p.is_empty()) {
-            None => default_port,
-            Some(port) => port
-                .parse()
-                .map_err(|_| format!("source.url {:?}: port {port:?} is not a number", self.url))?,
-        };
-        if host.is_empty() || host.contains('/') {
-            return Err(format!(
-                "source.url {:?} must be mqtt://HOST:PORT (no path)",
+        let (host, port) = split_host_port(rest).ok_or_else(|| {
+            format!(
+                "source.url {:?} must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (an IPv6 address in brackets, no path)",
                 self.url
-            ));
-        }
+            )
+        })?;
+        let port = match port {
+            None => default_port,
+            Some(port) => port.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                format!(
+                    "source.url {:?}: port {port:?} is not a port number",
+                    self.url
+                )
+            })?,
+        };
         Ok(Endpoint {
             host: host.to_owned(),
             port,
@@ -229,7 +247,20 @@ mod tests {
         assert_eq!(at("mqtt://[::1]:1884"), endpoint("::1", 1884, false));
         assert_eq!(at("mqtt://[::1]"), endpoint("::1", 1883, false));
         assert_eq!(at("mqtt://broker/"), endpoint("broker", 1883, false));
-        for bad in ["http://h:1", "mqtt://h:port", "mqtt://", "mqtt://h/x"] {
+        for bad in [
+            "http://h:1",
+            "mqtt://h:port",
+            "mqtt://",
+            "mqtt://h/x",
+            "mqtt://h:1883/x",
+            "mqtt://2001:db8::1",
+            "mqtt://[::1",
+            "mqtt://[::1]1884",
+            "mqtt://h:1883:",
+            "mqtt://h:",
+            "mqtt://h:0",
+            "mqtt://h:70000",
+        ] {
             assert!(at(bad).is_err(), "{bad}");
         }
     }

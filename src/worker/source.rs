@@ -9,13 +9,14 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use kenko_config::source::SourceConfig;
 use kenko_ingest::backoff::Backoff;
 use kenko_ingest::decode::{RejectCode, Rejection};
 use kenko_ingest::pipeline::{IngestHandle, Notice, Origin, Outcome, Reply, Submission};
+use kenko_ingest::stats::IngestStats;
 use rumqttc::mqttbytes::Error as MqttError;
 use rumqttc::{
     AsyncClient, ConnAck, ConnectionError, Event, EventLoop, MqttOptions, Packet, Publish, QoS,
@@ -33,14 +34,12 @@ const REQUESTS: usize = 1024;
 /// one, and the broker sends it again first on every reconnect: set the broker's limit
 /// below this (Mosquitto `message_size_limit`, EMQX `max_packet_size`). The pipeline
 /// refuses payloads it cannot use with their reasons, whatever their size.
-const MAX_INCOMING: usize = 64 * 1024 * 1024;
+const MAX_INCOMING: usize = 16 * 1024 * 1024;
 /// The largest packet the worker sends (acknowledgements, subscriptions).
 const MAX_OUTGOING: usize = 64 * 1024;
 /// How long a stopping worker waits for the verdicts of what it took; what is still
 /// unacknowledged then is sent again by the broker after the restart (and stored once).
 const DRAIN: Duration = Duration::from_secs(10);
-/// How often a stopping worker looks whether every verdict is answered.
-const DRAIN_CHECK: Duration = Duration::from_millis(50);
 
 /// What a worker took from the broker, for its last words.
 #[derive(Debug, Default)]
@@ -194,7 +193,11 @@ impl Connection {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Taken> {
         let (client, events) = AsyncClient::new(self.options, REQUESTS);
-        tokio::spawn(publish_notices(client.clone(), notices));
+        tokio::spawn(publish_notices(
+            client.clone(),
+            notices,
+            ingest.stats().clone(),
+        ));
         let (outcomes_tx, outcomes) = flume::unbounded();
         let pending = Shared::default();
         let counters = Arc::new(Counters::default());
@@ -219,11 +222,8 @@ impl Connection {
                 .with_jitter(),
         };
         let taken = taker.take_until(&shutdown).await;
-        taker.finish().await;
+        taker.finish(acker).await;
         drop(taker);
-        if acker.await.is_err() {
-            error!("the acknowledging task failed");
-        }
         taken?;
         Ok(Taken {
             taken: counters.taken.load(Ordering::Relaxed),
@@ -245,15 +245,30 @@ fn default_client_id() -> String {
 }
 
 /// Publishes what the pipeline has to say (device errors, live observations) on the
-/// external broker, at QoS 0 as the embedded broker does, until the pipeline stops.
-async fn publish_notices(client: AsyncClient, notices: flume::Receiver<Notice>) {
+/// external broker, at QoS 0 as the embedded broker does, until the pipeline stops. Never
+/// waits for room in the request queue (acknowledgements come first): a notice that finds
+/// it full, or that is too large to send, is dropped and counted, as the pipeline drops
+/// what its own queue cannot hold.
+async fn publish_notices(
+    client: AsyncClient,
+    notices: flume::Receiver<Notice>,
+    stats: Arc<IngestStats>,
+) {
     while let Ok(notice) = notices.recv_async().await {
-        if client
-            .publish(notice.topic, QoS::AtMostOnce, false, notice.payload)
-            .await
-            .is_err()
-        {
-            return;
+        // Topic, payload and a packet header.
+        let size = notice.topic.len() + notice.payload.len() + 16;
+        let sent = size <= MAX_OUTGOING
+            && client
+                .try_publish(notice.topic, QoS::AtMostOnce, false, notice.payload)
+                .is_ok();
+        if !sent {
+            let n = stats.notices_dropped.fetch_add(1, Ordering::Relaxed);
+            if n.is_multiple_of(1000) {
+                warn!(
+                    dropped = n + 1,
+                    "notices for the broker dropped (request queue full, or too large)"
+                );
+            }
         }
     }
 }
@@ -390,6 +405,9 @@ impl Taker {
     }
 
     fn disconnected(&mut self, e: &ConnectionError) {
+        // Packets read with the error belong to the connection that ended: the broker
+        // sends again what was not acknowledged, under the next session's terms.
+        self.events.state.events.clear();
         let wait_ms = self.backoff.next_wait().as_millis() as u64;
         if let ConnectionError::MqttState(StateError::Deserialization(
             MqttError::PayloadSizeLimitExceeded(size),
@@ -448,7 +466,12 @@ impl Taker {
         // acknowledged, and the broker sends it again.
         tokio::select! {
             submitted = ingest.submit(submission) => {
-                submitted.context("the ingest pipeline stopped")?;
+                if submitted.is_err() {
+                    if let Some(token) = token {
+                        lock(&self.pending).release(token);
+                    }
+                    anyhow::bail!("the ingest pipeline stopped");
+                }
             }
             _ = shutdown.cancelled() => {
                 if let Some(token) = token {
@@ -500,34 +523,40 @@ impl Taker {
 
     /// Stops taking messages, lets the pipeline drain, sends the acknowledgements its
     /// verdicts allow (for at most [`DRAIN`]) and disconnects.
-    async fn finish(&mut self) {
+    async fn finish(&mut self, mut acker: tokio::task::JoinHandle<()>) {
         self.ingest = None;
         self.outcomes = None;
-        let deadline = Instant::now() + DRAIN;
-        while !lock(&self.pending).by_token.is_empty() && Instant::now() < deadline {
-            // A timeout only means nothing happened; a lost connection ends the wait.
-            if let Ok(Err(_)) = tokio::time::timeout(DRAIN_CHECK, self.events.poll()).await {
-                break;
+        let deadline = tokio::time::Instant::now() + DRAIN;
+        // Until the acknowledging task has queued every acknowledgement the verdicts allow
+        // (it ends when the pipeline has answered everything), keeping the connection up.
+        let done = loop {
+            tokio::select! {
+                joined = &mut acker => break joined.is_ok(),
+                event = self.events.poll() => if event.is_err() { break false },
+                _ = tokio::time::sleep_until(deadline) => break false,
             }
-        }
-        let left = lock(&self.pending).by_token.len();
-        if left > 0 {
+        };
+        if !done {
+            acker.abort();
             warn!(
-                left,
-                "stopping with messages not yet acknowledged; the broker sends them again"
+                left = lock(&self.pending).by_token.len(),
+                "stopping before every verdict was acknowledged; the broker sends the rest again"
             );
         }
-        // Not waiting for room in the request queue: only this task drains it.
-        if self.client.try_disconnect().is_ok() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                while let Ok(event) = self.events.poll().await {
-                    if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
-                        break;
-                    }
+        // The DISCONNECT goes behind every acknowledgement queued (the queue is first in,
+        // first out), queued from a task of its own while this one sends them all.
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let _ = client.disconnect().await;
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Ok(event) = self.events.poll().await {
+                if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                    break;
                 }
-            })
-            .await;
-        }
+            }
+        })
+        .await;
     }
 }
 
