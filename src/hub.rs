@@ -44,6 +44,10 @@ impl Hub {
         shutdown: CancellationToken,
         accept_data_loss: bool,
     ) -> anyhow::Result<Hub> {
+        anyhow::ensure!(
+            config.store.embedded,
+            "kenko serve needs its embedded store (its API, console and windows read it): store.embedded = false is for kenko worker"
+        );
         let data = DataDir::open(&config, data_dir)?;
         kenko_broker::check_descriptor_budget(&config);
         let broker = Broker::bind(&config, data.registry.clone()).await?;

@@ -350,3 +350,41 @@ async fn a_device_hears_why_its_message_was_refused_through_the_external_broker(
     tokio::task::block_in_place(|| worker.terminate())?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_without_the_embedded_store_writes_influxdb_alone() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = Mosquitto::start(&dir.path().join("mosquitto"))?;
+    let vm = VictoriaMetrics::start(&dir.path().join("vm"))?;
+    let extra = format!(
+        "[store]\nembedded = false\n\n[windows]\nenabled = false\n\n{}",
+        influx(&vm)
+    );
+    let worker = start_worker(dir.path(), &url(&broker), 1, &extra, "")?;
+    let times = times();
+    let fleet = Fleet::start(broker.addr, &devices()[..10], Duration::ZERO, times);
+    eventually(Duration::from_secs(30), || {
+        Ok((fleet.total() >= 500).then_some(()))
+    })?;
+    let acked = fleet.stop().await;
+    let want = acknowledged_points(&acked, times);
+    let mut last = String::new();
+    let arrived = eventually(Duration::from_secs(60), || {
+        match missing_or_repeated("VictoriaMetrics", &vm.points("kenko_heart_rate")?, &want) {
+            None => Ok(Some(())),
+            Some(why) => {
+                last = why;
+                Ok(None)
+            }
+        }
+    });
+    arrived.map_err(|e| anyhow::anyhow!("{e}: {last}"))?;
+    for store in ["personal.db", "shared.db"] {
+        assert!(
+            !worker.data_dir.join(store).exists(),
+            "{store} is not written"
+        );
+    }
+    tokio::task::block_in_place(|| worker.terminate())?;
+    Ok(())
+}

@@ -70,6 +70,8 @@ pub struct Config {
     pub windows: WindowsConfig,
     /// How long raw observations and their rollups are kept in the embedded store.
     pub retention: RetentionConfig,
+    /// Whether the embedded store (`personal.db`, `shared.db`) is written at all.
+    pub store: StoreConfig,
     /// Alert rules for care services (`[[alerts]]`), evaluated as data arrives.
     pub alerts: Vec<AlertConfig>,
     /// The external MQTT broker `kenko worker` takes telemetry from (not used by `serve`).
@@ -77,6 +79,22 @@ pub struct Config {
     /// Where the entries are in the file this configuration was read from (not a setting).
     #[serde(skip)]
     pub origin: Origin,
+}
+
+/// `[store]`: the embedded time-series store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Write observations to `personal.db` and `shared.db`. A `kenko worker` whose
+    /// observations go to InfluxDB alone may turn it off (`false`); then it needs
+    /// `[influxdb]`, and windows (computed from the store) must be off too.
+    pub embedded: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { embedded: true }
+    }
 }
 
 /// When the stream processor's windows open and close.
@@ -928,6 +946,17 @@ impl Config {
         if let Some(source) = &self.source {
             source.check().or_else(invalid)?;
         }
+        if !self.store.embedded {
+            if self.influxdb.is_none() {
+                return invalid(
+                    "store.embedded = false needs [influxdb]: observations would be stored nowhere"
+                        .into(),
+                );
+            }
+            if self.windows.enabled {
+                return invalid("store.embedded = false needs windows.enabled = false: windows are computed from the embedded store".into());
+            }
+        }
         if let Some(hooks) = &self.http.mqtt_hooks {
             hooks.digest().map(|_| ()).or_else(invalid)?;
         }
@@ -1366,6 +1395,20 @@ mod tests {
     }
 
     #[test]
+    fn the_embedded_store_is_off_only_with_influxdb_and_without_windows() {
+        let off = "[store]\nembedded = false\n";
+        let err = parse(off).expect_err("refused");
+        assert!(err.to_string().contains("needs [influxdb]"), "{err}");
+        let influx = "[influxdb]\nurl = \"http://127.0.0.1:8428\"\n";
+        let err = parse(&format!("{off}{influx}")).expect_err("refused");
+        assert!(err.to_string().contains("windows.enabled = false"), "{err}");
+        let config =
+            parse(&format!("{off}[windows]\nenabled = false\n{influx}")).expect("accepted");
+        assert!(!config.store.embedded);
+        assert!(parse("").expect("defaults").store.embedded);
+    }
+
+    #[test]
     fn the_mqtt_hooks_secret_is_given_as_a_sha256_digest() {
         let hooks = |digest: &str| format!("[http.mqtt_hooks]\ntoken_sha256 = \"{digest}\"\n");
         let digest = "00ff".repeat(16);
@@ -1391,6 +1434,7 @@ mod tests {
         assert_eq!(config.wal, WalConfig::default());
         assert_eq!(config.windows, WindowsConfig::default());
         assert_eq!(config.http, HttpConfig::default());
+        assert_eq!(config.store, StoreConfig::default());
         assert_eq!(config.devices.len(), 2);
         assert_eq!(config.principals.len(), 1);
     }

@@ -28,7 +28,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kenko_config::{
-    Config, InfluxConfig, IngestConfig, ProfileConfig, RetentionConfig, WalConfig, WindowsConfig,
+    Config, InfluxConfig, IngestConfig, ProfileConfig, RetentionConfig, StoreConfig, WalConfig,
+    WindowsConfig,
 };
 use kenko_devices::{Metric, Profiles, Registry};
 use tracing::{error, info};
@@ -110,6 +111,8 @@ pub struct Settings {
     pub profiles: Vec<ProfileConfig>,
     pub windows: WindowsConfig,
     pub retention: RetentionConfig,
+    /// Whether the embedded store is written (`[store] embedded`).
+    pub store: StoreConfig,
     /// Alert rules for care services (`[[alerts]]`); none: no alerts sink.
     pub alerts: Vec<crate::alerts::Rule>,
     /// Start even when a store lacks records the write-ahead log no longer holds (the loss is
@@ -130,6 +133,7 @@ impl TryFrom<&Config> for Settings {
             profiles: config.profiles.clone(),
             windows: config.windows.clone(),
             retention: config.retention.clone(),
+            store: config.store.clone(),
             accept_data_loss: false,
         })
     }
@@ -352,53 +356,59 @@ pub fn start(
     let mut threads = Vec::new();
     let mut progress = Vec::new();
     let health = Health::new(stats.clone());
-    let prepared = rebuild::prepare(
-        &wal,
-        &wal_dir,
-        "store",
-        data_dir,
-        &["personal.db", "shared.db"],
-        settings.accept_data_loss.then_some(registry_path.as_path()),
-    )?;
-    let store_at = prepared.start;
-    let [store, shared]: [PersonalStore; 2] = match prepared.stores.try_into() {
-        Ok(stores) => stores,
-        Err(_) => unreachable!("prepare opens one store per name"),
-    };
-    let store_guards = vec![
-        FileGuard::open_noting_damage(
-            &data_dir.join("personal.db"),
-            &rebuild::damage_note(&wal_dir, "personal.db"),
-        )?,
-        FileGuard::open_noting_damage(
-            &data_dir.join("shared.db"),
-            &rebuild::damage_note(&wal_dir, "shared.db"),
-        )?,
-    ];
     let registry_guard = FileGuard::open(&registry_path)?;
-    let store_progress = Progress::new("store", store_at);
-    progress.push(store_progress.clone());
-    let store_sink = Driver::new(
-        Cursor::new(
-            wal.reader(store_at),
+    // The embedded store, unless a worker writes to InfluxDB alone (`store.embedded`).
+    let (store_sink, store_guards) = if settings.store.embedded {
+        let prepared = rebuild::prepare(
+            &wal,
             &wal_dir,
-            durable.clone(),
-            store_progress,
-        ),
-        ConsentView::open(&registry_path, consents.clone())?,
-        StoreSink {
-            store: store.track_windows(),
-            shared,
-            consents: ConsentView::open(&registry_path, consents.clone())?,
-            pseudonyms: Pseudonymizer::open(data_dir)?,
-            stats: stats.clone(),
-            erasures_seen: u64::MAX,
-            guards: store_guards.clone(),
-            registry_guard: registry_guard.clone(),
-            health: health.clone(),
-            last_write: None,
-        },
-    );
+            "store",
+            data_dir,
+            &["personal.db", "shared.db"],
+            settings.accept_data_loss.then_some(registry_path.as_path()),
+        )?;
+        let store_at = prepared.start;
+        let [store, shared]: [PersonalStore; 2] = match prepared.stores.try_into() {
+            Ok(stores) => stores,
+            Err(_) => unreachable!("prepare opens one store per name"),
+        };
+        let store_guards = vec![
+            FileGuard::open_noting_damage(
+                &data_dir.join("personal.db"),
+                &rebuild::damage_note(&wal_dir, "personal.db"),
+            )?,
+            FileGuard::open_noting_damage(
+                &data_dir.join("shared.db"),
+                &rebuild::damage_note(&wal_dir, "shared.db"),
+            )?,
+        ];
+        let store_progress = Progress::new("store", store_at);
+        progress.push(store_progress.clone());
+        let store_sink = Driver::new(
+            Cursor::new(
+                wal.reader(store_at),
+                &wal_dir,
+                durable.clone(),
+                store_progress,
+            ),
+            ConsentView::open(&registry_path, consents.clone())?,
+            StoreSink {
+                store: store.track_windows(),
+                shared,
+                consents: ConsentView::open(&registry_path, consents.clone())?,
+                pseudonyms: Pseudonymizer::open(data_dir)?,
+                stats: stats.clone(),
+                erasures_seen: u64::MAX,
+                guards: store_guards.clone(),
+                registry_guard: registry_guard.clone(),
+                health: health.clone(),
+                last_write: None,
+            },
+        );
+        (Some(store_sink), store_guards)
+    } else {
+        (None, Vec::new())
+    };
     let influx_sink = match &settings.influxdb {
         Some(influx) => {
             let at = wal.clamp(wal::load_checkpoint(&wal_dir, "influxdb")?);
@@ -451,7 +461,11 @@ pub fn start(
     } else {
         None
     };
-    let retention_job = retention_job(settings, data_dir, tx.downgrade(), &stats)?;
+    let retention_job = settings
+        .store
+        .embedded
+        .then(|| retention_job(settings, data_dir, tx.downgrade(), &stats))
+        .transpose()?;
     let dead = DeadLetterStore::open(&data_dir.join("deadletter.db"))?;
     let mut guards = store_guards;
     guards.push(registry_guard);
@@ -505,7 +519,9 @@ pub fn start(
     };
     threads.push(spawn("ingest", move || writer.run())?);
     let stop_sinks = CloseOnDrop(durable.clone());
-    threads.push(spawn("store-sink", move || store_sink.run())?);
+    if let Some(sink) = store_sink {
+        threads.push(spawn("store-sink", move || sink.run())?);
+    }
     if let Some(sink) = influx_sink {
         threads.push(spawn("influxdb-sink", move || sink.run())?);
     }
@@ -515,7 +531,9 @@ pub fn start(
     if let Some(job) = window_job {
         threads.push(spawn("windows", move || job.run())?);
     }
-    threads.push(spawn("retention", move || retention_job.run())?);
+    if let Some(job) = retention_job {
+        threads.push(spawn("retention", move || job.run())?);
+    }
     std::mem::forget(stop_sinks);
     Ok((
         IngestHandle {
