@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::external::{Mosquitto, Worker};
-use common::fleet::{acknowledged_points, missing_or_repeated, Fleet, Times};
+use common::fleet::{acknowledged_points, all_stored, missing_or_repeated, Fleet, Times};
 use common::vm::VictoriaMetrics;
 use common::{config_with_devices, consent, eventually, now_ms};
 use kenko_devices::Metric;
@@ -127,18 +127,9 @@ async fn workers_in_a_shared_group_lose_nothing_when_one_is_killed_and_restarted
         "every device had messages acknowledged"
     );
 
-    let mut last = String::new();
-    let arrived = eventually(Duration::from_secs(90), || {
-        let have: HashMap<(String, i64), usize> = vm.points("kenko_heart_rate")?;
-        match missing_or_repeated("VictoriaMetrics", &have, &want) {
-            None => Ok(Some(())),
-            Some(why) => {
-                last = why;
-                Ok(None)
-            }
-        }
-    });
-    arrived.map_err(|e| anyhow::anyhow!("{e}: {last}"))?;
+    all_stored("VictoriaMetrics", Duration::from_secs(90), &want, || {
+        vm.points("kenko_heart_rate")
+    })?;
 
     // Each worker's share, from its own store.
     let mut shares = Vec::new();
@@ -209,30 +200,27 @@ async fn partitioned_workers_each_get_all_of_their_own_devices_readings() -> any
     let acked = fleet.stop().await;
     let want = acknowledged_points(&acked, times);
 
-    let mut last = String::new();
     let mut owners: HashMap<String, Vec<u32>> = HashMap::new();
-    let result = eventually(Duration::from_secs(60), || {
-        let mut everywhere: HashMap<(String, i64), usize> = HashMap::new();
-        owners.clear();
-        for (p, worker) in workers.iter().enumerate() {
-            let worker = worker.as_ref().expect("running");
-            for (device, time) in stored_by(&worker.data_dir)? {
-                let seen = owners.entry(device.clone()).or_default();
-                if !seen.contains(&(p as u32)) {
-                    seen.push(p as u32);
+    all_stored(
+        "the partitions' stores",
+        Duration::from_secs(60),
+        &want,
+        || {
+            let mut everywhere: HashMap<(String, i64), usize> = HashMap::new();
+            owners.clear();
+            for (p, worker) in workers.iter().enumerate() {
+                let worker = worker.as_ref().expect("running");
+                for (device, time) in stored_by(&worker.data_dir)? {
+                    let seen = owners.entry(device.clone()).or_default();
+                    if !seen.contains(&(p as u32)) {
+                        seen.push(p as u32);
+                    }
+                    *everywhere.entry((device, time)).or_insert(0) += 1;
                 }
-                *everywhere.entry((device, time)).or_insert(0) += 1;
             }
-        }
-        match missing_or_repeated("the partitions' stores", &everywhere, &want) {
-            None => Ok(Some(())),
-            Some(why) => {
-                last = why;
-                Ok(None)
-            }
-        }
-    });
-    result.map_err(|e| anyhow::anyhow!("{e}: {last}"))?;
+            Ok(everywhere)
+        },
+    )?;
     for (device, seen) in &owners {
         let owner = kenko_config::source::partition_of(device, PARTITIONS);
         assert_eq!(
@@ -291,21 +279,13 @@ async fn a_worker_takes_telemetry_over_mqtts_trusting_the_brokers_ca() -> anyhow
     })?;
     let acked = fleet.stop().await;
     let want = acknowledged_points(&acked, times);
-    let mut last = String::new();
-    let stored = eventually(Duration::from_secs(30), || {
+    all_stored("the worker's store", Duration::from_secs(30), &want, || {
         let mut have: HashMap<(String, i64), usize> = HashMap::new();
         for point in stored_by(&worker.data_dir)? {
             *have.entry(point).or_insert(0) += 1;
         }
-        match missing_or_repeated("the worker's store", &have, &want) {
-            None => Ok(Some(())),
-            Some(why) => {
-                last = why;
-                Ok(None)
-            }
-        }
-    });
-    stored.map_err(|e| anyhow::anyhow!("{e}: {last}"))?;
+        Ok(have)
+    })?;
     tokio::task::block_in_place(|| worker.terminate())?;
     Ok(())
 }
@@ -368,17 +348,9 @@ async fn a_worker_without_the_embedded_store_writes_influxdb_alone() -> anyhow::
     })?;
     let acked = fleet.stop().await;
     let want = acknowledged_points(&acked, times);
-    let mut last = String::new();
-    let arrived = eventually(Duration::from_secs(60), || {
-        match missing_or_repeated("VictoriaMetrics", &vm.points("kenko_heart_rate")?, &want) {
-            None => Ok(Some(())),
-            Some(why) => {
-                last = why;
-                Ok(None)
-            }
-        }
-    });
-    arrived.map_err(|e| anyhow::anyhow!("{e}: {last}"))?;
+    all_stored("VictoriaMetrics", Duration::from_secs(60), &want, || {
+        vm.points("kenko_heart_rate")
+    })?;
     for store in ["personal.db", "shared.db"] {
         assert!(
             !worker.data_dir.join(store).exists(),

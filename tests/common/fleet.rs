@@ -41,6 +41,25 @@ pub fn acknowledged_points(
         .collect()
 }
 
+/// Waits up to `limit` until `have()` (how often each point is stored, in `what`) holds every
+/// point of `want` exactly once; the error says what was still missing or repeated.
+pub fn all_stored(
+    what: &str,
+    limit: Duration,
+    want: &BTreeSet<(String, i64)>,
+    mut have: impl FnMut() -> anyhow::Result<HashMap<(String, i64), usize>>,
+) -> anyhow::Result<()> {
+    let mut last = String::new();
+    let result = super::eventually(limit, || match missing_or_repeated(what, &have()?, want) {
+        None => Ok(Some(())),
+        Some(why) => {
+            last = why;
+            Ok(None)
+        }
+    });
+    result.map_err(|e| anyhow::anyhow!("{e}: {last}"))
+}
+
 /// What is wrong with `have` (how often each (device, time) is stored) against `want`:
 /// acknowledged points missing and points stored more than once; `None` if nothing.
 pub fn missing_or_repeated(
