@@ -97,10 +97,6 @@ enum AuditCommand {
     },
 }
 
-fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
-}
-
 pub fn run(args: ConsentArgs) -> anyhow::Result<()> {
     match args.command {
         ConsentCommand::Grant(change) => record(change, true, false),
@@ -108,7 +104,7 @@ pub fn run(args: ConsentArgs) -> anyhow::Result<()> {
         ConsentCommand::RotatePseudonyms { data_dir } => {
             kenko_ingest::pseudonym::write_new_key(&data_dir)?;
             let mut registry = ConsentRegistry::open(&data_dir.join("registry.db"))?;
-            registry.audit(now_ms(), "pseudonym.rotate", "{}")?;
+            registry.audit(crate::clock::now_ms(), "pseudonym.rotate", "{}")?;
             outln!(
                 "new pseudonym key written to {}; it takes effect when the hub (re)starts",
                 data_dir.join("pseudonym.key").display()
@@ -162,7 +158,7 @@ fn record(change: Change, granted: bool, erase: bool) -> anyhow::Result<()> {
         ),
         (_, _) => HUB.to_owned(),
     };
-    let now = now_ms();
+    let now = crate::clock::now_ms();
     let time = |t: &Option<String>| -> anyhow::Result<Option<i64>> {
         t.as_deref()
             .map(|t| parse_time(t, now).map_err(anyhow::Error::msg))

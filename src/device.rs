@@ -107,10 +107,6 @@ fn load(config: Option<&Path>) -> anyhow::Result<Config> {
     })
 }
 
-fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
-}
-
 pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
     match args.command {
         DeviceCommand::Add(args) => add(args),
@@ -147,7 +143,7 @@ fn add(args: AddArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let path = data_dir.join("registry.db");
-    let now = now_ms();
+    let now = crate::clock::now_ms();
     let device = DeviceStore::open(&path)?.add(&config, new, now)?;
     let body = serde_json::json!({
         "device": device.id, "kind": device.kind.as_str(), "citizen": device.citizen,
@@ -267,7 +263,7 @@ fn remove(args: RemoveArgs) -> anyhow::Result<()> {
     };
     let body = serde_json::json!({ "device": device.id, "citizen": device.citizen });
     ConsentRegistry::open(&path)?
-        .audit(now_ms(), "device.remove", &body.to_string())
+        .audit(crate::clock::now_ms(), "device.remove", &body.to_string())
         .context("the device was removed, but its audit entry could not be written")?;
     if in_config {
         outln!(

@@ -144,7 +144,8 @@ impl DataDir {
         let registry = Registry::new(config);
         let watcher = RegistryWatcher::start(&registry_path, registry.clone(), DEVICE_POLL)
             .with_context(|| format!("cannot read the devices of {}", registry_path.display()))?;
-        if registry.is_empty() {
+        // A worker following a hub's registry gets its devices from the hub.
+        if registry.is_empty() && config.registry.is_none() {
             tracing::warn!("no devices are registered (config file or `kenko device add`); telemetry is dead-lettered as unknown_device until one is added");
         }
         Ok(DataDir {

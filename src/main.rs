@@ -3,6 +3,7 @@
 
 mod acl;
 mod acl_export;
+mod clock;
 mod consent;
 mod deadletter;
 mod demo;

@@ -4,6 +4,7 @@
 //! its batch is in the write-ahead log, so a worker killed mid-batch loses nothing: the
 //! broker sends it again when the worker (same client id) is back. docs/scale-out.md.
 
+mod registry;
 mod source;
 
 use std::path::PathBuf;
@@ -42,8 +43,22 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         .or_else(|| config.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from("./kenko-data"));
     let connection = source::Connection::new(&source)?;
+    let hub_registry = config
+        .registry
+        .as_ref()
+        .map(registry::Hub::new)
+        .transpose()?;
     let data = DataDir::open(&config, &data_dir)?;
     let shutdown = hub::shutdown_on_signals();
+    let following = match hub_registry {
+        Some(hub_registry) => {
+            match follow_registry(hub_registry, &config, &data, &shutdown).await? {
+                Some(task) => Some(task),
+                None => return Ok(()),
+            }
+        }
+        None => None,
+    };
     // Device errors (and live observations, with `live_republish`) go out through the
     // external broker.
     let (notices, notices_rx) = flume::bounded(NOTICES);
@@ -66,7 +81,11 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         data_dir.display()
     );
     println!("stop with Ctrl-C or SIGTERM");
-    let taken = connection.run(ingest, notices_rx, shutdown).await;
+    let taken = connection.run(ingest, notices_rx, shutdown.clone()).await;
+    shutdown.cancel();
+    if let Some(task) = following {
+        let _ = task.await;
+    }
     // Every pipeline handle is gone: the writer drains what is queued and the sinks write
     // the log out.
     tokio::task::spawn_blocking(move || pipeline.join())
@@ -79,4 +98,25 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         taken.taken, taken.acknowledged, taken.resent, taken.others
     );
     Ok(())
+}
+
+/// Copies the hub's registry (`[registry]`) before telemetry is taken, then keeps the copy
+/// current in the background; `None` if stopped before the first copy.
+async fn follow_registry(
+    hub_registry: registry::Hub,
+    config: &kenko_config::Config,
+    data: &DataDir,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let url = hub_registry.url().to_owned();
+    let follower = registry::Follower::new(hub_registry, &data.path, config);
+    if !follower.first_copy(shutdown).await? {
+        return Ok(None);
+    }
+    // In force now, not at the registry watcher's next look.
+    data.registry
+        .load_stored(&data.path.join("registry.db"))
+        .context("cannot read the devices copied from the hub")?;
+    println!("kenko worker: consents and devices follow the registry of {url}");
+    Ok(Some(follower.follow(shutdown.clone())))
 }

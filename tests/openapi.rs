@@ -18,13 +18,14 @@ fn config() -> String {
     let app = common::principal("app-001", &["citizen"])
         .replace("password_hash", "citizen = \"citizen-001\"\npassword_hash");
     format!(
-        "{}{}{}{app}[[alerts]]\nname = \"any-heart-rate\"\nmetric = \"heart_rate\"\nabove = 0.0\n\n\
+        "{}{}{}{}{app}[[alerts]]\nname = \"any-heart-rate\"\nmetric = \"heart_rate\"\nabove = 0.0\n\n\
          [http]\nlisten = \"127.0.0.1:0\"\nrequests_per_s = 0\n\n[auth.login]\n\
          source_burst = 100000\nsource_per_minute = 100000\nprincipal_burst = 100000\n\
          principal_per_minute = 100000\n\n[http.mqtt_hooks]\ntoken_sha256 = \"{HOOKS_DIGEST}\"\n",
         common::config_with_devices(2),
         common::principal("st-luke", &["care"]),
         common::principal("analyst-1", &["analyst"]),
+        common::principal("worker-1", &["worker"]),
     )
 }
 
@@ -132,6 +133,8 @@ fn cases() -> Vec<Case> {
     let letters = "GET /api/v1/deadletters";
     let replay = "POST /api/v1/deadletters/replay";
     let replay_status = "GET /api/v1/deadletters/replay/{id}";
+    let feed = "GET /api/v1/registry/consents";
+    let devices_feed = "GET /api/v1/registry/devices";
     let mut cases = vec![
         // Observations: each role its own part, and 403 for the rest.
         case(obs, "app-001", heart, None, 200),
@@ -344,6 +347,17 @@ fn cases() -> Vec<Case> {
             None,
             400,
         ),
+        // The registry's feed: workers and operators only.
+        case(feed, "worker-1", "/api/v1/registry/consents", None, 200),
+        case(feed, "worker-1", "/api/v1/registry/consents?after=1&limit=10&wait_s=0", None, 200),
+        case(feed, "operator-1", "/api/v1/registry/consents?after=1000000", None, 409),
+        case(feed, "worker-1", "/api/v1/registry/consents?limit=0", None, 400),
+        case(feed, "worker-1", "/api/v1/registry/consents?wait_s=61", None, 400),
+        case(feed, "st-luke", "/api/v1/registry/consents", None, 403),
+        case(feed, "bed-001", "/api/v1/registry/consents", None, 403),
+        case(devices_feed, "worker-1", "/api/v1/registry/devices", None, 200),
+        case(devices_feed, "worker-1", "/api/v1/registry/devices?wait_s=x", None, 400),
+        case(devices_feed, "app-001", "/api/v1/registry/devices", None, 403),
         case(explain, "operator-1", &format!("{explain_path}?principal=st-luke&subscribe=citizens/citizen-001/observations/heart_rate"), None, 200),
         case(explain, "operator-1", &format!("{explain_path}?principal=bed-001&publish=devices/bed-002/telemetry&qos=1"), None, 200),
         case(explain, "operator-1", &format!("{explain_path}?principal=st-luke"), None, 400),

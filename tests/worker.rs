@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use common::external::{Mosquitto, Worker};
 use common::fleet::{acknowledged_points, all_stored, missing_or_repeated, Fleet, Times};
 use common::vm::VictoriaMetrics;
@@ -358,5 +359,193 @@ async fn a_worker_without_the_embedded_store_writes_influxdb_alone() -> anyhow::
         );
     }
     tokio::task::block_in_place(|| worker.terminate())?;
+    Ok(())
+}
+
+/// `mosquitto_pub` of one heart rate of `device` at `time_ms` on the broker, QoS 1.
+fn publish(broker: &Mosquitto, device: &str, time_ms: i64) -> anyhow::Result<()> {
+    let out = std::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.addr.port().to_string(),
+            "-q",
+            "1",
+        ])
+        .args([
+            "-i",
+            &format!("{device}-pub"),
+            "-t",
+            &format!("devices/{device}/telemetry"),
+        ])
+        .args(["-m", &format!(r#"{{"ts":{time_ms},"hr":61}}"#)])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The codes of the errors published on `devices/{device}/errors`, as they come.
+async fn device_errors(
+    broker: &Mosquitto,
+    device: &str,
+) -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<String>> {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let options = MqttOptions::new(format!("{device}-errors"), "127.0.0.1", broker.addr.port());
+    let (client, mut events) = AsyncClient::new(options, 10);
+    client
+        .subscribe(format!("devices/{device}/errors"), QoS::AtLeastOnce)
+        .await?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _client = client;
+        let mut subscribed_tx = Some(subscribed_tx);
+        while let Ok(event) = events.poll().await {
+            match event {
+                Event::Incoming(Packet::SubAck(_)) => {
+                    subscribed_tx.take().map(|s| s.send(()));
+                }
+                Event::Incoming(Packet::Publish(p)) => {
+                    let body: serde_json::Value =
+                        serde_json::from_slice(&p.payload).unwrap_or_default();
+                    let code = body["code"].as_str().unwrap_or_default().to_owned();
+                    if tx.send(code).is_err() {
+                        return;
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), subscribed).await??;
+    Ok(rx)
+}
+
+/// Waits for the next error code heard.
+async fn next_error(
+    errors: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+) -> anyhow::Result<String> {
+    tokio::time::timeout(Duration::from_secs(30), errors.recv())
+        .await?
+        .context("the error listener stopped")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_follows_the_consents_and_devices_of_its_hub() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub_dir = dir.path().join("hub");
+    std::fs::create_dir_all(&hub_dir)?;
+    let hub_data = hub_dir.join("data");
+    let hub_config = format!(
+        "{}[http]\nlisten = \"127.0.0.1:0\"\n",
+        common::principal("worker-1", &["worker"])
+    );
+    let hub = common::Hub::start_without_consent(&hub_dir, &hub_config)?;
+    // A device and its citizen's consent, recorded at the hub alone.
+    kenko(&[
+        "device",
+        "add",
+        "--config",
+        &hub.config.display().to_string(),
+        "--data-dir",
+        &hub_data.display().to_string(),
+        "--id",
+        "bed-901",
+        "--kind",
+        "bed",
+        "--citizen",
+        "citizen-901",
+    ])?;
+    consent(&hub_data, "grant", &["citizen-901"], "collect")?;
+    // Served to workers once the hub has it in force.
+    let http = hub.http_addr.context("the hub serves HTTP")?;
+    let feed = "/api/v1/registry/devices";
+    eventually(Duration::from_secs(10), || {
+        let (status, body) = common::http(http, "GET", feed, Some("worker-1"), None)?;
+        anyhow::ensure!(status == 200, "{status} {body}");
+        Ok((body["devices"][0]["citizen"] == "citizen-901").then_some(()))
+    })?;
+    let (status, _) = common::http(http, "GET", feed, Some("st-luke"), None)?;
+    assert_eq!(status, 401, "not a principal of the hub");
+
+    let broker = Mosquitto::start(&dir.path().join("mosquitto"))?;
+    let home = dir.path().join("worker");
+    let data = home.join("data");
+    std::fs::create_dir_all(&data)?;
+    std::fs::write(home.join("password"), common::password("worker-1"))?;
+    let config = home.join("kenko.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nurl = \"{}\"\nclient_id = \"kenko-worker-1\"\n\n[registry]\nurl = \"http://{http}\"\nprincipal = \"worker-1\"\npassword_file = \"password\"\nwait_s = 5\n",
+            url(&broker)
+        ),
+    )?;
+    let worker = Worker::start(&config, &data)?;
+    let mut errors = device_errors(&broker, "bed-901").await?;
+
+    // Telemetry of the hub's device, under the hub's consent, is stored by the worker.
+    let start = now_ms() - 60_000;
+    for n in 0..3 {
+        publish(&broker, "bed-901", start + n * 1000)?;
+    }
+    eventually(Duration::from_secs(30), || {
+        Ok((stored_by(&data)?.len() == 3).then_some(()))
+    })?;
+
+    // A withdrawal with erasure at the hub: the worker erases what it holds and refuses more.
+    common::consent_with(
+        &hub_data,
+        "revoke",
+        &["citizen-901"],
+        "collect",
+        &["--erase"],
+    )?;
+    eventually(Duration::from_secs(30), || {
+        Ok(stored_by(&data)?.is_empty().then_some(()))
+    })?;
+    publish(&broker, "bed-901", start + 10_000)?;
+    assert_eq!(next_error(&mut errors).await?, "no_consent");
+
+    // The device removed at the hub is unknown to the worker.
+    kenko(&[
+        "device",
+        "remove",
+        "--data-dir",
+        &hub_data.display().to_string(),
+        "--id",
+        "bed-901",
+    ])?;
+    eventually(Duration::from_secs(30), || {
+        publish(&broker, "bed-901", start + 20_000)?;
+        Ok(match errors.try_recv() {
+            Ok(code) if code == "unknown_device" => Some(()),
+            _ => None,
+        })
+    })?;
+    tokio::task::block_in_place(|| worker.terminate())?;
+
+    // With the hub gone, a restarted worker goes on with its copy.
+    tokio::task::block_in_place(|| hub.terminate())?;
+    let worker = Worker::start(&config, &data)?;
+    tokio::task::block_in_place(|| worker.terminate())?;
+    Ok(())
+}
+
+/// Runs `kenko ARGS…`; fails with what it said when it fails.
+fn kenko(args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new(common::KENKO)
+        .args(args)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "kenko {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }

@@ -155,6 +155,11 @@ pub struct HttpApi {
     limits: Arc<RequestLimits>,
     /// SHA-256 of the secret an external broker calls the MQTT hooks with; `None`: off.
     pub(crate) hooks_digest: Option<[u8; 32]>,
+    /// Cancelled when the hub stops: requests that wait for a change answer at once.
+    pub(crate) stopping: CancellationToken,
+    /// Random, new with each start of the hub: with the device registry's generation it
+    /// names a device list (`GET /api/v1/registry/devices`).
+    pub(crate) started: Arc<str>,
 }
 
 impl HttpApi {
@@ -183,6 +188,8 @@ impl HttpApi {
                 &kenko_config::HttpConfig::default(),
             )),
             hooks_digest: None,
+            stopping: CancellationToken::new(),
+            started: Arc::from(&kenko_broker::auth::new_token()[..12]),
         }
     }
 
@@ -308,6 +315,14 @@ impl HttpApi {
                 "/api/v1/mqtt/superuser",
                 axum::routing::post(crate::mqtt_hooks::superuser),
             )
+            .route(
+                "/api/v1/registry/consents",
+                get(crate::registry_feed::consents),
+            )
+            .route(
+                "/api/v1/registry/devices",
+                get(crate::registry_feed::devices),
+            )
             .route("/api/v1/acl/denials", get(crate::operators::denials))
             .route("/api/v1/acl/explain", get(crate::operators::explain))
             .route("/api/v1/openapi.json", get(crate::openapi::openapi_json))
@@ -331,6 +346,10 @@ pub async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
+    let api = HttpApi {
+        stopping: shutdown.clone(),
+        ..api
+    };
     crate::conn::accept_loop(listener, api.router(), limits.into(), tls, shutdown).await;
 }
 

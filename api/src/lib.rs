@@ -16,4 +16,5 @@ mod observations;
 pub mod openapi;
 mod operators;
 pub mod principals;
+pub mod registry_feed;
 pub mod session;

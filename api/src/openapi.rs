@@ -102,6 +102,8 @@ impl Modify for Credentials {
         crate::mqtt_hooks::auth,
         crate::mqtt_hooks::acl,
         crate::mqtt_hooks::superuser,
+        crate::registry_feed::consents,
+        crate::registry_feed::devices,
         crate::http::metrics,
         crate::health::healthz,
         crate::health::readyz,

@@ -13,7 +13,9 @@ pub mod alerts;
 pub mod origin;
 pub mod poll;
 pub mod profile;
+pub mod registry;
 pub mod retention;
+pub mod secret;
 pub mod source;
 
 pub use alerts::{AlertConfig, Condition};
@@ -76,6 +78,9 @@ pub struct Config {
     pub alerts: Vec<AlertConfig>,
     /// The external MQTT broker `kenko worker` takes telemetry from (not used by `serve`).
     pub source: Option<source::SourceConfig>,
+    /// The hub whose consent records and devices `kenko worker` follows (not used by
+    /// `serve`).
+    pub registry: Option<registry::RegistryConfig>,
     /// Where the entries are in the file this configuration was read from (not a setting).
     #[serde(skip)]
     pub origin: Origin,
@@ -738,6 +743,14 @@ impl Config {
                 resolve(file);
             }
         }
+        if let Some(registry) = &mut config.registry {
+            for file in [&mut registry.password_file, &mut registry.ca]
+                .into_iter()
+                .flatten()
+            {
+                resolve(file);
+            }
+        }
         for tls in [&mut config.mqtt.tls, &mut config.http.tls]
             .into_iter()
             .flatten()
@@ -945,6 +958,9 @@ impl Config {
         }
         if let Some(source) = &self.source {
             source.check().or_else(invalid)?;
+        }
+        if let Some(registry) = &self.registry {
+            registry.check().or_else(invalid)?;
         }
         if !self.store.embedded {
             if self.influxdb.is_none() {

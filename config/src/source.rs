@@ -200,21 +200,7 @@ impl SourceConfig {
     /// The password: from the environment variable `password_env`, else from
     /// `password_file` (trimmed); `None` when neither is set.
     pub fn password(&self) -> Result<Option<String>, String> {
-        if let Ok(password) = std::env::var(&self.password_env) {
-            if !password.is_empty() {
-                return Ok(Some(password));
-            }
-        }
-        let Some(path) = &self.password_file else {
-            return Ok(None);
-        };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("source.password_file {}: {e}", path.display()))?;
-        let password = text.trim();
-        if password.is_empty() {
-            return Err(format!("source.password_file {} is empty", path.display()));
-        }
-        Ok(Some(password.to_owned()))
+        crate::secret::read("source", &self.password_env, self.password_file.as_deref())
     }
 }
 

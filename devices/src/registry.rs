@@ -9,6 +9,7 @@
 //! lookup and an `Arc` clone, and never across an await.
 
 mod db;
+mod mirror;
 mod principals;
 mod store;
 mod watch;
@@ -21,6 +22,7 @@ use std::sync::{Arc, RwLock};
 
 use kenko_config::{Config, DeviceConfig, DeviceKind, ANONYMOUS};
 
+pub use mirror::MirrorReport;
 pub use principals::{NewPrincipal, PrincipalError, PrincipalStore, StoredPrincipal, CITIZEN_ROLE};
 pub use store::{DeviceError, DeviceStore, NewDevice, StoredDevice};
 pub use watch::RegistryWatcher;

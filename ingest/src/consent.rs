@@ -661,53 +661,7 @@ impl ConsentRegistry {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(sqlite(&path))?;
-        tx.execute(
-            "INSERT INTO consents (citizen, grantee, purpose, data_types, valid_from_ms,
-                valid_until_ms, recorded_ms, source, granted, erase)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![
-                new.citizen,
-                new.grantee,
-                new.purpose.as_str(),
-                new.data_types.join(","),
-                new.valid_from_ms,
-                new.valid_until_ms,
-                now_ms,
-                new.source,
-                new.granted,
-                new.erase
-            ],
-        )
-        .map_err(sqlite(&path))?;
-        let id = tx.last_insert_rowid();
-        if new.erase {
-            // The citizen's goals go with the rest of their data.
-            tx.execute("DELETE FROM goals WHERE citizen = ?1", params![new.citizen])
-                .map_err(sqlite(&path))?;
-        }
-        let body = serde_json::json!({
-            "consent": id,
-            "citizen": new.citizen,
-            "grantee": new.grantee,
-            "purpose": new.purpose.as_str(),
-            "data_types": new.data_types,
-            "valid_from_ms": new.valid_from_ms,
-            "valid_until_ms": new.valid_until_ms,
-            "source": new.source,
-            "erase": new.erase,
-        })
-        .to_string();
-        let consent = Consent {
-            id,
-            recorded_ms: now_ms,
-            change: new,
-        };
-        let kind = if consent.change.granted {
-            "consent.grant"
-        } else {
-            "consent.revoke"
-        };
-        let head = append_audit(&tx, &path, now_ms, kind, &body)?;
+        let (consent, head) = insert_record(&tx, &path, None, new, now_ms, now_ms, None)?;
         commit_with_head(tx, &path, head)?;
         Ok(consent)
     }
@@ -963,6 +917,72 @@ fn entry_hash(prev: &[u8], seq: i64, at_ms: i64, kind: &str, body: &str) -> Vec<
     h.finalize().to_vec()
 }
 
+/// Inserts a record (numbered `id`, or the next number) with its audit entry, at
+/// `at_ms`, in `tx`; deletes the citizen's goals with an erasure request. `from` names the
+/// hub a mirrored record was copied from. Gives the record and the new audit head.
+fn insert_record(
+    tx: &rusqlite::Transaction<'_>,
+    path: &Path,
+    id: Option<i64>,
+    new: ConsentChange,
+    recorded_ms: i64,
+    at_ms: i64,
+    from: Option<&str>,
+) -> Result<(Consent, (i64, Vec<u8>)), StoreError> {
+    tx.execute(
+        "INSERT INTO consents (id, citizen, grantee, purpose, data_types, valid_from_ms,
+            valid_until_ms, recorded_ms, source, granted, erase)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            id,
+            new.citizen,
+            new.grantee,
+            new.purpose.as_str(),
+            new.data_types.join(","),
+            new.valid_from_ms,
+            new.valid_until_ms,
+            recorded_ms,
+            new.source,
+            new.granted,
+            new.erase
+        ],
+    )
+    .map_err(sqlite(path))?;
+    let id = tx.last_insert_rowid();
+    if new.erase {
+        // The citizen's goals go with the rest of their data.
+        tx.execute("DELETE FROM goals WHERE citizen = ?1", params![new.citizen])
+            .map_err(sqlite(path))?;
+    }
+    let mut body = serde_json::json!({
+        "consent": id,
+        "citizen": new.citizen,
+        "grantee": new.grantee,
+        "purpose": new.purpose.as_str(),
+        "data_types": new.data_types,
+        "valid_from_ms": new.valid_from_ms,
+        "valid_until_ms": new.valid_until_ms,
+        "source": new.source,
+        "erase": new.erase,
+    });
+    if let Some(hub) = from {
+        body["from"] = hub.into();
+        body["recorded_ms"] = recorded_ms.into();
+    }
+    let consent = Consent {
+        id,
+        recorded_ms,
+        change: new,
+    };
+    let kind = if consent.change.granted {
+        "consent.grant"
+    } else {
+        "consent.revoke"
+    };
+    let head = append_audit(tx, path, at_ms, kind, &body.to_string())?;
+    Ok((consent, head))
+}
+
 fn append_audit(
     tx: &rusqlite::Transaction<'_>,
     path: &Path,
@@ -1061,8 +1081,10 @@ fn read_head(registry: &Path) -> Result<Option<(i64, Vec<u8>)>, AuditError> {
 }
 
 mod goals;
+mod mirror;
 mod sink_erasure;
 pub use goals::{Direction, Goal};
+pub use mirror::MirrorError;
 pub use sink_erasure::{ErasureSupport, SinkErasure};
 
 #[cfg(test)]

@@ -64,7 +64,7 @@ fn known_kinds() -> String {
     DeviceKind::ALL.map(DeviceKind::as_str).join(", ")
 }
 
-fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> DeviceError + '_ {
+pub(super) fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> DeviceError + '_ {
     move |source| DeviceError::Sqlite {
         path: path.to_owned(),
         source,
@@ -286,6 +286,14 @@ impl DeviceStore {
             return Err(DeviceError::NotFound(id.to_owned()));
         }
         Ok(device)
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(super) fn connection(&mut self) -> &mut Connection {
+        &mut self.conn
     }
 
     /// Changes whenever another connection has committed to the file since the last call.
