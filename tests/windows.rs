@@ -220,3 +220,44 @@ async fn a_night_and_a_day_of_steps_become_stored_summaries() -> anyhow::Result<
     })?;
     hub.terminate()
 }
+
+/// Windows of the personal store whose inputs changed and that are not yet decided.
+fn windows_pending(data_dir: &std::path::Path) -> anyhow::Result<u64> {
+    let conn = rusqlite::Connection::open_with_flags(
+        data_dir.join("personal.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    Ok(conn.query_row("SELECT count(*) FROM window_dirty", [], |r| r.get(0))?)
+}
+
+/// Two days of steps (250 in the last hour of the first, 1000 in the second) at a hub that
+/// summarizes windows from (or before) the second day's start; what it stores once every
+/// window is decided.
+async fn steps_summarized(setting: &str) -> anyhow::Result<Vec<f64>> {
+    let dir = tempfile::tempdir()?;
+    let day = sleep_day_start() + 6 * 60 * MIN; // local midnight
+    let at = jiff::Timestamp::from_millisecond(day)?;
+    let config = config().replace("[windows]\n", &format!("[windows]\n{setting} = \"{at}\"\n"));
+    let hub = Hub::start(dir.path(), &config)?;
+    let mut messages: Vec<_> = (0..10)
+        .map(|i| steps(day + (9 * 60 + i * 10) * MIN, i as u64, 100))
+        .collect();
+    messages.push(steps(day - 30 * MIN, 99, 250));
+    let (client, eventloop) = hub.device("wearable-001");
+    publish_all(client, eventloop, messages).await?;
+    let data_dir = dir.path().join("data");
+    common::eventually(Duration::from_secs(30), || {
+        Ok((!daily_steps(&hub)?.is_empty() && windows_pending(&data_dir)? == 0).then_some(()))
+    })?;
+    let stored = daily_steps(&hub)?;
+    hub.terminate()?;
+    Ok(stored)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_are_summarized_only_on_the_side_of_a_hand_over_this_hub_has() -> anyhow::Result<()>
+{
+    assert_eq!(steps_summarized("summarize_from").await?, vec![1000.0]);
+    assert_eq!(steps_summarized("summarize_before").await?, vec![250.0]);
+    Ok(())
+}

@@ -115,6 +115,47 @@ pub struct WindowsConfig {
     pub grace_min: u32,
     /// Compute sleep summaries and daily step totals at all.
     pub enabled: bool,
+    /// Summarize only windows starting at or after this instant (RFC 3339): for workers
+    /// that take over devices from others when the partition count changes
+    /// (docs/scale-out.md).
+    pub summarize_from: Option<String>,
+    /// Summarize only windows starting before this instant (RFC 3339): for the workers
+    /// that hand their devices over.
+    pub summarize_before: Option<String>,
+}
+
+impl WindowsConfig {
+    /// The span of window starts this process summarizes, in epoch milliseconds: from
+    /// (inclusive) and before (exclusive); `None` for an open side.
+    pub fn starts(&self) -> Result<(Option<i64>, Option<i64>), String> {
+        let instant = |name: &str, text: &Option<String>| {
+            text.as_deref()
+                .map(|t| {
+                    t.parse::<jiff::Timestamp>()
+                        .map(|t| t.as_millisecond())
+                        .map_err(|e| {
+                            format!("windows.{name} {t:?} is not an RFC 3339 instant (2027-01-04T09:00:00Z): {e}")
+                        })
+                })
+                .transpose()
+        };
+        let from = instant("summarize_from", &self.summarize_from)?;
+        let before = instant("summarize_before", &self.summarize_before)?;
+        if let (Some(from), Some(before)) = (from, before) {
+            if before <= from {
+                return Err(
+                    "windows.summarize_before must come after windows.summarize_from".into(),
+                );
+            }
+        }
+        Ok((from, before))
+    }
+
+    /// Whether a window starting at `start_ms` is this process's to summarize.
+    pub fn summarizes(&self, start_ms: i64) -> bool {
+        let (from, before) = self.starts().unwrap_or_default();
+        from.is_none_or(|f| start_ms >= f) && before.is_none_or(|b| start_ms < b)
+    }
 }
 
 impl Default for WindowsConfig {
@@ -123,6 +164,8 @@ impl Default for WindowsConfig {
             sleep_day_start_hour: 18,
             grace_min: 15,
             enabled: true,
+            summarize_from: None,
+            summarize_before: None,
         }
     }
 }
@@ -1037,6 +1080,7 @@ impl Config {
         self.retention
             .check(self.ingest.late_horizon_s)
             .or_else(invalid)?;
+        self.windows.starts().map(drop).or_else(invalid)?;
         if self.windows.sleep_day_start_hour > 23 {
             return invalid(format!(
                 "windows.sleep_day_start_hour is {}; it must be an hour from 0 to 23",
@@ -1408,6 +1452,25 @@ mod tests {
         assert!(parse(tls).is_ok());
         let err = parse(&format!("{tls}client_ca = \"ca.pem\"\n")).expect_err("refused");
         assert!(err.to_string().contains("not used for HTTP"), "{err}");
+    }
+
+    #[test]
+    fn windows_may_be_handed_over_at_an_instant() {
+        let config =
+            parse("[windows]\nsummarize_from = \"2027-01-04T09:00:00Z\"\n").expect("accepted");
+        let at = 1_799_053_200_000; // 2027-01-04T09:00:00Z
+        assert!(config.windows.summarizes(at));
+        assert!(!config.windows.summarizes(at - 1));
+        let config =
+            parse("[windows]\nsummarize_before = \"2027-01-04T09:00:00Z\"\n").expect("accepted");
+        assert!(config.windows.summarizes(at - 1));
+        assert!(!config.windows.summarizes(at));
+        assert!(WindowsConfig::default().summarizes(at));
+        let err = parse("[windows]\nsummarize_from = \"monday\"\n").expect_err("refused");
+        assert!(err.to_string().contains("windows.summarize_from"), "{err}");
+        let err = parse("[windows]\nsummarize_from = \"2027-01-04T09:00:00Z\"\nsummarize_before = \"2027-01-04T09:00:00Z\"\n")
+            .expect_err("refused");
+        assert!(err.to_string().contains("must come after"), "{err}");
     }
 
     #[test]

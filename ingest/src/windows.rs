@@ -291,6 +291,7 @@ impl WindowJob {
                     break;
                 }
                 if done.insert((note.device.clone(), kind, window.start_ms))
+                    && self.config.summarizes(window.start_ms)
                     && !self.compute(tx, &note, kind, window)?
                 {
                     // The pipeline is stopping: the note stays for the next start.
