@@ -83,9 +83,12 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     println!("stop with Ctrl-C or SIGTERM");
     let taken = connection.run(ingest, notices_rx, shutdown.clone()).await;
     shutdown.cancel();
-    if let Some(task) = following {
-        let _ = task.await;
-    }
+    let followed = match following {
+        Some(task) => task
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("the registry follower failed: {e}"))),
+        None => Ok(()),
+    };
     // Every pipeline handle is gone: the writer drains what is queued and the sinks write
     // the log out.
     tokio::task::spawn_blocking(move || pipeline.join())
@@ -97,7 +100,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         "kenko worker: stopped; {} messages taken, {} acknowledged, {} sent again by the broker, {} of other partitions passed over",
         taken.taken, taken.acknowledged, taken.resent, taken.others
     );
-    Ok(())
+    followed
 }
 
 /// Copies the hub's registry (`[registry]`) before telemetry is taken, then keeps the copy
@@ -107,7 +110,7 @@ async fn follow_registry(
     config: &kenko_config::Config,
     data: &DataDir,
     shutdown: &tokio_util::sync::CancellationToken,
-) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+) -> anyhow::Result<Option<tokio::task::JoinHandle<anyhow::Result<()>>>> {
     let url = hub_registry.url().to_owned();
     let follower = registry::Follower::new(hub_registry, &data.path, config);
     if !follower.first_copy(shutdown).await? {

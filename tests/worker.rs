@@ -40,6 +40,18 @@ fn start_worker(
     extra: &str,
     source: &str,
 ) -> anyhow::Result<Worker> {
+    let (config, data) = worker_config(dir, url, n, extra, source)?;
+    Worker::start(&config, &data)
+}
+
+/// Writes worker `n`'s config and data directory as [`start_worker`] does; their paths.
+fn worker_config(
+    dir: &Path,
+    url: &str,
+    n: usize,
+    extra: &str,
+    source: &str,
+) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
     let home = dir.join(format!("worker-{n}"));
     let data = home.join("data");
     std::fs::create_dir_all(&data)?;
@@ -52,7 +64,7 @@ fn start_worker(
         config_with_devices(DEVICES),
     );
     std::fs::write(&config, text)?;
-    Worker::start(&config, &data)
+    Ok((config, data))
 }
 
 /// The four counts of a worker's last line: taken, acknowledged, sent again, passed over
@@ -362,6 +374,47 @@ async fn a_worker_without_the_embedded_store_writes_influxdb_alone() -> anyhow::
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_waiting_for_room_in_its_log_keeps_its_session_alive() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = Mosquitto::start(&dir.path().join("mosquitto"))?;
+    // InfluxDB is the only sink and is down: the small log fills and the pipeline waits.
+    let mut vm = VictoriaMetrics::stopped(&dir.path().join("vm"))?;
+    let extra = format!(
+        "[store]\nembedded = false\n\n[windows]\nenabled = false\n\n[wal]\nsegment_bytes = 4096\nmax_bytes = 16384\n\n{}",
+        influx(&vm)
+    );
+    let (config, data) = worker_config(dir.path(), &url(&broker), 1, &extra, "keep_alive_s = 1\n")?;
+    // A short queue: twenty devices' messages in flight are more than it holds.
+    let text = std::fs::read_to_string(&config)?.replacen("[ingest]\n", "[ingest]\nqueue = 4\n", 1);
+    std::fs::write(&config, text)?;
+    let worker = Worker::start(&config, &data)?;
+    let times = times();
+    let fleet = Fleet::start(broker.addr, &devices()[..20], Duration::ZERO, times);
+    eventually(Duration::from_secs(30), || {
+        Ok((fleet.total() >= 1000).then_some(()))
+    })?;
+    let acked = fleet.stop().await;
+    // Long enough for the broker to drop a worker that stopped polling (1.5 keep-alives).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    vm.resume()?;
+    let want = acknowledged_points(&acked, times);
+    all_stored("VictoriaMetrics", Duration::from_secs(60), &want, || {
+        vm.points("kenko_heart_rate")
+    })?;
+    let last = tokio::task::block_in_place(|| worker.terminate())?;
+    let [taken, acknowledged, resent, _] = counts(&last);
+    assert_eq!(
+        resent, 0,
+        "the connection lived through the wait, so nothing was sent again: {last}"
+    );
+    assert!(
+        taken >= want.len() as u64 && acknowledged >= want.len() as u64,
+        "{last}"
+    );
+    Ok(())
+}
+
 /// `mosquitto_pub` of one heart rate of `device` at `time_ms` on the broker, QoS 1.
 fn publish(broker: &Mosquitto, device: &str, time_ms: i64) -> anyhow::Result<()> {
     let out = std::process::Command::new("mosquitto_pub")
@@ -529,6 +582,27 @@ async fn a_worker_follows_the_consents_and_devices_of_its_hub() -> anyhow::Resul
         })
     })?;
     tokio::task::block_in_place(|| worker.terminate())?;
+
+    // A worker whose registry.db holds a record of its own does not start: its copy
+    // would disagree with the hub's.
+    let other = home.join("other-data");
+    consent(&other, "grant", &["citizen-777"], "collect")?;
+    let mut refused = std::process::Command::new(common::KENKO)
+        .args(["worker", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&other)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let status = common::wait_timeout(&mut refused, Duration::from_secs(30))?;
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut refused.stderr.take().context("stderr")?, &mut said)?;
+    assert!(!status.success(), "{said}");
+    assert!(
+        said.contains("consent record 1 of registry.db differs from the hub's"),
+        "{said}"
+    );
 
     // With the hub gone, a restarted worker goes on with its copy.
     tokio::task::block_in_place(|| hub.terminate())?;

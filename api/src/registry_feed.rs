@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::http::{bad, forbidden, internal, ApiError, Authenticated, HttpApi};
 use crate::openapi::{ErrorBody, Refusals};
 
-/// Records one answer carries at most.
+/// Records after `after` one answer carries at most (and record `after` itself).
 pub const MAX_RECORDS: usize = 1000;
 /// How often a waiting request looks for a change.
 const LOOK_EVERY: Duration = Duration::from_millis(50);
@@ -187,7 +187,7 @@ pub(crate) async fn consents(
     .await;
     let path = api.data_dir.join("registry.db");
     let (records, last_id) = tokio::task::spawn_blocking(move || {
-        let registry = ConsentRegistry::open(&path)?;
+        let registry = ConsentRegistry::open_read_only(&path)?;
         // The follower's newest record comes first, for it to check its copy.
         let records = registry.list_from(after.max(1), limit + usize::from(after > 0))?;
         Ok::<_, kenko_ingest::store::StoreError>((records, registry.last_id()?))

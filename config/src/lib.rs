@@ -1004,6 +1004,12 @@ impl Config {
         }
         if let Some(registry) = &self.registry {
             registry.check().or_else(invalid)?;
+            if !self.devices.is_empty() {
+                return invalid(format!(
+                    "registry: a worker that follows the hub's registry takes its devices from the hub; remove the {} [[devices]] of this file (the hub serves its own [[devices]] too)",
+                    self.devices.len()
+                ));
+            }
         }
         if !self.store.embedded {
             if self.influxdb.is_none() {
@@ -1452,6 +1458,18 @@ mod tests {
         assert!(parse(tls).is_ok());
         let err = parse(&format!("{tls}client_ca = \"ca.pem\"\n")).expect_err("refused");
         assert!(err.to_string().contains("not used for HTTP"), "{err}");
+    }
+
+    #[test]
+    fn a_worker_following_a_hub_lists_no_devices_of_its_own() {
+        let registry = "[registry]\nurl = \"https://hub:8443\"\nprincipal = \"worker-1\"\n";
+        parse(registry).expect("accepted");
+        let device = "[[devices]]\nid = \"bed-001\"\nkind = \"bed\"\ncitizen = \"citizen-001\"\n";
+        let err = parse(&format!("{device}{registry}")).expect_err("refused");
+        assert!(
+            err.to_string().contains("takes its devices from the hub"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -21,8 +21,8 @@ pub struct RegistryConfig {
     /// environment variable is not set.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
-    /// CA certificates (PEM) that sign the hub's certificate, for `https://`; the system's
-    /// when left out.
+    /// CA certificates (PEM) that sign the hub's certificate, for `https://`; webpki's
+    /// root certificates when left out.
     #[serde(default)]
     pub ca: Option<PathBuf>,
     /// How long the hub may hold a request open waiting for a change, in seconds: a change
@@ -73,6 +73,23 @@ impl RegistryConfig {
         Ok(())
     }
 
+    /// Whether the password and session stay on this machine or are protected by TLS:
+    /// `https://`, or `http://` to a loopback address.
+    pub fn plain_is_local(&self) -> bool {
+        let Some(rest) = self.url.strip_prefix("http://") else {
+            return true;
+        };
+        let host = rest.split(['/', '?']).next().unwrap_or_default();
+        let host = match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => host.split(':').next().unwrap_or_default(),
+        };
+        host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
     /// The hub's address without a trailing slash.
     pub fn base(&self) -> &str {
         self.url.trim_end_matches('/')
@@ -102,6 +119,14 @@ mod tests {
         assert_eq!(ok.check(), Ok(()));
         assert_eq!(ok.base(), "https://hub.city:8443");
         assert_eq!(ok.wait_s, 20);
+        assert!(ok.plain_is_local());
+        let plain =
+            |url: &str| registry(&format!("url = \"{url}\"\nprincipal = \"w\"\n")).plain_is_local();
+        assert!(plain("http://127.0.0.1:8080"));
+        assert!(plain("http://[::1]:8080"));
+        assert!(plain("http://localhost"));
+        assert!(!plain("http://hub.city:8080"));
+        assert!(!plain("http://10.0.0.5"));
         for (lines, says) in [
             (
                 "url = \"mqtt://hub\"\nprincipal = \"w\"\n",

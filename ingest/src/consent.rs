@@ -535,11 +535,7 @@ impl ConsentChange {
     /// types against the catalogue (each once, so their number is bounded), `source` by
     /// [`MAX_SOURCE`].
     pub fn check(&self) -> Result<(), InvalidChange> {
-        for (field, id) in [("citizen", &self.citizen), ("grantee", &self.grantee)] {
-            kenko_config::check_identifier(id)
-                .map_err(|why| InvalidChange::Identifier { field, why })?;
-        }
-        too_long("source", &self.source, MAX_SOURCE)?;
+        self.check_texts()?;
         let mut seen = Vec::with_capacity(self.data_types.len());
         for name in &self.data_types {
             too_long("data_types entry", name, MAX_DATA_TYPE)?;
@@ -552,6 +548,23 @@ impl ConsentChange {
                 return Err(InvalidChange::Repeated(metric.name().to_owned()));
             }
             seen.push(metric);
+        }
+        Ok(())
+    }
+}
+
+impl ConsentChange {
+    /// Checks the record's identifiers and the length of its texts, not its data types
+    /// against this kenko's catalogue: for records a hub has checked already (a newer hub
+    /// may know more metrics; a record naming one applies to that metric alone).
+    pub fn check_texts(&self) -> Result<(), InvalidChange> {
+        for (field, id) in [("citizen", &self.citizen), ("grantee", &self.grantee)] {
+            kenko_config::check_identifier(id)
+                .map_err(|why| InvalidChange::Identifier { field, why })?;
+        }
+        too_long("source", &self.source, MAX_SOURCE)?;
+        for name in &self.data_types {
+            too_long("data_types entry", name, MAX_DATA_TYPE)?;
         }
         Ok(())
     }

@@ -204,6 +204,13 @@ impl InfluxSink {
         })
     }
 
+    /// Erasures reach points up to `max_future_ms` after the request (the ingest's
+    /// `max_future_s`: what could have arrived before it).
+    pub fn with_max_future(mut self, max_future_ms: i64) -> InfluxSink {
+        self.erasure.horizon_ms = max_future_ms;
+        self
+    }
+
     /// The sink's runtime, started on first use on the sink's own thread.
     fn runtime(&mut self) -> Result<&mut tokio::runtime::Runtime, std::io::Error> {
         match &mut self.runtime {

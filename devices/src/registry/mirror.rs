@@ -37,13 +37,14 @@ impl DeviceStore {
         now_ms: i64,
     ) -> Result<MirrorReport, DeviceError> {
         let mut report = MirrorReport::default();
+        let profiles = kenko_config::profile::all_profiles(&config.profiles)?;
         let mut wanted = Vec::with_capacity(devices.len());
         for device in devices {
             let device = NewDevice {
                 password_hash: None,
                 ..device
             };
-            match device.check(config, now_ms) {
+            match device.check_with(config, &profiles, now_ms) {
                 Ok(stored) => wanted.push(stored),
                 Err(e) => report.refused.push(e),
             }

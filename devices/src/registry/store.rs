@@ -104,6 +104,18 @@ impl NewDevice {
     /// Checks the device as the configuration checks a `[[devices]]` entry, and that its id
     /// is free in `config` (no device, no principal); gives the row to store.
     pub fn check(self, config: &Config, now_ms: i64) -> Result<StoredDevice, DeviceError> {
+        let profiles = kenko_config::profile::all_profiles(&config.profiles)?;
+        self.check_with(config, &profiles, now_ms)
+    }
+
+    /// As [`NewDevice::check`], with `profiles` (every profile `config` knows) read once
+    /// for many devices.
+    pub fn check_with(
+        self,
+        config: &Config,
+        profiles: &[kenko_config::ProfileConfig],
+        now_ms: i64,
+    ) -> Result<StoredDevice, DeviceError> {
         if let Err(why) = check_identifier(&self.id) {
             return Err(DeviceError::BadId { id: self.id, why });
         }
@@ -130,7 +142,6 @@ impl NewDevice {
         let profile = self
             .profile
             .unwrap_or_else(|| kind.default_profile().to_owned());
-        let profiles = kenko_config::profile::all_profiles(&config.profiles)?;
         let Some(known) = profiles.iter().find(|p| p.name == profile) else {
             let names: Vec<&str> = profiles.iter().map(|p| p.name.as_str()).collect();
             return Err(DeviceError::UnknownProfile {

@@ -19,6 +19,18 @@ pub enum MirrorError {
     Gap { id: i64, local: i64 },
     #[error("the hub's records are not in id order ({id} after {after})")]
     Order { id: i64, after: i64 },
+    #[error("the hub's consent record {id} cannot be kept: {why}")]
+    Unreadable {
+        id: i64,
+        why: crate::consent::InvalidChange,
+    },
+}
+
+impl MirrorError {
+    /// Whether asking again cannot help: the copies disagree, or a record cannot be kept.
+    pub fn is_for_good(&self) -> bool {
+        !matches!(self, MirrorError::Store(_))
+    }
 }
 
 impl ConsentRegistry {
@@ -60,7 +72,10 @@ impl ConsentRegistry {
             }
         }
         for record in records {
-            record.change.check().map_err(StoreError::from)?;
+            record
+                .change
+                .check_texts()
+                .map_err(|why| MirrorError::Unreadable { id: record.id, why })?;
         }
         let path = self.path.clone();
         let local = self.last_id()?;
@@ -216,20 +231,37 @@ mod tests {
     }
 
     #[test]
-    fn a_record_this_worker_cannot_check_is_refused_whole() {
+    fn a_record_of_a_newer_catalogue_is_kept_and_a_bad_identifier_refuses_the_batch() {
         let (_dir, mut hub, mut worker) = registries();
-        let mut odd = hub.record(grant("citizen-001"), 1_000).expect("record");
-        odd.id = 2;
-        odd.change.data_types = vec!["no_such_metric".into()];
-        let records = vec![hub.list_from(1, 1).expect("list")[0].clone(), odd];
+        let first = hub.record(grant("citizen-001"), 1_000).expect("record");
+        let newer = Consent {
+            id: 2,
+            change: ConsentChange {
+                data_types: vec!["metric_of_a_newer_hub".into()],
+                ..first.change.clone()
+            },
+            ..first.clone()
+        };
+        let bad = Consent {
+            id: 3,
+            change: ConsentChange {
+                citizen: "citizen/../x".into(),
+                ..first.change.clone()
+            },
+            ..first.clone()
+        };
         let err = worker
-            .mirror(&records, "https://hub", 9_000)
+            .mirror(&[first.clone(), newer.clone(), bad], "https://hub", 9_000)
             .expect_err("refused");
-        assert!(err.to_string().contains("no_such_metric"), "{err}");
-        assert_eq!(
-            worker.last_id().expect("last"),
-            0,
-            "the first is not added either"
+        assert!(
+            matches!(err, MirrorError::Unreadable { id: 3, .. }),
+            "{err}"
         );
+        assert!(err.is_for_good());
+        assert_eq!(worker.last_id().expect("last"), 0, "none is added");
+        let added = worker
+            .mirror(&[first, newer], "https://hub", 9_000)
+            .expect("mirror");
+        assert_eq!(added, 2);
     }
 }

@@ -1,5 +1,6 @@
 //! Erasure in InfluxDB: a citizen's points in the personal bucket are deleted through
-//! InfluxDB's delete API (`/api/v2/delete`, by measurement and citizen tag, all times).
+//! InfluxDB's delete API (`/api/v2/delete`, by measurement and citizen tag, every time up
+//! to what could have arrived before the request).
 //!
 //! Servers that accept InfluxDB's writes but have no delete API (VictoriaMetrics) answer
 //! that the path is unsupported: the erasure is then recorded as not possible there, with
@@ -33,6 +34,9 @@ pub(super) struct ErasureState {
     backoff: Backoff,
     /// When to try again after the server could not be reached.
     retry_at: Option<Instant>,
+    /// How far ahead of its arrival an event time may be (`ingest.max_future_s`), in
+    /// milliseconds: no point received before an erasure request lies further ahead of it.
+    pub(super) horizon_ms: i64,
 }
 
 impl ErasureState {
@@ -46,6 +50,7 @@ impl ErasureState {
             )
             .with_jitter(),
             retry_at: None,
+            horizon_ms: 5 * 60 * 1000,
         }
     }
 }
@@ -141,7 +146,10 @@ impl InfluxSink {
         for request in pending {
             let citizen = request.change.citizen.clone();
             let measurement = self.config.measurement.clone();
-            let stop_s = jiff::Timestamp::now().as_second() + 86_400;
+            // Up to what could have arrived before the request, not further: points of
+            // data collected under a later grant stay (a worker that copies the hub's
+            // records may carry out an erasure long after it was asked for).
+            let stop_s = (request.recorded_ms + self.erasure.horizon_ms) / 1000 + 1;
             let how = self.delete(&measurement, Some(&citizen), stop_s)?;
             match &how {
                 SinkErasure::Deleted => {
@@ -268,6 +276,8 @@ mod tests {
             "{body}"
         );
         assert!(requests[0].1.contains(PROBE_MEASUREMENT), "{requests:?}");
+        // Recorded at 1 s: points up to 5 minutes ahead of it could have come before.
+        assert!(body.contains(r#""stop":"1970-01-01T00:05:02"#), "{body}");
         let registry = ConsentRegistry::open_read_only(&registry_path).expect("registry");
         assert_eq!(
             registry.sink_erasure(request.id, SINK).expect("read"),

@@ -422,7 +422,12 @@ pub fn start(
                     InfluxSink::dead_letters(data_dir)?,
                     ConsentView::open(&registry_path, consents.clone())?,
                     stats.clone(),
-                )?,
+                )?
+                .with_max_future(
+                    i64::try_from(settings.ingest.max_future_s)
+                        .unwrap_or(i64::MAX / 2_000)
+                        .saturating_mul(1000),
+                ),
             ))
         }
         None => None,
