@@ -623,3 +623,190 @@ fn kenko(args: &[&str]) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+const DAY_MS: i64 = 86_400_000;
+
+/// `mosquitto_pub` of a wearable's reading with `steps` at `time_ms`, QoS 1.
+fn publish_steps(broker: &Mosquitto, device: &str, time_ms: i64, steps: u32) -> anyhow::Result<()> {
+    let payload = format!(r#"{{"ts":{time_ms},"hr":70,"spo2":0.97,"steps":{steps}}}"#);
+    let out = std::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.addr.port().to_string(),
+            "-q",
+            "1",
+        ])
+        .args([
+            "-i",
+            &format!("{device}-pub"),
+            "-t",
+            &format!("devices/{device}/telemetry"),
+        ])
+        .args(["-m", &payload])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Starts a worker `name` of four wearables (UTC days, windows computed at once) with
+/// `source` lines in its `[source]` and `windows` lines in its `[windows]`.
+fn start_wearable_worker(
+    dir: &Path,
+    name: &str,
+    broker: &Mosquitto,
+    vm: &VictoriaMetrics,
+    source: &str,
+    windows: &str,
+) -> anyhow::Result<Worker> {
+    let home = dir.join(name);
+    let data = home.join("data");
+    std::fs::create_dir_all(&data)?;
+    let mut text = format!(
+        "[ingest]\nbatch_linger_ms = 2\ndefault_timezone = \"UTC\"\n\n[windows]\ngrace_min = 0\n{windows}\n{}",
+        influx(vm)
+    );
+    let mut citizens = Vec::new();
+    for n in 1..=4 {
+        citizens.push(format!("citizen-w{n}"));
+        text.push_str(&format!(
+            "[[devices]]\nid = \"watch-{n}\"\nkind = \"wearable\"\ncitizen = \"citizen-w{n}\"\n\n"
+        ));
+    }
+    text.push_str(&format!(
+        "[source]\nurl = \"{}\"\nclient_id = \"kenko-{name}\"\n{source}",
+        url(broker)
+    ));
+    let citizens: Vec<&str> = citizens.iter().map(String::as_str).collect();
+    consent(&data, "grant", &citizens, "collect")?;
+    let config = home.join("kenko.toml");
+    std::fs::write(&config, text)?;
+    Worker::start(&config, &data)
+}
+
+/// Each wearable's daily step totals in VictoriaMetrics, by (device, day start).
+fn daily_steps_in(vm: &VictoriaMetrics) -> anyhow::Result<HashMap<(String, i64), f64>> {
+    let mut out = HashMap::new();
+    for series in vm.export("kenko_daily_steps")? {
+        let device = series.labels.get("device").cloned().unwrap_or_default();
+        for (t, v) in series.points {
+            out.insert((device.clone(), t), v);
+        }
+    }
+    Ok(out)
+}
+
+/// The daily step totals a worker's own store holds, as (device, day start, total).
+fn daily_steps_at(worker: &Worker) -> anyhow::Result<Vec<(String, i64, f64)>> {
+    let rows = common::store::stored(&worker.data_dir.join("personal.db"), Metric::DailySteps)?;
+    let mut out: Vec<_> = rows
+        .into_iter()
+        .map(|r| (r.device, r.time_ms, r.value))
+        .collect();
+    out.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    Ok(out)
+}
+
+/// Windows of a worker's store whose inputs changed and that are not decided yet.
+fn windows_pending(worker: &Worker) -> anyhow::Result<u64> {
+    let conn = rusqlite::Connection::open_with_flags(
+        worker.data_dir.join("personal.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    Ok(conn.query_row("SELECT count(*) FROM window_dirty", [], |r| r.get(0))?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_the_partition_count_hands_each_window_to_one_fleet() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = Mosquitto::start(&dir.path().join("mosquitto"))?;
+    let vm = VictoriaMetrics::start(&dir.path().join("vm"))?;
+    let now = now_ms();
+    let day = now - now % DAY_MS - 3 * DAY_MS; // a closed UTC day
+    let hand_over = jiff::Timestamp::from_millisecond(day + DAY_MS)?;
+    let watches: Vec<String> = (1..=4).map(|n| format!("watch-{n}")).collect();
+
+    // The old fleet (one worker) summarizes the windows that start before the hand-over.
+    let old = start_wearable_worker(
+        dir.path(),
+        "old",
+        &broker,
+        &vm,
+        "",
+        &format!("summarize_before = \"{hand_over}\"\n"),
+    )?;
+    for watch in &watches {
+        publish_steps(&broker, watch, day + 9 * 3_600_000, 100)?;
+    }
+    eventually(Duration::from_secs(30), || {
+        Ok((daily_steps_at(&old)?.len() == watches.len()).then_some(()))
+    })?;
+
+    // The new fleet (two partitions) starts in the middle of that day: it summarizes the
+    // windows from the hand-over on, all of whose readings it gets.
+    let new: Vec<Worker> = (0..2)
+        .map(|k| {
+            start_wearable_worker(
+                dir.path(),
+                &format!("new-{k}"),
+                &broker,
+                &vm,
+                &format!("partitions = 2\npartition = {k}\n"),
+                &format!("summarize_from = \"{hand_over}\"\n"),
+            )
+        })
+        .collect::<anyhow::Result<_>>()?;
+    for watch in &watches {
+        publish_steps(&broker, watch, day + 15 * 3_600_000, 50)?;
+        publish_steps(&broker, watch, day + DAY_MS + 9 * 3_600_000, 30)?;
+    }
+    // In VictoriaMetrics each day has its total (which of two totals written for one time
+    // it keeps is its own rule; InfluxDB keeps the last), the new day the new fleet's.
+    eventually(Duration::from_secs(30), || {
+        let totals = daily_steps_in(&vm)?;
+        Ok(watches
+            .iter()
+            .all(|w| {
+                totals.contains_key(&(w.clone(), day))
+                    && totals.get(&(w.clone(), day + DAY_MS)) == Some(&30.0)
+            })
+            .then_some(()))
+    })?;
+    let everyone: Vec<&Worker> = std::iter::once(&old).chain(&new).collect();
+    eventually(Duration::from_secs(30), || {
+        let mut pending = 0;
+        for worker in &everyone {
+            pending += windows_pending(worker)?;
+        }
+        Ok((pending == 0).then_some(()))
+    })?;
+
+    // The day across the change is summarized by the old fleet alone, from all of its
+    // readings; the new workers, which saw part of it, left it alone.
+    let want_old: Vec<(String, i64, f64)> =
+        watches.iter().map(|w| (w.clone(), day, 150.0)).collect();
+    eventually(Duration::from_secs(30), || {
+        Ok((daily_steps_at(&old)? == want_old).then_some(()))
+    })?;
+    let mut new_totals = Vec::new();
+    for worker in &new {
+        let totals = daily_steps_at(worker)?;
+        assert!(!totals.is_empty(), "each partition has a watch");
+        new_totals.extend(totals);
+    }
+    new_totals.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let want_new: Vec<(String, i64, f64)> = watches
+        .iter()
+        .map(|w| (w.clone(), day + DAY_MS, 30.0))
+        .collect();
+    assert_eq!(new_totals, want_new);
+    for worker in std::iter::once(old).chain(new) {
+        tokio::task::block_in_place(|| worker.terminate())?;
+    }
+    Ok(())
+}
