@@ -11,6 +11,7 @@ mod device;
 mod hub;
 mod output;
 mod principal;
+mod profile;
 mod query;
 mod simulate;
 mod store;
@@ -40,6 +41,8 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// Query stored observations
     Query(query::QueryArgs),
+    /// List payload profiles, and try one on a payload without a hub
+    Profile(profile::ProfileArgs),
     /// Explain and test ACL rules
     Acl(acl::AclArgs),
     /// Hash a password (read from stdin) for a principal's or device's `password_hash`
@@ -113,6 +116,7 @@ fn main() -> ExitCode {
         Command::Audit(args) => consent::audit(args),
         Command::Deadletter(args) => deadletter::run(args).map(|()| true),
         Command::Store(args) => store::run(args),
+        Command::Profile(args) => profile::run(args),
         command => runtime().and_then(|rt| rt.block_on(run_async(command)).map(|()| true)),
     };
     match result {
@@ -147,7 +151,8 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
         | Command::Principal(_)
         | Command::Audit(_)
         | Command::Deadletter(_)
-        | Command::Store(_) => {
+        | Command::Store(_)
+        | Command::Profile(_) => {
             unreachable!("runs without a runtime")
         }
     }

@@ -86,7 +86,33 @@ impl Profiles {
     }
 }
 
+/// Keys of a profile that read like paths into nested objects (`body.hr`, `/body/hr`,
+/// `readings[0]`): a key is matched against a top-level (or sample-level) key spelled
+/// exactly so, so such a key most likely never matches. One line each, for a warning.
+pub fn path_like_keys(config: &ProfileConfig) -> Vec<String> {
+    let named = [
+        ("time", Some(&config.time)),
+        ("seq", config.seq.as_ref()),
+        ("samples", config.samples.as_ref()),
+    ];
+    let keys = named
+        .into_iter()
+        .filter_map(|(what, key)| key.map(|k| (what.to_owned(), k)))
+        .chain(config.fields.keys().map(|k| ("field".to_owned(), k)));
+    keys.filter(|(_, key)| key.contains(['.', '/', '[']))
+        .map(|(what, key)| {
+            format!(
+                "profile {}: {what} key {key:?} is matched as one key spelled exactly so, not as a path into nested objects (which profiles do not read yet); a payload that nests it gives nothing here",
+                config.name
+            )
+        })
+        .collect()
+}
+
 fn compile_one(config: &ProfileConfig) -> Result<Profile, ProfileError> {
+    for warning in path_like_keys(config) {
+        tracing::warn!("{warning}");
+    }
     let mut fields = Vec::with_capacity(config.fields.len());
     for (key, field) in &config.fields {
         let error = |message: String| ProfileError {
@@ -125,6 +151,33 @@ fn compile_one(config: &ProfileConfig) -> Result<Profile, ProfileError> {
 mod tests {
     use super::*;
     use kenko_config::FieldConfig;
+
+    #[test]
+    fn keys_that_read_like_paths_are_told() {
+        let mut config = kenko_config::profile::builtin_profiles()
+            .into_iter()
+            .find(|p| p.name == "bed-json-v1")
+            .expect("built in");
+        assert!(path_like_keys(&config).is_empty());
+        config.fields.insert(
+            "body.hr".into(),
+            FieldConfig {
+                metric: "heart_rate".into(),
+                unit: None,
+            },
+        );
+        config.samples = Some("/data/records".into());
+        let warnings = path_like_keys(&config);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings[0].contains("samples key \"/data/records\""),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[1].contains("field key \"body.hr\""),
+            "{warnings:?}"
+        );
+    }
 
     #[test]
     fn builtin_profiles_compile_and_cover_every_device_metric() {

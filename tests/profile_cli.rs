@@ -1,0 +1,153 @@
+//! `kenko profile list|test`: a vendor's profile tried on a payload without a hub, through
+//! the hub's own decoder.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+const KENKO: &str = env!("CARGO_BIN_EXE_kenko");
+
+const CONFIG: &str = r#"
+[ingest]
+default_timezone = "Asia/Tokyo"
+
+[[profiles]]
+name = "acme-thermo-v3"
+kind = "thermo"
+time = "t"
+time_format = "local"
+[profiles.fields]
+temp = { metric = "body_temperature", unit = "[degF]" }
+"body.pulse" = { metric = "pulse_rate" }
+"#;
+
+fn kenko(dir: &Path, args: &[&str], stdin: &str) -> anyhow::Result<Output> {
+    use std::io::Write as _;
+    let mut child = Command::new(KENKO)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())?;
+    Ok(child.wait_with_output()?)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn a_profile_is_tried_on_a_payload_as_the_hub_would_decode_it() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("kenko.toml"), CONFIG)?;
+    std::fs::write(
+        dir.path().join("reading.json"),
+        r#"{"t":"2026-11-25T07:30:00","temp":98.6}"#,
+    )?;
+    let args = [
+        "profile",
+        "test",
+        "--config",
+        "kenko.toml",
+        "--profile",
+        "acme-thermo-v3",
+        "--at",
+        "2026-11-25T00:00:00Z",
+        "--format",
+        "json",
+        "reading.json",
+    ];
+    let out = kenko(dir.path(), &args, "")?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    // 07:30 in Tokyo is 22:30 UTC the day before; 98.6 °F is 37 °C.
+    assert_eq!(rows[0]["time"], "2026-11-24T22:30:00Z", "{rows}");
+    assert_eq!(rows[0]["metric"], "body_temperature");
+    assert_eq!(rows[0]["unit"], "Cel");
+    assert_eq!(rows[0]["loinc"], "8310-5");
+    assert!(
+        (rows[0]["value"].as_f64().unwrap_or(0.0) - 37.0).abs() < 1e-9,
+        "{rows}"
+    );
+    assert_eq!(rows.as_array().map(Vec::len), Some(1));
+    // The dotted key reads like a path, and is told about.
+    assert!(
+        text(&out.stderr).contains("field key \"body.pulse\" is matched as one key"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A payload the hub would refuse: the reason, and exit status 1.
+    let args = [
+        "profile",
+        "test",
+        "--config",
+        "kenko.toml",
+        "--profile",
+        "acme-thermo-v3",
+        "-",
+    ];
+    let out = kenko(dir.path(), &args, r#"{"temp":98.6}"#)?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout)
+            .starts_with("refused (malformed_payload): field t (the event time) is missing"),
+        "{}",
+        text(&out.stdout)
+    );
+    // Too old for now: the hint names --at.
+    let out = kenko(
+        dir.path(),
+        &args,
+        r#"{"t":"2020-01-01T00:00:00","temp":98.6}"#,
+    )?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("refused (too_old)"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stdout).contains("give --at"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // An unknown profile is named with the known ones.
+    let args = [
+        "profile",
+        "test",
+        "--config",
+        "kenko.toml",
+        "--profile",
+        "acme",
+        "-",
+    ];
+    let out = kenko(dir.path(), &args, "{}")?;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("known: acme-thermo-v3, bed-json-v1"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = kenko(
+        dir.path(),
+        &["profile", "list", "--config", "kenko.toml"],
+        "",
+    )?;
+    assert!(out.status.success());
+    let listed = text(&out.stdout);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("acme-thermo-v3") && l.contains("temp=body_temperature")),
+        "{listed}"
+    );
+    Ok(())
+}
