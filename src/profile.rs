@@ -93,6 +93,15 @@ fn list(args: ListArgs) -> anyhow::Result<()> {
             .map(|f| format!("{}={}", f.key, f.metric.name()))
             .collect();
         keys.sort_unstable();
+        if let Some(measures) = &p.measures {
+            let mut codes: Vec<String> = measures
+                .codes
+                .iter()
+                .map(|f| format!("{}={}", f.key, f.metric.name()))
+                .collect();
+            codes.sort_unstable();
+            keys.push(format!("{} codes {}", measures.path, codes.join(" ")));
+        }
         if keys.is_empty() {
             keys.push("(any metric, by name, in canonical units)".into());
         }

@@ -194,6 +194,68 @@ fn mosquitto_pub_messages_arrive_over_mqtt_311_and_5() -> anyhow::Result<()> {
     hub.terminate()
 }
 
+#[test]
+fn a_vendors_measure_groups_are_stored_through_a_config_profile() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let profile = r#"
+[[profiles]]
+name = "acme-scale-groups"
+kind = "scale"
+time = "date"
+time_format = "epoch_s"
+samples = "/body/measuregrps"
+[profiles.measures]
+path = "measures"
+code = "type"
+value = "value"
+exponent = "unit"
+[profiles.codes]
+1 = { metric = "body_weight", unit = "kg" }
+6 = { metric = "body_fat", unit = "%" }
+
+"#;
+    let config = format!(
+        "{profile}[[devices]]\nid = \"scale-001\"\nkind = \"scale\"\ncitizen = \"citizen-001\"\nprofile = \"acme-scale-groups\"\npassword_hash = \"{}\"\n",
+        common::password_hash("scale-001")
+    );
+    let hub = Hub::start(dir.path(), &config)?;
+    let t = (now_ms() - 3_600_000) / 1000;
+    mosquitto_pub(
+        hub.port(),
+        "mqttv311",
+        "scale-001",
+        &format!(
+            r#"{{"status":0,"body":{{"measuregrps":[{{"date":{t},"measures":[{{"value":7150,"type":1,"unit":-2}},{{"value":215,"type":6,"unit":-1}}]}},{{"date":{},"measures":[{{"value":7140,"type":1,"unit":-2}}]}}]}}}}"#,
+            t + 60
+        ),
+    )?;
+    let weights = hub.query_at_least(2, &["--metric", "body_weight"])?;
+    let values: Vec<f64> = weights.iter().filter_map(|r| r["value"].as_f64()).collect();
+    assert_eq!(values, vec![71.5, 71.4], "{weights:?}");
+    assert_eq!(time_of(&weights[0]), t * 1000);
+    let fat = hub.query_at_least(1, &["--metric", "body_fat"])?;
+    assert_eq!(fat[0]["value"].as_f64(), Some(21.5), "{fat:?}");
+    // A code the profile does not list dead-letters the message, naming the code.
+    mosquitto_pub(
+        hub.port(),
+        "mqttv311",
+        "scale-001",
+        &format!(
+            r#"{{"body":{{"measuregrps":[{{"date":{t},"measures":[{{"value":5,"type":77,"unit":0}}]}}]}}}}"#
+        ),
+    )?;
+    let letters = Command::new(common::KENKO)
+        .args(["deadletter", "list", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()?;
+    let listed = String::from_utf8_lossy(&letters.stdout);
+    assert!(
+        listed.contains("measure code \"77\" is not one of its codes"),
+        "{listed}"
+    );
+    hub.terminate()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_device_and_malformed_payload_are_dead_lettered_while_others_continue(
 ) -> anyhow::Result<()> {

@@ -20,7 +20,9 @@ pub mod source;
 
 pub use alerts::{AlertConfig, Condition};
 pub use origin::{Entry, Origin};
-pub use profile::{FieldConfig, PayloadFormat, ProfileConfig, TimeFormat};
+pub use profile::{
+    FieldConfig, MeasuresConfig, PayloadFormat, ProfileConfig, TimeFormat, UnknownCodes,
+};
 pub use retention::{MetricRetention, Periods, RetentionConfig};
 
 /// Why a configuration could not be used.

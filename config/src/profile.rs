@@ -80,6 +80,64 @@ pub struct ProfileConfig {
     /// Reading fields: payload key → metric and unit.
     #[serde(default)]
     pub fields: BTreeMap<String, FieldConfig>,
+    /// Coded measures: an array in the message (or in each sample) whose items each carry a
+    /// code that selects the metric through `codes`, a value, and perhaps a power-of-ten
+    /// exponent.
+    #[serde(default)]
+    pub measures: Option<MeasuresConfig>,
+    /// Measure codes (as text: `1`, `"bw"`) → metric and the unit the vendor sends.
+    #[serde(default)]
+    pub codes: BTreeMap<String, FieldConfig>,
+}
+
+/// Where a profile's coded measures are and how each is read. Keys here, like `time`,
+/// `seq`, `samples` and the `fields` keys, are a key of the object they are read in, or a
+/// JSON Pointer into it when they start with `/` (`/body/measuregrps`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MeasuresConfig {
+    /// The array of measure objects.
+    pub path: String,
+    /// In each measure: its code, a number or text looked up in `codes`.
+    pub code: String,
+    /// In each measure: its value, a number.
+    pub value: String,
+    /// In each measure: the power of ten the value is multiplied by (7150 with exponent
+    /// -2 is 71.50); none when absent.
+    #[serde(default)]
+    pub exponent: Option<String>,
+    /// What a code missing from `codes` does to the message.
+    #[serde(default)]
+    pub unknown: UnknownCodes,
+}
+
+/// What a measure whose code a profile does not list does.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownCodes {
+    /// The whole message is dead-lettered, naming the code.
+    #[default]
+    Reject,
+    /// The measure is passed over; the rest of the message is read.
+    Ignore,
+}
+
+/// Whether `key` is a JSON Pointer (RFC 6901) rather than a plain key.
+pub fn is_pointer(key: &str) -> bool {
+    key.starts_with('/')
+}
+
+/// Why `pointer` is not a JSON Pointer: `~` may only stand in `~0` (`~`) and `~1` (`/`).
+fn check_pointer(what: &str, pointer: &str) -> Result<(), String> {
+    let mut chars = pointer.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '~' && !matches!(chars.next(), Some('0' | '1')) {
+            return Err(format!(
+                "{what} {pointer:?} is not a JSON Pointer: write ~ as ~0 and / inside a key as ~1"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn default_time_field() -> String {
@@ -129,13 +187,22 @@ fn check(profile: &ProfileConfig) -> Result<(), ConfigError> {
         return invalid("a profile name must be non-empty, without spaces".into());
     }
     match profile.format {
-        PayloadFormat::Json if profile.fields.is_empty() => {
-            invalid("a JSON profile needs at least one entry in `fields`".into())
+        PayloadFormat::Json if profile.fields.is_empty() && profile.measures.is_none() => {
+            invalid("a JSON profile needs at least one entry in `fields`, or `measures`".into())
         }
-        PayloadFormat::Protobuf if !profile.fields.is_empty() || profile.samples.is_some() => {
-            invalid("a protobuf profile takes no `fields` or `samples`: the schema is fixed".into())
+        PayloadFormat::Protobuf
+            if !profile.fields.is_empty()
+                || profile.samples.is_some()
+                || profile.measures.is_some() =>
+        {
+            invalid(
+                "a protobuf profile takes no `fields`, `samples` or `measures`: the schema is fixed"
+                    .into(),
+            )
         }
-        _ => {
+        PayloadFormat::Json => {
+            check_paths(profile).or_else(invalid)?;
+            check_measures(profile).or_else(invalid)?;
             let reserved = [
                 Some(&profile.time),
                 profile.seq.as_ref(),
@@ -150,12 +217,98 @@ fn check(profile: &ProfileConfig) -> Result<(), ConfigError> {
             }
             Ok(())
         }
+        PayloadFormat::Protobuf => Ok(()),
+    }
+}
+
+/// Every key of the profile that is a JSON Pointer is a well-formed one.
+fn check_paths(profile: &ProfileConfig) -> Result<(), String> {
+    let mut keys: Vec<(&str, &String)> = vec![("time", &profile.time)];
+    keys.extend(profile.seq.iter().map(|k| ("seq", k)));
+    keys.extend(profile.samples.iter().map(|k| ("samples", k)));
+    keys.extend(profile.fields.keys().map(|k| ("field", k)));
+    if let Some(m) = &profile.measures {
+        keys.extend([
+            ("measures.path", &m.path),
+            ("measures.code", &m.code),
+            ("measures.value", &m.value),
+        ]);
+        keys.extend(m.exponent.iter().map(|k| ("measures.exponent", k)));
+    }
+    for (what, key) in keys {
+        if key.is_empty() {
+            return Err(format!("{what} is empty"));
+        }
+        if is_pointer(key) {
+            check_pointer(what, key)?;
+        }
+    }
+    Ok(())
+}
+
+/// `measures` and `codes` come together, and a measure's parts are distinct keys.
+fn check_measures(profile: &ProfileConfig) -> Result<(), String> {
+    match (&profile.measures, profile.codes.is_empty()) {
+        (None, true) => Ok(()),
+        (None, false) => Err("`codes` are read only with `measures`".into()),
+        (Some(_), true) => Err("`measures` needs `codes`: each code's metric and unit".into()),
+        (Some(m), false) => {
+            let parts = [Some(&m.code), Some(&m.value), m.exponent.as_ref()];
+            let distinct: std::collections::HashSet<_> = parts.iter().flatten().collect();
+            if distinct.len() != parts.iter().flatten().count() {
+                return Err("measures.code, value and exponent must be different keys".into());
+            }
+            Ok(())
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn groups_profile() -> ProfileConfig {
+        toml::from_str(
+            r#"
+name = "acme-scale-groups"
+kind = "scale"
+time = "date"
+time_format = "epoch_s"
+samples = "/body/measuregrps"
+[measures]
+path = "measures"
+code = "type"
+value = "value"
+exponent = "unit"
+[codes]
+1 = { metric = "body_weight", unit = "kg" }
+"#,
+        )
+        .expect("profile")
+    }
+
+    #[test]
+    fn coded_measures_and_pointers_are_checked() {
+        check(&groups_profile()).expect("valid");
+        let mut bad = groups_profile();
+        bad.samples = Some("/body/~2".into());
+        let err = check(&bad).expect_err("bad pointer").to_string();
+        assert!(err.contains("not a JSON Pointer"), "{err}");
+        let mut bad = groups_profile();
+        bad.codes.clear();
+        let err = check(&bad).expect_err("no codes").to_string();
+        assert!(err.contains("needs `codes`"), "{err}");
+        let mut bad = groups_profile();
+        if let Some(m) = bad.measures.as_mut() {
+            m.exponent = Some("value".into());
+        }
+        let err = check(&bad).expect_err("same key").to_string();
+        assert!(err.contains("different keys"), "{err}");
+        let mut bad = groups_profile();
+        bad.measures = None;
+        let err = check(&bad).expect_err("codes alone").to_string();
+        assert!(err.contains("at least one entry"), "{err}");
+    }
 
     #[test]
     fn builtin_profiles_parse_and_pass_the_checks() {

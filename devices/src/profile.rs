@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use kenko_config::{DeviceKind, PayloadFormat, ProfileConfig, TimeFormat};
+use kenko_config::{
+    DeviceKind, FieldConfig, PayloadFormat, ProfileConfig, TimeFormat, UnknownCodes,
+};
 
 use crate::catalogue::{conversion, Conversion, Metric};
 
@@ -30,9 +32,40 @@ pub struct Profile {
     pub seq: Option<Box<str>>,
     pub samples: Option<Box<str>>,
     pub fields: Vec<Field>,
+    /// Coded measures, when the profile reads them.
+    pub measures: Option<Measures>,
+}
+
+/// Where a profile's coded measures are, how each is read, and the metric of each code.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measures {
+    pub path: Box<str>,
+    pub code: Box<str>,
+    pub value: Box<str>,
+    pub exponent: Option<Box<str>>,
+    pub unknown: UnknownCodes,
+    /// One per code, the code as its key.
+    pub codes: Vec<Field>,
+}
+
+impl Measures {
+    pub fn code(&self, code: &str) -> Option<&Field> {
+        self.codes.iter().find(|f| &*f.key == code)
+    }
 }
 
 impl Profile {
+    /// Whether a payload is read as a whole document (JSON Pointers, coded measures) rather
+    /// than streamed key by key, as the simple profiles are.
+    pub fn reads_a_document(&self) -> bool {
+        let pointer = |k: &str| kenko_config::profile::is_pointer(k);
+        self.measures.is_some()
+            || pointer(&self.time)
+            || self.seq.as_deref().is_some_and(pointer)
+            || self.samples.as_deref().is_some_and(pointer)
+            || self.fields.iter().any(|f| pointer(&f.key))
+    }
+
     pub fn field(&self, key: &str) -> Option<&Field> {
         self.fields.iter().find(|f| &*f.key == key)
     }
@@ -99,10 +132,12 @@ pub fn path_like_keys(config: &ProfileConfig) -> Vec<String> {
         .into_iter()
         .filter_map(|(what, key)| key.map(|k| (what.to_owned(), k)))
         .chain(config.fields.keys().map(|k| ("field".to_owned(), k)));
-    keys.filter(|(_, key)| key.contains(['.', '/', '[']))
+    keys.filter(|(_, key)| {
+        !kenko_config::profile::is_pointer(key) && key.contains(['.', '/', '['])
+    })
         .map(|(what, key)| {
             format!(
-                "profile {}: {what} key {key:?} is matched as one key spelled exactly so, not as a path into nested objects (which profiles do not read yet); a payload that nests it gives nothing here",
+                "profile {}: {what} key {key:?} is matched as one key spelled exactly so, not as a path into nested objects; write a JSON Pointer (/body/hr) to read a nested value",
                 config.name
             )
         })
@@ -113,28 +148,31 @@ fn compile_one(config: &ProfileConfig) -> Result<Profile, ProfileError> {
     for warning in path_like_keys(config) {
         tracing::warn!("{warning}");
     }
-    let mut fields = Vec::with_capacity(config.fields.len());
-    for (key, field) in &config.fields {
-        let error = |message: String| ProfileError {
-            profile: config.name.clone(),
-            field: key.clone(),
-            message,
-        };
-        let metric: Metric = field.metric.parse().map_err(|e| error(format!("{e}")))?;
-        if metric.is_derived() {
-            return Err(error(format!(
-                "{metric} is computed by the hub and cannot come from a device"
-            )));
-        }
-        let unit = field.unit.as_deref().unwrap_or(metric.unit());
-        let conversion = conversion(metric, unit).map_err(|e| error(e.to_string()))?;
-        fields.push(Field {
-            key: key.as_str().into(),
-            metric,
-            unit: unit.into(),
-            conversion,
-        });
-    }
+    let fields = config
+        .fields
+        .iter()
+        .map(|(key, field)| compile_field(config, key, field))
+        .collect::<Result<Vec<_>, _>>()?;
+    let measures = match &config.measures {
+        Some(m) => Some(Measures {
+            path: m.path.as_str().into(),
+            code: m.code.as_str().into(),
+            value: m.value.as_str().into(),
+            exponent: m.exponent.as_deref().map(Into::into),
+            unknown: m.unknown,
+            codes: config
+                .codes
+                .iter()
+                .map(|(code, field)| {
+                    compile_field(config, &format!("code {code}"), field).map(|f| Field {
+                        key: code.as_str().into(),
+                        ..f
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        }),
+        None => None,
+    };
     Ok(Profile {
         name: config.name.as_str().into(),
         kind: config.kind,
@@ -144,6 +182,34 @@ fn compile_one(config: &ProfileConfig) -> Result<Profile, ProfileError> {
         seq: config.seq.as_deref().map(Into::into),
         samples: config.samples.as_deref().map(Into::into),
         fields,
+        measures,
+    })
+}
+
+/// A reading's metric and unit checked against the catalogue (`key` names it in errors).
+fn compile_field(
+    config: &ProfileConfig,
+    key: &str,
+    field: &FieldConfig,
+) -> Result<Field, ProfileError> {
+    let error = |message: String| ProfileError {
+        profile: config.name.clone(),
+        field: key.to_owned(),
+        message,
+    };
+    let metric: Metric = field.metric.parse().map_err(|e| error(format!("{e}")))?;
+    if metric.is_derived() {
+        return Err(error(format!(
+            "{metric} is computed by the hub and cannot come from a device"
+        )));
+    }
+    let unit = field.unit.as_deref().unwrap_or(metric.unit());
+    let conversion = conversion(metric, unit).map_err(|e| error(e.to_string()))?;
+    Ok(Field {
+        key: key.into(),
+        metric,
+        unit: unit.into(),
+        conversion,
     })
 }
 
@@ -166,11 +232,12 @@ mod tests {
                 unit: None,
             },
         );
-        config.samples = Some("/data/records".into());
+        config.samples = Some("data.records".into());
+        config.seq = Some("/meta/n".into());
         let warnings = path_like_keys(&config);
-        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert_eq!(warnings.len(), 2, "a pointer is no warning: {warnings:?}");
         assert!(
-            warnings[0].contains("samples key \"/data/records\""),
+            warnings[0].contains("samples key \"data.records\""),
             "{warnings:?}"
         );
         assert!(

@@ -1,7 +1,9 @@
 //! Golden files: for every payload under `tests/golden/<profile>/`, the canonical observations
 //! (or the rejection) the decoder gives are those in the `.expected` file beside it.
 //!
-//! Inputs are `.json` (the payload as is) or `.pbhex` (protobuf bytes in hex). The hub's clock
+//! A directory is named after a built-in profile, or after the profile its `profile.toml`
+//! declares as a city would in its config. Inputs are `.json` (the payload as is) or `.pbhex`
+//! (protobuf bytes in hex). The hub's clock
 //! reads 2026-11-25T12:00:00Z, the device's zone is Asia/Tokyo, and plausibility is "flag".
 //! After a deliberate change, `KENKO_BLESS=1 cargo test -p kenko-ingest --test golden` rewrites
 //! the expected files; review the diff before committing it.
@@ -19,11 +21,28 @@ fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
-fn render(profile: &str, payload: &[u8]) -> String {
-    let profile = Profiles::builtin()
-        .get(profile)
+/// The profile a golden directory is named after: a built-in one, or the one its
+/// `profile.toml` declares (a profile a city would write in its config).
+fn profile_of(dir: &Path, name: &str) -> std::sync::Arc<kenko_devices::profile::Profile> {
+    let declared = dir.join("profile.toml");
+    let profiles = if declared.exists() {
+        let text = std::fs::read_to_string(&declared).expect("profile.toml");
+        let config = kenko_config::Config::from_toml(&text, &declared).expect("a valid profile");
+        Profiles::compile(
+            &kenko_config::profile::all_profiles(&config.profiles).expect("checked profiles"),
+        )
+        .expect("compiled")
+    } else {
+        Profiles::builtin()
+    };
+    profiles
+        .get(name)
         .cloned()
-        .expect("a directory per built-in profile");
+        .expect("a directory per built-in profile, or one with its profile.toml")
+}
+
+fn render(profile: &kenko_devices::profile::Profile, payload: &[u8]) -> String {
+    let profile = std::sync::Arc::new(profile.clone());
     let decoder = Standalone::new(profile, "Asia/Tokyo").expect("zone");
     let mut out = Vec::new();
     let mut text = String::new();
@@ -103,7 +122,7 @@ fn every_profile_decodes_as_its_golden_files_say() {
         inputs.sort();
         for input in inputs {
             let expected_path = input.with_extension("expected");
-            let actual = render(&profile, &read_input(&input));
+            let actual = render(&profile_of(&dir, &profile), &read_input(&input));
             if bless {
                 std::fs::write(&expected_path, &actual).expect("write expected");
             }

@@ -14,7 +14,7 @@ use super::{observation, Context, Rejection};
 use crate::observation::Observation;
 
 /// Event time not given (yet): filled from the message's top-level time at the end.
-const NO_TIME: i64 = i64::MIN;
+pub(super) const NO_TIME: i64 = i64::MIN;
 
 pub(super) fn decode(
     ctx: &Context<'_>,
@@ -32,31 +32,35 @@ pub(super) fn decode(
             top: true,
         })
         .and_then(|top| de.end().map(|()| top))
-        .map_err(|e| {
-            Rejection::malformed(format!(
-                "payload is not {}: {}",
-                ctx.profile.name,
-                super::redact::without_values(&e.to_string())
-            ))
-        })?;
-    let profile = ctx.profile;
+        .map_err(|e| unreadable(ctx.profile, &e))?;
     for obs in &mut out[start..] {
         if obs.time_ms == NO_TIME {
-            obs.time_ms = top.time.ok_or_else(|| {
-                Rejection::malformed(format!(
-                    "field {} (the event time) is missing{}",
-                    profile.time,
-                    match profile.samples {
-                        Some(ref samples) =>
-                            format!(" at the top level and in a sample of {samples}"),
-                        None => String::new(),
-                    }
-                ))
-            })?;
+            obs.time_ms = top.time.ok_or_else(|| no_time(ctx.profile))?;
         }
         obs.seq = top.seq.unwrap_or(0);
     }
     Ok(())
+}
+
+/// A message none of whose times reached a reading.
+pub(super) fn no_time(profile: &Profile) -> Rejection {
+    Rejection::malformed(format!(
+        "field {} (the event time) is missing{}",
+        profile.time,
+        match profile.samples {
+            Some(ref samples) => format!(" at the top level and in a sample of {samples}"),
+            None => String::new(),
+        }
+    ))
+}
+
+/// A value of the payload the profile cannot read, told without the payload's values.
+pub(super) fn unreadable(profile: &Profile, e: &serde_json::Error) -> Rejection {
+    Rejection::malformed(format!(
+        "payload is not {}: {}",
+        profile.name,
+        super::redact::without_values(&e.to_string())
+    ))
 }
 
 /// What the top level of a message said besides its readings.
@@ -227,7 +231,7 @@ impl<'de> DeserializeSeed<'de> for SampleSeed<'_, '_, '_> {
     }
 }
 
-struct SeqSeed;
+pub(super) struct SeqSeed;
 
 impl<'de> DeserializeSeed<'de> for SeqSeed {
     type Value = u64;
@@ -248,8 +252,8 @@ impl Visitor<'_> for SeqSeed {
 
 /// One reading, converted to its metric's canonical unit; `None` for `null` (the device had
 /// no reading, e.g. no pulse on an empty bed).
-struct ReadingSeed<'p> {
-    field: &'p Field,
+pub(super) struct ReadingSeed<'p> {
+    pub(super) field: &'p Field,
 }
 
 impl<'de> DeserializeSeed<'de> for ReadingSeed<'_> {
@@ -318,10 +322,10 @@ impl<'de> Visitor<'de> for ReadingSeed<'_> {
 }
 
 /// The event time in the profile's format, as epoch milliseconds.
-struct TimeSeed<'p> {
-    format: TimeFormat,
-    key: &'p str,
-    zone: &'p TimeZone,
+pub(super) struct TimeSeed<'p> {
+    pub(super) format: TimeFormat,
+    pub(super) key: &'p str,
+    pub(super) zone: &'p TimeZone,
 }
 
 impl<'de> DeserializeSeed<'de> for TimeSeed<'_> {

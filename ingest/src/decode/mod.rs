@@ -8,6 +8,7 @@
 //! whole or not at all: a [`Rejection`] says which field was wrong and why, so the device
 //! and the operator can fix it.
 
+mod document;
 mod json;
 mod protobuf;
 mod redact;
@@ -260,6 +261,9 @@ pub fn decode(
 ) -> Result<(), Rejection> {
     let start = out.len();
     let result = match ctx.profile.format {
+        PayloadFormat::Json if ctx.profile.reads_a_document() => {
+            document::decode(ctx, payload, out)
+        }
         PayloadFormat::Json => json::decode(ctx, payload, out),
         PayloadFormat::Protobuf => protobuf::decode(ctx, payload, out),
     }
