@@ -39,6 +39,10 @@ pub enum TimeFormat {
     /// ISO 8601 local wall-clock time without offset, e.g. `2026-11-25T23:10:00`, in the
     /// device's time zone (the hub's default zone unless the device names one).
     Local,
+    /// A time of day, `23:59:00` (or `23:59`), on the day the profile's `date` names, in the
+    /// device's time zone; a time earlier than the one before it in the same series is on
+    /// the next day (a series that crosses midnight).
+    TimeOfDay,
 }
 
 /// One payload field that carries a reading.
@@ -70,6 +74,10 @@ pub struct ProfileConfig {
     pub time: String,
     #[serde(default)]
     pub time_format: TimeFormat,
+    /// With `time_format = "time_of_day"`: where the day is, as `2026-11-25` (a key of the
+    /// top-level object, or a JSON Pointer into it).
+    #[serde(default)]
+    pub date: Option<String>,
     /// Field of the device's message counter (JSON); none when absent.
     #[serde(default)]
     pub seq: Option<String>,
@@ -202,6 +210,7 @@ fn check(profile: &ProfileConfig) -> Result<(), ConfigError> {
         }
         PayloadFormat::Json => {
             check_paths(profile).or_else(invalid)?;
+            check_date(profile).or_else(invalid)?;
             check_measures(profile).or_else(invalid)?;
             let reserved = [
                 Some(&profile.time),
@@ -226,6 +235,7 @@ fn check_paths(profile: &ProfileConfig) -> Result<(), String> {
     let mut keys: Vec<(&str, &String)> = vec![("time", &profile.time)];
     keys.extend(profile.seq.iter().map(|k| ("seq", k)));
     keys.extend(profile.samples.iter().map(|k| ("samples", k)));
+    keys.extend(profile.date.iter().map(|k| ("date", k)));
     keys.extend(profile.fields.keys().map(|k| ("field", k)));
     if let Some(m) = &profile.measures {
         keys.extend([
@@ -244,6 +254,17 @@ fn check_paths(profile: &ProfileConfig) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A time of day comes with the `date` it is on, and a `date` only with times of day.
+fn check_date(profile: &ProfileConfig) -> Result<(), String> {
+    match (profile.time_format, &profile.date) {
+        (TimeFormat::TimeOfDay, None) => {
+            Err("time_format = \"time_of_day\" needs `date`: where the payload says the day".into())
+        }
+        (TimeFormat::TimeOfDay, Some(_)) | (_, None) => Ok(()),
+        (_, Some(_)) => Err("`date` is read only with time_format = \"time_of_day\"".into()),
+    }
 }
 
 /// `measures` and `codes` come together, and a measure's parts are distinct keys.
@@ -285,6 +306,19 @@ exponent = "unit"
 "#,
         )
         .expect("profile")
+    }
+
+    #[test]
+    fn a_time_of_day_needs_its_date() {
+        let mut profile = groups_profile();
+        profile.time_format = TimeFormat::TimeOfDay;
+        let err = check(&profile).expect_err("no date").to_string();
+        assert!(err.contains("needs `date`"), "{err}");
+        profile.date = Some("/activities/0/dateTime".into());
+        check(&profile).expect("valid");
+        profile.time_format = TimeFormat::EpochS;
+        let err = check(&profile).expect_err("date alone").to_string();
+        assert!(err.contains("only with time_format"), "{err}");
     }
 
     #[test]

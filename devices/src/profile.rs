@@ -29,6 +29,8 @@ pub struct Profile {
     pub format: PayloadFormat,
     pub time: Box<str>,
     pub time_format: TimeFormat,
+    /// Where the day of `TimeFormat::TimeOfDay` times is.
+    pub date: Option<Box<str>>,
     pub seq: Option<Box<str>>,
     pub samples: Option<Box<str>>,
     pub fields: Vec<Field>,
@@ -60,6 +62,7 @@ impl Profile {
     pub fn reads_a_document(&self) -> bool {
         let pointer = |k: &str| kenko_config::profile::is_pointer(k);
         self.measures.is_some()
+            || self.date.is_some()
             || pointer(&self.time)
             || self.seq.as_deref().is_some_and(pointer)
             || self.samples.as_deref().is_some_and(pointer)
@@ -179,6 +182,7 @@ fn compile_one(config: &ProfileConfig) -> Result<Profile, ProfileError> {
         format: config.format,
         time: config.time.as_str().into(),
         time_format: config.time_format,
+        date: config.date.as_deref().map(Into::into),
         seq: config.seq.as_deref().map(Into::into),
         samples: config.samples.as_deref().map(Into::into),
         fields,

@@ -136,6 +136,11 @@ pub fn time(format: TimeFormat, at: Timestamp) -> Value {
         TimeFormat::EpochS => (ms as f64 / 1000.0).into(),
         TimeFormat::Rfc3339 => jst_text(at, true).into(),
         TimeFormat::Local => jst_text(at, false).into(),
+        // The simulators write the built-in profiles, none of which splits date and time.
+        TimeFormat::TimeOfDay => jst_text(at, false)
+            .split_once('T')
+            .map_or_else(String::new, |(_, time)| time.to_owned())
+            .into(),
     }
 }
 

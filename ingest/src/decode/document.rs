@@ -3,8 +3,11 @@
 //! up in it. Values go through the same readers as streamed payloads, so units, times and
 //! refusals read alike.
 
+use std::cell::Cell;
+
+use jiff::civil::{Date, Time};
 use jiff::tz::TimeZone;
-use kenko_config::UnknownCodes;
+use kenko_config::{TimeFormat, UnknownCodes};
 use kenko_devices::profile::{Field, Measures, Profile};
 use serde::de::DeserializeSeed as _;
 use serde_json::Value;
@@ -34,6 +37,8 @@ pub(super) fn decode(
         ctx,
         zone: &zone,
         start: out.len(),
+        day: day(profile, &document)?,
+        clock: Cell::new(None),
     };
     let time = reader.time(&document)?;
     let seq = match profile.seq.as_deref().and_then(|key| find(&document, key)) {
@@ -68,11 +73,35 @@ fn find<'v>(object: &'v Value, key: &str) -> Option<&'v Value> {
     .filter(|v| !v.is_null())
 }
 
+/// The day the message's times of day are on (`date`), when the profile has one.
+fn day(profile: &Profile, document: &Value) -> Result<Option<Date>, Rejection> {
+    let Some(key) = profile.date.as_deref() else {
+        return Ok(None);
+    };
+    let Some(value) = find(document, key) else {
+        return Ok(None);
+    };
+    value
+        .as_str()
+        .and_then(|text| text.parse::<Date>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            Rejection::malformed(format!(
+                "payload is not {}: {key} is not a date such as 2026-11-25",
+                profile.name
+            ))
+        })
+}
+
 struct Reader<'c, 'a> {
     ctx: &'c Context<'a>,
     zone: &'c TimeZone,
     /// Where this message's observations start in the output.
     start: usize,
+    /// The day of the message's times of day.
+    day: Option<Date>,
+    /// The last time of day read and how many midnights the series has crossed before it.
+    clock: Cell<Option<(Time, i64)>>,
 }
 
 impl Reader<'_, '_> {
@@ -86,6 +115,9 @@ impl Reader<'_, '_> {
         let Some(value) = find(object, &profile.time) else {
             return Ok(None);
         };
+        if profile.time_format == TimeFormat::TimeOfDay {
+            return self.time_of_day(value).map(Some);
+        }
         let seed = TimeSeed {
             format: profile.time_format,
             key: &profile.time,
@@ -94,6 +126,37 @@ impl Reader<'_, '_> {
         seed.deserialize(value)
             .map(Some)
             .map_err(|e| unreadable(profile, &e))
+    }
+
+    /// A time of day on the message's day, or on a later one when the series has crossed
+    /// midnight (a time earlier than the one before it).
+    fn time_of_day(&self, value: &Value) -> Result<i64, Rejection> {
+        let profile = self.profile();
+        let time = value
+            .as_str()
+            .and_then(|text| text.parse::<Time>().ok())
+            .ok_or_else(|| self.not(&profile.time, "a time of day such as 23:59:00"))?;
+        let Some(day) = self.day else {
+            return Err(Rejection::malformed(format!(
+                "field {} (the day of the times of day) is missing",
+                profile.date.as_deref().unwrap_or("date")
+            )));
+        };
+        let crossed = match self.clock.get() {
+            Some((last, crossed)) if time < last => crossed + 1,
+            Some((_, crossed)) => crossed,
+            None => 0,
+        };
+        self.clock.set(Some((time, crossed)));
+        day.checked_add(jiff::Span::new().days(crossed))
+            .and_then(|date| date.to_datetime(time).to_zoned(self.zone.clone()))
+            .map(|zoned| zoned.timestamp().as_millisecond())
+            .map_err(|e| {
+                Rejection::malformed(format!(
+                    "payload is not {}: {} on {day}: {e}",
+                    profile.name, profile.time
+                ))
+            })
     }
 
     /// Each sample object of the array at `key`, with its own time or the message's.

@@ -340,7 +340,7 @@ impl TimeSeed<'_> {
         let ms = match self.format {
             TimeFormat::EpochS => v * 1000.0,
             TimeFormat::Auto | TimeFormat::EpochMs => v,
-            TimeFormat::Rfc3339 | TimeFormat::Local => {
+            TimeFormat::Rfc3339 | TimeFormat::Local | TimeFormat::TimeOfDay => {
                 return Err(E::invalid_type(de::Unexpected::Float(v), self))
             }
         };
@@ -394,7 +394,8 @@ impl<'de> Visitor<'de> for TimeSeed<'_> {
             civil.to_zoned(self.zone.clone()).ok()
         };
         match self.format {
-            TimeFormat::EpochMs | TimeFormat::EpochS => Err(bad()),
+            // Read with its date by the document reader.
+            TimeFormat::EpochMs | TimeFormat::EpochS | TimeFormat::TimeOfDay => Err(bad()),
             TimeFormat::Rfc3339 => with_offset().map(|t| t.as_millisecond()).ok_or_else(bad),
             TimeFormat::Local | TimeFormat::Auto => with_offset()
                 .map(|t| t.as_millisecond())
@@ -414,6 +415,7 @@ impl fmt::Display for Expecting {
             TimeFormat::EpochS => "epoch seconds such as 1764050000",
             TimeFormat::Rfc3339 => "RFC 3339 with an offset such as 2026-11-25T23:10:00+09:00",
             TimeFormat::Local => "a local time such as 2026-11-25T23:10:00 (the device's zone)",
+            TimeFormat::TimeOfDay => "a time of day such as 23:59:00 (the device's zone)",
         })
     }
 }
