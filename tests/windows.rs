@@ -139,6 +139,16 @@ fn steps(at: i64, seq: u64, steps: u32) -> (String, Vec<u8>) {
     )
 }
 
+/// 1,000 steps on the local day starting at `day` (10 × 100 from 09:00), and 250 in the
+/// last half hour of the day before.
+fn two_days_of_steps(day: i64) -> Vec<(String, Vec<u8>)> {
+    let mut messages: Vec<_> = (0..10)
+        .map(|i| steps(day + (9 * 60 + i * 10) * MIN, i as u64, 100))
+        .collect();
+    messages.push(steps(day - 30 * MIN, 99, 250));
+    messages
+}
+
 /// The wearable's stored daily step totals, oldest first.
 fn daily_steps(hub: &Hub) -> anyhow::Result<Vec<f64>> {
     let rows = hub.query(&[
@@ -176,12 +186,8 @@ async fn a_night_and_a_day_of_steps_become_stored_summaries() -> anyhow::Result<
     // Steps on the local calendar day after the sleep day's start: 10 × 100, plus 250 in the
     // last hour of the day before, which is a window of its own.
     let day = start + 6 * 60 * MIN; // local midnight
-    let mut messages: Vec<_> = (0..10)
-        .map(|i| steps(day + (9 * 60 + i * 10) * MIN, i as u64, 100))
-        .collect();
-    messages.push(steps(day - 30 * MIN, 99, 250));
     let (client, eventloop) = hub.device("wearable-001");
-    publish_all(client, eventloop, messages).await?;
+    publish_all(client, eventloop, two_days_of_steps(day)).await?;
 
     let sleep = common::eventually(Duration::from_secs(30), || {
         one(&hub, "sleep_efficiency", "bed-001")
@@ -239,12 +245,8 @@ async fn steps_summarized(setting: &str) -> anyhow::Result<Vec<f64>> {
     let at = jiff::Timestamp::from_millisecond(day)?;
     let config = config().replace("[windows]\n", &format!("[windows]\n{setting} = \"{at}\"\n"));
     let hub = Hub::start(dir.path(), &config)?;
-    let mut messages: Vec<_> = (0..10)
-        .map(|i| steps(day + (9 * 60 + i * 10) * MIN, i as u64, 100))
-        .collect();
-    messages.push(steps(day - 30 * MIN, 99, 250));
     let (client, eventloop) = hub.device("wearable-001");
-    publish_all(client, eventloop, messages).await?;
+    publish_all(client, eventloop, two_days_of_steps(day)).await?;
     let data_dir = dir.path().join("data");
     common::eventually(Duration::from_secs(30), || {
         Ok((!daily_steps(&hub)?.is_empty() && windows_pending(&data_dir)? == 0).then_some(()))

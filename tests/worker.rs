@@ -415,31 +415,9 @@ async fn a_worker_waiting_for_room_in_its_log_keeps_its_session_alive() -> anyho
     Ok(())
 }
 
-/// `mosquitto_pub` of one heart rate of `device` at `time_ms` on the broker, QoS 1.
-fn publish(broker: &Mosquitto, device: &str, time_ms: i64) -> anyhow::Result<()> {
-    let out = std::process::Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.addr.port().to_string(),
-            "-q",
-            "1",
-        ])
-        .args([
-            "-i",
-            &format!("{device}-pub"),
-            "-t",
-            &format!("devices/{device}/telemetry"),
-        ])
-        .args(["-m", &format!(r#"{{"ts":{time_ms},"hr":61}}"#)])
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
+/// One heart rate of `device` at `time_ms`, as bed-json-v1 sends it.
+fn heart_rate(time_ms: i64) -> String {
+    format!(r#"{{"ts":{time_ms},"hr":61}}"#)
 }
 
 /// The codes of the errors published on `devices/{device}/errors`, as they come.
@@ -545,7 +523,7 @@ async fn a_worker_follows_the_consents_and_devices_of_its_hub() -> anyhow::Resul
     // Telemetry of the hub's device, under the hub's consent, is stored by the worker.
     let start = now_ms() - 60_000;
     for n in 0..3 {
-        publish(&broker, "bed-901", start + n * 1000)?;
+        broker.publish("bed-901", &heart_rate(start + n * 1000))?;
     }
     eventually(Duration::from_secs(30), || {
         Ok((stored_by(&data)?.len() == 3).then_some(()))
@@ -562,7 +540,7 @@ async fn a_worker_follows_the_consents_and_devices_of_its_hub() -> anyhow::Resul
     eventually(Duration::from_secs(30), || {
         Ok(stored_by(&data)?.is_empty().then_some(()))
     })?;
-    publish(&broker, "bed-901", start + 10_000)?;
+    broker.publish("bed-901", &heart_rate(start + 10_000))?;
     assert_eq!(next_error(&mut errors).await?, "no_consent");
 
     // The device removed at the hub is unknown to the worker.
@@ -575,7 +553,7 @@ async fn a_worker_follows_the_consents_and_devices_of_its_hub() -> anyhow::Resul
         "bed-901",
     ])?;
     eventually(Duration::from_secs(30), || {
-        publish(&broker, "bed-901", start + 20_000)?;
+        broker.publish("bed-901", &heart_rate(start + 20_000))?;
         Ok(match errors.try_recv() {
             Ok(code) if code == "unknown_device" => Some(()),
             _ => None,
@@ -626,32 +604,9 @@ fn kenko(args: &[&str]) -> anyhow::Result<()> {
 
 const DAY_MS: i64 = 86_400_000;
 
-/// `mosquitto_pub` of a wearable's reading with `steps` at `time_ms`, QoS 1.
-fn publish_steps(broker: &Mosquitto, device: &str, time_ms: i64, steps: u32) -> anyhow::Result<()> {
-    let payload = format!(r#"{{"ts":{time_ms},"hr":70,"spo2":0.97,"steps":{steps}}}"#);
-    let out = std::process::Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.addr.port().to_string(),
-            "-q",
-            "1",
-        ])
-        .args([
-            "-i",
-            &format!("{device}-pub"),
-            "-t",
-            &format!("devices/{device}/telemetry"),
-        ])
-        .args(["-m", &payload])
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
+/// A wearable's reading with `steps` at `time_ms`, as wearable-json-v1 sends it.
+fn steps(time_ms: i64, steps: u32) -> String {
+    format!(r#"{{"ts":{time_ms},"hr":70,"spo2":0.97,"steps":{steps}}}"#)
 }
 
 /// Starts a worker `name` of four wearables (UTC days, windows computed at once) with
@@ -741,7 +696,7 @@ async fn changing_the_partition_count_hands_each_window_to_one_fleet() -> anyhow
         &format!("summarize_before = \"{hand_over}\"\n"),
     )?;
     for watch in &watches {
-        publish_steps(&broker, watch, day + 9 * 3_600_000, 100)?;
+        broker.publish(watch, &steps(day + 9 * 3_600_000, 100))?;
     }
     eventually(Duration::from_secs(30), || {
         Ok((daily_steps_at(&old)?.len() == watches.len()).then_some(()))
@@ -762,8 +717,8 @@ async fn changing_the_partition_count_hands_each_window_to_one_fleet() -> anyhow
         })
         .collect::<anyhow::Result<_>>()?;
     for watch in &watches {
-        publish_steps(&broker, watch, day + 15 * 3_600_000, 50)?;
-        publish_steps(&broker, watch, day + DAY_MS + 9 * 3_600_000, 30)?;
+        broker.publish(watch, &steps(day + 15 * 3_600_000, 50))?;
+        broker.publish(watch, &steps(day + DAY_MS + 9 * 3_600_000, 30))?;
     }
     // In VictoriaMetrics each day has its total (which of two totals written for one time
     // it keeps is its own rule; InfluxDB keeps the last), the new day the new fleet's.

@@ -4,10 +4,9 @@
 //! hub out of reach.
 
 use kenko_config::Config;
-use rusqlite::params;
 
 use super::db;
-use super::store::{sqlite, DeviceError, DeviceStore, NewDevice, StoredDevice};
+use super::store::{sqlite, write_row, DeviceError, DeviceStore, NewDevice, StoredDevice};
 
 /// What one copy changed, and the devices of the hub this worker cannot take.
 #[derive(Debug, Default)]
@@ -64,20 +63,7 @@ impl DeviceStore {
                 Some(_) => report.changed += 1,
                 None => report.added += 1,
             }
-            tx.execute(
-                "INSERT OR REPLACE INTO devices
-                    (id, kind, citizen, profile, timezone, password_hash, added_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)",
-                params![
-                    device.id,
-                    device.kind.as_str(),
-                    device.citizen,
-                    device.profile,
-                    device.timezone,
-                    device.added_ms
-                ],
-            )
-            .map_err(sqlite(&path))?;
+            write_row(&tx, device, "INSERT OR REPLACE").map_err(sqlite(&path))?;
         }
         for id in held.keys().filter(|id| !keep.contains(id.as_str())) {
             tx.execute("DELETE FROM devices WHERE id = ?1", [id])

@@ -177,6 +177,29 @@ impl NewDevice {
     }
 }
 
+/// Writes `device` as a row of the table with `verb` (`INSERT`, or `INSERT OR REPLACE`).
+pub(super) fn write_row(
+    tx: &rusqlite::Transaction<'_>,
+    device: &StoredDevice,
+    verb: &str,
+) -> rusqlite::Result<usize> {
+    tx.execute(
+        &format!(
+            "{verb} INTO devices (id, kind, citizen, profile, timezone, password_hash, added_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+        ),
+        params![
+            device.id,
+            device.kind.as_str(),
+            device.citizen,
+            device.profile,
+            device.timezone,
+            device.password_hash,
+            device.added_ms
+        ],
+    )
+}
+
 /// The `devices` table of one `registry.db`.
 pub struct DeviceStore {
     conn: Connection,
@@ -218,20 +241,7 @@ impl DeviceStore {
             Some(db::Holder::Principal) => return Err(DeviceError::StoredPrincipal(device.id)),
             None => {}
         }
-        tx.execute(
-            "INSERT INTO devices (id, kind, citizen, profile, timezone, password_hash, added_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                device.id,
-                device.kind.as_str(),
-                device.citizen,
-                device.profile,
-                device.timezone,
-                device.password_hash,
-                device.added_ms
-            ],
-        )
-        .map_err(sqlite(&path))?;
+        write_row(&tx, &device, "INSERT").map_err(sqlite(&path))?;
         tx.commit().map_err(sqlite(&path))?;
         Ok(device)
     }
