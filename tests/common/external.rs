@@ -66,25 +66,8 @@ impl Mosquitto {
     /// `mosquitto_pub` of `payload` on `device`'s telemetry topic, QoS 1 (anonymous, with
     /// a client id of its own): the broker has it when this returns.
     pub fn publish(&self, device: &str, payload: &str) -> anyhow::Result<()> {
-        let out = Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.addr.port().to_string(),
-                "-q",
-                "1",
-            ])
-            .args(["-i", &format!("{device}-pub")])
-            .args(["-t", &format!("devices/{device}/telemetry"), "-m", payload])
-            .output()
-            .context("mosquitto_pub not found; install mosquitto-clients")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
+        let client_id = format!("{device}-pub");
+        super::telemetry_pub(self.addr.port(), &["-i", &client_id], device, payload)
     }
 }
 

@@ -476,19 +476,26 @@ impl Hub {
     /// `mosquitto_pub` of `payload` from `device` (its test password) on its telemetry
     /// topic, QoS 1: the message is acknowledged, so stored or dead-lettered, when it returns.
     pub fn publish_as(&self, device: &str, payload: &str) -> anyhow::Result<()> {
-        let out = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &self.port().to_string(), "-q", "1"])
-            .args(["-i", device, "-u", device, "-P", &password(device)])
-            .args(["-t", &format!("devices/{device}/telemetry"), "-m", payload])
-            .output()
-            .context("mosquitto_pub not found; install mosquitto-clients")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
+        let login = ["-i", device, "-u", device, "-P", &password(device)];
+        telemetry_pub(self.port(), &login, device, payload)
     }
+}
+
+/// `mosquitto_pub` at QoS 1 of `payload` on `device`'s telemetry topic, to the broker on
+/// `port`, with the client id and credentials in `login`.
+pub fn telemetry_pub(port: u16, login: &[&str], device: &str, payload: &str) -> anyhow::Result<()> {
+    let out = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .args(login)
+        .args(["-t", &format!("devices/{device}/telemetry"), "-m", payload])
+        .output()
+        .context("mosquitto_pub not found; install mosquitto-clients")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
 }
 
 /// Subscribes `watcher` (an operator) to `devices/+/errors` and, once subscribed, gathers
