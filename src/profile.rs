@@ -97,7 +97,7 @@ fn list(args: ListArgs) -> anyhow::Result<()> {
             let mut codes: Vec<String> = measures
                 .codes
                 .iter()
-                .map(|f| format!("{}={}", f.key, f.metric.name()))
+                .map(|(code, f)| format!("{code}={}", f.metric.name()))
                 .collect();
             codes.sort_unstable();
             keys.push(format!("{} codes {}", measures.path, codes.join(" ")));

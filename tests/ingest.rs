@@ -235,7 +235,7 @@ exponent = "unit"
     assert_eq!(time_of(&weights[0]), t * 1000);
     let fat = hub.query_at_least(1, &["--metric", "body_fat"])?;
     assert_eq!(fat[0]["value"].as_f64(), Some(21.5), "{fat:?}");
-    // A code the profile does not list dead-letters the message, naming the code.
+    // A code the profile does not list dead-letters the message, naming the measure.
     mosquitto_pub(
         hub.port(),
         "mqttv311",
@@ -250,7 +250,9 @@ exponent = "unit"
         .output()?;
     let listed = String::from_utf8_lossy(&letters.stdout);
     assert!(
-        listed.contains("measure code \"77\" is not one of its codes"),
+        listed.contains(
+            "measure 1 of measures has a type that is not one of the profile's codes (1, 6)"
+        ),
         "{listed}"
     );
     hub.terminate()

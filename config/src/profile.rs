@@ -201,10 +201,13 @@ fn check(profile: &ProfileConfig) -> Result<(), ConfigError> {
         PayloadFormat::Protobuf
             if !profile.fields.is_empty()
                 || profile.samples.is_some()
-                || profile.measures.is_some() =>
+                || profile.measures.is_some()
+                || !profile.codes.is_empty()
+                || profile.date.is_some()
+                || profile.time_format == TimeFormat::TimeOfDay =>
         {
             invalid(
-                "a protobuf profile takes no `fields`, `samples` or `measures`: the schema is fixed"
+                "a protobuf profile takes no `fields`, `samples`, `measures`, `codes`, `date` or time format: the schema is fixed"
                     .into(),
             )
         }
@@ -274,6 +277,11 @@ fn check_measures(profile: &ProfileConfig) -> Result<(), String> {
         (None, false) => Err("`codes` are read only with `measures`".into()),
         (Some(_), true) => Err("`measures` needs `codes`: each code's metric and unit".into()),
         (Some(m), false) => {
+            if profile.samples.as_ref() == Some(&m.path) {
+                return Err(
+                    "measures.path is also `samples`: the measures are read in each sample (or at the top level), so give the path within it".into(),
+                );
+            }
             let parts = [Some(&m.code), Some(&m.value), m.exponent.as_ref()];
             let distinct: std::collections::HashSet<_> = parts.iter().flatten().collect();
             if distinct.len() != parts.iter().flatten().count() {
@@ -338,6 +346,19 @@ exponent = "unit"
         }
         let err = check(&bad).expect_err("same key").to_string();
         assert!(err.contains("different keys"), "{err}");
+        let mut bad = groups_profile();
+        if let Some(m) = bad.measures.as_mut() {
+            m.path = "/body/measuregrps".into();
+        }
+        let err = check(&bad).expect_err("path is samples").to_string();
+        assert!(err.contains("also `samples`"), "{err}");
+        let mut bad = groups_profile();
+        bad.format = PayloadFormat::Protobuf;
+        bad.fields.clear();
+        bad.samples = None;
+        bad.measures = None;
+        let err = check(&bad).expect_err("codes on protobuf").to_string();
+        assert!(err.contains("protobuf profile takes no"), "{err}");
         let mut bad = groups_profile();
         bad.measures = None;
         let err = check(&bad).expect_err("codes alone").to_string();

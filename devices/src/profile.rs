@@ -46,13 +46,17 @@ pub struct Measures {
     pub value: Box<str>,
     pub exponent: Option<Box<str>>,
     pub unknown: UnknownCodes,
-    /// One per code, the code as its key.
-    pub codes: Vec<Field>,
+    /// Each code and its reading, the reading's key naming it in reasons
+    /// (`measures code 1`).
+    pub codes: Vec<(Box<str>, Field)>,
 }
 
 impl Measures {
     pub fn code(&self, code: &str) -> Option<&Field> {
-        self.codes.iter().find(|f| &*f.key == code)
+        self.codes
+            .iter()
+            .find(|(c, _)| &**c == code)
+            .map(|(_, field)| field)
     }
 }
 
@@ -126,10 +130,19 @@ impl Profiles {
 /// `readings[0]`): a key is matched against a top-level (or sample-level) key spelled
 /// exactly so, so such a key most likely never matches. One line each, for a warning.
 pub fn path_like_keys(config: &ProfileConfig) -> Vec<String> {
+    let measures = config.measures.as_ref();
     let named = [
         ("time", Some(&config.time)),
         ("seq", config.seq.as_ref()),
         ("samples", config.samples.as_ref()),
+        ("date", config.date.as_ref()),
+        ("measures.path", measures.map(|m| &m.path)),
+        ("measures.code", measures.map(|m| &m.code)),
+        ("measures.value", measures.map(|m| &m.value)),
+        (
+            "measures.exponent",
+            measures.and_then(|m| m.exponent.as_ref()),
+        ),
     ];
     let keys = named
         .into_iter()
@@ -167,10 +180,8 @@ fn compile_one(config: &ProfileConfig) -> Result<Profile, ProfileError> {
                 .codes
                 .iter()
                 .map(|(code, field)| {
-                    compile_field(config, &format!("code {code}"), field).map(|f| Field {
-                        key: code.as_str().into(),
-                        ..f
-                    })
+                    let reading = compile_field(config, &format!("measures code {code}"), field)?;
+                    Ok((code.as_str().into(), reading))
                 })
                 .collect::<Result<Vec<_>, _>>()?,
         }),

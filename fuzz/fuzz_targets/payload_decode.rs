@@ -1,7 +1,8 @@
-//! Telemetry payloads through `kenko_ingest::decode::decode`, for every built-in profile.
+//! Telemetry payloads through `kenko_ingest::decode::decode`, for every built-in profile and
+//! those the golden directories declare (`ingest/tests/golden/*/profile.toml`).
 //!
 //! The first byte chooses: bits 0–5 the profile (its index, modulo their number, among the
-//! built-in profiles sorted by name), bit 6 the device's zone (Asia/Tokyo, or America/New_York
+//! built-in profiles sorted by name, then the declared ones sorted by name), bit 6 the device's zone (Asia/Tokyo, or America/New_York
 //! for local times across daylight-saving changes), bit 7 plausibility (flag or reject). The
 //! rest is the payload. The hub's clock reads 2026-11-25T12:00:00Z, as in the golden tests.
 #![no_main]
@@ -29,6 +30,7 @@ fn setup() -> &'static Setup {
     SETUP.get_or_init(|| {
         let mut profiles: Vec<_> = Profiles::builtin().iter().cloned().collect();
         profiles.sort_by(|a, b| a.name.cmp(&b.name));
+        profiles.extend(declared_profiles());
         let zoned = |tz: Option<&str>| {
             let devices: Vec<DeviceEntry> = profiles
                 .iter()
@@ -46,6 +48,28 @@ fn setup() -> &'static Setup {
         let zones = [zoned(None), zoned(Some("America/New_York"))];
         Setup { profiles, zones }
     })
+}
+
+/// The profiles the golden directories declare in a `profile.toml` (nested paths, coded
+/// measures, times of day), sorted by name, after the built-in ones.
+fn declared_profiles() -> Vec<Arc<Profile>> {
+    let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ingest/tests/golden");
+    let mut declared = Vec::new();
+    for entry in std::fs::read_dir(&golden).expect("golden dir") {
+        let path = entry.expect("entry").path().join("profile.toml");
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let config = kenko_config::Config::from_toml(&text, &path).expect("profile.toml");
+            declared.extend(config.profiles);
+        }
+    }
+    let all = kenko_config::profile::all_profiles(&declared).expect("checked");
+    let compiled = Profiles::compile(&all).expect("compiled");
+    let mut profiles: Vec<_> = declared
+        .iter()
+        .filter_map(|p| compiled.get(&p.name).cloned())
+        .collect();
+    profiles.sort_by(|a, b| a.name.cmp(&b.name));
+    profiles
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -309,10 +309,19 @@ pub fn derived(
 }
 
 fn no_readings(profile: &Profile) -> String {
-    if profile.fields.is_empty() {
+    let mut keys: Vec<String> = profile.fields.iter().map(|f| f.key.to_string()).collect();
+    if let Some(measures) = &profile.measures {
+        let mut codes: Vec<&str> = measures.codes.iter().map(|(c, _)| &**c).collect();
+        codes.sort_unstable();
+        keys.push(format!(
+            "a measure in {} with one of the codes {}",
+            measures.path,
+            codes.join(", ")
+        ));
+    }
+    if keys.is_empty() {
         return "payload has no readings; a Telemetry message needs samples with readings".into();
     }
-    let keys: Vec<&str> = profile.fields.iter().map(|f| &*f.key).collect();
     format!(
         "payload has no readings; {} expects at least one of {}",
         profile.name,
@@ -375,7 +384,18 @@ fn normalize(ctx: &Context<'_>, obs: &mut Observation) -> Result<(), Rejection> 
 /// How a reason names a reading without its value: the payload's key and the metric, e.g.
 /// "field `hr` (heart_rate)"; the protobuf schema names readings by metric.
 fn field_name(ctx: &Context<'_>, metric: Metric) -> String {
-    match ctx.profile.fields.iter().find(|f| f.metric == metric) {
+    let coded = ctx
+        .profile
+        .measures
+        .iter()
+        .flat_map(|m| m.codes.iter().map(|(_, f)| f));
+    match ctx
+        .profile
+        .fields
+        .iter()
+        .chain(coded)
+        .find(|f| f.metric == metric)
+    {
         Some(field) => format!("field `{}` ({metric})", field.key),
         None => format!("reading {metric}"),
     }
