@@ -56,7 +56,8 @@ struct TestArgs {
     #[arg(long, default_value = "table")]
     format: String,
     /// The payload file (JSON, or protobuf for a protobuf profile); `-` reads stdin
-    payload: PathBuf,
+    /// [default: the profile's `sample`]
+    payload: Option<PathBuf>,
 }
 
 pub fn run(args: ProfileArgs) -> anyhow::Result<bool> {
@@ -137,7 +138,21 @@ fn test(args: TestArgs) -> anyhow::Result<bool> {
         Some(at) => parse_time(at, now).context("--at")?,
         None => now,
     };
-    let payload = read_payload(&args.payload)?;
+    let payload = match &args.payload {
+        Some(path) => read_payload(path)?,
+        None => config
+            .profiles
+            .iter()
+            .find(|p| p.name == args.profile)
+            .and_then(|p| p.sample_text.clone())
+            .map(String::into_bytes)
+            .with_context(|| {
+                format!(
+                    "give a payload file (or - for stdin): profile {} has no `sample`",
+                    args.profile
+                )
+            })?,
+    };
     let mut observations = Vec::new();
     if let Err(refusal) = decoder.decode(&payload, received_ms, &mut observations) {
         let hint = match refusal.code {

@@ -15,6 +15,7 @@ name = "acme-thermo-v3"
 kind = "thermo"
 time = "t"
 time_format = "local"
+sample = "acme-sample.json"
 [profiles.fields]
 temp = { metric = "body_temperature", unit = "[degF]" }
 "body.pulse" = { metric = "pulse_rate" }
@@ -45,6 +46,11 @@ fn text(bytes: &[u8]) -> String {
 fn a_profile_is_tried_on_a_payload_as_the_hub_would_decode_it() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     std::fs::write(dir.path().join("kenko.toml"), CONFIG)?;
+    // The vendor's sample nests the pulse, which the profile names as a dotted key.
+    std::fs::write(
+        dir.path().join("acme-sample.json"),
+        r#"{"t":"2026-11-25T07:30:00","temp":98.6,"body":{"pulse":71}}"#,
+    )?;
     std::fs::write(
         dir.path().join("reading.json"),
         r#"{"t":"2026-11-25T07:30:00","temp":98.6}"#,
@@ -75,11 +81,37 @@ fn a_profile_is_tried_on_a_payload_as_the_hub_would_decode_it() -> anyhow::Resul
         "{rows}"
     );
     assert_eq!(rows.as_array().map(Vec::len), Some(1));
-    // The dotted key reads like a path, and is told about.
+    // The dotted key reads like a path, and the sample has no such key: both are told.
+    let told = text(&out.stderr);
     assert!(
-        text(&out.stderr).contains("field key \"body.pulse\" is matched as one key"),
+        told.contains("field key \"body.pulse\" is matched as one key"),
+        "{told}"
+    );
+    assert!(
+        told.contains("field \"body.pulse\" is nowhere in its sample payload"),
+        "{told}"
+    );
+    assert!(!told.contains("field \"temp\""), "{told}");
+
+    // Without a payload, the profile's sample is decoded.
+    let args = [
+        "profile",
+        "test",
+        "--config",
+        "kenko.toml",
+        "--profile",
+        "acme-thermo-v3",
+        "--at",
+        "2026-11-25T00:00:00Z",
+        "--format",
+        "csv",
+    ];
+    let out = kenko(dir.path(), &args, "")?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("2026-11-24T22:30:00Z,citizen-001,dev-001,body_temperature,37"),
         "{}",
-        text(&out.stderr)
+        text(&out.stdout)
     );
 
     // A payload the hub would refuse: the reason, and exit status 1.

@@ -788,6 +788,17 @@ impl Config {
                 resolve(file);
             }
         }
+        for profile in &mut config.profiles {
+            if let Some(sample) = &mut profile.sample {
+                resolve(sample);
+                let text =
+                    std::fs::read_to_string(&*sample).map_err(|source| ConfigError::Read {
+                        path: sample.clone(),
+                        source,
+                    })?;
+                profile.sample_text = Some(text);
+            }
+        }
         if let Some(registry) = &mut config.registry {
             for file in [&mut registry.password_file, &mut registry.ca]
                 .into_iter()

@@ -96,6 +96,14 @@ pub struct ProfileConfig {
     /// Measure codes (as text: `1`, `"bw"`) → metric and the unit the vendor sends.
     #[serde(default)]
     pub codes: BTreeMap<String, FieldConfig>,
+    /// A sample payload of the vendor's (a JSON file, relative to the config file): when the
+    /// profiles are compiled, each key the profile reads that the sample lacks is warned
+    /// about, and `kenko profile test` decodes it when given no payload.
+    #[serde(default)]
+    pub sample: Option<std::path::PathBuf>,
+    /// The sample's text, read with the configuration (not a setting).
+    #[serde(skip)]
+    pub sample_text: Option<String>,
 }
 
 /// Where a profile's coded measures are and how each is read. Keys here, like `time`,

@@ -160,8 +160,96 @@ pub fn path_like_keys(config: &ProfileConfig) -> Vec<String> {
         .collect()
 }
 
+/// Keys of the profile that its sample payload (`sample`) has nowhere they are read: one
+/// line each, for a warning (a key spelled differently from the vendor's, a pointer one
+/// level off). Empty without a sample.
+pub fn unmatched_keys(config: &ProfileConfig) -> Vec<String> {
+    let Some(text) = &config.sample_text else {
+        return Vec::new();
+    };
+    let name = &config.name;
+    let sample = match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(sample) => sample,
+        Err(e) => {
+            return vec![format!(
+                "profile {name}: its sample payload is not JSON: {e}"
+            )]
+        }
+    };
+    let find = |object: &serde_json::Value, key: &str| {
+        if kenko_config::profile::is_pointer(key) {
+            object.pointer(key).is_some()
+        } else {
+            object.get(key).is_some()
+        }
+    };
+    let top = std::slice::from_ref(&sample);
+    let samples: Vec<serde_json::Value> = config
+        .samples
+        .as_deref()
+        .and_then(|key| {
+            if kenko_config::profile::is_pointer(key) {
+                sample.pointer(key)
+            } else {
+                sample.get(key)
+            }
+        })
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default();
+    // Keys that may stand in a sample are looked for only where the samples are: when the
+    // sample payload has none where the profile says, that one key is told, not all below.
+    let samples_missing = config.samples.is_some() && samples.is_empty();
+    let anywhere: Vec<&serde_json::Value> = if samples_missing {
+        Vec::new()
+    } else {
+        top.iter().chain(&samples).collect()
+    };
+    let mut wanted: Vec<(&str, &str, Vec<&serde_json::Value>)> = Vec::new();
+    wanted.push(("time", &config.time, anywhere.clone()));
+    if let Some(seq) = &config.seq {
+        wanted.push(("seq", seq, top.iter().collect()));
+    }
+    if let Some(date) = &config.date {
+        wanted.push(("date", date, top.iter().collect()));
+    }
+    if let Some(key) = &config.samples {
+        wanted.push(("samples", key, top.iter().collect()));
+    }
+    for key in config.fields.keys() {
+        wanted.push(("field", key, anywhere.clone()));
+    }
+    let mut items = Vec::new();
+    if let Some(m) = &config.measures {
+        wanted.push(("measures.path", &m.path, anywhere.clone()));
+        for object in &anywhere {
+            let array = if kenko_config::profile::is_pointer(&m.path) {
+                object.pointer(&m.path)
+            } else {
+                object.get(&m.path)
+            };
+            items.extend(array.and_then(|a| a.as_array()).into_iter().flatten());
+        }
+        wanted.push(("measures.code", &m.code, items.clone()));
+        wanted.push(("measures.value", &m.value, items.clone()));
+        if let Some(exponent) = &m.exponent {
+            wanted.push(("measures.exponent", exponent, items.clone()));
+        }
+    }
+    wanted
+        .into_iter()
+        .filter(|(_, _, scope)| !scope.is_empty())
+        .filter(|(_, key, scope)| !scope.iter().any(|object| find(object, key)))
+        .map(|(what, key, _)| {
+            format!("profile {name}: {what} {key:?} is nowhere in its sample payload, so a payload shaped like it gives nothing there; check the spelling and the nesting")
+        })
+        .collect()
+}
+
 fn compile_one(config: &ProfileConfig) -> Result<Profile, ProfileError> {
-    for warning in path_like_keys(config) {
+    for warning in path_like_keys(config)
+        .into_iter()
+        .chain(unmatched_keys(config))
+    {
         tracing::warn!("{warning}");
     }
     let fields = config
@@ -232,6 +320,60 @@ fn compile_field(
 mod tests {
     use super::*;
     use kenko_config::FieldConfig;
+
+    #[test]
+    fn keys_a_sample_payload_lacks_are_told() {
+        let mut config = kenko_config::Config::from_toml(
+            r#"
+[[profiles]]
+name = "acme-scale-groups"
+kind = "scale"
+time = "date"
+time_format = "epoch_s"
+samples = "/body/measuregrps"
+[profiles.measures]
+path = "measures"
+code = "type"
+value = "value"
+exponent = "unit"
+[profiles.codes]
+1 = { metric = "body_weight", unit = "kg" }
+"#,
+            std::path::Path::new("kenko.toml"),
+        )
+        .expect("profile")
+        .profiles
+        .remove(0);
+        assert!(
+            unmatched_keys(&config).is_empty(),
+            "no sample, nothing to tell"
+        );
+        config.sample_text = Some(
+            r#"{"body":{"measuregrps":[{"date":1,"measures":[{"value":7150,"type":1,"unit":-2}]}]}}"#
+                .into(),
+        );
+        assert_eq!(unmatched_keys(&config), Vec::<String>::new());
+        config.samples = Some("/body/groups".into());
+        if let Some(m) = config.measures.as_mut() {
+            m.exponent = Some("exp".into());
+        }
+        let told = unmatched_keys(&config);
+        assert_eq!(
+            told.len(),
+            1,
+            "what lies below the samples is not told: {told:?}"
+        );
+        assert!(
+            told[0].contains("samples \"/body/groups\" is nowhere"),
+            "{told:?}"
+        );
+        config.samples = Some("/body/measuregrps".into());
+        let told = unmatched_keys(&config);
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert!(told[0].contains("measures.exponent \"exp\""), "{told:?}");
+        config.sample_text = Some("{not json".into());
+        assert!(unmatched_keys(&config)[0].contains("is not JSON"));
+    }
 
     #[test]
     fn keys_that_read_like_paths_are_told() {
