@@ -36,6 +36,9 @@ pub struct Profile {
     pub fields: Vec<Field>,
     /// Coded measures, when the profile reads them.
     pub measures: Option<Measures>,
+    /// Whether a payload is read as a whole document (JSON Pointers, coded measures, times
+    /// of day on a `date`) rather than streamed key by key; decided once, when compiled.
+    pub document: bool,
 }
 
 /// Where a profile's coded measures are, how each is read, and the metric of each code.
@@ -61,18 +64,6 @@ impl Measures {
 }
 
 impl Profile {
-    /// Whether a payload is read as a whole document (JSON Pointers, coded measures) rather
-    /// than streamed key by key, as the simple profiles are.
-    pub fn reads_a_document(&self) -> bool {
-        let pointer = |k: &str| kenko_config::profile::is_pointer(k);
-        self.measures.is_some()
-            || self.date.is_some()
-            || pointer(&self.time)
-            || self.seq.as_deref().is_some_and(pointer)
-            || self.samples.as_deref().is_some_and(pointer)
-            || self.fields.iter().any(|f| pointer(&f.key))
-    }
-
     pub fn field(&self, key: &str) -> Option<&Field> {
         self.fields.iter().find(|f| &*f.key == key)
     }
@@ -275,7 +266,15 @@ fn compile_one(config: &ProfileConfig) -> Result<Profile, ProfileError> {
         }),
         None => None,
     };
+    let pointer = |k: &str| kenko_config::profile::is_pointer(k);
+    let document = config.measures.is_some()
+        || config.date.is_some()
+        || pointer(&config.time)
+        || config.seq.as_deref().is_some_and(pointer)
+        || config.samples.as_deref().is_some_and(pointer)
+        || config.fields.keys().any(|k| pointer(k));
     Ok(Profile {
+        document,
         name: config.name.as_str().into(),
         kind: config.kind,
         format: config.format,

@@ -261,9 +261,7 @@ pub fn decode(
 ) -> Result<(), Rejection> {
     let start = out.len();
     let result = match ctx.profile.format {
-        PayloadFormat::Json if ctx.profile.reads_a_document() => {
-            document::decode(ctx, payload, out)
-        }
+        PayloadFormat::Json if ctx.profile.document => document::decode(ctx, payload, out),
         PayloadFormat::Json => json::decode(ctx, payload, out),
         PayloadFormat::Protobuf => protobuf::decode(ctx, payload, out),
     }
