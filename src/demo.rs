@@ -60,6 +60,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             citizen: d.citizen,
             profile: Some(d.profile.to_owned()),
             timezone: None,
+            gateway: None,
             password_hash: None,
         })
         .collect();

@@ -58,6 +58,10 @@ struct AddArgs {
     /// hub's `ingest.default_timezone`]
     #[arg(long)]
     timezone: Option<String>,
+    /// A registered device (a gateway) whose messages may carry this device's readings,
+    /// naming it in its profile's `device` field
+    #[arg(long)]
+    gateway: Option<String>,
     /// Read the device's MQTT password from the first line of stdin
     #[arg(long, conflicts_with = "generate_password")]
     password_stdin: bool,
@@ -124,6 +128,7 @@ fn add(args: AddArgs) -> anyhow::Result<()> {
         citizen: args.citizen,
         profile: args.profile,
         timezone: args.timezone,
+        gateway: args.gateway,
         password_hash: None,
     };
     // Checked before a password is asked for or hashed.
@@ -147,7 +152,7 @@ fn add(args: AddArgs) -> anyhow::Result<()> {
     let device = DeviceStore::open(&path)?.add(&config, new, now)?;
     let body = serde_json::json!({
         "device": device.id, "kind": device.kind.as_str(), "citizen": device.citizen,
-        "profile": device.profile, "timezone": device.timezone,
+        "profile": device.profile, "timezone": device.timezone, "gateway": device.gateway,
         "password": device.password_hash.is_some(),
     });
     ConsentRegistry::open(&path)?
@@ -162,6 +167,9 @@ fn add(args: AddArgs) -> anyhow::Result<()> {
         device.timezone.as_deref().unwrap_or("the hub's default"),
         path.display()
     );
+    if let Some(gateway) = &device.gateway {
+        outln!("its readings may also come in messages of gateway {gateway}");
+    }
     match (generated, device.password_hash.is_some()) {
         (Some(token), _) => {
             outln!("password (shown only now; only its argon2id hash is stored): {token}")
@@ -192,7 +200,7 @@ fn list(args: ListArgs) -> anyhow::Result<()> {
     let registry = Registry::new(&config);
     registry.set_stored(&stored);
     let devices = registry.snapshot();
-    let mut rows: Vec<[String; 7]> = devices
+    let mut rows: Vec<[String; 8]> = devices
         .registered()
         .filter(|d| {
             kind.is_none_or(|k| d.entry.kind == k)
@@ -209,6 +217,7 @@ fn list(args: ListArgs) -> anyhow::Result<()> {
                 e.citizen.to_string(),
                 e.profile.to_string(),
                 e.timezone.as_deref().unwrap_or("-").to_owned(),
+                e.gateway.as_deref().unwrap_or("-").to_owned(),
                 d.source.to_string(),
                 if d.password_hash.is_some() {
                     "yes"
@@ -221,7 +230,7 @@ fn list(args: ListArgs) -> anyhow::Result<()> {
         .collect();
     rows.sort();
     let header = [
-        "id", "kind", "citizen", "profile", "timezone", "source", "password",
+        "id", "kind", "citizen", "profile", "timezone", "gateway", "source", "password",
     ];
     out!("{}", table(header, &rows));
     Ok(())

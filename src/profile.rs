@@ -47,6 +47,12 @@ struct TestArgs {
     /// `ingest.default_timezone`]
     #[arg(long)]
     timezone: Option<String>,
+    /// Decode as this [[devices]] entry of the config (a gateway): in its time zone, with
+    /// the devices a payload names checked against those registered behind it in the
+    /// config [default: a device dev-001, behind which any device a payload names counts
+    /// as registered]
+    #[arg(long, conflicts_with = "timezone")]
+    device: Option<String>,
     /// When the hub receives the message: RFC 3339 or relative (-2d) [default: now]. Event
     /// times are checked against it (`ingest.late_horizon_s`, `max_future_s`), so give a
     /// time near a sample payload's own.
@@ -106,6 +112,9 @@ fn list(args: ListArgs) -> anyhow::Result<()> {
         if keys.is_empty() {
             keys.push("(any metric, by name, in canonical units)".into());
         }
+        if let Some(device) = &p.device {
+            keys.push(format!("devices named in {device}"));
+        }
         out.push_str(&format!(
             "{:<20} {kind:<10} {format:<9} {}\n",
             p.name,
@@ -130,7 +139,16 @@ fn test(args: TestArgs) -> anyhow::Result<bool> {
         .timezone
         .as_deref()
         .unwrap_or(&config.ingest.default_timezone);
-    let mut decoder = Standalone::new(Arc::clone(&profile), zone)?;
+    let mut decoder = match &args.device {
+        None => Standalone::new(Arc::clone(&profile), zone)?,
+        Some(id) => {
+            let registry = kenko_devices::Registry::new(&config);
+            let device = registry
+                .get(id)
+                .with_context(|| format!("--device {id} is no [[devices]] entry of the config"))?;
+            Standalone::of_registered(Arc::clone(&profile), zone, registry, &device)?
+        }
+    };
     decoder.plausibility = config.ingest.plausibility;
     decoder.limits = kenko_ingest::decode::TimeLimits::from_config(&config.ingest);
     let now = crate::clock::now_ms();

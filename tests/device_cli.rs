@@ -108,7 +108,7 @@ fn list(hub: &Hub, filter: &[&str]) -> anyhow::Result<Vec<Vec<String>>> {
         .collect();
     assert_eq!(
         header,
-        ["id", "kind", "citizen", "profile", "timezone", "source", "password"]
+        ["id", "kind", "citizen", "profile", "timezone", "gateway", "source", "password"]
     );
     Ok(lines
         .map(|l| l.split_whitespace().map(str::to_owned).collect())
@@ -202,6 +202,7 @@ async fn an_added_device_publishes_and_a_removed_one_is_refused_without_a_restar
                 "citizen-001",
                 "bed-json-v1",
                 "-",
+                "-",
                 "config",
                 "yes"
             ],
@@ -211,6 +212,7 @@ async fn an_added_device_publishes_and_a_removed_one_is_refused_without_a_restar
                 "citizen-042",
                 "bed-json-v1",
                 "Europe/Berlin",
+                "-",
                 "registry",
                 "yes"
             ],

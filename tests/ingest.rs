@@ -258,6 +258,143 @@ exponent = "unit"
     hub.terminate()
 }
 
+/// `kenko deadletter list` of the hub's data directory, as text.
+fn dead_letters(hub: &Hub) -> anyhow::Result<String> {
+    let out = Command::new(common::KENKO)
+        .args(["deadletter", "list", "--data-dir"])
+        .arg(&hub.data_dir)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn a_gateway_relays_its_households_devices_each_under_its_citizens_consent() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let profile = r#"
+[[profiles]]
+name = "acme-home-gateway"
+time = "date"
+time_format = "epoch_s"
+device = "deviceid"
+samples = "/body/measuregrps"
+[profiles.measures]
+path = "measures"
+code = "type"
+value = "value"
+exponent = "unit"
+[profiles.codes]
+1 = { metric = "body_weight", unit = "kg" }
+10 = { metric = "systolic_bp", unit = "mm[Hg]" }
+
+"#;
+    let device = |id: &str, kind: &str, citizen: &str, extra: &str| {
+        format!("[[devices]]\nid = \"{id}\"\nkind = \"{kind}\"\ncitizen = \"{citizen}\"\n{extra}\n")
+    };
+    let config = format!(
+        "{profile}{}{}{}{}",
+        device(
+            "home-gw-01",
+            "scale",
+            "citizen-101",
+            &format!(
+                "profile = \"acme-home-gateway\"\npassword_hash = \"{}\"\n",
+                common::password_hash("home-gw-01")
+            )
+        ),
+        device("bp-102", "bp", "citizen-102", "gateway = \"home-gw-01\"\n"),
+        device(
+            "scale-103",
+            "scale",
+            "citizen-103",
+            "gateway = \"home-gw-01\"\n"
+        ),
+        device("bed-104", "bed", "citizen-104", ""),
+    );
+    let hub = Hub::start_without_consent(dir.path(), &config)?;
+    // citizen-103 has not (yet) consented to collection.
+    common::consent(
+        &hub.data_dir,
+        "grant",
+        &["citizen-101", "citizen-102", "citizen-104"],
+        "collect",
+    )?;
+    let t = (now_ms() - 3_600_000) / 1000;
+    let household = format!(
+        r#"{{"body":{{"measuregrps":[{{"date":{t},"measures":[{{"value":6432,"type":1,"unit":-2}}]}},{{"deviceid":"bp-102","date":{},"measures":[{{"value":1280,"type":10,"unit":-1}}]}},{{"deviceid":"scale-103","date":{},"measures":[{{"value":7150,"type":1,"unit":-2}}]}}]}}}}"#,
+        t + 60,
+        t + 120
+    );
+    mosquitto_pub(hub.port(), "mqttv5", "home-gw-01", &household)?;
+    let pressure = hub.query_at_least(1, &["--metric", "systolic_bp"])?;
+    assert_eq!(
+        (
+            &pressure[0]["device"],
+            &pressure[0]["citizen"],
+            pressure[0]["value"].as_f64()
+        ),
+        (
+            &serde_json::json!("bp-102"),
+            &serde_json::json!("citizen-102"),
+            Some(128.0)
+        ),
+        "{pressure:?}"
+    );
+    assert_eq!(time_of(&pressure[0]), (t + 60) * 1000);
+    // The gateway's own weight is stored; that of citizen-103, who has not consented, not.
+    let weights = hub.query(&["--metric", "body_weight"])?;
+    let got: Vec<(&str, f64)> = weights
+        .iter()
+        .map(|r| {
+            (
+                r["device"].as_str().unwrap_or(""),
+                r["value"].as_f64().unwrap_or(0.0),
+            )
+        })
+        .collect();
+    assert_eq!(got, [("home-gw-01", 64.32)], "{weights:?}");
+
+    // A refused message of the gateway may hold citizen-103's readings: kept nowhere.
+    mosquitto_pub(
+        hub.port(),
+        "mqttv5",
+        "home-gw-01",
+        r#"{"body":{"measuregrps":7}}"#,
+    )?;
+    // A device registered, but not behind the gateway: the whole message is refused.
+    let not_behind = format!(
+        r#"{{"body":{{"measuregrps":[{{"deviceid":"bed-104","date":{t},"measures":[{{"value":6400,"type":1,"unit":-2}}]}}]}}}}"#
+    );
+    common::consent(&hub.data_dir, "grant", &["citizen-103"], "collect")?;
+    mosquitto_pub(hub.port(), "mqttv5", "home-gw-01", &not_behind)?;
+    let letters = dead_letters(&hub)?;
+    assert!(
+        letters.contains("client_mismatch")
+            && letters
+                .contains("device bed-104, named in deviceid, is not registered behind home-gw-01"),
+        "{letters}"
+    );
+    assert!(!letters.contains("malformed_payload"), "{letters}");
+
+    // Once citizen-103 consents, the same household message stores their weight too.
+    mosquitto_pub(hub.port(), "mqttv5", "home-gw-01", &household)?;
+    let weights = hub.query_at_least(2, &["--metric", "body_weight"])?;
+    let of_103: Vec<_> = weights
+        .iter()
+        .filter(|r| r["citizen"] == "citizen-103" && r["device"] == "scale-103")
+        .collect();
+    assert_eq!(of_103.len(), 1, "{weights:?}");
+    assert_eq!(of_103[0]["value"].as_f64(), Some(71.5));
+    assert!(hub
+        .query(&["--metric", "body_weight", "--device", "bed-104"])?
+        .is_empty());
+    hub.terminate()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_device_and_malformed_payload_are_dead_lettered_while_others_continue(
 ) -> anyhow::Result<()> {

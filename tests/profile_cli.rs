@@ -183,3 +183,55 @@ fn a_profile_is_tried_on_a_payload_as_the_hub_would_decode_it() -> anyhow::Resul
     );
     Ok(())
 }
+
+#[test]
+fn a_gateways_payload_is_tried_with_or_without_its_registered_devices() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // The golden directory's gateway profile and household, as a city's config.
+    let config = include_str!("../ingest/tests/golden/acme-home-gateway/profile.toml");
+    std::fs::write(dir.path().join("kenko.toml"), config)?;
+    let payload =
+        include_str!("../ingest/tests/golden/acme-home-gateway/not_behind_the_gateway.json");
+    std::fs::write(dir.path().join("payload.json"), payload)?;
+    let args = |device: Option<&'static str>| {
+        let mut args = vec![
+            "profile",
+            "test",
+            "--config",
+            "kenko.toml",
+            "--profile",
+            "acme-home-gateway",
+            "--at",
+            "2026-11-25T12:00:00Z",
+            "--format",
+            "csv",
+        ];
+        if let Some(device) = device {
+            args.extend(["--device", device]);
+        }
+        args.push("payload.json");
+        args
+    };
+    // Without --device, a device the payload names counts as registered behind it.
+    let out = kenko(dir.path(), &args(None), "")?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(",bp-102,") && stdout.contains(",bed-104,"),
+        "{stdout}"
+    );
+    // As the gateway of the config, bed-104 (registered, but not behind it) is refused.
+    let out = kenko(dir.path(), &args(Some("home-gw-01")), "")?;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "refused (client_mismatch): device bed-104, named in deviceid, is not registered behind home-gw-01, so home-gw-01 may not publish its readings; register it with gateway home-gw-01\n"
+    );
+    let out = kenko(dir.path(), &args(Some("hub-9")), "")?;
+    assert!(
+        text(&out.stderr).contains("--device hub-9 is no [[devices]] entry of the config"),
+        "{}",
+        text(&out.stderr)
+    );
+    Ok(())
+}

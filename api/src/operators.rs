@@ -400,6 +400,8 @@ pub(crate) struct DeviceView {
     pub(crate) citizen: String,
     pub(crate) profile: String,
     pub(crate) timezone: Option<String>,
+    /// The device whose messages may carry this device's readings.
+    pub(crate) gateway: Option<String>,
     /// `config` (the config file's) or `registry` (`kenko device add`).
     pub(crate) source: String,
     /// When the hub last received a message from it (since the hub started).
@@ -453,6 +455,7 @@ pub(crate) fn device_views(api: &HttpApi, silent_ms: Option<i64>) -> Vec<DeviceV
                     citizen: e.citizen.to_string(),
                     profile: e.profile.to_string(),
                     timezone: e.timezone.as_deref().map(str::to_owned),
+                    gateway: e.gateway.as_deref().map(str::to_owned),
                     source: d.source.to_string(),
                     last_seen: seen.map(|s| rfc3339(s.last_ms)),
                     messages: seen.map_or(0, |s| s.messages),

@@ -103,6 +103,9 @@ pub struct FeedDevice {
     pub citizen: String,
     pub profile: String,
     pub timezone: Option<String>,
+    /// The device whose messages may carry this device's readings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 /// Every device of the hub (configuration and registry.db).
@@ -246,6 +249,7 @@ pub(crate) async fn devices(
             citizen: d.citizen.to_string(),
             profile: d.profile.to_string(),
             timezone: d.timezone.as_deref().map(str::to_owned),
+            gateway: d.gateway.as_deref().map(str::to_owned),
         })
         .collect();
     devices.sort_unstable_by(|a, b| a.id.cmp(&b.id));

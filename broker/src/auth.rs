@@ -455,6 +455,7 @@ mod tests {
             citizen: "c-7".into(),
             profile: "wearable-json-v1".into(),
             timezone: None,
+            gateway: None,
             password_hash: Some(hash),
             added_ms: 0,
         }]);

@@ -745,6 +745,10 @@ pub struct DeviceConfig {
     /// Time zone of the device's clock when its timestamps carry no offset.
     #[serde(default)]
     pub timezone: Option<String>,
+    /// Another `[[devices]]` entry (a gateway) whose messages may carry this device's
+    /// readings, naming it in the field of its profile's `device`.
+    #[serde(default)]
+    pub gateway: Option<String>,
     /// argon2id hash (PHC format) of the device's MQTT password; its username is its id.
     /// Without it the device can only authenticate with a client certificate.
     #[serde(default)]
@@ -1139,6 +1143,14 @@ impl Config {
             }
             check_password_hash(&device.id, device.password_hash.as_deref())
                 .map_err(|e| self.locate(Entry::Device(n), e))?;
+            if let Some(gateway) = &device.gateway {
+                if *gateway == device.id || !self.devices.iter().any(|d| d.id == *gateway) {
+                    return at(format!(
+                        "gateway {gateway:?} of device {} is not another [[devices]] entry; a device of the config file is registered behind another of the config file",
+                        device.id
+                    ));
+                }
+            }
             if !profiles.iter().any(|p| p.name == device.profile()) {
                 let names: Vec<&str> = profiles.iter().map(|p| p.name.as_str()).collect();
                 return at(format!(
@@ -1441,6 +1453,24 @@ mod tests {
         ] {
             let err = parse(text).expect_err(text);
             assert!(err.to_string().starts_with(place), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_gateway_is_another_device_of_the_file() {
+        let devices = "[[devices]]\nid = \"gw\"\nkind = \"scale\"\ncitizen = \"c\"\n\n[[devices]]\nid = \"bp\"\nkind = \"bp\"\ncitizen = \"c2\"\n";
+        let config = parse(&format!("{devices}gateway = \"gw\"\n")).expect("behind gw");
+        assert_eq!(config.devices[1].gateway.as_deref(), Some("gw"));
+        for gateway in ["hub-9", "bp"] {
+            let err = parse(&format!("{devices}gateway = \"{gateway}\"\n"))
+                .expect_err(gateway)
+                .to_string();
+            assert!(
+                err.starts_with(&format!(
+                    "kenko.toml:6: gateway \"{gateway}\" of device bp is not another [[devices]] entry"
+                )),
+                "{err}"
+            );
         }
     }
 

@@ -81,6 +81,11 @@ pub struct ProfileConfig {
     /// Field of the device's message counter (JSON); none when absent.
     #[serde(default)]
     pub seq: Option<String>,
+    /// Field naming the device a reading comes from, read at the top level and in each
+    /// sample (a sample's wins): one message of a gateway may carry readings of several
+    /// devices registered behind it. Readings without it are the publishing device's.
+    #[serde(default)]
+    pub device: Option<String>,
     /// Field holding an array of sample objects (a batch sent after an offline period); each
     /// sample has its own time and readings, named as at the top level.
     #[serde(default)]
@@ -209,13 +214,14 @@ fn check(profile: &ProfileConfig) -> Result<(), ConfigError> {
         PayloadFormat::Protobuf
             if !profile.fields.is_empty()
                 || profile.samples.is_some()
+                || profile.device.is_some()
                 || profile.measures.is_some()
                 || !profile.codes.is_empty()
                 || profile.date.is_some()
                 || profile.time_format == TimeFormat::TimeOfDay =>
         {
             invalid(
-                "a protobuf profile takes no `fields`, `samples`, `measures`, `codes`, `date` or time format: the schema is fixed"
+                "a protobuf profile takes no `fields`, `samples`, `device`, `measures`, `codes`, `date` or time format: the schema is fixed"
                     .into(),
             )
         }
@@ -227,11 +233,12 @@ fn check(profile: &ProfileConfig) -> Result<(), ConfigError> {
                 Some(&profile.time),
                 profile.seq.as_ref(),
                 profile.samples.as_ref(),
+                profile.device.as_ref(),
             ];
             for key in profile.fields.keys() {
                 if reserved.contains(&Some(key)) {
                     return invalid(format!(
-                        "field {key:?} is also the time, seq or samples field"
+                        "field {key:?} is also the time, seq, samples or device field"
                     ));
                 }
             }
@@ -246,6 +253,7 @@ fn check_paths(profile: &ProfileConfig) -> Result<(), String> {
     let mut keys: Vec<(&str, &String)> = vec![("time", &profile.time)];
     keys.extend(profile.seq.iter().map(|k| ("seq", k)));
     keys.extend(profile.samples.iter().map(|k| ("samples", k)));
+    keys.extend(profile.device.iter().map(|k| ("device", k)));
     keys.extend(profile.date.iter().map(|k| ("date", k)));
     keys.extend(profile.fields.keys().map(|k| ("field", k)));
     if let Some(m) = &profile.measures {

@@ -33,11 +33,13 @@ pub struct Profile {
     pub date: Option<Box<str>>,
     pub seq: Option<Box<str>>,
     pub samples: Option<Box<str>>,
+    /// Where a reading names its device, for a gateway's payloads.
+    pub device: Option<Box<str>>,
     pub fields: Vec<Field>,
     /// Coded measures, when the profile reads them.
     pub measures: Option<Measures>,
     /// Whether a payload is read as a whole document (JSON Pointers, coded measures, times
-    /// of day on a `date`) rather than streamed key by key; decided once, when compiled.
+    /// of day on a `date`, devices named in it) rather than streamed key by key; decided once, when compiled.
     pub document: bool,
 }
 
@@ -206,6 +208,9 @@ pub fn unmatched_keys(config: &ProfileConfig) -> Vec<String> {
     if let Some(key) = &config.samples {
         wanted.push(("samples", key, top.iter().collect()));
     }
+    if let Some(device) = &config.device {
+        wanted.push(("device", device, anywhere.clone()));
+    }
     for key in config.fields.keys() {
         wanted.push(("field", key, anywhere.clone()));
     }
@@ -269,6 +274,7 @@ fn compile_one(config: &ProfileConfig) -> Result<Profile, ProfileError> {
     let pointer = |k: &str| kenko_config::profile::is_pointer(k);
     let document = config.measures.is_some()
         || config.date.is_some()
+        || config.device.is_some()
         || pointer(&config.time)
         || config.seq.as_deref().is_some_and(pointer)
         || config.samples.as_deref().is_some_and(pointer)
@@ -283,6 +289,7 @@ fn compile_one(config: &ProfileConfig) -> Result<Profile, ProfileError> {
         date: config.date.as_deref().map(Into::into),
         seq: config.seq.as_deref().map(Into::into),
         samples: config.samples.as_deref().map(Into::into),
+        device: config.device.as_deref().map(Into::into),
         fields,
         measures,
     })

@@ -36,6 +36,15 @@ pub struct DeviceEntry {
     pub profile: Arc<str>,
     /// IANA time zone for timestamps without an offset; `None` means the hub's default.
     pub timezone: Option<Arc<str>>,
+    /// The device whose messages may carry this device's readings.
+    pub gateway: Option<Arc<str>>,
+}
+
+impl DeviceEntry {
+    /// May a message of `publisher` carry this device's readings? Its own, or its gateway's.
+    pub fn speaks_for_me(&self, publisher: &str) -> bool {
+        *self.id == *publisher || self.gateway.as_deref() == Some(publisher)
+    }
 }
 
 /// Where a device is registered.
@@ -80,6 +89,7 @@ impl Registered {
                 citizen: Arc::from(d.citizen.as_str()),
                 profile: Arc::from(d.profile()),
                 timezone: d.timezone.as_deref().map(Arc::from),
+                gateway: d.gateway.as_deref().map(Arc::from),
             }),
             password_hash: d.password_hash.as_deref().map(Arc::from),
             source: Source::Config,
@@ -94,6 +104,7 @@ impl Registered {
                 citizen: Arc::from(d.citizen.as_str()),
                 profile: Arc::from(d.profile.as_str()),
                 timezone: d.timezone.as_deref().map(Arc::from),
+                gateway: d.gateway.as_deref().map(Arc::from),
             }),
             password_hash: d.password_hash.as_deref().map(Arc::from),
             source: Source::Registry,
@@ -105,9 +116,27 @@ impl Registered {
 #[derive(Debug, Default, PartialEq)]
 pub struct Devices {
     by_id: HashMap<Arc<str>, Registered>,
+    /// Ids of the devices other devices are registered behind.
+    gateways: HashSet<Arc<str>>,
 }
 
 impl Devices {
+    fn new(by_id: HashMap<Arc<str>, Registered>) -> Devices {
+        let gateways = by_id
+            .values()
+            .filter_map(|d| d.entry.gateway.clone())
+            .collect();
+        Devices { by_id, gateways }
+    }
+
+    /// The devices registered behind `gateway` (none for a device that is no gateway).
+    pub fn behind<'a>(&'a self, gateway: &'a str) -> impl Iterator<Item = &'a DeviceEntry> + 'a {
+        let all = self.gateways.contains(gateway).then(|| self.iter());
+        all.into_iter()
+            .flatten()
+            .filter(move |d| d.gateway.as_deref() == Some(gateway))
+    }
+
     pub fn get(&self, device_id: &str) -> Option<&Registered> {
         self.by_id.get(device_id)
     }
@@ -176,7 +205,7 @@ impl Registry {
             shared: Arc::new(Shared {
                 config,
                 reserved,
-                current: RwLock::new(Arc::new(Devices { by_id })),
+                current: RwLock::new(Arc::new(Devices::new(by_id))),
                 principals: RwLock::default(),
                 generation: AtomicU64::new(0),
             }),
@@ -240,7 +269,7 @@ impl Registry {
             let registered = Registered::from_stored(row);
             by_id.insert(registered.entry.id.clone(), registered);
         }
-        let devices = Devices { by_id };
+        let devices = Devices::new(by_id);
         // Compared under the read lock: lookups wait only for the swap itself. Reloads come
         // from one watcher thread, so nothing changes between the two locks.
         if **self.read() == devices {
@@ -322,6 +351,7 @@ pub fn demo_devices(count: usize) -> Vec<DeviceConfig> {
             citizen: format!("citizen-{n:03}"),
             profile: None,
             timezone: None,
+            gateway: None,
             password_hash: None,
         })
         .collect()
@@ -353,6 +383,7 @@ mod tests {
             citizen: citizen.to_owned(),
             profile: "wearable-json-v1".to_owned(),
             timezone: Some("Europe/Berlin".to_owned()),
+            gateway: None,
             password_hash: Some("$argon2id$v=19$m=256,t=1,p=1$c2FsdA$aGFzaA".to_owned()),
             added_ms: 1,
         }

@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 
 use kenko_config::{DeviceKind, Plausibility};
 use kenko_devices::{DeviceEntry, Profile, Profiles};
-use kenko_ingest::decode::{decode, Context, TimeLimits, Zones};
+use kenko_ingest::decode::{decode, AnyBehind, Context, TimeLimits, Zones};
 use kenko_ingest::flags;
 use libfuzzer_sys::fuzz_target;
 
@@ -40,6 +40,7 @@ fn setup() -> &'static Setup {
                     citizen: Arc::from("citizen-001"),
                     profile: Arc::from(&*p.name),
                     timezone: tz.map(Arc::from),
+                    gateway: None,
                 })
                 .collect();
             let zones = Zones::resolve("Asia/Tokyo", &devices).expect("zones");
@@ -51,7 +52,7 @@ fn setup() -> &'static Setup {
 }
 
 /// The profiles the golden directories declare in a `profile.toml` (nested paths, coded
-/// measures, times of day), sorted by name, after the built-in ones.
+/// measures, times of day, gateways naming devices), sorted by name, after the built-in ones.
 fn declared_profiles() -> Vec<Arc<Profile>> {
     let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ingest/tests/golden");
     let mut declared = Vec::new();
@@ -85,8 +86,11 @@ fuzz_target!(|data: &[u8]| {
         Plausibility::Reject
     };
     let limits = TimeLimits::default();
+    // A gateway's message may name any device: each counts as registered behind it.
+    let named = AnyBehind(Arc::new(devices[index].clone()));
     let ctx = Context {
         device: &devices[index],
+        devices: &named,
         profile: &setup.profiles[index],
         zones,
         received_ms: RECEIVED_MS,
@@ -113,7 +117,9 @@ fuzz_target!(|data: &[u8]| {
                 let plausible = (low..=high).contains(&o.value);
                 assert_eq!(o.flags & flags::IMPLAUSIBLE == 0, plausible, "{o:?}");
                 assert!(plausible || plausibility == Plausibility::Flag, "{o:?}");
-                assert_eq!(&*o.device, "dev-001");
+                let names_devices = setup.profiles[index].device.is_some();
+                assert!(&*o.device == "dev-001" || names_devices, "{o:?}");
+                assert_eq!(&*o.citizen, "citizen-001");
                 assert_eq!(o.received_ms, RECEIVED_MS);
             }
         }

@@ -5,6 +5,9 @@
 //! declares as a city would in its config. Inputs are `.json` (the payload as is) or `.pbhex`
 //! (protobuf bytes in hex). The hub's clock
 //! reads 2026-11-25T12:00:00Z, the device's zone is Asia/Tokyo, and plausibility is "flag".
+//! A `profile.toml` may also register `[[devices]]`: the payloads are then its first
+//! device's, and the devices they name are checked against the registered ones; each
+//! observation's device and citizen are then shown too.
 //! After a deliberate change, `KENKO_BLESS=1 cargo test -p kenko-ingest --test golden` rewrites
 //! the expected files; review the diff before committing it.
 
@@ -21,35 +24,62 @@ fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
-/// The profile a golden directory is named after: a built-in one, or the one its
-/// `profile.toml` declares (a profile a city would write in its config).
-fn profile_of(dir: &Path, name: &str) -> std::sync::Arc<kenko_devices::profile::Profile> {
+/// The profile a golden directory is named after (a built-in one, or the one its
+/// `profile.toml` declares, as a city would in its config), and the devices that file
+/// registers, if any.
+fn profile_of(
+    dir: &Path,
+    name: &str,
+) -> (
+    std::sync::Arc<kenko_devices::profile::Profile>,
+    Vec<kenko_config::DeviceConfig>,
+) {
     let declared = dir.join("profile.toml");
-    let profiles = if declared.exists() {
+    let (profiles, devices) = if declared.exists() {
         let text = std::fs::read_to_string(&declared).expect("profile.toml");
         let config = kenko_config::Config::from_toml(&text, &declared).expect("a valid profile");
-        Profiles::compile(
+        let profiles = Profiles::compile(
             &kenko_config::profile::all_profiles(&config.profiles).expect("checked profiles"),
         )
-        .expect("compiled")
+        .expect("compiled");
+        (profiles, config.devices)
     } else {
-        Profiles::builtin()
+        (Profiles::builtin(), Vec::new())
     };
-    profiles
+    let profile = profiles
         .get(name)
         .cloned()
-        .expect("a directory per built-in profile, or one with its profile.toml")
+        .expect("a directory per built-in profile, or one with its profile.toml");
+    (profile, devices)
 }
 
-fn render(profile: &kenko_devices::profile::Profile, payload: &[u8]) -> String {
-    let profile = std::sync::Arc::new(profile.clone());
-    let decoder = Standalone::new(profile, "Asia/Tokyo").expect("zone");
+/// The decoder of a directory: of its first registered device when its `profile.toml`
+/// registers some (the devices a payload names are checked against the others), else of
+/// `dev-001`.
+fn decoder_of(
+    profile: std::sync::Arc<kenko_devices::profile::Profile>,
+    devices: &[kenko_config::DeviceConfig],
+) -> Standalone {
+    match devices.first() {
+        None => Standalone::new(profile, "Asia/Tokyo").expect("zone"),
+        Some(first) => {
+            let registry = kenko_devices::Registry::from_config(devices);
+            let publisher = registry.get(&first.id).expect("registered");
+            Standalone::of_registered(profile, "Asia/Tokyo", registry, &publisher).expect("zones")
+        }
+    }
+}
+
+fn render(decoder: &Standalone, names_devices: bool, payload: &[u8]) -> String {
     let mut out = Vec::new();
     let mut text = String::new();
     match decoder.decode(payload, RECEIVED_MS, &mut out) {
         Ok(()) => {
             for o in &out {
                 let time = jiff::Timestamp::from_millisecond(o.time_ms).expect("valid time");
+                if names_devices {
+                    write!(text, "{} of {}: ", o.device, o.citizen).expect("string");
+                }
                 writeln!(
                     text,
                     "{} {:.4} {} loinc={} time={} seq={} flags={}",
@@ -122,7 +152,10 @@ fn every_profile_decodes_as_its_golden_files_say() {
         inputs.sort();
         for input in inputs {
             let expected_path = input.with_extension("expected");
-            let actual = render(&profile_of(&dir, &profile), &read_input(&input));
+            let (decoding, devices) = profile_of(&dir, &profile);
+            let names_devices = decoding.device.is_some();
+            let decoder = decoder_of(decoding, &devices);
+            let actual = render(&decoder, names_devices, &read_input(&input));
             if bless {
                 std::fs::write(&expected_path, &actual).expect("write expected");
             }

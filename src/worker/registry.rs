@@ -263,6 +263,7 @@ impl Follower {
                 citizen: d.citizen,
                 profile: Some(d.profile),
                 timezone: d.timezone,
+                gateway: d.gateway,
                 password_hash: None,
             })
             .collect();

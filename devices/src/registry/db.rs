@@ -16,7 +16,8 @@ CREATE TABLE IF NOT EXISTS devices (
     profile       TEXT    NOT NULL,
     timezone      TEXT,
     password_hash TEXT,
-    added_at      INTEGER NOT NULL  -- epoch milliseconds
+    added_at      INTEGER NOT NULL, -- epoch milliseconds
+    gateway       TEXT              -- the device it is registered behind, if any
 );
 CREATE INDEX IF NOT EXISTS devices_by_citizen ON devices (citizen);
 CREATE TABLE IF NOT EXISTS principals (
@@ -35,7 +36,16 @@ pub(super) fn open(path: &Path) -> rusqlite::Result<Connection> {
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
     conn.execute_batch(SCHEMA)?;
+    add_gateway_column(&conn)?;
     Ok(conn)
+}
+
+/// A file written before devices could be registered behind a gateway gets the column.
+fn add_gateway_column(conn: &Connection) -> rusqlite::Result<()> {
+    if !has_column(conn, "devices", "gateway")? {
+        conn.execute_batch("ALTER TABLE devices ADD COLUMN gateway TEXT")?;
+    }
+    Ok(())
 }
 
 /// Opens an existing `registry.db` for reading; `None` if there is no such file.
@@ -92,6 +102,18 @@ pub(super) fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool>
         .query_row(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
             [name],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+/// Does `table` have `column`? (A file written by an older kenko may lack a newer column.)
+pub(super) fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2",
+            [table, column],
             |_| Ok(()),
         )
         .optional()?

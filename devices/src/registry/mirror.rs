@@ -82,12 +82,14 @@ fn same(a: &StoredDevice, b: &StoredDevice) -> bool {
         &a.citizen,
         &a.profile,
         &a.timezone,
+        &a.gateway,
         &a.password_hash,
     ) == (
         &b.kind,
         &b.citizen,
         &b.profile,
         &b.timezone,
+        &b.gateway,
         &b.password_hash,
     )
 }
@@ -112,6 +114,7 @@ mod tests {
             citizen: citizen.to_owned(),
             profile: None,
             timezone: None,
+            gateway: None,
             password_hash: Some("$argon2id$v=19$m=256,t=1,p=1$c2FsdA$aGFzaA".to_owned()),
         }
     }
@@ -153,7 +156,22 @@ mod tests {
         let listed = store.list().expect("list");
         assert_eq!(listed[0].added_ms, 10, "an unchanged device keeps its row");
         assert_eq!(listed[1].citizen, "citizen-201");
-        let report = store.mirror(&config(), moved, 30).expect("mirror");
+        let report = store.mirror(&config(), moved.clone(), 30).expect("mirror");
         assert!(!report.changed_anything());
+
+        // A device put behind a gateway at the hub is behind it here too.
+        let behind = vec![
+            moved[0].clone(),
+            NewDevice {
+                gateway: Some("bed-101".into()),
+                ..moved[1].clone()
+            },
+        ];
+        let report = store.mirror(&config(), behind, 40).expect("mirror");
+        assert_eq!((report.added, report.changed, report.removed), (0, 1, 0));
+        assert_eq!(
+            store.list().expect("list")[1].gateway.as_deref(),
+            Some("bed-101")
+        );
     }
 }

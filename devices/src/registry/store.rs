@@ -38,6 +38,14 @@ pub enum DeviceError {
         profile_kind: DeviceKind,
         kind: DeviceKind,
     },
+    #[error("gateway {gateway:?} of device {id} {why}")]
+    BadGateway {
+        id: String,
+        gateway: String,
+        why: String,
+    },
+    #[error("device {0} has devices registered behind it ({1}); remove them, or add them again without --gateway, first")]
+    GatewayInUse(String, String),
     #[error("unknown time zone {zone:?} ({why}); use an IANA name such as Asia/Tokyo")]
     UnknownZone { zone: String, why: String },
     #[error("device {0} is already registered in registry.db; remove it first with `kenko device remove --id {0}`")]
@@ -82,6 +90,8 @@ pub struct NewDevice {
     pub profile: Option<String>,
     /// The hub's default zone when absent.
     pub timezone: Option<String>,
+    /// The device (a gateway) that may publish this device's readings in its own messages.
+    pub gateway: Option<String>,
     /// argon2id hash (PHC) of the device's MQTT password; without it the device can only
     /// authenticate with a client certificate.
     pub password_hash: Option<String>,
@@ -95,6 +105,7 @@ pub struct StoredDevice {
     pub citizen: String,
     pub profile: String,
     pub timezone: Option<String>,
+    pub gateway: Option<String>,
     pub password_hash: Option<String>,
     /// When it was added, epoch milliseconds.
     pub added_ms: i64,
@@ -164,6 +175,22 @@ impl NewDevice {
                 });
             }
         }
+        if let Some(gateway) = &self.gateway {
+            if let Err(why) = check_identifier(gateway) {
+                return Err(DeviceError::BadGateway {
+                    id: self.id,
+                    gateway: gateway.clone(),
+                    why,
+                });
+            }
+            if *gateway == self.id {
+                return Err(DeviceError::BadGateway {
+                    id: self.id,
+                    gateway: gateway.clone(),
+                    why: "is the device itself; a device speaks for itself without one".into(),
+                });
+            }
+        }
         check_password_hash(&self.id, self.password_hash.as_deref())?;
         Ok(StoredDevice {
             id: self.id,
@@ -171,6 +198,7 @@ impl NewDevice {
             citizen: self.citizen,
             profile,
             timezone: self.timezone,
+            gateway: self.gateway,
             password_hash: self.password_hash,
             added_ms: now_ms,
         })
@@ -185,8 +213,8 @@ pub(super) fn write_row(
 ) -> rusqlite::Result<usize> {
     tx.execute(
         &format!(
-            "{verb} INTO devices (id, kind, citizen, profile, timezone, password_hash, added_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            "{verb} INTO devices (id, kind, citizen, profile, timezone, password_hash, added_at, gateway)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
         ),
         params![
             device.id,
@@ -195,7 +223,8 @@ pub(super) fn write_row(
             device.profile,
             device.timezone,
             device.password_hash,
-            device.added_ms
+            device.added_ms,
+            device.gateway
         ],
     )
 }
@@ -241,6 +270,18 @@ impl DeviceStore {
             Some(db::Holder::Principal) => return Err(DeviceError::StoredPrincipal(device.id)),
             None => {}
         }
+        if let Some(gateway) = &device.gateway {
+            let in_config = config.devices.iter().any(|d| d.id == *gateway);
+            let stored =
+                db::holder(&tx, gateway).map_err(sqlite(&path))? == Some(db::Holder::Device);
+            if !in_config && !stored {
+                return Err(DeviceError::BadGateway {
+                    id: device.id,
+                    gateway: gateway.clone(),
+                    why: "is not a registered device; add the gateway first".into(),
+                });
+            }
+        }
         write_row(&tx, &device, "INSERT").map_err(sqlite(&path))?;
         tx.commit().map_err(sqlite(&path))?;
         Ok(device)
@@ -252,12 +293,17 @@ impl DeviceStore {
         if !db::has_table(&self.conn, "devices").map_err(sqlite(path))? {
             return Ok(Vec::new());
         }
+        let gateway = if db::has_column(&self.conn, "devices", "gateway").map_err(sqlite(path))? {
+            "gateway"
+        } else {
+            "NULL" // a read-only file of an older kenko
+        };
         let mut stmt = self
             .conn
-            .prepare(
-                "SELECT id, kind, citizen, profile, timezone, password_hash, added_at
-                 FROM devices ORDER BY id",
-            )
+            .prepare(&format!(
+                "SELECT id, kind, citizen, profile, timezone, password_hash, added_at, {gateway}
+                 FROM devices ORDER BY id"
+            ))
             .map_err(sqlite(path))?;
         let rows = stmt
             .query_map([], |r| {
@@ -271,6 +317,7 @@ impl DeviceStore {
                         timezone: r.get(4)?,
                         password_hash: r.get(5)?,
                         added_ms: r.get(6)?,
+                        gateway: r.get(7)?,
                     },
                 ))
             })
@@ -294,11 +341,20 @@ impl DeviceStore {
 
     /// Removes the device; returns it as it was stored.
     pub fn remove(&mut self, id: &str) -> Result<StoredDevice, DeviceError> {
-        let device = self
-            .list()?
-            .into_iter()
+        let all = self.list()?;
+        let device = all
+            .iter()
             .find(|d| d.id == id)
+            .cloned()
             .ok_or_else(|| DeviceError::NotFound(id.to_owned()))?;
+        let behind: Vec<&str> = all
+            .iter()
+            .filter(|d| d.gateway.as_deref() == Some(id))
+            .map(|d| d.id.as_str())
+            .collect();
+        if !behind.is_empty() {
+            return Err(DeviceError::GatewayInUse(id.to_owned(), behind.join(", ")));
+        }
         let removed = self
             .conn
             .execute("DELETE FROM devices WHERE id = ?1", [id])
@@ -346,8 +402,87 @@ mod tests {
             citizen: "citizen-002".to_owned(),
             profile: None,
             timezone: Some("Europe/Berlin".to_owned()),
+            gateway: None,
             password_hash: Some(HASH.to_owned()),
         }
+    }
+
+    #[test]
+    fn a_device_is_registered_behind_a_registered_gateway() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut store = DeviceStore::open(&dir.path().join("registry.db")).expect("open");
+        let behind = |id: &str, gateway: &str| NewDevice {
+            gateway: Some(gateway.to_owned()),
+            ..watch(id)
+        };
+        let err = store
+            .add(&config(), behind("watch-3", "hub-9"), 1)
+            .expect_err("no such gateway");
+        assert!(
+            err.to_string()
+                .contains("gateway \"hub-9\" of device watch-3 is not a registered device"),
+            "{err}"
+        );
+        let err = store
+            .add(&config(), behind("watch-3", "watch-3"), 1)
+            .expect_err("itself");
+        assert!(err.to_string().contains("is the device itself"), "{err}");
+        store.add(&config(), watch("hub-1"), 1).expect("gateway");
+        let added = store
+            .add(&config(), behind("watch-3", "hub-1"), 2)
+            .expect("behind a stored gateway");
+        assert_eq!(added.gateway.as_deref(), Some("hub-1"));
+        store
+            .add(&config(), behind("watch-4", "bed-001"), 3)
+            .expect("behind a gateway of the config file");
+        assert_eq!(
+            store.list().expect("list")[1].gateway.as_deref(),
+            Some("hub-1")
+        );
+        let err = store.remove("hub-1").expect_err("in use");
+        assert!(
+            err.to_string()
+                .contains("device hub-1 has devices registered behind it (watch-3)"),
+            "{err}"
+        );
+        store.remove("watch-3").expect("remove");
+        store.remove("hub-1").expect("no longer in use");
+    }
+
+    #[test]
+    fn a_file_of_an_older_kenko_gains_the_gateway_column() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("registry.db");
+        {
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(
+                "CREATE TABLE devices (id TEXT PRIMARY KEY, kind TEXT NOT NULL, citizen TEXT NOT NULL,
+                   profile TEXT NOT NULL, timezone TEXT, password_hash TEXT, added_at INTEGER NOT NULL);
+                 INSERT INTO devices VALUES ('bed-9', 'bed', 'c-9', 'bed-json-v1', NULL, NULL, 5);",
+            )
+            .expect("old schema");
+        }
+        let old = DeviceStore::open_read_only(&path)
+            .expect("ro")
+            .list()
+            .expect("list");
+        assert_eq!(
+            (old[0].id.as_str(), old[0].gateway.as_deref()),
+            ("bed-9", None)
+        );
+        let mut store = DeviceStore::open(&path).expect("open migrates");
+        store
+            .add(
+                &config(),
+                NewDevice {
+                    gateway: Some("bed-9".into()),
+                    ..watch("w-1")
+                },
+                6,
+            )
+            .expect("add behind");
+        let listed = store.list().expect("list");
+        assert_eq!(listed[1].gateway.as_deref(), Some("bed-9"));
     }
 
     #[test]

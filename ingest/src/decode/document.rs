@@ -3,19 +3,25 @@
 //! document once and the profile's keys are looked up in it. Values go through the same
 //! readers as streamed payloads, so units, times and refusals read alike; as there, a `null`
 //! reading is no reading, and a `null` time, counter or sample array is refused. Unlike
-//! there, a key given twice in one object counts once (the last).
+//! there, a key given twice in one object counts once (the last). A gateway's message may
+//! name a device at the top and in each sample (`relayed.rs` checks it may speak for it):
+//! the readings below are that device's, their times read in its zone.
 
 mod clock;
 mod measures;
 
+use std::sync::Arc;
+
 use jiff::tz::TimeZone;
 use kenko_config::TimeFormat;
 use kenko_devices::profile::{Field, Profile};
+use kenko_devices::DeviceEntry;
 use serde::de::DeserializeSeed as _;
 use serde_json::Value;
 
 use super::json::{no_time, unreadable, ReadingSeed, SeqSeed, TimeSeed, NO_TIME};
-use super::{observation, Context, Rejection};
+use super::relayed::relayed;
+use super::{observation_of, Context, Rejection};
 use crate::observation::Observation;
 use clock::Clock;
 
@@ -32,14 +38,15 @@ pub(super) fn decode(
             profile.name
         )));
     }
-    let zone = ctx.zones.for_device(ctx.device);
+    let named = named_device(ctx, &document)?;
+    let device = named.as_deref().unwrap_or(ctx.device);
+    let zone = ctx.zones.for_device(device);
     let reader = Reader {
         ctx,
-        zone: &zone,
         start: out.len(),
         clock: Clock::new(profile, &document, &zone)?,
     };
-    let time = reader.time(&document)?;
+    let time = reader.time(&document, &zone)?;
     let seq = match profile.seq.as_deref().and_then(|key| find(&document, key)) {
         Some(value) => Some(
             SeqSeed
@@ -48,9 +55,13 @@ pub(super) fn decode(
         ),
         None => None,
     };
-    reader.readings(&document, time, out)?;
+    let at = At {
+        time: time.unwrap_or(NO_TIME),
+        device,
+    };
+    reader.readings(&document, at, out)?;
     if let Some(samples) = profile.samples.as_deref() {
-        reader.samples(&document, samples, time, out)?;
+        reader.samples(&document, samples, (time, device, &zone), out)?;
     }
     for obs in &mut out[reader.start..] {
         if obs.time_ms == NO_TIME {
@@ -59,6 +70,26 @@ pub(super) fn decode(
         obs.seq = seq.unwrap_or(0);
     }
     Ok(())
+}
+
+/// The device `object` names in the profile's `device` field, if it names one.
+fn named_device(ctx: &Context<'_>, object: &Value) -> Result<Option<Arc<DeviceEntry>>, Rejection> {
+    let profile = ctx.profile;
+    let Some(key) = profile.device.as_deref() else {
+        return Ok(None);
+    };
+    let id = match find(object, key) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(id)) => id.clone(),
+        Some(Value::Number(n)) if n.is_u64() => n.to_string(),
+        Some(_) => {
+            return Err(Rejection::malformed(format!(
+                "payload is not {}: {key} is not a device id (text, or a whole number)",
+                profile.name
+            )))
+        }
+    };
+    relayed(ctx, key, &id).map(Some)
 }
 
 /// `key` in `object`: a JSON Pointer into it when it starts with `/`, else one of its keys.
@@ -72,11 +103,18 @@ fn find<'v>(object: &'v Value, key: &str) -> Option<&'v Value> {
 
 struct Reader<'c, 'a> {
     ctx: &'c Context<'a>,
-    zone: &'c TimeZone,
     /// Where this message's observations start in the output.
     start: usize,
-    /// Times of day, for a profile that reads them.
+    /// Times of day, for a profile that reads them (in the zone of the message's device).
     clock: Clock,
+}
+
+/// When and of which device the readings of one object are.
+#[derive(Clone, Copy)]
+struct At<'d> {
+    /// `NO_TIME` until the message's time is known.
+    time: i64,
+    device: &'d DeviceEntry,
 }
 
 impl Reader<'_, '_> {
@@ -84,8 +122,8 @@ impl Reader<'_, '_> {
         self.ctx.profile
     }
 
-    /// The event time given in `object`, if it gives one.
-    fn time(&self, object: &Value) -> Result<Option<i64>, Rejection> {
+    /// The event time given in `object`, if it gives one, read in `zone`.
+    fn time(&self, object: &Value, zone: &TimeZone) -> Result<Option<i64>, Rejection> {
         let profile = self.profile();
         let Some(value) = find(object, &profile.time) else {
             return Ok(None);
@@ -96,21 +134,23 @@ impl Reader<'_, '_> {
         let seed = TimeSeed {
             format: profile.time_format,
             key: &profile.time,
-            zone: self.zone,
+            zone,
         };
         seed.deserialize(value)
             .map(Some)
             .map_err(|e| unreadable(profile, &e))
     }
 
-    /// Each sample object of the array at `key`, with its own time or the message's.
+    /// Each sample object of the array at `key`, with its own time and device or the
+    /// message's (`outer`: its time, device and that device's zone).
     fn samples(
         &self,
         document: &Value,
         key: &str,
-        time: Option<i64>,
+        outer: (Option<i64>, &DeviceEntry, &TimeZone),
         out: &mut Vec<Observation>,
     ) -> Result<(), Rejection> {
+        let (time, device, zone) = outer;
         let Some(samples) = find(document, key) else {
             return Ok(());
         };
@@ -121,28 +161,38 @@ impl Reader<'_, '_> {
             if !sample.is_object() {
                 return Err(self.not(key, "an array of sample objects"));
             }
-            let time = self.time(sample)?.or(time);
-            self.readings(sample, time, out)?;
+            let named = named_device(self.ctx, sample)?;
+            let (device, time) = match &named {
+                Some(named) => {
+                    let zone = self.ctx.zones.for_device(named);
+                    (&**named, self.time(sample, &zone)?.or(time))
+                }
+                None => (device, self.time(sample, zone)?.or(time)),
+            };
+            let at = At {
+                time: time.unwrap_or(NO_TIME),
+                device,
+            };
+            self.readings(sample, at, out)?;
         }
         Ok(())
     }
 
-    /// The readings of `object`'s fields and coded measures, at `time` (to be filled from
-    /// the message's when `None`).
+    /// The readings of `object`'s fields and coded measures, at `at` (its time to be filled
+    /// from the message's when `NO_TIME`).
     fn readings(
         &self,
         object: &Value,
-        time: Option<i64>,
+        at: At<'_>,
         out: &mut Vec<Observation>,
     ) -> Result<(), Rejection> {
-        let time = time.unwrap_or(NO_TIME);
         for field in &self.profile().fields {
             if let Some(value) = find(object, &field.key) {
-                self.push(field, value, time, out)?;
+                self.push(field, value, at, out)?;
             }
         }
         if let Some(measures) = &self.profile().measures {
-            self.measures(measures, object, time, out)?;
+            self.measures(measures, object, at, out)?;
         }
         Ok(())
     }
@@ -152,14 +202,20 @@ impl Reader<'_, '_> {
         &self,
         field: &Field,
         value: &Value,
-        time: i64,
+        at: At<'_>,
         out: &mut Vec<Observation>,
     ) -> Result<(), Rejection> {
         let reading = ReadingSeed { field }
             .deserialize(value)
             .map_err(|e| unreadable(self.profile(), &e))?;
         if let Some(reading) = reading {
-            out.push(observation(self.ctx, field.metric, reading, time));
+            out.push(observation_of(
+                self.ctx,
+                at.device,
+                field.metric,
+                reading,
+                at.time,
+            ));
         }
         Ok(())
     }

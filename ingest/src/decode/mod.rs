@@ -12,6 +12,7 @@ mod document;
 mod json;
 mod protobuf;
 mod redact;
+mod relayed;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use kenko_config::{PayloadFormat, Plausibility};
 use kenko_devices::{DeviceEntry, Metric, Profile};
 
 use crate::observation::{flags, Observation};
+pub use relayed::{AnyBehind, DeviceLookup, NoOthers};
 
 /// Why a message was not stored. The code is stable (metrics, dead-letter queries); the
 /// message is for people.
@@ -190,7 +192,10 @@ impl Default for TimeLimits {
 
 /// Everything a decoder needs besides the payload.
 pub struct Context<'a> {
+    /// The device whose topic the message came on.
     pub device: &'a DeviceEntry,
+    /// Where the devices a gateway's message names are looked up.
+    pub devices: &'a dyn DeviceLookup,
     /// The device's profile, or the protobuf profile when the message says it is protobuf.
     pub profile: &'a Profile,
     pub zones: &'a Zones,
@@ -205,6 +210,7 @@ pub struct Context<'a> {
 /// benchmarks that turn payloads into observations as the hub would.
 pub struct Standalone {
     device: DeviceEntry,
+    devices: Box<dyn DeviceLookup + Send>,
     profile: Arc<Profile>,
     zones: Zones,
     pub plausibility: Plausibility,
@@ -213,7 +219,8 @@ pub struct Standalone {
 
 impl Standalone {
     /// Device `dev-001` of citizen `citizen-001`, of the profile's kind, in `zone`; values
-    /// out of bounds are flagged; the default time limits.
+    /// out of bounds are flagged; the default time limits. Any device a payload names is
+    /// taken as registered behind it, for the same citizen.
     pub fn new(profile: Arc<Profile>, zone: &str) -> Result<Standalone, UnknownZone> {
         let device = DeviceEntry {
             id: Arc::from("dev-001"),
@@ -221,10 +228,31 @@ impl Standalone {
             citizen: Arc::from("citizen-001"),
             profile: Arc::from(&*profile.name),
             timezone: None,
+            gateway: None,
         };
         let zones = Zones::resolve(zone, [&device])?;
         Ok(Standalone {
+            devices: Box::new(relayed::AnyBehind(Arc::new(device.clone()))),
             device,
+            profile,
+            zones,
+            plausibility: Plausibility::Flag,
+            limits: TimeLimits::default(),
+        })
+    }
+
+    /// `publisher`, a device of `registry`, whose messages may name the devices registered
+    /// behind it there; in `zone` unless a device names its own; otherwise as [`Standalone::new`].
+    pub fn of_registered(
+        profile: Arc<Profile>,
+        zone: &str,
+        registry: kenko_devices::Registry,
+        publisher: &DeviceEntry,
+    ) -> Result<Standalone, UnknownZone> {
+        let zones = Zones::resolve(zone, registry.snapshot().iter())?;
+        Ok(Standalone {
+            device: publisher.clone(),
+            devices: Box::new(registry),
             profile,
             zones,
             plausibility: Plausibility::Flag,
@@ -241,6 +269,7 @@ impl Standalone {
     ) -> Result<(), Rejection> {
         let ctx = Context {
             device: &self.device,
+            devices: &*self.devices,
             profile: &self.profile,
             zones: &self.zones,
             received_ms,
@@ -401,9 +430,20 @@ fn field_name(ctx: &Context<'_>, metric: Metric) -> String {
 
 /// A canonical observation of this context's device, before the checks.
 fn observation(ctx: &Context<'_>, metric: Metric, value: f64, time_ms: i64) -> Observation {
+    observation_of(ctx, ctx.device, metric, value, time_ms)
+}
+
+/// A canonical observation of `device` (the context's, or one its message names).
+fn observation_of(
+    ctx: &Context<'_>,
+    device: &DeviceEntry,
+    metric: Metric,
+    value: f64,
+    time_ms: i64,
+) -> Observation {
     Observation {
-        citizen: ctx.device.citizen.clone(),
-        device: ctx.device.id.clone(),
+        citizen: device.citizen.clone(),
+        device: device.id.clone(),
         metric,
         value,
         time_ms,
@@ -426,6 +466,7 @@ mod tests {
             citizen: Arc::from("citizen-001"),
             profile: Arc::from("bed-json-v1"),
             timezone: tz.map(Arc::from),
+            gateway: None,
         }
     }
 
@@ -440,6 +481,7 @@ mod tests {
         let profiles = Profiles::builtin();
         let ctx = Context {
             device: dev,
+            devices: &NoOthers,
             profile: profiles.get(&dev.profile).expect("profile"),
             zones: &zones,
             received_ms: NOW,
@@ -464,6 +506,7 @@ mod tests {
         let profiles = Profiles::builtin();
         let ctx = Context {
             device: &dev,
+            devices: &NoOthers,
             profile: profiles.get("kenko-pb-v1").expect("profile"),
             zones: &zones,
             received_ms: NOW,
@@ -650,6 +693,7 @@ mod tests {
         let profiles = Profiles::builtin();
         let ctx = Context {
             device: &dev,
+            devices: &NoOthers,
             profile: profiles.get("bed-json-v1").expect("profile"),
             zones: &zones,
             received_ms: NOW,

@@ -40,19 +40,25 @@ impl ConsentRouting {
     }
 
     /// `rejection`, or a no-consent refusal if the device's citizen lets the hub collect
-    /// nothing (or asked for erasure since): then nothing of the message is kept.
+    /// nothing (or asked for erasure since): then nothing of the message is kept. A
+    /// gateway's message may hold readings of any device registered behind it, so then
+    /// every such device's citizen must let the hub collect.
     pub fn without_consent(
         &self,
         consents: &Consents,
         sub: &Submission,
         rejection: Rejection,
     ) -> Rejection {
-        let Some(device) = self.registry.get(&sub.device) else {
+        let devices = self.registry.snapshot();
+        let Some(device) = devices.get(&sub.device) else {
             return rejection; // unknown device: no citizen to ask
         };
-        let citizen = &*device.citizen;
-        if consents.permits_any(citizen, HUB, Purpose::Collect, sub.received_ms)
-            && !consents.erased_after(citizen, sub.received_ms)
+        let collects = |citizen: &str| {
+            consents.permits_any(citizen, HUB, Purpose::Collect, sub.received_ms)
+                && !consents.erased_after(citizen, sub.received_ms)
+        };
+        if collects(&device.entry.citizen)
+            && devices.behind(&sub.device).all(|d| collects(&d.citizen))
         {
             return rejection;
         }

@@ -58,6 +58,7 @@ impl Decoder {
         };
         let ctx = Context {
             device: &device,
+            devices: &self.registry,
             profile,
             zones: &self.zones,
             received_ms: sub.received_ms,

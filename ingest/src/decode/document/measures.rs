@@ -5,7 +5,7 @@ use kenko_config::UnknownCodes;
 use kenko_devices::profile::{Field, Measures};
 use serde_json::{Number, Value};
 
-use super::{find, Reader};
+use super::{find, At, Reader};
 use crate::decode::Rejection;
 use crate::observation::Observation;
 
@@ -13,12 +13,12 @@ use crate::observation::Observation;
 const MAX_EXPONENT: i64 = 30;
 
 impl Reader<'_, '_> {
-    /// The measures of the array at `measures.path` in `object`, at `time`.
+    /// The measures of the array at `measures.path` in `object`, at `at`.
     pub(super) fn measures(
         &self,
         measures: &Measures,
         object: &Value,
-        time: i64,
+        at: At<'_>,
         out: &mut Vec<Observation>,
     ) -> Result<(), Rejection> {
         let Some(items) = find(object, &measures.path) else {
@@ -47,7 +47,7 @@ impl Reader<'_, '_> {
                 Some(key) => self.scaled(value, find(item, key), key, field)?,
                 None => value.clone(),
             };
-            self.push(field, &value, time, out)?;
+            self.push(field, &value, at, out)?;
         }
         Ok(())
     }
