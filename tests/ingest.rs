@@ -296,7 +296,7 @@ exponent = "unit"
         format!("[[devices]]\nid = \"{id}\"\nkind = \"{kind}\"\ncitizen = \"{citizen}\"\n{extra}\n")
     };
     let config = format!(
-        "{profile}{}{}{}{}",
+        "{profile}{}{}{}{}{}",
         device(
             "home-gw-01",
             "scale",
@@ -314,6 +314,7 @@ exponent = "unit"
             "gateway = \"home-gw-01\"\n"
         ),
         device("bed-104", "bed", "citizen-104", ""),
+        device("bed-105", "bed", "citizen-105", ""),
     );
     let hub = Hub::start_without_consent(dir.path(), &config)?;
     // citizen-103 has not (yet) consented to collection.
@@ -370,6 +371,13 @@ exponent = "unit"
         r#"{{"body":{{"measuregrps":[{{"deviceid":"bed-104","date":{t},"measures":[{{"value":6400,"type":1,"unit":-2}}]}}]}}}}"#
     );
     common::consent(&hub.data_dir, "grant", &["citizen-103"], "collect")?;
+    // Nor is one naming a device of citizen-105, who has not consented either.
+    mosquitto_pub(
+        hub.port(),
+        "mqttv5",
+        "home-gw-01",
+        &not_behind.replace("bed-104", "bed-105"),
+    )?;
     mosquitto_pub(hub.port(), "mqttv5", "home-gw-01", &not_behind)?;
     let letters = dead_letters(&hub)?;
     assert!(
@@ -379,6 +387,7 @@ exponent = "unit"
         "{letters}"
     );
     assert!(!letters.contains("malformed_payload"), "{letters}");
+    assert!(!letters.contains("bed-105"), "{letters}");
 
     // Once citizen-103 consents, the same household message stores their weight too.
     mosquitto_pub(hub.port(), "mqttv5", "home-gw-01", &household)?;

@@ -227,6 +227,14 @@ fn check(profile: &ProfileConfig) -> Result<(), ConfigError> {
         }
         PayloadFormat::Json => {
             check_paths(profile).or_else(invalid)?;
+            if let Some(device) = &profile.device {
+                let others = [Some(&profile.time), profile.seq.as_ref(), profile.samples.as_ref(), profile.date.as_ref()];
+                if others.contains(&Some(device)) {
+                    return invalid(format!(
+                        "device {device:?} is also the time, seq, samples or date field"
+                    ));
+                }
+            }
             check_date(profile).or_else(invalid)?;
             check_measures(profile).or_else(invalid)?;
             let reserved = [
@@ -375,6 +383,10 @@ exponent = "unit"
         bad.measures = None;
         let err = check(&bad).expect_err("codes on protobuf").to_string();
         assert!(err.contains("protobuf profile takes no"), "{err}");
+        let mut bad = groups_profile();
+        bad.device = Some("date".into());
+        let err = check(&bad).expect_err("device is the time").to_string();
+        assert!(err.contains("device \"date\" is also the time"), "{err}");
         let mut bad = groups_profile();
         bad.measures = None;
         let err = check(&bad).expect_err("codes alone").to_string();

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use crate::observation::Observation;
 use crate::pipeline::{Origin, Submission};
 
 /// Devices tracked at most; past this, new ones are not (a registry is far smaller).
@@ -54,6 +55,15 @@ impl Seen {
     }
 }
 
+/// Notes one message of `device`; a device not yet seen is kept while there is room.
+fn note_one(seen: &mut HashMap<Box<str>, Seen>, device: &str, received_ms: i64) {
+    if let Some(entry) = seen.get_mut(device) {
+        entry.note(received_ms);
+    } else if seen.len() < MAX_DEVICES {
+        seen.entry(device.into()).or_default().note(received_ms);
+    }
+}
+
 /// Every device's [`Seen`].
 #[derive(Debug, Default)]
 pub struct DeviceActivity {
@@ -61,6 +71,22 @@ pub struct DeviceActivity {
 }
 
 impl DeviceActivity {
+    /// Notes, for a gateway's message received at `received_ms`, each other device whose
+    /// readings it carried (`observations`), once.
+    pub fn note_relayed(&self, observations: &[Observation], gateway: &str, received_ms: i64) {
+        let mut relayed: Vec<&str> = observations
+            .iter()
+            .map(|o| &*o.device)
+            .filter(|d| *d != gateway)
+            .collect();
+        relayed.sort_unstable();
+        relayed.dedup();
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        for device in relayed {
+            note_one(&mut seen, device, received_ms);
+        }
+    }
+
     /// Notes the devices' messages of one batch (not replays of dead letters, nor the hub's
     /// own windowed outputs).
     pub fn note(&self, submissions: &[Submission]) {
@@ -69,13 +95,7 @@ impl DeviceActivity {
             .iter()
             .filter(|s| matches!(s.origin, Origin::Device))
         {
-            if let Some(entry) = seen.get_mut(&s.device) {
-                entry.note(s.received_ms);
-            } else if seen.len() < MAX_DEVICES {
-                seen.entry(s.device.clone())
-                    .or_default()
-                    .note(s.received_ms);
-            }
+            note_one(&mut seen, &s.device, s.received_ms);
         }
     }
 
@@ -92,6 +112,32 @@ impl DeviceActivity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gateways_message_is_heard_from_each_device_it_relays_once() {
+        let obs = |device: &str| Observation {
+            citizen: "c".into(),
+            device: device.into(),
+            metric: kenko_devices::Metric::HeartRate,
+            value: 60.0,
+            time_ms: 1,
+            received_ms: 1,
+            seq: 0,
+            flags: 0,
+        };
+        let activity = DeviceActivity::default();
+        let carried = [obs("gw"), obs("bp-1"), obs("bp-1"), obs("scale-2")];
+        activity.note_relayed(&carried, "gw", 5_000);
+        assert_eq!(
+            activity.of("bp-1").map(|s| (s.messages, s.last_ms)),
+            Some((1, 5_000))
+        );
+        assert_eq!(activity.of("scale-2").map(|s| s.messages), Some(1));
+        assert!(
+            activity.of("gw").is_none(),
+            "the gateway's own message is noted with the batch"
+        );
+    }
 
     #[test]
     fn the_last_message_and_the_last_whole_minute_count() {

@@ -32,20 +32,22 @@ CREATE TABLE IF NOT EXISTS principals (
 
 /// Opens (or creates) `registry.db` in WAL mode with both tables.
 pub(super) fn open(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
+    let mut conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
     conn.execute_batch(SCHEMA)?;
-    add_gateway_column(&conn)?;
+    add_gateway_column(&mut conn)?;
     Ok(conn)
 }
 
-/// A file written before devices could be registered behind a gateway gets the column.
-fn add_gateway_column(conn: &Connection) -> rusqlite::Result<()> {
-    if !has_column(conn, "devices", "gateway")? {
-        conn.execute_batch("ALTER TABLE devices ADD COLUMN gateway TEXT")?;
+/// A file written before devices could be registered behind a gateway gets the column,
+/// checked and added under the write lock (two processes may open an old file at once).
+fn add_gateway_column(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = immediate(conn)?;
+    if !has_column(&tx, "devices", "gateway")? {
+        tx.execute_batch("ALTER TABLE devices ADD COLUMN gateway TEXT")?;
     }
-    Ok(())
+    tx.commit()
 }
 
 /// Opens an existing `registry.db` for reading; `None` if there is no such file.

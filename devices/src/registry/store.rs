@@ -229,6 +229,13 @@ pub(super) fn write_row(
     )
 }
 
+/// The ids of the table's devices registered behind `gateway`.
+fn behind(conn: &Connection, gateway: &str) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare("SELECT id FROM devices WHERE gateway = ?1 ORDER BY id")?;
+    let ids = stmt.query_map([gateway], |r| r.get(0))?;
+    ids.collect()
+}
+
 /// The `devices` table of one `registry.db`.
 pub struct DeviceStore {
     conn: Connection,
@@ -269,6 +276,16 @@ impl DeviceStore {
             Some(db::Holder::Device) => return Err(DeviceError::Duplicate(device.id)),
             Some(db::Holder::Principal) => return Err(DeviceError::StoredPrincipal(device.id)),
             None => {}
+        }
+        let named_as_gateway = behind(&tx, &device.id).map_err(sqlite(&path))?;
+        if !named_as_gateway.is_empty() {
+            return Err(DeviceError::BadId {
+                id: device.id,
+                why: format!(
+                    "is still the gateway of {}, which were registered behind a device of that id since removed; remove them first, or they would be spoken for by this new device",
+                    named_as_gateway.join(", ")
+                ),
+            });
         }
         if let Some(gateway) = &device.gateway {
             let in_config = config.devices.iter().any(|d| d.id == *gateway);
@@ -339,29 +356,27 @@ impl DeviceStore {
         Ok(devices)
     }
 
-    /// Removes the device; returns it as it was stored.
+    /// Removes the device; returns it as it was stored. A gateway with devices registered
+    /// behind it stays.
     pub fn remove(&mut self, id: &str) -> Result<StoredDevice, DeviceError> {
-        let all = self.list()?;
-        let device = all
-            .iter()
+        let device = self
+            .list()?
+            .into_iter()
             .find(|d| d.id == id)
-            .cloned()
             .ok_or_else(|| DeviceError::NotFound(id.to_owned()))?;
-        let behind: Vec<&str> = all
-            .iter()
-            .filter(|d| d.gateway.as_deref() == Some(id))
-            .map(|d| d.id.as_str())
-            .collect();
+        let path = self.path.clone();
+        let tx = db::immediate(&mut self.conn).map_err(sqlite(&path))?;
+        let behind = behind(&tx, id).map_err(sqlite(&path))?;
         if !behind.is_empty() {
             return Err(DeviceError::GatewayInUse(id.to_owned(), behind.join(", ")));
         }
-        let removed = self
-            .conn
+        let removed = tx
             .execute("DELETE FROM devices WHERE id = ?1", [id])
-            .map_err(sqlite(&self.path))?;
+            .map_err(sqlite(&path))?;
         if removed == 0 {
             return Err(DeviceError::NotFound(id.to_owned()));
         }
+        tx.commit().map_err(sqlite(&path))?;
         Ok(device)
     }
 
@@ -447,6 +462,15 @@ mod tests {
         );
         store.remove("watch-3").expect("remove");
         store.remove("hub-1").expect("no longer in use");
+        // watch-4 stays behind bed-001 of the config; were that entry removed from the
+        // config, a new device of its id would speak for watch-4: refused.
+        let err = store
+            .add(&Config::default(), watch("bed-001"), 4)
+            .expect_err("a removed gateway's id");
+        assert!(
+            err.to_string().contains("is still the gateway of watch-4"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! reading is no reading, and a `null` time, counter or sample array is refused. Unlike
 //! there, a key given twice in one object counts once (the last). A gateway's message may
 //! name a device at the top and in each sample (`relayed.rs` checks it may speak for it):
-//! the readings below are that device's, their times read in its zone.
+//! the readings below are that device's, their times read in its zone (times of day as a
+//! series of their own per device).
 
 mod clock;
 mod measures;
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use jiff::tz::TimeZone;
@@ -45,8 +47,10 @@ pub(super) fn decode(
         ctx,
         start: out.len(),
         clock: Clock::new(profile, &document, &zone)?,
+        clock_of: device.id.clone(),
+        other_clocks: RefCell::new(Vec::new()),
     };
-    let time = reader.time(&document, &zone)?;
+    let time = reader.time(&document, device, &zone)?;
     let seq = match profile.seq.as_deref().and_then(|key| find(&document, key)) {
         Some(value) => Some(
             SeqSeed
@@ -105,8 +109,11 @@ struct Reader<'c, 'a> {
     ctx: &'c Context<'a>,
     /// Where this message's observations start in the output.
     start: usize,
-    /// Times of day, for a profile that reads them (in the zone of the message's device).
+    /// Times of day, for a profile that reads them: of the message's device (`clock_of`),
+    /// and of each other device its samples name, each series in its device's zone.
     clock: Clock,
+    clock_of: Arc<str>,
+    other_clocks: RefCell<Vec<(Arc<str>, Clock)>>,
 }
 
 /// When and of which device the readings of one object are.
@@ -122,14 +129,31 @@ impl Reader<'_, '_> {
         self.ctx.profile
     }
 
-    /// The event time given in `object`, if it gives one, read in `zone`.
-    fn time(&self, object: &Value, zone: &TimeZone) -> Result<Option<i64>, Rejection> {
+    /// The event time given in `object`, if it gives one, read as `device`'s (in `zone`,
+    /// its zone).
+    fn time(
+        &self,
+        object: &Value,
+        device: &DeviceEntry,
+        zone: &TimeZone,
+    ) -> Result<Option<i64>, Rejection> {
         let profile = self.profile();
         let Some(value) = find(object, &profile.time) else {
             return Ok(None);
         };
         if profile.time_format == TimeFormat::TimeOfDay {
-            return self.clock.read(profile, value).map(Some);
+            if device.id == self.clock_of {
+                return self.clock.read(profile, value).map(Some);
+            }
+            let mut others = self.other_clocks.borrow_mut();
+            let at = match others.iter().position(|(id, _)| *id == device.id) {
+                Some(at) => at,
+                None => {
+                    others.push((device.id.clone(), self.clock.for_zone(zone.clone())));
+                    others.len() - 1
+                }
+            };
+            return others[at].1.read(profile, value).map(Some);
         }
         let seed = TimeSeed {
             format: profile.time_format,
@@ -165,9 +189,9 @@ impl Reader<'_, '_> {
             let (device, time) = match &named {
                 Some(named) => {
                     let zone = self.ctx.zones.for_device(named);
-                    (&**named, self.time(sample, &zone)?.or(time))
+                    (&**named, self.time(sample, named, &zone)?.or(time))
                 }
-                None => (device, self.time(sample, zone)?.or(time)),
+                None => (device, self.time(sample, device, zone)?.or(time)),
             };
             let at = At {
                 time: time.unwrap_or(NO_TIME),

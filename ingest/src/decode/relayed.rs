@@ -10,7 +10,7 @@ use kenko_devices::{DeviceEntry, Registry};
 use super::{Context, RejectCode, Rejection};
 
 /// Where a decoder finds the devices a message names.
-pub trait DeviceLookup: Sync {
+pub trait DeviceLookup {
     /// The registered device with this id.
     fn device(&self, id: &str) -> Option<Arc<DeviceEntry>>;
 }

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use kenko_devices::Registry;
+use kenko_devices::{DeviceEntry, Registry};
 use tracing::error;
 
 use super::Submission;
@@ -41,12 +41,13 @@ impl ConsentRouting {
 
     /// `rejection`, or a no-consent refusal if the device's citizen lets the hub collect
     /// nothing (or asked for erasure since): then nothing of the message is kept. A
-    /// gateway's message may hold readings of any device registered behind it, so then
-    /// every such device's citizen must let the hub collect.
+    /// gateway's message may hold readings of any device registered behind it and of those
+    /// it `named`, so then every such device's citizen must let the hub collect.
     pub fn without_consent(
         &self,
         consents: &Consents,
         sub: &Submission,
+        named: &[Arc<DeviceEntry>],
         rejection: Rejection,
     ) -> Rejection {
         let devices = self.registry.snapshot();
@@ -59,6 +60,7 @@ impl ConsentRouting {
         };
         if collects(&device.entry.citizen)
             && devices.behind(&sub.device).all(|d| collects(&d.citizen))
+            && named.iter().all(|d| collects(&d.citizen))
         {
             return rejection;
         }

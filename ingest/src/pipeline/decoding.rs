@@ -1,11 +1,14 @@
 //! The writer's decoding: which device sent a message, under which profile, and its
 //! observations (or why there are none).
 
+use std::cell::RefCell;
+use std::sync::Arc;
+
 use kenko_config::Plausibility;
-use kenko_devices::{Profiles, Registry};
+use kenko_devices::{DeviceEntry, Profiles, Registry};
 
 use super::{Origin, Submission, PROTOBUF_PROFILE};
-use crate::decode::{self, Context, RejectCode, Rejection, TimeLimits, Zones};
+use crate::decode::{self, Context, DeviceLookup, RejectCode, Rejection, TimeLimits, Zones};
 use crate::observation::Observation;
 
 pub(super) struct Decoder {
@@ -17,8 +20,15 @@ pub(super) struct Decoder {
 }
 
 impl Decoder {
-    /// Appends the message's observations to `out`, or says why it has none.
-    pub fn decode(&self, sub: &Submission, out: &mut Vec<Observation>) -> Result<(), Rejection> {
+    /// Appends the message's observations to `out`, or says why it has none. `named` gets
+    /// the registered devices a gateway's message named (a refused one may hold readings of
+    /// their citizens).
+    pub fn decode(
+        &self,
+        sub: &Submission,
+        out: &mut Vec<Observation>,
+        named: &mut Vec<Arc<DeviceEntry>>,
+    ) -> Result<(), Rejection> {
         let Some(device) = self.registry.get(&sub.device) else {
             return Err(Rejection {
                 code: RejectCode::UnknownDevice,
@@ -56,9 +66,13 @@ impl Decoder {
                 ),
             });
         };
+        let noting = Noting {
+            registry: &self.registry,
+            named: RefCell::new(std::mem::take(named)),
+        };
         let ctx = Context {
             device: &device,
-            devices: &self.registry,
+            devices: &noting,
             profile,
             zones: &self.zones,
             received_ms: sub.received_ms,
@@ -66,9 +80,25 @@ impl Decoder {
             limits: self.limits,
             derived: window.is_some(),
         };
-        match window {
+        let result = match window {
             Some(derived) => decode::derived(&ctx, derived.time_ms, &derived.readings, out),
             None => decode::decode(&ctx, &sub.payload, out),
-        }
+        };
+        *named = noting.named.into_inner();
+        result
+    }
+}
+
+/// The registry, noting each registered device a message names.
+struct Noting<'r> {
+    registry: &'r Registry,
+    named: RefCell<Vec<Arc<DeviceEntry>>>,
+}
+
+impl DeviceLookup for Noting<'_> {
+    fn device(&self, id: &str) -> Option<Arc<DeviceEntry>> {
+        let device = self.registry.get(id)?;
+        self.named.borrow_mut().push(device.clone());
+        Some(device)
     }
 }

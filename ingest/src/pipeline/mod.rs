@@ -646,10 +646,14 @@ impl Writer {
     /// Each message's verdict so far, its observations and their shared copies.
     fn decide(&mut self, batch: &mut Batch) {
         let consents = self.routing.refresh();
+        let mut named = Vec::new();
         for sub in &batch.submissions {
             let start = batch.observations.len();
             let shared_start = batch.shared.len();
-            let mut verdict = self.decoder.decode(sub, &mut batch.observations);
+            named.clear();
+            let mut verdict = self
+                .decoder
+                .decode(sub, &mut batch.observations, &mut named);
             if self.require_consent {
                 verdict = match verdict {
                     Ok(()) => self.routing.filter_consent(
@@ -660,8 +664,18 @@ impl Writer {
                     ),
                     // A refused message of a citizen who does not let the hub collect is not
                     // kept as a dead letter either: its payload holds their readings.
-                    Err(rejection) => Err(self.routing.without_consent(&consents, sub, rejection)),
+                    Err(rejection) => Err(self
+                        .routing
+                        .without_consent(&consents, sub, &named, rejection)),
                 };
+            }
+            if verdict.is_ok() && !named.is_empty() && matches!(sub.origin, Origin::Device) {
+                // A gateway's message was heard from each device it carried readings of.
+                self.stats.activity.note_relayed(
+                    &batch.observations[start..],
+                    &sub.device,
+                    sub.received_ms,
+                );
             }
             if verdict.is_ok() {
                 self.routing.share(

@@ -57,6 +57,15 @@ impl Clock {
         })
     }
 
+    /// A clock of the same day in `zone`, its series not yet begun: another device's.
+    pub(super) fn for_zone(&self, zone: TimeZone) -> Clock {
+        Clock {
+            day: self.day,
+            zone,
+            last: Cell::new(None),
+        }
+    }
+
     /// The instant (epoch ms) of the time of day `value`, in the series read so far.
     pub(super) fn read(&self, profile: &Profile, value: &Value) -> Result<i64, Rejection> {
         let refuse = |why: &str| {
