@@ -332,6 +332,7 @@ impl HttpApi {
             .route("/metrics", get(metrics))
             .route("/healthz", get(crate::health::healthz))
             .route("/readyz", get(crate::health::readyz))
+            .merge(crate::fhir::routes())
             .with_state(self)
     }
 }

@@ -162,14 +162,14 @@ pub(crate) async fn observations(
 }
 
 /// Where a row stands in an answer's order.
-fn position(r: &Row) -> (i64, &str, &str, &'static str) {
+pub(crate) fn position(r: &Row) -> (i64, &str, &str, &'static str) {
     (r.time_ms, &r.citizen, &r.device, r.metric.name())
 }
 
 /// The first `page` rows of the metrics' answers (each asked for `page + 1` rows), merged
 /// in order, and where the next page starts if more rows follow. A metric whose answer was
 /// cut may have rows beyond its last one: the page stops there.
-fn page_of(found: Vec<Vec<Row>>, page: usize) -> (Vec<Row>, Option<PageCursor>) {
+pub(crate) fn page_of(found: Vec<Vec<Row>>, page: usize) -> (Vec<Row>, Option<PageCursor>) {
     let mut horizon: Option<PageCursor> = None;
     let mut merged = Vec::new();
     let mut cut = false;
@@ -201,7 +201,7 @@ fn page_of(found: Vec<Vec<Row>>, page: usize) -> (Vec<Row>, Option<PageCursor>) 
 
 /// The last row of a page: the next page starts after it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct PageCursor {
+pub(crate) struct PageCursor {
     #[serde(rename = "t")]
     time_ms: i64,
     #[serde(rename = "c")]
@@ -213,7 +213,7 @@ struct PageCursor {
 }
 
 impl PageCursor {
-    fn at(r: &Row) -> PageCursor {
+    pub(crate) fn at(r: &Row) -> PageCursor {
         PageCursor {
             time_ms: r.time_ms,
             citizen: r.citizen.clone(),
@@ -222,16 +222,16 @@ impl PageCursor {
         }
     }
 
-    fn key(&self) -> (i64, &str, &str, &str) {
+    pub(crate) fn key(&self) -> (i64, &str, &str, &str) {
         (self.time_ms, &self.citizen, &self.device, &self.metric)
     }
 
-    fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let json = serde_json::to_vec(self).unwrap_or_default();
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
     }
 
-    fn decode(text: &str) -> Result<PageCursor, ApiError> {
+    pub(crate) fn decode(text: &str) -> Result<PageCursor, ApiError> {
         let refused =
             || bad("cursor: not one this API gave; use the X-Next-Cursor of the page before");
         let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -242,7 +242,7 @@ impl PageCursor {
 
     /// Where `metric`'s rows of the next page start: after the cursor's row, or at its
     /// (time, citizen, device) already for a metric ordered after the cursor's.
-    fn resume_for(&self, metric: Metric) -> Resume {
+    pub(crate) fn resume_for(&self, metric: Metric) -> Resume {
         Resume {
             time_ms: self.time_ms,
             citizen: self.citizen.clone(),
@@ -422,7 +422,7 @@ fn metrics(list: &str) -> Result<Vec<Metric>, ApiError> {
 }
 
 /// Writes who read which citizens' identified data to the audit log.
-fn audit_identified_read(
+pub(crate) fn audit_identified_read(
     registry: &std::path::Path,
     principal: &str,
     metrics: &[Metric],
