@@ -307,3 +307,199 @@ fn hospitals_read_consented_vital_signs_as_valid_fhir() -> anyhow::Result<()> {
     );
     hub.terminate()
 }
+
+/// A request as `principal` (its test password) with extra headers: status, headers, body.
+fn request(
+    api: SocketAddr,
+    method: &str,
+    path: &str,
+    principal: &str,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<(u16, Vec<String>, String)> {
+    let token = format!(
+        "Basic {}",
+        common::base64_encode(format!("{principal}:{}", common::password(principal)).as_bytes())
+    );
+    let mut headers = vec![("Authorization", token.as_str())];
+    headers.extend_from_slice(extra);
+    common::http_request(api, method, path, &headers, "")
+}
+
+fn header<'h>(headers: &'h [String], name: &str) -> Option<&'h str> {
+    headers.iter().find_map(|h| {
+        let (n, v) = h.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then_some(v.trim())
+    })
+}
+
+/// The path of a URL the hub gave (`http://host/fhir/...` → `/fhir/...`).
+fn path_of(url: &str) -> String {
+    url[url.find("/fhir/").unwrap_or(0)..].to_owned()
+}
+
+/// Starts an export as `principal` and waits for its manifest; returns the status path too.
+fn export(
+    api: SocketAddr,
+    query: &str,
+    principal: &str,
+) -> anyhow::Result<(String, serde_json::Value)> {
+    let kick_off = format!("/fhir/$export{query}");
+    let (status, headers, body) = request(
+        api,
+        "GET",
+        &kick_off,
+        principal,
+        &[
+            ("Prefer", "respond-async"),
+            ("Accept", "application/fhir+json"),
+        ],
+    )?;
+    anyhow::ensure!(status == 202, "{kick_off}: {status} {body}");
+    let status_path = path_of(header(&headers, "content-location").context("Content-Location")?);
+    let manifest = common::eventually(std::time::Duration::from_secs(30), || {
+        let (status, _, body) = request(api, "GET", &status_path, principal, &[])?;
+        Ok((status == 200)
+            .then(|| serde_json::from_str(&body))
+            .transpose()?)
+    })?;
+    Ok((status_path, manifest))
+}
+
+/// The resources of the manifest's file of `kind`, fetched as `principal`.
+fn exported(
+    api: SocketAddr,
+    manifest: &serde_json::Value,
+    kind: &str,
+    principal: &str,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let Some(url) = manifest["output"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|o| o["type"] == kind)
+        .and_then(|o| o["url"].as_str())
+    else {
+        return Ok(Vec::new());
+    };
+    let (status, headers, body) = request(api, "GET", &path_of(url), principal, &[])?;
+    anyhow::ensure!(status == 200, "{url}: {status} {body}");
+    assert_eq!(
+        header(&headers, "content-type"),
+        Some("application/fhir+ndjson")
+    );
+    body.lines().map(|l| Ok(serde_json::from_str(l)?)).collect()
+}
+
+#[test]
+fn a_care_service_exports_the_citizens_who_consent_to_it_in_bulk() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = Hub::start(dir.path(), &config())?;
+    let api = hub.http_addr.context("HTTP API announced")?;
+    let t0 = (common::now_ms() - 3_600_000) / 60_000 * 60_000;
+    for i in 0..6 {
+        for device in ["bed-001", "bed-002"] {
+            let ts = t0 + i * 60_000;
+            hub.publish_as(device, &format!(r#"{{"ts":{ts},"hr":{}}}"#, 60 + i))?;
+        }
+    }
+    for i in 0..3 {
+        let s = t0 / 1000 + i * 600;
+        hub.publish_as(
+            "bp-001",
+            &format!(r#"{{"measured":{s},"sys_kpa":16.0,"dia_kpa":10.5,"pulse":70}}"#),
+        )?;
+    }
+    hub.query_at_least(12, &["--metric", "heart_rate"])?;
+    hub.query_at_least(3, &["--metric", "pulse_rate"])?;
+    hub.query_at_least(3, &["--metric", "systolic_bp"])?;
+    common::care_consent(dir.path(), "grant", "citizen-001", "st-luke")?;
+    let consented = || -> anyhow::Result<bool> {
+        Ok(get(api, "/fhir/Patient/citizen-001", Some("st-luke"))?.0 == 200)
+    };
+    common::eventually(std::time::Duration::from_secs(10), || {
+        Ok(consented()?.then_some(()))
+    })?;
+
+    // Only care services export, and only asynchronously.
+    let (status, _, _) = request(
+        api,
+        "GET",
+        "/fhir/$export",
+        "app-001",
+        &[("Prefer", "respond-async")],
+    )?;
+    assert_eq!(status, 403);
+    let (status, _, body) = request(api, "GET", "/fhir/$export", "st-luke", &[])?;
+    assert_eq!(status, 400);
+    assert!(body.contains("Prefer: respond-async"), "{body}");
+
+    let (status_path, manifest) = export(api, "", "st-luke")?;
+    let counts: Vec<(String, u64)> = manifest["output"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| {
+            (
+                o["type"].as_str().unwrap_or("").to_owned(),
+                o["count"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    // citizen-001: 6 heart rates, 3 pulse rates, 3 blood pressures (one Observation each).
+    assert_eq!(
+        counts,
+        [
+            ("Patient".to_owned(), 1),
+            ("Device".to_owned(), 2),
+            ("Observation".to_owned(), 12)
+        ],
+        "{manifest}"
+    );
+    let patients = exported(api, &manifest, "Patient", "st-luke")?;
+    assert_eq!(patients[0]["id"], "citizen-001");
+    let observations = exported(api, &manifest, "Observation", "st-luke")?;
+    assert!(observations
+        .iter()
+        .all(|o| o["subject"]["reference"] == "Patient/citizen-001"));
+    let valid_dir = tempfile::tempdir()?;
+    for (n, resource) in patients.iter().chain(&observations).enumerate() {
+        std::fs::write(
+            valid_dir.path().join(format!("{n}.json")),
+            resource.to_string(),
+        )?;
+    }
+    let (valid, report) = validate(valid_dir.path())?;
+    assert!(valid, "{report}");
+    // Another principal cannot see the job; its owner deletes it.
+    let (status, _, _) = request(api, "GET", &status_path, "ops", &[])?;
+    assert_eq!(status, 404);
+    let (status, _, _) = request(api, "DELETE", &status_path, "st-luke", &[])?;
+    assert_eq!(status, 202);
+    let (status, _, _) = request(api, "GET", &status_path, "st-luke", &[])?;
+    assert_eq!(status, 404);
+
+    // _since and _type narrow it.
+    let since = jiff::Timestamp::from_millisecond(t0 + 180_000)?;
+    let (_, manifest) = export(
+        api,
+        &format!("?_type=Observation&_since={since}"),
+        "st-luke",
+    )?;
+    let recent = exported(api, &manifest, "Observation", "st-luke")?;
+    let heart: Vec<&serde_json::Value> = recent
+        .iter()
+        .filter(|o| o["code"]["coding"][0]["code"] == "8867-4")
+        .collect();
+    assert_eq!(heart.len(), 3, "{recent:?}");
+    assert!(exported(api, &manifest, "Patient", "st-luke")?.is_empty());
+
+    // A withdrawal leaves the citizen out of the next export.
+    common::care_consent(dir.path(), "revoke", "citizen-001", "st-luke")?;
+    common::eventually(std::time::Duration::from_secs(10), || {
+        Ok((!consented()?).then_some(()))
+    })?;
+    let (_, manifest) = export(api, "", "st-luke")?;
+    assert!(exported(api, &manifest, "Patient", "st-luke")?.is_empty());
+    assert!(exported(api, &manifest, "Observation", "st-luke")?.is_empty());
+    hub.terminate()
+}

@@ -1,10 +1,11 @@
 //! FHIR R4 under `/fhir`, for hospital systems: the capability statement (`metadata`), a
-//! minimal `Patient` (its identifier) and `Device`, and a search of `Observation`s
-//! (vital signs with their LOINC codes and UCUM units). Every read is decided and audited as
+//! minimal `Patient` (its identifier) and `Device`, a search of `Observation`s (vital
+//! signs with their LOINC codes and UCUM units), and Bulk Data `$export` (`export`). Every read is decided and audited as
 //! the HTTP API's observations are; answers are `application/fhir+json`, errors an
 //! `OperationOutcome`.
 
 mod capability;
+mod export;
 mod params;
 mod read;
 mod resources;
@@ -17,6 +18,7 @@ use axum::Router;
 use serde_json::{json, Value};
 
 use crate::http::{ApiError, HttpApi};
+pub(crate) use export::Exports;
 
 /// The media type of every answer.
 pub(crate) const FHIR_JSON: &str = "application/fhir+json";
@@ -28,6 +30,13 @@ pub(crate) fn routes() -> Router<HttpApi> {
         .route("/fhir/Patient/:id", get(read::patient))
         .route("/fhir/Device/:id", get(read::device))
         .route("/fhir/Observation", get(search::observations))
+        .route("/fhir/$export", get(export::kick_off))
+        .route("/fhir/Patient/$export", get(export::kick_off))
+        .route(
+            "/fhir/$export-status/:id",
+            get(export::status).delete(export::cancel),
+        )
+        .route("/fhir/$export-file/:id/:name", get(export::file))
 }
 
 /// A FHIR resource as the answer.

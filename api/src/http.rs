@@ -160,6 +160,8 @@ pub struct HttpApi {
     /// Random, new with each start of the hub: with the device registry's generation it
     /// names a device list (`GET /api/v1/registry/devices`).
     pub(crate) started: Arc<str>,
+    /// FHIR Bulk Data export jobs and their files.
+    pub(crate) exports: Arc<crate::fhir::Exports>,
 }
 
 impl HttpApi {
@@ -190,6 +192,7 @@ impl HttpApi {
             hooks_digest: None,
             stopping: CancellationToken::new(),
             started: Arc::from(&kenko_broker::auth::new_token()[..12]),
+            exports: Arc::default(),
         }
     }
 

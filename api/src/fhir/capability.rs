@@ -47,6 +47,11 @@ pub(super) async fn metadata(State(api): State<HttpApi>, headers: HeaderMap) -> 
                     ],
                 },
             ],
+            "operation": [{
+                "name": "export",
+                "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+                "documentation": "Bulk Data export for care services (Prefer: respond-async): the citizens whose care consent is in force, their devices and the Observations it covers; _type and _since.",
+            }],
         }],
     });
     resource(StatusCode::OK, &body)

@@ -189,7 +189,7 @@ fn allowed(
 type Pressure<'r> = (Option<&'r Row>, Option<&'r Row>, usize);
 
 /// The rows as Observations, in order: a blood pressure from its two rows.
-fn entries_of(rows: &[Row], kinds: &[Kind]) -> Vec<Value> {
+pub(super) fn entries_of(rows: &[Row], kinds: &[Kind]) -> Vec<Value> {
     let panels = kinds.contains(&Kind::BloodPressure);
     let mut out: Vec<Value> = Vec::new();
     let mut pressure: HashMap<(i64, &str, &str), Pressure<'_>> = HashMap::new();
