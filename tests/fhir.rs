@@ -267,7 +267,9 @@ fn hospitals_read_consented_vital_signs_as_valid_fhir() -> anyhow::Result<()> {
             Some("app-001"),
             403,
         ),
-        ("/fhir/Device/bed-002", Some("app-001"), 403),
+        ("/fhir/Device/bed-002", Some("app-001"), 404),
+        ("/fhir/Observation/1795564860000-ab", Some("st-luke"), 404),
+        ("/fhir/Observation?_count=5", Some("st-luke"), 400),
         ("/fhir/Observation?code=8867-4", None, 401),
         ("/fhir/Observation?date=yesterday", Some("st-luke"), 400),
         ("/fhir/Observation?code=8480-6", Some("st-luke"), 400),
@@ -282,6 +284,13 @@ fn hospitals_read_consented_vital_signs_as_valid_fhir() -> anyhow::Result<()> {
         assert_eq!(outcome["resourceType"], "OperationOutcome", "{path}");
         keep(&format!("outcome-{status}"), &outcome)?;
     }
+
+    // Whose a device is stays unsaid to those who may not read it.
+    let (_, _, outcome) = get(api, "/fhir/Device/bed-002", Some("app-001"))?;
+    assert!(!outcome.to_string().contains("citizen-002"), "{outcome}");
+    let (status, _, body) = http_response(api, "POST", "/fhir/Observation", Some("st-luke"), None)?;
+    assert_eq!(status, 405, "{body}");
+    assert!(body.contains("OperationOutcome"), "{body}");
 
     // Every read of identified data was audited.
     let registry = rusqlite::Connection::open(hub.data_dir.join("registry.db"))?;

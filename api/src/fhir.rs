@@ -11,9 +11,9 @@ mod read;
 mod resources;
 mod search;
 
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, MethodRouter};
 use axum::Router;
 use serde_json::{json, Value};
 
@@ -23,20 +23,44 @@ pub(crate) use export::Exports;
 /// The media type of every answer.
 pub(crate) const FHIR_JSON: &str = "application/fhir+json";
 
-/// The routes under `/fhir`.
+/// The routes of `/fhir` (nested there); anything else under it is an OperationOutcome too.
 pub(crate) fn routes() -> Router<HttpApi> {
+    let answer = |route: MethodRouter<HttpApi>| route.fallback(method_not_allowed);
     Router::new()
-        .route("/fhir/metadata", get(capability::metadata))
-        .route("/fhir/Patient/:id", get(read::patient))
-        .route("/fhir/Device/:id", get(read::device))
-        .route("/fhir/Observation", get(search::observations))
-        .route("/fhir/$export", get(export::kick_off))
-        .route("/fhir/Patient/$export", get(export::kick_off))
+        .route("/metadata", answer(get(capability::metadata)))
+        .route("/Patient/:id", answer(get(read::patient)))
+        .route("/Device/:id", answer(get(read::device)))
+        .route("/Observation", answer(get(search::observations)))
+        .route("/$export", answer(get(export::kick_off)))
+        .route("/Patient/$export", answer(get(export::kick_off)))
         .route(
-            "/fhir/$export-status/:id",
-            get(export::status).delete(export::cancel),
+            "/$export-status/:id",
+            answer(get(export::status).delete(export::cancel)),
         )
-        .route("/fhir/$export-file/:id/:name", get(export::file))
+        .route("/$export-file/:id/:name", answer(get(export::file)))
+        .fallback(not_served)
+}
+
+async fn not_served(uri: Uri) -> Outcome {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!(
+            "{} is not served here; /fhir/metadata lists what this server does",
+            uri.path()
+        ),
+    )
+    .into()
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Outcome {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{method} {} is not supported; /fhir/metadata lists the interactions",
+            uri.path()
+        ),
+    )
+    .into()
 }
 
 /// A FHIR resource as the answer.
@@ -68,6 +92,7 @@ impl IntoResponse for Outcome {
             StatusCode::UNAUTHORIZED => "login",
             StatusCode::FORBIDDEN => "forbidden",
             StatusCode::NOT_FOUND => "not-found",
+            StatusCode::METHOD_NOT_ALLOWED => "not-supported",
             StatusCode::TOO_MANY_REQUESTS => "throttled",
             StatusCode::SERVICE_UNAVAILABLE => "transient",
             _ => "exception",

@@ -162,6 +162,8 @@ pub struct HttpApi {
     pub(crate) started: Arc<str>,
     /// FHIR Bulk Data export jobs and their files.
     pub(crate) exports: Arc<crate::fhir::Exports>,
+    /// Seals the page cursors handed out.
+    pub(crate) cursors: Arc<crate::sealed::Sealer>,
 }
 
 impl HttpApi {
@@ -193,6 +195,7 @@ impl HttpApi {
             stopping: CancellationToken::new(),
             started: Arc::from(&kenko_broker::auth::new_token()[..12]),
             exports: Arc::default(),
+            cursors: Arc::new(crate::sealed::Sealer::new()),
         }
     }
 
@@ -335,7 +338,7 @@ impl HttpApi {
             .route("/metrics", get(metrics))
             .route("/healthz", get(crate::health::healthz))
             .route("/readyz", get(crate::health::readyz))
-            .merge(crate::fhir::routes())
+            .nest("/fhir", crate::fhir::routes())
             .with_state(self)
     }
 }

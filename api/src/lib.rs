@@ -19,4 +19,5 @@ pub mod openapi;
 mod operators;
 pub mod principals;
 pub mod registry_feed;
+mod sealed;
 pub mod session;

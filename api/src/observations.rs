@@ -13,12 +13,12 @@
 //! with `cursor=` that value.
 
 use crate::openapi::{ErrorBody, Refusals};
+use crate::sealed::Sealer;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query as QueryParams, State};
 use axum::http::{header, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::Engine as _;
 use kenko_devices::Metric;
 use kenko_ingest::consent::{ConsentRegistry, Consents};
 use kenko_ingest::query::{parse_duration, parse_time, render, Agg, Format, Query, Resume, Row};
@@ -111,7 +111,7 @@ pub(crate) async fn observations(
     let QueryParams(params) = params.map_err(|e| bad(format!("query: {}", e.body_text())))?;
     let now = now_ms();
     let consents = api.consents.current();
-    let read = check(&params, &who, &consents, now)?;
+    let read = check(&params, &who, &consents, now, &api.cursors)?;
     let file = match read.store {
         StoreKind::Personal => "personal.db",
         StoreKind::Shared => "shared.db",
@@ -156,7 +156,7 @@ pub(crate) async fn observations(
     .map_err(internal)??;
     let mut response = answer(rows, format, ndjson)?;
     if let Some(next) = next {
-        link_next(&mut response, &uri, &next.encode());
+        link_next(&mut response, &uri, &next.encode(&api.cursors));
     }
     Ok(response)
 }
@@ -226,17 +226,16 @@ impl PageCursor {
         (self.time_ms, &self.citizen, &self.device, &self.metric)
     }
 
-    pub(crate) fn encode(&self) -> String {
-        let json = serde_json::to_vec(self).unwrap_or_default();
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    /// The cursor as a sealed token: it names a row the reader may not be allowed to see.
+    pub(crate) fn encode(&self, sealer: &Sealer) -> String {
+        sealer.seal(&serde_json::to_vec(self).unwrap_or_default())
     }
 
-    pub(crate) fn decode(text: &str) -> Result<PageCursor, ApiError> {
-        let refused =
-            || bad("cursor: not one this API gave; use the X-Next-Cursor of the page before");
-        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(text)
-            .map_err(|_| refused())?;
+    pub(crate) fn decode(text: &str, sealer: &Sealer) -> Result<PageCursor, ApiError> {
+        let refused = || {
+            bad("cursor: not one this API gave since the hub started; use the X-Next-Cursor of the page before")
+        };
+        let json = sealer.open(text).ok_or_else(refused)?;
         serde_json::from_slice(&json).map_err(|_| refused())
     }
 
@@ -281,6 +280,7 @@ fn check(
     who: &kenko_broker::auth::Identity,
     consents: &Consents,
     now: i64,
+    sealer: &Sealer,
 ) -> Result<Read, ApiError> {
     let metrics = metrics(&params.metric)?;
     for (field, value) in [
@@ -337,7 +337,7 @@ fn check(
     let cursor = params
         .cursor
         .as_deref()
-        .map(|c| short("cursor", c, 4 * MAX_WORD).and_then(PageCursor::decode))
+        .map(|c| short("cursor", c, 4 * MAX_WORD).and_then(|c| PageCursor::decode(c, sealer)))
         .transpose()?;
     let mut queries = Vec::with_capacity(metrics.len());
     for &metric in &metrics {
@@ -555,9 +555,19 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_foreign_ones_are_refused() {
+        let sealer = Sealer::new();
         let cursor = PageCursor::at(&row(Metric::HeartRate, 42, "c1"));
-        assert_eq!(PageCursor::decode(&cursor.encode()).ok(), Some(cursor));
-        assert!(PageCursor::decode("not-a-cursor").is_err());
-        assert!(PageCursor::decode("e30").is_err(), "{{}} is no cursor");
+        let token = cursor.encode(&sealer);
+        assert!(!token.contains("c1") && !token.contains("YzE"), "{token}");
+        assert_eq!(PageCursor::decode(&token, &sealer).ok(), Some(cursor));
+        assert!(PageCursor::decode("not-a-cursor", &sealer).is_err());
+        assert!(
+            PageCursor::decode("e30", &sealer).is_err(),
+            "{{}} is no cursor"
+        );
+        assert!(
+            PageCursor::decode(&token, &Sealer::new()).is_err(),
+            "another start's"
+        );
     }
 }

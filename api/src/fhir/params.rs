@@ -10,6 +10,7 @@ use kenko_devices::Metric;
 use super::resources::{BP_PANEL, LOINC, METRIC_SYSTEM};
 use crate::http::{bad, short, ApiError, MAX_WORD};
 use crate::observations::PageCursor;
+use crate::sealed::Sealer;
 
 /// Observations a page holds unless `_count` says otherwise.
 const DEFAULT_COUNT: usize = 100;
@@ -68,7 +69,7 @@ impl SearchParams {
         self.kinds.clone().unwrap_or_else(Kind::all)
     }
 
-    pub(super) fn parse(query: &str) -> Result<SearchParams, ApiError> {
+    pub(super) fn parse(query: &str, sealer: &Sealer) -> Result<SearchParams, ApiError> {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
             .map_err(|e| bad(format!("the query string cannot be read: {e}")))?;
         let mut params = SearchParams {
@@ -80,8 +81,14 @@ impl SearchParams {
             cursor: None,
         };
         let mut dates = 0;
-        for (name, value) in &pairs {
+        for (n, (name, value)) in pairs.iter().enumerate() {
             let value = short(name, value, 4 * MAX_WORD)?;
+            let repeated = pairs[..n].iter().any(|(earlier, _)| earlier == name);
+            if repeated && name != "date" {
+                return Err(bad(format!(
+                    "{name} is given twice; give it once (a comma-separated list for several codes)"
+                )));
+            }
             match name.as_str() {
                 "patient" | "subject" => params.patient = Some(patient(value)?),
                 "code" => params.kinds = Some(codes(value)?),
@@ -93,7 +100,7 @@ impl SearchParams {
                     params.date(value)?;
                 }
                 "_count" => params.count = count(value)?,
-                "_cursor" => params.cursor = Some(PageCursor::decode(value)?),
+                "_cursor" => params.cursor = Some(PageCursor::decode(value, sealer)?),
                 "_format" if matches!(value, "json" | "application/fhir+json") => {}
                 other => {
                     return Err(bad(format!(
@@ -170,7 +177,12 @@ fn kind(token: &str) -> Result<Kind, ApiError> {
     let found = match system {
         Some(LOINC) => by_loinc(),
         Some(METRIC_SYSTEM) => by_name(),
-        Some("") | None => by_loinc().or_else(by_name),
+        None => by_loinc().or_else(by_name),
+        Some("") => {
+            return Err(bad(format!(
+                "code {token:?} asks for a code without a system; every code here has one: {LOINC} or {METRIC_SYSTEM}"
+            )))
+        }
         Some(other) => {
             return Err(bad(format!(
                 "code system {other:?} is not known here: use {LOINC} or {METRIC_SYSTEM}"
@@ -196,32 +208,66 @@ fn count(value: &str) -> Result<usize, ApiError> {
         .ok_or_else(|| bad(format!("_count {value:?}: give 1 to {MAX_COUNT}")))
 }
 
-/// The instants a FHIR date stands for, as [start, end) epoch ms: a day (in UTC) or an
-/// instant to the second (or millisecond) it is given to.
+/// The instants a FHIR date stands for, as [start, end) epoch ms: a year, month or day
+/// (in UTC), or an instant to the second or fraction of a second it is given to.
 fn span(value: &str) -> Result<(i64, i64), ApiError> {
     let refused = || {
         bad(format!(
-            "date {value:?}: give a day (2026-11-25) or an instant with its offset (2026-11-25T10:00:00Z), after ge, gt, le, lt or eq"
+            "date {value:?}: give a year, month or day (2026, 2026-11, 2026-11-25) or an instant with its offset (2026-11-25T10:00:00Z), after ge, gt, le, lt or eq"
         ))
     };
-    if value.len() == 10 {
-        let day: Date = value.parse().map_err(|_| refused())?;
-        let start = day
+    let day_start = |date: Date| -> Result<i64, ApiError> {
+        Ok(date
             .to_zoned(jiff::tz::TimeZone::UTC)
             .map_err(|_| refused())?
             .timestamp()
-            .as_millisecond();
-        return Ok((start, start + 86_400_000));
+            .as_millisecond())
+    };
+    let number = |text: &str| text.parse::<i16>().map_err(|_| refused());
+    match value.len() {
+        4 => {
+            let year = number(value)?;
+            let start = Date::new(year, 1, 1).map_err(|_| refused())?;
+            let end = Date::new(year + 1, 1, 1).map_err(|_| refused())?;
+            return Ok((day_start(start)?, day_start(end)?));
+        }
+        7 => {
+            let start: Date = format!("{value}-01").parse().map_err(|_| refused())?;
+            let end = start
+                .checked_add(jiff::Span::new().months(1))
+                .map_err(|_| refused())?;
+            return Ok((day_start(start)?, day_start(end)?));
+        }
+        10 => {
+            let start = day_start(value.parse().map_err(|_| refused())?)?;
+            return Ok((start, start + 86_400_000));
+        }
+        _ => {}
     }
     let at: Timestamp = value.parse().map_err(|_| refused())?;
     let start = at.as_millisecond();
-    let fraction = value.contains('.');
-    Ok((start, start + if fraction { 1 } else { 1000 }))
+    // A fraction's digits say its precision: .2 spans 100 ms, .25 10 ms, .250 and finer 1.
+    let digits = value
+        .split_once('.')
+        .map(|(_, rest)| rest.bytes().take_while(u8::is_ascii_digit).count());
+    let width = match digits {
+        None => 1000,
+        Some(1) => 100,
+        Some(2) => 10,
+        Some(_) => 1,
+    };
+    Ok((start, start + width))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl SearchParams {
+        fn parse_plain(query: &str) -> Result<SearchParams, ApiError> {
+            SearchParams::parse(query, &Sealer::new())
+        }
+    }
 
     fn ok<T>(result: Result<T, ApiError>, what: &str) -> T {
         result.unwrap_or_else(|e| panic!("{what}: {}", e.message()))
@@ -257,17 +303,33 @@ mod tests {
     #[test]
     fn dates_narrow_the_range_by_their_precision() {
         let p = ok(
-            SearchParams::parse("date=ge2026-11-25&date=lt2026-11-25T10:00:00Z"),
+            SearchParams::parse_plain("date=ge2026-11-25&date=lt2026-11-25T10:00:00Z"),
             "dates",
         );
         assert_eq!(p.from_ms, Some(1_795_564_800_000));
         assert_eq!(p.to_ms, Some(1_795_600_800_000));
-        let p = ok(SearchParams::parse("date=2026-11-25"), "a day");
+        let p = ok(SearchParams::parse_plain("date=2026-11-25"), "a day");
         assert_eq!(p.to_ms.zip(p.from_ms).map(|(t, f)| t - f), Some(86_400_000));
-        let p = ok(SearchParams::parse("date=le2026-11-25T10:00:00Z"), "le");
+        let p = ok(
+            SearchParams::parse_plain("date=le2026-11-25T10:00:00Z"),
+            "le",
+        );
         assert_eq!(p.to_ms, Some(1_795_600_801_000), "the whole second");
-        let p = ok(SearchParams::parse("date=gt2026-11-25T10:00:00.250Z"), "gt");
+        let p = ok(
+            SearchParams::parse_plain("date=gt2026-11-25T10:00:00.250Z"),
+            "gt",
+        );
         assert_eq!(p.from_ms, Some(1_795_600_800_251));
+        let p = ok(
+            SearchParams::parse_plain("date=le2026-11-25T10:00:00.2Z"),
+            "tenths",
+        );
+        assert_eq!(p.to_ms, Some(1_795_600_800_300), "a tenth spans 100 ms");
+        let p = ok(SearchParams::parse_plain("date=2026-11"), "a month");
+        assert_eq!(p.from_ms, Some(1_793_491_200_000), "2026-11-01");
+        assert_eq!(p.to_ms, Some(1_796_083_200_000), "2026-12-01");
+        let p = ok(SearchParams::parse_plain("date=lt2027"), "a year");
+        assert_eq!(p.to_ms, Some(1_798_761_600_000), "2027-01-01");
         for bad in [
             "date=yesterday",
             "date=ge2026-11-25T10:00:00",
@@ -275,8 +337,12 @@ mod tests {
             "_count=1001",
             "colour=red",
             "date=ge2026-11-25&date=le2026-11-26&date=eq2026-11-25",
+            "patient=c-1&patient=c-2",
+            "code=8867-4&code=spo2",
+            "code=%7C8867-4",
+            "_cursor=e30",
         ] {
-            assert!(SearchParams::parse(bad).is_err(), "{bad}");
+            assert!(SearchParams::parse(bad, &Sealer::new()).is_err(), "{bad}");
         }
     }
 }

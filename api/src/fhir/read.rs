@@ -32,15 +32,16 @@ pub(super) async fn device(
     Path(id): Path<String>,
 ) -> Result<Response, Outcome> {
     let Authenticated(who) = who?;
+    // A device the principal may not read is as unknown as none: a refusal naming its
+    // citizen would tell whose it is.
+    let operator = who.roles.iter().any(|r| r == "operator");
     let entry = api
         .directory
         .registry()
         .get(&id)
         .filter(|_| is_fhir_id(&id))
+        .filter(|e| operator || may_read_citizen(&api, &who, &e.citizen).is_ok())
         .ok_or_else(|| not_found("Device", &id))?;
-    if !who.roles.iter().any(|r| r == "operator") {
-        may_read_citizen(&api, &who, &entry.citizen)?;
-    }
     audit(&api, &who, "fhir:Device", &entry.citizen).await?;
     Ok(resource(StatusCode::OK, &resources::device(&entry)))
 }

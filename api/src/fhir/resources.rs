@@ -62,6 +62,10 @@ fn code(metric: Metric) -> Value {
     if metric.loinc() != "local" {
         codings.push(json!({"system": LOINC, "code": metric.loinc()}));
     }
+    if metric == Metric::Spo2 {
+        // FHIR's oxygen saturation profile asks for this code beside the pulse-oximetry one.
+        codings.push(json!({"system": LOINC, "code": "2708-6"}));
+    }
     codings.push(json!({"system": METRIC_SYSTEM, "code": metric.name()}));
     json!({"coding": codings, "text": metric.name()})
 }
@@ -158,11 +162,21 @@ pub(super) fn blood_pressure(systolic: Option<&Row>, diastolic: Option<&Row>) ->
     } else if let Some(map) = o.as_object_mut() {
         map.remove("note");
     }
-    let components: Vec<Value> = [systolic, diastolic]
-        .into_iter()
-        .flatten()
-        .map(|r| json!({"code": code(r.metric), "valueQuantity": quantity(r.metric, r.value)}))
-        .collect();
+    // Both components always, as FHIR's blood pressure profile asks: one not read (or not
+    // readable under the consent) says why it is absent.
+    let components: Vec<Value> = [
+        (Metric::SystolicBp, systolic),
+        (Metric::DiastolicBp, diastolic),
+    ]
+    .into_iter()
+    .map(|(metric, row)| match row {
+        Some(r) => json!({"code": code(metric), "valueQuantity": quantity(metric, r.value)}),
+        None => json!({"code": code(metric), "dataAbsentReason": {"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
+            "code": "unknown",
+        }]}}),
+    })
+    .collect();
     o["component"] = json!(components);
     Some(o)
 }

@@ -19,8 +19,8 @@ use serde_json::{json, Value};
 use super::params::{Kind, SearchParams};
 use super::{base_url, resource, resources, Outcome};
 use crate::http::{
-    ensure_sound_stores, filter_rows, forbidden, internal, now_ms, query_access, rfc3339, Access,
-    ApiError, Authenticated, HttpApi, StoreKind,
+    bad, ensure_sound_stores, filter_rows, forbidden, internal, now_ms, query_access, rfc3339,
+    Access, ApiError, Authenticated, HttpApi, StoreKind,
 };
 use crate::observations::{audit_identified_read, page_of, position, PageCursor};
 
@@ -36,7 +36,15 @@ pub(super) async fn observations(
     let Authenticated(who) = who?;
     ensure_sound_stores(&api)?;
     let raw = raw.unwrap_or_default();
-    let params = SearchParams::parse(&raw)?;
+    let params = SearchParams::parse(&raw, &api.cursors)?;
+    let per_reading = params.kinds().len();
+    if params.count < per_reading {
+        return Err(bad(format!(
+            "_count {}: a page holds every Observation of one time and device, up to {per_reading} for the codes asked; give at least {per_reading}, or fewer codes",
+            params.count
+        ))
+        .into());
+    }
     let now = now_ms();
     let consents = api.consents.current();
     let reads = plan(&params, &who, &consents, now)?;
@@ -63,6 +71,7 @@ pub(super) async fn observations(
     .await
     .map_err(internal)??;
     let base = base_url(&api, &headers);
+    let next = next.map(|c| c.encode(&api.cursors));
     Ok(resource(
         StatusCode::OK,
         &bundle(&base, &raw, entries, next),
@@ -134,11 +143,17 @@ fn whole_readings(mut rows: Vec<Row>, more: bool, count: usize) -> (Vec<Row>, Op
             readings.push(i);
         }
     }
-    // A reading holds at most one Observation per kind, blood pressure's two rows one.
+    // A reading holds at most one Observation per kind, blood pressure's one or two rows one.
     let observations_until = |end: usize| {
         rows[..end]
             .iter()
-            .filter(|r| r.metric != Metric::SystolicBp)
+            .enumerate()
+            .filter(|(i, r)| {
+                let partner = rows[..*i]
+                    .iter()
+                    .any(|p| reading(p) == reading(r) && p.metric == Metric::DiastolicBp);
+                !(r.metric == Metric::SystolicBp && partner)
+            })
             .count()
     };
     let mut keep = readings.len();
@@ -217,30 +232,25 @@ pub(super) fn entries_of(rows: &[Row], kinds: &[Kind]) -> Vec<Value> {
     out
 }
 
-/// A `searchset` Bundle of `entries`, with its `self` and (while more follow) `next` links.
-fn bundle(base: &str, query: &str, entries: Vec<Value>, next: Option<PageCursor>) -> Value {
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|p| !p.is_empty() && !p.starts_with("_cursor="))
-        .collect();
-    let url = |extra: Option<String>| {
-        let mut parts = kept.clone();
-        let extra = extra.unwrap_or_default();
-        if !extra.is_empty() {
-            parts.push(&extra);
-        }
-        let query = parts.join("&");
+/// A `searchset` Bundle of `entries`, with its `self` link and, while more follow, `next`
+/// (the same search from the sealed cursor `next`).
+fn bundle(base: &str, query: &str, entries: Vec<Value>, next: Option<String>) -> Value {
+    let url = |query: &str| {
         if query.is_empty() {
             format!("{base}/Observation")
         } else {
             format!("{base}/Observation?{query}")
         }
     };
-    let mut links = vec![json!({"relation": "self", "url": url(None)})];
-    if let Some(next) = next {
-        links.push(
-            json!({"relation": "next", "url": url(Some(format!("_cursor={}", next.encode())))}),
-        );
+    let mut links = vec![json!({"relation": "self", "url": url(query)})];
+    if let Some(cursor) = next {
+        let mut kept: Vec<String> = query
+            .split('&')
+            .filter(|p| !p.is_empty() && !p.starts_with("_cursor="))
+            .map(str::to_owned)
+            .collect();
+        kept.push(format!("_cursor={cursor}"));
+        links.push(json!({"relation": "next", "url": url(&kept.join("&"))}));
     }
     let entries: Vec<Value> = entries
         .into_iter()
@@ -307,6 +317,11 @@ mod tests {
         let (rows, next) = whole_readings(page(), false, 3);
         assert_eq!(times(&rows), [1, 1, 1, 2]);
         assert!(next.is_some());
+
+        // A systolic without its diastolic is an Observation of its own.
+        let lone = vec![row(1, Metric::SystolicBp), row(2, Metric::HeartRate)];
+        let (rows, next) = whole_readings(lone, false, 1);
+        assert_eq!((times(&rows), next.is_some()), (vec![1], true));
 
         // One reading always stays, whole, even when it holds more than `count`.
         let (rows, next) = whole_readings(page(), false, 1);
