@@ -341,6 +341,10 @@ fn mistakes_are_refused_with_what_to_do() -> anyhow::Result<()> {
         ),
         (add("x-3", &["--timezone", "Asia/Atlantis"])?, "unknown time zone \"Asia/Atlantis\""),
         (
+            add("x-5", &["--gateway", "hub-404"])?,
+            "gateway \"hub-404\" of device x-5 is not a registered device; add the gateway first",
+        ),
+        (
             run("add", &["--id", "x-4", "--kind", "bed", "--citizen", "c", "--password-stdin"], Some("\n"))?,
             "no password on stdin",
         ),
