@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use kenko_broker::auth::{hash_password, new_token, Cost};
 use kenko_config::Config;
 use kenko_config::{DeviceConfig, DeviceKind};
-use kenko_devices::sim::{self, SimConfig, SimStats};
+use kenko_sim::{self as sim, SimConfig, SimStats};
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{self, Hub};

@@ -13,7 +13,7 @@ use crate::output::outln;
 use anyhow::Context as _;
 use jiff::Timestamp;
 use kenko_config::DeviceKind;
-use kenko_devices::sim::{self, Replay, SimConfig, SimReport, SimStats};
+use kenko_sim::{self as sim, Replay, SimConfig, SimReport, SimStats};
 
 #[derive(clap::Args)]
 pub struct SimulateArgs {

@@ -16,8 +16,8 @@ use common::{Hub, KENKO};
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 use kenko_config::DeviceKind;
-use kenko_devices::sim::{self, BedModel, FaultReason, SimDevice, SleepTruth};
 use kenko_devices::Metric;
+use kenko_sim::{self as sim, BedModel, FaultReason, SimDevice, SleepTruth};
 use rusqlite::{Connection, OpenFlags};
 
 /// The seed of the simulated persons: `kenko simulate --seed`'s default, passed explicitly so

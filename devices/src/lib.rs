@@ -1,5 +1,5 @@
 //! The device side of kenko: the catalogue of metrics and device kinds, the registry that maps
-//! a device to its citizen, the bed-sensor payload format, and simulators that speak MQTT.
+//! a device to its citizen, and the payload profiles. The simulators are `kenko-sim`'s.
 
 pub mod catalogue;
 pub mod profile;
@@ -8,4 +8,3 @@ pub mod registry;
 pub use catalogue::{conversion, units, Conversion, Metric, SleepStage};
 pub use profile::{Profile, Profiles};
 pub use registry::{DeviceEntry, Registry};
-pub mod sim;

@@ -66,7 +66,7 @@ pub fn config_for_simulation(n: usize) -> String {
     let mut text = config_with_devices(n);
     for i in 1..=n {
         let id = format!("bed-{i:03}");
-        let profile = kenko_devices::sim::profile_for(kenko_config::DeviceKind::Bed, i);
+        let profile = kenko_sim::profile_for(kenko_config::DeviceKind::Bed, i);
         text = text.replace(
             &format!("id = \"{id}\"\n"),
             &format!("id = \"{id}\"\nprofile = \"{profile}\"\n"),

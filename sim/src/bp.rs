@@ -12,7 +12,7 @@ use rand::SeedableRng;
 use super::hash::{between, gaussian, mix, smooth, unit};
 use super::person::Person;
 use super::schedule::local_minute;
-use crate::catalogue::Metric;
+use kenko_devices::catalogue::Metric;
 
 const SALT: u64 = 0x0062_7072;
 /// The morning surge fades over this many minutes after waking.
@@ -112,8 +112,8 @@ impl BpModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::schedule::tests::jst;
-    use crate::sim::schedule::{from_local_minute, DAY_MIN};
+    use crate::schedule::tests::jst;
+    use crate::schedule::{from_local_minute, DAY_MIN};
 
     fn systolic(r: &[(Metric, f64)]) -> f64 {
         r[0].1

@@ -103,7 +103,7 @@ pub fn fleet_from(kinds: &[DeviceKind], first: usize, count: usize) -> Vec<SimDe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::Profiles;
+    use kenko_devices::profile::Profiles;
 
     #[test]
     fn profiles_rotate_and_every_eighth_speaks_protobuf() {

@@ -11,8 +11,8 @@ use prost::Message as _;
 use serde_json::{Map, Value};
 
 use super::model::Sample;
-use crate::catalogue::{Metric, SleepStage};
-use crate::profile::{Field, Profile};
+use kenko_devices::catalogue::{Metric, SleepStage};
+use kenko_devices::profile::{Field, Profile};
 
 /// The samples cannot be written with this profile.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use super::hash::{between, gaussian, mix, unit};
 use super::person::Person;
 use super::schedule::{local_minute, DAY_MIN};
-use crate::catalogue::Metric;
+use kenko_devices::catalogue::Metric;
 
 const SALT: u64 = 0x7468_726d;
 /// Fevers are drawn per block of this many days: at most one in each.
@@ -110,8 +110,8 @@ impl ThermoModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::schedule::from_local_minute;
-    use crate::sim::schedule::tests::jst;
+    use crate::schedule::from_local_minute;
+    use crate::schedule::tests::jst;
 
     #[test]
     fn some_persons_run_a_fever_and_it_stays_below_41() {

@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 
 use super::hash::{gaussian, mix, smooth, unit};
 use super::schedule::{local_minute, Chronotype, InBed, Kind, Schedule, DAY_MIN};
-use crate::catalogue::SleepStage;
+use kenko_devices::catalogue::SleepStage;
 
 /// Plausibility bounds the model never leaves.
 const HR_BOUNDS: (f64, f64) = (35.0, 140.0);
@@ -229,7 +229,7 @@ impl BedModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::schedule::tests::jst;
+    use crate::schedule::tests::jst;
 
     /// Every minute of `days` days from local midnight.
     fn minutes(days: i64) -> impl Iterator<Item = Timestamp> {

@@ -1,9 +1,9 @@
 //! The writer against every built-in profile: field names, units, times, batches.
 
 use super::*;
-use crate::profile::Profiles;
-use crate::sim::reader::read;
+use crate::reader::read;
 use kenko_config::DeviceKind;
+use kenko_devices::profile::Profiles;
 use serde_json::json;
 
 fn profile(name: &str) -> std::sync::Arc<Profile> {
@@ -217,7 +217,7 @@ fn kenko_pb_v1_carries_canonical_readings_by_metric_name() {
 
 #[test]
 fn model_samples_read_back_within_the_devices_precision_for_every_profile() {
-    use crate::sim::model::KindModel;
+    use crate::model::KindModel;
     let profiles = Profiles::builtin();
     let start: Timestamp = "2026-11-24T15:00:00Z".parse().expect("ts");
     for kind in DeviceKind::ALL {

@@ -8,7 +8,7 @@ use rand::SeedableRng;
 use super::hash::{between, gaussian, mix};
 use super::person::Person;
 use super::schedule::local_minute;
-use crate::catalogue::Metric;
+use kenko_devices::catalogue::Metric;
 
 const SALT: u64 = 0x6f78_696d;
 
@@ -63,7 +63,7 @@ impl OximeterModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::schedule::{from_local_minute, DAY_MIN};
+    use crate::schedule::{from_local_minute, DAY_MIN};
 
     #[test]
     fn readings_are_whole_and_in_range() {

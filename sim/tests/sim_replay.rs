@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kenko_config::DeviceKind;
-use kenko_devices::sim::{self, Replay, SimConfig, SimReport, SimStats};
 use kenko_proto::telemetry::Telemetry;
+use kenko_sim::{self as sim, Replay, SimConfig, SimReport, SimStats};
 use prost::Message as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

@@ -22,7 +22,7 @@ use super::habits::Habits;
 use super::hash::mix;
 use super::model::{KindModel, Sample};
 use super::writer;
-use crate::profile::Profile;
+use kenko_devices::profile::Profile;
 
 /// Samples in one batch message at most; a longer backlog goes in several.
 pub(crate) const MAX_BATCH: usize = 60;

@@ -14,7 +14,7 @@ use super::scale::ScaleModel;
 use super::schedule::{from_local_minute, local_minute};
 use super::thermo::ThermoModel;
 use super::wearable::WearableModel;
-use crate::catalogue::Metric;
+use kenko_devices::catalogue::Metric;
 
 /// Readings taken at one instant, each in its metric's canonical unit (`Metric::unit()`):
 /// bed occupancy as 1 or 0, a sleep stage as its code.
@@ -135,8 +135,8 @@ fn bed_readings(r: &BedReading) -> Vec<(Metric, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::schedule::tests::jst;
-    use crate::sim::schedule::DAY_MIN;
+    use crate::schedule::tests::jst;
+    use crate::schedule::DAY_MIN;
 
     #[test]
     fn every_kind_stays_plausible_for_a_week_of_persons() {

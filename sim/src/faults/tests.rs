@@ -1,10 +1,10 @@
 //! Each injected fault is what it claims to be, for every built-in profile.
 
 use super::*;
-use crate::profile::Profiles;
-use crate::sim::model::KindModel;
-use crate::sim::reader::read;
+use crate::model::KindModel;
+use crate::reader::read;
 use kenko_config::DeviceKind;
+use kenko_devices::profile::Profiles;
 use rand::SeedableRng;
 
 const DAY_MS: i64 = 24 * 3600 * 1000;

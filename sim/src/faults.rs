@@ -15,8 +15,8 @@ use serde_json::Value;
 
 use super::model::Sample;
 use super::writer;
-use crate::catalogue::Metric;
-use crate::profile::Profile;
+use kenko_devices::catalogue::Metric;
+use kenko_devices::profile::Profile;
 
 /// Why the hub will refuse an injected fault: its dead-letter reason code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -2,12 +2,12 @@
 //! purpose, faults where the rate says, batches after offline periods.
 
 use super::*;
-use crate::catalogue::Metric;
-use crate::profile::Profiles;
-use crate::sim::person::person_seed;
-use crate::sim::reader::read;
-use crate::sim::wearable::WearableModel;
+use crate::person::person_seed;
+use crate::reader::read;
+use crate::wearable::WearableModel;
 use kenko_config::DeviceKind;
+use kenko_devices::catalogue::Metric;
+use kenko_devices::profile::Profiles;
 
 const STEP: Duration = Duration::from_secs(60);
 

@@ -8,8 +8,8 @@ use kenko_proto::telemetry;
 use prost::Message as _;
 use serde_json::{Map, Value};
 
-use crate::catalogue::{Metric, SleepStage};
-use crate::profile::Profile;
+use kenko_devices::catalogue::{Metric, SleepStage};
+use kenko_devices::profile::Profile;
 
 /// One sample read back: event time in epoch milliseconds and canonical readings.
 pub(crate) type ReadSample = (i64, Vec<(Metric, f64)>);

@@ -13,7 +13,7 @@ use rand::SeedableRng;
 use super::hash::{between, gaussian, mix, smooth, unit};
 use super::person::Person;
 use super::schedule::{local_minute, Chronotype, DAY_MIN};
-use crate::catalogue::Metric;
+use kenko_devices::catalogue::Metric;
 
 const SALT: u64 = 0x676c_7563;
 /// A meal's effect is over after this many minutes.
@@ -159,8 +159,8 @@ impl GlucoseModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::schedule::from_local_minute;
-    use crate::sim::schedule::tests::jst;
+    use crate::schedule::from_local_minute;
+    use crate::schedule::tests::jst;
 
     #[test]
     fn fasting_in_range_rises_after_meals_and_diabetics_stay_below_400() {

@@ -16,7 +16,7 @@ use super::bed::BedModel;
 use super::hash::{between, gaussian, mix, smooth, unit};
 use super::person::Person;
 use super::schedule::{local_minute, Chronotype};
-use crate::catalogue::{Metric, SleepStage};
+use kenko_devices::catalogue::{Metric, SleepStage};
 
 /// Noise of each kind's model gets its own stream: salt of the wearable's.
 const SALT: u64 = 0x7765_6172;
@@ -149,8 +149,8 @@ impl WearableModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::schedule::tests::jst;
-    use crate::sim::schedule::DAY_MIN;
+    use crate::schedule::tests::jst;
+    use crate::schedule::DAY_MIN;
     use jiff::SignedDuration;
 
     fn value(readings: &[(Metric, f64)], metric: Metric) -> f64 {

@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use super::hash::{between, gaussian, mix, smooth, unit};
 use super::person::Person;
 use super::schedule::{local_minute, DAY_MIN};
-use crate::catalogue::Metric;
+use kenko_devices::catalogue::Metric;
 
 const SALT: u64 = 0x7363_616c;
 
@@ -80,7 +80,7 @@ impl ScaleModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::schedule::tests::jst;
+    use crate::schedule::tests::jst;
 
     #[test]
     fn weight_swings_half_a_kilo_a_day_around_a_slow_trend() {

@@ -5,7 +5,7 @@ use jiff::Timestamp;
 
 use super::bed::BedModel;
 use super::schedule::local_minute;
-use crate::catalogue::SleepStage;
+use kenko_devices::catalogue::SleepStage;
 
 /// A gap of awake-or-out-of-bed minutes this long or shorter between two stretches of sleep is
 /// an awakening; a longer one separates two sleep periods (a nap and the night).
@@ -71,9 +71,9 @@ pub(crate) fn summarize(minutes: impl IntoIterator<Item = Option<SleepStage>>) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::schedule::tests::jst;
-    use crate::sim::schedule::DAY_MIN;
-    use crate::sim::Chronotype;
+    use crate::schedule::tests::jst;
+    use crate::schedule::DAY_MIN;
+    use crate::Chronotype;
     use SleepStage::{Awake as W, Deep as D, Light as L, Rem as R};
 
     /// Runs of (stage, minutes); `None` is out of bed.

@@ -20,7 +20,7 @@ use super::faults::InjectedFault;
 use super::fleet::{fleet_from, SimDevice};
 use super::hash::mix;
 use super::model::KindModel;
-use crate::profile::Profiles;
+use kenko_devices::profile::Profiles;
 
 /// What to simulate.
 #[derive(Debug, Clone)]
