@@ -104,7 +104,8 @@ pub fn data_dir(flag: Option<&Path>, config: &Config) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("./kenko-data"))
 }
 
-fn load(config: Option<&Path>) -> anyhow::Result<Config> {
+/// The configuration at `config`, or the defaults without one.
+pub fn load(config: Option<&Path>) -> anyhow::Result<Config> {
     Ok(match config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),

@@ -9,6 +9,7 @@ mod deadletter;
 mod demo;
 mod device;
 mod hub;
+mod kpi;
 mod output;
 mod principal;
 mod profile;
@@ -60,6 +61,8 @@ enum Command {
     Deadletter(deadletter::DeadLetterArgs),
     /// Check the stores' sealed chunks for damage
     Store(store::StoreArgs),
+    /// The city's figures for a month (participation), never over fewer than k citizens
+    Kpi(kpi::KpiArgs),
     /// Run the ingest pipeline fed by an external MQTT broker's shared subscription
     /// (`[source]`), without the embedded broker
     Worker(worker::WorkerArgs),
@@ -116,6 +119,7 @@ fn main() -> ExitCode {
         Command::Audit(args) => consent::audit(args),
         Command::Deadletter(args) => deadletter::run(args).map(|()| true),
         Command::Store(args) => store::run(args),
+        Command::Kpi(args) => kpi::run(args).map(|()| true),
         Command::Profile(args) => profile::run(args),
         command => runtime().and_then(|rt| rt.block_on(run_async(command)).map(|()| true)),
     };
@@ -152,6 +156,7 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
         | Command::Audit(_)
         | Command::Deadletter(_)
         | Command::Store(_)
+        | Command::Kpi(_)
         | Command::Profile(_) => {
             unreachable!("runs without a runtime")
         }

@@ -11,6 +11,7 @@ pub mod deadletter;
 pub mod decode;
 pub mod file_guard;
 pub mod influx;
+pub mod kpi;
 pub mod live;
 pub mod observation;
 pub mod pipeline;
