@@ -402,7 +402,9 @@ fn exported(
 #[test]
 fn a_care_service_exports_the_citizens_who_consent_to_it_in_bulk() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let hub = Hub::start(dir.path(), &config())?;
+    // Behind a proxy, the hub writes its links under the address clients reach it at.
+    let public = "[http]\npublic_url = \"https://hub.city.example\"\n";
+    let hub = Hub::start(dir.path(), &config().replace("[http]\n", public))?;
     let api = hub.http_addr.context("HTTP API announced")?;
     let t0 = (common::now_ms() - 3_600_000) / 60_000 * 60_000;
     for i in 0..6 {
@@ -463,6 +465,19 @@ fn a_care_service_exports_the_citizens_who_consent_to_it_in_bulk() -> anyhow::Re
             ("Observation".to_owned(), 12)
         ],
         "{manifest}"
+    );
+    let urls: Vec<&str> = manifest["output"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["url"].as_str())
+        .collect();
+    assert!(
+        urls.len() == 3
+            && urls
+                .iter()
+                .all(|u| u.starts_with("https://hub.city.example/fhir/$export-file/")),
+        "{urls:?}"
     );
     let patients = exported(api, &manifest, "Patient", "st-luke")?;
     assert_eq!(patients[0]["id"], "citizen-001");

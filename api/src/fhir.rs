@@ -113,8 +113,12 @@ impl IntoResponse for Outcome {
     }
 }
 
-/// The base URL of this FHIR endpoint as the client reached it (`https://host:port/fhir`).
+/// The base URL of this FHIR endpoint: under `http.public_url` when the operator set it,
+/// else as the client reached it (`https://host:port/fhir`).
 fn base_url(api: &HttpApi, headers: &HeaderMap) -> String {
+    if let Some(public) = &api.config.http.public_url {
+        return format!("{public}/fhir");
+    }
     let scheme = if api.config.http.tls.is_some() {
         "https"
     } else {

@@ -207,6 +207,10 @@ pub struct HttpConfig {
     /// their topics with kenko's principals, rules and consents (`/api/v1/mqtt/auth`,
     /// `/acl`, `/superuser`). Off unless set.
     pub mqtt_hooks: Option<MqttHooksConfig>,
+    /// The address clients reach the hub's HTTP at (`https://hub.city.example`), for the
+    /// links the hub writes into its answers (FHIR `fullUrl`, `next`, export URLs); without
+    /// it they are built from each request's `Host` header and the listener's scheme.
+    pub public_url: Option<String>,
 }
 
 /// `[http.mqtt_hooks]`: the secret the calling broker proves itself with.
@@ -241,6 +245,27 @@ impl MqttHooksConfig {
     }
 }
 
+/// `http.public_url` is an http(s) origin, perhaps with a path, without a query, fragment
+/// or trailing slash, so that links are it followed by `/fhir/...`.
+fn check_public_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    let host = rest.and_then(|r| r.split('/').next()).unwrap_or("");
+    let fine = !host.is_empty()
+        && !url.ends_with('/')
+        && url
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '?' | '#' | '"' | '<' | '>'));
+    if fine {
+        Ok(())
+    } else {
+        Err(format!(
+            "http.public_url {url:?} is not an http(s) URL such as https://hub.city.example (no query, fragment or trailing slash)"
+        ))
+    }
+}
+
 impl HttpConfig {
     /// Plain HTTP only on loopback, unless the operator says otherwise.
     pub fn check_plain_listen(&self, addr: SocketAddr) -> Result<(), String> {
@@ -267,6 +292,7 @@ impl Default for HttpConfig {
             session_idle_s: 30 * 60,
             session_max_s: 12 * 3600,
             mqtt_hooks: None,
+            public_url: None,
         }
     }
 }
@@ -1042,6 +1068,9 @@ impl Config {
         if let Some(hooks) = &self.http.mqtt_hooks {
             hooks.digest().map(|_| ()).or_else(invalid)?;
         }
+        if let Some(url) = &self.http.public_url {
+            check_public_url(url).or_else(invalid)?;
+        }
         if let Some(tls) = &self.http.tls {
             if tls.client_ca.is_some() || tls.require_client_cert {
                 return invalid(
@@ -1497,6 +1526,20 @@ mod tests {
         assert!(err.to_string().contains("not a loopback address"), "{err}");
         assert!(parse("[http]\nlisten = \"[::1]:8080\"\n").is_ok());
         assert!(parse("[http]\nlisten = \"0.0.0.0:8080\"\nplain_on_network = true\n").is_ok());
+        assert!(parse("[http]\npublic_url = \"https://hub.city.example/kenko\"\n").is_ok());
+        for bad in [
+            "hub.city.example",
+            "https://",
+            "https://h/",
+            "https://h?x=1",
+            "ftp://h",
+        ] {
+            let err = parse(&format!("[http]\npublic_url = \"{bad}\"\n")).expect_err(bad);
+            assert!(
+                err.to_string().contains("is not an http(s) URL"),
+                "{bad}: {err}"
+            );
+        }
         let tls = "[http.tls]\nlisten = \"0.0.0.0:8443\"\ncert = \"c\"\nkey = \"k\"\n";
         assert!(parse(tls).is_ok());
         let err = parse(&format!("{tls}client_ca = \"ca.pem\"\n")).expect_err("refused");
