@@ -434,14 +434,7 @@ struct Read<'a> {
 impl Read<'_> {
     /// Every Observation of `citizen` the owner's care consent covers, kind by kind.
     fn citizen(&mut self, citizen: &str, out: &mut NdJson) -> Result<(), ApiError> {
-        let mut kinds = vec![Kind::BloodPressure];
-        kinds.extend(
-            Metric::ALL
-                .iter()
-                .filter(|m| !matches!(m, Metric::SystolicBp | Metric::DiastolicBp))
-                .map(|&m| Kind::Reading(m)),
-        );
-        for kind in kinds {
+        for kind in Kind::all() {
             if self.job.cancelled.load(Ordering::Relaxed) {
                 return Err(ApiError::new(StatusCode::GONE, "the export was cancelled"));
             }

@@ -35,7 +35,7 @@ impl Kind {
     }
 
     /// Every kind: blood pressure, and each other metric.
-    fn all() -> Vec<Kind> {
+    pub(super) fn all() -> Vec<Kind> {
         let mut kinds = vec![Kind::BloodPressure];
         kinds.extend(
             Metric::ALL
